@@ -1,0 +1,668 @@
+//! The command line: `serve` and the tools around it. Commands that read data
+//! open the database directly, so they work without a running server.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{self, ByteSize, FileConfig, Secret, ServeConfig, Sources};
+use crate::projection::Status;
+use crate::receive::{self, Delivery};
+use crate::store::{self, EnrollmentFilter, EventFilter, PageRequest, Store};
+use crate::thinkific::{self, SIGNATURE_HEADER, TOPIC_HEADER};
+use crate::views::{self, EnrollmentView};
+
+#[derive(Parser)]
+#[command(
+    name = "enrollhook",
+    version,
+    about = "Receive, verify, keep and query Thinkific webhooks"
+)]
+pub struct Cli {
+    /// Config file (default: ./enrollhook.toml when it exists).
+    #[arg(long, global = true, env = "ENROLLHOOK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Database URL: sqlite://PATH [default: sqlite://enrollhook.db].
+    #[arg(long, global = true, env = "ENROLLHOOK_DATABASE_URL")]
+    database: Option<String>,
+    /// The school's Thinkific API key, which signs webhooks (for the default source).
+    #[arg(long, global = true, env = "ENROLLHOOK_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the webhook receiver and the query API.
+    Serve(ServeArgs),
+    /// Sign and POST a delivery: a built-in sample (created, progress, completed), a FILE, or - for stdin.
+    Send(SendArgs),
+    /// Print the X-Thinkific-Hmac-Sha256 signature of the body read from stdin.
+    Sign,
+    /// List enrollments.
+    Enrollments(EnrollmentsArgs),
+    /// Per-course statistics.
+    Courses(CoursesArgs),
+    /// List stored events (the event log).
+    Events(EventsArgs),
+    /// Inspect and re-admit rejected deliveries.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+    /// Re-derive the enrollment projection from the event log.
+    Rebuild {
+        /// Only compare: change nothing, exit 1 when the projection differs.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Create or upgrade the database schema.
+    Migrate,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ENROLLHOOK_LISTEN")]
+    listen: Option<String>,
+    /// Bearer token for the query API (required when listening beyond loopback).
+    #[arg(long, env = "ENROLLHOOK_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Largest accepted delivery body, e.g. 1MiB [default: 1MiB].
+    #[arg(long, env = "ENROLLHOOK_MAX_BODY")]
+    max_body: Option<ByteSize>,
+    /// Accept deliveries without verifying signatures. Local experiments only.
+    #[arg(long)]
+    insecure_skip_verification: bool,
+    /// Do not create or upgrade the schema on start.
+    #[arg(long)]
+    no_migrate: bool,
+    /// Most events stored per group-commit transaction.
+    #[arg(long, default_value_t = 512, hide = true)]
+    max_batch: usize,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// created, progress, completed, a file path, or - for stdin.
+    what: String,
+    /// Where to POST.
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/thinkific")]
+    url: String,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Args)]
+struct EnrollmentsArgs {
+    #[arg(long = "course")]
+    course_id: Option<i64>,
+    #[arg(long, value_parser = parse_status)]
+    status: Option<Status>,
+    #[arg(long)]
+    source: Option<String>,
+    #[arg(long = "user")]
+    user_id: Option<i64>,
+    #[arg(long)]
+    email: Option<String>,
+    /// At most this many rows (default: all).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+fn parse_status(s: &str) -> Result<Status, String> {
+    s.parse()
+}
+
+#[derive(Args)]
+struct CoursesArgs {
+    #[arg(long)]
+    source: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Args)]
+struct EventsArgs {
+    /// Exact topic (enrollment.progress) or a resource (enrollment.*).
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long)]
+    source: Option<String>,
+    /// Only events after this log position (seq).
+    #[arg(long)]
+    after: Option<i64>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// Rejected deliveries, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// One rejected delivery with its headers and body.
+    Show { id: i64 },
+    /// Re-verify with the current secret and store it if it now passes.
+    Retry { id: i64 },
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "enrollhook=info"
+    } else {
+        "enrollhook=warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Globals {
+    file: FileConfig,
+    database_url: String,
+    secret: Option<Secret>,
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (file, _path) = FileConfig::load(cli.config.as_deref())?;
+    let globals = Globals {
+        database_url: cli
+            .database
+            .clone()
+            .or_else(|| file.database.clone())
+            .unwrap_or_else(|| config::DEFAULT_DATABASE.to_owned()),
+        secret: cli.secret.clone().map(Secret::new),
+        file,
+    };
+    match cli.command {
+        Command::Serve(args) => serve(globals, args).await,
+        Command::Send(args) => send(globals, args).await,
+        Command::Sign => {
+            let secret = require_secret(&globals)?;
+            let mut body = Vec::new();
+            std::io::stdin().read_to_end(&mut body)?;
+            println!("{}", thinkific::sign(secret.expose().as_bytes(), &body));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Enrollments(args) => enrollments(globals, args).await,
+        Command::Courses(args) => courses(globals, args).await,
+        Command::Events(args) => events(globals, args).await,
+        Command::Quarantine(cmd) => quarantine(globals, cmd).await,
+        Command::Rebuild { check } => {
+            let store = open_existing(&globals.database_url).await?;
+            let report = store.rebuild_projection(check).await?;
+            println!(
+                "{} events, {} enrollments; {} {} differ from the stored projection, {} without events",
+                report.events,
+                report.enrollments,
+                report.changed,
+                if report.changed == 1 { "row" } else { "rows" },
+                report.removed
+            );
+            if check && (report.changed > 0 || report.removed > 0) {
+                return Ok(ExitCode::FAILURE);
+            }
+            if !check {
+                println!("projection rebuilt");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            store::open(&globals.database_url, true).await?;
+            println!("database schema is up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn require_secret(g: &Globals) -> anyhow::Result<Secret> {
+    g.secret
+        .clone()
+        .or_else(|| g.file.secret.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--secret (or ENROLLHOOK_SECRET) is required: the school's Thinkific API key"
+            )
+        })
+}
+
+/// Opens a database that must already exist (reading commands never create one).
+async fn open_existing(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|p| p.split('?').next().unwrap_or(p))
+        && !path.contains(":memory:")
+        && !std::path::Path::new(path).exists()
+    {
+        bail!(
+            "no database at {path}: start `enrollhook serve` to create it, or pass --database / ENROLLHOOK_DATABASE_URL"
+        );
+    }
+    store::open(url, false).await
+}
+
+async fn serve(g: Globals, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let listen = args
+        .listen
+        .or_else(|| g.file.listen.clone())
+        .unwrap_or_else(|| config::DEFAULT_LISTEN.to_owned());
+    let listen = tokio::net::lookup_host(&listen)
+        .await
+        .with_context(|| format!("--listen `{listen}` is not an address like 127.0.0.1:8080"))?
+        .next()
+        .with_context(|| format!("--listen `{listen}` resolves to no address"))?;
+    let mut sources = Sources::resolve(g.secret.clone(), &g.file);
+    if args.insecure_skip_verification && sources.is_empty() {
+        sources = Sources::insecure_default();
+    }
+    let config = ServeConfig {
+        listen,
+        database_url: g.database_url.clone(),
+        sources,
+        insecure_skip_verification: args.insecure_skip_verification,
+        api_token: args
+            .api_token
+            .map(Secret::new)
+            .or_else(|| g.file.api_token.clone()),
+        max_body: args
+            .max_body
+            .or(g.file.max_body)
+            .map_or(config::DEFAULT_MAX_BODY, |b| b.0),
+        migrate: !args.no_migrate,
+        max_batch: args.max_batch.max(1),
+    };
+    config.validate()?;
+    if config.insecure_skip_verification {
+        tracing::warn!(
+            "--insecure-skip-verification: signatures are NOT checked; anyone who can reach this port can write events"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let running = crate::server::start(config.clone(), listener, true).await?;
+    let sources: Vec<String> = config
+        .sources
+        .names()
+        .map(|n| {
+            if n == config::DEFAULT_SOURCE {
+                format!("http://{}/webhooks/thinkific", running.addr)
+            } else {
+                format!("http://{}/webhooks/thinkific/{n}", running.addr)
+            }
+        })
+        .collect();
+    tracing::info!(
+        database = %redact_url(&config.database_url),
+        api = %format!("http://{}/api/enrollments", running.addr),
+        "enrollhook listening on {}; webhook URLs: {}",
+        running.addr,
+        sources.join(", ")
+    );
+    running.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Database URLs may carry a password: never log it.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn send(g: Globals, args: SendArgs) -> anyhow::Result<ExitCode> {
+    let secret = require_secret(&g)?;
+    let body: Vec<u8> = match thinkific::samples::by_name(&args.what) {
+        Some(sample) => sample.as_bytes().to_vec(),
+        None if args.what == "-" => {
+            let mut b = Vec::new();
+            std::io::stdin().read_to_end(&mut b)?;
+            b
+        }
+        None => std::fs::read(&args.what).with_context(|| {
+            format!(
+                "`{}` is neither a sample (created, progress, completed) nor a readable file",
+                args.what
+            )
+        })?,
+    };
+    let client = crate::client::http_client(Duration::from_secs(30))?;
+    let result = crate::client::send_signed(&client, &args.url, secret.expose().as_bytes(), &body)
+        .await
+        .with_context(|| format!("could not POST to {}", args.url))?;
+    println!("{} {}", result.status, result.body);
+    Ok(if (200..300).contains(&result.status) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn enrollments(g: Globals, a: EnrollmentsArgs) -> anyhow::Result<ExitCode> {
+    let store = open_existing(&g.database_url).await?;
+    let filter = EnrollmentFilter {
+        source: a.source,
+        course_id: a.course_id,
+        user_id: a.user_id,
+        email: a.email,
+        status: a.status,
+        updated_after: None,
+    };
+    let now = Utc::now();
+    let mut rows: Vec<EnrollmentView> = Vec::new();
+    let mut cursor = None;
+    let limit = a.limit.unwrap_or(usize::MAX);
+    while rows.len() < limit {
+        let page = store
+            .list_enrollments(
+                &filter,
+                &PageRequest {
+                    limit: store::MAX_PAGE,
+                    cursor,
+                },
+                now,
+            )
+            .await?;
+        rows.extend(page.items.iter().map(|e| EnrollmentView::new(e, now)));
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    rows.truncate(limit);
+    let header = [
+        "source",
+        "enrollment_id",
+        "status",
+        "progress",
+        "course_id",
+        "course_name",
+        "user_id",
+        "email",
+        "started_at",
+        "completed_at",
+        "days_to_complete",
+    ];
+    let cells = |v: &EnrollmentView| -> Vec<String> {
+        vec![
+            v.source.clone(),
+            v.enrollment_id.to_string(),
+            v.status.as_str().to_owned(),
+            format!("{:.1}", v.progress),
+            opt(v.course_id),
+            v.course_name.clone().unwrap_or_default(),
+            opt(v.user_id),
+            v.email.clone().unwrap_or_default(),
+            v.started_at.clone().unwrap_or_default(),
+            v.completed_at.clone().unwrap_or_default(),
+            v.days_to_complete
+                .map(|d| format!("{d:.2}"))
+                .unwrap_or_default(),
+        ]
+    };
+    output(a.format, &header, &rows, cells)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn courses(g: Globals, a: CoursesArgs) -> anyhow::Result<ExitCode> {
+    let store = open_existing(&g.database_url).await?;
+    let stats = store.course_stats(a.source.as_deref(), Utc::now()).await?;
+    let header = [
+        "source",
+        "course_id",
+        "name",
+        "enrollments",
+        "active",
+        "trial",
+        "completed",
+        "expired",
+        "completion_rate",
+        "average_progress",
+        "median_days_to_complete",
+    ];
+    output(a.format, &header, &stats, |c| {
+        vec![
+            c.source.clone(),
+            c.course_id.to_string(),
+            c.name.clone().unwrap_or_default(),
+            c.enrollments.to_string(),
+            c.active.to_string(),
+            c.trial.to_string(),
+            c.completed.to_string(),
+            c.expired.to_string(),
+            format!("{:.3}", c.completion_rate),
+            format!("{:.1}", c.average_progress),
+            c.median_days_to_complete
+                .map(|d| format!("{d:.2}"))
+                .unwrap_or_default(),
+        ]
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn events(g: Globals, a: EventsArgs) -> anyhow::Result<ExitCode> {
+    let store = open_existing(&g.database_url).await?;
+    let filter = EventFilter {
+        source: a.source,
+        topic: a.topic,
+        after_seq: a.after,
+    };
+    let mut items = Vec::new();
+    let mut cursor = None;
+    while items.len() < a.limit {
+        let want = (a.limit - items.len()).min(store::MAX_PAGE as usize) as u32;
+        let page = store
+            .list_events(
+                &filter,
+                &PageRequest {
+                    limit: want,
+                    cursor,
+                },
+            )
+            .await?;
+        items.extend(page.items);
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    if a.format == Format::Json {
+        let values: Vec<_> = items.iter().map(views::event_view).collect();
+        println!("{}", serde_json::to_string_pretty(&values)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let header = [
+        "seq",
+        "source",
+        "event_id",
+        "topic",
+        "created_at",
+        "received_at",
+        "enrollment_id",
+    ];
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                e.source.clone(),
+                e.event_id.clone(),
+                e.topic.clone(),
+                e.created_at
+                    .as_ref()
+                    .map(views::rfc3339)
+                    .unwrap_or_default(),
+                views::rfc3339(&e.received_at),
+                opt(e.enrollment_id),
+            ]
+        })
+        .collect();
+    output(a.format, &header, &rows, Clone::clone)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn quarantine(g: Globals, cmd: QuarantineCommand) -> anyhow::Result<ExitCode> {
+    let store = open_existing(&g.database_url).await?;
+    match cmd {
+        QuarantineCommand::List { limit, format } => {
+            let page = store
+                .list_quarantine(&PageRequest {
+                    limit: limit.clamp(1, store::MAX_PAGE),
+                    cursor: None,
+                })
+                .await?;
+            if format == Format::Json {
+                let values: Vec<_> = page
+                    .items
+                    .iter()
+                    .map(|r| views::quarantine_view(r, false))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&values)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let header = [
+                "id",
+                "received_at",
+                "source",
+                "reason_code",
+                "body_size",
+                "resolution",
+                "reason",
+            ];
+            output(format, &header, &page.items, |r| {
+                vec![
+                    r.id.to_string(),
+                    views::rfc3339(&r.received_at),
+                    r.source.clone(),
+                    r.reason_code.clone(),
+                    r.body_size.to_string(),
+                    r.resolution.clone().unwrap_or_else(|| "-".into()),
+                    r.reason.clone(),
+                ]
+            })?;
+        }
+        QuarantineCommand::Show { id } => {
+            let record = store
+                .get_quarantine(id)
+                .await?
+                .with_context(|| format!("no quarantined delivery #{id}"))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&views::quarantine_view(&record, true))?
+            );
+        }
+        QuarantineCommand::Retry { id } => {
+            let record = store
+                .get_quarantine(id)
+                .await?
+                .with_context(|| format!("no quarantined delivery #{id}"))?;
+            let sources = Sources::resolve(g.secret.clone(), &g.file);
+            let delivery = Delivery {
+                source: &record.source,
+                signature: record.header(SIGNATURE_HEADER).map(str::as_bytes),
+                topic_header: record.header(TOPIC_HEADER),
+                body: &record.body,
+                received_at: record.received_at,
+            };
+            let event = match receive::check(&sources, true, &delivery) {
+                Ok(event) => event,
+                Err(r) => {
+                    eprintln!("#{id} is still rejected: {r}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let outcome = store.append_batch(std::slice::from_ref(&event)).await?[0];
+            let resolution = views::admitted_resolution(&event.event_id, outcome);
+            store.resolve_quarantine(id, &resolution).await?;
+            println!("#{id}: {resolution}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// Prints rows as an aligned table, CSV, or (for serializable rows) JSON.
+fn output<T: serde::Serialize>(
+    format: Format,
+    header: &[&str],
+    rows: &[T],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(rows)?)?,
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record(header)?;
+            for row in rows {
+                w.write_record(cells(row))?;
+            }
+            w.flush()?;
+        }
+        Format::Table => {
+            let table: Vec<Vec<String>> = rows.iter().map(&cells).collect();
+            let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+            for row in &table {
+                for (w, c) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            let line = |cells: Vec<&str>| -> String {
+                cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_owned()
+            };
+            writeln!(out, "{}", line(header.to_vec()))?;
+            for row in &table {
+                writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+            }
+            if table.is_empty() {
+                writeln!(out, "(none)")?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! Configuration: flags > environment (`ENROLLHOOK_*`, handled by clap) >
+//! `enrollhook.toml` > defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The name of the source that `POST /webhooks/thinkific` (no name) delivers to.
+pub const DEFAULT_SOURCE: &str = "default";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE: &str = "sqlite://enrollhook.db";
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+pub const DEFAULT_CONFIG_FILE: &str = "enrollhook.toml";
+
+/// A secret (webhook key or API token). Never printed: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// One school (or Thinkific app) that sends us webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    /// The school's API key (or the app's client secret).
+    pub secret: Option<Secret>,
+}
+
+/// `enrollhook.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub secret: Option<Secret>,
+    pub api_token: Option<Secret>,
+    pub max_body: Option<ByteSize>,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// A size in bytes, written as a number or as `512KiB`, `1MiB`, `10MB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub struct ByteSize(pub usize);
+
+impl TryFrom<toml::Value> for ByteSize {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(n) if n > 0 => Ok(ByteSize(n as usize)),
+            toml::Value::String(s) => s.parse(),
+            other => Err(format!(
+                "expected a size like 1048576 or \"1MiB\", got {other}"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: usize = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size: use bytes or a unit, e.g. 1MiB"))?;
+        let factor = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1024,
+            "m" | "mb" => 1000 * 1000,
+            "mib" => 1024 * 1024,
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}`: use B, KiB, MiB, KB or MB"
+                ));
+            }
+        };
+        match n.checked_mul(factor) {
+            Some(0) | None => Err(format!("`{s}` is not a usable size")),
+            Some(bytes) => Ok(ByteSize(bytes)),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Reads the config file. An explicitly named file must exist; the default
+    /// `enrollhook.toml` is optional.
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<(FileConfig, Option<PathBuf>)> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+                if !p.exists() {
+                    return Ok((FileConfig::default(), None));
+                }
+                p
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let config = FileConfig::parse(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        Ok((config, Some(path)))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
+        let config: FileConfig = toml::from_str(text)?;
+        let mut seen = std::collections::HashSet::new();
+        for s in &config.sources {
+            validate_source_name(&s.name)?;
+            if !seen.insert(s.name.as_str()) {
+                anyhow::bail!("source `{}` is configured twice", s.name);
+            }
+        }
+        Ok(config)
+    }
+}
+
+pub fn validate_source_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    anyhow::ensure!(
+        ok,
+        "source name `{name}` is invalid: use 1 to 64 letters, digits, `-` or `_` (it becomes part of the webhook URL)"
+    );
+    Ok(())
+}
+
+/// The sources deliveries are accepted for, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    by_name: BTreeMap<String, Option<Secret>>,
+}
+
+impl Sources {
+    /// `flag_secret` (from `--secret` / `ENROLLHOOK_SECRET`, else the file's
+    /// top-level `secret`) configures the default source.
+    pub fn resolve(flag_secret: Option<Secret>, file: &FileConfig) -> Sources {
+        let mut by_name = BTreeMap::new();
+        for s in &file.sources {
+            by_name.insert(s.name.clone(), s.secret.clone());
+        }
+        if let Some(secret) = flag_secret.or_else(|| file.secret.clone()) {
+            by_name.insert(DEFAULT_SOURCE.to_owned(), Some(secret));
+        }
+        Sources { by_name }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Option<&Secret>> {
+        self.by_name.get(name).map(Option::as_ref)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// Sources that have no secret (only usable with `--insecure-skip-verification`).
+    pub fn without_secret(&self) -> Vec<&str> {
+        self.by_name
+            .iter()
+            .filter(|(_, s)| s.is_none())
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// A single unsigned default source, for `--insecure-skip-verification` with no config.
+    pub fn insecure_default() -> Sources {
+        let mut by_name = BTreeMap::new();
+        by_name.insert(DEFAULT_SOURCE.to_owned(), None);
+        Sources { by_name }
+    }
+}
+
+/// What `serve` needs, fully resolved.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub sources: Sources,
+    pub insecure_skip_verification: bool,
+    pub api_token: Option<Secret>,
+    pub max_body: usize,
+    pub migrate: bool,
+    /// Events per group-commit transaction, at most.
+    pub max_batch: usize,
+}
+
+impl ServeConfig {
+    /// Settings for tests and embedding: a database, one default source.
+    pub fn new(database_url: impl Into<String>, secret: Option<&str>) -> ServeConfig {
+        let sources = match secret {
+            Some(s) => Sources::resolve(Some(Secret::new(s)), &FileConfig::default()),
+            None => Sources::insecure_default(),
+        };
+        ServeConfig {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            database_url: database_url.into(),
+            sources,
+            insecure_skip_verification: secret.is_none(),
+            api_token: None,
+            max_body: DEFAULT_MAX_BODY,
+            migrate: true,
+            max_batch: 512,
+        }
+    }
+
+    /// Refuses configurations that would be unsafe on a public endpoint.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !self.insecure_skip_verification {
+            if self.sources.is_empty() {
+                anyhow::bail!("{NO_SECRET_HELP}");
+            }
+            let unsigned = self.sources.without_secret();
+            if !unsigned.is_empty() {
+                anyhow::bail!(
+                    "source(s) {} have no secret. Set `secret` for each [[source]] in the config file \
+                     (the school's API key), or pass --insecure-skip-verification for local experiments only.",
+                    unsigned.join(", ")
+                );
+            }
+        }
+        if self.api_token.is_none() && !self.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to listen on {} without an API token: the query API would be open to the network. \
+                 Set --api-token or ENROLLHOOK_API_TOKEN (any long random string, e.g. `openssl rand -hex 32`), \
+                 or listen on 127.0.0.1.",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+}
+
+pub const NO_SECRET_HELP: &str = "no webhook secret configured, so deliveries could not be verified.\n\
+  Thinkific signs every webhook with your school's API key: in your Thinkific admin, open\n\
+  Settings → Code & analytics → API (https://YOUR-SCHOOL.thinkific.com/manage/settings/api),\n\
+  copy the API key and pass it as --secret KEY or ENROLLHOOK_SECRET=KEY\n\
+  (for a Thinkific app, use the app's client secret). For several schools, add\n\
+  [[source]] entries with `name` and `secret` to enrollhook.toml.\n\
+  For a local experiment only, --insecure-skip-verification accepts unsigned deliveries.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_config_file() {
+        let c = FileConfig::parse(
+            r#"
+            listen = "0.0.0.0:9000"
+            max_body = "2MiB"
+            [[source]]
+            name = "school-a"
+            secret = "key-a"
+            [[source]]
+            name = "school_b"
+            secret = "key-b"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.max_body, Some(ByteSize(2 * 1024 * 1024)));
+        let s = Sources::resolve(Some(Secret::new("flag")), &c);
+        assert_eq!(
+            s.names().collect::<Vec<_>>(),
+            ["default", "school-a", "school_b"]
+        );
+        assert_eq!(s.get("school-a").unwrap().unwrap().expose(), "key-a");
+        assert!(s.get("nope").is_none());
+    }
+
+    #[test]
+    fn rejects_bad_config() {
+        assert!(
+            FileConfig::parse("lisen = \"x\"").is_err(),
+            "typos are errors"
+        );
+        assert!(FileConfig::parse("[[source]]\nname = \"a/b\"\nsecret = \"k\"").is_err());
+        assert!(FileConfig::parse("[[source]]\nname = \"a\"\n[[source]]\nname = \"a\"").is_err());
+        assert!(FileConfig::parse("max_body = \"lots\"").is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!("1048576".parse(), Ok(ByteSize(1048576)));
+        assert_eq!("1MiB".parse(), Ok(ByteSize(1048576)));
+        assert_eq!("10 MB".parse(), Ok(ByteSize(10_000_000)));
+        assert!("0".parse::<ByteSize>().is_err());
+        assert!("1 parsec".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = ServeConfig::new("sqlite::memory:", Some("k"));
+        assert!(c.validate().is_ok());
+        c.listen = "0.0.0.0:8080".parse().unwrap();
+        assert!(c.validate().is_err(), "public without token");
+        c.api_token = Some(Secret::new("t"));
+        assert!(c.validate().is_ok());
+        c.sources = Sources::default();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("API key"), "{err}");
+    }
+}

@@ -1,0 +1,111 @@
+//! Group commit: many concurrent deliveries, one writer, one transaction per batch.
+//!
+//! Each request hands its event to the [`Ingestor`] and waits. A writer task
+//! takes everything that is waiting (up to `max_batch`), stores it with one
+//! [`Store::append_batch`] transaction, and only then answers every request of
+//! the batch. While one batch commits the next one fills up, so the cost of a
+//! durable commit (an fsync) is shared by all deliveries that arrived meanwhile.
+//!
+//! The transaction belongs to the writer task, not to a request: a client that
+//! disconnects mid-request can never leave a transaction open or half-written.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::store::{AppendOutcome, NewEvent, Store, StoreError};
+
+struct Job {
+    event: NewEvent,
+    reply: oneshot::Sender<Result<AppendOutcome, Arc<StoreError>>>,
+}
+
+#[derive(Clone)]
+pub struct Ingestor {
+    queue: mpsc::Sender<Job>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("the writer has stopped (the service is shutting down)")]
+    Stopped,
+}
+
+impl Ingestor {
+    /// Starts `writers` writer tasks (1 for SQLite, which has one writer anyway).
+    /// They stop when every `Ingestor` clone is dropped, after draining the queue.
+    pub fn start(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        writers: usize,
+        max_batch: usize,
+    ) -> (Ingestor, tokio::task::JoinSet<()>) {
+        let (tx, rx) = mpsc::channel::<Job>(max_batch * 4);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..writers.max(1) {
+            tasks.spawn(writer(
+                store.clone(),
+                metrics.clone(),
+                rx.clone(),
+                max_batch,
+            ));
+        }
+        (Ingestor { queue: tx }, tasks)
+    }
+
+    /// Stores one event; returns once it is committed (or known to be a duplicate).
+    pub async fn append(&self, event: NewEvent) -> Result<AppendOutcome, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { event, reply })
+            .await
+            .map_err(|_| IngestError::Stopped)?;
+        match answer.await {
+            Ok(result) => result.map_err(IngestError::Store),
+            Err(_) => Err(IngestError::Stopped),
+        }
+    }
+}
+
+async fn writer(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    max_batch: usize,
+) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    loop {
+        {
+            // One writer gathers a batch at a time; others wait their turn here.
+            let mut rx = queue.lock().await;
+            if rx.recv_many(&mut jobs, max_batch).await == 0 {
+                return; // every sender is gone and the queue is empty
+            }
+        }
+        let (events, replies): (Vec<NewEvent>, Vec<_>) =
+            jobs.drain(..).map(|j| (j.event, j.reply)).unzip();
+        let started = Instant::now();
+        let result = store.append_batch(&events).await;
+        metrics.observe_batch(events.len(), started.elapsed());
+        match result {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // The requester may have gone away; the event is stored regardless.
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = events.len(), "storing a batch failed; answering 503");
+                let e = Arc::new(e);
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Prometheus metrics: deliveries by outcome, delivery latency, batch sizes.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    deliveries: Family<OutcomeLabels, Counter>,
+    delivery_seconds: Histogram,
+    batch_size: Histogram,
+    batch_commit_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("enrollhook");
+        let deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Webhook deliveries by outcome (stored, duplicate, or the rejection code)",
+            deliveries.clone(),
+        );
+        // 100 µs … ~3 s.
+        let delivery_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "delivery_duration_seconds",
+            "Time from request to reply for webhook deliveries",
+            delivery_seconds.clone(),
+        );
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "batch_size",
+            "Events per group-commit transaction",
+            batch_size.clone(),
+        );
+        let batch_commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "batch_commit_duration_seconds",
+            "Time to store and commit one group-commit batch",
+            batch_commit_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            deliveries,
+            delivery_seconds,
+            batch_size,
+            batch_commit_seconds,
+        }
+    }
+
+    pub fn observe_delivery(&self, outcome: &'static str, elapsed: Duration) {
+        self.deliveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.delivery_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_batch(&self, size: usize, elapsed: Duration) {
+        self.batch_size.observe(size as f64);
+        self.batch_commit_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,361 @@
+//! The query API (`/api/...`), health checks and metrics.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::receive::{self, Delivery};
+use crate::store::{
+    AppendOutcome, EnrollmentFilter, EventFilter, MAX_PAGE, PageRequest, QuarantineRecord,
+    StoredEvent,
+};
+use crate::thinkific::{SIGNATURE_HEADER, TOPIC_HEADER, envelope::parse_timestamp};
+use crate::views::{EnrollmentView, event_view, quarantine_view};
+
+pub fn router(state: AppState) -> Router<AppState> {
+    let api = Router::new()
+        .route("/api/enrollments", get(list_enrollments))
+        .route(
+            "/api/enrollments/{source}/{enrollment_id}",
+            get(get_enrollment),
+        )
+        .route("/api/courses", get(courses))
+        .route("/api/events", get(list_events))
+        .route("/api/events/{source}/{event_id}", get(get_event))
+        .route("/api/quarantine", get(list_quarantine))
+        .route("/api/quarantine/{id}", get(get_quarantine))
+        .route("/api/quarantine/{id}/retry", post(retry_quarantine))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state, require_auth));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .merge(api)
+}
+
+/// With an API token: `Authorization: Bearer TOKEN` is required. Without one,
+/// only loopback clients are answered (and `serve` refuses non-loopback listens).
+async fn require_auth(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match &app.api_token {
+        Some(token) => {
+            let given = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            let ok =
+                given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes()));
+            if !ok {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or wrong API token: send `Authorization: Bearer TOKEN` with the token given to --api-token",
+                )
+                .into_response();
+            }
+        }
+        None if !peer.ip().is_loopback() => {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "no API token is configured, so the API only answers this machine; set --api-token to allow remote clients",
+            )
+            .into_response();
+        }
+        None => {}
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use hmac::{KeyInit, Mac};
+    // Compare MACs of both values: constant time whatever their lengths.
+    let key = b"enrollhook-token-compare";
+    let mac = |v: &[u8]| {
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+        m.update(v);
+        m
+    };
+    mac(b).verify_slice(&mac(a).finalize().into_bytes()).is_ok()
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {}", e.body_text())))
+}
+
+fn page(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest, ApiError> {
+    let limit = limit.unwrap_or(crate::store::DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok(PageRequest {
+        limit,
+        cursor: cursor.filter(|c| !c.is_empty()),
+    })
+}
+
+fn timestamp_param(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    value
+        .map(|v| {
+            parse_timestamp(&v).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name} must be an RFC 3339 timestamp like 2024-05-01T12:00:00Z, got `{v}`"
+                ))
+            })
+        })
+        .transpose()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollmentQuery {
+    source: Option<String>,
+    course_id: Option<i64>,
+    user_id: Option<i64>,
+    email: Option<String>,
+    status: Option<String>,
+    updated_after: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list_enrollments(
+    State(app): State<AppState>,
+    q: Result<Query<EnrollmentQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let status = q
+        .status
+        .map(|s| s.parse().map_err(ApiError::bad_request))
+        .transpose()?;
+    let filter = EnrollmentFilter {
+        source: q.source,
+        course_id: q.course_id,
+        user_id: q.user_id,
+        email: q.email,
+        status,
+        updated_after: timestamp_param("updated_after", q.updated_after)?,
+    };
+    let now = Utc::now();
+    let page = app
+        .store
+        .list_enrollments(&filter, &page(q.limit, q.cursor)?, now)
+        .await?;
+    let items: Vec<EnrollmentView> = page
+        .items
+        .iter()
+        .map(|e| EnrollmentView::new(e, now))
+        .collect();
+    Ok(Json(
+        json!({"items": items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn get_enrollment(
+    State(app): State<AppState>,
+    Path((source, enrollment_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id: i64 = enrollment_id.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "enrollment id must be an integer, got `{enrollment_id}`"
+        ))
+    })?;
+    let Some(enrollment) = app.store.get_enrollment(&source, id).await? else {
+        return Err(ApiError::not_found(format!(
+            "no enrollment {id} from source `{source}` has been received"
+        )));
+    };
+    let events = app.store.enrollment_events(&source, id).await?;
+    let timeline: Vec<Value> = events.iter().map(event_view).collect();
+    Ok(Json(json!({
+        "enrollment": EnrollmentView::new(&enrollment, Utc::now()),
+        "events": timeline,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoursesQuery {
+    source: Option<String>,
+}
+
+async fn courses(
+    State(app): State<AppState>,
+    q: Result<Query<CoursesQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let stats = app
+        .store
+        .course_stats(q.source.as_deref(), Utc::now())
+        .await?;
+    Ok(Json(json!({"items": stats})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    source: Option<String>,
+    topic: Option<String>,
+    /// Log position: only events stored after it.
+    after: Option<i64>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list_events(
+    State(app): State<AppState>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let filter = EventFilter {
+        source: q.source,
+        topic: q.topic,
+        after_seq: q.after,
+    };
+    let page = app
+        .store
+        .list_events(&filter, &page(q.limit, q.cursor)?)
+        .await?;
+    let items: Vec<Value> = page.items.iter().map(event_view).collect();
+    Ok(Json(
+        json!({"items": items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn get_event(
+    State(app): State<AppState>,
+    Path((source, event_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let event: StoredEvent = app
+        .store
+        .get_event(&source, &event_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no event `{event_id}` from source `{source}`"))
+        })?;
+    Ok(Json(event_view(&event)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list_quarantine(
+    State(app): State<AppState>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let page = app.store.list_quarantine(&page(q.limit, q.cursor)?).await?;
+    let items: Vec<Value> = page
+        .items
+        .iter()
+        .map(|r| quarantine_view(r, false))
+        .collect();
+    Ok(Json(
+        json!({"items": items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn load_quarantined(app: &AppState, id: &str) -> Result<QuarantineRecord, ApiError> {
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::bad_request(format!("quarantine id must be an integer, got `{id}`"))
+    })?;
+    app.store
+        .get_quarantine(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no quarantined delivery #{id}")))
+}
+
+async fn get_quarantine(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = load_quarantined(&app, &id).await?;
+    Ok(Json(quarantine_view(&record, true)))
+}
+
+/// Re-checks a quarantined delivery with the current configuration (the fix for
+/// a misconfigured secret) and stores it when it now passes.
+async fn retry_quarantine(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = load_quarantined(&app, &id).await?;
+    let delivery = Delivery {
+        source: &record.source,
+        signature: record.header(SIGNATURE_HEADER).map(str::as_bytes),
+        topic_header: record.header(TOPIC_HEADER),
+        body: &record.body,
+        received_at: record.received_at,
+    };
+    let event = receive::check(&app.sources, app.verify_signatures, &delivery).map_err(|r| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            r.code(),
+            format!("still rejected: {r}"),
+        )
+    })?;
+    let event_id = event.event_id.clone();
+    let outcome = app.ingestor.append(event).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            e.to_string(),
+        )
+    })?;
+    let resolution = crate::views::admitted_resolution(&event_id, outcome);
+    app.store.resolve_quarantine(record.id, &resolution).await?;
+    let status = match outcome {
+        AppendOutcome::Stored { .. } => "stored",
+        AppendOutcome::Duplicate => "duplicate",
+    };
+    Ok(
+        Json(json!({"status": status, "event_id": event_id, "quarantine_id": record.id}))
+            .into_response(),
+    )
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready", "database": app.store.backend()})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "database": app.store.backend(), "error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}

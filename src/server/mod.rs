@@ -1,0 +1,128 @@
+//! The HTTP shell: webhook ingest, query API, health and metrics.
+
+mod api;
+mod error;
+mod webhooks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+
+use crate::config::{Secret, ServeConfig, Sources};
+use crate::ingest::Ingestor;
+use crate::metrics::Metrics;
+use crate::store::{self, Store};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub ingestor: Ingestor,
+    pub sources: Arc<Sources>,
+    pub verify_signatures: bool,
+    pub api_token: Option<Arc<Secret>>,
+    pub metrics: Arc<Metrics>,
+    pub max_body: usize,
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body;
+    Router::new()
+        .merge(webhooks::router().layer(DefaultBodyLimit::max(max_body)))
+        .merge(api::router(state.clone()))
+        .with_state(state)
+}
+
+/// A running server: its address, and a handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Graceful stop: no new connections, in-flight deliveries finish and commit.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await?
+    }
+
+    /// Waits until the server stops by itself (after a signal).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+}
+
+/// Opens the store, starts the group-commit writer and serves on `listener`
+/// until `stop` is called or, with `handle_signals`, SIGINT/SIGTERM arrives.
+pub async fn start(
+    config: ServeConfig,
+    listener: TcpListener,
+    handle_signals: bool,
+) -> anyhow::Result<Running> {
+    let store = store::open(&config.database_url, config.migrate).await?;
+    let metrics = Arc::new(Metrics::new());
+    let (ingestor, writers) = Ingestor::start(store.clone(), metrics.clone(), 1, config.max_batch);
+    let state = AppState {
+        store: store.clone(),
+        ingestor,
+        sources: Arc::new(config.sources.clone()),
+        verify_signatures: !config.insecure_skip_verification,
+        api_token: config.api_token.clone().map(Arc::new),
+        metrics,
+        max_body: config.max_body,
+    };
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            if handle_signals {
+                tokio::select! {
+                    _ = rx => {}
+                    _ = shutdown_signal() => {}
+                }
+            } else {
+                let _ = rx.await;
+            }
+            tracing::info!("shutting down: finishing in-flight deliveries");
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await?;
+        // The router (and with it every Ingestor handle) is gone: the writers
+        // drain what is queued, commit, and end.
+        writers.join_all().await;
+        tracing::info!("stopped");
+        Ok(())
+    });
+    Ok(Running {
+        addr,
+        store,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

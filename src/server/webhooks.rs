@@ -1,0 +1,164 @@
+//! `POST /webhooks/thinkific[/{source}]`: verify, keep, answer.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::Utc;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::config::DEFAULT_SOURCE;
+use crate::ingest::IngestError;
+use crate::receive::{self, Delivery, Rejection};
+use crate::store::AppendOutcome;
+use crate::thinkific::{SIGNATURE_HEADER, TOPIC_HEADER};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/thinkific", post(receive_default))
+        .route("/webhooks/thinkific/{source}", post(receive_named))
+}
+
+async fn receive_default(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    receive(app, DEFAULT_SOURCE, headers, body).await
+}
+
+async fn receive_named(
+    State(app): State<AppState>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    receive(app, &source, headers, body).await
+}
+
+async fn receive(
+    app: AppState,
+    source: &str,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let finish = |outcome: &'static str, topic: &str, event_id: &str, response: Response| {
+        let elapsed = started.elapsed();
+        app.metrics.observe_delivery(outcome, elapsed);
+        tracing::info!(
+            source,
+            topic,
+            event_id,
+            outcome,
+            status = response.status().as_u16(),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "delivery"
+        );
+        response
+    };
+
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let err = ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the body is larger than the {} byte limit; raise --max-body if Thinkific really sends such events",
+                    app.max_body
+                ),
+            );
+            return finish("body_too_large", "", "", err.into_response());
+        }
+        Err(e) => {
+            let err = ApiError::bad_request(format!("could not read the request body: {e}"));
+            return finish("body_unreadable", "", "", err.into_response());
+        }
+    };
+
+    let delivery = Delivery {
+        source,
+        signature: headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()),
+        topic_header: headers.get(TOPIC_HEADER).and_then(|v| v.to_str().ok()),
+        body: &body,
+        received_at: Utc::now(),
+    };
+    let event = match receive::check(&app.sources, app.verify_signatures, &delivery) {
+        Ok(event) => event,
+        Err(rejection) => {
+            let status = match &rejection {
+                Rejection::UnknownSource(_) => StatusCode::NOT_FOUND,
+                Rejection::Signature(_) => StatusCode::UNAUTHORIZED,
+                Rejection::Parse(_) => StatusCode::BAD_REQUEST,
+            };
+            let mut message = rejection.to_string();
+            if rejection.is_quarantined() {
+                let kept: Vec<(String, String)> = headers
+                    .iter()
+                    .filter(|(name, _)| receive::is_kept_header(name.as_str()))
+                    .map(|(n, v)| {
+                        (
+                            n.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect();
+                let record = receive::quarantine_record(&delivery, &rejection, kept);
+                match app.store.quarantine(record).await {
+                    Ok(id) => message.push_str(&format!(" (kept in quarantine as #{id})")),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not quarantine a rejected delivery")
+                    }
+                }
+            }
+            let err = ApiError::new(status, rejection.code(), message);
+            return finish(rejection.code(), "", "", err.into_response());
+        }
+    };
+
+    let (topic, event_id) = (event.topic.clone(), event.event_id.clone());
+    match app.ingestor.append(event).await {
+        Ok(outcome) => {
+            let label = match outcome {
+                AppendOutcome::Stored { .. } => "stored",
+                AppendOutcome::Duplicate => "duplicate",
+            };
+            let response = (
+                StatusCode::OK,
+                Json(json!({"status": label, "event_id": event_id, "topic": topic})),
+            )
+                .into_response();
+            finish(label, &topic, &event_id, response)
+        }
+        Err(e) => {
+            let message = match e {
+                IngestError::Stopped => {
+                    "the service is shutting down; Thinkific will retry".to_owned()
+                }
+                IngestError::Store(_) => {
+                    "the event could not be stored (database unavailable); Thinkific will retry"
+                        .to_owned()
+                }
+            };
+            let err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                message,
+            );
+            finish(
+                "storage_unavailable",
+                &topic,
+                &event_id,
+                err.into_response(),
+            )
+        }
+    }
+}

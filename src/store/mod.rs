@@ -1,0 +1,345 @@
+//! Storage: one [`Store`] trait, one implementation per database.
+//!
+//! Everything a delivery changes is written in one transaction by
+//! [`Store::append_batch`]: the event (exactly once per source and envelope id)
+//! and its projection change. Readers never see half a delivery, and a crash
+//! loses nothing that was acknowledged, because acknowledgement waits for commit
+//! (see [`crate::ingest`]).
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::projection::{Enrollment, EnrollmentEvent, Status};
+use crate::thinkific;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused the write: callers answer 503
+    /// so that Thinkific retries.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[from] sqlx::Error),
+    /// A request the store cannot answer (bad cursor, …): the caller's mistake.
+    #[error("{0}")]
+    Invalid(String),
+    /// Data in the database that this version cannot read.
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("migration failed: {0}")]
+    Migrate(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A verified, parsed delivery, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub source: String,
+    /// Thinkific's envelope id.
+    pub event_id: String,
+    /// `resource.action`.
+    pub topic: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+    /// The raw body, exactly as received (it is valid UTF-8 JSON).
+    pub body: String,
+    /// Set for the enrollment topics: what the projection needs.
+    pub enrollment: Option<EnrollmentEvent>,
+}
+
+impl NewEvent {
+    pub fn from_envelope(
+        source: &str,
+        envelope: &thinkific::Envelope,
+        body: String,
+        received_at: DateTime<Utc>,
+    ) -> NewEvent {
+        let enrollment = envelope
+            .enrollment
+            .as_ref()
+            .zip(envelope.enrollment_topic())
+            .map(|(payload, topic)| EnrollmentEvent {
+                topic,
+                event_id: envelope.id.clone(),
+                envelope_created_at: envelope.created_at,
+                payload: payload.clone(),
+            });
+        NewEvent {
+            source: source.to_owned(),
+            event_id: envelope.id.clone(),
+            topic: envelope.topic.to_string(),
+            created_at: envelope.created_at,
+            received_at,
+            body,
+            enrollment,
+        }
+    }
+
+    pub fn enrollment_id(&self) -> Option<i64> {
+        self.enrollment.as_ref().map(|e| e.payload.id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "status")]
+pub enum AppendOutcome {
+    /// Newly stored at this position of the event log.
+    Stored { seq: i64 },
+    /// Already stored before: nothing changed.
+    Duplicate,
+}
+
+/// An event as kept in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub source: String,
+    pub event_id: String,
+    pub topic: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+    pub enrollment_id: Option<i64>,
+    pub body: String,
+}
+
+impl StoredEvent {
+    /// Re-reads an enrollment event from the log (for re-folds and rebuilds).
+    pub fn enrollment_event(&self) -> Result<Option<EnrollmentEvent>> {
+        enrollment_event_from_log(&self.topic, &self.event_id, &self.body)
+    }
+}
+
+pub(crate) fn enrollment_event_from_log(
+    topic: &str,
+    event_id: &str,
+    body: &str,
+) -> Result<Option<EnrollmentEvent>> {
+    let envelope = thinkific::parse(body.as_bytes(), Some(topic))
+        .map_err(|e| StoreError::Corrupt(format!("event {event_id} no longer parses: {e}")))?;
+    let new = NewEvent::from_envelope("", &envelope, String::new(), Utc::now());
+    Ok(new.enrollment)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EnrollmentFilter {
+    pub source: Option<String>,
+    pub course_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub email: Option<String>,
+    pub status: Option<Status>,
+    pub updated_after: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub source: Option<String>,
+    pub topic: Option<String>,
+    /// Only events after this log position.
+    pub after_seq: Option<i64>,
+}
+
+pub const MAX_PAGE: u32 = 1000;
+pub const DEFAULT_PAGE: u32 = 100;
+
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        PageRequest {
+            limit: DEFAULT_PAGE,
+            cursor: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Cursors are opaque to clients: base64url of the last key of the page.
+pub(crate) fn encode_cursor(parts: &[&str]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(parts.join("\n"))
+}
+
+pub(crate) fn decode_cursor(cursor: &str, arity: usize) -> Result<Vec<String>> {
+    let invalid = || {
+        StoreError::Invalid(
+            "invalid cursor: pass next_cursor from the previous page unchanged".into(),
+        )
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let parts: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    if parts.len() != arity {
+        return Err(invalid());
+    }
+    Ok(parts)
+}
+
+/// Per-course statistics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CourseStats {
+    pub source: String,
+    pub course_id: i64,
+    pub name: Option<String>,
+    pub enrollments: i64,
+    pub active: i64,
+    pub trial: i64,
+    pub completed: i64,
+    pub expired: i64,
+    /// completed / enrollments, 0–1.
+    pub completion_rate: f64,
+    /// Mean progress, 0–100.
+    pub average_progress: f64,
+    pub median_days_to_complete: Option<f64>,
+}
+
+/// A rejected delivery, kept with its reason.
+#[derive(Debug, Clone)]
+pub struct NewQuarantine {
+    pub source: String,
+    pub received_at: DateTime<Utc>,
+    pub reason_code: String,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuarantineRecord {
+    pub id: i64,
+    pub source: String,
+    pub received_at: DateTime<Utc>,
+    pub reason_code: String,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    pub body_size: i64,
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// How it was resolved, e.g. `admitted as event 2019…`.
+    pub resolution: Option<String>,
+}
+
+impl QuarantineRecord {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RebuildReport {
+    pub events: u64,
+    pub enrollments: u64,
+    /// Rows that differed from the stored projection (added or changed).
+    pub changed: u64,
+    /// Stored rows that no event supports any more.
+    pub removed: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Human name of the backend, for logs and `/readyz`.
+    fn backend(&self) -> &'static str;
+
+    /// Stores a batch in ONE transaction: each event exactly once per (source,
+    /// event id), with its projection change. Outcomes are in input order.
+    async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>>;
+
+    async fn quarantine(&self, record: NewQuarantine) -> Result<i64>;
+    async fn list_quarantine(&self, page: &PageRequest) -> Result<Page<QuarantineRecord>>;
+    async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>>;
+    async fn resolve_quarantine(&self, id: i64, resolution: &str) -> Result<()>;
+
+    async fn list_enrollments(
+        &self,
+        filter: &EnrollmentFilter,
+        page: &PageRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Page<Enrollment>>;
+    async fn get_enrollment(&self, source: &str, enrollment_id: i64) -> Result<Option<Enrollment>>;
+    /// The events of one enrollment, oldest log position first.
+    async fn enrollment_events(&self, source: &str, enrollment_id: i64)
+    -> Result<Vec<StoredEvent>>;
+    async fn course_stats(
+        &self,
+        source: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CourseStats>>;
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        page: &PageRequest,
+    ) -> Result<Page<StoredEvent>>;
+    async fn get_event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>>;
+
+    /// Re-derives the projection from the event log. With `dry_run` nothing is
+    /// written; the report says how the stored projection differs.
+    async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport>;
+
+    /// Cheap round trip, for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Opens the store a database URL names, running migrations unless told not to.
+pub async fn open(url: &str, migrate: bool) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::open(url, migrate).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        anyhow::bail!("PostgreSQL is not supported yet; use a sqlite:// URL")
+    } else {
+        anyhow::bail!(
+            "unsupported database URL `{url}`: use sqlite://PATH (e.g. sqlite://enrollhook.db)"
+        )
+    }
+}
+
+/// Median of a slice (sorted in place); None when empty.
+pub(crate) fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = encode_cursor(&["school a", "42"]);
+        assert_eq!(decode_cursor(&c, 2).unwrap(), vec!["school a", "42"]);
+        assert!(decode_cursor(&c, 1).is_err());
+        assert!(decode_cursor("!!!", 2).is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut []), None);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+}

@@ -1,0 +1,536 @@
+//! The Thinkific webhook envelope and the typed enrollment payload.
+//!
+//! Parsing is lenient exactly where Thinkific is inconsistent (ids as strings or
+//! numbers, `percentage_completed` as a 0–100 string or a 0.0–1.0 number, null
+//! timestamps, odd e-mail addresses, unknown extra fields) and strict elsewhere
+//! (the body must be a JSON object with an id, a topic and a payload object).
+
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use serde_json::{Map, Value};
+
+/// Why a body is not an acceptable Thinkific delivery. Shown to the sender.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    #[error("empty body: a Thinkific delivery is a JSON object")]
+    Empty,
+    #[error("body is not valid UTF-8 (invalid byte at offset {0}): Thinkific sends UTF-8 JSON")]
+    NotUtf8(usize),
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error(
+        "body is JSON but not an object: a Thinkific delivery is an object with id, resource, action and payload"
+    )]
+    NotObject,
+    #[error("envelope field `{0}` is missing")]
+    Missing(&'static str),
+    #[error("envelope field `{field}` is invalid: {why}")]
+    Invalid { field: &'static str, why: String },
+    #[error("payload field `{field}` is invalid: {why}")]
+    Payload { field: String, why: String },
+}
+
+impl ParseError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ParseError::Empty => "body_empty",
+            ParseError::NotUtf8(_) => "body_not_utf8",
+            ParseError::NotJson(_) | ParseError::NotObject => "body_not_json",
+            ParseError::Missing(_) | ParseError::Invalid { .. } => "envelope_invalid",
+            ParseError::Payload { .. } => "payload_invalid",
+        }
+    }
+}
+
+/// A topic is `resource.action`, e.g. `enrollment.progress`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    pub resource: String,
+    pub action: String,
+}
+
+impl Topic {
+    pub fn parse(s: &str) -> Option<Topic> {
+        let (resource, action) = s.split_once('.')?;
+        (valid_word(resource) && valid_word(action)).then(|| Topic {
+            resource: resource.to_owned(),
+            action: action.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.resource, self.action)
+    }
+}
+
+fn valid_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The enrollment topics that feed the projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EnrollmentTopic {
+    Created,
+    Progress,
+    Completed,
+    Trial,
+}
+
+impl EnrollmentTopic {
+    pub fn from_topic(topic: &Topic) -> Option<Self> {
+        if topic.resource != "enrollment" {
+            return None;
+        }
+        Some(match topic.action.as_str() {
+            "created" => Self::Created,
+            "progress" => Self::Progress,
+            "completed" => Self::Completed,
+            "trial" => Self::Trial,
+            _ => return None,
+        })
+    }
+}
+
+/// A parsed delivery. The raw body is kept alongside by the caller: it is what
+/// is stored and forwarded, byte for byte.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Thinkific's event id: unique per event, stable across redeliveries.
+    pub id: String,
+    pub topic: Topic,
+    pub tenant_id: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub payload: Map<String, Value>,
+    /// Present when the topic is an enrollment topic.
+    pub enrollment: Option<EnrollmentPayload>,
+}
+
+impl Envelope {
+    pub fn enrollment_topic(&self) -> Option<EnrollmentTopic> {
+        EnrollmentTopic::from_topic(&self.topic)
+    }
+}
+
+/// The enrollment payload, normalised: progress on a 0–100 scale.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnrollmentPayload {
+    pub id: i64,
+    pub course_id: Option<i64>,
+    pub course_name: Option<String>,
+    pub user_id: Option<i64>,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// 0–100.
+    pub percentage_completed: Option<f64>,
+    pub free_trial: Option<bool>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub expiry_date: Option<DateTime<Utc>>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Longest envelope id we accept; Thinkific's are 23 digits.
+const MAX_ID_LEN: usize = 128;
+
+/// Parses a raw delivery body. `header_topic` is the `X-Thinkific-Topic`
+/// header, used only when the body does not name its resource and action.
+pub fn parse(body: &[u8], header_topic: Option<&str>) -> Result<Envelope, ParseError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ParseError::Empty);
+    }
+    let text = std::str::from_utf8(body).map_err(|e| ParseError::NotUtf8(e.valid_up_to()))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let Value::Object(mut obj) = value else {
+        return Err(ParseError::NotObject);
+    };
+
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => return Err(ParseError::Missing("id")),
+        Some(v) => lenient_string(v).ok_or_else(|| ParseError::Invalid {
+            field: "id",
+            why: "expected a string or a number".into(),
+        })?,
+    };
+    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+        return Err(ParseError::Invalid {
+            field: "id",
+            why: format!("must be 1 to {MAX_ID_LEN} printable characters"),
+        });
+    }
+
+    let topic = envelope_topic(&obj, header_topic)?;
+
+    let tenant_id = match obj.get("tenant_id") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(lenient_string(v).ok_or_else(|| ParseError::Invalid {
+            field: "tenant_id",
+            why: "expected a string or a number".into(),
+        })?),
+    };
+
+    let created_at = match obj.get("created_at") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(timestamp(v).map_err(|why| ParseError::Invalid {
+            field: "created_at",
+            why,
+        })?),
+    };
+
+    let payload = match obj.remove("payload") {
+        Some(Value::Object(p)) => p,
+        None | Some(Value::Null) => return Err(ParseError::Missing("payload")),
+        Some(_) => {
+            return Err(ParseError::Invalid {
+                field: "payload",
+                why: "expected a JSON object".into(),
+            });
+        }
+    };
+
+    let enrollment = match EnrollmentTopic::from_topic(&topic) {
+        Some(_) => Some(parse_enrollment(&payload)?),
+        None => None,
+    };
+
+    Ok(Envelope {
+        id,
+        topic,
+        tenant_id,
+        created_at,
+        payload,
+        enrollment,
+    })
+}
+
+fn envelope_topic(
+    obj: &Map<String, Value>,
+    header_topic: Option<&str>,
+) -> Result<Topic, ParseError> {
+    let field = |name: &'static str| -> Result<Option<String>, ParseError> {
+        match obj.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ParseError::Invalid {
+                field: name,
+                why: "expected a string".into(),
+            }),
+        }
+    };
+    let from_header = header_topic.and_then(|h| Topic::parse(h.trim()));
+    let resource = match (field("resource")?, &from_header) {
+        (Some(r), _) => r,
+        (None, Some(t)) => t.resource.clone(),
+        (None, None) => return Err(ParseError::Missing("resource")),
+    };
+    let action = match (field("action")?, &from_header) {
+        (Some(a), _) => a,
+        (None, Some(t)) => t.action.clone(),
+        (None, None) => return Err(ParseError::Missing("action")),
+    };
+    let joined = format!("{resource}.{action}");
+    Topic::parse(&joined).ok_or_else(|| ParseError::Invalid {
+        field: "resource",
+        why: format!("topic `{joined}` is not of the form resource.action in lower case"),
+    })
+}
+
+fn parse_enrollment(p: &Map<String, Value>) -> Result<EnrollmentPayload, ParseError> {
+    let invalid = |field: &str, why: &str| ParseError::Payload {
+        field: field.to_owned(),
+        why: why.to_owned(),
+    };
+    let id = match p.get("id") {
+        None | Some(Value::Null) => {
+            return Err(invalid("id", "an enrollment payload needs its id"));
+        }
+        Some(v) => lenient_i64(v).ok_or_else(|| invalid("id", "expected an integer"))?,
+    };
+    let opt_i64 = |name: &str, v: Option<&Value>| -> Result<Option<i64>, ParseError> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => lenient_i64(v)
+                .map(Some)
+                .ok_or_else(|| invalid(name, "expected an integer")),
+        }
+    };
+    let opt_str = |name: &str, v: Option<&Value>| -> Result<Option<String>, ParseError> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(invalid(name, "expected a string")),
+        }
+    };
+    let opt_time = |name: &str| -> Result<Option<DateTime<Utc>>, ParseError> {
+        match p.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(v) => timestamp(v).map(Some).map_err(|why| invalid(name, &why)),
+        }
+    };
+    let object = |name: &str| -> Result<Option<&Map<String, Value>>, ParseError> {
+        match p.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(o)) => Ok(Some(o)),
+            Some(_) => Err(invalid(name, "expected an object")),
+        }
+    };
+
+    let course = object("course")?;
+    let user = object("user")?;
+    let course_id = match opt_i64("course_id", p.get("course_id"))? {
+        Some(id) => Some(id),
+        None => opt_i64("course.id", course.and_then(|c| c.get("id")))?,
+    };
+    let percentage_completed = match p.get("percentage_completed") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(percentage(v).map_err(|why| invalid("percentage_completed", &why))?),
+    };
+    let free_trial = match p.get("free_trial") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(Value::String(s)) if s == "true" || s == "false" => Some(s == "true"),
+        Some(_) => return Err(invalid("free_trial", "expected true or false")),
+    };
+
+    Ok(EnrollmentPayload {
+        id,
+        course_id,
+        course_name: opt_str("course.name", course.and_then(|c| c.get("name")))?,
+        user_id: opt_i64("user.id", user.and_then(|u| u.get("id")))?,
+        email: opt_str("user.email", user.and_then(|u| u.get("email")))?,
+        first_name: opt_str("user.first_name", user.and_then(|u| u.get("first_name")))?,
+        last_name: opt_str("user.last_name", user.and_then(|u| u.get("last_name")))?,
+        percentage_completed,
+        free_trial,
+        activated_at: opt_time("activated_at")?,
+        started_at: opt_time("started_at")?,
+        completed_at: opt_time("completed_at")?,
+        expiry_date: opt_time("expiry_date")?,
+        created_at: opt_time("created_at")?,
+        updated_at: opt_time("updated_at")?,
+    })
+}
+
+/// A string, or a number written as a string (Thinkific ids come as both).
+fn lenient_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn lenient_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Webhooks send `"24.0"` (0–100 as a string); the REST API sends `0.24`
+/// (0.0–1.0 as a number). Both become 24.0.
+pub fn percentage(v: &Value) -> Result<f64, String> {
+    let pct = match v {
+        Value::String(s) => s
+            .trim()
+            .trim_end_matches('%')
+            .parse::<f64>()
+            .map_err(|_| format!("`{s}` is not a number"))?,
+        Value::Number(n) => n.as_f64().ok_or("not a finite number")? * 100.0,
+        _ => return Err("expected a string like \"24.0\" or a number like 0.24".into()),
+    };
+    if !pct.is_finite() || !(0.0..=100.0).contains(&pct) {
+        return Err(format!("{pct} is outside 0–100 %"));
+    }
+    Ok(pct)
+}
+
+/// RFC 3339 with or without fractional seconds; a timestamp without an offset
+/// is taken as UTC.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    // Microseconds are what every backend stores exactly.
+    parse_timestamp_exact(s).map(|t| t.trunc_subsecs(6))
+}
+
+fn parse_timestamp_exact(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(t.and_utc());
+        }
+    }
+    DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f %z")
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn timestamp(v: &Value) -> Result<DateTime<Utc>, String> {
+    match v {
+        Value::String(s) => {
+            parse_timestamp(s).ok_or_else(|| format!("`{s}` is not an RFC 3339 timestamp"))
+        }
+        _ => Err("expected an RFC 3339 timestamp string".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::thinkific::samples;
+
+    #[test]
+    fn parses_the_published_samples() {
+        let e = parse(samples::PROGRESS.as_bytes(), None).unwrap();
+        assert_eq!(e.id, "20190131192004041953291");
+        assert_eq!(e.topic.to_string(), "enrollment.progress");
+        assert_eq!(e.tenant_id.as_deref(), Some("59"));
+        assert_eq!(e.enrollment_topic(), Some(EnrollmentTopic::Progress));
+        let p = e.enrollment.unwrap();
+        assert_eq!(p.id, 4);
+        assert_eq!(p.course_id, Some(25));
+        assert_eq!(p.percentage_completed, Some(24.0));
+        assert_eq!(p.email.as_deref(), Some("[TEST] [email protected]"));
+        assert_eq!(
+            p.updated_at.unwrap().to_rfc3339(),
+            "2014-02-01T00:20:04.019+00:00"
+        );
+
+        let c = parse(samples::COMPLETED.as_bytes(), None).unwrap();
+        assert_eq!(c.enrollment.unwrap().percentage_completed, Some(100.0));
+        let n = parse(samples::CREATED.as_bytes(), None).unwrap();
+        assert_eq!(n.enrollment.unwrap().percentage_completed, Some(0.0));
+    }
+
+    #[test]
+    fn lenient_where_thinkific_is_inconsistent() {
+        let body = br#"{"id": 123, "resource": "enrollment", "action": "progress",
+            "tenant_id": 59, "created_at": "2024-01-01T10:00:00Z", "tenant_global_id": "x",
+            "payload": {"id": "7", "course": {"id": "3", "name": "C"}, "percentage_completed": 0.5,
+                        "user": {"id": 1, "email": "not an email"}, "started_at": null,
+                        "updated_at": "2024-01-01 10:00:00"}}"#;
+        let e = parse(body, None).unwrap();
+        assert_eq!(e.id, "123");
+        assert_eq!(e.tenant_id.as_deref(), Some("59"));
+        let p = e.enrollment.unwrap();
+        assert_eq!((p.id, p.course_id), (7, Some(3)));
+        assert_eq!(p.percentage_completed, Some(50.0));
+        assert_eq!(p.started_at, None);
+        assert!(p.updated_at.is_some());
+        assert!(e.payload.contains_key("percentage_completed"));
+    }
+
+    #[test]
+    fn unknown_topics_are_accepted_untyped() {
+        let body =
+            br#"{"id":"1","resource":"order","action":"created","payload":{"anything":[1,2]}}"#;
+        let e = parse(body, None).unwrap();
+        assert_eq!(e.topic.to_string(), "order.created");
+        assert!(e.enrollment.is_none());
+        let body = br#"{"id":"1","resource":"brand_new","action":"thing","payload":{}}"#;
+        assert!(parse(body, None).is_ok());
+    }
+
+    #[test]
+    fn header_topic_fills_a_missing_resource() {
+        let body = br#"{"id":"1","payload":{"id":5}}"#;
+        let e = parse(body, Some("enrollment.created")).unwrap();
+        assert_eq!(e.enrollment.unwrap().id, 5);
+        assert_eq!(parse(body, None), Err(ParseError::Missing("resource")));
+    }
+
+    #[test]
+    fn strict_elsewhere() {
+        assert_eq!(parse(b"", None), Err(ParseError::Empty));
+        assert_eq!(parse(b"  \n", None), Err(ParseError::Empty));
+        assert_eq!(parse(b"{\"a\":\xff}", None), Err(ParseError::NotUtf8(5)));
+        assert!(matches!(parse(b"{nope", None), Err(ParseError::NotJson(_))));
+        assert_eq!(parse(b"[1]", None), Err(ParseError::NotObject));
+        assert_eq!(
+            parse(br#"{"resource":"a","action":"b","payload":{}}"#, None),
+            Err(ParseError::Missing("id"))
+        );
+        assert_eq!(
+            parse(br#"{"id":"1","resource":"a","action":"b"}"#, None),
+            Err(ParseError::Missing("payload"))
+        );
+        assert!(matches!(
+            parse(
+                br#"{"id":"1","resource":"Enroll ment","action":"b","payload":{}}"#,
+                None
+            ),
+            Err(ParseError::Invalid {
+                field: "resource",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(
+                br#"{"id":{},"resource":"a","action":"b","payload":{}}"#,
+                None
+            ),
+            Err(ParseError::Invalid { field: "id", .. })
+        ));
+        assert!(matches!(
+            parse(br#"{"id":"1","resource":"enrollment","action":"progress","payload":{"course_id":1}}"#, None),
+            Err(ParseError::Payload { .. })
+        ));
+        assert!(matches!(
+            parse(br#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":1,"percentage_completed":"250"}}"#, None),
+            Err(ParseError::Payload { .. })
+        ));
+        assert!(matches!(
+            parse(
+                br#"{"id":"1","created_at":"yesterday","resource":"a","action":"b","payload":{}}"#,
+                None
+            ),
+            Err(ParseError::Invalid {
+                field: "created_at",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn percentages_normalise_to_0_100() {
+        use serde_json::json;
+        assert_eq!(percentage(&json!("0")), Ok(0.0));
+        assert_eq!(percentage(&json!("24.0")), Ok(24.0));
+        assert_eq!(percentage(&json!("100.0")), Ok(100.0));
+        assert_eq!(percentage(&json!(0.24)), Ok(24.0));
+        assert_eq!(percentage(&json!(1)), Ok(100.0));
+        assert!(percentage(&json!("NaN")).is_err());
+        assert!(percentage(&json!(-0.1)).is_err());
+        assert!(percentage(&json!(true)).is_err());
+    }
+
+    #[test]
+    fn timestamps_with_and_without_fractions() {
+        for s in [
+            "2014-02-01T00:20:04.019Z",
+            "2014-02-01T00:20:04Z",
+            "2014-02-01T01:20:04+01:00",
+            "2014-02-01T00:20:04",
+            "2014-02-01 00:20:04 +0000",
+        ] {
+            let t = parse_timestamp(s).unwrap_or_else(|| panic!("{s}"));
+            assert_eq!(
+                t.format("%Y-%m-%dT%H:%M:%S").to_string(),
+                "2014-02-01T00:20:04"
+            );
+        }
+        assert!(parse_timestamp("01/02/2014").is_none());
+    }
+}

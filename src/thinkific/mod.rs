@@ -1,0 +1,12 @@
+//! The Thinkific wire contract: what a delivery looks like and how it is signed.
+
+pub mod envelope;
+pub mod samples;
+pub mod signature;
+
+pub use envelope::{EnrollmentPayload, EnrollmentTopic, Envelope, ParseError, Topic, parse};
+pub use signature::{SIGNATURE_HEADER, SignatureError, sign, verify};
+
+/// Optional headers Thinkific adds; used when present, never required.
+pub const TOPIC_HEADER: &str = "x-thinkific-topic";
+pub const SUBDOMAIN_HEADER: &str = "x-thinkific-subdomain";
