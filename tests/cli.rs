@@ -39,7 +39,15 @@ fn serve_refuses_to_start_without_a_secret() {
 #[test]
 fn serve_refuses_a_public_address_without_an_api_token() {
     let (_dir, url) = fresh_db();
-    let o = run(&["serve", "--database", &url, "--secret", "k", "--listen", "0.0.0.0:0"]);
+    let o = run(&[
+        "serve",
+        "--database",
+        &url,
+        "--secret",
+        "k",
+        "--listen",
+        "0.0.0.0:0",
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--api-token"), "{}", stderr(&o));
 }
@@ -52,10 +60,18 @@ fn sign_prints_the_thinkific_signature() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(samples::PROGRESS.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(samples::PROGRESS.as_bytes())
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success());
-    assert_eq!(stdout(&o).trim(), sign(SECRET.as_bytes(), samples::PROGRESS.as_bytes()));
+    assert_eq!(
+        stdout(&o).trim(),
+        sign(SECRET.as_bytes(), samples::PROGRESS.as_bytes())
+    );
 }
 
 #[test]
@@ -65,7 +81,10 @@ fn reading_commands_need_an_existing_database() {
     let o = run(&["enrollments", "--database", &url]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no database at"), "{}", stderr(&o));
-    assert!(!dir.path().join("missing.db").exists(), "reading never creates a database");
+    assert!(
+        !dir.path().join("missing.db").exists(),
+        "reading never creates a database"
+    );
 }
 
 #[test]
@@ -81,27 +100,60 @@ fn send_then_query_from_the_cli() {
     // A wrong key: non-zero exit, the server's reason shown, the delivery quarantined.
     let o = run(&["send", "created", "--url", &endpoint, "--secret", "wrong"]);
     assert!(!o.status.success());
-    assert!(stdout(&o).starts_with("401 ") && stdout(&o).contains("signature mismatch"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("401 ") && stdout(&o).contains("signature mismatch"),
+        "{}",
+        stdout(&o)
+    );
 
     let o = run(&["enrollments", "--database", &url]);
     let table = stdout(&o);
-    assert!(table.lines().next().unwrap().starts_with("source"), "{table}");
+    assert!(
+        table.lines().next().unwrap().starts_with("source"),
+        "{table}"
+    );
     assert_eq!(table.lines().count(), 4, "{table}");
     assert!(table.contains("completed") && table.contains("100.0"));
 
-    let o = run(&["enrollments", "--database", &url, "--status", "completed", "--format", "json"]);
+    let o = run(&[
+        "enrollments",
+        "--database",
+        &url,
+        "--status",
+        "completed",
+        "--format",
+        "json",
+    ]);
     let rows: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
     assert_eq!(rows[0]["enrollment_id"], 75);
 
-    let o = run(&["enrollments", "--database", &url, "--course", "25", "--format", "csv"]);
+    let o = run(&[
+        "enrollments",
+        "--database",
+        &url,
+        "--course",
+        "25",
+        "--format",
+        "csv",
+    ]);
     let csv = stdout(&o);
     assert_eq!(csv.lines().count(), 2, "{csv}");
-    assert!(csv.lines().nth(1).unwrap().starts_with("default,4,expired,24.0,25,"), "{csv}");
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("default,4,expired,24.0,25,"),
+        "{csv}"
+    );
 
     let o = run(&["enrollments", "--database", &url, "--status", "finished"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("use trial, active, completed or expired"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("use trial, active, completed or expired"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = run(&["courses", "--database", &url, "--format", "csv"]);
     assert_eq!(stdout(&o).lines().count(), 4, "{}", stdout(&o));
@@ -117,10 +169,26 @@ fn send_then_query_from_the_cli() {
 
     // Retry with the wrong secret in force: still rejected. With the right one it
     // was signed with "wrong", so it stays rejected too: retry verifies, it does not trust.
-    let o = run(&["quarantine", "retry", "1", "--database", &url, "--secret", SECRET]);
+    let o = run(&[
+        "quarantine",
+        "retry",
+        "1",
+        "--database",
+        &url,
+        "--secret",
+        SECRET,
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("still rejected"), "{}", stderr(&o));
-    let o = run(&["quarantine", "retry", "1", "--database", &url, "--secret", "wrong"]);
+    let o = run(&[
+        "quarantine",
+        "retry",
+        "1",
+        "--database",
+        &url,
+        "--secret",
+        "wrong",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("already stored"), "{}", stdout(&o));
 

@@ -23,7 +23,14 @@ async fn burst(base: String, workers: usize, per_worker: usize, acked: Arc<Mutex
         tasks.push(tokio::spawn(async move {
             for i in 0..per_worker {
                 let id = format!("crash-{w}-{i}");
-                let body = enrollment_event(&id, "progress", (w * 1000 + i % 50) as i64, w as i64, &format!("{}.0", i % 100), &format!("2024-04-01T00:{:02}:{:02}Z", (i / 60) % 60, i % 60));
+                let body = enrollment_event(
+                    &id,
+                    "progress",
+                    (w * 1000 + i % 50) as i64,
+                    w as i64,
+                    &format!("{}.0", i % 100),
+                    &format!("2024-04-01T00:{:02}:{:02}Z", (i / 60) % 60, i % 60),
+                );
                 let sig = enrollhook::thinkific::sign(SECRET.as_bytes(), &body);
                 let resp = client
                     .post(format!("{base}/webhooks/thinkific"))
@@ -80,7 +87,10 @@ async fn sigkill_during_a_burst_loses_nothing_acknowledged() {
         }
         server.kill();
         sender.await.unwrap();
-        eprintln!("round {round}: {} acknowledged so far", acked.lock().unwrap().len());
+        eprintln!(
+            "round {round}: {} acknowledged so far",
+            acked.lock().unwrap().len()
+        );
     }
 
     let server = start_server(&url, SECRET, &[]);
@@ -93,7 +103,11 @@ async fn sigkill_during_a_burst_loses_nothing_acknowledged() {
     let acked = acked.lock().unwrap();
     assert!(acked.len() >= 900);
     for id in acked.iter() {
-        assert_eq!(counts.get(id.as_str()), Some(&1), "acknowledged event {id} must be stored exactly once");
+        assert_eq!(
+            counts.get(id.as_str()),
+            Some(&1),
+            "acknowledged event {id} must be stored exactly once"
+        );
     }
     assert!(counts.values().all(|&n| n == 1));
     drop(server);
@@ -103,7 +117,11 @@ async fn sigkill_during_a_burst_loses_nothing_acknowledged() {
         .args(["rebuild", "--check", "--database", &url])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,8 +140,14 @@ async fn sigterm_finishes_in_flight_deliveries() {
 
     let server = start_server(&url, SECRET, &[]);
     let client = enrollhook::client::http_client(Duration::from_secs(30)).unwrap();
-    let stored: std::collections::HashSet<String> = all_event_ids(&client, &server.base).await.into_iter().collect();
+    let stored: std::collections::HashSet<String> = all_event_ids(&client, &server.base)
+        .await
+        .into_iter()
+        .collect();
     for id in acked.lock().unwrap().iter() {
-        assert!(stored.contains(id), "acknowledged {id} missing after graceful shutdown");
+        assert!(
+            stored.contains(id),
+            "acknowledged {id} missing after graceful shutdown"
+        );
     }
 }

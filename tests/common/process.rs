@@ -14,7 +14,15 @@ pub struct Server {
 /// Starts `enrollhook serve` on a free loopback port and waits until it listens.
 pub fn start_server(database_url: &str, secret: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--database", database_url, "--secret", secret])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            database_url,
+            "--secret",
+            secret,
+        ])
         .args(extra)
         .env("RUST_LOG", "enrollhook=info")
         .stdout(Stdio::null())
@@ -27,7 +35,10 @@ pub fn start_server(database_url: &str, secret: &str, extra: &[&str]) -> Server 
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if !sent && let Some(rest) = line.split("listening on ").nth(1) {
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != ';').collect();
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != ';')
+                    .collect();
                 let _ = tx.send(addr);
                 sent = true;
             }
@@ -63,7 +74,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < timeout, "enrollhook did not exit in {timeout:?}");
+            assert!(
+                start.elapsed() < timeout,
+                "enrollhook did not exit in {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
