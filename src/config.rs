@@ -211,6 +211,10 @@ pub struct ServeConfig {
     /// Events per group-commit transaction, at most.
     pub max_batch: usize,
     pub forward: crate::forward::ForwardConfig,
+    /// Serve HTTPS with this PEM certificate chain and key.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Deadline for a client to send request headers (and a TLS handshake), and its body.
+    pub read_timeout: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -230,6 +234,8 @@ impl ServeConfig {
             migrate: true,
             max_batch: 512,
             forward: crate::forward::ForwardConfig::default(),
+            tls: None,
+            read_timeout: std::time::Duration::from_secs(10),
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod api;
 mod error;
+pub mod listen;
 mod subscriptions;
 mod webhooks;
 
@@ -31,12 +32,19 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_body: usize,
     pub allow_private_destinations: bool,
+    pub read_timeout: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
+    let webhooks = webhooks::router()
+        .layer(DefaultBodyLimit::max(max_body))
+        // A body that trickles in slower than this is cut off (408).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.read_timeout,
+        ));
     Router::new()
-        .merge(webhooks::router().layer(DefaultBodyLimit::max(max_body)))
+        .merge(webhooks)
         .merge(api::router(state.clone()))
         .merge(subscriptions::router(state.clone()))
         .with_state(state)
@@ -84,9 +92,17 @@ pub async fn start(
         metrics,
         max_body: config.max_body,
         allow_private_destinations: config.forward.allow_private_destinations,
+        read_timeout: config.read_timeout,
+    };
+    let listen_options = listen::ListenOptions {
+        tls: match &config.tls {
+            Some((cert, key)) => Some(listen::tls_config(cert, key)?),
+            None => None,
+        },
+        read_timeout: config.read_timeout,
     };
     let forwarder = crate::forward::Forwarder::start(store.clone(), config.forward.clone())?;
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state);
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -101,9 +117,7 @@ pub async fn start(
             }
             tracing::info!("shutting down: finishing in-flight deliveries");
         };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await?;
+        listen::serve(listener, app, listen_options, stop).await;
         // The router (and with it every Ingestor handle) is gone: the writers
         // drain what is queued, commit, and end.
         writers.join_all().await;

@@ -1,0 +1,105 @@
+//! A public endpoint's defences: native TLS, and slow clients cut off.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use enrollhook::config::ServeConfig;
+use enrollhook::thinkific::{samples, sign};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn serves_https_with_a_generated_certificate() {
+    let (dir, url) = fresh_db();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let mut config = ServeConfig::new(url, Some(SECRET));
+    config.tls = Some((cert_path, key_path));
+    let app = spawn_with(dir, config).await;
+    let port = app.running.as_ref().unwrap().addr.port();
+
+    enrollhook::client::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let body = samples::PROGRESS.as_bytes();
+    let resp = client
+        .post(format!("https://localhost:{port}/webhooks/thinkific"))
+        .header("x-thinkific-hmac-sha256", sign(SECRET.as_bytes(), body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = client
+        .get(format!(
+            "https://localhost:{port}/api/enrollments/default/4"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = app
+        .client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    // A client that does not trust the certificate refuses it.
+    let untrusting = enrollhook::client::http_client(Duration::from_secs(5)).unwrap();
+    assert!(
+        untrusting
+            .get(format!("https://localhost:{port}/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+}
+
+async fn short_timeout_app() -> TestApp {
+    let (dir, url) = fresh_db();
+    let mut config = ServeConfig::new(url, Some(SECRET));
+    config.read_timeout = Duration::from_millis(300);
+    spawn_with(dir, config).await
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let app = short_timeout_app().await;
+    let addr = app.running.as_ref().unwrap().addr;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /webhooks/thinkific HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    // The server closes the connection once the header deadline passes.
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open after 5 s");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn slow_bodies_get_408_and_the_service_stays_up() {
+    let app = short_timeout_app().await;
+    let addr = app.running.as_ref().unwrap().addr;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /webhooks/thinkific HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nX-Thinkific-Hmac-Sha256: 00\r\n\r\n{\"id\":")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    // Others are served normally.
+    assert_eq!(app.deliver(samples::CREATED.as_bytes()).await.0, 200);
+}
