@@ -112,6 +112,12 @@ struct ServeArgs {
     /// How long a client may take to send request headers, and a body.
     #[arg(long, default_value = "10s", value_parser = crate::forward::policy::parse_duration)]
     read_timeout: Duration,
+    /// Most deliveries per second per source; more get 429 with Retry-After [default: unlimited].
+    #[arg(long, env = "ENROLLHOOK_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Most deliveries per second overall [default: unlimited].
+    #[arg(long, env = "ENROLLHOOK_GLOBAL_RATE_LIMIT")]
+    global_rate_limit: Option<u32>,
     /// Disable a subscription whose deliveries have all failed for this long.
     #[arg(long, default_value = "5d", value_parser = crate::forward::policy::parse_duration)]
     disable_failing_after: Duration,
@@ -343,6 +349,8 @@ async fn serve(g: Globals, args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         tls: args.tls_cert.zip(args.tls_key),
         read_timeout: args.read_timeout,
+        rate_limit: args.rate_limit,
+        global_rate_limit: args.global_rate_limit,
     };
     config.validate()?;
     if config.insecure_skip_verification {

@@ -215,6 +215,10 @@ pub struct ServeConfig {
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Deadline for a client to send request headers (and a TLS handshake), and its body.
     pub read_timeout: std::time::Duration,
+    /// Deliveries per second per source (None: unlimited).
+    pub rate_limit: Option<u32>,
+    /// Deliveries per second overall (None: unlimited).
+    pub global_rate_limit: Option<u32>,
 }
 
 impl ServeConfig {
@@ -236,6 +240,8 @@ impl ServeConfig {
             forward: crate::forward::ForwardConfig::default(),
             tls: None,
             read_timeout: std::time::Duration::from_secs(10),
+            rate_limit: None,
+            global_rate_limit: None,
         }
     }
 

@@ -103,3 +103,54 @@ async fn slow_bodies_get_408_and_the_service_stays_up() {
     // Others are served normally.
     assert_eq!(app.deliver(samples::CREATED.as_bytes()).await.0, 200);
 }
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let (dir, url) = fresh_db();
+    let mut config = ServeConfig::new(url, Some(SECRET));
+    config.rate_limit = Some(5);
+    let app = spawn_with(dir, config).await;
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let body = enrollment_event(
+            &format!("rl-{i}"),
+            "progress",
+            i,
+            1,
+            "1.0",
+            "2024-01-01T00:00:00Z",
+        );
+        let resp = app
+            .client
+            .post(format!("{}/webhooks/thinkific", app.base))
+            .header("x-thinkific-hmac-sha256", sign(SECRET.as_bytes(), &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        if resp.status().as_u16() == 429 {
+            let retry_after: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&retry_after));
+        }
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        3,
+        "{statuses:?}"
+    );
+    // Nothing rejected by the limit is stored or quarantined: Thinkific retries it.
+    let (_, events) = app.get("/api/events").await;
+    assert_eq!(events["items"].as_array().unwrap().len(), 5);
+    let (_, q) = app.get("/api/quarantine").await;
+    assert_eq!(q["items"].as_array().unwrap().len(), 0);
+}

@@ -2,6 +2,7 @@
 
 mod api;
 mod error;
+pub mod limits;
 pub mod listen;
 mod subscriptions;
 mod webhooks;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub max_body: usize,
     pub allow_private_destinations: bool,
     pub read_timeout: std::time::Duration,
+    pub limits: Arc<limits::RateLimits>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -93,6 +95,10 @@ pub async fn start(
         max_body: config.max_body,
         allow_private_destinations: config.forward.allow_private_destinations,
         read_timeout: config.read_timeout,
+        limits: Arc::new(limits::RateLimits::new(
+            config.rate_limit,
+            config.global_rate_limit,
+        )),
     };
     let listen_options = listen::ListenOptions {
         tls: match &config.tls {

@@ -107,6 +107,22 @@ async fn receive(
         }
     };
 
+    if app.sources.get(source).is_some()
+        && let Err(wait) = app.limits.check(source)
+    {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many deliveries; retry after {secs} s"),
+        );
+        let mut response = err.into_response();
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, secs.into());
+        return finish("rate_limited", "", "", response);
+    }
+
     let delivery = Delivery {
         source,
         signature: headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()),
