@@ -595,10 +595,13 @@ async fn quarantine(g: Globals, cmd: QuarantineCommand) -> anyhow::Result<ExitCo
     match cmd {
         QuarantineCommand::List { limit, format } => {
             let page = store
-                .list_quarantine(&PageRequest {
-                    limit: limit.clamp(1, store::MAX_PAGE),
-                    cursor: None,
-                })
+                .list_quarantine(
+                    None,
+                    &PageRequest {
+                        limit: limit.clamp(1, store::MAX_PAGE),
+                        cursor: None,
+                    },
+                )
                 .await?;
             if format == Format::Json {
                 let values: Vec<_> = page

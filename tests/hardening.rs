@@ -154,3 +154,125 @@ async fn rate_limits_answer_429_with_retry_after() {
     let (_, q) = app.get("/api/quarantine").await;
     assert_eq!(q["items"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn a_source_token_reads_only_its_own_source() {
+    let (dir, url) = fresh_db();
+    let file = enrollhook::config::FileConfig::parse(
+        r#"
+        [[source]]
+        name = "school-a"
+        secret = "key-a"
+        api_token = "token-a"
+        [[source]]
+        name = "school-b"
+        secret = "key-b"
+        api_token = "token-b"
+        "#,
+    )
+    .unwrap();
+    let mut config = ServeConfig::new(url, None);
+    config.insecure_skip_verification = false;
+    config.sources = enrollhook::config::Sources::resolve(None, &file);
+    config.api_token = Some(enrollhook::config::Secret::new("admin-token"));
+    let app = spawn_with(dir, config).await;
+
+    // School B receives an enrollment and a rejected delivery.
+    let body = samples::COMPLETED.as_bytes();
+    let (s, _) = app
+        .deliver_to(
+            "/webhooks/thinkific/school-b",
+            body,
+            Some(&sign(b"key-b", body)),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = app
+        .deliver_to(
+            "/webhooks/thinkific/school-b",
+            body,
+            Some(&sign(b"wrong", body)),
+        )
+        .await;
+    assert_eq!(s, 401);
+
+    let get = |path: String, token: &'static str| {
+        let req = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .bearer_auth(token);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (_, q) = get("/api/quarantine".into(), "admin-token").await;
+    let qid = q["items"][0]["id"].as_i64().unwrap();
+
+    // School A's token sees nothing of school B, through any endpoint.
+    let empty_lists = [
+        "/api/enrollments",
+        "/api/courses",
+        "/api/events",
+        "/api/quarantine",
+    ];
+    for path in empty_lists {
+        let (status, body) = get(path.into(), "token-a").await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(body["items"].as_array().unwrap().len(), 0, "{path}: {body}");
+    }
+    let forbidden = [
+        "/api/enrollments?source=school-b".to_string(),
+        "/api/courses?source=school-b".into(),
+        "/api/events?source=school-b".into(),
+        "/api/quarantine?source=school-b".into(),
+        "/api/enrollments/school-b/75".into(),
+        "/api/events/school-b/20190131192005552012814".into(),
+        format!("/api/quarantine/{qid}"),
+        "/api/subscriptions".into(),
+        "/api/events/school-b/20190131192005552012814/attempts".into(),
+        "/metrics".into(),
+    ];
+    for path in &forbidden {
+        let (status, body) = get(path.clone(), "token-a").await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    let resp = app
+        .client
+        .post(format!("{}/api/quarantine/{qid}/retry", app.base))
+        .bearer_auth("token-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let resp = app
+        .client
+        .post(format!("{}/api/subscriptions", app.base))
+        .bearer_auth("token-a")
+        .json(&serde_json::json!({"url": "https://x.example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+
+    // School B's token and the admin token see school B's data.
+    for token in ["token-b", "admin-token"] {
+        for path in empty_lists {
+            let (status, body) = get(path.into(), token).await;
+            assert_eq!(status, 200);
+            assert_eq!(
+                body["items"].as_array().unwrap().len(),
+                1,
+                "{token} {path}: {body}"
+            );
+        }
+        let (status, _) = get("/api/enrollments/school-b/75".into(), token).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = get("/api/enrollments".into(), "token-c").await;
+    assert_eq!(status, 401);
+}

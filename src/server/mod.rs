@@ -1,6 +1,7 @@
 //! The HTTP shell: webhook ingest, query API, health and metrics.
 
 mod api;
+pub mod auth;
 mod error;
 pub mod limits;
 pub mod listen;

@@ -281,7 +281,11 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>>;
 
     async fn quarantine(&self, record: NewQuarantine) -> Result<i64>;
-    async fn list_quarantine(&self, page: &PageRequest) -> Result<Page<QuarantineRecord>>;
+    async fn list_quarantine(
+        &self,
+        source: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<QuarantineRecord>>;
     async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>>;
     async fn resolve_quarantine(&self, id: i64, resolution: &str) -> Result<()>;
 
