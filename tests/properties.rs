@@ -152,7 +152,11 @@ proptest! {
 
 async fn read(store: &SqliteStore) -> Vec<Enrollment> {
     let filter = EnrollmentFilter::default();
-    store.list_enrollments(&filter, &PageRequest::default(), at(0)).await.unwrap().items
+    store
+        .list_enrollments(&filter, &PageRequest::default(), at(0))
+        .await
+        .unwrap()
+        .items
 }
 
 /// A Thinkific body carrying exactly this event (what the log re-folds from).
