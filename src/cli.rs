@@ -71,6 +71,8 @@ enum Command {
     },
     /// Create or upgrade the database schema.
     Migrate,
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
 }
 
 #[derive(Args)]
@@ -274,6 +276,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !check {
                 println!("projection rebuilt");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            println!("{}", crate::server::openapi::document());
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

@@ -3,13 +3,14 @@
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::projection::{Enrollment, Status};
 use crate::store::{AppendOutcome, QuarantineRecord, StoredEvent};
 
 /// One enrollment as the API and CLI show it: flat, with its derived status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EnrollmentView {
     pub source: String,
     pub enrollment_id: i64,
@@ -68,47 +69,83 @@ impl EnrollmentView {
     }
 }
 
-/// An event with its original body embedded as JSON.
-pub fn event_view(e: &StoredEvent) -> Value {
-    let body: Value = serde_json::from_str(&e.body).unwrap_or(Value::String(e.body.clone()));
-    json!({
-        "seq": e.seq,
-        "source": e.source,
-        "event_id": e.event_id,
-        "topic": e.topic,
-        "created_at": opt(e.created_at),
-        "received_at": rfc3339(&e.received_at),
-        "enrollment_id": e.enrollment_id,
-        "body": body,
-    })
+/// An event of the log, with its original body embedded as JSON.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventView {
+    /// Position in the event log (increasing, with gaps).
+    pub seq: i64,
+    pub source: String,
+    /// Thinkific's envelope id.
+    pub event_id: String,
+    pub topic: String,
+    pub created_at: Option<String>,
+    pub received_at: String,
+    pub enrollment_id: Option<i64>,
+    /// The delivery body exactly as received.
+    #[schema(value_type = Object)]
+    pub body: Value,
+}
+
+pub fn event_view(e: &StoredEvent) -> EventView {
+    EventView {
+        seq: e.seq,
+        source: e.source.clone(),
+        event_id: e.event_id.clone(),
+        topic: e.topic.clone(),
+        created_at: opt(e.created_at),
+        received_at: rfc3339(&e.received_at),
+        enrollment_id: e.enrollment_id,
+        body: serde_json::from_str(&e.body).unwrap_or(Value::String(e.body.clone())),
+    }
+}
+
+/// A rejected delivery, kept with its reason.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct QuarantineView {
+    pub id: i64,
+    pub source: String,
+    pub received_at: String,
+    /// Machine-readable reason, e.g. `signature_mismatch`, `body_not_json`.
+    pub reason_code: String,
+    /// What was wrong and what to do.
+    pub reason: String,
+    /// The kept request headers as [name, value] pairs.
+    pub headers: Vec<(String, String)>,
+    pub body_size: i64,
+    pub resolved_at: Option<String>,
+    pub resolution: Option<String>,
+    /// The raw body (single record only): text when UTF-8, else base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// `utf-8` or `base64`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_encoding: Option<String>,
 }
 
 /// A quarantined delivery; with `with_body` the raw body too (as text when it
 /// is UTF-8, as base64 otherwise).
-pub fn quarantine_view(r: &QuarantineRecord, with_body: bool) -> Value {
-    let mut v = json!({
-        "id": r.id,
-        "source": r.source,
-        "received_at": rfc3339(&r.received_at),
-        "reason_code": r.reason_code,
-        "reason": r.reason,
-        "headers": r.headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
-        "body_size": r.body_size,
-        "resolved_at": opt(r.resolved_at),
-        "resolution": r.resolution,
-    });
-    if with_body {
-        let (body, encoding) = match std::str::from_utf8(&r.body) {
-            Ok(text) => (text.to_owned(), "utf-8"),
-            Err(_) => (
-                base64::engine::general_purpose::STANDARD.encode(&r.body),
-                "base64",
-            ),
-        };
-        v["body"] = Value::String(body);
-        v["body_encoding"] = Value::String(encoding.into());
+pub fn quarantine_view(r: &QuarantineRecord, with_body: bool) -> QuarantineView {
+    let (body, body_encoding) = match (with_body, std::str::from_utf8(&r.body)) {
+        (false, _) => (None, None),
+        (true, Ok(text)) => (Some(text.to_owned()), Some("utf-8".to_owned())),
+        (true, Err(_)) => (
+            Some(base64::engine::general_purpose::STANDARD.encode(&r.body)),
+            Some("base64".to_owned()),
+        ),
+    };
+    QuarantineView {
+        id: r.id,
+        source: r.source.clone(),
+        received_at: rfc3339(&r.received_at),
+        reason_code: r.reason_code.clone(),
+        reason: r.reason.clone(),
+        headers: r.headers.clone(),
+        body_size: r.body_size,
+        resolved_at: opt(r.resolved_at),
+        resolution: r.resolution.clone(),
+        body,
+        body_encoding,
     }
-    v
 }
 
 pub fn admitted_resolution(event_id: &str, outcome: AppendOutcome) -> String {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::signing;
 use crate::thinkific::Topic;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Subscription {
     pub id: String,
     pub url: String,
@@ -97,7 +97,7 @@ pub fn topic_matches(pattern: &str, topic: &str) -> bool {
 }
 
 /// The fields a client sends to create or change a subscription.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
     pub url: Option<String>,

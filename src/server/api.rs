@@ -10,18 +10,21 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Scope;
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::receive::{self, Delivery};
+use crate::store::CourseStats;
 use crate::store::{
     AppendOutcome, EnrollmentFilter, EventFilter, MAX_PAGE, PageRequest, QuarantineRecord,
     StoredEvent,
 };
 use crate::thinkific::{SIGNATURE_HEADER, TOPIC_HEADER, envelope::parse_timestamp};
-use crate::views::{EnrollmentView, event_view, quarantine_view};
+use crate::views::{EnrollmentView, EventView, QuarantineView, event_view, quarantine_view};
 
 pub fn router(state: AppState) -> Router<AppState> {
     let api = Router::new()
@@ -42,7 +45,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             super::auth::require_auth,
         ));
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api)
 }
@@ -80,24 +83,39 @@ pub(super) fn timestamp_param(
         .transpose()
 }
 
-#[derive(Deserialize)]
+/// A page of a list; pass `next_cursor` back as `cursor` for the next one.
+#[derive(Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Absent (null) on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct EnrollmentQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct EnrollmentQuery {
     source: Option<String>,
     course_id: Option<i64>,
     user_id: Option<i64>,
     email: Option<String>,
+    /// trial, active, completed or expired.
     status: Option<String>,
+    /// RFC 3339: only enrollments whose Thinkific `updated_at` is later.
     updated_after: Option<String>,
+    /// 1–1000, default 100.
     limit: Option<u32>,
     cursor: Option<String>,
 }
 
-async fn list_enrollments(
+/// Enrollments, filtered, in (source, enrollment id) order.
+#[utoipa::path(get, path = "/api/enrollments", tag = "enrollments", params(EnrollmentQuery),
+    responses((status = 200, body = Page<EnrollmentView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_enrollments(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
     q: Result<Query<EnrollmentQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<EnrollmentView>>, ApiError> {
     let q = query(q)?;
     let source = scope.restrict(q.source)?;
     let status = q
@@ -117,21 +135,32 @@ async fn list_enrollments(
         .store
         .list_enrollments(&filter, &page(q.limit, q.cursor)?, now)
         .await?;
-    let items: Vec<EnrollmentView> = page
-        .items
-        .iter()
-        .map(|e| EnrollmentView::new(e, now))
-        .collect();
-    Ok(Json(
-        json!({"items": items, "next_cursor": page.next_cursor}),
-    ))
+    Ok(Json(Page {
+        items: page
+            .items
+            .iter()
+            .map(|e| EnrollmentView::new(e, now))
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
-async fn get_enrollment(
+/// One enrollment with its event timeline.
+#[derive(Serialize, ToSchema)]
+pub struct EnrollmentDetail {
+    pub enrollment: EnrollmentView,
+    /// Its events in the order they were stored.
+    pub events: Vec<EventView>,
+}
+
+#[utoipa::path(get, path = "/api/enrollments/{source}/{enrollment_id}", tag = "enrollments",
+    params(("source" = String, Path), ("enrollment_id" = String, Path, description = "Thinkific enrollment id (integer)")),
+    responses((status = 200, body = EnrollmentDetail), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_enrollment(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
     Path((source, enrollment_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EnrollmentDetail>, ApiError> {
     scope.check(&source)?;
     let id: i64 = enrollment_id.parse().map_err(|_| {
         ApiError::bad_request(format!(
@@ -144,37 +173,47 @@ async fn get_enrollment(
         )));
     };
     let events = app.store.enrollment_events(&source, id).await?;
-    let timeline: Vec<Value> = events.iter().map(event_view).collect();
-    Ok(Json(json!({
-        "enrollment": EnrollmentView::new(&enrollment, Utc::now()),
-        "events": timeline,
-    })))
+    Ok(Json(EnrollmentDetail {
+        enrollment: EnrollmentView::new(&enrollment, Utc::now()),
+        events: events.iter().map(event_view).collect(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct CoursesQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct CoursesQuery {
     source: Option<String>,
 }
 
-async fn courses(
+#[derive(Serialize, ToSchema)]
+pub struct CourseList {
+    pub items: Vec<CourseStats>,
+}
+
+/// Per-course statistics.
+#[utoipa::path(get, path = "/api/courses", tag = "courses", params(CoursesQuery),
+    responses((status = 200, body = CourseList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn courses(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
     q: Result<Query<CoursesQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CourseList>, ApiError> {
     let q = query(q)?;
     let source = scope.restrict(q.source)?;
-    let stats = app
+    let items = app
         .store
         .course_stats(source.as_deref(), Utc::now())
         .await?;
-    Ok(Json(json!({"items": stats})))
+    Ok(Json(CourseList { items }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct EventsQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct EventsQuery {
     source: Option<String>,
+    /// Exact topic (`enrollment.progress`) or a resource (`enrollment.*`).
     topic: Option<String>,
     /// Log position: only events stored after it.
     after: Option<i64>,
@@ -182,11 +221,14 @@ struct EventsQuery {
     cursor: Option<String>,
 }
 
-async fn list_events(
+/// The event log, in order.
+#[utoipa::path(get, path = "/api/events", tag = "events", params(EventsQuery),
+    responses((status = 200, body = Page<EventView>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_events(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
     q: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<EventView>>, ApiError> {
     let q = query(q)?;
     let filter = EventFilter {
         source: scope.restrict(q.source)?,
@@ -197,17 +239,20 @@ async fn list_events(
         .store
         .list_events(&filter, &page(q.limit, q.cursor)?)
         .await?;
-    let items: Vec<Value> = page.items.iter().map(event_view).collect();
-    Ok(Json(
-        json!({"items": items, "next_cursor": page.next_cursor}),
-    ))
+    Ok(Json(Page {
+        items: page.items.iter().map(event_view).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
-async fn get_event(
+#[utoipa::path(get, path = "/api/events/{source}/{event_id}", tag = "events",
+    params(("source" = String, Path), ("event_id" = String, Path)),
+    responses((status = 200, body = EventView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_event(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
     Path((source, event_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventView>, ApiError> {
     scope.check(&source)?;
     let event: StoredEvent = app
         .store
@@ -219,33 +264,37 @@ async fn get_event(
     Ok(Json(event_view(&event)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct QuarantineQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct QuarantineQuery {
     source: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
 }
 
-async fn list_quarantine(
+/// Rejected deliveries, newest first.
+#[utoipa::path(get, path = "/api/quarantine", tag = "quarantine", params(QuarantineQuery),
+    responses((status = 200, body = Page<QuarantineView>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_quarantine(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
     q: Result<Query<QuarantineQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<QuarantineView>>, ApiError> {
     let q = query(q)?;
     let source = scope.restrict(q.source)?;
     let page = app
         .store
         .list_quarantine(source.as_deref(), &page(q.limit, q.cursor)?)
         .await?;
-    let items: Vec<Value> = page
-        .items
-        .iter()
-        .map(|r| quarantine_view(r, false))
-        .collect();
-    Ok(Json(
-        json!({"items": items, "next_cursor": page.next_cursor}),
-    ))
+    Ok(Json(Page {
+        items: page
+            .items
+            .iter()
+            .map(|r| quarantine_view(r, false))
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 async fn load_quarantined(
@@ -265,22 +314,35 @@ async fn load_quarantined(
     Ok(record)
 }
 
-async fn get_quarantine(
+/// One rejected delivery, with its raw body.
+#[utoipa::path(get, path = "/api/quarantine/{id}", tag = "quarantine", params(("id" = String, Path)),
+    responses((status = 200, body = QuarantineView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_quarantine(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QuarantineView>, ApiError> {
     let record = load_quarantined(&app, &scope, &id).await?;
     Ok(Json(quarantine_view(&record, true)))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct RetryResult {
+    /// `stored`, or `duplicate` when the event was already in the log.
+    pub status: String,
+    pub event_id: String,
+    pub quarantine_id: i64,
+}
+
 /// Re-checks a quarantined delivery with the current configuration (the fix for
 /// a misconfigured secret) and stores it when it now passes.
-async fn retry_quarantine(
+#[utoipa::path(post, path = "/api/quarantine/{id}/retry", tag = "quarantine", params(("id" = String, Path)),
+    responses((status = 200, body = RetryResult), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody, description = "still rejected"), (status = 503, body = ErrorBody)))]
+pub(super) async fn retry_quarantine(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<RetryResult>, ApiError> {
     let record = load_quarantined(&app, &scope, &id).await?;
     let delivery = Delivery {
         source: &record.source,
@@ -310,13 +372,17 @@ async fn retry_quarantine(
         AppendOutcome::Stored { .. } => "stored",
         AppendOutcome::Duplicate => "duplicate",
     };
-    Ok(
-        Json(json!({"status": status, "event_id": event_id, "quarantine_id": record.id}))
-            .into_response(),
-    )
+    Ok(Json(RetryResult {
+        status: status.into(),
+        event_id,
+        quarantine_id: record.id,
+    }))
 }
 
-async fn readyz(State(app): State<AppState>) -> Response {
+/// Ready when the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "database reachable"), (status = 503, description = "database unavailable")))]
+pub(super) async fn readyz(State(app): State<AppState>) -> Response {
     match app.store.ping().await {
         Ok(()) => Json(json!({"status": "ready", "database": app.store.backend()})).into_response(),
         Err(e) => (
@@ -327,7 +393,19 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<AppState>, Extension(scope): Extension<Scope>) -> Response {
+/// Alive.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "the process is up")))]
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Prometheus metrics (admin only).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 403, body = ErrorBody)))]
+pub(super) async fn metrics(
+    State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
+) -> Response {
     if let Err(e) = scope.require_admin() {
         return e.into_response();
     }

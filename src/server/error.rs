@@ -4,7 +4,6 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::store::StoreError;
 
@@ -56,12 +55,21 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The error body of every endpoint.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `bad_request`, `signature_mismatch`.
+    pub error: String,
+    /// What was wrong and what to do.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
     }
 }

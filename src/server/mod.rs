@@ -5,6 +5,7 @@ pub mod auth;
 mod error;
 pub mod limits;
 pub mod listen;
+pub mod openapi;
 mod subscriptions;
 mod webhooks;
 
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
             state.read_timeout,
         ));
     Router::new()
+        .route("/openapi.json", axum::routing::get(openapi::serve_document))
         .merge(webhooks)
         .merge(api::router(state.clone()))
         .merge(subscriptions::router(state.clone()))

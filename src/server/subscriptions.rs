@@ -13,11 +13,15 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::api::Page;
 use super::api::{page, query, timestamp_param};
 use super::auth::{Scope, require_auth};
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::forward::subscription::{Subscription, SubscriptionInput};
+use crate::store::{DeliveryAttempt, OutboxEntry};
 use crate::store::{DeliveryFilter, DeliveryState, ReplayScope};
+use utoipa::{IntoParams, ToSchema};
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -80,6 +84,18 @@ pub fn subscription_view(s: &Subscription, with_secret: bool) -> Value {
     v
 }
 
+/// Subscriptions, without their secrets.
+#[derive(serde::Serialize, ToSchema)]
+pub struct SubscriptionList {
+    pub items: Vec<Subscription>,
+}
+
+/// How many deliveries were put back in the outbox.
+#[derive(serde::Serialize, ToSchema)]
+pub struct Replayed {
+    pub replayed: u64,
+}
+
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(t)| t)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {}", e.body_text())))
@@ -100,13 +116,15 @@ async fn load(app: &AppState, id: &str) -> Result<Subscription, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no subscription `{id}`")))
 }
 
-async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/subscriptions", tag = "subscriptions", responses((status = 200, body = SubscriptionList, description = "secrets are left out of lists"), (status = 403, body = ErrorBody)))]
+pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     let subs = app.store.list_subscriptions().await?;
     let items: Vec<Value> = subs.iter().map(|s| subscription_view(s, false)).collect();
-    Ok(Json(json!({"items": items})))
+    Ok(Json(json!({ "items": items })))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/subscriptions", tag = "subscriptions", request_body = SubscriptionInput, responses((status = 201, body = Subscription), (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn create(
     State(app): State<AppState>,
     body: Result<Json<SubscriptionInput>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -123,14 +141,16 @@ async fn create(
     Ok((StatusCode::CREATED, Json(subscription_view(&s, true))).into_response())
 }
 
-async fn show(
+#[utoipa::path(get, path = "/api/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)), responses((status = 200, body = Subscription), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn show(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(subscription_view(&load(&app, &id).await?, true)))
 }
 
-async fn update(
+#[utoipa::path(patch, path = "/api/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)), request_body = SubscriptionInput, responses((status = 200, body = Subscription), (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Result<Json<SubscriptionInput>, JsonRejection>,
@@ -150,7 +170,8 @@ async fn update(
 }
 
 /// PUT: the whole subscription; fields left out take their defaults.
-async fn replace(
+#[utoipa::path(put, path = "/api/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)), request_body = SubscriptionInput, responses((status = 200, body = Subscription), (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn replace(
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Result<Json<SubscriptionInput>, JsonRejection>,
@@ -167,7 +188,8 @@ async fn replace(
     Ok(Json(subscription_view(&s, true)))
 }
 
-async fn remove(
+#[utoipa::path(delete, path = "/api/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)), responses((status = 204, description = "removed with its pending deliveries"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn remove(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -178,16 +200,17 @@ async fn remove(
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RotateInput {
+pub(super) struct RotateInput {
     /// The new secret; generated when absent.
     secret: Option<String>,
     /// How long the old secret keeps signing too (default 24 h).
     grace_period_seconds: Option<u64>,
 }
 
-async fn rotate_secret(
+#[utoipa::path(post, path = "/api/subscriptions/{id}/rotate-secret", tag = "subscriptions", params(("id" = String, Path)), request_body(content = Option<RotateInput>), responses((status = 200, body = Subscription), (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn rotate_secret(
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Option<Json<RotateInput>>,
@@ -201,9 +224,10 @@ async fn rotate_secret(
     Ok(Json(subscription_view(&s, true)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
     limit: Option<u32>,
     cursor: Option<String>,
     state: Option<String>,
@@ -221,7 +245,8 @@ fn state_param(state: Option<String>) -> Result<Option<DeliveryState>, ApiError>
         .transpose()
 }
 
-async fn subscription_attempts(
+#[utoipa::path(get, path = "/api/subscriptions/{id}/attempts", tag = "subscriptions", params(("id" = String, Path), ListQuery), responses((status = 200, body = Page<DeliveryAttempt>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn subscription_attempts(
     State(app): State<AppState>,
     Path(id): Path<String>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -237,7 +262,8 @@ async fn subscription_attempts(
     ))
 }
 
-async fn subscription_deliveries(
+#[utoipa::path(get, path = "/api/subscriptions/{id}/deliveries", tag = "subscriptions", params(("id" = String, Path), ListQuery), responses((status = 200, body = Page<OutboxEntry>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn subscription_deliveries(
     State(app): State<AppState>,
     Path(id): Path<String>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -269,7 +295,8 @@ async fn event_seq(app: &AppState, source: &str, event_id: &str) -> Result<i64, 
         .seq)
 }
 
-async fn event_attempts(
+#[utoipa::path(get, path = "/api/events/{source}/{event_id}/attempts", tag = "events", params(("source" = String, Path), ("event_id" = String, Path), ListQuery), responses((status = 200, body = Page<DeliveryAttempt>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn event_attempts(
     State(app): State<AppState>,
     Path((source, event_id)): Path<(String, String)>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -285,7 +312,8 @@ async fn event_attempts(
     ))
 }
 
-async fn event_deliveries(
+#[utoipa::path(get, path = "/api/events/{source}/{event_id}/deliveries", tag = "events", params(("source" = String, Path), ("event_id" = String, Path), ListQuery), responses((status = 200, body = Page<OutboxEntry>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn event_deliveries(
     State(app): State<AppState>,
     Path((source, event_id)): Path<(String, String)>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -306,9 +334,9 @@ async fn event_deliveries(
     ))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplayInput {
+pub(super) struct ReplayInput {
     /// Every dead delivery of the subscription.
     #[serde(default)]
     dead: bool,
@@ -317,11 +345,12 @@ struct ReplayInput {
     until: Option<String>,
 }
 
-async fn replay_subscription(
+#[utoipa::path(post, path = "/api/subscriptions/{id}/replay", tag = "subscriptions", params(("id" = String, Path)), request_body = ReplayInput, responses((status = 200, body = Replayed), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn replay_subscription(
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Result<Json<ReplayInput>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Replayed>, ApiError> {
     let input = json_body(body)?;
     let scope = match (input.dead, input.since) {
         (true, None) if input.until.is_none() => ReplayScope::Dead {
@@ -338,27 +367,28 @@ async fn replay_subscription(
             ));
         }
     };
-    let count = app.store.replay(&scope, Utc::now()).await?;
-    Ok(Json(json!({"replayed": count})))
+    let replayed = app.store.replay(&scope, Utc::now()).await?;
+    Ok(Json(Replayed { replayed }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplayEventInput {
+pub(super) struct ReplayEventInput {
     subscription_id: Option<String>,
 }
 
-async fn replay_event(
+#[utoipa::path(post, path = "/api/events/{source}/{event_id}/replay", tag = "events", params(("source" = String, Path), ("event_id" = String, Path)), request_body(content = Option<ReplayEventInput>), responses((status = 200, body = Replayed), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn replay_event(
     State(app): State<AppState>,
     Path((source, event_id)): Path<(String, String)>,
     body: Option<Json<ReplayEventInput>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Replayed>, ApiError> {
     let input = body.map(|Json(b)| b).unwrap_or_default();
     let scope = ReplayScope::Event {
         source,
         event_id,
         subscription_id: input.subscription_id,
     };
-    let count = app.store.replay(&scope, Utc::now()).await?;
-    Ok(Json(json!({"replayed": count})))
+    let replayed = app.store.replay(&scope, Utc::now()).await?;
+    Ok(Json(Replayed { replayed }))
 }

@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::Utc;
-use serde_json::json;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::config::DEFAULT_SOURCE;
 use crate::ingest::IngestError;
@@ -26,7 +26,28 @@ pub fn router() -> Router<AppState> {
         .route("/webhooks/thinkific/{source}", post(receive_named))
 }
 
-async fn receive_default(
+/// The reply to a stored (or already stored) delivery.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DeliveryReply {
+    /// `stored`, or `duplicate` when this event id was stored before.
+    pub status: String,
+    pub event_id: String,
+    pub topic: String,
+}
+
+/// A Thinkific webhook delivery for the default source.
+#[utoipa::path(post, path = "/webhooks/thinkific", tag = "webhooks",
+    params(("X-Thinkific-Hmac-Sha256" = String, Header, description = "hex HMAC-SHA256 of the raw body, keyed with the school's API key")),
+    request_body(content = Object, description = "the Thinkific event envelope", content_type = "application/json"),
+    responses(
+        (status = 200, body = DeliveryReply, description = "durably stored"),
+        (status = 400, body = ErrorBody, description = "not a Thinkific event (quarantined)"),
+        (status = 401, body = ErrorBody, description = "signature missing, malformed or wrong (quarantined)"),
+        (status = 404, body = ErrorBody, description = "unknown source"),
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "could not be stored; retry")),
+    security(()))]
+pub(super) async fn receive_default(
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -34,7 +55,17 @@ async fn receive_default(
     receive(app, DEFAULT_SOURCE, headers, body).await
 }
 
-async fn receive_named(
+/// A Thinkific webhook delivery for a named source (`[[source]]` in the config).
+#[utoipa::path(post, path = "/webhooks/thinkific/{source}", tag = "webhooks",
+    params(("source" = String, Path), ("X-Thinkific-Hmac-Sha256" = String, Header, description = "hex HMAC-SHA256 of the raw body, keyed with the source's secret")),
+    request_body(content = Object, description = "the Thinkific event envelope", content_type = "application/json"),
+    responses(
+        (status = 200, body = DeliveryReply, description = "durably stored"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(()))]
+pub(super) async fn receive_named(
     State(app): State<AppState>,
     Path(source): Path<String>,
     headers: HeaderMap,
@@ -170,11 +201,12 @@ async fn receive(
                 AppendOutcome::Stored { .. } => "stored",
                 AppendOutcome::Duplicate => "duplicate",
             };
-            let response = (
-                StatusCode::OK,
-                Json(json!({"status": label, "event_id": event_id, "topic": topic})),
-            )
-                .into_response();
+            let reply = DeliveryReply {
+                status: label.to_owned(),
+                event_id: event_id.clone(),
+                topic: topic.clone(),
+            };
+            let response = (StatusCode::OK, Json(reply)).into_response();
             finish(label, &topic, &event_id, response)
         }
         Err(e) => {

@@ -38,7 +38,7 @@ pub struct FinishedAttempt {
     pub next: Next,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeliveryAttempt {
     pub id: i64,
     pub outbox_id: i64,
@@ -52,7 +52,7 @@ pub struct DeliveryAttempt {
     pub response: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     Pending,
@@ -79,7 +79,7 @@ impl DeliveryState {
 }
 
 /// One event on its way to one subscription.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct OutboxEntry {
     pub id: i64,
     pub subscription_id: String,

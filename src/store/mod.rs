@@ -208,7 +208,7 @@ pub(crate) fn decode_cursor(cursor: &str, arity: usize) -> Result<Vec<String>> {
 }
 
 /// Per-course statistics.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CourseStats {
     pub source: String,
     pub course_id: i64,
