@@ -29,7 +29,7 @@ pub struct Cli {
     /// Config file (default: ./enrollhook.toml when it exists).
     #[arg(long, global = true, env = "ENROLLHOOK_CONFIG")]
     config: Option<PathBuf>,
-    /// Database URL: sqlite://PATH [default: sqlite://enrollhook.db].
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [default: sqlite://enrollhook.db].
     #[arg(long, global = true, env = "ENROLLHOOK_DATABASE_URL")]
     database: Option<String>,
     /// The school's Thinkific API key, which signs webhooks (for the default source).
@@ -86,6 +86,9 @@ struct ServeArgs {
     /// Most events stored per group-commit transaction.
     #[arg(long, default_value_t = 512, hide = true)]
     max_batch: usize,
+    /// Group-commit writer tasks [default: 1 on SQLite, 4 on PostgreSQL].
+    #[arg(long, env = "ENROLLHOOK_WRITERS", hide = true)]
+    writers: Option<usize>,
 }
 
 #[derive(Args)]
@@ -303,6 +306,7 @@ async fn serve(g: Globals, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .map_or(config::DEFAULT_MAX_BODY, |b| b.0),
         migrate: !args.no_migrate,
         max_batch: args.max_batch.max(1),
+        writers: args.writers,
     };
     config.validate()?;
     if config.insecure_skip_verification {

@@ -210,6 +210,8 @@ pub struct ServeConfig {
     pub migrate: bool,
     /// Events per group-commit transaction, at most.
     pub max_batch: usize,
+    /// Group-commit writer tasks; None: what the backend suits (1 on SQLite, 4 on PostgreSQL).
+    pub writers: Option<usize>,
 }
 
 impl ServeConfig {
@@ -228,6 +230,7 @@ impl ServeConfig {
             max_body: DEFAULT_MAX_BODY,
             migrate: true,
             max_batch: 512,
+            writers: None,
         }
     }
 
