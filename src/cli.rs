@@ -64,6 +64,15 @@ enum Command {
     },
     /// Create or upgrade the database schema.
     Migrate,
+    /// Copy events, projection and quarantine to another database (safe to repeat).
+    Copy {
+        /// The database to read, e.g. sqlite://enrollhook.db.
+        #[arg(long)]
+        from: String,
+        /// The database to write (created or migrated), e.g. postgres://user@host/db.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Args)]
@@ -240,6 +249,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !check {
                 println!("projection rebuilt");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Copy { from, to } => {
+            let source = open_existing(&from).await?;
+            let target = store::open(&to, true)
+                .await
+                .with_context(|| format!("cannot open the target {}", redact_url(&to)))?;
+            let report = crate::copy::copy(source.as_ref(), target.as_ref()).await?;
+            println!(
+                "{} events read, {} added ({} already there); {} quarantined deliveries read, {} added",
+                report.events,
+                report.events_added,
+                report.events - report.events_added,
+                report.quarantine,
+                report.quarantine_added
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
