@@ -161,9 +161,6 @@ impl PostgresStore {
         let writer = PgPoolOptions::new()
             .max_connections(writers as u32 + 1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            // A connection that failed is closed (see `append_batch`), so a ping
-            // before every batch would only add a round trip.
-            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         let reader = PgPoolOptions::new()
@@ -277,10 +274,20 @@ async fn append_on(conn: &mut PgConnection, events: &[NewEvent]) -> Result<Vec<A
     let enrollment_ids: Vec<Option<i64>> =
         order.iter().map(|&i| events[i].enrollment_id()).collect();
     let bodies: Vec<&str> = order.iter().map(|&i| events[i].body.as_str()).collect();
+    let positions: Vec<i32> = order.iter().map(|&i| i as i32).collect();
+    // Sequence numbers follow the input (arrival) order; rows are inserted in
+    // key order, so concurrent batches wait on each other's keys in one order.
     let inserted: Vec<(String, String, i64)> = sqlx::query_as(
-        "INSERT INTO events (source, event_id, topic, created_at, received_at, enrollment_id, body)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                              $5::timestamptz[], $6::bigint[], $7::text[])
+        "WITH input AS (
+             SELECT nextval('events_seq_seq') AS seq, source, event_id, topic, created_at,
+                    received_at, enrollment_id, body
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
+                         $5::timestamptz[], $6::bigint[], $7::text[], $8::int4[])
+                  AS u(source, event_id, topic, created_at, received_at, enrollment_id, body, pos)
+             ORDER BY pos)
+         INSERT INTO events (seq, source, event_id, topic, created_at, received_at, enrollment_id, body)
+         OVERRIDING SYSTEM VALUE
+         SELECT * FROM input ORDER BY source, event_id
          ON CONFLICT (source, event_id) DO NOTHING
          RETURNING source, event_id, seq",
     )
@@ -291,6 +298,7 @@ async fn append_on(conn: &mut PgConnection, events: &[NewEvent]) -> Result<Vec<A
     .bind(&received)
     .bind(&enrollment_ids)
     .bind(&bodies)
+    .bind(&positions)
     .fetch_all(&mut *tx)
     .await?;
     let seqs: HashMap<(String, String), i64> = inserted
