@@ -31,7 +31,7 @@ pub struct Cli {
     /// Config file (default: ./enrollhook.toml when it exists).
     #[arg(long, global = true, env = "ENROLLHOOK_CONFIG")]
     config: Option<PathBuf>,
-    /// Database URL: sqlite://PATH [default: sqlite://enrollhook.db].
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [default: sqlite://enrollhook.db].
     #[arg(long, global = true, env = "ENROLLHOOK_DATABASE_URL")]
     database: Option<String>,
     /// The school's Thinkific API key, which signs webhooks (for the default source).
@@ -73,6 +73,15 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Copy events, projection and quarantine to another database (safe to repeat).
+    Copy {
+        /// The database to read, e.g. sqlite://enrollhook.db.
+        #[arg(long)]
+        from: String,
+        /// The database to write (created or migrated), e.g. postgres://user@host/db.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Args)]
@@ -123,6 +132,9 @@ struct ServeArgs {
     /// Disable a subscription whose deliveries have all failed for this long.
     #[arg(long, default_value = "5d", value_parser = crate::forward::policy::parse_duration)]
     disable_failing_after: Duration,
+    /// Group-commit writer tasks [default: 1 on SQLite, 4 on PostgreSQL].
+    #[arg(long, env = "ENROLLHOOK_WRITERS", hide = true)]
+    writers: Option<usize>,
 }
 
 #[derive(Args)]
@@ -282,6 +294,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", crate::server::openapi::document());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Copy { from, to } => {
+            let source = open_existing(&from).await?;
+            let target = store::open(&to, true)
+                .await
+                .with_context(|| format!("cannot open the target {}", redact_url(&to)))?;
+            let report = crate::copy::copy(source.as_ref(), target.as_ref()).await?;
+            println!(
+                "{} events read, {} added ({} already there); {} quarantined deliveries read, {} added",
+                report.events,
+                report.events_added,
+                report.events - report.events_added,
+                report.quarantine,
+                report.quarantine_added
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate => {
             store::open(&globals.database_url, true).await?;
             println!("database schema is up to date");
@@ -357,6 +385,7 @@ async fn serve(g: Globals, args: ServeArgs) -> anyhow::Result<ExitCode> {
         read_timeout: args.read_timeout,
         rate_limit: args.rate_limit,
         global_rate_limit: args.global_rate_limit,
+        writers: args.writers,
     };
     config.validate()?;
     if config.insecure_skip_verification {

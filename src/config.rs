@@ -246,6 +246,8 @@ pub struct ServeConfig {
     pub rate_limit: Option<u32>,
     /// Deliveries per second overall (None: unlimited).
     pub global_rate_limit: Option<u32>,
+    /// Group-commit writer tasks; None: what the backend suits (1 on SQLite, 4 on PostgreSQL).
+    pub writers: Option<usize>,
 }
 
 impl ServeConfig {
@@ -269,6 +271,7 @@ impl ServeConfig {
             read_timeout: std::time::Duration::from_secs(10),
             rate_limit: None,
             global_rate_limit: None,
+            writers: None,
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod copy;
 pub mod forward;
 pub mod ingest;
 pub mod metrics;

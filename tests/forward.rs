@@ -24,11 +24,28 @@ fn fast_forwarding(schedule: &str) -> ForwardConfig {
     }
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 async fn spawn_forwarding(schedule: &str) -> TestApp {
-    let (dir, url) = fresh_db();
+    spawn_forwarding_on(Backend::Sqlite, schedule).await
+}
+
+async fn spawn_forwarding_on(backend: Backend, schedule: &str) -> TestApp {
+    let (dir, sqlite_url) = fresh_db();
+    let pg = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(common::pg::TestDb::create().await),
+    };
+    let url = pg.as_ref().map_or(sqlite_url, |db| db.url.clone());
     let mut config = ServeConfig::new(url, Some(SECRET));
     config.forward = fast_forwarding(schedule);
-    spawn_with(dir, config).await
+    let mut app = spawn_with(dir, config).await;
+    app.pg = pg;
+    app
 }
 
 async fn subscribe(app: &TestApp, body: Value) -> Value {
@@ -76,6 +93,15 @@ use common::destination;
 
 #[tokio::test]
 async fn every_event_arrives_through_failures_timeouts_and_429() {
+    every_event_arrives_through_failures_timeouts_and_429_on(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn every_event_arrives_through_failures_timeouts_and_429_postgres() {
+    every_event_arrives_through_failures_timeouts_and_429_on(Backend::Postgres).await;
+}
+
+async fn every_event_arrives_through_failures_timeouts_and_429_on(backend: Backend) {
     let dest = Destination::start().await;
     // 500, 503, a timeout, 429 with Retry-After: 1, then success.
     dest.script([
@@ -85,7 +111,7 @@ async fn every_event_arrives_through_failures_timeouts_and_429() {
         Reply::RetryAfter(429, 1),
         Reply::Status(200),
     ]);
-    let app = spawn_forwarding("50ms,50ms,50ms,50ms,50ms").await;
+    let app = spawn_forwarding_on(backend, "50ms,50ms,50ms,50ms,50ms").await;
     let sub = subscribe(
         &app,
         json!({"url": dest.url, "topics": ["enrollment.*"], "headers": {"X-Team": "crm"}}),
@@ -150,8 +176,17 @@ async fn every_event_arrives_through_failures_timeouts_and_429() {
 
 #[tokio::test]
 async fn filters_choose_what_is_forwarded() {
+    filters_choose_what_is_forwarded_on(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn filters_choose_what_is_forwarded_postgres() {
+    filters_choose_what_is_forwarded_on(Backend::Postgres).await;
+}
+
+async fn filters_choose_what_is_forwarded_on(backend: Backend) {
     let dest = Destination::start().await;
-    let app = spawn_forwarding("50ms").await;
+    let app = spawn_forwarding_on(backend, "50ms").await;
     subscribe(
         &app,
         json!({"url": dest.url, "topics": ["enrollment.completed", "order.*"], "course_ids": [48]}),
@@ -180,9 +215,18 @@ async fn filters_choose_what_is_forwarded() {
 
 #[tokio::test]
 async fn gone_disables_the_subscription() {
+    gone_disables_the_subscription_on(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn gone_disables_the_subscription_postgres() {
+    gone_disables_the_subscription_on(Backend::Postgres).await;
+}
+
+async fn gone_disables_the_subscription_on(backend: Backend) {
     let dest = Destination::start().await;
     dest.answer_always(Reply::Status(410));
-    let app = spawn_forwarding("50ms,50ms").await;
+    let app = spawn_forwarding_on(backend, "50ms,50ms").await;
     let sub = subscribe(&app, json!({"url": dest.url, "topics": ["*"]})).await;
     let id = sub["id"].as_str().unwrap();
     app.deliver(samples::CREATED.as_bytes()).await;
@@ -206,9 +250,18 @@ async fn gone_disables_the_subscription() {
 
 #[tokio::test]
 async fn exhausted_deliveries_go_dead_and_can_be_replayed() {
+    exhausted_deliveries_go_dead_and_can_be_replayed_on(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn exhausted_deliveries_go_dead_and_can_be_replayed_postgres() {
+    exhausted_deliveries_go_dead_and_can_be_replayed_on(Backend::Postgres).await;
+}
+
+async fn exhausted_deliveries_go_dead_and_can_be_replayed_on(backend: Backend) {
     let dest = Destination::start().await;
     dest.answer_always(Reply::Status(500));
-    let app = spawn_forwarding("30ms,30ms").await;
+    let app = spawn_forwarding_on(backend, "30ms,30ms").await;
     let sub = subscribe(&app, json!({"url": dest.url, "topics": ["*"]})).await;
     let id = sub["id"].as_str().unwrap();
     app.deliver(samples::CREATED.as_bytes()).await;
@@ -261,10 +314,19 @@ async fn exhausted_deliveries_go_dead_and_can_be_replayed() {
 
 #[tokio::test]
 async fn ordered_subscriptions_deliver_an_enrollment_in_order() {
+    ordered_subscriptions_deliver_an_enrollment_in_order_on(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn ordered_subscriptions_deliver_an_enrollment_in_order_postgres() {
+    ordered_subscriptions_deliver_an_enrollment_in_order_on(Backend::Postgres).await;
+}
+
+async fn ordered_subscriptions_deliver_an_enrollment_in_order_on(backend: Backend) {
     let dest = Destination::start().await;
     // Every message fails once: without ordering, later events would overtake.
     dest.fail_first_attempt_of_each_message();
-    let app = spawn_forwarding("100ms").await;
+    let app = spawn_forwarding_on(backend, "100ms").await;
     subscribe(
         &app,
         json!({"url": dest.url, "topics": ["enrollment.*"], "ordered": true}),
@@ -585,4 +647,51 @@ async fn a_subscription_failing_for_too_long_is_disabled() {
     assert_eq!(resp.status().as_u16(), 200);
     dest.wait_for(attempts_when_disabled + 1, Duration::from_secs(5))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_outbox_without_double_delivery() {
+    let dest = Destination::start().await;
+    let first = spawn_forwarding_on(Backend::Postgres, "50ms").await;
+    let url = first.pg.as_ref().unwrap().url.clone();
+    let (dir, _) = fresh_db();
+    let mut config = ServeConfig::new(url, Some(SECRET));
+    config.forward = fast_forwarding("50ms");
+    let second = spawn_with(dir, config).await;
+    subscribe(&first, json!({"url": dest.url, "topics": ["*"]})).await;
+    // Deliveries alternate between the instances; both workers drain the outbox.
+    let mut sends = Vec::new();
+    for i in 0..100 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let body = enrollment_event(
+            &format!("share-{i}"),
+            "progress",
+            i,
+            1,
+            "5.0",
+            "2024-07-01T00:00:00Z",
+        );
+        sends.push(async move { app.deliver(&body).await.0 });
+    }
+    assert!(
+        futures::future::join_all(sends)
+            .await
+            .iter()
+            .all(|s| *s == 200)
+    );
+    let got = dest.wait_for(100, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ids: Vec<String> = dest
+        .received()
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (ids.len(), dest.received().len()),
+        (100, 100),
+        "each event delivered once ({} seen)",
+        got.len()
+    );
 }

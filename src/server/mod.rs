@@ -87,7 +87,13 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let store = store::open(&config.database_url, config.migrate).await?;
     let metrics = Arc::new(Metrics::new());
-    let (ingestor, writers) = Ingestor::start(store.clone(), metrics.clone(), 1, config.max_batch);
+    let writer_count = config.writers.unwrap_or_else(|| store.writers()).max(1);
+    let (ingestor, writers) = Ingestor::start(
+        store.clone(),
+        metrics.clone(),
+        writer_count,
+        config.max_batch,
+    );
     let state = AppState {
         store: store.clone(),
         ingestor,

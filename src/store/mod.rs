@@ -7,6 +7,8 @@
 //! (see [`crate::ingest`]).
 
 pub mod forward;
+pub mod postgres;
+mod postgres_forward;
 pub mod sqlite;
 mod sqlite_forward;
 
@@ -19,6 +21,7 @@ use crate::projection::{Enrollment, EnrollmentEvent, Status};
 use crate::thinkific;
 
 pub use forward::*;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +279,12 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     /// Human name of the backend, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
 
+    /// How many group-commit writers suit this backend: SQLite has one writer
+    /// anyway; PostgreSQL commits several transactions in parallel.
+    fn writers(&self) -> usize {
+        1
+    }
+
     /// Stores a batch in ONE transaction: each event exactly once per (source,
     /// event id), with its projection change. Outcomes are in input order.
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>>;
@@ -288,6 +297,10 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     ) -> Result<Page<QuarantineRecord>>;
     async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>>;
     async fn resolve_quarantine(&self, id: i64, resolution: &str) -> Result<()>;
+    /// Copies a record from another database, keeping its resolution, unless a
+    /// record with the same source, arrival time, reason code and body is
+    /// already there. Returns whether it was added.
+    async fn import_quarantine(&self, record: &QuarantineRecord) -> Result<bool>;
 
     async fn list_enrollments(
         &self,
@@ -324,10 +337,13 @@ pub async fn open(url: &str, migrate: bool) -> anyhow::Result<std::sync::Arc<dyn
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(SqliteStore::open(url, migrate).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        anyhow::bail!("PostgreSQL is not supported yet; use a sqlite:// URL")
+        Ok(std::sync::Arc::new(
+            PostgresStore::open(url, migrate).await?,
+        ))
     } else {
         anyhow::bail!(
-            "unsupported database URL `{url}`: use sqlite://PATH (e.g. sqlite://enrollhook.db)"
+            "unsupported database URL `{url}`: use sqlite://PATH (e.g. sqlite://enrollhook.db) \
+             or postgres://USER@HOST/DATABASE"
         )
     }
 }

@@ -379,6 +379,30 @@ impl Store for SqliteStore {
         Ok(id)
     }
 
+    async fn import_quarantine(&self, r: &QuarantineRecord) -> Result<bool> {
+        let headers = serde_json::to_string(&r.headers).expect("strings serialize");
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO quarantine (source, received_at, reason_code, reason, headers, body,
+                body_size, resolved_at, resolution)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
+             WHERE NOT EXISTS (SELECT 1 FROM quarantine
+                 WHERE source = ?1 AND received_at = ?2 AND reason_code = ?3 AND body = ?6)
+             RETURNING id",
+        )
+        .bind(&r.source)
+        .bind(fmt_ts(&r.received_at))
+        .bind(&r.reason_code)
+        .bind(&r.reason)
+        .bind(headers)
+        .bind(&r.body)
+        .bind(r.body_size)
+        .bind(ts(r.resolved_at))
+        .bind(&r.resolution)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(inserted.is_some())
+    }
+
     async fn list_quarantine(
         &self,
         source: Option<&str>,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod destination;
+pub mod pg;
 pub mod process;
 
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use serde_json::Value;
 pub const SECRET: &str = "test-school-api-key";
 
 pub struct TestApp {
+    /// A PostgreSQL test database, dropped with the app.
+    pub pg: Option<pg::TestDb>,
     pub dir: tempfile::TempDir,
     pub database_url: String,
     pub running: Option<Running>,
@@ -38,6 +41,7 @@ pub async fn spawn_with(dir: tempfile::TempDir, config: ServeConfig) -> TestApp 
     let running = server::start(config, listener, false).await.unwrap();
     let base = format!("http://{}", running.addr);
     TestApp {
+        pg: None,
         dir,
         database_url,
         running: Some(running),

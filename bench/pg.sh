@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# PostgreSQL throughput: one and two `enrollhook serve` instances on one fresh
+# database, wrk posting distinct pre-signed events at 8 and 64 connections, then
+# the stored count checked in the database (so every counted request was a
+# durable insert). Needs a release build, wrk, python3, psql.
+# Usage: bench/pg.sh [DURATION=10s]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10s}
+PG=${ENROLLHOOK_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
+BIN=target/release/enrollhook
+SECRET=bench-secret
+EVENTS=/tmp/enrollhook-bench-events
+[ -f $EVENTS.a ] || { python3 bench/pg_events.py 600000 $SECRET > $EVENTS.all;
+  awk 'NR%2==0' $EVENTS.all > $EVENTS.a; awk 'NR%2==1' $EVENTS.all > $EVENTS.b; rm $EVENTS.all; }
+
+run() { # instances connections
+  local n=$1 c=$2 db=enrollhook_bench pids=()
+  psql "$PG" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null
+  local url="${PG%/*}/$db"
+  $BIN --database "$url" migrate >/dev/null
+  for i in $(seq 1 "$n"); do
+    RUST_LOG=warn $BIN --database "$url" --secret $SECRET serve --listen 127.0.0.1:$((18180 + i)) &
+    pids+=($!)
+  done
+  sleep 1
+  local per=$((c / n)) files=($EVENTS.a $EVENTS.b) outs=() wrks=()
+  for i in $(seq 1 "$n"); do
+    local out; out=$(mktemp)
+    outs+=("$out")
+    EVENTS=${files[$((i-1))]} WRK_THREADS=2 wrk -t2 -c$per -d"$DUR" --latency -s bench/pg_events.lua \
+      http://127.0.0.1:$((18180 + i)) > "$out" &
+    wrks+=($!)
+  done
+  wait "${wrks[@]}"
+  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+  local stored; stored=$(psql "${url}" -Atc "SELECT count(*) FROM events")
+  local reqs=0 rps=0
+  for out in "${outs[@]}"; do
+    reqs=$((reqs + $(awk '/requests in/ {print $1}' "$out")))
+    rps=$(awk -v a="$rps" '/Requests\/sec/ {print a + $2}' "$out")
+    echo "  instance: $(grep -E '^ +99%' "$out" | xargs) p50 $(grep -E '^ +50%' "$out" | awk '{print $2}'); non-2xx: $(grep -c Non-2xx "$out" || true)"
+  done
+  echo "postgres, $n instance(s), $c connections: $rps req/s, $reqs requests, $stored events stored"
+  rm -f "${outs[@]}"
+}
+run 1 8; run 1 64; run 2 8; run 2 64
+psql "$PG" -qc "DROP DATABASE IF EXISTS enrollhook_bench WITH (FORCE)"

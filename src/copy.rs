@@ -1,0 +1,91 @@
+//! `enrollhook copy`: moves an install from one database to another (SQLite to
+//! PostgreSQL, or back) without losing or duplicating anything.
+//!
+//! Events are re-appended in log order through [`Store::append_batch`], so the
+//! target dedupes them by (source, event id) and derives its projection with
+//! the same fold as live deliveries: nothing of the source's projection is
+//! trusted, and running the copy twice adds nothing. Quarantined deliveries are
+//! recognised by (source, arrival time, reason code, body).
+
+use serde::Serialize;
+
+use crate::store::{self, EventFilter, NewEvent, PageRequest, Store};
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct CopyReport {
+    pub events: u64,
+    pub events_added: u64,
+    pub quarantine: u64,
+    pub quarantine_added: u64,
+}
+
+pub async fn copy(from: &dyn Store, to: &dyn Store) -> anyhow::Result<CopyReport> {
+    let mut report = CopyReport::default();
+    let mut cursor = None;
+    loop {
+        let page = from
+            .list_events(
+                &EventFilter::default(),
+                &PageRequest {
+                    limit: store::MAX_PAGE,
+                    cursor,
+                },
+            )
+            .await?;
+        let batch = page
+            .items
+            .iter()
+            .map(|e| {
+                Ok(NewEvent {
+                    source: e.source.clone(),
+                    event_id: e.event_id.clone(),
+                    topic: e.topic.clone(),
+                    created_at: e.created_at,
+                    received_at: e.received_at,
+                    body: e.body.clone(),
+                    enrollment: e.enrollment_event()?,
+                    course_id: crate::thinkific::envelope::course_id_of_body(&e.body),
+                })
+            })
+            .collect::<store::Result<Vec<_>>>()?;
+        if !batch.is_empty() {
+            let outcomes = to.append_batch(&batch).await?;
+            report.events += batch.len() as u64;
+            report.events_added += outcomes
+                .iter()
+                .filter(|o| matches!(o, store::AppendOutcome::Stored { .. }))
+                .count() as u64;
+        }
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+
+    // Quarantine pages come newest first: copy oldest first, keeping the order.
+    let mut records = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = from
+            .list_quarantine(
+                None,
+                &PageRequest {
+                    limit: store::MAX_PAGE,
+                    cursor,
+                },
+            )
+            .await?;
+        records.extend(page.items);
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    for record in records.iter().rev() {
+        report.quarantine += 1;
+        if to.import_quarantine(record).await? {
+            report.quarantine_added += 1;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,585 @@
+//! PostgreSQL storage for forwarding (see [`super::forward`]). Claims use
+//! `FOR UPDATE SKIP LOCKED` plus a lease, so instances sharing the database
+//! never have one delivery in flight twice.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::types::Json;
+use sqlx::{Connection, Postgres, QueryBuilder, Row};
+
+use super::postgres::{EVENT_COLUMNS, event_from_row};
+use super::*;
+use crate::forward::policy::Next;
+use crate::forward::subscription::Subscription;
+use crate::thinkific::envelope::course_id_of_body;
+
+const SUBSCRIPTION_COLUMNS: &str = "id, url, topics, course_ids, sources, secret, previous_secret, \
+    previous_secret_until, enabled, disabled_reason, ordered, headers, description, failing_since, \
+    created_at, updated_at";
+
+fn subscription_from_row(row: &PgRow) -> Result<Subscription> {
+    let topics: Json<Vec<String>> = row.try_get("topics")?;
+    let course_ids: Option<Json<Vec<i64>>> = row.try_get("course_ids")?;
+    let sources: Option<Json<Vec<String>>> = row.try_get("sources")?;
+    let headers: Json<BTreeMap<String, String>> = row.try_get("headers")?;
+    Ok(Subscription {
+        id: row.try_get("id")?,
+        url: row.try_get("url")?,
+        topics: topics.0,
+        course_ids: course_ids.map(|j| j.0),
+        sources: sources.map(|j| j.0),
+        secret: row.try_get("secret")?,
+        previous_secret: row.try_get("previous_secret")?,
+        previous_secret_until: row.try_get("previous_secret_until")?,
+        enabled: row.try_get("enabled")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        ordered: row.try_get("ordered")?,
+        headers: headers.0,
+        description: row.try_get("description")?,
+        failing_since: row.try_get("failing_since")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub(super) async fn enabled_subscriptions(conn: &mut PgConnection) -> Result<Vec<Subscription>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE enabled"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(subscription_from_row).collect()
+}
+
+/// Puts freshly stored events in the outbox of every matching subscription
+/// (inside the events' own transaction), one statement for the batch.
+pub(super) async fn enqueue(
+    conn: &mut PgConnection,
+    subscriptions: &[Subscription],
+    stored: &[(&NewEvent, i64)],
+) -> Result<()> {
+    if subscriptions.is_empty() {
+        return Ok(());
+    }
+    let (mut subs, mut seqs, mut keys, mut at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (ev, seq) in stored {
+        for s in subscriptions
+            .iter()
+            .filter(|s| s.matches(&ev.source, &ev.topic, ev.course_id))
+        {
+            subs.push(s.id.clone());
+            seqs.push(*seq);
+            keys.push(ev.order_key());
+            at.push(ev.received_at);
+        }
+    }
+    if subs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at)
+         SELECT s, q, k, 'pending', 0, t, t FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[]) AS u(s, q, k, t)
+         ON CONFLICT (subscription_id, event_seq) DO NOTHING",
+    )
+    .bind(&subs)
+    .bind(&seqs)
+    .bind(&keys)
+    .bind(&at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_outbox(
+    conn: &mut PgConnection,
+    subscription_id: &str,
+    seq: i64,
+    order_key: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at)
+         VALUES ($1, $2, $3, 'pending', 0, $4, $4)
+         ON CONFLICT (subscription_id, event_seq) DO UPDATE SET
+            state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at, finished_at = NULL",
+    )
+    .bind(subscription_id)
+    .bind(seq)
+    .bind(order_key)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn subscription_in(conn: &mut PgConnection, id: &str) -> Result<Subscription> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("no subscription `{id}`")))?;
+    subscription_from_row(&row)
+}
+
+fn attempt_from_row(row: &PgRow) -> Result<DeliveryAttempt> {
+    let attempt: i32 = row.try_get("attempt")?;
+    let status: Option<i32> = row.try_get("status")?;
+    Ok(DeliveryAttempt {
+        id: row.try_get("id")?,
+        outbox_id: row.try_get("outbox_id")?,
+        subscription_id: row.try_get("subscription_id")?,
+        event_seq: row.try_get("event_seq")?,
+        attempt: attempt.into(),
+        attempted_at: row.try_get("attempted_at")?,
+        status: status.map(i64::from),
+        latency_ms: row.try_get("latency_ms")?,
+        error: row.try_get("error")?,
+        response: row.try_get("response")?,
+    })
+}
+
+fn outbox_from_row(row: &PgRow) -> Result<OutboxEntry> {
+    let state: String = row.try_get("state")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    let last_status: Option<i32> = row.try_get("last_status")?;
+    let next: DateTime<Utc> = row.try_get("next_attempt_at")?;
+    Ok(OutboxEntry {
+        id: row.try_get("id")?,
+        subscription_id: row.try_get("subscription_id")?,
+        event_seq: row.try_get("event_seq")?,
+        source: row.try_get("source")?,
+        event_id: row.try_get("event_id")?,
+        topic: row.try_get("topic")?,
+        state: DeliveryState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("outbox state `{state}`")))?,
+        attempts: attempts.into(),
+        next_attempt_at: (state == "pending").then_some(next),
+        last_status: last_status.map(i64::from),
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn page_after(cursor: &Option<String>) -> Result<i64> {
+    match cursor {
+        Some(c) => decode_cursor(c, 1)?[0]
+            .parse()
+            .map_err(|_| StoreError::Invalid("invalid cursor".into())),
+        None => Ok(0),
+    }
+}
+
+fn page_of<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) -> Page<T> {
+    let next_cursor = (items.len() > limit as usize).then(|| {
+        items.truncate(limit as usize);
+        encode_cursor(&[&id(items.last().expect("non-empty")).to_string()])
+    });
+    Page { items, next_cursor }
+}
+
+#[async_trait]
+impl ForwardStore for PostgresStore {
+    async fn insert_subscription(&self, s: &Subscription) -> Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        )))
+        .bind(&s.id)
+        .bind(&s.url)
+        .bind(Json(&s.topics))
+        .bind(s.course_ids.as_ref().map(Json))
+        .bind(s.sources.as_ref().map(Json))
+        .bind(&s.secret)
+        .bind(&s.previous_secret)
+        .bind(s.previous_secret_until)
+        .bind(s.enabled)
+        .bind(&s.disabled_reason)
+        .bind(s.ordered)
+        .bind(Json(&s.headers))
+        .bind(&s.description)
+        .bind(s.failing_since)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn update_subscription(&self, s: &Subscription) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE subscriptions SET url = $1, topics = $2, course_ids = $3, sources = $4, secret = $5,
+                previous_secret = $6, previous_secret_until = $7, enabled = $8, disabled_reason = $9,
+                ordered = $10, headers = $11, description = $12, failing_since = $13, updated_at = $14
+             WHERE id = $15",
+        )
+        .bind(&s.url)
+        .bind(Json(&s.topics))
+        .bind(s.course_ids.as_ref().map(Json))
+        .bind(s.sources.as_ref().map(Json))
+        .bind(&s.secret)
+        .bind(&s.previous_secret)
+        .bind(s.previous_secret_until)
+        .bind(s.enabled)
+        .bind(&s.disabled_reason)
+        .bind(s.ordered)
+        .bind(Json(&s.headers))
+        .bind(&s.description)
+        .bind(s.failing_since)
+        .bind(s.updated_at)
+        .bind(&s.id)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_subscription(&self, id: &str) -> Result<bool> {
+        let mut conn = self.writer().acquire().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query("DELETE FROM outbox WHERE subscription_id = $1 AND state = 'pending'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn get_subscription(&self, id: &str) -> Result<Option<Subscription>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.reader())
+        .await?;
+        row.as_ref().map(subscription_from_row).transpose()
+    }
+
+    async fn list_subscriptions(&self) -> Result<Vec<Subscription>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY created_at, id"
+        )))
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(subscription_from_row).collect()
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        let mut conn = self.writer().acquire().await?;
+        let mut tx = conn.begin().await?;
+        // SKIP LOCKED: rows another instance is claiming right now are left to it.
+        let claimed: Vec<(i64, String, i64, i32)> = sqlx::query_as(
+            "UPDATE outbox SET lease_until = $1
+             WHERE id IN (
+                SELECT o.id FROM outbox AS o JOIN subscriptions AS s ON s.id = o.subscription_id
+                WHERE o.state = 'pending' AND o.next_attempt_at <= $2
+                  AND (o.lease_until IS NULL OR o.lease_until < $2)
+                  AND s.enabled
+                  AND (NOT s.ordered OR o.order_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM outbox AS p
+                        WHERE p.subscription_id = o.subscription_id AND p.order_key = o.order_key
+                          AND p.state = 'pending' AND p.id < o.id))
+                ORDER BY o.next_attempt_at, o.id
+                LIMIT $3
+                FOR UPDATE OF o SKIP LOCKED)
+             RETURNING id, subscription_id, event_seq, attempts",
+        )
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let subscriptions: HashMap<String, Subscription> = sqlx::query(sqlx::AssertSqlSafe(
+            format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions"),
+        ))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| subscription_from_row(r).map(|s| (s.id.clone(), s)))
+        .collect::<Result<_>>()?;
+        let seqs: Vec<i64> = claimed.iter().map(|c| c.2).collect();
+        let events: HashMap<i64, StoredEvent> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1)"
+        )))
+        .bind(&seqs)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| event_from_row(r).map(|e| (e.seq, e)))
+        .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(claimed.len());
+        for (outbox_id, subscription_id, seq, attempts) in claimed {
+            match (subscriptions.get(&subscription_id), events.get(&seq)) {
+                (Some(s), Some(e)) => out.push(ClaimedDelivery {
+                    outbox_id,
+                    attempts: attempts as u32,
+                    subscription: s.clone(),
+                    event: e.clone(),
+                }),
+                _ => {
+                    sqlx::query(
+                        "UPDATE outbox SET state = 'dead', finished_at = $1, last_error = 'the event is no longer in the log' WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(outbox_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn finish_attempts(
+        &self,
+        done: &[FinishedAttempt],
+        disable_failing_before: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let mut disabled = Vec::new();
+        let mut conn = self.writer().acquire().await?;
+        let mut tx = conn.begin().await?;
+        for f in done {
+            let at = f.attempted_at;
+            sqlx::query(
+                "INSERT INTO delivery_attempts (outbox_id, subscription_id, event_seq, attempt, attempted_at, status, latency_ms, error, response)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(f.outbox_id)
+            .bind(&f.subscription_id)
+            .bind(f.event_seq)
+            .bind(f.attempt as i32)
+            .bind(at)
+            .bind(f.status.map(i32::from))
+            .bind(f.latency_ms)
+            .bind(&f.error)
+            .bind(&f.response)
+            .execute(&mut *tx)
+            .await?;
+            let (state, next_at, error) = match &f.next {
+                Next::Delivered => ("delivered", at, None),
+                Next::Retry { at: next } => ("pending", *next, f.error.clone()),
+                Next::Dead { reason } => ("dead", at, Some(reason.clone())),
+                Next::Gone => (
+                    "dead",
+                    at,
+                    Some("the destination answered 410 Gone: subscription disabled".to_owned()),
+                ),
+            };
+            let finished = (state != "pending").then_some(at);
+            sqlx::query(
+                "UPDATE outbox SET state = $1, attempts = $2, next_attempt_at = $3, lease_until = NULL,
+                    last_status = $4, last_error = $5, finished_at = $6
+                 WHERE id = $7 AND state = 'pending'",
+            )
+            .bind(state)
+            .bind(f.attempt as i32)
+            .bind(next_at)
+            .bind(f.status.map(i32::from))
+            .bind(error)
+            .bind(finished)
+            .bind(f.outbox_id)
+            .execute(&mut *tx)
+            .await?;
+            match &f.next {
+                Next::Delivered => {
+                    sqlx::query("UPDATE subscriptions SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
+                        .bind(&f.subscription_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Next::Gone => {
+                    let r = sqlx::query("UPDATE subscriptions SET enabled = false, disabled_reason = $1, updated_at = $2 WHERE id = $3 AND enabled")
+                        .bind(format!("the destination answered 410 Gone at {}", at.to_rfc3339()))
+                        .bind(at)
+                        .bind(&f.subscription_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    if r.rows_affected() == 1 {
+                        disabled.push(f.subscription_id.clone());
+                    }
+                }
+                Next::Retry { .. } | Next::Dead { .. } => {
+                    sqlx::query("UPDATE subscriptions SET failing_since = COALESCE(failing_since, $1) WHERE id = $2")
+                        .bind(at)
+                        .bind(&f.subscription_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let r = sqlx::query(
+                        "UPDATE subscriptions SET enabled = false, updated_at = $1,
+                            disabled_reason = 'every delivery has failed since ' || to_char(failing_since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                         WHERE id = $2 AND enabled AND failing_since < $3",
+                    )
+                    .bind(at)
+                    .bind(&f.subscription_id)
+                    .bind(disable_failing_before)
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() == 1 {
+                        disabled.push(f.subscription_id.clone());
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(disabled)
+    }
+
+    async fn list_attempts(
+        &self,
+        subscription_id: Option<&str>,
+        event_seq: Option<i64>,
+        page: &PageRequest,
+    ) -> Result<Page<DeliveryAttempt>> {
+        let mut q = QueryBuilder::<Postgres>::new("SELECT * FROM delivery_attempts WHERE id > ");
+        q.push_bind(page_after(&page.cursor)?);
+        if let Some(s) = subscription_id {
+            q.push(" AND subscription_id = ").push_bind(s.to_owned());
+        }
+        if let Some(seq) = event_seq {
+            q.push(" AND event_seq = ").push_bind(seq);
+        }
+        q.push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(page.limit) + 1);
+        let rows = q.build().fetch_all(self.reader()).await?;
+        let items = rows
+            .iter()
+            .map(attempt_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page_of(items, page.limit, |a| a.id))
+    }
+
+    async fn list_deliveries(
+        &self,
+        f: &DeliveryFilter,
+        page: &PageRequest,
+    ) -> Result<Page<OutboxEntry>> {
+        let mut q = QueryBuilder::<Postgres>::new(
+            "SELECT o.*, e.source, e.event_id, e.topic FROM outbox AS o JOIN events AS e ON e.seq = o.event_seq WHERE o.id > ",
+        );
+        q.push_bind(page_after(&page.cursor)?);
+        if let Some(s) = &f.subscription_id {
+            q.push(" AND o.subscription_id = ").push_bind(s.clone());
+        }
+        if let Some(seq) = f.event_seq {
+            q.push(" AND o.event_seq = ").push_bind(seq);
+        }
+        if let Some(state) = f.state {
+            q.push(" AND o.state = ").push_bind(state.as_str());
+        }
+        q.push(" ORDER BY o.id LIMIT ")
+            .push_bind(i64::from(page.limit) + 1);
+        let rows = q.build().fetch_all(self.reader()).await?;
+        let items = rows
+            .iter()
+            .map(outbox_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page_of(items, page.limit, |o| o.id))
+    }
+
+    async fn replay(&self, scope: &ReplayScope, now: DateTime<Utc>) -> Result<u64> {
+        let mut conn = self.writer().acquire().await?;
+        let mut tx = conn.begin().await?;
+        let mut count = 0u64;
+        match scope {
+            ReplayScope::Event {
+                source,
+                event_id,
+                subscription_id,
+            } => {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE source = $1 AND event_id = $2"
+                )))
+                .bind(source)
+                .bind(event_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!("no event `{event_id}` from source `{source}`"))
+                })?;
+                let event = event_from_row(&row)?;
+                let course = course_id_of_body(&event.body);
+                let targets: Vec<Subscription> = match subscription_id {
+                    Some(id) => vec![subscription_in(&mut tx, id).await?],
+                    None => enabled_subscriptions(&mut tx)
+                        .await?
+                        .into_iter()
+                        .filter(|s| s.matches(&event.source, &event.topic, course))
+                        .collect(),
+                };
+                for s in targets {
+                    let key = order_key(&event.source, event.enrollment_id);
+                    upsert_outbox(&mut tx, &s.id, event.seq, key.as_deref(), now).await?;
+                    count += 1;
+                }
+            }
+            ReplayScope::Dead { subscription_id } => {
+                subscription_in(&mut tx, subscription_id).await?;
+                let r = sqlx::query(
+                    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, finished_at = NULL
+                     WHERE subscription_id = $2 AND state = 'dead'",
+                )
+                .bind(now)
+                .bind(subscription_id)
+                .execute(&mut *tx)
+                .await?;
+                count = r.rows_affected();
+            }
+            ReplayScope::Range {
+                subscription_id,
+                since,
+                until,
+            } => {
+                let s = subscription_in(&mut tx, subscription_id).await?;
+                let mut after = 0i64;
+                loop {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE received_at >= $1 AND received_at < $2 AND seq > $3 ORDER BY seq LIMIT 1000"
+                    )))
+                    .bind(since)
+                    .bind(until)
+                    .bind(after)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let Some(last) = rows.last() else { break };
+                    after = last.try_get("seq")?;
+                    for row in &rows {
+                        let e = event_from_row(row)?;
+                        if s.matches(&e.source, &e.topic, course_id_of_body(&e.body)) {
+                            let key = order_key(&e.source, e.enrollment_id);
+                            upsert_outbox(&mut tx, &s.id, e.seq, key.as_deref(), now).await?;
+                            count += 1;
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    async fn outbox_pending(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+                .fetch_one(self.reader())
+                .await?,
+        )
+    }
+}

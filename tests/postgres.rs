@@ -1,0 +1,614 @@
+//! Many instances on one PostgreSQL database, database outages, clients that
+//! vanish mid-request, and moving an install between databases. Real servers on
+//! port 0, the real PostgreSQL server (a fresh database per test), real SQLite files.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::pg::TestDb;
+use common::*;
+use enrollhook::config::ServeConfig;
+use enrollhook::store::{self, EnrollmentFilter, EventFilter, PageRequest, Store, StoreError};
+use enrollhook::thinkific::sign;
+use rand::seq::SliceRandom;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+async fn spawn_on(url: &str) -> TestApp {
+    spawn_with(
+        tempfile::tempdir().unwrap(),
+        ServeConfig::new(url, Some(SECRET)),
+    )
+    .await
+}
+
+/// Event `v` (1 = oldest) of enrollment `e`: 5 versions per enrollment.
+fn versioned(e: i64, v: i64) -> (String, Vec<u8>) {
+    let id = format!("evt-{e}-{v}");
+    let pct = if v == 5 {
+        "100.0".to_owned()
+    } else {
+        format!("{}.0", v * 15)
+    };
+    let updated = format!("2024-06-01T10:{:02}:{:02}Z", e % 60, v);
+    let action = if v == 5 { "completed" } else { "progress" };
+    (
+        id.clone(),
+        enrollment_event(&id, action, e, 1 + e % 4, &pct, &updated),
+    )
+}
+
+async fn all_events(s: &Arc<dyn Store>) -> Vec<store::StoredEvent> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .list_events(
+                &EventFilter::default(),
+                &PageRequest {
+                    limit: 1000,
+                    cursor,
+                },
+            )
+            .await
+            .unwrap();
+        out.extend(page.items);
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            return out;
+        }
+    }
+}
+
+async fn all_enrollments(s: &Arc<dyn Store>) -> Vec<enrollhook::projection::Enrollment> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .list_enrollments(
+                &EnrollmentFilter::default(),
+                &PageRequest {
+                    limit: 1000,
+                    cursor,
+                },
+                chrono::Utc::now(),
+            )
+            .await
+            .unwrap();
+        out.extend(page.items);
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            return out;
+        }
+    }
+}
+
+/// The projection equals what a rebuild from the log gives, event counts included.
+async fn assert_projection_consistent(s: &Arc<dyn Store>) {
+    let report = s.rebuild_projection(true).await.unwrap();
+    assert_eq!(
+        (report.changed, report.removed),
+        (0, 0),
+        "projection differs from rebuild: {report:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_instances_store_each_event_once_and_keep_the_newest_state() {
+    let db = TestDb::create().await;
+    // Both instances start (and migrate) at the same time.
+    let (a, b) = tokio::join!(spawn_on(&db.url), spawn_on(&db.url));
+
+    // 20 enrollments × 5 versions = 100 events, each delivered twice (once per
+    // instance), all 200 at once in random order.
+    let mut deliveries = Vec::new();
+    for e in 1..=20 {
+        for v in 1..=5 {
+            let (_, body) = versioned(e, v);
+            deliveries.push((0, body.clone()));
+            deliveries.push((1, body));
+        }
+    }
+    deliveries.shuffle(&mut rand::rng());
+    let apps = [&a, &b];
+    let replies =
+        futures::future::join_all(deliveries.iter().map(|(i, body)| apps[*i].deliver(body))).await;
+    assert!(
+        replies.iter().all(|(s, _)| *s == 200),
+        "{:?}",
+        replies.iter().find(|(s, _)| *s != 200)
+    );
+    let stored = replies
+        .iter()
+        .filter(|(_, b)| b["status"] == "stored")
+        .count();
+    let duplicates = replies
+        .iter()
+        .filter(|(_, b)| b["status"] == "duplicate")
+        .count();
+    assert_eq!((stored, duplicates), (100, 100));
+
+    let store = a.store();
+    let events = all_events(&store).await;
+    assert_eq!(events.len(), 100);
+    let enrollments = all_enrollments(&store).await;
+    assert_eq!(enrollments.len(), 20);
+    for e in &enrollments {
+        assert_eq!(e.event_count, 5, "{e:?}");
+        assert_eq!(
+            e.version.event_id,
+            format!("evt-{}-5", e.enrollment_id),
+            "newest state"
+        );
+        assert!(e.completed && e.progress == 100.0);
+    }
+    assert_projection_consistent(&store).await;
+}
+
+/// A TCP proxy in front of PostgreSQL that can be cut (every connection dies,
+/// new ones are closed at once) and restored, without touching the shared server.
+struct Proxy {
+    addr: SocketAddr,
+    cut: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, _) = watch::channel(false);
+        let cut_rx = cut.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut cut = cut_rx.clone();
+                if *cut.borrow() {
+                    continue; // dropped: the database is "gone"
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut }
+    }
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+fn pg_addr(url: &str) -> SocketAddr {
+    let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let host = if opts.get_host() == "localhost" {
+        "127.0.0.1"
+    } else {
+        opts.get_host()
+    };
+    format!("{host}:{}", opts.get_port()).parse().unwrap()
+}
+
+#[tokio::test]
+async fn database_outage_answers_503_and_recovers_without_restart() {
+    let db = TestDb::create().await;
+    let proxy = Proxy::start(pg_addr(&db.url)).await;
+    let app = Arc::new(spawn_on(&db.url_via(proxy.addr)).await);
+
+    // Eight clients deliver distinct events until told to stop.
+    let body = |i: usize| versioned(1000 + i as i64 / 5, 1 + i as i64 % 5);
+    let next = Arc::new(AtomicUsize::new(0));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (app, next, acknowledged, stop) = (
+                app.clone(),
+                next.clone(),
+                acknowledged.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let (status, _) = app.deliver(&body(i).1).await;
+                    if status == 200 {
+                        acknowledged.fetch_add(1, Ordering::SeqCst);
+                    }
+                    answers.push((i, status));
+                    let pause = if status == 200 { 2 } else { 50 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                answers
+            })
+        })
+        .collect();
+
+    while acknowledged.load(Ordering::SeqCst) < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.set_cut(true);
+    let (ready, _) = app.get("/readyz").await;
+    assert_eq!(ready, 503, "/readyz fails while the database is away");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_restore = acknowledged.load(Ordering::SeqCst);
+    proxy.set_cut(false);
+
+    // Recovery without restart: ready again, and deliveries are acknowledged again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.get("/readyz").await.0 != 200
+        || acknowledged.load(Ordering::SeqCst) < before_restore + 100
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the service did not recover by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut answers = Vec::new();
+    for w in workers {
+        answers.extend(w.await.unwrap());
+    }
+    assert!(
+        answers.iter().all(|(_, s)| [200, 503].contains(s)),
+        "only 200 or 503: {answers:?}"
+    );
+    let unavailable: Vec<usize> = answers
+        .iter()
+        .filter(|(_, s)| *s == 503)
+        .map(|(i, _)| *i)
+        .collect();
+    let ok = answers.len() - unavailable.len();
+    eprintln!(
+        "outage: {ok} answered 200, {} answered 503",
+        unavailable.len()
+    );
+    assert!(
+        !unavailable.is_empty(),
+        "deliveries during the outage are answered 503"
+    );
+
+    // Every acknowledged event is there: read the database directly, not via the proxy.
+    let direct = store::open(&db.url, false).await.unwrap();
+    let stored: std::collections::HashSet<String> = all_events(&direct)
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    for (i, status) in &answers {
+        if *status == 200 {
+            assert!(
+                stored.contains(&body(*i).0),
+                "event {} was acknowledged but is not stored",
+                body(*i).0
+            );
+        }
+    }
+
+    // After recovery deliveries succeed again; Thinkific's retries of the 503s land once.
+    for i in &unavailable {
+        let (status, reply) = app.deliver(&body(*i).1).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    assert_eq!(all_events(&direct).await.len(), answers.len());
+    assert_projection_consistent(&direct).await;
+}
+
+/// Sends a request and vanishes: after part of the body, or after all of it
+/// without reading the reply.
+async fn abandon(addr: SocketAddr, body: &[u8], whole: bool) {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return;
+    };
+    let head = format!(
+        "POST /webhooks/thinkific HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         x-thinkific-hmac-sha256: {}\r\ncontent-length: {}\r\n\r\n",
+        sign(SECRET.as_bytes(), body),
+        body.len()
+    );
+    let sent = if whole { body.len() } else { body.len() / 2 };
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body[..sent]).await;
+    // Dropped here: the connection closes before any reply is read.
+}
+
+/// Clients disconnecting mid-request at full speed, with normal deliveries mixed in.
+async fn disconnect_storm(app: &TestApp) {
+    let addr: SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300i64 {
+        let (_, body) = versioned(2000 + i % 30, 1 + i % 5);
+        let body = if i % 3 == 0 {
+            versioned(3000 + i, 1).1
+        } else {
+            body
+        };
+        tasks.spawn(async move { abandon(addr, &body, i % 2 == 0).await });
+    }
+    // reqwest clients whose requests are dropped mid-flight (a proxy timing out).
+    for i in 0..100i64 {
+        let (client, base) = (app.client.clone(), app.base.clone());
+        let body = versioned(2000 + i % 30, 1 + (i + 2) % 5).1;
+        let request = tokio::spawn(async move {
+            let _ = client
+                .post(format!("{base}/webhooks/thinkific"))
+                .header("x-thinkific-hmac-sha256", sign(SECRET.as_bytes(), &body))
+                .body(body)
+                .send()
+                .await;
+        });
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(200 * (i as u64 % 10))).await;
+            request.abort();
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    // Let the writers finish whatever was handed to them before checking.
+    let store = app.store();
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = all_events(&store).await.len();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(last > 0, "some abandoned deliveries were stored");
+    // The service still works, and every stored event has its projection change.
+    let (status, body) = app.deliver(&versioned(9999, 1).1).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("stored")),
+        "{body}"
+    );
+    assert_projection_consistent(&store).await;
+}
+
+#[tokio::test]
+async fn clients_that_disconnect_leave_nothing_half_done_on_postgres() {
+    let db = TestDb::create().await;
+    let app = spawn_on(&db.url).await;
+    disconnect_storm(&app).await;
+
+    let mut conn = db.connect().await;
+    let idle_in_tx: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+    )
+    .bind(&db.name)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(idle_in_tx, 0, "connections left idle in a transaction");
+    let locks: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT a.state, l.locktype, l.mode FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE a.datname = $1 AND a.pid <> pg_backend_pid() AND a.state <> 'active'",
+    )
+    .bind(&db.name)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(locks.is_empty(), "locks held by idle sessions: {locks:?}");
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events v WHERE enrollment_id IS NOT NULL AND NOT EXISTS
+           (SELECT 1 FROM enrollments e WHERE e.source = v.source AND e.enrollment_id = v.enrollment_id)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0, "events stored without their projection change");
+}
+
+#[tokio::test]
+async fn clients_that_disconnect_leave_nothing_half_done_on_sqlite() {
+    let app = spawn_app().await;
+    disconnect_storm(&app).await;
+    // No transaction is left open: another connection can take the write lock at once.
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("PRAGMA busy_timeout = 100; BEGIN IMMEDIATE; ROLLBACK")
+        .execute(&mut conn)
+        .await
+        .expect("the SQLite write lock is free");
+}
+
+#[tokio::test]
+async fn serve_without_migrations_refuses_an_empty_database_clearly() {
+    let db = TestDb::create().await;
+    let err = store::open(&db.url, false)
+        .await
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(err.contains("enrollhook migrate"), "{err}");
+    let mut config = ServeConfig::new(db.url.clone(), Some(SECRET));
+    config.migrate = false;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    assert!(
+        enrollhook::server::start(config, listener, false)
+            .await
+            .is_err()
+    );
+    // `migrate` then makes it usable; running it again is a no-op.
+    store::open(&db.url, true).await.unwrap();
+    store::open(&db.url, true).await.unwrap();
+    store::open(&db.url, false)
+        .await
+        .unwrap()
+        .ping()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_reported_not_hung() {
+    // A port nobody listens on: opening fails with the database error.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let started = Instant::now();
+    let err = store::open(&format!("postgres://postgres@{addr}/nothing"), true)
+        .await
+        .err()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        matches!(
+            err.downcast_ref::<StoreError>(),
+            Some(StoreError::Unavailable(_))
+        ),
+        "{err:#}"
+    );
+}
+
+/// What must survive a copy: the log (in order), the projection, the quarantine.
+async fn snapshot(
+    s: &Arc<dyn Store>,
+) -> (
+    Vec<String>,
+    Vec<enrollhook::projection::Enrollment>,
+    Vec<String>,
+) {
+    let events = all_events(s)
+        .await
+        .into_iter()
+        .map(|e| {
+            format!(
+                "{}|{}|{}|{:?}|{}|{:?}|{}",
+                e.source, e.event_id, e.topic, e.created_at, e.received_at, e.enrollment_id, e.body
+            )
+        })
+        .collect();
+    let quarantine = s
+        .list_quarantine(
+            None,
+            &PageRequest {
+                limit: 1000,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|q| {
+            format!(
+                "{}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}",
+                q.source,
+                q.received_at,
+                q.reason_code,
+                q.reason,
+                q.headers,
+                q.body,
+                q.resolved_at,
+                q.resolution
+            )
+        })
+        .collect();
+    (events, all_enrollments(s).await, quarantine)
+}
+
+#[tokio::test]
+async fn copy_moves_an_install_both_ways_and_is_safe_to_repeat() {
+    // An SQLite install with out-of-order events, another topic and quarantine.
+    let app = spawn_app().await;
+    for (e, v) in [(1, 3), (1, 1), (1, 5), (2, 2), (3, 4), (2, 1)] {
+        assert_eq!(app.deliver(&versioned(e, v).1).await.0, 200);
+    }
+    let order = br#"{"id":"o-1","resource":"order","action":"created","tenant_id":"59","payload":{"id":7}}"#;
+    assert_eq!(app.deliver(order).await.0, 200);
+    let forged = versioned(4, 1).1;
+    assert_eq!(
+        app.deliver_to("/webhooks/thinkific", &forged, Some("00ff"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        app.deliver_to(
+            "/webhooks/thinkific",
+            b"not json",
+            Some(&sign(SECRET.as_bytes(), b"not json"))
+        )
+        .await
+        .0,
+        400
+    );
+    let sqlite = app.store();
+    let q = sqlite
+        .list_quarantine(None, &PageRequest::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(q.len(), 2);
+    sqlite
+        .resolve_quarantine(q[1].id, "looked at")
+        .await
+        .unwrap();
+    let original = snapshot(&sqlite).await;
+
+    let db = TestDb::create().await;
+    let pg = store::open(&db.url, true).await.unwrap();
+    let report = enrollhook::copy::copy(sqlite.as_ref(), pg.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.events,
+            report.events_added,
+            report.quarantine,
+            report.quarantine_added
+        ),
+        (7, 7, 2, 2)
+    );
+    assert_eq!(snapshot(&pg).await, original);
+    assert_projection_consistent(&pg).await;
+
+    // Again, through the command line: nothing is added.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enrollhook"))
+        .args(["copy", "--from", &app.database_url, "--to", &db.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("7 events read, 0 added")
+            && stdout.contains("2 quarantined deliveries read, 0 added"),
+        "{stdout}"
+    );
+    assert_eq!(snapshot(&pg).await, original);
+
+    // And back, into a fresh SQLite file.
+    let (_dir, url) = fresh_db();
+    let back = store::open(&url, true).await.unwrap();
+    enrollhook::copy::copy(pg.as_ref(), back.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(snapshot(&back).await, original);
+    assert_eq!(
+        enrollhook::copy::copy(pg.as_ref(), back.as_ref())
+            .await
+            .unwrap()
+            .events_added,
+        0
+    );
+}
