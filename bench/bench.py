@@ -162,7 +162,7 @@ class Baseline(Contender):
 
     def count(self, work):
         # The raw-event table has no source column.
-        return {"all": sqlite_counts(work / "baseline.db", "SELECT 'all', COUNT(*) FROM events")}
+        return sqlite_counts(work / "baseline.db", "SELECT 'all', COUNT(*) FROM events")
 
 
 class Enrollhook(Contender):
