@@ -120,7 +120,8 @@ fn verify(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(), &'stati
     let expected = hex::decode(header.as_bytes()).map_err(|_| "signature is not hex")?;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
     mac.update(body);
-    mac.verify_slice(&expected).map_err(|_| "signature mismatch")
+    mac.verify_slice(&expected)
+        .map_err(|_| "signature mismatch")
 }
 
 /// One connection, one task: takes every waiting body (up to `max_batch`),

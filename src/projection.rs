@@ -174,6 +174,8 @@ impl Enrollment {
 }
 
 /// What applying one new event to the stored state requires.
+// Short-lived (matched right away), so boxing the state would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Apply {
     /// The event is the newest: this is the new state.

@@ -11,7 +11,12 @@ use enrollhook::thinkific;
 fn event(source: &str, id: &str, action: &str, enrollment: i64, pct: &str, at: &str) -> NewEvent {
     let body = enrollment_event(id, action, enrollment, 1 + enrollment % 4, pct, at);
     let envelope = thinkific::parse(&body, None).unwrap();
-    NewEvent::from_envelope(source, &envelope, String::from_utf8(body).unwrap(), Utc::now())
+    NewEvent::from_envelope(
+        source,
+        &envelope,
+        String::from_utf8(body).unwrap(),
+        Utc::now(),
+    )
 }
 
 async fn open_store() -> (tempfile::TempDir, SqliteStore) {
@@ -35,7 +40,7 @@ async fn duplicates_within_and_across_batches_are_stored_once() {
     let (_dir, store) = open_store().await;
     let a = event("s", "a", "created", 1, "0", "2024-01-02T00:00:00Z");
     let b = event("s", "b", "progress", 1, "50", "2024-01-03T00:00:00Z");
-    let first = store.append_batch(&[a.clone()]).await.unwrap();
+    let first = store.append_batch(std::slice::from_ref(&a)).await.unwrap();
     assert!(matches!(first[0], AppendOutcome::Stored { .. }));
 
     // Same id under another source is a different event.
@@ -73,7 +78,10 @@ async fn one_batch_with_late_events_projects_like_a_rebuild() {
     assert!(e7.completed);
     assert_eq!((e7.progress, e7.event_count), (100.0, 3));
     let e8 = store.get_enrollment("s", 8).await.unwrap().unwrap();
-    assert_eq!((e8.progress, e8.event_count, e8.completed), (30.0, 2, false));
+    assert_eq!(
+        (e8.progress, e8.event_count, e8.completed),
+        (30.0, 2, false)
+    );
 
     // A late event in a later batch, for a row written by the batch above.
     let late = event("s", "8-0", "created", 8, "0", "2024-01-01T00:00:00Z");
@@ -82,7 +90,16 @@ async fn one_batch_with_late_events_projects_like_a_rebuild() {
     assert_eq!((e8.progress, e8.event_count), (30.0, 3));
 
     let report = store.rebuild_projection(true).await.unwrap();
-    assert_eq!((report.events, report.enrollments, report.changed, report.removed), (7, 3, 0, 0), "{report:?}");
+    assert_eq!(
+        (
+            report.events,
+            report.enrollments,
+            report.changed,
+            report.removed
+        ),
+        (7, 3, 0, 0),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
@@ -94,18 +111,32 @@ async fn batches_larger_than_one_statement_store_everything() {
             let (enrollment, step) = (n / 3, n % 3);
             let action = ["created", "progress", "completed"][step as usize];
             let pct = ["0", "50.0", "100.0"][step as usize];
-            event("s", &format!("big-{n}"), action, enrollment, pct, &format!("2024-01-0{}T00:00:00Z", step + 1))
+            event(
+                "s",
+                &format!("big-{n}"),
+                action,
+                enrollment,
+                pct,
+                &format!("2024-01-0{}T00:00:00Z", step + 1),
+            )
         })
         .collect();
     let got = seqs(&store.append_batch(&batch).await.unwrap());
     assert!(got.iter().all(Option::is_some));
-    assert!(got.windows(2).all(|w| w[0] < w[1]), "log positions follow arrival order");
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "log positions follow arrival order"
+    );
     // Sending it all again stores nothing.
     let again = seqs(&store.append_batch(&batch).await.unwrap());
     assert!(again.iter().all(Option::is_none));
 
     let report = store.rebuild_projection(true).await.unwrap();
-    assert_eq!((report.events, report.enrollments, report.changed), (2400, 800, 0), "{report:?}");
+    assert_eq!(
+        (report.events, report.enrollments, report.changed),
+        (2400, 800, 0),
+        "{report:?}"
+    );
     let completed = store.get_enrollment("s", 799).await.unwrap().unwrap();
     assert!(completed.completed);
     assert_eq!(completed.event_count, 3);

@@ -311,7 +311,12 @@ async fn insert_events(
     let fresh: Vec<&NewEvent> = events
         .iter()
         .enumerate()
-        .filter(|(i, ev)| *first_in_batch.entry((&ev.source, &ev.event_id)).or_insert(*i) == *i)
+        .filter(|(i, ev)| {
+            *first_in_batch
+                .entry((&ev.source, &ev.event_id))
+                .or_insert(*i)
+                == *i
+        })
         .map(|(_, ev)| ev)
         .collect();
     let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
