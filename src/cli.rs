@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::config::{self, ByteSize, FileConfig, Secret, ServeConfig, Sources};
 use crate::forward::{ForwardConfig, RetrySchedule, SubscriptionInput};
@@ -217,16 +218,31 @@ enum QuarantineCommand {
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Serve(_)) {
+    let serving = matches!(cli.command, Command::Serve(_));
+    let default_level = if serving {
         "enrollhook=info"
     } else {
         "enrollhook=warn"
+    };
+    // `serve` logs one line per delivery: a background thread writes them in
+    // buffered chunks, so a request never waits for a write to stderr (measured
+    // in BENCHMARKS.md). Lines are never dropped; the guard flushes them at exit.
+    let (writer, _flush_logs_at_exit) = if serving {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stderr(),
+            ));
+        (BoxMakeWriter::new(writer), Some(guard))
+    } else {
+        (BoxMakeWriter::new(std::io::stderr), None)
     };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli).await {

@@ -174,6 +174,8 @@ impl Enrollment {
 }
 
 /// What applying one new event to the stored state requires.
+// Short-lived (matched right away), so boxing the state would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)] // short-lived return value; boxing buys nothing
 pub enum Apply {

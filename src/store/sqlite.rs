@@ -5,6 +5,7 @@
 //! commit in [`crate::ingest`] feeds it whole batches), a small pool reads
 //! concurrently from WAL snapshots.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::*;
-use crate::projection::{self, Apply, Enrollment, Version};
+use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
 use crate::store::sqlite_forward;
 
 /// Schema versions, applied in order, each in its own transaction.
@@ -227,13 +228,44 @@ fn const_format_enrollment_select() -> &'static str {
 }
 
 async fn upsert_enrollment(conn: &mut SqliteConnection, e: &Enrollment) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO enrollments (source, enrollment_id, user_id, email, first_name, last_name,
+    upsert_enrollments(conn, &[e]).await
+}
+
+/// Writes projection rows, many per statement.
+async fn upsert_enrollments(conn: &mut SqliteConnection, rows: &[&Enrollment]) -> Result<()> {
+    for chunk in rows.chunks(ENROLLMENT_ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO enrollments (source, enrollment_id, user_id, email, first_name, last_name,
             course_id, course_name, progress, trial, completed, activated_at, started_at,
             completed_at, expiry_date, created_at, updated_at, days_to_complete, event_count,
-            v_updated_at, v_created_at, v_event_id)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (source, enrollment_id) DO UPDATE SET
+            v_updated_at, v_created_at, v_event_id) ",
+        );
+        q.push_values(chunk, |mut row, e| {
+            row.push_bind(&e.source)
+                .push_bind(e.enrollment_id)
+                .push_bind(e.user_id)
+                .push_bind(&e.email)
+                .push_bind(&e.first_name)
+                .push_bind(&e.last_name)
+                .push_bind(e.course_id)
+                .push_bind(&e.course_name)
+                .push_bind(e.progress)
+                .push_bind(e.trial)
+                .push_bind(e.completed)
+                .push_bind(ts(e.activated_at))
+                .push_bind(ts(e.started_at))
+                .push_bind(ts(e.completed_at))
+                .push_bind(ts(e.expiry_date))
+                .push_bind(ts(e.created_at))
+                .push_bind(ts(e.updated_at))
+                .push_bind(e.days_to_complete())
+                .push_bind(e.event_count)
+                .push_bind(ts(e.version.updated_at))
+                .push_bind(ts(e.version.created_at))
+                .push_bind(&e.version.event_id);
+        });
+        q.push(
+            " ON CONFLICT (source, enrollment_id) DO UPDATE SET
             user_id = excluded.user_id, email = excluded.email, first_name = excluded.first_name,
             last_name = excluded.last_name, course_id = excluded.course_id,
             course_name = excluded.course_name, progress = excluded.progress,
@@ -244,31 +276,9 @@ async fn upsert_enrollment(conn: &mut SqliteConnection, e: &Enrollment) -> Resul
             days_to_complete = excluded.days_to_complete, event_count = excluded.event_count,
             v_updated_at = excluded.v_updated_at, v_created_at = excluded.v_created_at,
             v_event_id = excluded.v_event_id",
-    )
-    .bind(&e.source)
-    .bind(e.enrollment_id)
-    .bind(e.user_id)
-    .bind(&e.email)
-    .bind(&e.first_name)
-    .bind(&e.last_name)
-    .bind(e.course_id)
-    .bind(&e.course_name)
-    .bind(e.progress)
-    .bind(e.trial)
-    .bind(e.completed)
-    .bind(ts(e.activated_at))
-    .bind(ts(e.started_at))
-    .bind(ts(e.completed_at))
-    .bind(ts(e.expiry_date))
-    .bind(ts(e.created_at))
-    .bind(ts(e.updated_at))
-    .bind(e.days_to_complete())
-    .bind(e.event_count)
-    .bind(ts(e.version.updated_at))
-    .bind(ts(e.version.created_at))
-    .bind(&e.version.event_id)
-    .execute(&mut *conn)
-    .await?;
+        );
+        q.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -293,6 +303,134 @@ async fn refold(
         events.extend(enrollment_event_from_log(&topic, &event_id, &body)?);
     }
     Ok((rows.len(), projection::fold(source, events)))
+}
+
+/// Rows per multi-row statement: well under SQLite's 32766 bound parameters.
+const EVENT_ROWS_PER_STATEMENT: usize = 1000;
+const ENROLLMENT_ROWS_PER_STATEMENT: usize = 500;
+
+/// Inserts a batch into the event log, each (source, event id) once: the first
+/// occurrence is stored, later ones (in the log or earlier in the batch) are duplicates.
+async fn insert_events(
+    conn: &mut SqliteConnection,
+    events: &[NewEvent],
+) -> Result<Vec<AppendOutcome>> {
+    let mut first_in_batch: HashMap<(&str, &str), usize> = HashMap::with_capacity(events.len());
+    let fresh: Vec<&NewEvent> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, ev)| {
+            *first_in_batch
+                .entry((&ev.source, &ev.event_id))
+                .or_insert(*i)
+                == *i
+        })
+        .map(|(_, ev)| ev)
+        .collect();
+    let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
+    for chunk in fresh.chunks(EVENT_ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (source, event_id, topic, created_at, received_at, enrollment_id, body) ",
+        );
+        q.push_values(chunk, |mut row, ev| {
+            row.push_bind(&ev.source)
+                .push_bind(&ev.event_id)
+                .push_bind(&ev.topic)
+                .push_bind(ts(ev.created_at))
+                .push_bind(fmt_ts(&ev.received_at))
+                .push_bind(ev.enrollment_id())
+                .push_bind(&ev.body);
+        });
+        // RETURNING gives rows in no promised order: match them up by key.
+        q.push(" ON CONFLICT (source, event_id) DO NOTHING RETURNING seq, source, event_id");
+        let rows: Vec<(i64, String, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        for (seq, source, event_id) in rows {
+            let at = first_in_batch
+                .get(&(source.as_str(), event_id.as_str()))
+                .ok_or_else(|| StoreError::Corrupt("inserted an event that was not sent".into()))?;
+            outcomes[*at] = AppendOutcome::Stored { seq };
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Applies newly stored events (in arrival order) to the projection: one read of
+/// the affected enrollments, the rules in memory, one write of the changed rows.
+/// An enrollment that receives a late event is re-folded from the log instead,
+/// after the whole batch is in the log, so the fold includes every event of the
+/// batch (the rules do not depend on order, so this is what one-by-one gives).
+async fn project_batch<'a>(
+    conn: &mut SqliteConnection,
+    stored: impl Iterator<Item = &'a NewEvent>,
+) -> Result<()> {
+    let updates: Vec<(&str, &EnrollmentEvent)> = stored
+        .filter_map(|ev| ev.enrollment.as_ref().map(|e| (ev.source.as_str(), e)))
+        .collect();
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let mut keys: Vec<(&str, i64)> = updates.iter().map(|(s, e)| (*s, e.payload.id)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut state = load_enrollments(conn, &keys).await?;
+
+    let mut changed = HashSet::with_capacity(keys.len());
+    let mut late = HashSet::new();
+    for (source, event) in updates {
+        let key = (source, event.payload.id);
+        if late.contains(&key) {
+            continue; // the re-fold below includes this event
+        }
+        match projection::apply(state.get(&key), source, event) {
+            Apply::Newer(next) => {
+                state.insert(key, next);
+                changed.insert(key);
+            }
+            Apply::Older => {
+                late.insert(key);
+            }
+        }
+    }
+    for key in late {
+        if let Some(folded) = refold(conn, key.0, key.1).await?.1 {
+            state.insert(key, folded);
+            changed.insert(key);
+        }
+    }
+    let mut rows: Vec<&Enrollment> = changed.iter().filter_map(|k| state.get(k)).collect();
+    rows.sort_unstable_by(|a, b| (&a.source, a.enrollment_id).cmp(&(&b.source, b.enrollment_id)));
+    upsert_enrollments(conn, &rows).await
+}
+
+/// The stored projection rows of `keys` (sorted), by (source, enrollment id).
+async fn load_enrollments<'k>(
+    conn: &mut SqliteConnection,
+    keys: &[(&'k str, i64)],
+) -> Result<HashMap<(&'k str, i64), Enrollment>> {
+    let mut found = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(ENROLLMENT_ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE (source, enrollment_id) IN (VALUES "
+        ));
+        let mut values = q.separated(", ");
+        for (source, id) in chunk {
+            values
+                .push("(")
+                .push_bind_unseparated(*source)
+                .push_unseparated(", ")
+                .push_bind_unseparated(*id)
+                .push_unseparated(")");
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            let e = enrollment_from_row(&row)?;
+            let at = chunk
+                .binary_search(&(e.source.as_str(), e.enrollment_id))
+                .map_err(|_| StoreError::Corrupt("an enrollment that was not asked for".into()))?;
+            found.insert(chunk[at], e);
+        }
+    }
+    Ok(found)
 }
 
 fn push_status_filter(q: &mut QueryBuilder<Sqlite>, status: Status, now: &str) {
@@ -320,42 +458,24 @@ impl Store for SqliteStore {
     }
 
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
+        // A handful of statements per batch, not per event: with group commit the
+        // writer's cost per statement, not the fsync, is what limits throughput.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let outcomes = insert_events(&mut tx, events).await?;
+        let stored = events
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, AppendOutcome::Stored { .. }))
+            .map(|(ev, _)| ev);
+        project_batch(&mut tx, stored).await?;
+        // Forwarding: the outbox rows commit with their events, or not at all.
         let subscriptions = sqlite_forward::enabled_subscriptions(&mut tx).await?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        for ev in events {
-            let seq: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO events (source, event_id, topic, created_at, received_at, enrollment_id, body)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (source, event_id) DO NOTHING
-                 RETURNING seq",
-            )
-            .bind(&ev.source)
-            .bind(&ev.event_id)
-            .bind(&ev.topic)
-            .bind(ts(ev.created_at))
-            .bind(fmt_ts(&ev.received_at))
-            .bind(ev.enrollment_id())
-            .bind(&ev.body)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(seq) = seq else {
-                outcomes.push(AppendOutcome::Duplicate);
-                continue;
-            };
-            if let Some(enrollment) = &ev.enrollment {
-                let id = enrollment.payload.id;
-                let current = load_enrollment(&mut tx, &ev.source, id).await?;
-                let next = match projection::apply(current.as_ref(), &ev.source, enrollment) {
-                    Apply::Newer(next) => Some(next),
-                    Apply::Older => refold(&mut tx, &ev.source, id).await?.1,
-                };
-                if let Some(next) = next {
-                    upsert_enrollment(&mut tx, &next).await?;
+        if !subscriptions.is_empty() {
+            for (ev, outcome) in events.iter().zip(&outcomes) {
+                if let AppendOutcome::Stored { seq } = outcome {
+                    sqlite_forward::enqueue(&mut tx, &subscriptions, ev, *seq).await?;
                 }
             }
-            sqlite_forward::enqueue(&mut tx, &subscriptions, ev, seq).await?;
-            outcomes.push(AppendOutcome::Stored { seq });
         }
         tx.commit().await?;
         Ok(outcomes)
