@@ -177,7 +177,6 @@ impl Enrollment {
 // Short-lived (matched right away), so boxing the state would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
-#[allow(clippy::large_enum_variant)] // short-lived return value; boxing buys nothing
 pub enum Apply {
     /// The event is the newest: this is the new state.
     Newer(Enrollment),
