@@ -8,11 +8,13 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod import;
 pub mod ingest;
 pub mod metrics;
 pub mod projection;
 pub mod receive;
 pub mod server;
+pub mod simulate;
 pub mod store;
 pub mod thinkific;
 pub mod views;
