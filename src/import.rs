@@ -156,21 +156,18 @@ pub async fn import(
     let now = Utc::now();
     let mut report = ImportReport::default();
     let mut batch: Vec<NewEvent> = Vec::with_capacity(opts.batch);
-    for line in input.lines() {
+    for (n, line) in input.lines().enumerate() {
+        let line_no = n as u64 + 1;
         let line = line.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read line {}: {e} (the file must be UTF-8 JSON lines)",
-                report.lines + 1
-            )
+            anyhow::anyhow!("cannot read line {line_no}: {e} (the file must be UTF-8 JSON lines)")
         })?;
-        report.lines += 1;
         if line.trim().is_empty() {
-            report.lines -= 1;
             continue;
         }
+        report.lines += 1;
         match event_from_line(&line, opts, now) {
             Ok(event) => batch.push(event),
-            Err((code, why)) => report.reject(report.lines, code, why),
+            Err((code, why)) => report.reject(line_no, code, why),
         }
         if batch.len() >= opts.batch {
             write(store, &mut batch, &mut report).await?;

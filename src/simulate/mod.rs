@@ -88,7 +88,9 @@ pub struct SimulateArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: f64 = n
         .parse()
@@ -98,7 +100,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => 0.001,
         "m" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("unknown duration unit `{other}`: use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}`: use ms, s, m or h"
+            ));
+        }
     };
     Ok(Duration::from_secs_f64(n * factor))
 }

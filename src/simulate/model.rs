@@ -158,13 +158,48 @@ pub struct School {
 }
 
 const FIRST_NAMES: &[&str] = &[
-    "Ada", "Grace", "Alan", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances", "Edsger",
-    "Radia", "Donald", "Sophie", "Tim", "Hedy", "John", "Katherine", "Niklaus", "Anita", "Guido",
+    "Ada",
+    "Grace",
+    "Alan",
+    "Linus",
+    "Margaret",
+    "Ken",
+    "Barbara",
+    "Dennis",
+    "Frances",
+    "Edsger",
+    "Radia",
+    "Donald",
+    "Sophie",
+    "Tim",
+    "Hedy",
+    "John",
+    "Katherine",
+    "Niklaus",
+    "Anita",
+    "Guido",
 ];
 const LAST_NAMES: &[&str] = &[
-    "Lovelace", "Hopper", "Turing", "Torvalds", "Hamilton", "Thompson", "Liskov", "Ritchie",
-    "Allen", "Dijkstra", "Perlman", "Knuth", "Wilson", "Berners-Lee", "Lamarr", "McCarthy",
-    "Johnson", "Wirth", "Borg", "van Rossum",
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Torvalds",
+    "Hamilton",
+    "Thompson",
+    "Liskov",
+    "Ritchie",
+    "Allen",
+    "Dijkstra",
+    "Perlman",
+    "Knuth",
+    "Wilson",
+    "Berners-Lee",
+    "Lamarr",
+    "McCarthy",
+    "Johnson",
+    "Wirth",
+    "Borg",
+    "van Rossum",
 ];
 const SUBJECTS: &[&str] = &[
     "Watercolor Basics",
@@ -567,9 +602,12 @@ mod tests {
         let a: Vec<String> = School::new(config.clone()).map(|e| e.body("59")).collect();
         let b: Vec<String> = School::new(config.clone()).map(|e| e.body("59")).collect();
         assert_eq!(a, b);
-        let other: Vec<String> = School::new(SchoolConfig { seed: 2, ..config.clone() })
-            .map(|e| e.body("59"))
-            .collect();
+        let other: Vec<String> = School::new(SchoolConfig {
+            seed: 2,
+            ..config.clone()
+        })
+        .map(|e| e.body("59"))
+        .collect();
         assert_ne!(a, other);
         let times: Vec<_> = School::new(config).map(|e| e.at).collect();
         assert!(times.windows(2).all(|w| w[0] <= w[1]));
@@ -596,7 +634,11 @@ mod tests {
         }
         let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids.len(), events.len());
-        assert!(events.iter().all(|e| e.id.len() == 24 && e.id.bytes().all(|b| b.is_ascii_digit())));
+        assert!(
+            events
+                .iter()
+                .all(|e| e.id.len() == 24 && e.id.bytes().all(|b| b.is_ascii_digit()))
+        );
     }
 
     #[test]
@@ -606,7 +648,9 @@ mod tests {
             if e.resource != "enrollment" {
                 continue;
             }
-            let p = e.payload["percentage_completed"].as_str().expect("a string");
+            let p = e.payload["percentage_completed"]
+                .as_str()
+                .expect("a string");
             let p: f64 = p.parse().unwrap();
             let id = e.payload["id"].as_i64().unwrap();
             let prev = last.insert(id, p).unwrap_or(0.0);

@@ -129,10 +129,7 @@ fn kind_name(k: Option<Kind>) -> &'static str {
 
 /// Sends all of `traffic` and returns the report and the expected state.
 pub async fn send(traffic: Traffic, opts: &SendOptions) -> anyhow::Result<(SendReport, Expected)> {
-    anyhow::ensure!(
-        opts.concurrency >= 1,
-        "--concurrency must be at least 1"
-    );
+    anyhow::ensure!(opts.concurrency >= 1, "--concurrency must be at least 1");
     if let Some(rate) = opts.rate {
         anyhow::ensure!(
             rate > 0.0 && rate.is_finite(),

@@ -343,9 +343,9 @@ mod tests {
 
         // A late delivery really is late: something generated after it went out first.
         let pos = |id: &str| clean.iter().position(|d| d.body == id).unwrap();
-        let late_then_earlier = deliveries.windows(2).any(|w| {
-            w[1].kind == Some(Kind::Late) && pos(&w[1].body) < pos(&w[0].body)
-        });
+        let late_then_earlier = deliveries
+            .windows(2)
+            .any(|w| w[1].kind == Some(Kind::Late) && pos(&w[1].body) < pos(&w[0].body));
         assert!(late_then_earlier);
     }
 

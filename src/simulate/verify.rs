@@ -71,10 +71,12 @@ pub async fn verify(
             r = r.bearer_auth(t);
         }
         async move {
-            let response = r
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot reach {base}{path}: {e}"))?;
+            let response = r.send().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach {base}{path}: {:#} (is the receiver running there?)",
+                    anyhow::Error::from(e)
+                )
+            })?;
             let status = response.status();
             let text = response.text().await.unwrap_or_default();
             if !status.is_success() {

@@ -54,11 +54,20 @@ impl TestApp {
 
     /// POSTs `body` signed with `secret` to the default source.
     pub async fn deliver(&self, body: &[u8]) -> (u16, Value) {
-        self.deliver_to("/webhooks/thinkific", body, Some(&enrollhook::thinkific::sign(SECRET.as_bytes(), body)))
-            .await
+        self.deliver_to(
+            "/webhooks/thinkific",
+            body,
+            Some(&enrollhook::thinkific::sign(SECRET.as_bytes(), body)),
+        )
+        .await
     }
 
-    pub async fn deliver_to(&self, path: &str, body: &[u8], signature: Option<&str>) -> (u16, Value) {
+    pub async fn deliver_to(
+        &self,
+        path: &str,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> (u16, Value) {
         let mut req = self
             .client
             .post(format!("{}{path}", self.base))
@@ -75,10 +84,18 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self.client.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn stop(&mut self) {
