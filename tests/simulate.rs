@@ -40,7 +40,7 @@ fn all_faults() -> Faults {
 fn send_options(app: &TestApp) -> SendOptions {
     SendOptions {
         url: format!("{}/webhooks/thinkific", app.base),
-        concurrency: 8,
+        concurrency: 32,
         ..Default::default()
     }
 }
