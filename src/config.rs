@@ -210,6 +210,7 @@ pub struct ServeConfig {
     pub migrate: bool,
     /// Events per group-commit transaction, at most.
     pub max_batch: usize,
+    pub forward: crate::forward::ForwardConfig,
 }
 
 impl ServeConfig {
@@ -228,6 +229,7 @@ impl ServeConfig {
             max_body: DEFAULT_MAX_BODY,
             migrate: true,
             max_batch: 512,
+            forward: crate::forward::ForwardConfig::default(),
         }
     }
 

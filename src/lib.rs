@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod forward;
 pub mod import;
 pub mod ingest;
 pub mod metrics;

@@ -46,7 +46,7 @@ pub fn router(state: AppState) -> Router<AppState> {
 
 /// With an API token: `Authorization: Bearer TOKEN` is required. Without one,
 /// only loopback clients are answered (and `serve` refuses non-loopback listens).
-async fn require_auth(
+pub(super) async fn require_auth(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
@@ -96,12 +96,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     mac(b).verify_slice(&mac(a).finalize().into_bytes()).is_ok()
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {}", e.body_text())))
 }
 
-fn page(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest, ApiError> {
+pub(super) fn page(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest, ApiError> {
     let limit = limit.unwrap_or(crate::store::DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request(format!(
@@ -114,7 +114,10 @@ fn page(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest, ApiEr
     })
 }
 
-fn timestamp_param(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(super) fn timestamp_param(
+    name: &str,
+    value: Option<String>,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
     value
         .map(|v| {
             parse_timestamp(&v).ok_or_else(|| {

@@ -35,6 +35,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Invalid(m) => ApiError::bad_request(m),
+            StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::Unavailable(_) => {
                 tracing::error!(error = %e, "database unavailable");
                 ApiError::new(

@@ -2,6 +2,7 @@
 
 mod api;
 mod error;
+mod subscriptions;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
+pub use subscriptions::{new_subscription_id, subscription_view};
 
 use crate::config::{Secret, ServeConfig, Sources};
 use crate::ingest::Ingestor;
@@ -28,6 +30,7 @@ pub struct AppState {
     pub api_token: Option<Arc<Secret>>,
     pub metrics: Arc<Metrics>,
     pub max_body: usize,
+    pub allow_private_destinations: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -35,6 +38,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(webhooks::router().layer(DefaultBodyLimit::max(max_body)))
         .merge(api::router(state.clone()))
+        .merge(subscriptions::router(state.clone()))
         .with_state(state)
 }
 
@@ -79,7 +83,9 @@ pub async fn start(
         api_token: config.api_token.clone().map(Arc::new),
         metrics,
         max_body: config.max_body,
+        allow_private_destinations: config.forward.allow_private_destinations,
     };
+    let forwarder = crate::forward::Forwarder::start(store.clone(), config.forward.clone())?;
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -101,6 +107,7 @@ pub async fn start(
         // The router (and with it every Ingestor handle) is gone: the writers
         // drain what is queued, commit, and end.
         writers.join_all().await;
+        forwarder.stop().await;
         tracing::info!("stopped");
         Ok(())
     });

@@ -6,7 +6,9 @@
 //! loses nothing that was acknowledged, because acknowledgement waits for commit
 //! (see [`crate::ingest`]).
 
+pub mod forward;
 pub mod sqlite;
+mod sqlite_forward;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -16,6 +18,7 @@ use serde::Serialize;
 use crate::projection::{Enrollment, EnrollmentEvent, Status};
 use crate::thinkific;
 
+pub use forward::*;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,9 @@ pub enum StoreError {
     /// A request the store cannot answer (bad cursor, …): the caller's mistake.
     #[error("{0}")]
     Invalid(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// Data in the database that this version cannot read.
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
@@ -50,6 +56,8 @@ pub struct NewEvent {
     pub body: String,
     /// Set for the enrollment topics: what the projection needs.
     pub enrollment: Option<EnrollmentEvent>,
+    /// The course the event is about, if any (for forwarding filters).
+    pub course_id: Option<i64>,
 }
 
 impl NewEvent {
@@ -77,12 +85,22 @@ impl NewEvent {
             received_at,
             body,
             enrollment,
+            course_id: thinkific::envelope::course_id_of(&envelope.payload),
         }
     }
 
     pub fn enrollment_id(&self) -> Option<i64> {
         self.enrollment.as_ref().map(|e| e.payload.id)
     }
+
+    /// Events of one enrollment share a key: ordered subscriptions deliver them in turn.
+    pub fn order_key(&self) -> Option<String> {
+        order_key(&self.source, self.enrollment_id())
+    }
+}
+
+pub(crate) fn order_key(source: &str, enrollment_id: Option<i64>) -> Option<String> {
+    enrollment_id.map(|id| format!("{source}/{id}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -254,7 +272,7 @@ pub struct RebuildReport {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ForwardStore + Send + Sync + 'static {
     /// Human name of the backend, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
 

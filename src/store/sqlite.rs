@@ -18,29 +18,37 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::*;
 use crate::projection::{self, Apply, Enrollment, Version};
+use crate::store::sqlite_forward;
 
 /// Schema versions, applied in order, each in its own transaction.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("migrations/sqlite/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "forwarding",
+        include_str!("migrations/sqlite/0002_forwarding.sql"),
+    ),
+];
 
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(super) writer: SqlitePool,
+    pub(super) reader: SqlitePool,
 }
 
 /// Timestamps are stored as fixed-width RFC 3339 text in UTC, so text order is time order.
-fn ts(t: Option<DateTime<Utc>>) -> Option<String> {
+pub(super) fn ts(t: Option<DateTime<Utc>>) -> Option<String> {
     t.map(|t| fmt_ts(&t))
 }
 
-fn fmt_ts(t: &DateTime<Utc>) -> String {
+pub(super) fn fmt_ts(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-fn parse_ts(s: Option<String>) -> Result<Option<DateTime<Utc>>> {
+pub(super) fn parse_ts(s: Option<String>) -> Result<Option<DateTime<Utc>>> {
     s.map(|s| {
         DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))
@@ -49,7 +57,7 @@ fn parse_ts(s: Option<String>) -> Result<Option<DateTime<Utc>>> {
     .transpose()
 }
 
-fn req_ts(s: String) -> Result<DateTime<Utc>> {
+pub(super) fn req_ts(s: String) -> Result<DateTime<Utc>> {
     parse_ts(Some(s)).map(|t| t.expect("Some in, Some out"))
 }
 
@@ -57,7 +65,7 @@ const ENROLLMENT_COLUMNS: &str = "source, enrollment_id, user_id, email, first_n
     course_id, course_name, progress, trial, completed, activated_at, started_at, completed_at, \
     expiry_date, created_at, updated_at, event_count, v_updated_at, v_created_at, v_event_id";
 
-const EVENT_COLUMNS: &str =
+pub(super) const EVENT_COLUMNS: &str =
     "seq, source, event_id, topic, created_at, received_at, enrollment_id, body";
 
 fn enrollment_from_row(row: &SqliteRow) -> Result<Enrollment> {
@@ -88,7 +96,7 @@ fn enrollment_from_row(row: &SqliteRow) -> Result<Enrollment> {
     })
 }
 
-fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
+pub(super) fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
     Ok(StoredEvent {
         seq: row.try_get("seq")?,
         source: row.try_get("source")?,
@@ -313,6 +321,7 @@ impl Store for SqliteStore {
 
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let subscriptions = sqlite_forward::enabled_subscriptions(&mut tx).await?;
         let mut outcomes = Vec::with_capacity(events.len());
         for ev in events {
             let seq: Option<i64> = sqlx::query_scalar(
@@ -345,6 +354,7 @@ impl Store for SqliteStore {
                     upsert_enrollment(&mut tx, &next).await?;
                 }
             }
+            sqlite_forward::enqueue(&mut tx, &subscriptions, ev, seq).await?;
             outcomes.push(AppendOutcome::Stored { seq });
         }
         tx.commit().await?;

@@ -320,6 +320,21 @@ fn parse_enrollment(p: &Map<String, Value>) -> Result<EnrollmentPayload, ParseEr
     })
 }
 
+/// The course an event is about, when its payload names one (`course_id`, or
+/// `course.id`): used to filter forwarding subscriptions by course.
+pub fn course_id_of(payload: &Map<String, Value>) -> Option<i64> {
+    payload
+        .get("course_id")
+        .and_then(lenient_i64)
+        .or_else(|| payload.get("course")?.get("id").and_then(lenient_i64))
+}
+
+/// [`course_id_of`] for a raw body from the event log.
+pub fn course_id_of_body(body: &str) -> Option<i64> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    course_id_of(v.get("payload")?.as_object()?)
+}
+
 /// A string, or a number written as a string (Thinkific ids come as both).
 fn lenient_string(v: &Value) -> Option<String> {
     match v {

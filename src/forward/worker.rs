@@ -1,0 +1,339 @@
+//! The delivery worker: claims due outbox rows (leased, so several instances
+//! never have one delivery in flight twice), sends them concurrently, and
+//! records results in batches.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rand::Rng;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::policy::{self, AttemptResult, RetrySchedule};
+use super::signing;
+use super::subscription::is_public;
+use crate::store::{ClaimedDelivery, FinishedAttempt, Store};
+
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub schedule: RetrySchedule,
+    /// Per attempt, connect to last byte.
+    pub timeout: Duration,
+    pub allow_private_destinations: bool,
+    /// A subscription whose every delivery has failed for this long is disabled.
+    pub disable_after: Duration,
+    /// Deliveries in flight at once (per instance).
+    pub concurrency: usize,
+    /// How often to look for due deliveries when idle.
+    pub poll_interval: Duration,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            schedule: RetrySchedule::default(),
+            timeout: Duration::from_secs(15),
+            allow_private_destinations: false,
+            disable_after: Duration::from_secs(5 * 86400),
+            concurrency: 64,
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Bytes of a destination's response kept with each attempt.
+const RESPONSE_SNIPPET: usize = 1024;
+
+pub struct Forwarder {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    pub fn start(store: Arc<dyn Store>, config: ForwardConfig) -> anyhow::Result<Forwarder> {
+        let client = destination_client(&config)?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(store, config, client, stopped));
+        Ok(Forwarder { stop, task })
+    }
+
+    /// Stops claiming, lets in-flight deliveries finish, records them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn destination_client(config: &ForwardConfig) -> anyhow::Result<reqwest::Client> {
+    crate::client::install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+        // 3xx is a failure: never follow a redirect with a signed body.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("enrollhook/", env!("CARGO_PKG_VERSION")))
+        .pool_max_idle_per_host(config.concurrency);
+    if !config.allow_private_destinations {
+        builder = builder.dns_resolver(PublicOnlyResolver);
+    }
+    Ok(builder.build()?)
+}
+
+/// Resolves names to public addresses only: a destination that resolves to a
+/// private, loopback or link-local address (a DNS-rebinding attempt on the
+/// cloud metadata service, say) is refused at connect time.
+struct PublicOnlyResolver;
+
+impl reqwest::dns::Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = addrs.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to private, loopback or link-local addresses (refused; see --allow-private-destinations)"
+                )
+                .into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    config: ForwardConfig,
+    client: reqwest::Client,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let (results, finished) = mpsc::channel::<FinishedAttempt>(config.concurrency * 4);
+    let recorder = tokio::spawn(record(store.clone(), config.clone(), finished));
+
+    while !*stopped.borrow() {
+        // Wait for room before claiming, so claimed rows never sit leased in a queue.
+        let first = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = stopped.changed() => break,
+        };
+        let room = permits.available_permits() + 1;
+        let now = Utc::now();
+        let lease = now
+            + chrono::Duration::from_std(config.timeout * 2 + Duration::from_secs(30))
+                .expect("small duration");
+        let claimed = match store
+            .claim_deliveries(now, lease, room.min(256) as u32)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "forwarding: cannot claim deliveries; retrying in 1 s");
+                drop(first);
+                sleep_or_stop(&mut stopped, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            drop(first);
+            sleep_or_stop(&mut stopped, config.poll_interval).await;
+            continue;
+        }
+        let mut first = Some(first);
+        for delivery in claimed {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => permits.clone().acquire_owned().await.expect("never closed"),
+            };
+            let (client, config, results) = (client.clone(), config.clone(), results.clone());
+            tokio::spawn(async move {
+                let finished = attempt(&client, &config, delivery).await;
+                let _ = results.send(finished).await;
+                drop(permit);
+            });
+        }
+    }
+    // Let in-flight deliveries finish (bounded by the attempt timeout), then flush.
+    let _ = permits.acquire_many(config.concurrency as u32).await;
+    drop(results);
+    let _ = recorder.await;
+}
+
+async fn sleep_or_stop(stopped: &mut watch::Receiver<bool>, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stopped.changed() => {}
+    }
+}
+
+/// Writes attempt results in batches: one transaction for all that finished meanwhile.
+async fn record(
+    store: Arc<dyn Store>,
+    config: Arc<ForwardConfig>,
+    mut finished: mpsc::Receiver<FinishedAttempt>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while finished.recv_many(&mut batch, 256).await > 0 {
+        let cutoff = Utc::now()
+            - chrono::Duration::from_std(config.disable_after).unwrap_or(chrono::Duration::days(5));
+        loop {
+            match store.finish_attempts(&batch, cutoff).await {
+                Ok(disabled) => {
+                    for id in disabled {
+                        tracing::warn!(subscription = %id, "forwarding: subscription disabled (410 Gone, or failing for too long); re-enable it with PATCH /api/subscriptions/{id}");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    // The deliveries stay leased; if we never manage to record
+                    // them the lease expires and they are attempted again.
+                    tracing::warn!(error = %e, "forwarding: cannot record attempts; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// The `webhook-id` of an event: stable across retries and replays, unique per event.
+pub fn message_id(source: &str, event_id: &str) -> String {
+    format!("evt_{source}_{event_id}")
+}
+
+async fn attempt(
+    client: &reqwest::Client,
+    config: &ForwardConfig,
+    d: ClaimedDelivery,
+) -> FinishedAttempt {
+    let started = Instant::now();
+    let attempted_at = Utc::now();
+    let number = d.attempts + 1;
+    let (result, response) = send(client, config, &d, attempted_at).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let jitter = rand::rng().random_range(-1.0..=1.0);
+    let next = policy::next_step(&result, number, &config.schedule, Utc::now(), jitter);
+    let (status, error) = match &result {
+        AttemptResult::Response { status, .. } => (
+            Some(*status),
+            (!(200..300).contains(status)).then(|| policy::describe(&result)),
+        ),
+        AttemptResult::Failed { error } => (None, Some(error.clone())),
+    };
+    tracing::info!(
+        subscription = %d.subscription.id,
+        event_id = %d.event.event_id,
+        attempt = number,
+        status,
+        error = error.as_deref().unwrap_or(""),
+        latency_ms,
+        next = ?next,
+        "forward"
+    );
+    FinishedAttempt {
+        outbox_id: d.outbox_id,
+        subscription_id: d.subscription.id.clone(),
+        event_seq: d.event.seq,
+        attempt: number,
+        attempted_at,
+        status,
+        latency_ms,
+        error,
+        response,
+        next,
+    }
+}
+
+async fn send(
+    client: &reqwest::Client,
+    config: &ForwardConfig,
+    d: &ClaimedDelivery,
+    now: chrono::DateTime<Utc>,
+) -> (AttemptResult, Option<String>) {
+    let failed = |error: String| (AttemptResult::Failed { error }, None);
+    let s = &d.subscription;
+    if !config.allow_private_destinations
+        && let Ok(url) = reqwest::Url::parse(&s.url)
+        && let Some(ip) = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        }
+        && !is_public(ip)
+    {
+        return failed(format!(
+            "destination {ip} is a private, loopback or link-local address (refused; see --allow-private-destinations)"
+        ));
+    }
+    let msg_id = message_id(&d.event.source, &d.event.event_id);
+    let timestamp = now.timestamp();
+    let signature = match signing::signature_header(
+        &s.signing_secrets(now),
+        &msg_id,
+        timestamp,
+        d.event.body.as_bytes(),
+    ) {
+        Ok(sig) => sig,
+        Err(e) => return failed(e.to_string()),
+    };
+    let mut request = client
+        .post(&s.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &msg_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .header("x-enrollhook-topic", &d.event.topic)
+        .header("x-enrollhook-source", &d.event.source)
+        .body(d.event.body.clone());
+    for (name, value) in &s.headers {
+        request = request.header(name, value);
+    }
+    let mut response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return failed(describe_error(&e)),
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| policy::parse_retry_after(v, Utc::now()));
+    // Keep the first bytes of the answer; do not wait for (or store) a huge body.
+    let mut snippet = Vec::new();
+    while snippet.len() < RESPONSE_SNIPPET {
+        match response.chunk().await {
+            Ok(Some(chunk)) => snippet.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    snippet.truncate(RESPONSE_SNIPPET);
+    let body = String::from_utf8_lossy(&snippet).into_owned();
+    (
+        AttemptResult::Response {
+            status,
+            retry_after,
+        },
+        (!body.is_empty()).then_some(body),
+    )
+}
+
+fn describe_error(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

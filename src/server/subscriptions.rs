@@ -1,0 +1,350 @@
+//! `/api/subscriptions`: forwarding destinations, their deliveries and attempts,
+//! and replays.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::api::{page, query, require_auth, timestamp_param};
+use super::{ApiError, AppState};
+use crate::forward::subscription::{Subscription, SubscriptionInput};
+use crate::store::{DeliveryFilter, DeliveryState, ReplayScope};
+
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/subscriptions", get(list).post(create))
+        .route(
+            "/api/subscriptions/{id}",
+            get(show).patch(update).put(replace).delete(remove),
+        )
+        .route("/api/subscriptions/{id}/rotate-secret", post(rotate_secret))
+        .route(
+            "/api/subscriptions/{id}/attempts",
+            get(subscription_attempts),
+        )
+        .route(
+            "/api/subscriptions/{id}/deliveries",
+            get(subscription_deliveries),
+        )
+        .route("/api/subscriptions/{id}/replay", post(replay_subscription))
+        .route(
+            "/api/events/{source}/{event_id}/attempts",
+            get(event_attempts),
+        )
+        .route(
+            "/api/events/{source}/{event_id}/deliveries",
+            get(event_deliveries),
+        )
+        .route("/api/events/{source}/{event_id}/replay", post(replay_event))
+        .route_layer(middleware::from_fn_with_state(state, require_auth))
+}
+
+pub fn new_subscription_id() -> String {
+    use rand::Rng;
+    let suffix: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect();
+    format!("sub_{suffix}")
+}
+
+/// A subscription as shown: everything, the secret only when asked for.
+pub fn subscription_view(s: &Subscription, with_secret: bool) -> Value {
+    let mut v = serde_json::to_value(s).expect("plain data");
+    if !with_secret {
+        v.as_object_mut().expect("object").remove("secret");
+    }
+    v
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(t)| t)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {}", e.body_text())))
+}
+
+fn invalid(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_subscription",
+        e.to_string(),
+    )
+}
+
+async fn load(app: &AppState, id: &str) -> Result<Subscription, ApiError> {
+    app.store
+        .get_subscription(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no subscription `{id}`")))
+}
+
+async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let subs = app.store.list_subscriptions().await?;
+    let items: Vec<Value> = subs.iter().map(|s| subscription_view(s, false)).collect();
+    Ok(Json(json!({"items": items})))
+}
+
+async fn create(
+    State(app): State<AppState>,
+    body: Result<Json<SubscriptionInput>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let input = json_body(body)?;
+    let s = input
+        .create(
+            new_subscription_id(),
+            Utc::now(),
+            app.allow_private_destinations,
+        )
+        .map_err(invalid)?;
+    app.store.insert_subscription(&s).await?;
+    tracing::info!(subscription = %s.id, url = %s.url, "subscription created");
+    Ok((StatusCode::CREATED, Json(subscription_view(&s, true))).into_response())
+}
+
+async fn show(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(subscription_view(&load(&app, &id).await?, true)))
+}
+
+async fn update(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<SubscriptionInput>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let input = json_body(body)?;
+    let s = input
+        .apply(
+            load(&app, &id).await?,
+            Utc::now(),
+            app.allow_private_destinations,
+        )
+        .map_err(invalid)?;
+    if !app.store.update_subscription(&s).await? {
+        return Err(ApiError::not_found(format!("no subscription `{id}`")));
+    }
+    Ok(Json(subscription_view(&s, true)))
+}
+
+/// PUT: the whole subscription; fields left out take their defaults.
+async fn replace(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<SubscriptionInput>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let input = json_body(body)?;
+    let existing = load(&app, &id).await?;
+    let mut s = input
+        .create(id.clone(), Utc::now(), app.allow_private_destinations)
+        .map_err(invalid)?;
+    s.created_at = existing.created_at;
+    if !app.store.update_subscription(&s).await? {
+        return Err(ApiError::not_found(format!("no subscription `{id}`")));
+    }
+    Ok(Json(subscription_view(&s, true)))
+}
+
+async fn remove(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if app.store.delete_subscription(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no subscription `{id}`")))
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateInput {
+    /// The new secret; generated when absent.
+    secret: Option<String>,
+    /// How long the old secret keeps signing too (default 24 h).
+    grace_period_seconds: Option<u64>,
+}
+
+async fn rotate_secret(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<Json<RotateInput>>,
+) -> Result<Json<Value>, ApiError> {
+    let input = body.map(|Json(b)| b).unwrap_or_default();
+    let mut s = load(&app, &id).await?;
+    let grace = std::time::Duration::from_secs(input.grace_period_seconds.unwrap_or(86_400));
+    s.rotate_secret(input.secret, grace, Utc::now())
+        .map_err(invalid)?;
+    app.store.update_subscription(&s).await?;
+    Ok(Json(subscription_view(&s, true)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    state: Option<String>,
+}
+
+fn state_param(state: Option<String>) -> Result<Option<DeliveryState>, ApiError> {
+    state
+        .map(|s| {
+            DeliveryState::parse(&s).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "state must be pending, delivered or dead, got `{s}`"
+                ))
+            })
+        })
+        .transpose()
+}
+
+async fn subscription_attempts(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    load(&app, &id).await?;
+    let page = app
+        .store
+        .list_attempts(Some(&id), None, &page(q.limit, q.cursor)?)
+        .await?;
+    Ok(Json(
+        json!({"items": page.items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn subscription_deliveries(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    load(&app, &id).await?;
+    let filter = DeliveryFilter {
+        subscription_id: Some(id),
+        event_seq: None,
+        state: state_param(q.state)?,
+    };
+    let page = app
+        .store
+        .list_deliveries(&filter, &page(q.limit, q.cursor)?)
+        .await?;
+    Ok(Json(
+        json!({"items": page.items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn event_seq(app: &AppState, source: &str, event_id: &str) -> Result<i64, ApiError> {
+    Ok(app
+        .store
+        .get_event(source, event_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no event `{event_id}` from source `{source}`"))
+        })?
+        .seq)
+}
+
+async fn event_attempts(
+    State(app): State<AppState>,
+    Path((source, event_id)): Path<(String, String)>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let seq = event_seq(&app, &source, &event_id).await?;
+    let page = app
+        .store
+        .list_attempts(None, Some(seq), &page(q.limit, q.cursor)?)
+        .await?;
+    Ok(Json(
+        json!({"items": page.items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn event_deliveries(
+    State(app): State<AppState>,
+    Path((source, event_id)): Path<(String, String)>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let seq = event_seq(&app, &source, &event_id).await?;
+    let filter = DeliveryFilter {
+        subscription_id: None,
+        event_seq: Some(seq),
+        state: state_param(q.state)?,
+    };
+    let page = app
+        .store
+        .list_deliveries(&filter, &page(q.limit, q.cursor)?)
+        .await?;
+    Ok(Json(
+        json!({"items": page.items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayInput {
+    /// Every dead delivery of the subscription.
+    #[serde(default)]
+    dead: bool,
+    /// Every matching event received in [since, until).
+    since: Option<String>,
+    until: Option<String>,
+}
+
+async fn replay_subscription(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ReplayInput>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let input = json_body(body)?;
+    let scope = match (input.dead, input.since) {
+        (true, None) if input.until.is_none() => ReplayScope::Dead {
+            subscription_id: id,
+        },
+        (false, Some(since)) => ReplayScope::Range {
+            subscription_id: id,
+            since: timestamp_param("since", Some(since))?.expect("given"),
+            until: timestamp_param("until", input.until)?.unwrap_or_else(Utc::now),
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "send {\"dead\": true} to replay dead deliveries, or {\"since\": \"2024-05-01T00:00:00Z\", \"until\": …} for a time range",
+            ));
+        }
+    };
+    let count = app.store.replay(&scope, Utc::now()).await?;
+    Ok(Json(json!({"replayed": count})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayEventInput {
+    subscription_id: Option<String>,
+}
+
+async fn replay_event(
+    State(app): State<AppState>,
+    Path((source, event_id)): Path<(String, String)>,
+    body: Option<Json<ReplayEventInput>>,
+) -> Result<Json<Value>, ApiError> {
+    let input = body.map(|Json(b)| b).unwrap_or_default();
+    let scope = ReplayScope::Event {
+        source,
+        event_id,
+        subscription_id: input.subscription_id,
+    };
+    let count = app.store.replay(&scope, Utc::now()).await?;
+    Ok(Json(json!({"replayed": count})))
+}

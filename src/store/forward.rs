@@ -1,0 +1,171 @@
+//! Storage for forwarding: subscriptions, the outbox, delivery attempts.
+//!
+//! Outbox rows are written by `append_batch` in the same transaction as their
+//! event, so a crash can never lose a forward nor leave an event without one.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Page, PageRequest, Result, StoredEvent};
+use crate::forward::policy::Next;
+use crate::forward::subscription::Subscription;
+
+/// A delivery the worker has leased and must attempt now.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub outbox_id: i64,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub subscription: Subscription,
+    pub event: StoredEvent,
+}
+
+/// The outcome of one attempt, to record.
+#[derive(Debug, Clone)]
+pub struct FinishedAttempt {
+    pub outbox_id: i64,
+    pub subscription_id: String,
+    pub event_seq: i64,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub attempted_at: DateTime<Utc>,
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+    /// The first bytes of the response body.
+    pub response: Option<String>,
+    pub next: Next,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryAttempt {
+    pub id: i64,
+    pub outbox_id: i64,
+    pub subscription_id: String,
+    pub event_seq: i64,
+    pub attempt: i64,
+    pub attempted_at: DateTime<Utc>,
+    pub status: Option<i64>,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+    pub response: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        match s {
+            "pending" => Some(DeliveryState::Pending),
+            "delivered" => Some(DeliveryState::Delivered),
+            "dead" => Some(DeliveryState::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// One event on its way to one subscription.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub subscription_id: String,
+    pub event_seq: i64,
+    pub source: String,
+    pub event_id: String,
+    pub topic: String,
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub subscription_id: Option<String>,
+    pub event_seq: Option<i64>,
+    pub state: Option<DeliveryState>,
+}
+
+/// What to deliver again.
+#[derive(Debug, Clone)]
+pub enum ReplayScope {
+    /// One event, to every matching enabled subscription or to one subscription.
+    Event {
+        source: String,
+        event_id: String,
+        subscription_id: Option<String>,
+    },
+    /// Every dead delivery of a subscription.
+    Dead { subscription_id: String },
+    /// Every matching event received in [since, until) to a subscription.
+    Range {
+        subscription_id: String,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    },
+}
+
+#[async_trait]
+pub trait ForwardStore: Send + Sync {
+    async fn insert_subscription(&self, s: &Subscription) -> Result<()>;
+    /// False when no such subscription exists.
+    async fn update_subscription(&self, s: &Subscription) -> Result<bool>;
+    /// Removes the subscription and its pending deliveries (history stays).
+    async fn delete_subscription(&self, id: &str) -> Result<bool>;
+    async fn get_subscription(&self, id: &str) -> Result<Option<Subscription>>;
+    async fn list_subscriptions(&self) -> Result<Vec<Subscription>>;
+
+    /// Leases up to `limit` due deliveries until `lease_until`. In ordered
+    /// subscriptions only the oldest pending delivery of an enrollment is due.
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>>;
+
+    /// Records attempts and moves their deliveries on, in one transaction.
+    /// Subscriptions failing since before `disable_failing_before` are disabled;
+    /// returns the ids of subscriptions disabled by this call (also 410s).
+    async fn finish_attempts(
+        &self,
+        done: &[FinishedAttempt],
+        disable_failing_before: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
+
+    async fn list_attempts(
+        &self,
+        subscription_id: Option<&str>,
+        event_seq: Option<i64>,
+        page: &PageRequest,
+    ) -> Result<Page<DeliveryAttempt>>;
+
+    async fn list_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        page: &PageRequest,
+    ) -> Result<Page<OutboxEntry>>;
+
+    /// Puts deliveries back in the outbox, due now. Returns how many.
+    async fn replay(&self, scope: &ReplayScope, now: DateTime<Utc>) -> Result<u64>;
+
+    /// Deliveries waiting (due or scheduled), for metrics and benchmarks.
+    async fn outbox_pending(&self) -> Result<i64>;
+}

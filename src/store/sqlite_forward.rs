@@ -1,0 +1,586 @@
+//! SQLite storage for forwarding (see [`super::forward`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::sqlite::{EVENT_COLUMNS, event_from_row, fmt_ts, parse_ts, req_ts, ts};
+use super::*;
+use crate::forward::policy::Next;
+use crate::forward::subscription::Subscription;
+use crate::thinkific::envelope::course_id_of_body;
+
+const SUBSCRIPTION_COLUMNS: &str = "id, url, topics, course_ids, sources, secret, previous_secret, \
+    previous_secret_until, enabled, disabled_reason, ordered, headers, description, failing_since, \
+    created_at, updated_at";
+
+fn json_col<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T> {
+    let text: String = row.try_get(col)?;
+    serde_json::from_str(&text)
+        .map_err(|e| StoreError::Corrupt(format!("subscriptions.{col}: {e}")))
+}
+
+fn opt_json_col<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<Option<T>> {
+    let text: Option<String> = row.try_get(col)?;
+    text.map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("subscriptions.{col}: {e}")))
+}
+
+fn subscription_from_row(row: &SqliteRow) -> Result<Subscription> {
+    Ok(Subscription {
+        id: row.try_get("id")?,
+        url: row.try_get("url")?,
+        topics: json_col(row, "topics")?,
+        course_ids: opt_json_col(row, "course_ids")?,
+        sources: opt_json_col(row, "sources")?,
+        secret: row.try_get("secret")?,
+        previous_secret: row.try_get("previous_secret")?,
+        previous_secret_until: parse_ts(row.try_get("previous_secret_until")?)?,
+        enabled: row.try_get("enabled")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        ordered: row.try_get("ordered")?,
+        headers: json_col::<BTreeMap<String, String>>(row, "headers")?,
+        description: row.try_get("description")?,
+        failing_since: parse_ts(row.try_get("failing_since")?)?,
+        created_at: req_ts(row.try_get("created_at")?)?,
+        updated_at: req_ts(row.try_get("updated_at")?)?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serializes")
+}
+
+/// The subscriptions new events are matched against, read once per batch.
+pub(super) async fn enabled_subscriptions(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<Subscription>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE enabled = 1"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(subscription_from_row).collect()
+}
+
+/// Puts a freshly stored event in the outbox of every matching subscription
+/// (called inside the event's own transaction).
+pub(super) async fn enqueue(
+    conn: &mut SqliteConnection,
+    subscriptions: &[Subscription],
+    ev: &NewEvent,
+    seq: i64,
+) -> Result<()> {
+    for s in subscriptions
+        .iter()
+        .filter(|s| s.matches(&ev.source, &ev.topic, ev.course_id))
+    {
+        upsert_outbox(conn, &s.id, seq, ev.order_key().as_deref(), &ev.received_at).await?;
+    }
+    Ok(())
+}
+
+/// Inserts a pending delivery, or makes an existing one pending and due again.
+async fn upsert_outbox(
+    conn: &mut SqliteConnection,
+    subscription_id: &str,
+    seq: i64,
+    order_key: Option<&str>,
+    now: &DateTime<Utc>,
+) -> Result<()> {
+    let now = fmt_ts(now);
+    sqlx::query(
+        "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at)
+         VALUES (?, ?, ?, 'pending', 0, ?, ?)
+         ON CONFLICT (subscription_id, event_seq) DO UPDATE SET
+            state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at, finished_at = NULL",
+    )
+    .bind(subscription_id)
+    .bind(seq)
+    .bind(order_key)
+    .bind(&now)
+    .bind(&now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn attempt_from_row(row: &SqliteRow) -> Result<DeliveryAttempt> {
+    Ok(DeliveryAttempt {
+        id: row.try_get("id")?,
+        outbox_id: row.try_get("outbox_id")?,
+        subscription_id: row.try_get("subscription_id")?,
+        event_seq: row.try_get("event_seq")?,
+        attempt: row.try_get("attempt")?,
+        attempted_at: req_ts(row.try_get("attempted_at")?)?,
+        status: row.try_get("status")?,
+        latency_ms: row.try_get("latency_ms")?,
+        error: row.try_get("error")?,
+        response: row.try_get("response")?,
+    })
+}
+
+fn outbox_from_row(row: &SqliteRow) -> Result<OutboxEntry> {
+    let state: String = row.try_get("state")?;
+    let finished: Option<String> = row.try_get("finished_at")?;
+    let next: String = row.try_get("next_attempt_at")?;
+    Ok(OutboxEntry {
+        id: row.try_get("id")?,
+        subscription_id: row.try_get("subscription_id")?,
+        event_seq: row.try_get("event_seq")?,
+        source: row.try_get("source")?,
+        event_id: row.try_get("event_id")?,
+        topic: row.try_get("topic")?,
+        state: DeliveryState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("outbox state `{state}`")))?,
+        attempts: row.try_get("attempts")?,
+        next_attempt_at: if state == "pending" {
+            parse_ts(Some(next))?
+        } else {
+            None
+        },
+        last_status: row.try_get("last_status")?,
+        last_error: row.try_get("last_error")?,
+        created_at: req_ts(row.try_get("created_at")?)?,
+        finished_at: parse_ts(finished)?,
+    })
+}
+
+fn page_after(cursor: &Option<String>) -> Result<i64> {
+    match cursor {
+        Some(c) => decode_cursor(c, 1)?[0]
+            .parse()
+            .map_err(|_| StoreError::Invalid("invalid cursor".into())),
+        None => Ok(0),
+    }
+}
+
+#[async_trait]
+impl ForwardStore for SqliteStore {
+    async fn insert_subscription(&self, s: &Subscription) -> Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )))
+        .bind(&s.id)
+        .bind(&s.url)
+        .bind(to_json(&s.topics))
+        .bind(s.course_ids.as_ref().map(to_json))
+        .bind(s.sources.as_ref().map(to_json))
+        .bind(&s.secret)
+        .bind(&s.previous_secret)
+        .bind(ts(s.previous_secret_until))
+        .bind(s.enabled)
+        .bind(&s.disabled_reason)
+        .bind(s.ordered)
+        .bind(to_json(&s.headers))
+        .bind(&s.description)
+        .bind(ts(s.failing_since))
+        .bind(fmt_ts(&s.created_at))
+        .bind(fmt_ts(&s.updated_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn update_subscription(&self, s: &Subscription) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE subscriptions SET url = ?, topics = ?, course_ids = ?, sources = ?, secret = ?,
+                previous_secret = ?, previous_secret_until = ?, enabled = ?, disabled_reason = ?,
+                ordered = ?, headers = ?, description = ?, failing_since = ?, updated_at = ?
+             WHERE id = ?",
+        )
+        .bind(&s.url)
+        .bind(to_json(&s.topics))
+        .bind(s.course_ids.as_ref().map(to_json))
+        .bind(s.sources.as_ref().map(to_json))
+        .bind(&s.secret)
+        .bind(&s.previous_secret)
+        .bind(ts(s.previous_secret_until))
+        .bind(s.enabled)
+        .bind(&s.disabled_reason)
+        .bind(s.ordered)
+        .bind(to_json(&s.headers))
+        .bind(&s.description)
+        .bind(ts(s.failing_since))
+        .bind(fmt_ts(&s.updated_at))
+        .bind(&s.id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_subscription(&self, id: &str) -> Result<bool> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM outbox WHERE subscription_id = ? AND state = 'pending'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM subscriptions WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn get_subscription(&self, id: &str) -> Result<Option<Subscription>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.writer)
+        .await?;
+        row.as_ref().map(subscription_from_row).transpose()
+    }
+
+    async fn list_subscriptions(&self) -> Result<Vec<Subscription>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter().map(subscription_from_row).collect()
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        let now_s = fmt_ts(&now);
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // Due, not leased (or the lease expired: a worker died), subscription
+        // enabled, and — for ordered subscriptions — no older pending delivery
+        // of the same enrollment.
+        let claimed: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+            "UPDATE outbox SET lease_until = ?1
+             WHERE id IN (
+                SELECT o.id FROM outbox AS o JOIN subscriptions AS s ON s.id = o.subscription_id
+                WHERE o.state = 'pending' AND o.next_attempt_at <= ?2
+                  AND (o.lease_until IS NULL OR o.lease_until < ?2)
+                  AND s.enabled = 1
+                  AND (s.ordered = 0 OR o.order_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM outbox AS p
+                        WHERE p.subscription_id = o.subscription_id AND p.order_key = o.order_key
+                          AND p.state = 'pending' AND p.id < o.id))
+                ORDER BY o.next_attempt_at, o.id
+                LIMIT ?3)
+             RETURNING id, subscription_id, event_seq, attempts",
+        )
+        .bind(fmt_ts(&lease_until))
+        .bind(&now_s)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let subscriptions: HashMap<String, Subscription> = {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions"
+            )))
+            .fetch_all(&mut *tx)
+            .await?;
+            rows.iter()
+                .map(|r| subscription_from_row(r).map(|s| (s.id.clone(), s)))
+                .collect::<Result<_>>()?
+        };
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ("
+        ));
+        let mut sep = q.separated(", ");
+        for (_, _, seq, _) in &claimed {
+            sep.push_bind(*seq);
+        }
+        q.push(")");
+        let events: HashMap<i64, StoredEvent> = q
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| event_from_row(r).map(|e| (e.seq, e)))
+            .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(claimed.len());
+        for (outbox_id, subscription_id, seq, attempts) in claimed {
+            match (subscriptions.get(&subscription_id), events.get(&seq)) {
+                (Some(s), Some(e)) => out.push(ClaimedDelivery {
+                    outbox_id,
+                    attempts: attempts as u32,
+                    subscription: s.clone(),
+                    event: e.clone(),
+                }),
+                _ => {
+                    // The event was pruned from the log: nothing left to send.
+                    sqlx::query(
+                        "UPDATE outbox SET state = 'dead', finished_at = ?, last_error = 'the event is no longer in the log' WHERE id = ?",
+                    )
+                    .bind(&now_s)
+                    .bind(outbox_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn finish_attempts(
+        &self,
+        done: &[FinishedAttempt],
+        disable_failing_before: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let mut disabled = Vec::new();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for f in done {
+            let at = fmt_ts(&f.attempted_at);
+            sqlx::query(
+                "INSERT INTO delivery_attempts (outbox_id, subscription_id, event_seq, attempt, attempted_at, status, latency_ms, error, response)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(f.outbox_id)
+            .bind(&f.subscription_id)
+            .bind(f.event_seq)
+            .bind(i64::from(f.attempt))
+            .bind(&at)
+            .bind(f.status.map(i64::from))
+            .bind(f.latency_ms)
+            .bind(&f.error)
+            .bind(&f.response)
+            .execute(&mut *tx)
+            .await?;
+            let (state, next_at, error) = match &f.next {
+                Next::Delivered => ("delivered", at.clone(), None),
+                Next::Retry { at: next } => ("pending", fmt_ts(next), f.error.clone()),
+                Next::Dead { reason } => ("dead", at.clone(), Some(reason.clone())),
+                Next::Gone => (
+                    "dead",
+                    at.clone(),
+                    Some("the destination answered 410 Gone: subscription disabled".to_owned()),
+                ),
+            };
+            let finished = (state != "pending").then_some(at.clone());
+            sqlx::query(
+                "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, lease_until = NULL,
+                    last_status = ?, last_error = ?, finished_at = ?
+                 WHERE id = ? AND state = 'pending'",
+            )
+            .bind(state)
+            .bind(i64::from(f.attempt))
+            .bind(next_at)
+            .bind(f.status.map(i64::from))
+            .bind(error)
+            .bind(finished)
+            .bind(f.outbox_id)
+            .execute(&mut *tx)
+            .await?;
+
+            match &f.next {
+                Next::Delivered => {
+                    sqlx::query("UPDATE subscriptions SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL")
+                        .bind(&f.subscription_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Next::Gone => {
+                    let r = sqlx::query("UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ? AND enabled = 1")
+                        .bind(format!("the destination answered 410 Gone at {at}"))
+                        .bind(&at)
+                        .bind(&f.subscription_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    if r.rows_affected() == 1 {
+                        disabled.push(f.subscription_id.clone());
+                    }
+                }
+                Next::Retry { .. } | Next::Dead { .. } => {
+                    sqlx::query("UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?) WHERE id = ?")
+                        .bind(&at)
+                        .bind(&f.subscription_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let r = sqlx::query(
+                        "UPDATE subscriptions SET enabled = 0, updated_at = ?,
+                            disabled_reason = 'every delivery has failed since ' || failing_since
+                         WHERE id = ? AND enabled = 1 AND failing_since < ?",
+                    )
+                    .bind(&at)
+                    .bind(&f.subscription_id)
+                    .bind(fmt_ts(&disable_failing_before))
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() == 1 {
+                        disabled.push(f.subscription_id.clone());
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(disabled)
+    }
+
+    async fn list_attempts(
+        &self,
+        subscription_id: Option<&str>,
+        event_seq: Option<i64>,
+        page: &PageRequest,
+    ) -> Result<Page<DeliveryAttempt>> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM delivery_attempts WHERE id > ");
+        q.push_bind(page_after(&page.cursor)?);
+        if let Some(s) = subscription_id {
+            q.push(" AND subscription_id = ").push_bind(s.to_owned());
+        }
+        if let Some(seq) = event_seq {
+            q.push(" AND event_seq = ").push_bind(seq);
+        }
+        q.push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(page.limit) + 1);
+        let rows = q.build().fetch_all(&self.reader).await?;
+        let mut items = rows
+            .iter()
+            .map(attempt_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let next_cursor = (items.len() > page.limit as usize).then(|| {
+            items.truncate(page.limit as usize);
+            encode_cursor(&[&items.last().expect("non-empty").id.to_string()])
+        });
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn list_deliveries(
+        &self,
+        f: &DeliveryFilter,
+        page: &PageRequest,
+    ) -> Result<Page<OutboxEntry>> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT o.*, e.source, e.event_id, e.topic FROM outbox AS o JOIN events AS e ON e.seq = o.event_seq WHERE o.id > ",
+        );
+        q.push_bind(page_after(&page.cursor)?);
+        if let Some(s) = &f.subscription_id {
+            q.push(" AND o.subscription_id = ").push_bind(s.clone());
+        }
+        if let Some(seq) = f.event_seq {
+            q.push(" AND o.event_seq = ").push_bind(seq);
+        }
+        if let Some(state) = f.state {
+            q.push(" AND o.state = ").push_bind(state.as_str());
+        }
+        q.push(" ORDER BY o.id LIMIT ")
+            .push_bind(i64::from(page.limit) + 1);
+        let rows = q.build().fetch_all(&self.reader).await?;
+        let mut items = rows
+            .iter()
+            .map(outbox_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let next_cursor = (items.len() > page.limit as usize).then(|| {
+            items.truncate(page.limit as usize);
+            encode_cursor(&[&items.last().expect("non-empty").id.to_string()])
+        });
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn replay(&self, scope: &ReplayScope, now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut count = 0u64;
+        match scope {
+            ReplayScope::Event {
+                source,
+                event_id,
+                subscription_id,
+            } => {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE source = ? AND event_id = ?"
+                )))
+                .bind(source)
+                .bind(event_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!("no event `{event_id}` from source `{source}`"))
+                })?;
+                let event = event_from_row(&row)?;
+                let course = course_id_of_body(&event.body);
+                let targets: Vec<Subscription> = match subscription_id {
+                    Some(id) => vec![subscription_in(&mut tx, id).await?],
+                    None => enabled_subscriptions(&mut tx)
+                        .await?
+                        .into_iter()
+                        .filter(|s| s.matches(&event.source, &event.topic, course))
+                        .collect(),
+                };
+                for s in targets {
+                    let key = order_key(&event.source, event.enrollment_id);
+                    upsert_outbox(&mut tx, &s.id, event.seq, key.as_deref(), &now).await?;
+                    count += 1;
+                }
+            }
+            ReplayScope::Dead { subscription_id } => {
+                subscription_in(&mut tx, subscription_id).await?;
+                let r = sqlx::query(
+                    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, finished_at = NULL
+                     WHERE subscription_id = ? AND state = 'dead'",
+                )
+                .bind(fmt_ts(&now))
+                .bind(subscription_id)
+                .execute(&mut *tx)
+                .await?;
+                count = r.rows_affected();
+            }
+            ReplayScope::Range {
+                subscription_id,
+                since,
+                until,
+            } => {
+                let s = subscription_in(&mut tx, subscription_id).await?;
+                let mut after = 0i64;
+                loop {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE received_at >= ? AND received_at < ? AND seq > ? ORDER BY seq LIMIT 1000"
+                    )))
+                    .bind(fmt_ts(since))
+                    .bind(fmt_ts(until))
+                    .bind(after)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let Some(last) = rows.last() else { break };
+                    after = last.try_get("seq")?;
+                    for row in &rows {
+                        let e = event_from_row(row)?;
+                        if s.matches(&e.source, &e.topic, course_id_of_body(&e.body)) {
+                            let key = order_key(&e.source, e.enrollment_id);
+                            upsert_outbox(&mut tx, &s.id, e.seq, key.as_deref(), &now).await?;
+                            count += 1;
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    async fn outbox_pending(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+}
+
+async fn subscription_in(conn: &mut SqliteConnection, id: &str) -> Result<Subscription> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("no subscription `{id}`")))?;
+    subscription_from_row(&row)
+}
