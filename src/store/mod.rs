@@ -8,6 +8,7 @@
 
 pub mod forward;
 pub mod sqlite;
+mod sqlite_courses;
 mod sqlite_forward;
 
 use async_trait::async_trait;
