@@ -122,6 +122,21 @@ struct ServeArgs {
     /// Forwarding deliveries in flight at once.
     #[arg(long, default_value_t = 64)]
     forward_concurrency: usize,
+    /// Serve HTTPS with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, env = "ENROLLHOOK_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "ENROLLHOOK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// How long a client may take to send request headers, and a body.
+    #[arg(long, default_value = "10s", value_parser = crate::forward::policy::parse_duration)]
+    read_timeout: Duration,
+    /// Most deliveries per second per source; more get 429 with Retry-After [default: unlimited].
+    #[arg(long, env = "ENROLLHOOK_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Most deliveries per second overall [default: unlimited].
+    #[arg(long, env = "ENROLLHOOK_GLOBAL_RATE_LIMIT")]
+    global_rate_limit: Option<u32>,
     /// Disable a subscription whose deliveries have all failed for this long.
     #[arg(long, default_value = "5d", value_parser = crate::forward::policy::parse_duration)]
     disable_failing_after: Duration,
@@ -356,6 +371,10 @@ async fn serve(g: Globals, args: ServeArgs) -> anyhow::Result<ExitCode> {
             disable_after: args.disable_failing_after,
             ..ForwardConfig::default()
         },
+        tls: args.tls_cert.zip(args.tls_key),
+        read_timeout: args.read_timeout,
+        rate_limit: args.rate_limit,
+        global_rate_limit: args.global_rate_limit,
     };
     config.validate()?;
     if config.insecure_skip_verification {
@@ -367,20 +386,25 @@ async fn serve(g: Globals, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let running = crate::server::start(config.clone(), listener, true).await?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let sources: Vec<String> = config
         .sources
         .names()
         .map(|n| {
             if n == config::DEFAULT_SOURCE {
-                format!("http://{}/webhooks/thinkific", running.addr)
+                format!("{scheme}://{}/webhooks/thinkific", running.addr)
             } else {
-                format!("http://{}/webhooks/thinkific/{n}", running.addr)
+                format!("{scheme}://{}/webhooks/thinkific/{n}", running.addr)
             }
         })
         .collect();
     tracing::info!(
         database = %redact_url(&config.database_url),
-        api = %format!("http://{}/api/enrollments", running.addr),
+        api = %format!("{scheme}://{}/api/enrollments", running.addr),
         "enrollhook listening on {}; webhook URLs: {}",
         running.addr,
         sources.join(", ")
@@ -648,10 +672,13 @@ async fn quarantine(g: Globals, cmd: QuarantineCommand) -> anyhow::Result<ExitCo
     match cmd {
         QuarantineCommand::List { limit, format } => {
             let page = store
-                .list_quarantine(&PageRequest {
-                    limit: limit.clamp(1, store::MAX_PAGE),
-                    cursor: None,
-                })
+                .list_quarantine(
+                    None,
+                    &PageRequest {
+                        limit: limit.clamp(1, store::MAX_PAGE),
+                        cursor: None,
+                    },
+                )
                 .await?;
             if format == Format::Json {
                 let values: Vec<_> = page

@@ -41,6 +41,8 @@ pub struct SourceConfig {
     pub name: String,
     /// The school's API key (or the app's client secret).
     pub secret: Option<Secret>,
+    /// A query-API token that reads this source's data only.
+    pub api_token: Option<Secret>,
 }
 
 /// `enrollhook.toml`.
@@ -153,6 +155,8 @@ pub fn validate_source_name(name: &str) -> anyhow::Result<()> {
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
     by_name: BTreeMap<String, Option<Secret>>,
+    /// Per-source API tokens: (token, source name).
+    tokens: Vec<(Secret, String)>,
 }
 
 impl Sources {
@@ -160,13 +164,33 @@ impl Sources {
     /// top-level `secret`) configures the default source.
     pub fn resolve(flag_secret: Option<Secret>, file: &FileConfig) -> Sources {
         let mut by_name = BTreeMap::new();
+        let mut tokens = Vec::new();
         for s in &file.sources {
             by_name.insert(s.name.clone(), s.secret.clone());
+            if let Some(token) = &s.api_token {
+                tokens.push((token.clone(), s.name.clone()));
+            }
         }
         if let Some(secret) = flag_secret.or_else(|| file.secret.clone()) {
             by_name.insert(DEFAULT_SOURCE.to_owned(), Some(secret));
         }
-        Sources { by_name }
+        Sources { by_name, tokens }
+    }
+
+    /// The source whose `api_token` this is. `eq` must compare in constant time.
+    pub fn source_for_token(&self, token: &str, eq: fn(&[u8], &[u8]) -> bool) -> Option<&str> {
+        // Compare against every token (no early exit) so timing reveals nothing.
+        let mut found = None;
+        for (t, name) in &self.tokens {
+            if eq(token.as_bytes(), t.expose().as_bytes()) {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+
+    pub fn has_tokens(&self) -> bool {
+        !self.tokens.is_empty()
     }
 
     pub fn get(&self, name: &str) -> Option<Option<&Secret>> {
@@ -194,7 +218,10 @@ impl Sources {
     pub fn insecure_default() -> Sources {
         let mut by_name = BTreeMap::new();
         by_name.insert(DEFAULT_SOURCE.to_owned(), None);
-        Sources { by_name }
+        Sources {
+            by_name,
+            tokens: Vec::new(),
+        }
     }
 }
 
@@ -211,6 +238,14 @@ pub struct ServeConfig {
     /// Events per group-commit transaction, at most.
     pub max_batch: usize,
     pub forward: crate::forward::ForwardConfig,
+    /// Serve HTTPS with this PEM certificate chain and key.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Deadline for a client to send request headers (and a TLS handshake), and its body.
+    pub read_timeout: std::time::Duration,
+    /// Deliveries per second per source (None: unlimited).
+    pub rate_limit: Option<u32>,
+    /// Deliveries per second overall (None: unlimited).
+    pub global_rate_limit: Option<u32>,
 }
 
 impl ServeConfig {
@@ -230,6 +265,10 @@ impl ServeConfig {
             migrate: true,
             max_batch: 512,
             forward: crate::forward::ForwardConfig::default(),
+            tls: None,
+            read_timeout: std::time::Duration::from_secs(10),
+            rate_limit: None,
+            global_rate_limit: None,
         }
     }
 
@@ -248,7 +287,8 @@ impl ServeConfig {
                 );
             }
         }
-        if self.api_token.is_none() && !self.listen.ip().is_loopback() {
+        if self.api_token.is_none() && !self.sources.has_tokens() && !self.listen.ip().is_loopback()
+        {
             anyhow::bail!(
                 "refusing to listen on {} without an API token: the query API would be open to the network. \
                  Set --api-token or ENROLLHOOK_API_TOKEN (any long random string, e.g. `openssl rand -hex 32`), \

@@ -175,6 +175,7 @@ impl Enrollment {
 
 /// What applying one new event to the stored state requires.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived return value; boxing buys nothing
 pub enum Apply {
     /// The event is the newest: this is the new state.
     Newer(Enrollment),

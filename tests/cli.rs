@@ -196,3 +196,67 @@ fn send_then_query_from_the_cli() {
     assert!(o.status.success(), "{}", stdout(&o));
     assert!(stdout(&o).contains("0 rows differ"), "{}", stdout(&o));
 }
+
+#[test]
+fn subscriptions_from_the_cli() {
+    let (_dir, url) = fresh_db();
+    assert!(run(&["migrate", "--database", &url]).status.success());
+    let o = run(&[
+        "subscriptions",
+        "add",
+        "--database",
+        &url,
+        "--url",
+        "https://crm.example.com/hook",
+        "--topic",
+        "enrollment.*",
+        "--course",
+        "68",
+        "--header",
+        "X-Team: crm",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sub: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let id = sub["id"].as_str().unwrap();
+    assert_eq!(sub["headers"]["X-Team"], "crm");
+    assert_eq!(sub["course_ids"], serde_json::json!([68]));
+
+    let o = run(&["subscriptions", "list", "--database", &url]);
+    assert!(
+        stdout(&o).contains(id) && stdout(&o).contains("enrollment.*"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&[
+        "subscriptions",
+        "update",
+        id,
+        "--database",
+        &url,
+        "--disable",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let updated: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(updated["enabled"], false);
+    let o = run(&["subscriptions", "rotate-secret", id, "--database", &url]);
+    let rotated: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_ne!(rotated["secret"], sub["secret"]);
+
+    let o = run(&[
+        "subscriptions",
+        "add",
+        "--database",
+        &url,
+        "--url",
+        "http://10.0.0.5/hook",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("private"), "{}", stderr(&o));
+    let o = run(&["replay", "--database", &url, "--event", "default/nope"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no event"), "{}", stderr(&o));
+    let o = run(&["subscriptions", "remove", id, "--database", &url]);
+    assert!(o.status.success());
+    let o = run(&["subscriptions", "remove", id, "--database", &url]);
+    assert!(!o.status.success());
+}

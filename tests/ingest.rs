@@ -165,7 +165,7 @@ async fn bad_input_is_refused_clearly_and_quarantined() {
     };
     let reserialized = serde_json::to_vec(&serde_json::from_slice::<Value>(body).unwrap()).unwrap();
     let signed = |b: &[u8]| Some(sign(SECRET.as_bytes(), b));
-    let cases = vec![
+    let cases = [
         Case {
             name: "wrong signature",
             body: body.to_vec(),

@@ -1,19 +1,19 @@
 //! The query API (`/api/...`), health checks and metrics.
 
-use std::net::SocketAddr;
-
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Scope;
 use super::{ApiError, AppState};
 use crate::receive::{self, Delivery};
 use crate::store::{
@@ -37,63 +37,14 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/quarantine/{id}", get(get_quarantine))
         .route("/api/quarantine/{id}/retry", post(retry_quarantine))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state, require_auth));
+        .route_layer(middleware::from_fn_with_state(
+            state,
+            super::auth::require_auth,
+        ));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .merge(api)
-}
-
-/// With an API token: `Authorization: Bearer TOKEN` is required. Without one,
-/// only loopback clients are answered (and `serve` refuses non-loopback listens).
-pub(super) async fn require_auth(
-    State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match &app.api_token {
-        Some(token) => {
-            let given = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            let ok =
-                given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes()));
-            if !ok {
-                return ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "missing or wrong API token: send `Authorization: Bearer TOKEN` with the token given to --api-token",
-                )
-                .into_response();
-            }
-        }
-        None if !peer.ip().is_loopback() => {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "no API token is configured, so the API only answers this machine; set --api-token to allow remote clients",
-            )
-            .into_response();
-        }
-        None => {}
-    }
-    next.run(request).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use hmac::{KeyInit, Mac};
-    // Compare MACs of both values: constant time whatever their lengths.
-    let key = b"enrollhook-token-compare";
-    let mac = |v: &[u8]| {
-        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
-        m.update(v);
-        m
-    };
-    mac(b).verify_slice(&mac(a).finalize().into_bytes()).is_ok()
 }
 
 pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -144,15 +95,17 @@ struct EnrollmentQuery {
 
 async fn list_enrollments(
     State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
     q: Result<Query<EnrollmentQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
+    let source = scope.restrict(q.source)?;
     let status = q
         .status
         .map(|s| s.parse().map_err(ApiError::bad_request))
         .transpose()?;
     let filter = EnrollmentFilter {
-        source: q.source,
+        source,
         course_id: q.course_id,
         user_id: q.user_id,
         email: q.email,
@@ -176,8 +129,10 @@ async fn list_enrollments(
 
 async fn get_enrollment(
     State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Path((source, enrollment_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    scope.check(&source)?;
     let id: i64 = enrollment_id.parse().map_err(|_| {
         ApiError::bad_request(format!(
             "enrollment id must be an integer, got `{enrollment_id}`"
@@ -204,12 +159,14 @@ struct CoursesQuery {
 
 async fn courses(
     State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
     q: Result<Query<CoursesQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
+    let source = scope.restrict(q.source)?;
     let stats = app
         .store
-        .course_stats(q.source.as_deref(), Utc::now())
+        .course_stats(source.as_deref(), Utc::now())
         .await?;
     Ok(Json(json!({"items": stats})))
 }
@@ -227,11 +184,12 @@ struct EventsQuery {
 
 async fn list_events(
     State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
     let filter = EventFilter {
-        source: q.source,
+        source: scope.restrict(q.source)?,
         topic: q.topic,
         after_seq: q.after,
     };
@@ -247,8 +205,10 @@ async fn list_events(
 
 async fn get_event(
     State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Path((source, event_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    scope.check(&source)?;
     let event: StoredEvent = app
         .store
         .get_event(&source, &event_id)
@@ -261,17 +221,23 @@ async fn get_event(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PageQuery {
+struct QuarantineQuery {
+    source: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
 }
 
 async fn list_quarantine(
     State(app): State<AppState>,
-    q: Result<Query<PageQuery>, QueryRejection>,
+    Extension(scope): Extension<Scope>,
+    q: Result<Query<QuarantineQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
-    let page = app.store.list_quarantine(&page(q.limit, q.cursor)?).await?;
+    let source = scope.restrict(q.source)?;
+    let page = app
+        .store
+        .list_quarantine(source.as_deref(), &page(q.limit, q.cursor)?)
+        .await?;
     let items: Vec<Value> = page
         .items
         .iter()
@@ -282,21 +248,29 @@ async fn list_quarantine(
     ))
 }
 
-async fn load_quarantined(app: &AppState, id: &str) -> Result<QuarantineRecord, ApiError> {
+async fn load_quarantined(
+    app: &AppState,
+    scope: &Scope,
+    id: &str,
+) -> Result<QuarantineRecord, ApiError> {
     let id: i64 = id.parse().map_err(|_| {
         ApiError::bad_request(format!("quarantine id must be an integer, got `{id}`"))
     })?;
-    app.store
+    let record = app
+        .store
         .get_quarantine(id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no quarantined delivery #{id}")))
+        .ok_or_else(|| ApiError::not_found(format!("no quarantined delivery #{id}")))?;
+    scope.check(&record.source)?;
+    Ok(record)
 }
 
 async fn get_quarantine(
     State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = load_quarantined(&app, &id).await?;
+    let record = load_quarantined(&app, &scope, &id).await?;
     Ok(Json(quarantine_view(&record, true)))
 }
 
@@ -304,9 +278,10 @@ async fn get_quarantine(
 /// a misconfigured secret) and stores it when it now passes.
 async fn retry_quarantine(
     State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = load_quarantined(&app, &id).await?;
+    let record = load_quarantined(&app, &scope, &id).await?;
     let delivery = Delivery {
         source: &record.source,
         signature: record.header(SIGNATURE_HEADER).map(str::as_bytes),
@@ -352,7 +327,10 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
+async fn metrics(State(app): State<AppState>, Extension(scope): Extension<Scope>) -> Response {
+    if let Err(e) = scope.require_admin() {
+        return e.into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -1,7 +1,10 @@
 //! The HTTP shell: webhook ingest, query API, health and metrics.
 
 mod api;
+pub mod auth;
 mod error;
+pub mod limits;
+pub mod listen;
 mod subscriptions;
 mod webhooks;
 
@@ -31,12 +34,20 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_body: usize,
     pub allow_private_destinations: bool,
+    pub read_timeout: std::time::Duration,
+    pub limits: Arc<limits::RateLimits>,
 }
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
+    let webhooks = webhooks::router()
+        .layer(DefaultBodyLimit::max(max_body))
+        // A body that trickles in slower than this is cut off (408).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.read_timeout,
+        ));
     Router::new()
-        .merge(webhooks::router().layer(DefaultBodyLimit::max(max_body)))
+        .merge(webhooks)
         .merge(api::router(state.clone()))
         .merge(subscriptions::router(state.clone()))
         .with_state(state)
@@ -84,9 +95,21 @@ pub async fn start(
         metrics,
         max_body: config.max_body,
         allow_private_destinations: config.forward.allow_private_destinations,
+        read_timeout: config.read_timeout,
+        limits: Arc::new(limits::RateLimits::new(
+            config.rate_limit,
+            config.global_rate_limit,
+        )),
+    };
+    let listen_options = listen::ListenOptions {
+        tls: match &config.tls {
+            Some((cert, key)) => Some(listen::tls_config(cert, key)?),
+            None => None,
+        },
+        read_timeout: config.read_timeout,
     };
     let forwarder = crate::forward::Forwarder::start(store.clone(), config.forward.clone())?;
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state);
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -101,9 +124,7 @@ pub async fn start(
             }
             tracing::info!("shutting down: finishing in-flight deliveries");
         };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await?;
+        listen::serve(listener, app, listen_options, stop).await;
         // The router (and with it every Ingestor handle) is gone: the writers
         // drain what is queued, commit, and end.
         writers.join_all().await;

@@ -13,7 +13,8 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::api::{page, query, require_auth, timestamp_param};
+use super::api::{page, query, timestamp_param};
+use super::auth::{Scope, require_auth};
 use super::{ApiError, AppState};
 use crate::forward::subscription::{Subscription, SubscriptionInput};
 use crate::store::{DeliveryFilter, DeliveryState, ReplayScope};
@@ -44,7 +45,20 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(event_deliveries),
         )
         .route("/api/events/{source}/{event_id}/replay", post(replay_event))
+        // Subscriptions span sources: admin only.
+        .route_layer(middleware::from_fn(admin_only))
         .route_layer(middleware::from_fn_with_state(state, require_auth))
+}
+
+async fn admin_only(
+    axum::Extension(scope): axum::Extension<Scope>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    match scope.require_admin() {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 pub fn new_subscription_id() -> String {

@@ -43,6 +43,18 @@ async fn receive_named(
     receive(app, &source, headers, body).await
 }
 
+/// Whether reading the body failed because the client was too slow.
+fn is_body_timeout(e: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 async fn receive(
     app: AppState,
     source: &str,
@@ -78,11 +90,38 @@ async fn receive(
             );
             return finish("body_too_large", "", "", err.into_response());
         }
+        Err(e) if is_body_timeout(&e) => {
+            let err = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    app.read_timeout.as_secs_f64()
+                ),
+            );
+            return finish("body_timeout", "", "", err.into_response());
+        }
         Err(e) => {
             let err = ApiError::bad_request(format!("could not read the request body: {e}"));
             return finish("body_unreadable", "", "", err.into_response());
         }
     };
+
+    if app.sources.get(source).is_some()
+        && let Err(wait) = app.limits.check(source)
+    {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many deliveries; retry after {secs} s"),
+        );
+        let mut response = err.into_response();
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, secs.into());
+        return finish("rate_limited", "", "", response);
+    }
 
     let delivery = Delivery {
         source,

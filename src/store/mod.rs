@@ -282,7 +282,11 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>>;
 
     async fn quarantine(&self, record: NewQuarantine) -> Result<i64>;
-    async fn list_quarantine(&self, page: &PageRequest) -> Result<Page<QuarantineRecord>>;
+    async fn list_quarantine(
+        &self,
+        source: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<QuarantineRecord>>;
     async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>>;
     async fn resolve_quarantine(&self, id: i64, resolution: &str) -> Result<()>;
 
@@ -336,7 +340,7 @@ pub(crate) fn median(values: &mut [f64]) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    Some(if values.len() % 2 == 0 {
+    Some(if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]

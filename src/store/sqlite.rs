@@ -386,7 +386,11 @@ impl Store for SqliteStore {
         Ok(id)
     }
 
-    async fn list_quarantine(&self, page: &PageRequest) -> Result<Page<QuarantineRecord>> {
+    async fn list_quarantine(
+        &self,
+        source: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<QuarantineRecord>> {
         let before = match &page.cursor {
             Some(c) => decode_cursor(c, 1)?[0]
                 .parse::<i64>()
@@ -394,9 +398,13 @@ impl Store for SqliteStore {
             None => i64::MAX,
         };
         // Newest first: that is what an operator looks for.
-        let rows = sqlx::query("SELECT * FROM quarantine WHERE id < ? ORDER BY id DESC LIMIT ?")
-            .bind(before)
-            .bind(i64::from(page.limit) + 1)
+        let rows = sqlx::query(
+            "SELECT * FROM quarantine WHERE id < ? AND (? IS NULL OR source = ?) ORDER BY id DESC LIMIT ?",
+        )
+        .bind(before)
+        .bind(source)
+        .bind(source)
+        .bind(i64::from(page.limit) + 1)
             .fetch_all(&self.reader)
             .await?;
         let mut items = rows

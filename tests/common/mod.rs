@@ -1,6 +1,7 @@
 //! Test helpers: the real server on port 0 against a fresh SQLite file.
 #![allow(dead_code)]
 
+pub mod destination;
 pub mod process;
 
 use std::path::PathBuf;
