@@ -111,7 +111,7 @@ async fn totals_match_a_direct_count_at_any_time_and_after_rebuild() {
                 };
                 deliveries.push(e("a", if trial { "trial" } else { "created" }, "0", 1));
                 deliveries.push(e("b", "progress", "33.3", 2));
-                if (i + course as usize) % 2 == 0 && !trial {
+                if (i + course as usize).is_multiple_of(2) && !trial {
                     deliveries.push(e("c", "completed", "100.0", 3 + i as u32));
                 }
             }
