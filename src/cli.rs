@@ -83,6 +83,25 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Send realistic, signed Thinkific traffic to a receiver (or write it with --out).
+    Simulate(crate::simulate::SimulateArgs),
+    /// Load a JSONL file of deliveries (simulate --out) or exported events into the database.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The JSONL file, or - for stdin.
+    file: PathBuf,
+    /// File every event under this source (default: each line's `source`, else `default`).
+    #[arg(long)]
+    source: Option<String>,
+    /// Check each line's signature with --secret; lines that fail are not stored.
+    #[arg(long)]
+    verify_signatures: bool,
+    /// Events per transaction.
+    #[arg(long, default_value_t = 2000)]
+    batch: usize,
 }
 
 #[derive(Args)]
@@ -112,6 +131,9 @@ struct ServeArgs {
     /// Allow forwarding to private, loopback and link-local addresses.
     #[arg(long)]
     allow_private_destinations: bool,
+    /// Timeout of one forwarding attempt.
+    #[arg(long, default_value = "15s", value_parser = crate::forward::policy::parse_duration)]
+    forward_timeout: Duration,
     /// Forwarding deliveries in flight at once.
     #[arg(long, default_value_t = 64)]
     forward_concurrency: usize,
@@ -326,6 +348,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Simulate(args) => {
+            let secret = require_secret(&globals).ok();
+            crate::simulate::command(args, secret.as_ref().map(Secret::expose)).await
+        }
+        Command::Import(args) => import(globals, args).await,
         Command::Migrate => {
             store::open(&globals.database_url, true).await?;
             println!("database schema is up to date");
@@ -394,6 +421,7 @@ async fn serve(g: Globals, args: ServeArgs) -> anyhow::Result<ExitCode> {
             schedule: args.retry_schedule.unwrap_or_default(),
             allow_private_destinations: args.allow_private_destinations,
             concurrency: args.forward_concurrency.max(1),
+            timeout: args.forward_timeout,
             disable_after: args.disable_failing_after,
             ..ForwardConfig::default()
         },
@@ -448,6 +476,59 @@ fn redact_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+async fn import(g: Globals, a: ImportArgs) -> anyhow::Result<ExitCode> {
+    let verify_with = if a.verify_signatures {
+        Some(require_secret(&g)?.expose().to_owned())
+    } else {
+        None
+    };
+    let input: Box<dyn std::io::BufRead> = if a.file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(&a.file)
+            .with_context(|| format!("cannot open {}", a.file.display()))?;
+        Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+    };
+    let store = store::open(&g.database_url, true).await?;
+    let options = crate::import::ImportOptions {
+        source: a.source,
+        verify_with,
+        batch: a.batch,
+    };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last = std::time::Instant::now();
+    let report = crate::import::import(store.as_ref(), input, &options, |r| {
+        if tty && last.elapsed() > Duration::from_millis(250) {
+            last = std::time::Instant::now();
+            eprint!("\r\x1b[2K{} lines, {} stored", r.lines, r.stored);
+        }
+    })
+    .await?;
+    if tty {
+        eprintln!();
+    }
+    println!(
+        "imported {} lines in {:.1} s ({:.0} lines/s): {} stored, {} duplicates skipped, {} rejected",
+        report.lines,
+        report.elapsed.as_secs_f64(),
+        report.lines as f64 / report.elapsed.as_secs_f64().max(1e-9),
+        report.stored,
+        report.duplicates,
+        report.rejected_total()
+    );
+    for (code, n) in &report.rejected {
+        println!("  rejected {n}: {code}");
+    }
+    for e in &report.examples {
+        println!("  {e}");
+    }
+    Ok(if report.rejected_total() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn send(g: Globals, args: SendArgs) -> anyhow::Result<ExitCode> {

@@ -503,6 +503,10 @@ async fn pending_deliveries_survive_a_kill() {
             "--retry-schedule",
             "1s,1s,1s,1s",
             "--allow-private-destinations",
+            // A delivery in flight when the process dies waits for its lease
+            // (timeout + 5 s) before another attempt.
+            "--forward-timeout",
+            "2s",
         ],
     );
     let client = enrollhook::client::http_client(Duration::from_secs(5)).unwrap();
@@ -535,6 +539,10 @@ async fn pending_deliveries_survive_a_kill() {
             "--retry-schedule",
             "1s,1s,1s,1s",
             "--allow-private-destinations",
+            // A delivery in flight when the process dies waits for its lease
+            // (timeout + 5 s) before another attempt.
+            "--forward-timeout",
+            "2s",
         ],
     );
     let got = dest.wait_for(4, Duration::from_secs(20)).await;

@@ -122,8 +122,10 @@ async fn run(
         };
         let room = permits.available_permits() + 1;
         let now = Utc::now();
+        // Long enough for the attempt and recording it; short, because a crashed
+        // instance's deliveries wait for their lease to expire before a retry.
         let lease = now
-            + chrono::Duration::from_std(config.timeout * 2 + Duration::from_secs(30))
+            + chrono::Duration::from_std(config.timeout + Duration::from_secs(5))
                 .expect("small duration");
         let claimed = match store
             .claim_deliveries(now, lease, room.min(256) as u32)

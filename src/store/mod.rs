@@ -10,6 +10,7 @@ pub mod forward;
 pub mod postgres;
 mod postgres_forward;
 pub mod sqlite;
+mod sqlite_courses;
 mod sqlite_forward;
 
 use async_trait::async_trait;

@@ -17,6 +17,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use super::sqlite_courses;
 use super::*;
 use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
 use crate::store::sqlite_forward;
@@ -32,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "forwarding",
         include_str!("migrations/sqlite/0002_forwarding.sql"),
+    ),
+    (
+        3,
+        "course totals",
+        include_str!("migrations/sqlite/0003_course_totals.sql"),
     ),
 ];
 
@@ -373,6 +379,8 @@ async fn project_batch<'a>(
     keys.sort_unstable();
     keys.dedup();
     let mut state = load_enrollments(conn, &keys).await?;
+    // What the course totals counted for these enrollments before the batch.
+    let before = state.clone();
 
     let mut changed = HashSet::with_capacity(keys.len());
     let mut late = HashSet::new();
@@ -399,6 +407,10 @@ async fn project_batch<'a>(
     }
     let mut rows: Vec<&Enrollment> = changed.iter().filter_map(|k| state.get(k)).collect();
     rows.sort_unstable_by(|a, b| (&a.source, a.enrollment_id).cmp(&(&b.source, b.enrollment_id)));
+    for row in &rows {
+        let old = before.get(&(row.source.as_str(), row.enrollment_id));
+        sqlite_courses::adjust(conn, old, Some(row)).await?;
+    }
     upsert_enrollments(conn, &rows).await
 }
 
@@ -651,64 +663,7 @@ impl Store for SqliteStore {
         source: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<CourseStats>> {
-        let now = fmt_ts(&now);
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT source, course_id, MAX(course_name) AS name, COUNT(*) AS enrollments,
-                SUM(completed) AS completed,
-                SUM(CASE WHEN completed = 0 AND expiry_date < ",
-        );
-        q.push_bind(now.clone())
-            .push(" THEN 1 ELSE 0 END) AS expired, SUM(CASE WHEN completed = 0 AND trial = 1 AND (expiry_date IS NULL OR expiry_date >= ")
-            .push_bind(now)
-            .push(") THEN 1 ELSE 0 END) AS trial, AVG(progress) AS average_progress
-             FROM enrollments WHERE course_id IS NOT NULL");
-        if let Some(s) = source {
-            q.push(" AND source = ").push_bind(s.to_owned());
-        }
-        q.push(" GROUP BY source, course_id ORDER BY source, course_id");
-        let rows = q.build().fetch_all(&self.reader).await?;
-
-        let mut days = QueryBuilder::<Sqlite>::new(
-            "SELECT source, course_id, days_to_complete FROM enrollments
-             WHERE days_to_complete IS NOT NULL AND course_id IS NOT NULL",
-        );
-        if let Some(s) = source {
-            days.push(" AND source = ").push_bind(s.to_owned());
-        }
-        let mut by_course: std::collections::HashMap<(String, i64), Vec<f64>> = Default::default();
-        for row in days.build().fetch_all(&self.reader).await? {
-            by_course
-                .entry((row.try_get(0)?, row.try_get(1)?))
-                .or_default()
-                .push(row.try_get(2)?);
-        }
-
-        rows.iter()
-            .map(|row| {
-                let source: String = row.try_get("source")?;
-                let course_id: i64 = row.try_get("course_id")?;
-                let enrollments: i64 = row.try_get("enrollments")?;
-                let completed: i64 = row.try_get("completed")?;
-                let expired: i64 = row.try_get("expired")?;
-                let trial: i64 = row.try_get("trial")?;
-                let median_days = by_course
-                    .get_mut(&(source.clone(), course_id))
-                    .and_then(|d| median(d));
-                Ok(CourseStats {
-                    name: row.try_get("name")?,
-                    enrollments,
-                    active: enrollments - completed - expired - trial,
-                    trial,
-                    completed,
-                    expired,
-                    completion_rate: completed as f64 / enrollments.max(1) as f64,
-                    average_progress: row.try_get("average_progress")?,
-                    median_days_to_complete: median_days,
-                    source,
-                    course_id,
-                })
-            })
-            .collect()
+        sqlite_courses::course_stats(&self.reader, source, now).await
     }
 
     async fn list_events(&self, f: &EventFilter, page: &PageRequest) -> Result<Page<StoredEvent>> {
@@ -810,6 +765,7 @@ impl Store for SqliteStore {
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE {orphan_sql}")))
                 .execute(&mut *tx)
                 .await?;
+            sqlite_courses::recompute(&mut tx).await?;
             tx.commit().await?;
         }
         Ok(report)

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Query benchmark: simulated Thinkific traffic written with `simulate --out`,
+# loaded with `import` into a fresh SQLite database, then `enrollhook serve`
+# measured with wrk:
+#   - GET /api/courses (every course's statistics),
+#   - GET /api/enrollments?course_id=<random course>&limit=100 (a filtered page).
+# Prints a Markdown table and writes it under "## Query benchmark" in BENCHMARKS.md.
+#
+# Usage: bench/query.sh            (defaults below; about 3–6 minutes here)
+#   EVENTS=1000000 STUDENTS=700000 COURSES=200 DURATION=15s bench/query.sh
+# Keep WORK=DIR to reuse the generated file and database between runs (KEEP=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EVENTS=${EVENTS:-1000000}
+STUDENTS=${STUDENTS:-700000}
+COURSES=${COURSES:-200}
+ARRIVAL_DAYS=${ARRIVAL_DAYS:-1}
+DURATION=${DURATION:-15s}
+PORT=${PORT:-18089}
+WORK=${WORK:-$(mktemp -d /tmp/enrollhook-query-bench.XXXXXX)}
+KEEP=${KEEP:-0}
+SECRET=query-bench-secret
+
+need() {
+    command -v "$1" >/dev/null && return
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing $1 from Debian packages…" >&2
+        apt-get install -y "$2" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; }
+    fi
+    command -v "$1" >/dev/null || { echo "error: $1 is required: apt-get install $2" >&2; exit 1; }
+}
+need wrk wrk
+need curl curl
+
+echo "building release…" >&2
+cargo build --release --quiet
+BIN=$PWD/target/release/enrollhook
+DB="sqlite://$WORK/query.db"
+mkdir -p "$WORK"
+
+SERVER_PID=
+cleanup() {
+    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+    [ "$KEEP" = 1 ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [ ! -s "$WORK/traffic.jsonl" ]; then
+    echo "generating $EVENTS events ($STUDENTS students, $COURSES courses)…" >&2
+    "$BIN" simulate --secret "$SECRET" --students "$STUDENTS" --courses "$COURSES" \
+        --arrival-days "$ARRIVAL_DAYS" --events "$EVENTS" --seed 42 \
+        --out "$WORK/traffic.jsonl" > "$WORK/simulate.txt"
+    head -n 1 "$WORK/simulate.txt" >&2
+fi
+if [ ! -s "$WORK/query.db" ]; then
+    echo "importing…" >&2
+    "$BIN" --database "$DB" import "$WORK/traffic.jsonl" | tee "$WORK/import.txt" >&2
+fi
+IMPORT_LINE=$(head -n 1 "$WORK/import.txt" 2>/dev/null || echo "import: reused an existing database")
+ENROLLMENTS=$("$BIN" --database "$DB" courses --format csv \
+    | awk -F, 'NR > 1 { n += $4; c += $7 } END { printf "%d enrollments (%d completed)", n, c }')
+echo "$ENROLLMENTS" >&2
+
+"$BIN" --database "$DB" --secret "$SECRET" serve --listen "127.0.0.1:$PORT" --no-migrate \
+    > "$WORK/serve.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null
+
+# Random course ids (the simulator numbers courses from 1000).
+cat > "$WORK/enrollments.lua" <<EOF
+math.randomseed(42)
+request = function()
+    local id = math.random(1000, 1000 + $COURSES - 1)
+    return wrk.format("GET", "/api/enrollments?course_id=" .. id .. "&limit=100")
+end
+EOF
+
+# One wrk run: prints "req/s p50 p99" (latencies in ms).
+measure() { # connections path [script]
+    local c=$1 path=$2 script=${3:-}
+    local args=(-t "$(( c < 2 ? 1 : 2 ))" -c "$c" -d "$DURATION" --latency)
+    [ -n "$script" ] && args+=(-s "$script")
+    wrk "${args[@]}" "http://127.0.0.1:$PORT$path" > "$WORK/wrk.txt"
+    awk '
+        function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+        $1 == "50.000%" || $1 == "50%" { p50 = ms($2) }
+        $1 == "99.000%" || $1 == "99%" { p99 = ms($2) }
+        $1 == "Requests/sec:" { rps = $2 }
+        END { printf "%.0f %.2f %.2f", rps, p50, p99 }' "$WORK/wrk.txt"
+    if grep -q "Non-2xx" "$WORK/wrk.txt"; then
+        echo "error: non-2xx answers during the run:" >&2; cat "$WORK/wrk.txt" >&2; exit 1
+    fi
+}
+
+TABLE="| endpoint | connections | requests/s | p50 ms | p99 ms |
+|---|---:|---:|---:|---:|"
+for c in 1 8; do
+    read -r rps p50 p99 <<<"$(measure "$c" /api/courses)"
+    TABLE+="
+| \`/api/courses\` ($COURSES courses) | $c | $rps | $p50 | $p99 |"
+    read -r rps p50 p99 <<<"$(measure "$c" / "$WORK/enrollments.lua")"
+    TABLE+="
+| \`/api/enrollments?course_id=…&limit=100\` | $c | $rps | $p50 | $p99 |"
+done
+
+SECTION="## Query benchmark
+
+\`bench/query.sh\`, $(date -u +%Y-%m-%d), $(nproc) cores, release build, SQLite (WAL, synchronous=FULL).
+Data: \`enrollhook simulate --students $STUDENTS --courses $COURSES --arrival-days $ARRIVAL_DAYS --events $EVENTS --seed 42 --out\`
+(realistic lifecycles cut off after $EVENTS events, so most students are early in their courses),
+then \`enrollhook import\`: $IMPORT_LINE
+Projection: $ENROLLMENTS.
+Load: wrk for $DURATION per row; enrollment pages pick a random course per request.
+Target: \`/api/courses\` p99 under 50 ms.
+
+$TABLE
+"
+echo
+echo "$SECTION"
+
+# Replace our section of BENCHMARKS.md (other sections belong to other benchmarks).
+touch BENCHMARKS.md
+python3 - "$SECTION" <<'PY'
+import re, sys
+section = sys.argv[1].rstrip() + "\n"
+text = open("BENCHMARKS.md").read()
+if not text.strip():
+    text = "# Benchmarks\n\n"
+pattern = re.compile(r"^## Query benchmark\n.*?(?=^## |\Z)", re.S | re.M)
+if pattern.search(text):
+    text = pattern.sub(lambda m: section + "\n", text).rstrip() + "\n"
+else:
+    text = text.rstrip() + "\n\n" + section
+open("BENCHMARKS.md", "w").write(text)
+PY
+echo "wrote the Query benchmark section of BENCHMARKS.md" >&2

@@ -1,0 +1,260 @@
+//! Course statistics on SQLite without scanning every enrollment.
+//!
+//! `course_totals` holds, per (source, course), what the statistics sum up;
+//! `course_expiries` counts not-completed enrollments by month of expiry.
+//! Both change in the same transaction as the enrollment row
+//! ([`adjust`]: remove the row's old contribution, add its new one), so
+//! readers always see totals that match the projection. What depends on the
+//! time of reading (expired, and so trial and active) is resolved when read:
+//! whole past months come from `course_expiries`, the current month from the
+//! `enrollments_expiring` index. The median days to complete is read from the
+//! `enrollments_completion_days` index at the middle position, which the
+//! totals give.
+//!
+//! A PostgreSQL store keeps the same two tables with the same rules.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::sqlite::fmt_ts;
+use super::*;
+
+/// What one enrollment row adds to its course's totals.
+#[derive(Debug, PartialEq)]
+struct Contribution<'a> {
+    source: &'a str,
+    course_id: i64,
+    name: Option<&'a str>,
+    completed: i64,
+    open_trial: i64,
+    progress_micros: i64,
+    with_days: i64,
+    /// (month of expiry 'YYYY-MM', is a trial), for not-completed rows with an expiry.
+    expiry: Option<(String, i64)>,
+}
+
+fn contribution(e: &Enrollment) -> Option<Contribution<'_>> {
+    let course_id = e.course_id?;
+    Some(Contribution {
+        source: &e.source,
+        course_id,
+        name: e.course_name.as_deref(),
+        completed: i64::from(e.completed),
+        open_trial: i64::from(e.trial && !e.completed),
+        progress_micros: progress_micros(e.progress),
+        with_days: i64::from(e.days_to_complete().is_some()),
+        expiry: e
+            .expiry_date
+            .filter(|_| !e.completed)
+            .map(|t| (fmt_ts(&t)[..7].to_owned(), i64::from(e.trial))),
+    })
+}
+
+/// Progress in millionths of a percent (as `CAST(ROUND(progress * 1000000) AS INTEGER)`).
+fn progress_micros(progress: f64) -> i64 {
+    (progress * 1_000_000.0).round() as i64
+}
+
+/// Moves one enrollment's contribution from its old state to its new one.
+pub(super) async fn adjust(
+    conn: &mut SqliteConnection,
+    old: Option<&Enrollment>,
+    new: Option<&Enrollment>,
+) -> Result<()> {
+    let (old, new) = (old.and_then(contribution), new.and_then(contribution));
+    if old == new {
+        return Ok(());
+    }
+    if let Some(c) = &old {
+        add(conn, c, -1).await?;
+    }
+    if let Some(c) = &new {
+        add(conn, c, 1).await?;
+    }
+    Ok(())
+}
+
+async fn add(conn: &mut SqliteConnection, c: &Contribution<'_>, sign: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO course_totals (source, course_id, name, enrollments, completed, open_trials,
+            progress_micros, with_days)
+         VALUES (?1, ?2, CASE WHEN ?3 > 0 THEN ?4 END, ?3, ?5, ?6, ?7, ?8)
+         ON CONFLICT (source, course_id) DO UPDATE SET
+            name = CASE WHEN ?3 > 0 AND (name IS NULL OR ?4 > name) THEN ?4 ELSE name END,
+            enrollments = enrollments + excluded.enrollments,
+            completed = completed + excluded.completed,
+            open_trials = open_trials + excluded.open_trials,
+            progress_micros = progress_micros + excluded.progress_micros,
+            with_days = with_days + excluded.with_days",
+    )
+    .bind(c.source)
+    .bind(c.course_id)
+    .bind(sign)
+    .bind(c.name)
+    .bind(sign * c.completed)
+    .bind(sign * c.open_trial)
+    .bind(sign * c.progress_micros)
+    .bind(sign * c.with_days)
+    .execute(&mut *conn)
+    .await?;
+    if let Some((month, trial)) = &c.expiry {
+        sqlx::query(
+            "INSERT INTO course_expiries (source, course_id, month, enrollments, trials)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (month, source, course_id) DO UPDATE SET
+                enrollments = enrollments + excluded.enrollments,
+                trials = trials + excluded.trials",
+        )
+        .bind(c.source)
+        .bind(c.course_id)
+        .bind(month)
+        .bind(sign)
+        .bind(sign * trial)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Re-derives both tables from the enrollments (for `rebuild`).
+pub(super) async fn recompute(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::raw_sql(
+        "DELETE FROM course_totals;
+         DELETE FROM course_expiries;
+         INSERT INTO course_totals (source, course_id, name, enrollments, completed, open_trials,
+                                    progress_micros, with_days)
+         SELECT source, course_id, MAX(course_name), COUNT(*), SUM(completed),
+                SUM(trial = 1 AND completed = 0), SUM(CAST(ROUND(progress * 1000000) AS INTEGER)),
+                COUNT(days_to_complete)
+         FROM enrollments WHERE course_id IS NOT NULL GROUP BY source, course_id;
+         INSERT INTO course_expiries (source, course_id, month, enrollments, trials)
+         SELECT source, course_id, substr(expiry_date, 1, 7), COUNT(*), SUM(trial)
+         FROM enrollments
+         WHERE completed = 0 AND expiry_date IS NOT NULL AND course_id IS NOT NULL
+         GROUP BY source, course_id, substr(expiry_date, 1, 7);",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Per-course statistics at `now`, from the totals.
+pub(super) async fn course_stats(
+    pool: &SqlitePool,
+    source: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Vec<CourseStats>> {
+    let now_text = fmt_ts(&now);
+    let month = &now_text[..7];
+    // One read transaction: the totals and the expiry counts are one snapshot.
+    let mut tx = pool.begin().await?;
+
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "SELECT source, course_id, name, enrollments, completed, open_trials, progress_micros,
+                with_days
+         FROM course_totals WHERE enrollments > 0",
+    );
+    if let Some(s) = source {
+        q.push(" AND source = ").push_bind(s.to_owned());
+    }
+    q.push(" ORDER BY source, course_id");
+    let totals = q.build().fetch_all(&mut *tx).await?;
+
+    // (expired, expired trials) per course: whole past months, then this month so far.
+    let mut expired: HashMap<(String, i64), (i64, i64)> = HashMap::new();
+    let mut past = QueryBuilder::<Sqlite>::new(
+        "SELECT source, course_id, SUM(enrollments), SUM(trials) FROM course_expiries
+         WHERE month < ",
+    );
+    past.push_bind(month.to_owned());
+    let mut current = QueryBuilder::<Sqlite>::new(
+        "SELECT source, course_id, COUNT(*), SUM(trial) FROM enrollments
+         WHERE completed = 0 AND expiry_date IS NOT NULL AND course_id IS NOT NULL
+           AND expiry_date >= ",
+    );
+    current
+        .push_bind(format!("{month}-01T00:00:00.000000Z"))
+        .push(" AND expiry_date < ")
+        .push_bind(now_text.clone());
+    for q in [&mut past, &mut current] {
+        if let Some(s) = source {
+            q.push(" AND source = ").push_bind(s.to_owned());
+        }
+        q.push(" GROUP BY source, course_id");
+        for row in q.build().fetch_all(&mut *tx).await? {
+            let entry = expired
+                .entry((row.try_get(0)?, row.try_get(1)?))
+                .or_default();
+            entry.0 += row.try_get::<i64, _>(2)?;
+            entry.1 += row.try_get::<i64, _>(3)?;
+        }
+    }
+
+    let mut stats = Vec::with_capacity(totals.len());
+    for row in &totals {
+        let source: String = row.try_get("source")?;
+        let course_id: i64 = row.try_get("course_id")?;
+        let enrollments: i64 = row.try_get("enrollments")?;
+        let completed: i64 = row.try_get("completed")?;
+        let open_trials: i64 = row.try_get("open_trials")?;
+        let with_days: i64 = row.try_get("with_days")?;
+        let progress_micros: i64 = row.try_get("progress_micros")?;
+        let (expired, expired_trials) = expired
+            .get(&(source.clone(), course_id))
+            .copied()
+            .unwrap_or_default();
+        let trial = open_trials - expired_trials;
+        let median_days_to_complete = median_days(&mut tx, &source, course_id, with_days).await?;
+        stats.push(CourseStats {
+            name: row.try_get("name")?,
+            enrollments,
+            active: enrollments - completed - expired - trial,
+            trial,
+            completed,
+            expired,
+            completion_rate: completed as f64 / enrollments.max(1) as f64,
+            average_progress: progress_micros as f64 / enrollments.max(1) as f64 / 1_000_000.0,
+            median_days_to_complete,
+            source,
+            course_id,
+        });
+    }
+    tx.rollback().await?;
+    Ok(stats)
+}
+
+/// The median of a course's days to complete, read at the middle of the
+/// `enrollments_completion_days` index (one or two values).
+async fn median_days(
+    conn: &mut SqliteConnection,
+    source: &str,
+    course_id: i64,
+    with_days: i64,
+) -> Result<Option<f64>> {
+    if with_days <= 0 {
+        return Ok(None);
+    }
+    let middle: Vec<f64> = sqlx::query_scalar(
+        "SELECT days_to_complete FROM enrollments INDEXED BY enrollments_completion_days
+         WHERE source = ? AND course_id = ? AND days_to_complete IS NOT NULL
+         ORDER BY days_to_complete LIMIT ? OFFSET ?",
+    )
+    .bind(source)
+    .bind(course_id)
+    .bind(if with_days % 2 == 0 { 2 } else { 1 })
+    .bind((with_days - 1) / 2)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(match middle[..] {
+        [m] => Some(m),
+        [a, b] => Some((a + b) / 2.0),
+        _ => {
+            return Err(StoreError::Corrupt(format!(
+                "course_totals says course {course_id} of `{source}` has {with_days} completion times, the index disagrees: run `enrollhook rebuild`"
+            )));
+        }
+    })
+}
