@@ -89,3 +89,9 @@ w("config", "minimal", b'secret = "school-api-key"\n')
 w("config", "sizes", b"max_body = 1048576\n")
 w("config", "size-units", b'max_body = "512 KiB"\n')
 w("config", "inline-sources", b'source = [{ name = "a", secret = "k" }, { name = "b" }]\n')
+
+# Regression: ids equal as numbers ("1", "01") made fold depend on arrival order.
+a = dict(prog, id="1")
+b = dict(prog, id="01")
+b["payload"] = dict(prog["payload"], percentage_completed="50.0")
+w("envelope", "regression-leading-zero-ids", FF + json.dumps(a).encode() + FF + json.dumps(b).encode())
