@@ -54,12 +54,17 @@ impl PartialOrd for Version {
 
 /// Thinkific ids are long digit strings ("20190131192004041953291"): compare
 /// them as numbers when both are numeric, as text otherwise (numbers first).
+/// Equal only when the ids are equal: "1" and "01" are different events, and
+/// calling them equal made `fold` depend on arrival order (see FUZZING.md).
 fn compare_event_ids(a: &str, b: &str) -> Ordering {
     let numeric = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
     match (numeric(a), numeric(b)) {
         (true, true) => {
-            let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
-            a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+            let (ta, tb) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+            ta.len()
+                .cmp(&tb.len())
+                .then_with(|| ta.cmp(tb))
+                .then_with(|| a.cmp(b))
         }
         (true, false) => Ordering::Less,
         (false, true) => Ordering::Greater,
@@ -438,6 +443,23 @@ mod tests {
             }
             assert_eq!(state.unwrap(), expected);
         }
+    }
+
+    #[test]
+    fn ids_equal_as_numbers_are_still_distinct_events() {
+        // "1" and "01" with the same timestamps: distinct events (the log keys
+        // on the id text), so the fold must neither merge nor order them by arrival.
+        assert_eq!(compare_event_ids("1", "01"), Ordering::Greater);
+        assert_eq!(compare_event_ids("0", "00"), Ordering::Less);
+        let one = ev("1", Progress, 1, Some(20.0));
+        let zero_one = ev("01", Progress, 1, Some(50.0));
+        let expected = fold("s", [one.clone(), zero_one.clone()]).unwrap();
+        assert_eq!(expected.event_count, 2);
+        assert_eq!(expected.progress, 20.0, "\"1\" sorts after \"01\"");
+        let reversed = fold("s", [zero_one.clone(), one.clone()]).unwrap();
+        assert_eq!(reversed, expected);
+        let redelivered = fold("s", [one.clone(), zero_one, one]).unwrap();
+        assert_eq!(redelivered, expected);
     }
 
     #[test]
