@@ -76,6 +76,17 @@ async fn all_event_ids(client: &reqwest::Client, base: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_burst_loses_nothing_acknowledged() {
     let (_dir, url) = fresh_db();
+    sigkill_during_a_burst(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_burst_loses_nothing_acknowledged_on_postgres() {
+    let db = common::pg::TestDb::create().await;
+    sigkill_during_a_burst(&db.url).await;
+}
+
+async fn sigkill_during_a_burst(url: &str) {
+    let url = url.to_owned();
     let acked = Arc::new(Mutex::new(Vec::new()));
     for round in 0..3 {
         let mut server = start_server(&url, SECRET, &[]);
