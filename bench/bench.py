@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-RELEASE = ROOT / "target" / "release"
+RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 ENROLLHOOK = RELEASE / "enrollhook"  # --enrollhook-bin compares another build
 SECRET = "bench-secret"
 SOURCES = ("warmup", "c8", "c64")

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10s}
 PG=${ENROLLHOOK_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
-BIN=target/release/enrollhook
+BIN=${CARGO_TARGET_DIR:-target}/release/enrollhook
 SECRET=bench-secret
 EVENTS=/tmp/enrollhook-bench-events
 [ -f $EVENTS.a ] || { python3 bench/pg_events.py 600000 $SECRET > $EVENTS.all;

@@ -35,7 +35,7 @@ need curl curl
 
 echo "building release…" >&2
 cargo build --release --quiet
-BIN=$PWD/target/release/enrollhook
+BIN=$(realpath "${CARGO_TARGET_DIR:-$PWD/target}")/release/enrollhook
 DB="sqlite://$WORK/query.db"
 mkdir -p "$WORK"
 

@@ -407,10 +407,11 @@ async fn project_batch<'a>(
     }
     let mut rows: Vec<&Enrollment> = changed.iter().filter_map(|k| state.get(k)).collect();
     rows.sort_unstable_by(|a, b| (&a.source, a.enrollment_id).cmp(&(&b.source, b.enrollment_id)));
-    for row in &rows {
-        let old = before.get(&(row.source.as_str(), row.enrollment_id));
-        sqlite_courses::adjust(conn, old, Some(row)).await?;
-    }
+    let changes: Vec<(Option<&Enrollment>, &Enrollment)> = rows
+        .iter()
+        .map(|row| (before.get(&(row.source.as_str(), row.enrollment_id)), *row))
+        .collect();
+    sqlite_courses::adjust_batch(conn, &changes).await?;
     upsert_enrollments(conn, &rows).await
 }
 

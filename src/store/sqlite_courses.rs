@@ -58,49 +58,81 @@ fn progress_micros(progress: f64) -> i64 {
     (progress * 1_000_000.0).round() as i64
 }
 
-/// Moves one enrollment's contribution from its old state to its new one.
-pub(super) async fn adjust(
+/// Moves enrollments' contributions from their old state to their new one:
+/// the changes of a whole batch are summed per course (and expiry month) first,
+/// so a batch costs one statement per course touched, not several per event.
+pub(super) async fn adjust_batch(
     conn: &mut SqliteConnection,
-    old: Option<&Enrollment>,
-    new: Option<&Enrollment>,
+    changes: &[(Option<&Enrollment>, &Enrollment)],
 ) -> Result<()> {
-    let (old, new) = (old.and_then(contribution), new.and_then(contribution));
-    if old == new {
-        return Ok(());
+    #[derive(Default)]
+    struct Delta<'a> {
+        enrollments: i64,
+        completed: i64,
+        open_trials: i64,
+        progress_micros: i64,
+        with_days: i64,
+        /// The greatest name among added contributions.
+        name: Option<&'a str>,
     }
-    if let Some(c) = &old {
-        add(conn, c, -1).await?;
+    let mut totals: HashMap<(&str, i64), Delta> = HashMap::new();
+    let mut expiries: HashMap<(&str, i64, String), (i64, i64)> = HashMap::new();
+    for (old, new) in changes {
+        let (old, new) = (old.and_then(contribution), contribution(new));
+        if old == new {
+            continue;
+        }
+        for (c, sign) in old
+            .iter()
+            .map(|c| (c, -1))
+            .chain(new.iter().map(|c| (c, 1)))
+        {
+            let d = totals.entry((c.source, c.course_id)).or_default();
+            d.enrollments += sign;
+            d.completed += sign * c.completed;
+            d.open_trials += sign * c.open_trial;
+            d.progress_micros += sign * c.progress_micros;
+            d.with_days += sign * c.with_days;
+            if sign > 0 && c.name > d.name {
+                d.name = c.name;
+            }
+            if let Some((month, trial)) = &c.expiry {
+                let e = expiries
+                    .entry((c.source, c.course_id, month.clone()))
+                    .or_default();
+                e.0 += sign;
+                e.1 += sign * trial;
+            }
+        }
     }
-    if let Some(c) = &new {
-        add(conn, c, 1).await?;
+    for ((source, course_id), d) in &totals {
+        sqlx::query(
+            "INSERT INTO course_totals (source, course_id, name, enrollments, completed, open_trials,
+                progress_micros, with_days)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (source, course_id) DO UPDATE SET
+                name = CASE WHEN ?3 IS NOT NULL AND (name IS NULL OR ?3 > name) THEN ?3 ELSE name END,
+                enrollments = enrollments + excluded.enrollments,
+                completed = completed + excluded.completed,
+                open_trials = open_trials + excluded.open_trials,
+                progress_micros = progress_micros + excluded.progress_micros,
+                with_days = with_days + excluded.with_days",
+        )
+        .bind(*source)
+        .bind(*course_id)
+        .bind(d.name)
+        .bind(d.enrollments)
+        .bind(d.completed)
+        .bind(d.open_trials)
+        .bind(d.progress_micros)
+        .bind(d.with_days)
+        .execute(&mut *conn)
+        .await?;
     }
-    Ok(())
-}
-
-async fn add(conn: &mut SqliteConnection, c: &Contribution<'_>, sign: i64) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO course_totals (source, course_id, name, enrollments, completed, open_trials,
-            progress_micros, with_days)
-         VALUES (?1, ?2, CASE WHEN ?3 > 0 THEN ?4 END, ?3, ?5, ?6, ?7, ?8)
-         ON CONFLICT (source, course_id) DO UPDATE SET
-            name = CASE WHEN ?3 > 0 AND (name IS NULL OR ?4 > name) THEN ?4 ELSE name END,
-            enrollments = enrollments + excluded.enrollments,
-            completed = completed + excluded.completed,
-            open_trials = open_trials + excluded.open_trials,
-            progress_micros = progress_micros + excluded.progress_micros,
-            with_days = with_days + excluded.with_days",
-    )
-    .bind(c.source)
-    .bind(c.course_id)
-    .bind(sign)
-    .bind(c.name)
-    .bind(sign * c.completed)
-    .bind(sign * c.open_trial)
-    .bind(sign * c.progress_micros)
-    .bind(sign * c.with_days)
-    .execute(&mut *conn)
-    .await?;
-    if let Some((month, trial)) = &c.expiry {
+    for ((source, course_id, month), (enrollments, trials)) in &expiries {
+        if (*enrollments, *trials) == (0, 0) {
+            continue;
+        }
         sqlx::query(
             "INSERT INTO course_expiries (source, course_id, month, enrollments, trials)
              VALUES (?, ?, ?, ?, ?)
@@ -108,11 +140,11 @@ async fn add(conn: &mut SqliteConnection, c: &Contribution<'_>, sign: i64) -> Re
                 enrollments = enrollments + excluded.enrollments,
                 trials = trials + excluded.trials",
         )
-        .bind(c.source)
-        .bind(c.course_id)
+        .bind(*source)
+        .bind(*course_id)
         .bind(month)
-        .bind(sign)
-        .bind(sign * trial)
+        .bind(*enrollments)
+        .bind(*trials)
         .execute(&mut *conn)
         .await?;
     }

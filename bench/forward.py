@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Forwarding benchmark: ingest load and forwarding at the same time.
+
+enrollhook (release, SQLite) forwards every event to 2 subscriptions pointing at
+a local destination that answers 200 at once (the bare baseline receiver). wrk
+drives ingest at 8 connections for DURATION seconds; every second we sample the
+outbox depth (pending deliveries). After wrk stops we time how long the outbox
+takes to drain. Forwarding keeps up when the depth stays bounded during the load.
+
+Usage: python3 bench/forward.py [--duration 20]   (bench/run.sh builds first)
+"""
+
+import argparse
+import json
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (shared helpers: build paths, wrk, process control)
+
+
+def pending(db):
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        return c.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+
+
+def delivered(db):
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        return c.execute("SELECT COUNT(*) FROM outbox WHERE state = 'delivered'").fetchone()[0]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--duration", type=int, default=20)
+    p.add_argument("--events", type=int, default=600_000)
+    args = p.parse_args()
+    out = bench.BENCH / "out"
+    out.mkdir(exist_ok=True)
+    events_file = out / f"events-v2-{args.events}.txt"
+    if not events_file.exists():
+        subprocess.run([sys.executable, str(bench.BENCH / "gen_events.py"), "--count", str(args.events),
+                        "--secret", bench.SECRET, "--out", str(events_file)], check=True)
+    work = Path(tempfile.mkdtemp(prefix="enrollhook-forward-"))
+    dest_port, port = bench.free_port(), bench.free_port()
+    dest = subprocess.Popen([str(bench.RELEASE / "examples" / "bench_baseline"), "--mode", "bare",
+                             "--listen", f"127.0.0.1:{dest_port}", "--secret", bench.SECRET,
+                             "--database", str(work / "unused.db")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (work / "enrollhook.toml").write_text(f'[[source]]\nname = "c8"\nsecret = "{bench.SECRET}"\n')
+    db = work / "enrollhook.db"
+    log_path = work / "enrollhook.log"
+    server = subprocess.Popen([str(bench.ENROLLHOOK), "--config", str(work / "enrollhook.toml"),
+                               "--database", f"sqlite://{db}", "serve", "--listen", f"127.0.0.1:{port}",
+                               "--allow-private-destinations"],
+                              stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
+    try:
+        bench.wait_ready(server, port, log_path)
+        bench.wait_ready(dest, dest_port, log_path)
+        for i in range(2):
+            body = json.dumps({"url": f"http://127.0.0.1:{dest_port}/webhooks/thinkific/dest{i}",
+                               "topics": ["*"]}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/subscriptions", data=body,
+                                         headers={"content-type": "application/json"})
+            urllib.request.urlopen(req).read()
+        samples, stop = [], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                samples.append(pending(db))
+                time.sleep(1)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        started = time.monotonic()
+        run = bench.run_wrk(port, 8, args.duration, "c8", events_file)
+        ingest_end = time.monotonic()
+        while pending(db) > 0 and time.monotonic() - ingest_end < 300:
+            time.sleep(0.2)
+        drained = time.monotonic()
+        stop.set()
+        sampler.join()
+        total = delivered(db)
+        result = {
+            "ingest_events_per_s": round(run["ok_per_s"]),
+            "stored": run["ok"],
+            "deliveries": total,
+            "deliveries_per_s_overall": round(total / (drained - started)),
+            "outbox_depth_max_during_load": max(samples[: args.duration] or [0]),
+            "outbox_depth_samples": samples,
+            "drain_seconds_after_load": round(drained - ingest_end, 1),
+            "ingest_p99_ms": bench.ms(run["p99_us"]) if "p99_us" in run else None,
+        }
+        print(json.dumps(result))
+    finally:
+        bench.stop(server)
+        dest.kill()
+
+
+if __name__ == "__main__":
+    main()
