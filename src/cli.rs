@@ -152,6 +152,9 @@ struct ServeArgs {
     /// Most deliveries per second overall [default: unlimited].
     #[arg(long, env = "ENROLLHOOK_GLOBAL_RATE_LIMIT")]
     global_rate_limit: Option<u32>,
+    /// Rejected deliveries kept in the quarantine (the oldest beyond are deleted).
+    #[arg(long, env = "ENROLLHOOK_MAX_QUARANTINE", default_value_t = config::DEFAULT_MAX_QUARANTINE)]
+    max_quarantine: u64,
     /// Disable a subscription whose deliveries have all failed for this long.
     #[arg(long, default_value = "5d", value_parser = crate::forward::policy::parse_duration)]
     disable_failing_after: Duration,
@@ -430,6 +433,7 @@ async fn serve(g: Globals, args: ServeArgs) -> anyhow::Result<ExitCode> {
         rate_limit: args.rate_limit,
         global_rate_limit: args.global_rate_limit,
         writers: args.writers,
+        max_quarantine: args.max_quarantine,
     };
     config.validate()?;
     if config.insecure_skip_verification {

@@ -13,6 +13,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE: &str = "sqlite://enrollhook.db";
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 pub const DEFAULT_CONFIG_FILE: &str = "enrollhook.toml";
+pub const DEFAULT_MAX_QUARANTINE: u64 = 100_000;
 
 /// A secret (webhook key or API token). Never printed: `Debug` shows `***`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -248,6 +249,8 @@ pub struct ServeConfig {
     pub global_rate_limit: Option<u32>,
     /// Group-commit writer tasks; None: what the backend suits (1 on SQLite, 4 on PostgreSQL).
     pub writers: Option<usize>,
+    /// Rejected deliveries kept in the quarantine; the oldest beyond this are deleted.
+    pub max_quarantine: u64,
 }
 
 impl ServeConfig {
@@ -272,6 +275,7 @@ impl ServeConfig {
             rate_limit: None,
             global_rate_limit: None,
             writers: None,
+            max_quarantine: DEFAULT_MAX_QUARANTINE,
         }
     }
 

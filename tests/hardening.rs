@@ -276,3 +276,24 @@ async fn a_source_token_reads_only_its_own_source() {
     let (status, _) = get("/api/enrollments".into(), "token-c").await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn the_quarantine_is_bounded() {
+    let (dir, url) = fresh_db();
+    let mut config = ServeConfig::new(url, Some(SECRET));
+    config.max_quarantine = 3;
+    let app = spawn_with(dir, config).await;
+    for i in 0..5 {
+        let body = format!("{{\"not\": \"thinkific {i}\"}}");
+        let (status, _) = app.deliver(body.as_bytes()).await;
+        assert_eq!(status, 400);
+    }
+    let (_, q) = app.get("/api/quarantine").await;
+    let kept: Vec<i64> = q["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(kept, vec![5, 4, 3], "the newest 3 are kept");
+}

@@ -626,6 +626,12 @@ async fn quarantine_lifecycle(f: Fixture) {
     assert!(r.resolved_at.is_some());
     assert!(s.get_quarantine(-1).await.unwrap().is_none());
 
+    // Bounded: pruning keeps the newest.
+    assert_eq!(s.prune_quarantine(10).await.unwrap(), 0);
+    assert_eq!(s.prune_quarantine(2).await.unwrap(), 1);
+    assert!(s.get_quarantine(ids[0]).await.unwrap().is_none());
+    assert!(s.get_quarantine(ids[1]).await.unwrap().is_some());
+
     // Importing recognises what is already there.
     assert!(!s.import_quarantine(&r).await.unwrap());
     let mut moved = r.clone();

@@ -37,6 +37,7 @@ pub struct AppState {
     pub allow_private_destinations: bool,
     pub read_timeout: std::time::Duration,
     pub limits: Arc<limits::RateLimits>,
+    pub max_quarantine: u64,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -108,6 +109,7 @@ pub async fn start(
             config.rate_limit,
             config.global_rate_limit,
         )),
+        max_quarantine: config.max_quarantine,
     };
     let listen_options = listen::ListenOptions {
         tls: match &config.tls {

@@ -183,7 +183,13 @@ async fn receive(
                     .collect();
                 let record = receive::quarantine_record(&delivery, &rejection, kept);
                 match app.store.quarantine(record).await {
-                    Ok(id) => message.push_str(&format!(" (kept in quarantine as #{id})")),
+                    Ok(id) => {
+                        message.push_str(&format!(" (kept in quarantine as #{id})"));
+                        // Bounded: a flood of bad deliveries cannot fill the disk.
+                        if let Err(e) = app.store.prune_quarantine(app.max_quarantine).await {
+                            tracing::warn!(error = %e, "could not prune the quarantine");
+                        }
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "could not quarantine a rejected delivery")
                     }

@@ -291,6 +291,8 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>>;
 
     async fn quarantine(&self, record: NewQuarantine) -> Result<i64>;
+    /// Deletes the oldest quarantined deliveries beyond the newest `keep`; returns how many.
+    async fn prune_quarantine(&self, keep: u64) -> Result<u64>;
     async fn list_quarantine(
         &self,
         source: Option<&str>,

@@ -536,6 +536,16 @@ impl Store for SqliteStore {
         Ok(inserted.is_some())
     }
 
+    async fn prune_quarantine(&self, keep: u64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM quarantine WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET ?)",
+        )
+        .bind(keep as i64)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn list_quarantine(
         &self,
         source: Option<&str>,
