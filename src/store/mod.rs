@@ -211,6 +211,25 @@ pub(crate) fn decode_cursor(cursor: &str, arity: usize) -> Result<Vec<String>> {
     Ok(parts)
 }
 
+/// The id after which a page keyed by one integer id starts.
+pub(crate) fn page_after(cursor: &Option<String>) -> Result<i64> {
+    match cursor {
+        Some(c) => decode_cursor(c, 1)?[0]
+            .parse()
+            .map_err(|_| StoreError::Invalid("invalid cursor".into())),
+        None => Ok(0),
+    }
+}
+
+/// A page from `limit + 1` fetched rows: the extra row only tells that more follow.
+pub(crate) fn page_of<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) -> Page<T> {
+    let next_cursor = (items.len() > limit as usize).then(|| {
+        items.truncate(limit as usize);
+        encode_cursor(&[&id(items.last().expect("non-empty")).to_string()])
+    });
+    Page { items, next_cursor }
+}
+
 /// Per-course statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CourseStats {

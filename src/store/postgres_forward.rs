@@ -166,23 +166,6 @@ fn outbox_from_row(row: &PgRow) -> Result<OutboxEntry> {
     })
 }
 
-fn page_after(cursor: &Option<String>) -> Result<i64> {
-    match cursor {
-        Some(c) => decode_cursor(c, 1)?[0]
-            .parse()
-            .map_err(|_| StoreError::Invalid("invalid cursor".into())),
-        None => Ok(0),
-    }
-}
-
-fn page_of<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) -> Page<T> {
-    let next_cursor = (items.len() > limit as usize).then(|| {
-        items.truncate(limit as usize);
-        encode_cursor(&[&id(items.last().expect("non-empty")).to_string()])
-    });
-    Page { items, next_cursor }
-}
-
 #[async_trait]
 impl ForwardStore for PostgresStore {
     async fn insert_subscription(&self, s: &Subscription) -> Result<()> {

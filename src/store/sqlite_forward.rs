@@ -150,15 +150,6 @@ fn outbox_from_row(row: &SqliteRow) -> Result<OutboxEntry> {
     })
 }
 
-fn page_after(cursor: &Option<String>) -> Result<i64> {
-    match cursor {
-        Some(c) => decode_cursor(c, 1)?[0]
-            .parse()
-            .map_err(|_| StoreError::Invalid("invalid cursor".into())),
-        None => Ok(0),
-    }
-}
-
 #[async_trait]
 impl ForwardStore for SqliteStore {
     async fn insert_subscription(&self, s: &Subscription) -> Result<()> {
@@ -442,15 +433,11 @@ impl ForwardStore for SqliteStore {
         q.push(" ORDER BY id LIMIT ")
             .push_bind(i64::from(page.limit) + 1);
         let rows = q.build().fetch_all(&self.reader).await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(attempt_from_row)
             .collect::<Result<Vec<_>>>()?;
-        let next_cursor = (items.len() > page.limit as usize).then(|| {
-            items.truncate(page.limit as usize);
-            encode_cursor(&[&items.last().expect("non-empty").id.to_string()])
-        });
-        Ok(Page { items, next_cursor })
+        Ok(page_of(items, page.limit, |a| a.id))
     }
 
     async fn list_deliveries(
@@ -474,15 +461,11 @@ impl ForwardStore for SqliteStore {
         q.push(" ORDER BY o.id LIMIT ")
             .push_bind(i64::from(page.limit) + 1);
         let rows = q.build().fetch_all(&self.reader).await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(outbox_from_row)
             .collect::<Result<Vec<_>>>()?;
-        let next_cursor = (items.len() > page.limit as usize).then(|| {
-            items.truncate(page.limit as usize);
-            encode_cursor(&[&items.last().expect("non-empty").id.to_string()])
-        });
-        Ok(Page { items, next_cursor })
+        Ok(page_of(items, page.limit, |o| o.id))
     }
 
     async fn replay(&self, scope: &ReplayScope, now: DateTime<Utc>) -> Result<u64> {
