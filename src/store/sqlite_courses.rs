@@ -105,51 +105,65 @@ pub(super) async fn adjust_batch(
             }
         }
     }
-    for ((source, course_id), d) in &totals {
-        sqlx::query(
-            "INSERT INTO course_totals (source, course_id, name, enrollments, completed, open_trials,
-                progress_micros, with_days)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (source, course_id) DO UPDATE SET
-                name = CASE WHEN ?3 IS NOT NULL AND (name IS NULL OR ?3 > name) THEN ?3 ELSE name END,
+    // One multi-row upsert per table: a statement costs far more than a row.
+    let totals: Vec<_> = totals.into_iter().collect();
+    for chunk in totals.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO course_totals (source, course_id, name, enrollments, completed, \
+             open_trials, progress_micros, with_days) ",
+        );
+        q.push_values(chunk, |mut row, ((source, course_id), d)| {
+            row.push_bind(*source)
+                .push_bind(*course_id)
+                .push_bind(d.name)
+                .push_bind(d.enrollments)
+                .push_bind(d.completed)
+                .push_bind(d.open_trials)
+                .push_bind(d.progress_micros)
+                .push_bind(d.with_days);
+        });
+        q.push(
+            " ON CONFLICT (source, course_id) DO UPDATE SET
+                name = CASE WHEN excluded.name IS NOT NULL AND (name IS NULL OR excluded.name > name)
+                            THEN excluded.name ELSE name END,
                 enrollments = enrollments + excluded.enrollments,
                 completed = completed + excluded.completed,
                 open_trials = open_trials + excluded.open_trials,
                 progress_micros = progress_micros + excluded.progress_micros,
                 with_days = with_days + excluded.with_days",
-        )
-        .bind(*source)
-        .bind(*course_id)
-        .bind(d.name)
-        .bind(d.enrollments)
-        .bind(d.completed)
-        .bind(d.open_trials)
-        .bind(d.progress_micros)
-        .bind(d.with_days)
-        .execute(&mut *conn)
-        .await?;
+        );
+        q.build().execute(&mut *conn).await?;
     }
-    for ((source, course_id, month), (enrollments, trials)) in &expiries {
-        if (*enrollments, *trials) == (0, 0) {
-            continue;
-        }
-        sqlx::query(
-            "INSERT INTO course_expiries (source, course_id, month, enrollments, trials)
-             VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (month, source, course_id) DO UPDATE SET
+    let expiries: Vec<_> = expiries
+        .into_iter()
+        .filter(|(_, counts)| *counts != (0, 0))
+        .collect();
+    for chunk in expiries.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO course_expiries (source, course_id, month, enrollments, trials) ",
+        );
+        q.push_values(
+            chunk,
+            |mut row, ((source, course_id, month), (enrollments, trials))| {
+                row.push_bind(*source)
+                    .push_bind(*course_id)
+                    .push_bind(month.as_str())
+                    .push_bind(*enrollments)
+                    .push_bind(*trials);
+            },
+        );
+        q.push(
+            " ON CONFLICT (month, source, course_id) DO UPDATE SET
                 enrollments = enrollments + excluded.enrollments,
                 trials = trials + excluded.trials",
-        )
-        .bind(*source)
-        .bind(*course_id)
-        .bind(month)
-        .bind(*enrollments)
-        .bind(*trials)
-        .execute(&mut *conn)
-        .await?;
+        );
+        q.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
+
+/// Rows per multi-row upsert: 8 parameters each, well under SQLite's limit.
+const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Re-derives both tables from the enrollments (for `rebuild`).
 pub(super) async fn recompute(conn: &mut SqliteConnection) -> Result<()> {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 
 use super::sqlite::{EVENT_COLUMNS, event_from_row, fmt_ts, parse_ts, req_ts, ts};
 use super::*;
@@ -172,7 +172,7 @@ impl ForwardStore for SqliteStore {
         .bind(ts(s.failing_since))
         .bind(fmt_ts(&s.created_at))
         .bind(fmt_ts(&s.updated_at))
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(())
     }
@@ -199,13 +199,14 @@ impl ForwardStore for SqliteStore {
         .bind(ts(s.failing_since))
         .bind(fmt_ts(&s.updated_at))
         .bind(&s.id)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn delete_subscription(&self, id: &str) -> Result<bool> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM outbox WHERE subscription_id = ? AND state = 'pending'")
             .bind(id)
             .execute(&mut *tx)
@@ -223,7 +224,7 @@ impl ForwardStore for SqliteStore {
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?"
         )))
         .bind(id)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *self.writer.lock().await)
         .await?;
         row.as_ref().map(subscription_from_row).transpose()
     }
@@ -232,7 +233,7 @@ impl ForwardStore for SqliteStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY created_at, id"
         )))
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer.lock().await)
         .await?;
         rows.iter().map(subscription_from_row).collect()
     }
@@ -244,7 +245,8 @@ impl ForwardStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<ClaimedDelivery>> {
         let now_s = fmt_ts(&now);
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         // Due, not leased (or the lease expired: a worker died), subscription
         // enabled, and — for ordered subscriptions — no older pending delivery
         // of the same enrollment.
@@ -328,7 +330,8 @@ impl ForwardStore for SqliteStore {
         disable_failing_before: DateTime<Utc>,
     ) -> Result<Vec<String>> {
         let mut disabled = Vec::new();
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         for f in done {
             let at = fmt_ts(&f.attempted_at);
             sqlx::query(
@@ -469,7 +472,8 @@ impl ForwardStore for SqliteStore {
     }
 
     async fn replay(&self, scope: &ReplayScope, now: DateTime<Utc>) -> Result<u64> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut count = 0u64;
         match scope {
             ReplayScope::Event {
