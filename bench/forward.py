@@ -39,6 +39,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--duration", type=int, default=20)
     p.add_argument("--events", type=int, default=600_000)
+    p.add_argument("--connections", type=int, default=8, help="wrk connections ingesting")
+    p.add_argument("--rate", type=int, default=0,
+                   help="ingest at this many events/s with `enrollhook simulate` (64 in flight) "
+                        "instead of wrk as fast as it answers")
     args = p.parse_args()
     out = bench.BENCH / "out"
     out.mkdir(exist_ok=True)
@@ -78,7 +82,21 @@ def main():
         sampler = threading.Thread(target=sample)
         sampler.start()
         started = time.monotonic()
-        run = bench.run_wrk(port, 8, args.duration, "c8", events_file)
+        if args.rate:
+            sim = subprocess.run([str(bench.ENROLLHOOK), "simulate", "--url",
+                                  f"http://127.0.0.1:{port}/webhooks/thinkific/c8", "--source", "c8",
+                                  "--secret", bench.SECRET, "--rate", str(args.rate), "--concurrency", "64",
+                                  "--duration", f"{args.duration}s", "--students", "1000000",
+                                  "--courses", "50", "--arrival-days", "1"],
+                                 capture_output=True, text=True)
+            if sim.returncode != 0:
+                raise RuntimeError(f"simulate failed: {sim.stderr[-500:]}")
+            elapsed = time.monotonic() - started
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+                stored = c.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            run = {"ok": stored, "ok_per_s": stored / elapsed}
+        else:
+            run = bench.run_wrk(port, args.connections, args.duration, "c8", events_file)
         ingest_end = time.monotonic()
         while pending(db) > 0 and time.monotonic() - ingest_end < 300:
             time.sleep(0.2)

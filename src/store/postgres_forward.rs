@@ -12,7 +12,6 @@ use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
 use super::postgres::{EVENT_COLUMNS, event_from_row};
 use super::*;
-use crate::forward::policy::Next;
 use crate::forward::subscription::Subscription;
 use crate::thinkific::envelope::course_id_of_body;
 
@@ -336,93 +335,111 @@ impl ForwardStore for PostgresStore {
         done: &[FinishedAttempt],
         disable_failing_before: DateTime<Utc>,
     ) -> Result<Vec<String>> {
-        let mut disabled = Vec::new();
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.writer().acquire().await?;
         let mut tx = conn.begin().await?;
-        for f in done {
-            let at = f.attempted_at;
-            sqlx::query(
-                "INSERT INTO delivery_attempts (outbox_id, subscription_id, event_seq, attempt, attempted_at, status, latency_ms, error, response)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(f.outbox_id)
-            .bind(&f.subscription_id)
-            .bind(f.event_seq)
-            .bind(f.attempt as i32)
-            .bind(at)
-            .bind(f.status.map(i32::from))
-            .bind(f.latency_ms)
-            .bind(&f.error)
-            .bind(&f.response)
-            .execute(&mut *tx)
-            .await?;
-            let (state, next_at, error) = match &f.next {
-                Next::Delivered => ("delivered", at, None),
-                Next::Retry { at: next } => ("pending", *next, f.error.clone()),
-                Next::Dead { reason } => ("dead", at, Some(reason.clone())),
-                Next::Gone => (
-                    "dead",
-                    at,
-                    Some("the destination answered 410 Gone: subscription disabled".to_owned()),
-                ),
+        let changes: Vec<OutboxChange> = done.iter().map(FinishedAttempt::outbox_change).collect();
+        // One statement records every attempt and moves every delivery on.
+        sqlx::query(
+            "WITH v AS (
+                SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::int4[],
+                    $5::timestamptz[], $6::int4[], $7::float8[], $8::text[], $9::text[],
+                    $10::text[], $11::timestamptz[], $12::text[], $13::timestamptz[])
+                AS v(outbox_id, subscription_id, event_seq, attempt, attempted_at, status,
+                     latency_ms, error, response, state, next_attempt_at, last_error, finished_at)),
+             attempts AS (
+                INSERT INTO delivery_attempts (outbox_id, subscription_id, event_seq, attempt,
+                    attempted_at, status, latency_ms, error, response)
+                SELECT outbox_id, subscription_id, event_seq, attempt, attempted_at, status,
+                    latency_ms, error, response FROM v)
+             UPDATE outbox AS o SET state = v.state, attempts = v.attempt,
+                next_attempt_at = v.next_attempt_at, lease_until = NULL,
+                last_status = v.status, last_error = v.last_error, finished_at = v.finished_at
+             FROM v WHERE o.id = v.outbox_id AND o.state = 'pending'",
+        )
+        .bind(done.iter().map(|f| f.outbox_id).collect::<Vec<_>>())
+        .bind(
+            done.iter()
+                .map(|f| f.subscription_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(done.iter().map(|f| f.event_seq).collect::<Vec<_>>())
+        .bind(done.iter().map(|f| f.attempt as i32).collect::<Vec<_>>())
+        .bind(done.iter().map(|f| f.attempted_at).collect::<Vec<_>>())
+        .bind(
+            done.iter()
+                .map(|f| f.status.map(i32::from))
+                .collect::<Vec<_>>(),
+        )
+        .bind(done.iter().map(|f| f.latency_ms).collect::<Vec<_>>())
+        .bind(done.iter().map(|f| f.error.as_deref()).collect::<Vec<_>>())
+        .bind(
+            done.iter()
+                .map(|f| f.response.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(changes.iter().map(|c| c.state).collect::<Vec<_>>())
+        .bind(
+            changes
+                .iter()
+                .map(|c| c.next_attempt_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            changes
+                .iter()
+                .map(|c| c.error.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(changes.iter().map(|c| c.finished_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+
+        let mut ids: Vec<&str> = done.iter().map(|f| f.subscription_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // Locked in id order: instances recording attempts of one subscription
+        // at the same time apply them one after the other.
+        let rows = sqlx::query(
+            "SELECT id, enabled, failing_since FROM subscriptions WHERE id = ANY($1)
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut stored = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let health = Health {
+                enabled: row.try_get("enabled")?,
+                failing_since: row.try_get("failing_since")?,
             };
-            let finished = (state != "pending").then_some(at);
+            stored.insert(row.try_get::<String, _>("id")?, health);
+        }
+        let health = health_changes(done, &stored, disable_failing_before);
+        for c in &health {
+            let (reason, disabled_at) = c.disabled.clone().unzip();
             sqlx::query(
-                "UPDATE outbox SET state = $1, attempts = $2, next_attempt_at = $3, lease_until = NULL,
-                    last_status = $4, last_error = $5, finished_at = $6
-                 WHERE id = $7 AND state = 'pending'",
+                "UPDATE subscriptions SET failing_since = $1,
+                    enabled = CASE WHEN $2::text IS NULL THEN enabled ELSE false END,
+                    disabled_reason = COALESCE($2, disabled_reason),
+                    updated_at = COALESCE($3, updated_at)
+                 WHERE id = $4",
             )
-            .bind(state)
-            .bind(f.attempt as i32)
-            .bind(next_at)
-            .bind(f.status.map(i32::from))
-            .bind(error)
-            .bind(finished)
-            .bind(f.outbox_id)
+            .bind(c.failing_since)
+            .bind(reason)
+            .bind(disabled_at)
+            .bind(&c.subscription_id)
             .execute(&mut *tx)
             .await?;
-            match &f.next {
-                Next::Delivered => {
-                    sqlx::query("UPDATE subscriptions SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
-                        .bind(&f.subscription_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Next::Gone => {
-                    let r = sqlx::query("UPDATE subscriptions SET enabled = false, disabled_reason = $1, updated_at = $2 WHERE id = $3 AND enabled")
-                        .bind(format!("the destination answered 410 Gone at {}", at.to_rfc3339()))
-                        .bind(at)
-                        .bind(&f.subscription_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    if r.rows_affected() == 1 {
-                        disabled.push(f.subscription_id.clone());
-                    }
-                }
-                Next::Retry { .. } | Next::Dead { .. } => {
-                    sqlx::query("UPDATE subscriptions SET failing_since = COALESCE(failing_since, $1) WHERE id = $2")
-                        .bind(at)
-                        .bind(&f.subscription_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    let r = sqlx::query(
-                        "UPDATE subscriptions SET enabled = false, updated_at = $1,
-                            disabled_reason = 'every delivery has failed since ' || to_char(failing_since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-                         WHERE id = $2 AND enabled AND failing_since < $3",
-                    )
-                    .bind(at)
-                    .bind(&f.subscription_id)
-                    .bind(disable_failing_before)
-                    .execute(&mut *tx)
-                    .await?;
-                    if r.rows_affected() == 1 {
-                        disabled.push(f.subscription_id.clone());
-                    }
-                }
-            }
         }
         tx.commit().await?;
-        Ok(disabled)
+        Ok(health
+            .into_iter()
+            .filter(|c| c.disabled.is_some())
+            .map(|c| c.subscription_id)
+            .collect())
     }
 
     async fn list_attempts(

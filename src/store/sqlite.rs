@@ -538,11 +538,15 @@ impl Store for SqliteStore {
         // Forwarding: the outbox rows commit with their events, or not at all.
         let subscriptions = sqlite_forward::enabled_subscriptions(&mut tx).await?;
         if !subscriptions.is_empty() {
-            for (ev, outcome) in events.iter().zip(&outcomes) {
-                if let AppendOutcome::Stored { seq } = outcome {
-                    sqlite_forward::enqueue(&mut tx, &subscriptions, ev, *seq).await?;
-                }
-            }
+            let stored: Vec<(&NewEvent, i64)> = events
+                .iter()
+                .zip(&outcomes)
+                .filter_map(|(ev, o)| match o {
+                    AppendOutcome::Stored { seq } => Some((ev, *seq)),
+                    AppendOutcome::Duplicate => None,
+                })
+                .collect();
+            sqlite_forward::enqueue(&mut tx, &subscriptions, &stored).await?;
         }
         tx.commit().await?;
         Ok(outcomes)

@@ -9,7 +9,6 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 
 use super::sqlite::{EVENT_COLUMNS, event_from_row, fmt_ts, parse_ts, req_ts, ts};
 use super::*;
-use crate::forward::policy::Next;
 use crate::forward::subscription::Subscription;
 use crate::thinkific::envelope::course_id_of_body;
 
@@ -67,19 +66,42 @@ pub(super) async fn enabled_subscriptions(
     rows.iter().map(subscription_from_row).collect()
 }
 
-/// Puts a freshly stored event in the outbox of every matching subscription
-/// (called inside the event's own transaction).
+/// Rows per multi-row statement of recorded attempts (9 parameters each).
+const ATTEMPT_ROWS_PER_STATEMENT: usize = 500;
+
+/// Puts freshly stored events in the outbox of every matching subscription
+/// (called inside the events' own transaction): one statement per batch.
 pub(super) async fn enqueue(
     conn: &mut SqliteConnection,
     subscriptions: &[Subscription],
-    ev: &NewEvent,
-    seq: i64,
+    stored: &[(&NewEvent, i64)],
 ) -> Result<()> {
-    for s in subscriptions
+    let rows: Vec<(&str, i64, Option<String>, String)> = stored
         .iter()
-        .filter(|s| s.matches(&ev.source, &ev.topic, ev.course_id))
-    {
-        upsert_outbox(conn, &s.id, seq, ev.order_key().as_deref(), &ev.received_at).await?;
+        .flat_map(|(ev, seq)| {
+            subscriptions
+                .iter()
+                .filter(|s| s.matches(&ev.source, &ev.topic, ev.course_id))
+                .map(|s| (s.id.as_str(), *seq, ev.order_key(), fmt_ts(&ev.received_at)))
+        })
+        .collect();
+    // 6 parameters a row, well under SQLite's limit.
+    for chunk in rows.chunks(1000) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, \
+             next_attempt_at, created_at) ",
+        );
+        q.push_values(chunk, |mut row, (subscription, seq, key, at)| {
+            row.push_bind(*subscription)
+                .push_bind(*seq)
+                .push_bind(key.as_deref())
+                .push("'pending', 0")
+                .push_bind(at.as_str())
+                .push_bind(at.as_str());
+        });
+        // A fresh event has no outbox rows yet.
+        q.push(" ON CONFLICT (subscription_id, event_seq) DO NOTHING");
+        q.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -329,94 +351,96 @@ impl ForwardStore for SqliteStore {
         done: &[FinishedAttempt],
         disable_failing_before: DateTime<Utc>,
     ) -> Result<Vec<String>> {
-        let mut disabled = Vec::new();
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A few statements per batch, not three per attempt: the writer is
+        // shared with ingest, which waits while this transaction runs.
         let mut writer = self.writer.lock().await;
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        for f in done {
-            let at = fmt_ts(&f.attempted_at);
-            sqlx::query(
-                "INSERT INTO delivery_attempts (outbox_id, subscription_id, event_seq, attempt, attempted_at, status, latency_ms, error, response)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(f.outbox_id)
-            .bind(&f.subscription_id)
-            .bind(f.event_seq)
-            .bind(i64::from(f.attempt))
-            .bind(&at)
-            .bind(f.status.map(i64::from))
-            .bind(f.latency_ms)
-            .bind(&f.error)
-            .bind(&f.response)
-            .execute(&mut *tx)
-            .await?;
-            let (state, next_at, error) = match &f.next {
-                Next::Delivered => ("delivered", at.clone(), None),
-                Next::Retry { at: next } => ("pending", fmt_ts(next), f.error.clone()),
-                Next::Dead { reason } => ("dead", at.clone(), Some(reason.clone())),
-                Next::Gone => (
-                    "dead",
-                    at.clone(),
-                    Some("the destination answered 410 Gone: subscription disabled".to_owned()),
-                ),
-            };
-            let finished = (state != "pending").then_some(at.clone());
-            sqlx::query(
-                "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, lease_until = NULL,
-                    last_status = ?, last_error = ?, finished_at = ?
-                 WHERE id = ? AND state = 'pending'",
-            )
-            .bind(state)
-            .bind(i64::from(f.attempt))
-            .bind(next_at)
-            .bind(f.status.map(i64::from))
-            .bind(error)
-            .bind(finished)
-            .bind(f.outbox_id)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in done.chunks(ATTEMPT_ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO delivery_attempts (outbox_id, subscription_id, event_seq, attempt, \
+                 attempted_at, status, latency_ms, error, response) ",
+            );
+            q.push_values(chunk, |mut row, f| {
+                row.push_bind(f.outbox_id)
+                    .push_bind(&f.subscription_id)
+                    .push_bind(f.event_seq)
+                    .push_bind(i64::from(f.attempt))
+                    .push_bind(fmt_ts(&f.attempted_at))
+                    .push_bind(f.status.map(i64::from))
+                    .push_bind(f.latency_ms)
+                    .push_bind(&f.error)
+                    .push_bind(&f.response);
+            });
+            q.build().execute(&mut *tx).await?;
 
-            match &f.next {
-                Next::Delivered => {
-                    sqlx::query("UPDATE subscriptions SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL")
-                        .bind(&f.subscription_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Next::Gone => {
-                    let r = sqlx::query("UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ? AND enabled = 1")
-                        .bind(format!("the destination answered 410 Gone at {at}"))
-                        .bind(&at)
-                        .bind(&f.subscription_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    if r.rows_affected() == 1 {
-                        disabled.push(f.subscription_id.clone());
-                    }
-                }
-                Next::Retry { .. } | Next::Dead { .. } => {
-                    sqlx::query("UPDATE subscriptions SET failing_since = COALESCE(failing_since, ?) WHERE id = ?")
-                        .bind(&at)
-                        .bind(&f.subscription_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    let r = sqlx::query(
-                        "UPDATE subscriptions SET enabled = 0, updated_at = ?,
-                            disabled_reason = 'every delivery has failed since ' || failing_since
-                         WHERE id = ? AND enabled = 1 AND failing_since < ?",
-                    )
-                    .bind(&at)
-                    .bind(&f.subscription_id)
-                    .bind(fmt_ts(&disable_failing_before))
-                    .execute(&mut *tx)
-                    .await?;
-                    if r.rows_affected() == 1 {
-                        disabled.push(f.subscription_id.clone());
-                    }
-                }
-            }
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "WITH v (id, state, attempts, next_attempt_at, last_status, last_error, finished_at) AS (",
+            );
+            q.push_values(chunk, |mut row, f| {
+                let change = f.outbox_change();
+                row.push_bind(f.outbox_id)
+                    .push_bind(change.state)
+                    .push_bind(i64::from(f.attempt))
+                    .push_bind(fmt_ts(&change.next_attempt_at))
+                    .push_bind(f.status.map(i64::from))
+                    .push_bind(change.error)
+                    .push_bind(ts(change.finished_at));
+            });
+            q.push(
+                ") UPDATE outbox SET state = v.state, attempts = v.attempts,
+                    next_attempt_at = v.next_attempt_at, lease_until = NULL,
+                    last_status = v.last_status, last_error = v.last_error,
+                    finished_at = v.finished_at
+                 FROM v WHERE outbox.id = v.id AND outbox.state = 'pending'",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+
+        let mut ids: Vec<&str> = done.iter().map(|f| f.subscription_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT id, enabled, failing_since FROM subscriptions WHERE id IN (",
+        );
+        let mut list = q.separated(", ");
+        for id in &ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        let mut stored = HashMap::with_capacity(ids.len());
+        for row in q.build().fetch_all(&mut *tx).await? {
+            let health = Health {
+                enabled: row.try_get("enabled")?,
+                failing_since: parse_ts(row.try_get("failing_since")?)?,
+            };
+            stored.insert(row.try_get::<String, _>("id")?, health);
+        }
+        let changes = health_changes(done, &stored, disable_failing_before);
+        for c in &changes {
+            let (reason, disabled_at) = c.disabled.clone().unzip();
+            sqlx::query(
+                "UPDATE subscriptions SET failing_since = ?1,
+                    enabled = CASE WHEN ?2 IS NULL THEN enabled ELSE 0 END,
+                    disabled_reason = COALESCE(?2, disabled_reason),
+                    updated_at = COALESCE(?3, updated_at)
+                 WHERE id = ?4",
+            )
+            .bind(ts(c.failing_since))
+            .bind(reason)
+            .bind(ts(disabled_at))
+            .bind(&c.subscription_id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
-        Ok(disabled)
+        Ok(changes
+            .into_iter()
+            .filter(|c| c.disabled.is_some())
+            .map(|c| c.subscription_id)
+            .collect())
     }
 
     async fn list_attempts(
