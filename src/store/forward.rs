@@ -229,7 +229,8 @@ pub(super) fn health_changes(
     disable_failing_before: DateTime<Utc>,
 ) -> Vec<HealthChange> {
     let mut order: Vec<&str> = Vec::new();
-    let mut state: std::collections::HashMap<&str, (Health, Option<(String, DateTime<Utc>)>)> =
+    type Disabled = Option<(String, DateTime<Utc>)>;
+    let mut state: std::collections::HashMap<&str, (Health, Disabled)> =
         std::collections::HashMap::new();
     for f in done {
         // A subscription deleted meanwhile has nothing left to update.
