@@ -13,11 +13,22 @@ pub struct Server {
 
 /// Starts `enrollhook serve` on a free loopback port and waits until it listens.
 pub fn start_server(database_url: &str, secret: &str, extra: &[&str]) -> Server {
+    start_server_on("127.0.0.1:0", database_url, secret, extra)
+}
+
+/// A loopback port that was free a moment ago, for a server restarted on one address.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Starts `enrollhook serve` on `listen` and waits until it listens.
+pub fn start_server_on(listen: &str, database_url: &str, secret: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(BIN)
         .args([
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--database",
             database_url,
             "--secret",
