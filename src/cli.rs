@@ -70,6 +70,13 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Drop the raw bodies of events received longer ago than --older-than
+    /// (what `serve --retain-events` does every hour).
+    Prune {
+        /// e.g. 90d.
+        #[arg(long, value_parser = crate::forward::policy::parse_duration)]
+        older_than: Duration,
+    },
     /// Create or upgrade the database schema.
     Migrate,
     /// Print the OpenAPI document of the HTTP API.
@@ -155,10 +162,15 @@ struct ServeArgs {
     /// Rejected deliveries kept in the quarantine (the oldest beyond are deleted).
     #[arg(long, env = "ENROLLHOOK_MAX_QUARANTINE", default_value_t = config::DEFAULT_MAX_QUARANTINE)]
     max_quarantine: u64,
+    /// Drop the raw bodies of events received longer ago than this, e.g. 90d,
+    /// checked hourly (event ids, enrollment events and the projection are
+    /// kept; see the README) [default: keep everything].
+    #[arg(long, env = "ENROLLHOOK_RETAIN_EVENTS", value_parser = crate::forward::policy::parse_duration)]
+    retain_events: Option<Duration>,
     /// Disable a subscription whose deliveries have all failed for this long.
     #[arg(long, default_value = "5d", value_parser = crate::forward::policy::parse_duration)]
     disable_failing_after: Duration,
-    /// Group-commit writer tasks [default: 1 on SQLite, 4 on PostgreSQL].
+    /// Group-commit writer tasks [default: 1 on SQLite, 2 on PostgreSQL].
     #[arg(long, env = "ENROLLHOOK_WRITERS", hide = true)]
     writers: Option<usize>,
 }
@@ -312,6 +324,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Quarantine(cmd) => quarantine(globals, cmd).await,
         Command::Subscriptions(cmd) => subscriptions(globals, cmd).await,
         Command::Replay(args) => replay(globals, args).await,
+        Command::Prune { older_than } => {
+            let store = open_existing(&globals.database_url).await?;
+            let r = crate::retention::prune(store.as_ref(), older_than).await?;
+            println!(
+                "pruned {} event bodies, {} delivery attempts, {} finished deliveries",
+                r.events, r.delivery_attempts, r.deliveries
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Rebuild { check } => {
             let store = open_existing(&globals.database_url).await?;
             let report = store.rebuild_projection(check).await?;
@@ -434,6 +455,7 @@ async fn serve(g: Globals, args: ServeArgs) -> anyhow::Result<ExitCode> {
         global_rate_limit: args.global_rate_limit,
         writers: args.writers,
         max_quarantine: args.max_quarantine,
+        retain_events: args.retain_events,
     };
     config.validate()?;
     if config.insecure_skip_verification {

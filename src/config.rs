@@ -247,10 +247,12 @@ pub struct ServeConfig {
     pub rate_limit: Option<u32>,
     /// Deliveries per second overall (None: unlimited).
     pub global_rate_limit: Option<u32>,
-    /// Group-commit writer tasks; None: what the backend suits (1 on SQLite, 4 on PostgreSQL).
+    /// Group-commit writer tasks; None: what the backend suits (1 on SQLite, 2 on PostgreSQL).
     pub writers: Option<usize>,
     /// Rejected deliveries kept in the quarantine; the oldest beyond this are deleted.
     pub max_quarantine: u64,
+    /// Drop raw bodies of events received longer ago than this (None: keep all).
+    pub retain_events: Option<std::time::Duration>,
 }
 
 impl ServeConfig {
@@ -276,6 +278,7 @@ impl ServeConfig {
             global_rate_limit: None,
             writers: None,
             max_quarantine: DEFAULT_MAX_QUARANTINE,
+            retain_events: None,
         }
     }
 

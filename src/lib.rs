@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod projection;
 pub mod receive;
+pub mod retention;
 pub mod server;
 pub mod simulate;
 pub mod store;

@@ -81,9 +81,12 @@ pub struct EventView {
     pub created_at: Option<String>,
     pub received_at: String,
     pub enrollment_id: Option<i64>,
-    /// The delivery body exactly as received.
-    #[schema(value_type = Object)]
+    /// The delivery body exactly as received; null once pruned by retention.
+    #[schema(value_type = Option<Object>)]
     pub body: Value,
+    /// When retention dropped the body (`--retain-events`); the event stays
+    /// listed so that a redelivery of it is still a duplicate.
+    pub pruned_at: Option<String>,
 }
 
 pub fn event_view(e: &StoredEvent) -> EventView {
@@ -95,7 +98,12 @@ pub fn event_view(e: &StoredEvent) -> EventView {
         created_at: opt(e.created_at),
         received_at: rfc3339(&e.received_at),
         enrollment_id: e.enrollment_id,
-        body: serde_json::from_str(&e.body).unwrap_or(Value::String(e.body.clone())),
+        body: if e.pruned_at.is_some() || e.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&e.body).unwrap_or(Value::String(e.body.clone()))
+        },
+        pruned_at: opt(e.pruned_at),
     }
 }
 

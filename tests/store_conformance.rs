@@ -63,6 +63,7 @@ conformance!(
     quarantine_lifecycle,
     rebuild_dry_run_and_real,
     ping_and_bad_cursors,
+    retention_drops_old_bodies_but_not_ids_or_the_projection,
 );
 
 fn t(minute: i64) -> DateTime<Utc> {
@@ -733,4 +734,50 @@ async fn ping_and_bad_cursors(f: Fixture) {
         s.list_quarantine(None, &bad).await,
         Err(StoreError::Invalid(_))
     ));
+}
+
+async fn retention_drops_old_bodies_but_not_ids_or_the_projection(f: Fixture) {
+    let s = &f.store;
+    let long_ago = Utc::now() - Duration::days(100);
+    let aged = |mut e: NewEvent| {
+        e.received_at = long_ago;
+        e
+    };
+    let old_order = aged(other_event("default", "o-old", "order", "created"));
+    let old_enrollment = aged(enrollment("default", "e-old", "progress", 1, 7, "40", 1));
+    let new_order = other_event("default", "o-new", "order", "created");
+    s.append_batch(&[old_order.clone(), old_enrollment.clone()])
+        .await
+        .unwrap();
+    s.append_batch(std::slice::from_ref(&new_order))
+        .await
+        .unwrap();
+    let before = s.get_enrollment("default", 1).await.unwrap().unwrap();
+
+    let cutoff = Utc::now() - Duration::days(90);
+    let report = s.prune_events(cutoff).await.unwrap();
+    assert_eq!(report.events, 1, "only the old non-enrollment event: {report:?}");
+    assert_eq!(s.prune_events(cutoff).await.unwrap().events, 0, "idempotent");
+
+    let events = s
+        .list_events(&EventFilter::default(), &PageRequest { limit: 100, cursor: None })
+        .await
+        .unwrap()
+        .items;
+    let by_id = |id: &str| events.iter().find(|e| e.event_id == id).unwrap().clone();
+    let pruned = by_id("o-old");
+    assert!(pruned.pruned_at.is_some() && pruned.body.is_empty(), "{pruned:?}");
+    let kept = by_id("e-old");
+    assert!(kept.pruned_at.is_none() && kept.body == old_enrollment.body);
+    assert_eq!(by_id("o-new").body, new_order.body);
+    let view = enrollhook::views::event_view(&pruned);
+    assert!(view.body.is_null() && view.pruned_at.is_some());
+
+    // The id stays: a redelivery of the pruned event is still a duplicate.
+    let again = s.append_batch(&[old_order]).await.unwrap();
+    assert_eq!(again, vec![AppendOutcome::Duplicate]);
+    // The projection is untouched and still equals a rebuild from the log.
+    assert_eq!(s.get_enrollment("default", 1).await.unwrap().unwrap(), before);
+    let check = s.rebuild_projection(true).await.unwrap();
+    assert_eq!((check.changed, check.removed), (0, 0), "{check:?}");
 }

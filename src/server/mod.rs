@@ -119,6 +119,9 @@ pub async fn start(
         read_timeout: config.read_timeout,
     };
     let forwarder = crate::forward::Forwarder::start(store.clone(), config.forward.clone())?;
+    let retention = config
+        .retain_events
+        .map(|retain| crate::retention::spawn(store.clone(), retain, crate::retention::EVERY));
     let app = router(state);
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -139,6 +142,9 @@ pub async fn start(
         // drain what is queued, commit, and end.
         writers.join_all().await;
         forwarder.stop().await;
+        if let Some(retention) = retention {
+            retention.abort();
+        }
         tracing::info!("stopped");
         Ok(())
     });

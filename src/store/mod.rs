@@ -126,7 +126,9 @@ pub struct StoredEvent {
     pub created_at: Option<DateTime<Utc>>,
     pub received_at: DateTime<Utc>,
     pub enrollment_id: Option<i64>,
+    /// Empty once retention pruned the event (see [`Store::prune_events`]).
     pub body: String,
+    pub pruned_at: Option<DateTime<Utc>>,
 }
 
 impl StoredEvent {
@@ -146,6 +148,19 @@ pub(crate) fn enrollment_event_from_log(
     let new = NewEvent::from_envelope("", &envelope, String::new(), Utc::now());
     Ok(new.enrollment)
 }
+
+/// What one retention run removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// Events whose bodies were dropped.
+    pub events: u64,
+    pub delivery_attempts: u64,
+    /// Finished (delivered or dead) outbox deliveries.
+    pub deliveries: u64,
+}
+
+/// Events pruned per transaction: short, so deliveries barely wait for it.
+pub(crate) const PRUNE_EVENTS_PER_ROUND: i64 = 2000;
 
 #[derive(Debug, Clone, Default)]
 pub struct EnrollmentFilter {
@@ -308,6 +323,13 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     /// Stores a batch in ONE transaction: each event exactly once per (source,
     /// event id), with its projection change. Outcomes are in input order.
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>>;
+
+    /// Retention: drops the bodies of events received before `cutoff`, keeping
+    /// their rows, so a redelivery is still a duplicate. Enrollment events are
+    /// kept whole: they are what `rebuild` and the re-fold of a late event
+    /// derive the projection from, so the projection is never touched. Delivery
+    /// attempts made, and finished outbox deliveries, before `cutoff` are deleted.
+    async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<PruneReport>;
 
     async fn quarantine(&self, record: NewQuarantine) -> Result<i64>;
     /// Deletes the oldest quarantined deliveries beyond the newest `keep`; returns how many.

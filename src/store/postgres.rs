@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "forwarding",
         include_str!("migrations/postgres/0002_forwarding.sql"),
     ),
+    (
+        3,
+        "retention",
+        include_str!("migrations/postgres/0003_retention.sql"),
+    ),
 ];
 
 /// Advisory lock key serialising migrations of concurrently starting instances
@@ -74,7 +79,7 @@ const ENROLLMENT_COLUMNS: &str = "source, enrollment_id, user_id, email, first_n
     expiry_date, created_at, updated_at, event_count, v_updated_at, v_created_at, v_event_id";
 
 pub(super) const EVENT_COLUMNS: &str =
-    "seq, source, event_id, topic, created_at, received_at, enrollment_id, body";
+    "seq, source, event_id, topic, created_at, received_at, enrollment_id, body, pruned_at";
 
 fn enrollment_from_row(row: &PgRow) -> Result<Enrollment> {
     Ok(Enrollment {
@@ -114,6 +119,7 @@ pub(super) fn event_from_row(row: &PgRow) -> Result<StoredEvent> {
         received_at: row.try_get("received_at")?,
         enrollment_id: row.try_get("enrollment_id")?,
         body: row.try_get("body")?,
+        pruned_at: row.try_get("pruned_at")?,
     })
 }
 
@@ -556,6 +562,73 @@ impl Store for PostgresStore {
                 result => return result,
             }
         }
+    }
+
+    async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        // Rounds of a few thousand events, each its own short transaction; the
+        // retention row is locked, so instances pruning at once take turns.
+        loop {
+            let mut tx = self.writer.begin().await?;
+            let from: i64 =
+                sqlx::query_scalar("SELECT pruned_through_seq FROM retention FOR UPDATE")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            // seq follows arrival, so the events before the cutoff are a prefix.
+            let through: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(seq) FROM (SELECT seq, received_at FROM events WHERE seq > $1
+                                       ORDER BY seq LIMIT $2) AS oldest WHERE received_at < $3",
+            )
+            .bind(from)
+            .bind(PRUNE_EVENTS_PER_ROUND)
+            .bind(cutoff)
+            .fetch_one(&mut *tx)
+            .await?;
+            let Some(through) = through else { break };
+            let done = sqlx::query(
+                "UPDATE events SET body = '', pruned_at = now()
+                 WHERE seq > $1 AND seq <= $2 AND enrollment_id IS NULL AND pruned_at IS NULL",
+            )
+            .bind(from)
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE retention SET pruned_through_seq = $1")
+                .bind(through)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            report.events += done.rows_affected();
+        }
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM delivery_attempts WHERE attempted_at < $1 AND id IN
+                    (SELECT id FROM delivery_attempts ORDER BY id LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(PRUNE_EVENTS_PER_ROUND)
+            .execute(&self.writer)
+            .await?;
+            report.delivery_attempts += done.rows_affected();
+            if done.rows_affected() == 0 {
+                break;
+            }
+        }
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
+                    WHERE state <> 'pending' AND finished_at < $1 LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(PRUNE_EVENTS_PER_ROUND)
+            .execute(&self.writer)
+            .await?;
+            report.deliveries += done.rows_affected();
+            if (done.rows_affected() as i64) < PRUNE_EVENTS_PER_ROUND {
+                break;
+            }
+        }
+        Ok(report)
     }
 
     async fn quarantine(&self, r: NewQuarantine) -> Result<i64> {

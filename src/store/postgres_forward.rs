@@ -298,7 +298,7 @@ impl ForwardStore for PostgresStore {
         .collect::<Result<_>>()?;
         let seqs: Vec<i64> = claimed.iter().map(|c| c.2).collect();
         let events: HashMap<i64, StoredEvent> = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1)"
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1) AND pruned_at IS NULL"
         )))
         .bind(&seqs)
         .fetch_all(&mut *tx)
@@ -317,7 +317,7 @@ impl ForwardStore for PostgresStore {
                 }),
                 _ => {
                     sqlx::query(
-                        "UPDATE outbox SET state = 'dead', finished_at = $1, last_error = 'the event is no longer in the log' WHERE id = $2",
+                        "UPDATE outbox SET state = 'dead', finished_at = $1, last_error = 'the event is no longer in the log (pruned by retention)' WHERE id = $2",
                     )
                     .bind(now)
                     .bind(outbox_id)

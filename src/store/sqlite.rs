@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "course totals",
         include_str!("migrations/sqlite/0003_course_totals.sql"),
     ),
+    (
+        4,
+        "retention",
+        include_str!("migrations/sqlite/0004_retention.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -77,7 +82,7 @@ const ENROLLMENT_COLUMNS: &str = "source, enrollment_id, user_id, email, first_n
     expiry_date, created_at, updated_at, event_count, v_updated_at, v_created_at, v_event_id";
 
 pub(super) const EVENT_COLUMNS: &str =
-    "seq, source, event_id, topic, created_at, received_at, enrollment_id, body";
+    "seq, source, event_id, topic, created_at, received_at, enrollment_id, body, pruned_at";
 
 fn enrollment_from_row(row: &SqliteRow) -> Result<Enrollment> {
     Ok(Enrollment {
@@ -117,6 +122,7 @@ pub(super) fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
         received_at: req_ts(row.try_get("received_at")?)?,
         enrollment_id: row.try_get("enrollment_id")?,
         body: row.try_get("body")?,
+        pruned_at: parse_ts(row.try_get("pruned_at")?)?,
     })
 }
 
@@ -550,6 +556,76 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(outcomes)
+    }
+
+    async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<PruneReport> {
+        let cutoff = fmt_ts(&cutoff);
+        let mut report = PruneReport::default();
+        // Rounds of a few thousand events, each its own short transaction.
+        loop {
+            let now = fmt_ts(&Utc::now());
+            let mut writer = self.writer.lock().await;
+            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+            let from: i64 = sqlx::query_scalar("SELECT pruned_through_seq FROM retention")
+                .fetch_one(&mut *tx)
+                .await?;
+            // seq follows arrival, so the events before the cutoff are a prefix.
+            let through: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(seq) FROM (SELECT seq, received_at FROM events WHERE seq > ?
+                                       ORDER BY seq LIMIT ?) WHERE received_at < ?",
+            )
+            .bind(from)
+            .bind(PRUNE_EVENTS_PER_ROUND)
+            .bind(&cutoff)
+            .fetch_one(&mut *tx)
+            .await?;
+            let Some(through) = through else { break };
+            let done = sqlx::query(
+                "UPDATE events SET body = '', pruned_at = ?
+                 WHERE seq > ? AND seq <= ? AND enrollment_id IS NULL AND pruned_at IS NULL",
+            )
+            .bind(&now)
+            .bind(from)
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE retention SET pruned_through_seq = ?")
+                .bind(through)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            report.events += done.rows_affected();
+        }
+        loop {
+            // Attempt ids follow time: look at the oldest few thousand only.
+            let done = sqlx::query(
+                "DELETE FROM delivery_attempts WHERE attempted_at < ?1 AND id IN
+                    (SELECT id FROM delivery_attempts ORDER BY id LIMIT ?2)",
+            )
+            .bind(&cutoff)
+            .bind(PRUNE_EVENTS_PER_ROUND)
+            .execute(&mut *self.writer.lock().await)
+            .await?;
+            report.delivery_attempts += done.rows_affected();
+            if done.rows_affected() == 0 {
+                break;
+            }
+        }
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
+                    WHERE state != 'pending' AND finished_at < ? LIMIT ?)",
+            )
+            .bind(&cutoff)
+            .bind(PRUNE_EVENTS_PER_ROUND)
+            .execute(&mut *self.writer.lock().await)
+            .await?;
+            report.deliveries += done.rows_affected();
+            if (done.rows_affected() as i64) < PRUNE_EVENTS_PER_ROUND {
+                break;
+            }
+        }
+        Ok(report)
     }
 
     async fn quarantine(&self, r: NewQuarantine) -> Result<i64> {

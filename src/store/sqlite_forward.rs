@@ -307,7 +307,7 @@ impl ForwardStore for SqliteStore {
                 .collect::<Result<_>>()?
         };
         let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ("
+            "SELECT {EVENT_COLUMNS} FROM events WHERE pruned_at IS NULL AND seq IN ("
         ));
         let mut sep = q.separated(", ");
         for (_, _, seq, _) in &claimed {
@@ -333,7 +333,7 @@ impl ForwardStore for SqliteStore {
                 _ => {
                     // The event was pruned from the log: nothing left to send.
                     sqlx::query(
-                        "UPDATE outbox SET state = 'dead', finished_at = ?, last_error = 'the event is no longer in the log' WHERE id = ?",
+                        "UPDATE outbox SET state = 'dead', finished_at = ?, last_error = 'the event is no longer in the log (pruned by retention)' WHERE id = ?",
                     )
                     .bind(&now_s)
                     .bind(outbox_id)
