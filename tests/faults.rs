@@ -40,3 +40,109 @@ async fn a_locked_database_gets_503_then_recovers() {
     let (_, events) = app.get("/api/events").await;
     assert_eq!(events["items"].as_array().unwrap().len(), 2);
 }
+
+/// A tmpfs of a given size, mounted for the test's duration (needs root, as in CI).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: the server may still hold the database open for a moment.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// An enrollment event padded to about 100 KB (Thinkific bodies are small;
+/// big ones fill the small disk quickly).
+fn padded_event(n: u32) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_str(samples::PROGRESS).unwrap();
+    v["id"] = format!("disk-full-{n}").into();
+    v["payload"]["id"] = (900_000 + i64::from(n)).into();
+    v["payload"]["padding"] = "x".repeat(100_000).into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[tokio::test]
+async fn a_full_disk_gets_503_then_recovers_when_space_is_freed() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let url = format!(
+        "sqlite://{}",
+        disk.dir.path().join("enrollhook.db").display()
+    );
+    let app = spawn_with(
+        tempfile::tempdir().unwrap(),
+        enrollhook::config::ServeConfig::new(url, Some(SECRET)),
+    )
+    .await;
+
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for n in 0..200 {
+        let (status, reply) = app.deliver(&padded_event(n)).await;
+        match status {
+            200 => acknowledged.push(n),
+            503 => {
+                assert_eq!(reply["error"], "storage_unavailable", "{reply}");
+                refused = Some(n);
+                break;
+            }
+            other => panic!("unexpected {other}: {reply}"),
+        }
+    }
+    let refused = refused.expect("a 4 MB disk fills up with 100 KB events");
+    assert!(!acknowledged.is_empty());
+    // The service is up and still answers reads while the disk is full.
+    assert_eq!(app.get("/healthz").await.0, 200);
+    assert_eq!(app.get("/api/enrollments").await.0, 200);
+
+    // Space is freed (here: the disk grows); Thinkific's retry is stored.
+    disk.resize("64m");
+    let (status, reply) = app.deliver(&padded_event(refused)).await;
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (200, Some("stored")),
+        "{reply}"
+    );
+
+    // Everything acknowledged is there, exactly once, and nothing half-stored.
+    let (_, events) = app.get("/api/events?limit=1000").await;
+    let ids: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), acknowledged.len() + 1);
+    for n in acknowledged.iter().chain([&refused]) {
+        assert!(ids.contains(&format!("disk-full-{n}").as_str()));
+    }
+    drop(app);
+}

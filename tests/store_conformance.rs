@@ -756,17 +756,33 @@ async fn retention_drops_old_bodies_but_not_ids_or_the_projection(f: Fixture) {
 
     let cutoff = Utc::now() - Duration::days(90);
     let report = s.prune_events(cutoff).await.unwrap();
-    assert_eq!(report.events, 1, "only the old non-enrollment event: {report:?}");
-    assert_eq!(s.prune_events(cutoff).await.unwrap().events, 0, "idempotent");
+    assert_eq!(
+        report.events, 1,
+        "only the old non-enrollment event: {report:?}"
+    );
+    assert_eq!(
+        s.prune_events(cutoff).await.unwrap().events,
+        0,
+        "idempotent"
+    );
 
     let events = s
-        .list_events(&EventFilter::default(), &PageRequest { limit: 100, cursor: None })
+        .list_events(
+            &EventFilter::default(),
+            &PageRequest {
+                limit: 100,
+                cursor: None,
+            },
+        )
         .await
         .unwrap()
         .items;
     let by_id = |id: &str| events.iter().find(|e| e.event_id == id).unwrap().clone();
     let pruned = by_id("o-old");
-    assert!(pruned.pruned_at.is_some() && pruned.body.is_empty(), "{pruned:?}");
+    assert!(
+        pruned.pruned_at.is_some() && pruned.body.is_empty(),
+        "{pruned:?}"
+    );
     let kept = by_id("e-old");
     assert!(kept.pruned_at.is_none() && kept.body == old_enrollment.body);
     assert_eq!(by_id("o-new").body, new_order.body);
@@ -777,7 +793,10 @@ async fn retention_drops_old_bodies_but_not_ids_or_the_projection(f: Fixture) {
     let again = s.append_batch(&[old_order]).await.unwrap();
     assert_eq!(again, vec![AppendOutcome::Duplicate]);
     // The projection is untouched and still equals a rebuild from the log.
-    assert_eq!(s.get_enrollment("default", 1).await.unwrap().unwrap(), before);
+    assert_eq!(
+        s.get_enrollment("default", 1).await.unwrap().unwrap(),
+        before
+    );
     let check = s.rebuild_projection(true).await.unwrap();
     assert_eq!((check.changed, check.removed), (0, 0), "{check:?}");
 }

@@ -49,9 +49,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 pub struct SqliteStore {
     /// Checkpoints the WAL off the write path (see [`spawn_checkpointer`]).
     checkpointer: Option<tokio::task::AbortHandle>,
-    /// The one write connection. A lock, not a pool: handing a pooled
-    /// connection back costs a task hop per batch (~0.4 ms measured).
-    pub(super) writer: tokio::sync::Mutex<SqliteConnection>,
+    pub(super) writer: Writer,
     pub(super) reader: SqlitePool,
 }
 
@@ -143,6 +141,34 @@ fn quarantine_from_row(row: &SqliteRow) -> Result<QuarantineRecord> {
     })
 }
 
+/// The one write connection. A lock, not a pool: handing a pooled connection
+/// back costs a task hop per batch (~0.4 ms measured).
+pub(super) struct Writer {
+    conn: tokio::sync::Mutex<SqliteConnection>,
+    options: SqliteConnectOptions,
+}
+
+impl Writer {
+    /// The write connection, usable: one that an error left inside a
+    /// transaction is replaced. (On a full disk SQLite rolls the transaction
+    /// back by itself, sqlx's rollback then fails and it keeps counting the
+    /// transaction as open, so every later BEGIN would fail.)
+    pub(super) async fn lock(&self) -> Result<tokio::sync::MutexGuard<'_, SqliteConnection>> {
+        let mut conn = self.conn.lock().await;
+        if conn.is_in_transaction() {
+            // A dropped transaction's rollback may still be queued: let it run.
+            let _ = conn.ping().await;
+            if conn.is_in_transaction() {
+                tracing::warn!(
+                    "replacing the SQLite write connection, left inside a failed transaction"
+                );
+                *conn = self.options.connect().await?;
+            }
+        }
+        Ok(conn)
+    }
+}
+
 /// WAL pages after which a commit checkpoints by itself. Only a backstop: the
 /// background checkpointer keeps the WAL far smaller.
 const WAL_AUTOCHECKPOINT_BACKSTOP: u32 = 4_000;
@@ -198,7 +224,8 @@ impl SqliteStore {
                 WAL_AUTOCHECKPOINT_BACKSTOP.to_string(),
             );
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let writer = options.clone().connect().await?;
+        let writer_options = options.clone();
+        let writer = writer_options.connect().await?;
         // An in-memory database is shared between the connections of these
         // options (sqlx names it and turns on the shared cache): it cannot be read-only.
         let checkpointer = (!in_memory).then(|| spawn_checkpointer(options.clone()));
@@ -212,7 +239,10 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(reader_options)
             .await?;
-        let writer = tokio::sync::Mutex::new(writer);
+        let writer = Writer {
+            conn: tokio::sync::Mutex::new(writer),
+            options: writer_options,
+        };
         let store = SqliteStore {
             checkpointer,
             writer,
@@ -227,11 +257,11 @@ impl SqliteStore {
             "CREATE TABLE IF NOT EXISTS enrollhook_migrations (
                 version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
         )
-        .execute(&mut *self.writer.lock().await)
+        .execute(&mut *self.writer.lock().await?)
         .await?;
         let current: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM enrollhook_migrations")
-                .fetch_one(&mut *self.writer.lock().await)
+                .fetch_one(&mut *self.writer.lock().await?)
                 .await?;
         let latest = MIGRATIONS.last().map_or(0, |m| m.0);
         if current > latest {
@@ -248,7 +278,7 @@ impl SqliteStore {
             )));
         }
         for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            let mut writer = self.writer.lock().await;
+            let mut writer = self.writer.lock().await?;
             let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
                 .execute(&mut *tx)
@@ -532,7 +562,7 @@ impl Store for SqliteStore {
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
         // A handful of statements per batch, not per event: with group commit the
         // writer's cost per statement, not the fsync, is what limits throughput.
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let outcomes = insert_events(&mut tx, events).await?;
         let stored = events
@@ -564,7 +594,7 @@ impl Store for SqliteStore {
         // Rounds of a few thousand events, each its own short transaction.
         loop {
             let now = fmt_ts(&Utc::now());
-            let mut writer = self.writer.lock().await;
+            let mut writer = self.writer.lock().await?;
             let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
             let from: i64 = sqlx::query_scalar("SELECT pruned_through_seq FROM retention")
                 .fetch_one(&mut *tx)
@@ -604,7 +634,7 @@ impl Store for SqliteStore {
             )
             .bind(&cutoff)
             .bind(PRUNE_EVENTS_PER_ROUND)
-            .execute(&mut *self.writer.lock().await)
+            .execute(&mut *self.writer.lock().await?)
             .await?;
             report.delivery_attempts += done.rows_affected();
             if done.rows_affected() == 0 {
@@ -618,7 +648,7 @@ impl Store for SqliteStore {
             )
             .bind(&cutoff)
             .bind(PRUNE_EVENTS_PER_ROUND)
-            .execute(&mut *self.writer.lock().await)
+            .execute(&mut *self.writer.lock().await?)
             .await?;
             report.deliveries += done.rows_affected();
             if (done.rows_affected() as i64) < PRUNE_EVENTS_PER_ROUND {
@@ -641,7 +671,7 @@ impl Store for SqliteStore {
         .bind(headers)
         .bind(&r.body)
         .bind(r.body.len() as i64)
-        .fetch_one(&mut *self.writer.lock().await)
+        .fetch_one(&mut *self.writer.lock().await?)
         .await?;
         Ok(id)
     }
@@ -665,7 +695,7 @@ impl Store for SqliteStore {
         .bind(r.body_size)
         .bind(ts(r.resolved_at))
         .bind(&r.resolution)
-        .fetch_optional(&mut *self.writer.lock().await)
+        .fetch_optional(&mut *self.writer.lock().await?)
         .await?;
         Ok(inserted.is_some())
     }
@@ -675,7 +705,7 @@ impl Store for SqliteStore {
             "DELETE FROM quarantine WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET ?)",
         )
         .bind(keep as i64)
-        .execute(&mut *self.writer.lock().await)
+        .execute(&mut *self.writer.lock().await?)
         .await?;
         Ok(done.rows_affected())
     }
@@ -715,7 +745,7 @@ impl Store for SqliteStore {
     async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>> {
         let row = sqlx::query("SELECT * FROM quarantine WHERE id = ?")
             .bind(id)
-            .fetch_optional(&mut *self.writer.lock().await)
+            .fetch_optional(&mut *self.writer.lock().await?)
             .await?;
         row.as_ref().map(quarantine_from_row).transpose()
     }
@@ -725,7 +755,7 @@ impl Store for SqliteStore {
             .bind(fmt_ts(&Utc::now()))
             .bind(resolution)
             .bind(id)
-            .execute(&mut *self.writer.lock().await)
+            .execute(&mut *self.writer.lock().await?)
             .await?;
         Ok(())
     }
@@ -866,7 +896,7 @@ impl Store for SqliteStore {
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {
         // One write transaction: deliveries wait (they do not fail) while it runs.
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut report = RebuildReport::default();
         let mut last: (String, i64) = (String::new(), i64::MIN);

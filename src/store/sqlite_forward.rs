@@ -194,7 +194,7 @@ impl ForwardStore for SqliteStore {
         .bind(ts(s.failing_since))
         .bind(fmt_ts(&s.created_at))
         .bind(fmt_ts(&s.updated_at))
-        .execute(&mut *self.writer.lock().await)
+        .execute(&mut *self.writer.lock().await?)
         .await?;
         Ok(())
     }
@@ -221,13 +221,13 @@ impl ForwardStore for SqliteStore {
         .bind(ts(s.failing_since))
         .bind(fmt_ts(&s.updated_at))
         .bind(&s.id)
-        .execute(&mut *self.writer.lock().await)
+        .execute(&mut *self.writer.lock().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn delete_subscription(&self, id: &str) -> Result<bool> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM outbox WHERE subscription_id = ? AND state = 'pending'")
             .bind(id)
@@ -246,7 +246,7 @@ impl ForwardStore for SqliteStore {
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?"
         )))
         .bind(id)
-        .fetch_optional(&mut *self.writer.lock().await)
+        .fetch_optional(&mut *self.writer.lock().await?)
         .await?;
         row.as_ref().map(subscription_from_row).transpose()
     }
@@ -255,7 +255,7 @@ impl ForwardStore for SqliteStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY created_at, id"
         )))
-        .fetch_all(&mut *self.writer.lock().await)
+        .fetch_all(&mut *self.writer.lock().await?)
         .await?;
         rows.iter().map(subscription_from_row).collect()
     }
@@ -267,7 +267,7 @@ impl ForwardStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<ClaimedDelivery>> {
         let now_s = fmt_ts(&now);
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         // Due, not leased (or the lease expired: a worker died), subscription
         // enabled, and — for ordered subscriptions — no older pending delivery
@@ -356,7 +356,7 @@ impl ForwardStore for SqliteStore {
         }
         // A few statements per batch, not three per attempt: the writer is
         // shared with ingest, which waits while this transaction runs.
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         for chunk in done.chunks(ATTEMPT_ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -496,7 +496,7 @@ impl ForwardStore for SqliteStore {
     }
 
     async fn replay(&self, scope: &ReplayScope, now: DateTime<Utc>) -> Result<u64> {
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut count = 0u64;
         match scope {
