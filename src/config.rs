@@ -127,7 +127,7 @@ impl FileConfig {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
-        let config: FileConfig = toml::from_str(text)?;
+        let config: FileConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         let mut seen = std::collections::HashSet::new();
         for s in &config.sources {
             validate_source_name(&s.name)?;
@@ -137,6 +137,28 @@ impl FileConfig {
         }
         Ok(config)
     }
+}
+
+/// A TOML error that says where, without quoting the line: toml's own message
+/// shows the offending line, which may be a `secret = "…"` line.
+fn toml_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("invalid TOML: {}", e.message());
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let line_text = text
+        .lines()
+        .nth(line - 1)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let message = if line_text.contains("secret") || line_text.contains("token") {
+        "invalid value (not shown: the line holds a secret)".to_owned()
+    } else {
+        e.message().to_owned()
+    };
+    anyhow::anyhow!("invalid TOML at line {line}, column {column}: {message}")
 }
 
 pub fn validate_source_name(name: &str) -> anyhow::Result<()> {
@@ -371,6 +393,21 @@ mod tests {
     fn secrets_are_not_printed() {
         let s = Secret::new("hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn toml_errors_say_where_but_never_quote_a_secret() {
+        let text = "[[source]]\nname = \"a\"\nsecret = \"hunter2\" extra\n";
+        let e = FileConfig::parse(text).unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = FileConfig::parse("[[source]]\nnme = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("unknown field `nme`"),
+            "{e}"
+        );
     }
 
     #[test]
