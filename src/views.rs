@@ -87,6 +87,9 @@ pub struct EventView {
     /// When retention dropped the body (`--retain-events`); the event stays
     /// listed so that a redelivery of it is still a duplicate.
     pub pruned_at: Option<String>,
+    /// Opaque feed position: `GET /api/events?cursor=<position>` reads the
+    /// events stored after this one. Keep the last one seen to tail the log.
+    pub position: String,
 }
 
 pub fn event_view(e: &StoredEvent) -> EventView {
@@ -104,6 +107,7 @@ pub fn event_view(e: &StoredEvent) -> EventView {
             serde_json::from_str(&e.body).unwrap_or(Value::String(e.body.clone()))
         },
         pruned_at: opt(e.pruned_at),
+        position: e.position.clone(),
     }
 }
 

@@ -629,3 +629,64 @@ async fn copy_moves_an_install_both_ways_and_is_safe_to_repeat() {
         0
     );
 }
+
+/// With several writers a transaction can commit after one that drew larger
+/// seq values. A consumer tailing the feed must still see it: the feed is in
+/// commit order and never shows what a running transaction could precede.
+#[tokio::test]
+async fn the_events_feed_never_skips_a_transaction_that_commits_late() {
+    let db = TestDb::create().await;
+    let s = store::open(&db.url, true).await.unwrap();
+    let event = |id: &str| {
+        let body = enrollment_event(id, "progress", 1, 7, "10", "2024-06-01T10:00:00Z");
+        let envelope = enrollhook::thinkific::parse(&body, None).unwrap();
+        store::NewEvent::from_envelope(
+            "default",
+            &envelope,
+            String::from_utf8(body).unwrap(),
+            chrono::Utc::now(),
+        )
+    };
+    s.append_batch(&[event("first")]).await.unwrap();
+    let page = |cursor: Option<String>| {
+        let s = s.clone();
+        async move {
+            s.list_events(&EventFilter::default(), &PageRequest { limit: 100, cursor })
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    let seen = page(None).await;
+    assert_eq!(seen.len(), 1);
+    let position = seen[0].position.clone();
+
+    // A slow writer draws a seq and has not committed yet…
+    let mut slow = db.connect().await;
+    sqlx::query("BEGIN").execute(&mut slow).await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (source, event_id, topic, received_at, body)
+         VALUES ('default', 'slow', 'order.created', now(), '{}')",
+    )
+    .execute(&mut slow)
+    .await
+    .unwrap();
+    // …while a faster one commits a later seq.
+    s.append_batch(&[event("fast")]).await.unwrap();
+    assert!(
+        page(Some(position.clone())).await.is_empty(),
+        "nothing after `first` is shown while an older transaction runs"
+    );
+
+    sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
+    let next: Vec<String> = page(Some(position))
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(
+        next,
+        ["slow", "fast"],
+        "both, in the order of their transactions"
+    );
+}

@@ -129,6 +129,11 @@ pub struct StoredEvent {
     /// Empty once retention pruned the event (see [`Store::prune_events`]).
     pub body: String,
     pub pruned_at: Option<DateTime<Utc>>,
+    /// Where this event is in the feed, as a `list_events` cursor: what follows
+    /// it is read by passing it. (On PostgreSQL the feed is in the order of
+    /// the writing transactions, which with several writers can differ from
+    /// seq order; see migration postgres/0004.)
+    pub position: String,
 }
 
 impl StoredEvent {

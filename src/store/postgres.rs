@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "retention",
         include_str!("migrations/postgres/0003_retention.sql"),
     ),
+    (
+        4,
+        "commit order",
+        include_str!("migrations/postgres/0004_commit_order.sql"),
+    ),
 ];
 
 /// Advisory lock key serialising migrations of concurrently starting instances
@@ -78,8 +83,8 @@ const ENROLLMENT_COLUMNS: &str = "source, enrollment_id, user_id, email, first_n
     course_id, course_name, progress, trial, completed, activated_at, started_at, completed_at, \
     expiry_date, created_at, updated_at, event_count, v_updated_at, v_created_at, v_event_id";
 
-pub(super) const EVENT_COLUMNS: &str =
-    "seq, source, event_id, topic, created_at, received_at, enrollment_id, body, pruned_at";
+pub(super) const EVENT_COLUMNS: &str = "seq, source, event_id, topic, created_at, received_at, enrollment_id, body, pruned_at, \
+     txid::text AS txid_text";
 
 fn enrollment_from_row(row: &PgRow) -> Result<Enrollment> {
     Ok(Enrollment {
@@ -110,8 +115,9 @@ fn enrollment_from_row(row: &PgRow) -> Result<Enrollment> {
 }
 
 pub(super) fn event_from_row(row: &PgRow) -> Result<StoredEvent> {
+    let seq: i64 = row.try_get("seq")?;
     Ok(StoredEvent {
-        seq: row.try_get("seq")?,
+        seq,
         source: row.try_get("source")?,
         event_id: row.try_get("event_id")?,
         topic: row.try_get("topic")?,
@@ -120,6 +126,7 @@ pub(super) fn event_from_row(row: &PgRow) -> Result<StoredEvent> {
         enrollment_id: row.try_get("enrollment_id")?,
         body: row.try_get("body")?,
         pruned_at: row.try_get("pruned_at")?,
+        position: encode_cursor(&[&row.try_get::<String, _>("txid_text")?, &seq.to_string()]),
     })
 }
 
@@ -164,6 +171,15 @@ fn is_retryable(e: &StoreError) -> bool {
 }
 
 impl PostgresStore {
+    /// The feed shows rows of transactions older than every transaction still
+    /// running in this database (`pg_snapshot_xmin` alone would also wait for
+    /// transactions of other databases on the same server).
+    const FEED_HORIZON: &str = " AND txid < COALESCE(
+        (SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+         WHERE xid(x) IN (SELECT backend_xid FROM pg_stat_activity
+                          WHERE datname = current_database() AND backend_xid IS NOT NULL)),
+        pg_snapshot_xmax(pg_current_snapshot()))";
+
     pub(super) fn writer(&self) -> &PgPool {
         &self.writer
     }
@@ -865,12 +881,23 @@ impl Store for PostgresStore {
                 }
             }
         }
-        let mut after = f.after_seq.unwrap_or(0);
-        if let Some(c) = &page.cursor {
-            after = after.max(parse_cursor_i64(&decode_cursor(c, 1)?[0])?);
+        if let Some(after) = f.after_seq {
+            q.push(" AND seq > ").push_bind(after);
         }
-        q.push(" AND seq > ").push_bind(after);
-        q.push(" ORDER BY seq LIMIT ")
+        // Commit order, not seq order (see migration 0004): page by (txid, seq)
+        // and stop before the oldest transaction still running.
+        if let Some(c) = &page.cursor {
+            let parts = decode_cursor(c, 2)?;
+            let txid = parse_cursor_i64(&parts[0])?;
+            let seq = parse_cursor_i64(&parts[1])?;
+            q.push(" AND (txid, seq) > (")
+                .push_bind(txid.to_string())
+                .push("::xid8, ")
+                .push_bind(seq)
+                .push(")");
+        }
+        q.push(Self::FEED_HORIZON);
+        q.push(" ORDER BY txid, seq LIMIT ")
             .push_bind(i64::from(page.limit) + 1);
         let rows = q.build().fetch_all(&self.reader).await?;
         let mut items = rows
@@ -879,7 +906,7 @@ impl Store for PostgresStore {
             .collect::<Result<Vec<_>>>()?;
         let next_cursor = (items.len() > page.limit as usize).then(|| {
             items.truncate(page.limit as usize);
-            encode_cursor(&[&items.last().expect("non-empty").seq.to_string()])
+            items.last().expect("non-empty").position.clone()
         });
         Ok(Page { items, next_cursor })
     }

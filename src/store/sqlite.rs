@@ -111,8 +111,9 @@ fn enrollment_from_row(row: &SqliteRow) -> Result<Enrollment> {
 }
 
 pub(super) fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
+    let seq: i64 = row.try_get("seq")?;
     Ok(StoredEvent {
-        seq: row.try_get("seq")?,
+        seq,
         source: row.try_get("source")?,
         event_id: row.try_get("event_id")?,
         topic: row.try_get("topic")?,
@@ -121,6 +122,7 @@ pub(super) fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
         enrollment_id: row.try_get("enrollment_id")?,
         body: row.try_get("body")?,
         pruned_at: parse_ts(row.try_get("pruned_at")?)?,
+        position: encode_cursor(&[&seq.to_string()]),
     })
 }
 
@@ -878,7 +880,7 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>>>()?;
         let next_cursor = (items.len() > page.limit as usize).then(|| {
             items.truncate(page.limit as usize);
-            encode_cursor(&[&items.last().expect("non-empty").seq.to_string()])
+            items.last().expect("non-empty").position.clone()
         });
         Ok(Page { items, next_cursor })
     }
