@@ -10,6 +10,7 @@ pub mod forward;
 pub mod postgres;
 mod postgres_forward;
 pub mod sqlite;
+mod sqlite_batch;
 mod sqlite_courses;
 mod sqlite_forward;
 
@@ -31,6 +32,9 @@ pub enum StoreError {
     /// so that Thinkific retries.
     #[error("database unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    /// The same, from the SQLite batch writer (rusqlite).
+    #[error("database unavailable: {0}")]
+    Write(String),
     /// A request the store cannot answer (bad cursor, …): the caller's mistake.
     #[error("{0}")]
     Invalid(String),

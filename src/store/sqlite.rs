@@ -1,12 +1,13 @@
 //! The embedded default: one SQLite file in WAL mode with `synchronous=FULL`, so
 //! a committed transaction survives a crash or power loss.
 //!
-//! One connection writes (SQLite allows one writer at a time anyway; the group
-//! commit in [`crate::ingest`] feeds it whole batches), a small pool reads
+//! One writer at a time (SQLite allows no more), under one lock: group-commit
+//! batches go to [`sqlite_batch`]'s thread, which runs each in one call;
+//! everything else writes through a sqlx connection. A small pool reads
 //! concurrently from WAL snapshots.
 
-use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,9 +18,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
 
+use super::sqlite_batch::{self, Batch, BatchWriter};
 use super::sqlite_courses;
 use super::*;
-use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
+use crate::projection::{self, Enrollment, Version};
 use crate::store::sqlite_forward;
 
 /// Schema versions, applied in order, each in its own transaction.
@@ -48,9 +50,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 
 pub struct SqliteStore {
     /// Checkpoints the WAL off the write path (see [`spawn_checkpointer`]).
-    checkpointer: Option<tokio::task::AbortHandle>,
+    checkpointer: tokio::task::AbortHandle,
     pub(super) writer: Writer,
     pub(super) reader: SqlitePool,
+    /// Group-commit batches, each in one call (see [`sqlite_batch`]).
+    batch: BatchWriter,
+    /// The enabled subscriptions as last read; the batch writer tells when
+    /// they changed (another process, or this one, wrote them).
+    subscriptions: tokio::sync::Mutex<Option<Arc<sqlite_batch::Subscriptions>>>,
 }
 
 /// Timestamps are stored as fixed-width RFC 3339 text in UTC, so text order is time order.
@@ -75,7 +82,7 @@ pub(super) fn req_ts(s: String) -> Result<DateTime<Utc>> {
     parse_ts(Some(s)).map(|t| t.expect("Some in, Some out"))
 }
 
-const ENROLLMENT_COLUMNS: &str = "source, enrollment_id, user_id, email, first_name, last_name, \
+pub(super) const ENROLLMENT_COLUMNS: &str = "source, enrollment_id, user_id, email, first_name, last_name, \
     course_id, course_name, progress, trial, completed, activated_at, started_at, completed_at, \
     expiry_date, created_at, updated_at, event_count, v_updated_at, v_created_at, v_event_id";
 
@@ -173,7 +180,7 @@ impl Writer {
 
 /// WAL pages after which a commit checkpoints by itself. Only a backstop: the
 /// background checkpointer keeps the WAL far smaller.
-const WAL_AUTOCHECKPOINT_BACKSTOP: u32 = 4_000;
+pub(super) const WAL_AUTOCHECKPOINT_BACKSTOP: u32 = 4_000;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// Copies committed pages from the WAL into the database file on a connection
@@ -206,9 +213,7 @@ fn spawn_checkpointer(options: SqliteConnectOptions) -> tokio::task::AbortHandle
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        if let Some(checkpointer) = &self.checkpointer {
-            checkpointer.abort();
-        }
+        self.checkpointer.abort();
     }
 }
 
@@ -225,21 +230,21 @@ impl SqliteStore {
                 "wal_autocheckpoint",
                 WAL_AUTOCHECKPOINT_BACKSTOP.to_string(),
             );
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::Invalid(
+                "an in-memory SQLite database cannot be shared by enrollhook's connections: \
+                 give a file path (it is created), e.g. sqlite:///tmp/enrollhook.db"
+                    .into(),
+            ));
+        }
         let writer_options = options.clone();
         let writer = writer_options.connect().await?;
-        // An in-memory database is shared between the connections of these
-        // options (sqlx names it and turns on the shared cache): it cannot be read-only.
-        let checkpointer = (!in_memory).then(|| spawn_checkpointer(options.clone()));
-        let reader_options = if in_memory {
-            options
-        } else {
-            options.read_only(true)
-        };
+        let batch = BatchWriter::open(options.get_filename())?;
+        let checkpointer = spawn_checkpointer(options.clone());
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(reader_options)
+            .connect_with(options.read_only(true))
             .await?;
         let writer = Writer {
             conn: tokio::sync::Mutex::new(writer),
@@ -249,6 +254,8 @@ impl SqliteStore {
             checkpointer,
             writer,
             reader,
+            batch,
+            subscriptions: tokio::sync::Mutex::new(None),
         };
         store.migrate(migrate).await?;
         Ok(store)
@@ -324,58 +331,57 @@ fn const_format_enrollment_select() -> &'static str {
     })
 }
 
-async fn upsert_enrollment(conn: &mut SqliteConnection, e: &Enrollment) -> Result<()> {
-    upsert_enrollments(conn, &[e]).await
-}
+/// The columns an enrollment row is written with, in bind order.
+pub(super) const ENROLLMENT_WRITE_COLUMNS: &str = "source, enrollment_id, user_id, email, \
+    first_name, last_name, course_id, course_name, progress, trial, completed, activated_at, \
+    started_at, completed_at, expiry_date, created_at, updated_at, days_to_complete, event_count, \
+    v_updated_at, v_created_at, v_event_id";
 
-/// Writes projection rows, many per statement.
-async fn upsert_enrollments(conn: &mut SqliteConnection, rows: &[&Enrollment]) -> Result<()> {
-    for chunk in rows.chunks(ENROLLMENT_ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO enrollments (source, enrollment_id, user_id, email, first_name, last_name,
-            course_id, course_name, progress, trial, completed, activated_at, started_at,
-            completed_at, expiry_date, created_at, updated_at, days_to_complete, event_count,
-            v_updated_at, v_created_at, v_event_id) ",
-        );
-        q.push_values(chunk, |mut row, e| {
-            row.push_bind(&e.source)
-                .push_bind(e.enrollment_id)
-                .push_bind(e.user_id)
-                .push_bind(&e.email)
-                .push_bind(&e.first_name)
-                .push_bind(&e.last_name)
-                .push_bind(e.course_id)
-                .push_bind(&e.course_name)
-                .push_bind(e.progress)
-                .push_bind(e.trial)
-                .push_bind(e.completed)
-                .push_bind(ts(e.activated_at))
-                .push_bind(ts(e.started_at))
-                .push_bind(ts(e.completed_at))
-                .push_bind(ts(e.expiry_date))
-                .push_bind(ts(e.created_at))
-                .push_bind(ts(e.updated_at))
-                .push_bind(e.days_to_complete())
-                .push_bind(e.event_count)
-                .push_bind(ts(e.version.updated_at))
-                .push_bind(ts(e.version.created_at))
-                .push_bind(&e.version.event_id);
-        });
-        q.push(
-            " ON CONFLICT (source, enrollment_id) DO UPDATE SET
-            user_id = excluded.user_id, email = excluded.email, first_name = excluded.first_name,
-            last_name = excluded.last_name, course_id = excluded.course_id,
-            course_name = excluded.course_name, progress = excluded.progress,
-            trial = excluded.trial, completed = excluded.completed,
-            activated_at = excluded.activated_at, started_at = excluded.started_at,
-            completed_at = excluded.completed_at, expiry_date = excluded.expiry_date,
-            created_at = excluded.created_at, updated_at = excluded.updated_at,
-            days_to_complete = excluded.days_to_complete, event_count = excluded.event_count,
-            v_updated_at = excluded.v_updated_at, v_created_at = excluded.v_created_at,
-            v_event_id = excluded.v_event_id",
-        );
-        q.build().execute(&mut *conn).await?;
-    }
+/// Turns an insert of [`ENROLLMENT_WRITE_COLUMNS`] into an upsert.
+pub(super) const ENROLLMENT_UPSERT_ON_CONFLICT: &str =
+    "ON CONFLICT (source, enrollment_id) DO UPDATE SET
+    user_id = excluded.user_id, email = excluded.email, first_name = excluded.first_name,
+    last_name = excluded.last_name, course_id = excluded.course_id,
+    course_name = excluded.course_name, progress = excluded.progress,
+    trial = excluded.trial, completed = excluded.completed,
+    activated_at = excluded.activated_at, started_at = excluded.started_at,
+    completed_at = excluded.completed_at, expiry_date = excluded.expiry_date,
+    created_at = excluded.created_at, updated_at = excluded.updated_at,
+    days_to_complete = excluded.days_to_complete, event_count = excluded.event_count,
+    v_updated_at = excluded.v_updated_at, v_created_at = excluded.v_created_at,
+    v_event_id = excluded.v_event_id";
+
+/// Writes a projection row (for `rebuild`; batches go through [`BatchWriter`]).
+async fn upsert_enrollment(conn: &mut SqliteConnection, e: &Enrollment) -> Result<()> {
+    let mut q = QueryBuilder::<Sqlite>::new(format!(
+        "INSERT INTO enrollments ({ENROLLMENT_WRITE_COLUMNS}) "
+    ));
+    q.push_values([e], |mut row, e| {
+        row.push_bind(&e.source)
+            .push_bind(e.enrollment_id)
+            .push_bind(e.user_id)
+            .push_bind(&e.email)
+            .push_bind(&e.first_name)
+            .push_bind(&e.last_name)
+            .push_bind(e.course_id)
+            .push_bind(&e.course_name)
+            .push_bind(e.progress)
+            .push_bind(e.trial)
+            .push_bind(e.completed)
+            .push_bind(ts(e.activated_at))
+            .push_bind(ts(e.started_at))
+            .push_bind(ts(e.completed_at))
+            .push_bind(ts(e.expiry_date))
+            .push_bind(ts(e.created_at))
+            .push_bind(ts(e.updated_at))
+            .push_bind(e.days_to_complete())
+            .push_bind(e.event_count)
+            .push_bind(ts(e.version.updated_at))
+            .push_bind(ts(e.version.created_at))
+            .push_bind(&e.version.event_id);
+    });
+    q.push(" ").push(ENROLLMENT_UPSERT_ON_CONFLICT);
+    q.build().execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -400,141 +406,6 @@ async fn refold(
         events.extend(enrollment_event_from_log(&topic, &event_id, &body)?);
     }
     Ok((rows.len(), projection::fold(source, events)))
-}
-
-/// Rows per multi-row statement: well under SQLite's 32766 bound parameters.
-const EVENT_ROWS_PER_STATEMENT: usize = 1000;
-const ENROLLMENT_ROWS_PER_STATEMENT: usize = 500;
-
-/// Inserts a batch into the event log, each (source, event id) once: the first
-/// occurrence is stored, later ones (in the log or earlier in the batch) are duplicates.
-async fn insert_events(
-    conn: &mut SqliteConnection,
-    events: &[NewEvent],
-) -> Result<Vec<AppendOutcome>> {
-    let mut first_in_batch: HashMap<(&str, &str), usize> = HashMap::with_capacity(events.len());
-    let fresh: Vec<&NewEvent> = events
-        .iter()
-        .enumerate()
-        .filter(|(i, ev)| {
-            *first_in_batch
-                .entry((&ev.source, &ev.event_id))
-                .or_insert(*i)
-                == *i
-        })
-        .map(|(_, ev)| ev)
-        .collect();
-    let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
-    for chunk in fresh.chunks(EVENT_ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (source, event_id, topic, created_at, received_at, enrollment_id, body) ",
-        );
-        q.push_values(chunk, |mut row, ev| {
-            row.push_bind(&ev.source)
-                .push_bind(&ev.event_id)
-                .push_bind(&ev.topic)
-                .push_bind(ts(ev.created_at))
-                .push_bind(fmt_ts(&ev.received_at))
-                .push_bind(ev.enrollment_id())
-                .push_bind(&ev.body);
-        });
-        // RETURNING gives rows in no promised order: match them up by key.
-        q.push(" ON CONFLICT (source, event_id) DO NOTHING RETURNING seq, source, event_id");
-        let rows: Vec<(i64, String, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
-        for (seq, source, event_id) in rows {
-            let at = first_in_batch
-                .get(&(source.as_str(), event_id.as_str()))
-                .ok_or_else(|| StoreError::Corrupt("inserted an event that was not sent".into()))?;
-            outcomes[*at] = AppendOutcome::Stored { seq };
-        }
-    }
-    Ok(outcomes)
-}
-
-/// Applies newly stored events (in arrival order) to the projection: one read of
-/// the affected enrollments, the rules in memory, one write of the changed rows.
-/// An enrollment that receives a late event is re-folded from the log instead,
-/// after the whole batch is in the log, so the fold includes every event of the
-/// batch (the rules do not depend on order, so this is what one-by-one gives).
-async fn project_batch<'a>(
-    conn: &mut SqliteConnection,
-    stored: impl Iterator<Item = &'a NewEvent>,
-) -> Result<()> {
-    let updates: Vec<(&str, &EnrollmentEvent)> = stored
-        .filter_map(|ev| ev.enrollment.as_ref().map(|e| (ev.source.as_str(), e)))
-        .collect();
-    if updates.is_empty() {
-        return Ok(());
-    }
-    let mut keys: Vec<(&str, i64)> = updates.iter().map(|(s, e)| (*s, e.payload.id)).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut state = load_enrollments(conn, &keys).await?;
-    // What the course totals counted for these enrollments before the batch.
-    let before = state.clone();
-
-    let mut changed = HashSet::with_capacity(keys.len());
-    let mut late = HashSet::new();
-    for (source, event) in updates {
-        let key = (source, event.payload.id);
-        if late.contains(&key) {
-            continue; // the re-fold below includes this event
-        }
-        match projection::apply(state.get(&key), source, event) {
-            Apply::Newer(next) => {
-                state.insert(key, next);
-                changed.insert(key);
-            }
-            Apply::Older => {
-                late.insert(key);
-            }
-        }
-    }
-    for key in late {
-        if let Some(folded) = refold(conn, key.0, key.1).await?.1 {
-            state.insert(key, folded);
-            changed.insert(key);
-        }
-    }
-    let mut rows: Vec<&Enrollment> = changed.iter().filter_map(|k| state.get(k)).collect();
-    rows.sort_unstable_by(|a, b| (&a.source, a.enrollment_id).cmp(&(&b.source, b.enrollment_id)));
-    let changes: Vec<(Option<&Enrollment>, &Enrollment)> = rows
-        .iter()
-        .map(|row| (before.get(&(row.source.as_str(), row.enrollment_id)), *row))
-        .collect();
-    sqlite_courses::adjust_batch(conn, &changes).await?;
-    upsert_enrollments(conn, &rows).await
-}
-
-/// The stored projection rows of `keys` (sorted), by (source, enrollment id).
-async fn load_enrollments<'k>(
-    conn: &mut SqliteConnection,
-    keys: &[(&'k str, i64)],
-) -> Result<HashMap<(&'k str, i64), Enrollment>> {
-    let mut found = HashMap::with_capacity(keys.len());
-    for chunk in keys.chunks(ENROLLMENT_ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE (source, enrollment_id) IN (VALUES "
-        ));
-        let mut values = q.separated(", ");
-        for (source, id) in chunk {
-            values
-                .push("(")
-                .push_bind_unseparated(*source)
-                .push_unseparated(", ")
-                .push_bind_unseparated(*id)
-                .push_unseparated(")");
-        }
-        q.push(")");
-        for row in q.build().fetch_all(&mut *conn).await? {
-            let e = enrollment_from_row(&row)?;
-            let at = chunk
-                .binary_search(&(e.source.as_str(), e.enrollment_id))
-                .map_err(|_| StoreError::Corrupt("an enrollment that was not asked for".into()))?;
-            found.insert(chunk[at], e);
-        }
-    }
-    Ok(found)
 }
 
 fn push_status_filter(q: &mut QueryBuilder<Sqlite>, status: Status, now: &str) {
@@ -562,32 +433,24 @@ impl Store for SqliteStore {
     }
 
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
-        // A handful of statements per batch, not per event: with group commit the
-        // writer's cost per statement, not the fsync, is what limits throughput.
+        // The write lock, held for the batch: the batch writer's connection and
+        // the sqlx write connection never write at the same time.
         let mut writer = self.writer.lock().await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        let outcomes = insert_events(&mut tx, events).await?;
-        let stored = events
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| matches!(o, AppendOutcome::Stored { .. }))
-            .map(|(ev, _)| ev);
-        project_batch(&mut tx, stored).await?;
-        // Forwarding: the outbox rows commit with their events, or not at all.
-        let subscriptions = sqlite_forward::enabled_subscriptions(&mut tx).await?;
-        if !subscriptions.is_empty() {
-            let stored: Vec<(&NewEvent, i64)> = events
-                .iter()
-                .zip(&outcomes)
-                .filter_map(|(ev, o)| match o {
-                    AppendOutcome::Stored { seq } => Some((ev, *seq)),
-                    AppendOutcome::Duplicate => None,
-                })
-                .collect();
-            sqlite_forward::enqueue(&mut tx, &subscriptions, &stored).await?;
+        let mut known = self.subscriptions.lock().await;
+        loop {
+            let subscriptions = match known.as_ref() {
+                Some(s) => s.clone(),
+                None => known
+                    .insert(Arc::new(
+                        sqlite_forward::subscriptions_for_batches(&mut writer).await?,
+                    ))
+                    .clone(),
+            };
+            match self.batch.append(events.to_vec(), subscriptions).await? {
+                Batch::Committed(outcomes) => return Ok(outcomes),
+                Batch::SubscriptionsChanged => *known = None,
+            }
         }
-        tx.commit().await?;
-        Ok(outcomes)
     }
 
     async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<PruneReport> {

@@ -3,7 +3,7 @@
 //! `course_totals` holds, per (source, course), what the statistics sum up;
 //! `course_expiries` counts not-completed enrollments by month of expiry.
 //! Both change in the same transaction as the enrollment row
-//! ([`adjust`]: remove the row's old contribution, add its new one), so
+//! ([`deltas`]: remove the row's old contribution, add its new one), so
 //! readers always see totals that match the projection. What depends on the
 //! time of reading (expired, and so trial and active) is resolved when read:
 //! whole past months come from `course_expiries`, the current month from the
@@ -11,7 +11,8 @@
 //! `enrollments_completion_days` index at the middle position, which the
 //! totals give.
 //!
-//! A PostgreSQL store keeps the same two tables with the same rules.
+//! (PostgreSQL does not keep these tables yet: it computes the statistics
+//! with one GROUP BY over the enrollments.)
 
 use std::collections::HashMap;
 
@@ -58,25 +59,30 @@ fn progress_micros(progress: f64) -> i64 {
     (progress * 1_000_000.0).round() as i64
 }
 
-/// Moves enrollments' contributions from their old state to their new one:
-/// the changes of a whole batch are summed per course (and expiry month) first,
-/// so a batch costs one statement per course touched, not several per event.
-pub(super) async fn adjust_batch(
-    conn: &mut SqliteConnection,
-    changes: &[(Option<&Enrollment>, &Enrollment)],
-) -> Result<()> {
-    #[derive(Default)]
-    struct Delta<'a> {
-        enrollments: i64,
-        completed: i64,
-        open_trials: i64,
-        progress_micros: i64,
-        with_days: i64,
-        /// The greatest name among added contributions.
-        name: Option<&'a str>,
-    }
-    let mut totals: HashMap<(&str, i64), Delta> = HashMap::new();
-    let mut expiries: HashMap<(&str, i64, String), (i64, i64)> = HashMap::new();
+/// What a batch changes in one course's totals.
+#[derive(Debug, Default)]
+pub(super) struct TotalsDelta<'a> {
+    pub enrollments: i64,
+    pub completed: i64,
+    pub open_trials: i64,
+    pub progress_micros: i64,
+    pub with_days: i64,
+    /// The greatest name among added contributions.
+    pub name: Option<&'a str>,
+}
+
+/// A batch's changes to the course tables, summed per course and per
+/// (course, month of expiry): one upsert per course touched, not per event.
+#[derive(Debug, Default)]
+pub(super) struct CourseDeltas<'a> {
+    pub totals: HashMap<(&'a str, i64), TotalsDelta<'a>>,
+    /// (enrollments, trials) per (source, course, month).
+    pub expiries: HashMap<(&'a str, i64, String), (i64, i64)>,
+}
+
+/// Moves enrollments' contributions from their old state (None: new) to their new one.
+pub(super) fn deltas<'a>(changes: &[(Option<&'a Enrollment>, &'a Enrollment)]) -> CourseDeltas<'a> {
+    let mut out = CourseDeltas::default();
     for (old, new) in changes {
         let (old, new) = (old.and_then(contribution), contribution(new));
         if old == new {
@@ -87,7 +93,7 @@ pub(super) async fn adjust_batch(
             .map(|c| (c, -1))
             .chain(new.iter().map(|c| (c, 1)))
         {
-            let d = totals.entry((c.source, c.course_id)).or_default();
+            let d = out.totals.entry((c.source, c.course_id)).or_default();
             d.enrollments += sign;
             d.completed += sign * c.completed;
             d.open_trials += sign * c.open_trial;
@@ -97,7 +103,8 @@ pub(super) async fn adjust_batch(
                 d.name = c.name;
             }
             if let Some((month, trial)) = &c.expiry {
-                let e = expiries
+                let e = out
+                    .expiries
                     .entry((c.source, c.course_id, month.clone()))
                     .or_default();
                 e.0 += sign;
@@ -105,65 +112,30 @@ pub(super) async fn adjust_batch(
             }
         }
     }
-    // One multi-row upsert per table: a statement costs far more than a row.
-    let totals: Vec<_> = totals.into_iter().collect();
-    for chunk in totals.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO course_totals (source, course_id, name, enrollments, completed, \
-             open_trials, progress_micros, with_days) ",
-        );
-        q.push_values(chunk, |mut row, ((source, course_id), d)| {
-            row.push_bind(*source)
-                .push_bind(*course_id)
-                .push_bind(d.name)
-                .push_bind(d.enrollments)
-                .push_bind(d.completed)
-                .push_bind(d.open_trials)
-                .push_bind(d.progress_micros)
-                .push_bind(d.with_days);
-        });
-        q.push(
-            " ON CONFLICT (source, course_id) DO UPDATE SET
-                name = CASE WHEN excluded.name IS NOT NULL AND (name IS NULL OR excluded.name > name)
-                            THEN excluded.name ELSE name END,
-                enrollments = enrollments + excluded.enrollments,
-                completed = completed + excluded.completed,
-                open_trials = open_trials + excluded.open_trials,
-                progress_micros = progress_micros + excluded.progress_micros,
-                with_days = with_days + excluded.with_days",
-        );
-        q.build().execute(&mut *conn).await?;
-    }
-    let expiries: Vec<_> = expiries
-        .into_iter()
-        .filter(|(_, counts)| *counts != (0, 0))
-        .collect();
-    for chunk in expiries.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO course_expiries (source, course_id, month, enrollments, trials) ",
-        );
-        q.push_values(
-            chunk,
-            |mut row, ((source, course_id, month), (enrollments, trials))| {
-                row.push_bind(*source)
-                    .push_bind(*course_id)
-                    .push_bind(month.as_str())
-                    .push_bind(*enrollments)
-                    .push_bind(*trials);
-            },
-        );
-        q.push(
-            " ON CONFLICT (month, source, course_id) DO UPDATE SET
-                enrollments = enrollments + excluded.enrollments,
-                trials = trials + excluded.trials",
-        );
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
+    out.expiries.retain(|_, counts| *counts != (0, 0));
+    out
 }
 
-/// Rows per multi-row upsert: 8 parameters each, well under SQLite's limit.
-const ROWS_PER_STATEMENT: usize = 1000;
+/// Adds a course's delta to its totals (one row).
+pub(super) const TOTALS_UPSERT: &str = "INSERT INTO course_totals (source, course_id, name,
+        enrollments, completed, open_trials, progress_micros, with_days)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+    ON CONFLICT (source, course_id) DO UPDATE SET
+        name = CASE WHEN excluded.name IS NOT NULL AND (name IS NULL OR excluded.name > name)
+                    THEN excluded.name ELSE name END,
+        enrollments = enrollments + excluded.enrollments,
+        completed = completed + excluded.completed,
+        open_trials = open_trials + excluded.open_trials,
+        progress_micros = progress_micros + excluded.progress_micros,
+        with_days = with_days + excluded.with_days";
+
+/// Adds a (course, month) delta to the expiry counts (one row).
+pub(super) const EXPIRIES_UPSERT: &str = "INSERT INTO course_expiries (source, course_id, month,
+        enrollments, trials)
+    VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (month, source, course_id) DO UPDATE SET
+        enrollments = enrollments + excluded.enrollments,
+        trials = trials + excluded.trials";
 
 /// Re-derives both tables from the enrollments (for `rebuild`).
 pub(super) async fn recompute(conn: &mut SqliteConnection) -> Result<()> {

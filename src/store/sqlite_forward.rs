@@ -54,7 +54,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("plain data serializes")
 }
 
-/// The subscriptions new events are matched against, read once per batch.
+/// The enabled subscriptions (what new events are matched against).
 pub(super) async fn enabled_subscriptions(
     conn: &mut SqliteConnection,
 ) -> Result<Vec<Subscription>> {
@@ -66,45 +66,25 @@ pub(super) async fn enabled_subscriptions(
     rows.iter().map(subscription_from_row).collect()
 }
 
+/// The enabled subscriptions with their fingerprint, in one snapshot, for the
+/// batch writer (which re-checks the fingerprint inside each batch).
+pub(super) async fn subscriptions_for_batches(
+    conn: &mut SqliteConnection,
+) -> Result<super::sqlite_batch::Subscriptions> {
+    let mut tx = conn.begin().await?;
+    let fingerprint = sqlx::query_as(super::sqlite_batch::SUBSCRIPTIONS_FINGERPRINT)
+        .fetch_one(&mut *tx)
+        .await?;
+    let enabled = enabled_subscriptions(&mut tx).await?;
+    tx.commit().await?;
+    Ok(super::sqlite_batch::Subscriptions {
+        enabled,
+        fingerprint,
+    })
+}
+
 /// Rows per multi-row statement of recorded attempts (9 parameters each).
 const ATTEMPT_ROWS_PER_STATEMENT: usize = 500;
-
-/// Puts freshly stored events in the outbox of every matching subscription
-/// (called inside the events' own transaction): one statement per batch.
-pub(super) async fn enqueue(
-    conn: &mut SqliteConnection,
-    subscriptions: &[Subscription],
-    stored: &[(&NewEvent, i64)],
-) -> Result<()> {
-    let rows: Vec<(&str, i64, Option<String>, String)> = stored
-        .iter()
-        .flat_map(|(ev, seq)| {
-            subscriptions
-                .iter()
-                .filter(|s| s.matches(&ev.source, &ev.topic, ev.course_id))
-                .map(|s| (s.id.as_str(), *seq, ev.order_key(), fmt_ts(&ev.received_at)))
-        })
-        .collect();
-    // 6 parameters a row, well under SQLite's limit.
-    for chunk in rows.chunks(1000) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, \
-             next_attempt_at, created_at) ",
-        );
-        q.push_values(chunk, |mut row, (subscription, seq, key, at)| {
-            row.push_bind(*subscription)
-                .push_bind(*seq)
-                .push_bind(key.as_deref())
-                .push("'pending', 0")
-                .push_bind(at.as_str())
-                .push_bind(at.as_str());
-        });
-        // A fresh event has no outbox rows yet.
-        q.push(" ON CONFLICT (subscription_id, event_seq) DO NOTHING");
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
 
 /// Inserts a pending delivery, or makes an existing one pending and due again.
 async fn upsert_outbox(
