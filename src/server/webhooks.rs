@@ -102,7 +102,7 @@ async fn receive(
             event_id,
             outcome,
             status = response.status().as_u16(),
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             "delivery"
         );
         response
