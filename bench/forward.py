@@ -40,6 +40,8 @@ def main():
     p.add_argument("--duration", type=int, default=20)
     p.add_argument("--events", type=int, default=600_000)
     p.add_argument("--connections", type=int, default=8, help="wrk connections ingesting")
+    p.add_argument("--forward-concurrency", type=int, default=None,
+                   help="enrollhook's --forward-concurrency (default: its own)")
     p.add_argument("--rate", type=int, default=0,
                    help="ingest at this many events/s with `enrollhook simulate` (64 in flight) "
                         "instead of wrk as fast as it answers")
@@ -61,7 +63,9 @@ def main():
     log_path = work / "enrollhook.log"
     server = subprocess.Popen([str(bench.ENROLLHOOK), "--config", str(work / "enrollhook.toml"),
                                "--database", f"sqlite://{db}", "serve", "--listen", f"127.0.0.1:{port}",
-                               "--allow-private-destinations"],
+                               "--allow-private-destinations"]
+                              + (["--forward-concurrency", str(args.forward_concurrency)]
+                                 if args.forward_concurrency else []),
                               stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
     try:
         bench.wait_ready(server, port, log_path)

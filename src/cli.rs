@@ -142,7 +142,7 @@ struct ServeArgs {
     #[arg(long, default_value = "15s", value_parser = crate::forward::policy::parse_duration)]
     forward_timeout: Duration,
     /// Forwarding deliveries in flight at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     forward_concurrency: usize,
     /// Serve HTTPS with this PEM certificate (chain); needs --tls-key.
     #[arg(long, env = "ENROLLHOOK_TLS_CERT", requires = "tls_key")]

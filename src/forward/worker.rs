@@ -36,7 +36,7 @@ impl Default for ForwardConfig {
             timeout: Duration::from_secs(15),
             allow_private_destinations: false,
             disable_after: Duration::from_secs(5 * 86400),
-            concurrency: 64,
+            concurrency: 256,
             poll_interval: Duration::from_millis(100),
         }
     }
