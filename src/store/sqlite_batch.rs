@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -245,13 +245,15 @@ fn project<'a>(conn: &Connection, stored: impl Iterator<Item = &'a NewEvent>) ->
         .map(|row| (before.get(&(row.source.as_str(), row.enrollment_id)), *row))
         .collect();
     adjust_course_tables(conn, &changes).map_err(write_error)?;
-    let mut upsert = conn
-        .prepare_cached(&format!(
+    static UPSERT: OnceLock<String> = OnceLock::new();
+    let sql = UPSERT.get_or_init(|| {
+        format!(
             "INSERT INTO enrollments ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22) {ENROLLMENT_UPSERT_ON_CONFLICT}",
             super::sqlite::ENROLLMENT_WRITE_COLUMNS
-        ))
-        .map_err(write_error)?;
+        )
+    });
+    let mut upsert = conn.prepare_cached(sql).map_err(write_error)?;
     for e in rows {
         upsert
             .execute(params![
@@ -309,12 +311,14 @@ fn adjust_course_tables(
 }
 
 fn load_enrollment(conn: &Connection, source: &str, id: i64) -> Result<Option<Enrollment>> {
-    let mut select = conn
-        .prepare_cached(&format!(
+    static SELECT: OnceLock<String> = OnceLock::new();
+    let sql = SELECT.get_or_init(|| {
+        format!(
             "SELECT {} FROM enrollments WHERE source = ?1 AND enrollment_id = ?2",
             super::sqlite::ENROLLMENT_COLUMNS
-        ))
-        .map_err(write_error)?;
+        )
+    });
+    let mut select = conn.prepare_cached(sql).map_err(write_error)?;
     select
         .query_row(params![source, id], enrollment_from_row)
         .optional()
