@@ -64,6 +64,7 @@ conformance!(
     rebuild_dry_run_and_real,
     ping_and_bad_cursors,
     retention_drops_old_bodies_but_not_ids_or_the_projection,
+    a_replay_during_an_attempt_is_not_recorded_over,
 );
 
 fn t(minute: i64) -> DateTime<Utc> {
@@ -799,4 +800,72 @@ async fn retention_drops_old_bodies_but_not_ids_or_the_projection(f: Fixture) {
     );
     let check = s.rebuild_projection(true).await.unwrap();
     assert_eq!((check.changed, check.removed), (0, 0), "{check:?}");
+}
+
+/// Replaying a delivery while an attempt of it is in flight: when that attempt
+/// is recorded afterwards, the replayed delivery must stay pending (and be
+/// delivered again), not be marked delivered by the earlier attempt.
+async fn a_replay_during_an_attempt_is_not_recorded_over(f: Fixture) {
+    use enrollhook::forward::policy::Next;
+    use enrollhook::forward::subscription::SubscriptionInput;
+    use enrollhook::store::{DeliveryFilter, DeliveryState, FinishedAttempt, ReplayScope};
+
+    let s = &f.store;
+    let input: SubscriptionInput =
+        serde_json::from_value(serde_json::json!({"url": "https://crm.example.com/hook"})).unwrap();
+    let sub = input.create("sub_1".into(), Utc::now(), false).unwrap();
+    s.insert_subscription(&sub).await.unwrap();
+    let event = enrollment("default", "e1", "progress", 1, 7, "10", 1);
+    s.append_batch(std::slice::from_ref(&event)).await.unwrap();
+
+    let now = Utc::now();
+    let claimed = s
+        .claim_deliveries(now, now + Duration::seconds(20), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // The attempt is in flight; meanwhile someone replays the event.
+    let replay = ReplayScope::Event {
+        source: "default".into(),
+        event_id: "e1".into(),
+        subscription_id: None,
+    };
+    assert_eq!(s.replay(&replay, now).await.unwrap(), 1);
+    let d = &claimed[0];
+    let finished = FinishedAttempt {
+        outbox_id: d.outbox_id,
+        subscription_id: d.subscription.id.clone(),
+        event_seq: d.event.seq,
+        attempt: d.attempts + 1,
+        attempted_at: now,
+        status: Some(200),
+        latency_ms: 1.0,
+        error: None,
+        response: None,
+        next: Next::Delivered,
+    };
+    s.finish_attempts(&[finished], now - Duration::days(5))
+        .await
+        .unwrap();
+
+    let pending = s
+        .list_deliveries(
+            &DeliveryFilter {
+                state: Some(DeliveryState::Pending),
+                ..Default::default()
+            },
+            &PageRequest {
+                limit: 10,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(pending.len(), 1, "the replay is still to be delivered");
+    let again = s
+        .claim_deliveries(now, now + Duration::seconds(20), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "and can be claimed at once");
 }

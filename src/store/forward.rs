@@ -142,6 +142,8 @@ pub trait ForwardStore: Send + Sync {
     ) -> Result<Vec<ClaimedDelivery>>;
 
     /// Records attempts and moves their deliveries on, in one transaction.
+    /// A delivery replayed while an attempt was in flight is not moved on by
+    /// that attempt (replay clears the lease; only leased rows are moved on).
     /// Subscriptions failing since before `disable_failing_before` are disabled;
     /// returns the ids of subscriptions disabled by this call (also 410s).
     async fn finish_attempts(

@@ -103,7 +103,8 @@ async fn upsert_outbox(
         "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at)
          VALUES ($1, $2, $3, 'pending', 0, $4, $4)
          ON CONFLICT (subscription_id, event_seq) DO UPDATE SET
-            state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at, finished_at = NULL",
+            state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at, finished_at = NULL,
+            lease_until = NULL",
     )
     .bind(subscription_id)
     .bind(seq)
@@ -357,7 +358,7 @@ impl ForwardStore for PostgresStore {
              UPDATE outbox AS o SET state = v.state, attempts = v.attempt,
                 next_attempt_at = v.next_attempt_at, lease_until = NULL,
                 last_status = v.status, last_error = v.last_error, finished_at = v.finished_at
-             FROM v WHERE o.id = v.outbox_id AND o.state = 'pending'",
+             FROM v WHERE o.id = v.outbox_id AND o.state = 'pending' AND o.lease_until IS NOT NULL",
         )
         .bind(done.iter().map(|f| f.outbox_id).collect::<Vec<_>>())
         .bind(

@@ -86,7 +86,8 @@ pub(super) async fn subscriptions_for_batches(
 /// Rows per multi-row statement of recorded attempts (9 parameters each).
 const ATTEMPT_ROWS_PER_STATEMENT: usize = 500;
 
-/// Inserts a pending delivery, or makes an existing one pending and due again.
+/// Inserts a pending delivery, or makes an existing one pending and due again,
+/// unleased: an attempt still in flight does not get to record over it.
 async fn upsert_outbox(
     conn: &mut SqliteConnection,
     subscription_id: &str,
@@ -99,7 +100,8 @@ async fn upsert_outbox(
         "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at)
          VALUES (?, ?, ?, 'pending', 0, ?, ?)
          ON CONFLICT (subscription_id, event_seq) DO UPDATE SET
-            state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at, finished_at = NULL",
+            state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at, finished_at = NULL,
+            lease_until = NULL",
     )
     .bind(subscription_id)
     .bind(seq)
@@ -374,7 +376,8 @@ impl ForwardStore for SqliteStore {
                     next_attempt_at = v.next_attempt_at, lease_until = NULL,
                     last_status = v.last_status, last_error = v.last_error,
                     finished_at = v.finished_at
-                 FROM v WHERE outbox.id = v.id AND outbox.state = 'pending'",
+                 FROM v WHERE outbox.id = v.id AND outbox.state = 'pending'
+                   AND outbox.lease_until IS NOT NULL",
             );
             q.build().execute(&mut *tx).await?;
         }
