@@ -75,6 +75,28 @@ async fn all_event_ids(client: &reqwest::Client, base: &str) -> Vec<String> {
     }
 }
 
+/// How many times each event id was stored.
+fn count_ids(ids: &[String]) -> HashMap<&str, usize> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in ids {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    counts
+}
+
+/// `enrollhook rebuild --check`: the projection equals a rebuild from the log.
+fn assert_projection_equals_rebuild(url: &str) {
+    let out = std::process::Command::new(BIN)
+        .args(["rebuild", "--check", "--database", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_burst_loses_nothing_acknowledged() {
     let (_dir, url) = fresh_db();
@@ -109,10 +131,7 @@ async fn sigkill_during_a_burst(url: &str) {
     let server = start_server(&url, SECRET, &[]);
     let client = enrollhook::client::http_client(Duration::from_secs(30)).unwrap();
     let stored = all_event_ids(&client, &server.base).await;
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for id in &stored {
-        *counts.entry(id.as_str()).or_default() += 1;
-    }
+    let counts = count_ids(&stored);
     let acked = acked.lock().unwrap();
     assert!(acked.len() >= 900);
     for id in acked.iter() {
@@ -125,16 +144,7 @@ async fn sigkill_during_a_burst(url: &str) {
     assert!(counts.values().all(|&n| n == 1));
     drop(server);
 
-    // The projection equals a rebuild from the log.
-    let out = std::process::Command::new(BIN)
-        .args(["rebuild", "--check", "--database", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_projection_equals_rebuild(&url);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,23 +254,12 @@ async fn simulated_traffic_through_kills(url: &str) {
         .unwrap_or_else(|| panic!("no expected event count in: {report}"));
     let client = enrollhook::client::http_client(Duration::from_secs(30)).unwrap();
     let stored = all_event_ids(&client, &base).await;
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for id in &stored {
-        *counts.entry(id.as_str()).or_default() += 1;
-    }
+    let counts = count_ids(&stored);
     assert!(counts.values().all(|&n| n == 1), "an event stored twice");
     assert_eq!(stored.len(), expected_events, "every event exactly once");
     drop(server);
 
-    let out = std::process::Command::new(BIN)
-        .args(["rebuild", "--check", "--database", url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_projection_equals_rebuild(url);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
