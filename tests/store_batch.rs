@@ -141,3 +141,60 @@ async fn batches_larger_than_one_statement_store_everything() {
     assert!(completed.completed);
     assert_eq!(completed.event_count, 3);
 }
+
+/// Large batches are projected a little after they commit, and two processes
+/// (here two stores) may append to one file: whichever reads first catches the
+/// projection up, reading the other's events back from the log.
+#[tokio::test]
+async fn the_projection_catches_up_with_large_batches_from_two_writers() {
+    let (dir, url) = fresh_db();
+    let a = SqliteStore::open(&url, true).await.unwrap();
+    let b = SqliteStore::open(&url, false).await.unwrap();
+    let batch = |action: &str, pct: &str, day: u32, ids: std::ops::Range<i64>| -> Vec<NewEvent> {
+        ids.map(|n| {
+            let at = format!("2024-02-{day:02}T00:00:00Z");
+            event("s", &format!("{action}-{pct}-{n}"), action, n, pct, &at)
+        })
+        .collect()
+    };
+    a.append_batch(&batch("created", "0", 1, 0..40))
+        .await
+        .unwrap();
+    b.append_batch(&batch("progress", "50", 2, 0..40))
+        .await
+        .unwrap();
+    a.append_batch(&batch("completed", "100", 3, 0..20))
+        .await
+        .unwrap();
+    // Late: an older progress after the completions, from the other writer.
+    b.append_batch(&batch("progress", "10", 1, 0..40))
+        .await
+        .unwrap();
+
+    let seen_by_b = all_enrollments(&b).await;
+    assert_eq!(seen_by_b.len(), 40);
+    for e in &seen_by_b {
+        let done = e.enrollment_id < 20;
+        assert_eq!(e.event_count, if done { 4 } else { 3 }, "{e:?}");
+        assert_eq!(e.completed, done, "{e:?}");
+        assert_eq!(e.progress, if done { 100.0 } else { 50.0 }, "{e:?}");
+    }
+    assert_eq!(all_enrollments(&a).await, seen_by_b);
+    let check = a.rebuild_projection(true).await.unwrap();
+    assert_eq!((check.events, check.changed, check.removed), (140, 0, 0));
+    drop((a, b, dir));
+}
+
+async fn all_enrollments(store: &SqliteStore) -> Vec<enrollhook::projection::Enrollment> {
+    let request = enrollhook::store::PageRequest {
+        limit: 1000,
+        cursor: None,
+    };
+    let mut items = store
+        .list_enrollments(&Default::default(), &request, Utc::now())
+        .await
+        .unwrap()
+        .items;
+    items.sort_by_key(|e| e.enrollment_id);
+    items
+}

@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "retention",
         include_str!("migrations/sqlite/0004_retention.sql"),
     ),
+    (
+        5,
+        "projection cursor",
+        include_str!("migrations/sqlite/0005_projection_cursor.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -155,7 +160,8 @@ fn quarantine_from_row(row: &SqliteRow) -> Result<QuarantineRecord> {
 /// The one write connection. A lock, not a pool: handing a pooled connection
 /// back costs a task hop per batch (~0.4 ms measured).
 pub(super) struct Writer {
-    conn: tokio::sync::Mutex<SqliteConnection>,
+    /// Also the lock of the batch writer thread's connection.
+    conn: sqlite_batch::WriteLock,
     options: SqliteConnectOptions,
 }
 
@@ -240,8 +246,8 @@ impl SqliteStore {
             ));
         }
         let writer_options = options.clone();
-        let writer = writer_options.connect().await?;
-        let batch = BatchWriter::open(options.get_filename())?;
+        let writer = Arc::new(tokio::sync::Mutex::new(writer_options.connect().await?));
+        let batch = BatchWriter::open(options.get_filename(), writer.clone())?;
         let checkpointer = spawn_checkpointer(options.clone());
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
@@ -249,7 +255,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let writer = Writer {
-            conn: tokio::sync::Mutex::new(writer),
+            conn: writer,
             options: writer_options,
         };
         let store = SqliteStore {
@@ -260,7 +266,18 @@ impl SqliteStore {
             subscriptions: tokio::sync::Mutex::new(None),
         };
         store.migrate(migrate).await?;
+        // Events a crash left unprojected (usually none).
+        store.batch.catch_up().await?;
         Ok(store)
+    }
+
+    /// Lets the projection catch up with the log before it is read. A failure
+    /// (say, a read-only file) leaves the projection a little behind rather
+    /// than failing the read.
+    async fn projection_current(&self) {
+        if let Err(e) = self.batch.catch_up().await {
+            tracing::warn!(error = %e, "the projection may be behind the event log");
+        }
     }
 
     async fn migrate(&self, apply: bool) -> Result<()> {
@@ -387,18 +404,21 @@ async fn upsert_enrollment(conn: &mut SqliteConnection, e: &Enrollment) -> Resul
     Ok(())
 }
 
-/// Folds every logged event of one enrollment: the slow path for late events,
-/// and what `rebuild` does for every enrollment.
+/// Folds the logged events of one enrollment up to `through` (seq): what
+/// `rebuild` does for every enrollment.
 async fn refold(
     conn: &mut SqliteConnection,
     source: &str,
     enrollment_id: i64,
+    through: i64,
 ) -> Result<(usize, Option<Enrollment>)> {
     let rows = sqlx::query(
-        "SELECT topic, event_id, body FROM events WHERE source = ? AND enrollment_id = ?",
+        "SELECT topic, event_id, body FROM events
+         WHERE source = ? AND enrollment_id = ? AND seq <= ?",
     )
     .bind(source)
     .bind(enrollment_id)
+    .bind(through)
     .fetch_all(&mut *conn)
     .await?;
     let mut events = Vec::with_capacity(rows.len());
@@ -435,18 +455,15 @@ impl Store for SqliteStore {
     }
 
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
-        // The write lock, held for the batch: the batch writer's connection and
-        // the sqlx write connection never write at the same time.
-        let mut writer = self.writer.lock().await?;
         let mut known = self.subscriptions.lock().await;
         loop {
             let subscriptions = match known.as_ref() {
                 Some(s) => s.clone(),
-                None => known
-                    .insert(Arc::new(
-                        sqlite_forward::subscriptions_for_batches(&mut writer).await?,
-                    ))
-                    .clone(),
+                None => {
+                    let mut conn = self.reader.acquire().await?;
+                    let read = sqlite_forward::subscriptions_for_batches(&mut conn).await?;
+                    known.insert(Arc::new(read)).clone()
+                }
             };
             match self.batch.append(events.to_vec(), subscriptions).await? {
                 Batch::Committed(outcomes) => return Ok(outcomes),
@@ -633,6 +650,7 @@ impl Store for SqliteStore {
         page: &PageRequest,
         now: DateTime<Utc>,
     ) -> Result<Page<Enrollment>> {
+        self.projection_current().await;
         let mut q = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE 1 = 1"
         ));
@@ -681,6 +699,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_enrollment(&self, source: &str, enrollment_id: i64) -> Result<Option<Enrollment>> {
+        self.projection_current().await;
         let mut conn = self.reader.acquire().await?;
         load_enrollment(&mut conn, source, enrollment_id).await
     }
@@ -705,6 +724,7 @@ impl Store for SqliteStore {
         source: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<CourseStats>> {
+        self.projection_current().await;
         sqlite_courses::course_stats(&self.reader, source, now).await
     }
 
@@ -762,26 +782,35 @@ impl Store for SqliteStore {
     }
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {
+        self.batch.catch_up().await?;
         // One write transaction: deliveries wait (they do not fail) while it runs.
         let mut writer = self.writer.lock().await?;
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        // What the projection is meant to reflect: events stored since are
+        // applied by the batch writer after this, as usual.
+        let through: i64 =
+            sqlx::query_scalar("SELECT projected_through_seq FROM projection_cursor")
+                .fetch_one(&mut *tx)
+                .await?;
         let mut report = RebuildReport::default();
         let mut last: (String, i64) = (String::new(), i64::MIN);
         loop {
             let keys: Vec<(String, i64)> = sqlx::query_as(
                 "SELECT DISTINCT source, enrollment_id FROM events
                  WHERE enrollment_id IS NOT NULL AND (source, enrollment_id) > (?, ?)
+                   AND seq <= ?
                  ORDER BY source, enrollment_id LIMIT 1000",
             )
             .bind(&last.0)
             .bind(last.1)
+            .bind(through)
             .fetch_all(&mut *tx)
             .await?;
             let Some(tail) = keys.last().cloned() else {
                 break;
             };
             for (source, id) in keys {
-                let (n, folded) = refold(&mut tx, &source, id).await?;
+                let (n, folded) = refold(&mut tx, &source, id, through).await?;
                 report.events += n as u64;
                 let Some(folded) = folded else { continue };
                 report.enrollments += 1;

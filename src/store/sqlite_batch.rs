@@ -1,20 +1,40 @@
-//! The group-commit write path on SQLite: a whole batch in one call, on a
-//! thread of its own with its own connection (rusqlite).
+//! The SQLite write path on a thread of its own with its own connection
+//! (rusqlite): group-commit batches of deliveries, and the projection that
+//! follows them.
 //!
 //! Through sqlx every statement is a hand-off to sqlx's SQLite worker thread
 //! and back (~50 µs each with both cores busy, measured), and a batch takes a
 //! dozen statements. Here a batch is one hand-off: its statements run back to
-//! back in-process, prepared once and cached. The connection is only used
-//! while the store's write lock is held, so it never contends with the store's
-//! other (sqlx) write connection.
+//! back in-process, prepared once and cached. The thread writes only under the
+//! store's write lock, so it never contends with the store's sqlx connection.
+//!
+//! Under load the log and the projection commit separately. A batch of
+//! deliveries commits its events (and their outbox rows) and is answered; the
+//! projection (enrollments and the course tables) follows a few milliseconds
+//! behind, for many batches at once: once [`PROJECT_AT`] events wait,
+//! [`PROJECT_AFTER`] after the first of them, or as soon as deliveries pause
+//! for [`PROJECT_WHEN_IDLE`], in the next batch's transaction or in one of its
+//! own. A course's totals and index pages are touched by nearly every batch,
+//! so projecting many batches together writes each such page to the WAL once
+//! instead of once per batch: committed WAL bytes per event about halve, and
+//! events/s at 64 connections rise ~10 % (BENCHMARKS.md). A small batch
+//! (little load, where latency matters more) is still projected in the
+//! transaction that stores it.
+//!
+//! `projection_cursor.projected_through_seq`, written in the same transaction,
+//! says how far the projection got. Every read of the projection first lets it
+//! catch up ([`BatchWriter::catch_up`]): a client never misses its own
+//! delivery. Events that another process appended, or that a crash left
+//! unprojected, are read back from the log.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, OnceLock, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sqlx::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
 use super::sqlite::{ENROLLMENT_UPSERT_ON_CONFLICT, fmt_ts, ts};
@@ -23,15 +43,35 @@ use super::*;
 use crate::forward::subscription::Subscription;
 use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
 
-/// Sends batches to the writer thread; the thread ends when this is dropped.
+/// Project once this many stored events wait...
+const PROJECT_AT: usize = 2_000;
+/// ...or this long after the first of them was stored...
+const PROJECT_AFTER: Duration = Duration::from_millis(10);
+/// ...or when no batch came for this long.
+const PROJECT_WHEN_IDLE: Duration = Duration::from_millis(1);
+/// Batches smaller than this are projected in the transaction that stores them.
+const PROJECT_INLINE_BELOW: usize = 16;
+/// Events read back from the log per projection transaction.
+const LOG_EVENTS_PER_PROJECTION: i64 = 5_000;
+
+/// The store's write lock (shared with its sqlx write connection).
+pub(super) type WriteLock = Arc<tokio::sync::Mutex<SqliteConnection>>;
+
+/// Sends work to the writer thread; the thread ends when this is dropped,
+/// after projecting what it stored.
 pub(super) struct BatchWriter {
     jobs: mpsc::Sender<Job>,
 }
 
-struct Job {
-    events: Vec<NewEvent>,
-    subscriptions: Arc<Subscriptions>,
-    reply: oneshot::Sender<Result<Batch>>,
+enum Job {
+    Append {
+        events: Vec<NewEvent>,
+        subscriptions: Arc<Subscriptions>,
+        reply: oneshot::Sender<Result<Batch>>,
+    },
+    CatchUp {
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// The enabled subscriptions the batch's events are matched against, read
@@ -56,39 +96,288 @@ pub(super) enum Batch {
 }
 
 impl BatchWriter {
-    pub(super) fn open(path: &Path) -> Result<BatchWriter> {
+    pub(super) fn open(path: &Path, lock: WriteLock) -> Result<BatchWriter> {
         let conn = connect(path).map_err(write_error)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-batch".into())
-            .spawn(move || {
-                let mut conn = conn;
-                for job in queue {
-                    let result = append(&mut conn, &job.events, &job.subscriptions);
-                    let _ = job.reply.send(result);
-                }
-            })
+            .spawn(move || run(conn, queue, lock))
             .map_err(|e| StoreError::Invalid(format!("cannot start the SQLite writer: {e}")))?;
         Ok(BatchWriter { jobs })
     }
 
-    /// Stores a batch in one transaction (see [`Store::append_batch`]).
+    /// Stores a batch of events in one transaction (see [`Store::append_batch`]);
+    /// the projection follows shortly.
     pub(super) async fn append(
         &self,
         events: Vec<NewEvent>,
         subscriptions: Arc<Subscriptions>,
     ) -> Result<Batch> {
         let (reply, answer) = oneshot::channel();
-        let gone = || StoreError::Invalid("the SQLite writer thread has stopped".into());
-        self.jobs
-            .send(Job {
+        self.send(Job::Append {
+            events,
+            subscriptions,
+            reply,
+        })?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Returns once every event stored so far (by any process) is projected.
+    /// Must not be called with the write lock held: the thread takes it.
+    pub(super) async fn catch_up(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::CatchUp { reply })?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.jobs.send(job).map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Invalid("the SQLite writer thread has stopped".into())
+}
+
+/// The writer thread: batches as they come, and the projection in between.
+fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, lock: WriteLock) {
+    let mut pending = Pending::default();
+    loop {
+        let job = match pending.deadline() {
+            None => match queue.recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvError) => break,
+            },
+            Some(at) => match queue.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        match job {
+            Some(Job::Append {
                 events,
                 subscriptions,
                 reply,
-            })
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+            }) => {
+                // Small batches (little load) are projected at once; larger
+                // ones wait to be projected together.
+                let inline = events.len() < PROJECT_INLINE_BELOW || pending.due();
+                let result = {
+                    let _write = lock.blocking_lock();
+                    append(
+                        &mut conn,
+                        &events,
+                        &subscriptions,
+                        inline.then_some(&pending),
+                    )
+                };
+                let result = result.map(|(batch, projected)| {
+                    if let Batch::Committed(outcomes) = &batch {
+                        pending.stored(events, outcomes);
+                    }
+                    if let Some(upto) = projected {
+                        pending.projected_through(upto);
+                    }
+                    batch
+                });
+                let _ = reply.send(result);
+            }
+            Some(Job::CatchUp { reply }) => {
+                let _ = reply.send(catch_up(&mut conn, &lock, &mut pending));
+                continue;
+            }
+            None => {}
+        }
+        if pending.due()
+            && let Err(e) = project_pending(&mut conn, &lock, &mut pending)
+        {
+            tracing::error!(error = %e, "projecting stored events failed; retrying shortly");
+            pending.retry_later();
+        }
     }
+    // Shutting down: project what this process stored, so that the next
+    // start need not read it back from the log.
+    if let Err(e) = catch_up(&mut conn, &lock, &mut pending) {
+        tracing::warn!(error = %e, "stored events left unprojected; the next start projects them");
+    }
+}
+
+/// Events this process stored that are not projected yet, in log order.
+#[derive(Default)]
+struct Pending {
+    /// (seq, source, the enrollment event if it is one): every stored event,
+    /// so that their number tells whether another process appended too.
+    events: Vec<(i64, String, Option<EnrollmentEvent>)>,
+    /// When the first of them was stored (or the last attempt failed).
+    since: Option<Instant>,
+    last_batch: Option<Instant>,
+}
+
+impl Pending {
+    fn stored(&mut self, events: Vec<NewEvent>, outcomes: &[AppendOutcome]) {
+        for (event, outcome) in events.into_iter().zip(outcomes) {
+            if let AppendOutcome::Stored { seq } = outcome {
+                self.events.push((*seq, event.source, event.enrollment));
+            }
+        }
+        let now = Instant::now();
+        self.last_batch = Some(now);
+        if !self.events.is_empty() {
+            self.since.get_or_insert(now);
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let since = self.since?;
+        let idle = self.last_batch.map_or(since, |t| t + PROJECT_WHEN_IDLE);
+        Some((since + PROJECT_AFTER).min(idle))
+    }
+
+    fn due(&self) -> bool {
+        self.events.len() >= PROJECT_AT || self.deadline().is_some_and(|t| Instant::now() >= t)
+    }
+
+    fn own(&self) -> Vec<OwnEvent<'_>> {
+        self.events
+            .iter()
+            .map(|(seq, source, e)| (*seq, source.as_str(), e.as_ref()))
+            .collect()
+    }
+
+    fn retry_later(&mut self) {
+        self.since = Some(Instant::now());
+        self.last_batch = None;
+    }
+
+    /// Forgets the events up to `seq`, which are projected.
+    fn projected_through(&mut self, seq: i64) {
+        let done = self.events.partition_point(|(s, _, _)| *s <= seq);
+        self.events.drain(..done);
+        if self.events.is_empty() {
+            self.since = None;
+        }
+    }
+}
+
+/// Projects everything stored so far, in as many transactions as it takes.
+fn catch_up(conn: &mut Connection, lock: &WriteLock, pending: &mut Pending) -> Result<()> {
+    loop {
+        if pending.events.is_empty() {
+            // Without the write lock: usually nothing is waiting at all.
+            let (through, head) = cursor_and_head(conn).map_err(write_error)?;
+            if through >= head {
+                return Ok(());
+            }
+        }
+        if project_pending(conn, lock, pending)? {
+            return Ok(());
+        }
+    }
+}
+
+fn cursor_and_head(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.prepare_cached(
+        "SELECT (SELECT projected_through_seq FROM projection_cursor),
+                (SELECT COALESCE(MAX(seq), 0) FROM events)",
+    )?
+    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+}
+
+/// One projection transaction of its own (see [`project_in_tx`]). Returns
+/// whether the projection is now through the end of the log.
+fn project_pending(conn: &mut Connection, lock: &WriteLock, pending: &mut Pending) -> Result<bool> {
+    let _write = lock.blocking_lock();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(write_error)?;
+    let own = pending.own();
+    let (upto, head) = project_in_tx(&tx, &own)?;
+    tx.commit().map_err(write_error)?;
+    pending.projected_through(upto);
+    Ok(upto == head)
+}
+
+/// One of this process's stored events: (seq, source, its enrollment event).
+type OwnEvent<'a> = (i64, &'a str, Option<&'a EnrollmentEvent>);
+
+/// Projects the events after the cursor, inside `tx`: from memory when they
+/// are all this process's own (`own`, in seq order), else read back from the
+/// log (at most [`LOG_EVENTS_PER_PROJECTION`]). Returns (how far it
+/// projected, the end of the log).
+fn project_in_tx(tx: &Connection, own: &[OwnEvent]) -> Result<(i64, i64)> {
+    let (through, head) = cursor_and_head(tx).map_err(write_error)?;
+    if through >= head {
+        return Ok((through, head));
+    }
+    let own: Vec<_> = own
+        .iter()
+        .filter(|(seq, _, _)| *seq > through && *seq <= head)
+        .collect();
+    // Seqs are not contiguous (a duplicate can use one up), so when they do
+    // not add up, count what the log holds in between.
+    let all_own = own.len() as i64 == head - through
+        || own.len() as i64
+            == tx
+                .prepare_cached("SELECT COUNT(*) FROM events WHERE seq > ?1 AND seq <= ?2")
+                .and_then(|mut s| s.query_row([through, head], |r| r.get::<_, i64>(0)))
+                .map_err(write_error)?;
+    let upto = if all_own {
+        let events = own
+            .iter()
+            .filter_map(|(_, source, e)| e.map(|e| (*source, e)))
+            .collect::<Vec<_>>();
+        project(tx, &events, head)?;
+        head
+    } else {
+        // Another process appended too, or a crash left events unprojected.
+        let upto = head.min(through + LOG_EVENTS_PER_PROJECTION);
+        let logged = logged_enrollment_events(tx, through, upto)?;
+        let events = logged
+            .iter()
+            .map(|(s, e)| (s.as_str(), e))
+            .collect::<Vec<_>>();
+        project(tx, &events, upto)?;
+        upto
+    };
+    tx.execute(
+        "UPDATE projection_cursor SET projected_through_seq = ?1",
+        [upto],
+    )
+    .map_err(write_error)?;
+    Ok((upto, head))
+}
+
+/// The enrollment events of the log with `after < seq <= upto`, in order.
+fn logged_enrollment_events(
+    conn: &Connection,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<(String, EnrollmentEvent)>> {
+    let mut select = conn
+        .prepare_cached(
+            "SELECT source, topic, event_id, body FROM events
+             WHERE seq > ?1 AND seq <= ?2 AND enrollment_id IS NOT NULL ORDER BY seq",
+        )
+        .map_err(write_error)?;
+    let rows = select
+        .query_map([after, upto], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(write_error)?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (source, topic, event_id, body) = row.map_err(write_error)?;
+        if let Some(event) = enrollment_event_from_log(&topic, &event_id, &body)? {
+            events.push((source, event));
+        }
+    }
+    Ok(events)
 }
 
 fn write_error(e: rusqlite::Error) -> StoreError {
@@ -113,7 +402,14 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn append(conn: &mut Connection, events: &[NewEvent], subs: &Subscriptions) -> Result<Batch> {
+/// Stores a batch; with `project`, the events waiting for the projection and
+/// the batch's own are projected in the same transaction.
+fn append(
+    conn: &mut Connection,
+    events: &[NewEvent],
+    subs: &Subscriptions,
+    project: Option<&Pending>,
+) -> Result<(Batch, Option<i64>)> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(write_error)?;
@@ -122,7 +418,7 @@ fn append(conn: &mut Connection, events: &[NewEvent], subs: &Subscriptions) -> R
         .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(write_error)?;
     if fingerprint != subs.fingerprint {
-        return Ok(Batch::SubscriptionsChanged); // rolled back on drop: nothing written
+        return Ok((Batch::SubscriptionsChanged, None)); // rolled back on drop: nothing written
     }
     let outcomes = insert_events(&tx, events).map_err(write_error)?;
     let stored = || {
@@ -131,7 +427,6 @@ fn append(conn: &mut Connection, events: &[NewEvent], subs: &Subscriptions) -> R
             AppendOutcome::Duplicate => None,
         })
     };
-    project(&tx, stored().map(|(ev, _)| ev))?;
     // Forwarding: the outbox rows commit with their events, or not at all.
     if !subs.enabled.is_empty() {
         let mut enqueue = tx
@@ -154,8 +449,16 @@ fn append(conn: &mut Connection, events: &[NewEvent], subs: &Subscriptions) -> R
             }
         }
     }
+    let projected = match project {
+        Some(pending) => {
+            let mut own = pending.own();
+            own.extend(stored().map(|(ev, seq)| (seq, ev.source.as_str(), ev.enrollment.as_ref())));
+            Some(project_in_tx(&tx, &own)?.0)
+        }
+        None => None,
+    };
     tx.commit().map_err(write_error)?;
-    Ok(Batch::Committed(outcomes))
+    Ok((Batch::Committed(outcomes), projected))
 }
 
 /// Inserts each (source, event id) once: a later copy, in the log or earlier
@@ -192,19 +495,17 @@ fn insert_events(conn: &Connection, events: &[NewEvent]) -> rusqlite::Result<Vec
         .collect()
 }
 
-/// Applies newly stored events (in arrival order) to the projection and the
-/// course totals. An enrollment that receives a late event is re-folded from
-/// the log instead, after the whole batch is in the log (the rules do not
-/// depend on order, so this is what one event at a time gives).
-fn project<'a>(conn: &Connection, stored: impl Iterator<Item = &'a NewEvent>) -> Result<()> {
-    let updates: Vec<(&str, &EnrollmentEvent)> = stored
-        .filter_map(|ev| ev.enrollment.as_ref().map(|e| (ev.source.as_str(), e)))
-        .collect();
+/// Applies stored events (in log order) to the projection and the course
+/// totals. An enrollment that receives a late event is re-folded from the log
+/// instead, after all of these are in the log (the rules do not depend on
+/// order, so this is what one event at a time gives).
+/// `through`: the last seq being projected, which late events re-fold up to.
+fn project(conn: &Connection, updates: &[(&str, &EnrollmentEvent)], through: i64) -> Result<()> {
     if updates.is_empty() {
         return Ok(());
     }
     let mut state: HashMap<(&str, i64), Enrollment> = HashMap::new();
-    for (source, event) in &updates {
+    for (source, event) in updates {
         let key = (*source, event.payload.id);
         if !state.contains_key(&key)
             && let Some(e) = load_enrollment(conn, key.0, key.1)?
@@ -217,7 +518,7 @@ fn project<'a>(conn: &Connection, stored: impl Iterator<Item = &'a NewEvent>) ->
 
     let mut changed = HashSet::new();
     let mut late = HashSet::new();
-    for (source, event) in updates {
+    for &(source, event) in updates {
         let key = (source, event.payload.id);
         if late.contains(&key) {
             continue; // the re-fold below includes this event
@@ -233,7 +534,7 @@ fn project<'a>(conn: &Connection, stored: impl Iterator<Item = &'a NewEvent>) ->
         }
     }
     for key in late {
-        if let Some(folded) = refold(conn, key.0, key.1)? {
+        if let Some(folded) = refold(conn, key.0, key.1, through)? {
             state.insert(key, folded);
             changed.insert(key);
         }
@@ -325,15 +626,16 @@ fn load_enrollment(conn: &Connection, source: &str, id: i64) -> Result<Option<En
         .map_err(write_error)
 }
 
-/// Folds every logged event of one enrollment (for late events).
-fn refold(conn: &Connection, source: &str, id: i64) -> Result<Option<Enrollment>> {
+/// Folds the logged events of one enrollment up to `through` (for late events).
+fn refold(conn: &Connection, source: &str, id: i64, through: i64) -> Result<Option<Enrollment>> {
     let mut select = conn
         .prepare_cached(
-            "SELECT topic, event_id, body FROM events WHERE source = ?1 AND enrollment_id = ?2",
+            "SELECT topic, event_id, body FROM events
+             WHERE source = ?1 AND enrollment_id = ?2 AND seq <= ?3",
         )
         .map_err(write_error)?;
     let rows = select
-        .query_map(params![source, id], |r| {
+        .query_map(params![source, id, through], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
