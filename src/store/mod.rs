@@ -1,10 +1,12 @@
 //! Storage: one [`Store`] trait, one implementation per database.
 //!
-//! Everything a delivery changes is written in one transaction by
-//! [`Store::append_batch`]: the event (exactly once per source and envelope id)
-//! and its projection change. Readers never see half a delivery, and a crash
-//! loses nothing that was acknowledged, because acknowledgement waits for commit
-//! (see [`crate::ingest`]).
+//! [`Store::append_batch`] writes a delivery's event (exactly once per source
+//! and envelope id) and its outbox rows in one transaction, and its projection
+//! change in that transaction too, except on SQLite under load, where the
+//! projection follows a few milliseconds behind, many batches at once (see
+//! `sqlite_batch`). Every projection read catches it up first, so readers never
+//! see a stored delivery missing; a crash loses nothing that was acknowledged,
+//! because acknowledgement waits for the event's commit (see [`crate::ingest`]).
 
 pub mod forward;
 pub mod postgres;
@@ -330,7 +332,8 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     }
 
     /// Stores a batch in ONE transaction: each event exactly once per (source,
-    /// event id), with its projection change. Outcomes are in input order.
+    /// event id), with its outbox rows and (but for SQLite under load, see the
+    /// module docs) its projection change. Outcomes are in input order.
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>>;
 
     /// Retention: drops the bodies of events received before `cutoff`, keeping
