@@ -29,6 +29,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,8 @@ pub(super) type WriteLock = Arc<tokio::sync::Mutex<SqliteConnection>>;
 /// after projecting what it stored.
 pub(super) struct BatchWriter {
     jobs: mpsc::Sender<Job>,
+    /// How many stored events wait for the projection (kept by the thread).
+    waiting: Arc<AtomicUsize>,
 }
 
 enum Job {
@@ -99,11 +102,22 @@ impl BatchWriter {
     pub(super) fn open(path: &Path, lock: WriteLock) -> Result<BatchWriter> {
         let conn = connect(path).map_err(write_error)?;
         let (jobs, queue) = mpsc::channel::<Job>();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let pending = Pending {
+            waiting: waiting.clone(),
+            ..Pending::default()
+        };
         std::thread::Builder::new()
             .name("sqlite-batch".into())
-            .spawn(move || run(conn, queue, lock))
+            .spawn(move || run(conn, queue, lock, pending))
             .map_err(|e| StoreError::Invalid(format!("cannot start the SQLite writer: {e}")))?;
-        Ok(BatchWriter { jobs })
+        Ok(BatchWriter { jobs, waiting })
+    }
+
+    /// Whether this process has stored events the projection lacks. (Set
+    /// before a delivery is answered, so a reader that saw its answer sees it.)
+    pub(super) fn events_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
     }
 
     /// Stores a batch of events in one transaction (see [`Store::append_batch`]);
@@ -140,8 +154,7 @@ fn stopped() -> StoreError {
 }
 
 /// The writer thread: batches as they come, and the projection in between.
-fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, lock: WriteLock) {
-    let mut pending = Pending::default();
+fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, lock: WriteLock, mut pending: Pending) {
     loop {
         let job = match pending.deadline() {
             None => match queue.recv() {
@@ -212,6 +225,8 @@ struct Pending {
     /// When the first of them was stored (or the last attempt failed).
     since: Option<Instant>,
     last_batch: Option<Instant>,
+    /// `events.len()`, for readers on other threads.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Pending {
@@ -221,6 +236,7 @@ impl Pending {
                 self.events.push((*seq, event.source, event.enrollment));
             }
         }
+        self.waiting.store(self.events.len(), Ordering::Release);
         let now = Instant::now();
         self.last_batch = Some(now);
         if !self.events.is_empty() {
@@ -254,6 +270,7 @@ impl Pending {
     fn projected_through(&mut self, seq: i64) {
         let done = self.events.partition_point(|(s, _, _)| *s <= seq);
         self.events.drain(..done);
+        self.waiting.store(self.events.len(), Ordering::Release);
         if self.events.is_empty() {
             self.since = None;
         }
