@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -19,6 +20,7 @@ pub struct Metrics {
     delivery_seconds: Histogram,
     batch_size: Histogram,
     batch_commit_seconds: Histogram,
+    projection_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,12 +57,19 @@ impl Metrics {
             "Time to store and commit one group-commit batch",
             batch_commit_seconds.clone(),
         );
+        let projection_waiting = Gauge::default();
+        registry.register(
+            "projection_waiting_events",
+            "Stored events not yet applied to the projection (SQLite under load follows the log by a few ms)",
+            projection_waiting.clone(),
+        );
         Metrics {
             registry,
             deliveries,
             delivery_seconds,
             batch_size,
             batch_commit_seconds,
+            projection_waiting,
         }
     }
 
@@ -74,6 +83,10 @@ impl Metrics {
     pub fn observe_batch(&self, size: usize, elapsed: Duration) {
         self.batch_size.observe(size as f64);
         self.batch_commit_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_projection_waiting(&self, events: u64) {
+        self.projection_waiting.set(events as i64);
     }
 
     /// The text exposition format.

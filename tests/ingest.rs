@@ -468,6 +468,11 @@ async fn metrics_count_deliveries() {
     assert!(text.contains(r#"enrollhook_deliveries_total{outcome="signature_missing"} 1"#));
     assert!(text.contains("enrollhook_batch_size_count"));
     assert!(text.contains("enrollhook_delivery_duration_seconds_bucket"));
+    // Single deliveries are projected as they are stored.
+    assert!(
+        text.contains("enrollhook_projection_waiting_events 0"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

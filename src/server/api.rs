@@ -409,6 +409,8 @@ pub(super) async fn metrics(
     if let Err(e) = scope.require_admin() {
         return e.into_response();
     }
+    app.metrics
+        .set_projection_waiting(app.store.projection_waiting());
     (
         [(
             header::CONTENT_TYPE,

@@ -336,6 +336,12 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     /// module docs) its projection change. Outcomes are in input order.
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>>;
 
+    /// Stored events this process has not applied to the projection yet
+    /// (only SQLite under load defers it).
+    fn projection_waiting(&self) -> u64 {
+        0
+    }
+
     /// Retention: drops the bodies of events received before `cutoff`, keeping
     /// their rows, so a redelivery is still a duplicate. Enrollment events are
     /// kept whole: they are what `rebuild` and the re-fold of a late event

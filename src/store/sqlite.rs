@@ -480,6 +480,10 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn projection_waiting(&self) -> u64 {
+        self.batch.waiting() as u64
+    }
+
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
         let mut known = self.subscriptions.lock().await;
         loop {

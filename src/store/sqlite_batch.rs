@@ -117,7 +117,11 @@ impl BatchWriter {
     /// Whether this process has stored events the projection lacks. (Set
     /// before a delivery is answered, so a reader that saw its answer sees it.)
     pub(super) fn events_waiting(&self) -> bool {
-        self.waiting.load(Ordering::Acquire) > 0
+        self.waiting() > 0
+    }
+
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Stores a batch of events in one transaction (see [`Store::append_batch`]);
