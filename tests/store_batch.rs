@@ -198,3 +198,39 @@ async fn all_enrollments(store: &SqliteStore) -> Vec<enrollhook::projection::Enr
     items.sort_by_key(|e| e.enrollment_id);
     items
 }
+
+/// A projection that cannot be applied (here a trigger makes every enrollment
+/// write fail) never costs a delivery: the events are stored, the projection
+/// catches up once it can.
+#[tokio::test]
+async fn deliveries_are_stored_while_the_projection_fails() {
+    let (_dir, url) = fresh_db();
+    let store = SqliteStore::open(&url, true).await.unwrap();
+    let side = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER broken BEFORE INSERT ON enrollments
+         BEGIN SELECT RAISE(ABORT, 'projection broken'); END",
+    )
+    .execute(&side)
+    .await
+    .unwrap();
+
+    let first = event("s", "a", "created", 1, "0", "2024-01-02T00:00:00Z");
+    let second = event("s", "b", "progress", 1, "50", "2024-01-03T00:00:00Z");
+    for e in [first, second] {
+        let outcome = store.append_batch(std::slice::from_ref(&e)).await.unwrap();
+        assert!(matches!(outcome[0], AppendOutcome::Stored { .. }));
+    }
+    assert_eq!(store.enrollment_events("s", 1).await.unwrap().len(), 2);
+    assert_eq!(store.projection_waiting(), 2);
+    assert!(store.get_enrollment("s", 1).await.unwrap().is_none());
+
+    sqlx::query("DROP TRIGGER broken")
+        .execute(&side)
+        .await
+        .unwrap();
+    let e = store.get_enrollment("s", 1).await.unwrap().unwrap();
+    assert_eq!((e.event_count, e.progress), (2, 50.0));
+    assert_eq!(store.projection_waiting(), 0);
+    assert_eq!(store.rebuild_projection(true).await.unwrap().changed, 0);
+}

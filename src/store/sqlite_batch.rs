@@ -52,6 +52,8 @@ const PROJECT_AFTER: Duration = Duration::from_millis(10);
 const PROJECT_WHEN_IDLE: Duration = Duration::from_millis(1);
 /// Batches smaller than this are projected in the transaction that stores them.
 const PROJECT_INLINE_BELOW: usize = 16;
+/// After a failed projection (say, a full disk), the wait before the next try.
+const RETRY_PROJECTION_AFTER: Duration = Duration::from_secs(1);
 /// Events read back from the log per projection transaction.
 const LOG_EVENTS_PER_PROJECTION: i64 = 5_000;
 
@@ -179,15 +181,24 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, lock: WriteLock, mut pe
             }) => {
                 // Small batches (little load) are projected at once; larger
                 // ones wait to be projected together.
-                let inline = events.len() < PROJECT_INLINE_BELOW || pending.due();
+                let inline =
+                    pending.may_project() && (events.len() < PROJECT_INLINE_BELOW || pending.due());
                 let result = {
                     let _write = lock.blocking_lock();
-                    append(
+                    let mut result = append(
                         &mut conn,
                         &events,
                         &subscriptions,
                         inline.then_some(&pending),
-                    )
+                    );
+                    if inline && let Err(e) = &result {
+                        // Whatever kept the projection from applying, the
+                        // deliveries are stored anyway; it is retried later.
+                        tracing::error!(error = %e, "projecting stored events failed; retrying shortly");
+                        pending.retry_later();
+                        result = append(&mut conn, &events, &subscriptions, None);
+                    }
+                    result
                 };
                 let result = result.map(|(batch, projected)| {
                     if let Batch::Committed(outcomes) = &batch {
@@ -229,6 +240,8 @@ struct Pending {
     /// When the first of them was stored (or the last attempt failed).
     since: Option<Instant>,
     last_batch: Option<Instant>,
+    /// After a failed projection: not again before this.
+    not_before: Option<Instant>,
     /// `events.len()`, for readers on other threads.
     waiting: Arc<AtomicUsize>,
 }
@@ -251,11 +264,19 @@ impl Pending {
     fn deadline(&self) -> Option<Instant> {
         let since = self.since?;
         let idle = self.last_batch.map_or(since, |t| t + PROJECT_WHEN_IDLE);
-        Some((since + PROJECT_AFTER).min(idle))
+        let at = (since + PROJECT_AFTER).min(idle);
+        Some(self.not_before.map_or(at, |t| t.max(at)))
+    }
+
+    /// Not while backing off from a failed projection.
+    fn may_project(&self) -> bool {
+        self.not_before.is_none_or(|t| Instant::now() >= t)
     }
 
     fn due(&self) -> bool {
-        self.events.len() >= PROJECT_AT || self.deadline().is_some_and(|t| Instant::now() >= t)
+        self.may_project()
+            && (self.events.len() >= PROJECT_AT
+                || self.deadline().is_some_and(|t| Instant::now() >= t))
     }
 
     fn own(&self) -> Vec<OwnEvent<'_>> {
@@ -266,8 +287,7 @@ impl Pending {
     }
 
     fn retry_later(&mut self) {
-        self.since = Some(Instant::now());
-        self.last_batch = None;
+        self.not_before = Some(Instant::now() + RETRY_PROJECTION_AFTER);
     }
 
     /// Forgets the events up to `seq`, which are projected.
@@ -275,6 +295,7 @@ impl Pending {
         let done = self.events.partition_point(|(s, _, _)| *s <= seq);
         self.events.drain(..done);
         self.waiting.store(self.events.len(), Ordering::Release);
+        self.not_before = None;
         if self.events.is_empty() {
             self.since = None;
         }
@@ -338,11 +359,12 @@ fn project_in_tx(tx: &Connection, own: &[OwnEvent]) -> Result<(i64, i64)> {
     // Seqs are not contiguous (a duplicate can use one up), so when they do
     // not add up, count what the log holds in between.
     let all_own = own.len() as i64 == head - through
-        || own.len() as i64
-            == tx
-                .prepare_cached("SELECT COUNT(*) FROM events WHERE seq > ?1 AND seq <= ?2")
-                .and_then(|mut s| s.query_row([through, head], |r| r.get::<_, i64>(0)))
-                .map_err(write_error)?;
+        || !own.is_empty()
+            && own.len() as i64
+                == tx
+                    .prepare_cached("SELECT COUNT(*) FROM events WHERE seq > ?1 AND seq <= ?2")
+                    .and_then(|mut s| s.query_row([through, head], |r| r.get::<_, i64>(0)))
+                    .map_err(write_error)?;
     let upto = if all_own {
         let events = own
             .iter()
