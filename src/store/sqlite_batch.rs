@@ -226,7 +226,9 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, lock: WriteLock, mut pe
     }
     // Shutting down: project what this process stored, so that the next
     // start need not read it back from the log.
-    if let Err(e) = catch_up(&mut conn, &lock, &mut pending) {
+    if !pending.events.is_empty()
+        && let Err(e) = catch_up(&mut conn, &lock, &mut pending)
+    {
         tracing::warn!(error = %e, "stored events left unprojected; the next start projects them");
     }
 }
