@@ -175,6 +175,8 @@ pub async fn import(
         }
     }
     write(store, &mut batch, &mut report).await?;
+    // So the import's enrollments are there when it reports done.
+    store.sync_projection().await?;
     report.elapsed = started.elapsed();
     Ok(report)
 }

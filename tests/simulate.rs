@@ -241,6 +241,8 @@ async fn importing_the_out_file_equals_sending_it() {
     );
     assert_eq!(r.rejected_total(), report.by_kind["forged"]);
     assert_eq!(r.lines, report.deliveries);
+    // Batches of 100 are projected behind the log; the import waits for it.
+    assert_eq!(imported.projection_waiting(), 0);
 
     assert_eq!(
         all_enrollments(imported.as_ref()).await,

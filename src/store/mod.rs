@@ -342,6 +342,11 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
         0
     }
 
+    /// Returns once every stored event is applied to the projection.
+    async fn sync_projection(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Retention: drops the bodies of events received before `cutoff`, keeping
     /// their rows, so a redelivery is still a duplicate. Enrollment events are
     /// kept whole: they are what `rebuild` and the re-fold of a late event

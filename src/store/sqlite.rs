@@ -484,6 +484,10 @@ impl Store for SqliteStore {
         self.batch.waiting() as u64
     }
 
+    async fn sync_projection(&self) -> Result<()> {
+        self.batch.catch_up().await
+    }
+
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
         let mut known = self.subscriptions.lock().await;
         loop {
