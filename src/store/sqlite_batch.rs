@@ -509,33 +509,32 @@ fn append(
 /// Inserts each (source, event id) once: a later copy, in the log or earlier
 /// in the batch, is a duplicate.
 fn insert_events(conn: &Connection, events: &[NewEvent]) -> rusqlite::Result<Vec<AppendOutcome>> {
+    // No RETURNING: SQLite collects RETURNING rows in a temporary table per
+    // execution; whether a row went in, and its rowid, are known anyway.
     let mut insert = conn.prepare_cached(
         "INSERT INTO events (source, event_id, topic, created_at, received_at, enrollment_id, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (source, event_id) DO NOTHING RETURNING seq",
+         ON CONFLICT (source, event_id) DO NOTHING",
     )?;
     events
         .iter()
         .map(|ev| {
-            let seq: Option<i64> = insert
-                .query_row(
-                    params![
-                        ev.source,
-                        ev.event_id,
-                        ev.topic,
-                        ts(ev.created_at),
-                        fmt_ts(&ev.received_at),
-                        ev.enrollment_id(),
-                        ev.body
-                    ],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            Ok(
-                seq.map_or(AppendOutcome::Duplicate, |seq| AppendOutcome::Stored {
-                    seq,
-                }),
-            )
+            let inserted = insert.execute(params![
+                ev.source,
+                ev.event_id,
+                ev.topic,
+                ts(ev.created_at),
+                fmt_ts(&ev.received_at),
+                ev.enrollment_id(),
+                ev.body
+            ])?;
+            Ok(if inserted == 1 {
+                AppendOutcome::Stored {
+                    seq: conn.last_insert_rowid(),
+                }
+            } else {
+                AppendOutcome::Duplicate
+            })
         })
         .collect()
 }
