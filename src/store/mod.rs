@@ -8,6 +8,33 @@
 //! see a stored delivery missing; a crash loses nothing that was acknowledged,
 //! because acknowledgement waits for the event's commit (see [`crate::ingest`]).
 
+/// The columns a projection row is written with, in bind order, and the
+/// upsert clause that replaces them all: one text for both backends (macros,
+/// so that `concat!` builds `&'static str` queries from them).
+macro_rules! enrollment_write_columns {
+    () => {
+        "source, enrollment_id, user_id, email, first_name, last_name, course_id, course_name, \
+         progress, trial, completed, activated_at, started_at, completed_at, expiry_date, \
+         created_at, updated_at, days_to_complete, event_count, v_updated_at, v_created_at, \
+         v_event_id"
+    };
+}
+macro_rules! enrollment_upsert_on_conflict {
+    () => {
+        "ON CONFLICT (source, enrollment_id) DO UPDATE SET
+        user_id = excluded.user_id, email = excluded.email, first_name = excluded.first_name,
+        last_name = excluded.last_name, course_id = excluded.course_id,
+        course_name = excluded.course_name, progress = excluded.progress,
+        trial = excluded.trial, completed = excluded.completed,
+        activated_at = excluded.activated_at, started_at = excluded.started_at,
+        completed_at = excluded.completed_at, expiry_date = excluded.expiry_date,
+        created_at = excluded.created_at, updated_at = excluded.updated_at,
+        days_to_complete = excluded.days_to_complete, event_count = excluded.event_count,
+        v_updated_at = excluded.v_updated_at, v_created_at = excluded.v_created_at,
+        v_event_id = excluded.v_event_id"
+    };
+}
+
 pub mod forward;
 pub mod postgres;
 mod postgres_forward;

@@ -448,28 +448,18 @@ async fn upsert_enrollments(tx: &mut PgConnection, rows: &[Enrollment]) -> Resul
     fn col<T>(rows: &[Enrollment], f: impl Fn(&Enrollment) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
-    sqlx::query(
-        "INSERT INTO enrollments (source, enrollment_id, user_id, email, first_name, last_name,
-            course_id, course_name, progress, trial, completed, activated_at, started_at,
-            completed_at, expiry_date, created_at, updated_at, days_to_complete, event_count,
-            v_updated_at, v_created_at, v_event_id)
+    sqlx::query(concat!(
+        "INSERT INTO enrollments (",
+        enrollment_write_columns!(),
+        ")
          SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
             $6::text[], $7::bigint[], $8::text[], $9::float8[], $10::bool[], $11::bool[],
             $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
             $16::timestamptz[], $17::timestamptz[], $18::float8[], $19::bigint[],
             $20::timestamptz[], $21::timestamptz[], $22::text[])
-         ON CONFLICT (source, enrollment_id) DO UPDATE SET
-            user_id = excluded.user_id, email = excluded.email, first_name = excluded.first_name,
-            last_name = excluded.last_name, course_id = excluded.course_id,
-            course_name = excluded.course_name, progress = excluded.progress,
-            trial = excluded.trial, completed = excluded.completed,
-            activated_at = excluded.activated_at, started_at = excluded.started_at,
-            completed_at = excluded.completed_at, expiry_date = excluded.expiry_date,
-            created_at = excluded.created_at, updated_at = excluded.updated_at,
-            days_to_complete = excluded.days_to_complete, event_count = excluded.event_count,
-            v_updated_at = excluded.v_updated_at, v_created_at = excluded.v_created_at,
-            v_event_id = excluded.v_event_id",
-    )
+         ",
+        enrollment_upsert_on_conflict!()
+    ))
     .bind(col(rows, |e| e.source.clone()))
     .bind(col(rows, |e| e.enrollment_id))
     .bind(col(rows, |e| e.user_id))

@@ -377,24 +377,10 @@ fn const_format_enrollment_select() -> &'static str {
 }
 
 /// The columns an enrollment row is written with, in bind order.
-pub(super) const ENROLLMENT_WRITE_COLUMNS: &str = "source, enrollment_id, user_id, email, \
-    first_name, last_name, course_id, course_name, progress, trial, completed, activated_at, \
-    started_at, completed_at, expiry_date, created_at, updated_at, days_to_complete, event_count, \
-    v_updated_at, v_created_at, v_event_id";
+pub(super) const ENROLLMENT_WRITE_COLUMNS: &str = enrollment_write_columns!();
 
 /// Turns an insert of [`ENROLLMENT_WRITE_COLUMNS`] into an upsert.
-pub(super) const ENROLLMENT_UPSERT_ON_CONFLICT: &str =
-    "ON CONFLICT (source, enrollment_id) DO UPDATE SET
-    user_id = excluded.user_id, email = excluded.email, first_name = excluded.first_name,
-    last_name = excluded.last_name, course_id = excluded.course_id,
-    course_name = excluded.course_name, progress = excluded.progress,
-    trial = excluded.trial, completed = excluded.completed,
-    activated_at = excluded.activated_at, started_at = excluded.started_at,
-    completed_at = excluded.completed_at, expiry_date = excluded.expiry_date,
-    created_at = excluded.created_at, updated_at = excluded.updated_at,
-    days_to_complete = excluded.days_to_complete, event_count = excluded.event_count,
-    v_updated_at = excluded.v_updated_at, v_created_at = excluded.v_created_at,
-    v_event_id = excluded.v_event_id";
+pub(super) const ENROLLMENT_UPSERT_ON_CONFLICT: &str = enrollment_upsert_on_conflict!();
 
 /// Writes a projection row (for `rebuild`; batches go through [`BatchWriter`]).
 async fn upsert_enrollment(conn: &mut SqliteConnection, e: &Enrollment) -> Result<()> {

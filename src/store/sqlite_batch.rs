@@ -399,14 +399,24 @@ fn logged_enrollment_events(
     after: i64,
     upto: i64,
 ) -> Result<Vec<(String, EnrollmentEvent)>> {
-    let mut select = conn
-        .prepare_cached(
-            "SELECT source, topic, event_id, body FROM events
-             WHERE seq > ?1 AND seq <= ?2 AND enrollment_id IS NOT NULL ORDER BY seq",
-        )
-        .map_err(write_error)?;
+    enrollment_events_from_log(
+        conn,
+        "SELECT source, topic, event_id, body FROM events
+         WHERE seq > ?1 AND seq <= ?2 AND enrollment_id IS NOT NULL ORDER BY seq",
+        params![after, upto],
+    )
+}
+
+/// Runs `sql`, which selects (source, topic, event_id, body) from the log,
+/// and parses each row's enrollment event.
+fn enrollment_events_from_log(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(String, EnrollmentEvent)>> {
+    let mut select = conn.prepare_cached(sql).map_err(write_error)?;
     let rows = select
-        .query_map([after, upto], |r| {
+        .query_map(params, |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -672,27 +682,13 @@ fn load_enrollment(conn: &Connection, source: &str, id: i64) -> Result<Option<En
 
 /// Folds the logged events of one enrollment up to `through` (for late events).
 fn refold(conn: &Connection, source: &str, id: i64, through: i64) -> Result<Option<Enrollment>> {
-    let mut select = conn
-        .prepare_cached(
-            "SELECT topic, event_id, body FROM events
-             WHERE source = ?1 AND enrollment_id = ?2 AND seq <= ?3",
-        )
-        .map_err(write_error)?;
-    let rows = select
-        .query_map(params![source, id, through], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })
-        .map_err(write_error)?;
-    let mut events = Vec::new();
-    for row in rows {
-        let (topic, event_id, body) = row.map_err(write_error)?;
-        events.extend(enrollment_event_from_log(&topic, &event_id, &body)?);
-    }
-    Ok(projection::fold(source, events))
+    let events = enrollment_events_from_log(
+        conn,
+        "SELECT source, topic, event_id, body FROM events
+         WHERE source = ?1 AND enrollment_id = ?2 AND seq <= ?3",
+        params![source, id, through],
+    )?;
+    Ok(projection::fold(source, events.into_iter().map(|(_, e)| e)))
 }
 
 /// A timestamp column (RFC 3339 text), as the sqlx reader parses it.
