@@ -2,6 +2,7 @@
 
 mod api;
 pub mod auth;
+mod delivery_log;
 mod error;
 pub mod limits;
 pub mod listen;
@@ -38,6 +39,7 @@ pub struct AppState {
     pub read_timeout: std::time::Duration,
     pub limits: Arc<limits::RateLimits>,
     pub max_quarantine: u64,
+    pub delivery_log: Arc<delivery_log::DeliveryLog>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -110,6 +112,7 @@ pub async fn start(
             config.global_rate_limit,
         )),
         max_quarantine: config.max_quarantine,
+        delivery_log: delivery_log::DeliveryLog::start(),
     };
     let listen_options = listen::ListenOptions {
         tls: match &config.tls {

@@ -96,15 +96,17 @@ async fn receive(
     let finish = |outcome: &'static str, topic: &str, event_id: &str, response: Response| {
         let elapsed = started.elapsed();
         app.metrics.observe_delivery(outcome, elapsed);
-        tracing::info!(
-            source,
-            topic,
-            event_id,
-            outcome,
-            status = response.status().as_u16(),
-            latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-            "delivery"
-        );
+        let latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
+        let status = response.status().as_u16();
+        if app.delivery_log.shown(outcome, started) {
+            tracing::info!(
+                source, topic, event_id, outcome, status, latency_ms, "delivery"
+            );
+        } else {
+            tracing::debug!(
+                source, topic, event_id, outcome, status, latency_ms, "delivery"
+            );
+        }
         response
     };
 

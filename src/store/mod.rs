@@ -122,7 +122,7 @@ impl NewEvent {
             received_at,
             body,
             enrollment,
-            course_id: thinkific::envelope::course_id_of(&envelope.payload),
+            course_id: envelope.course_id,
         }
     }
 

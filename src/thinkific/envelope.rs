@@ -6,7 +6,9 @@
 //! (the body must be a JSON object with an id, a topic and a payload object).
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Why a body is not an acceptable Thinkific delivery. Shown to the sender.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -104,7 +106,8 @@ pub struct Envelope {
     pub topic: Topic,
     pub tenant_id: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
-    pub payload: Map<String, Value>,
+    /// The course the payload names, whatever the topic (see [`course_id_of_body`]).
+    pub course_id: Option<i64>,
     /// Present when the topic is an enrollment topic.
     pub enrollment: Option<EnrollmentPayload>,
 }
@@ -139,6 +142,91 @@ pub struct EnrollmentPayload {
 /// Longest envelope id we accept; Thinkific's are 23 digits.
 const MAX_ID_LEN: usize = 128;
 
+// The fields we read, located in one pass over the body but not interpreted
+// yet: everything else (most of a payload) is only checked to be JSON, never
+// built into maps. A JSON `null` reads as absent, as Thinkific means it.
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    resource: Option<&'a RawValue>,
+    #[serde(borrow)]
+    action: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tenant_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    created_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawPayload<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    course_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    course: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user: Option<&'a RawValue>,
+    #[serde(borrow)]
+    percentage_completed: Option<&'a RawValue>,
+    #[serde(borrow)]
+    free_trial: Option<&'a RawValue>,
+    #[serde(borrow)]
+    activated_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    started_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    completed_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    expiry_date: Option<&'a RawValue>,
+    #[serde(borrow)]
+    created_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    updated_at: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawCourse<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawUser<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    email: Option<&'a RawValue>,
+    #[serde(borrow)]
+    first_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    last_name: Option<&'a RawValue>,
+}
+
+/// A located field as a value (cheap: the fields read this way are scalars).
+fn value(raw: Option<&RawValue>) -> Option<Value> {
+    raw.map(|r| {
+        // Only nesting deeper than serde_json's recursion limit fails here (the
+        // raw value was checked to be JSON): an array or object, which no
+        // field read this way accepts.
+        serde_json::from_str(r.get()).unwrap_or(Value::Array(Vec::new()))
+    })
+}
+
+/// `Some` when `raw` is a JSON object: its fields of interest, or why not.
+fn object<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Option<Result<T, serde_json::Error>> {
+    raw.get()
+        .starts_with('{')
+        .then(|| serde_json::from_str(raw.get()))
+}
+
 /// Parses a raw delivery body. `header_topic` is the `X-Thinkific-Topic`
 /// header, used only when the body does not name its resource and action.
 pub fn parse(body: &[u8], header_topic: Option<&str>) -> Result<Envelope, ParseError> {
@@ -146,15 +234,18 @@ pub fn parse(body: &[u8], header_topic: Option<&str>) -> Result<Envelope, ParseE
         return Err(ParseError::Empty);
     }
     let text = std::str::from_utf8(body).map_err(|e| ParseError::NotUtf8(e.valid_up_to()))?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
-    let Value::Object(mut obj) = value else {
-        return Err(ParseError::NotObject);
+    let raw: RawEnvelope = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?
+    } else {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => ParseError::NotObject,
+            Err(e) => ParseError::NotJson(e.to_string()),
+        });
     };
 
-    let id = match obj.get("id") {
-        None | Some(Value::Null) => return Err(ParseError::Missing("id")),
-        Some(v) => lenient_string(v).ok_or_else(|| ParseError::Invalid {
+    let id = match value(raw.id) {
+        None => return Err(ParseError::Missing("id")),
+        Some(v) => lenient_string(&v).ok_or_else(|| ParseError::Invalid {
             field: "id",
             why: "expected a string or a number".into(),
         })?,
@@ -166,38 +257,46 @@ pub fn parse(body: &[u8], header_topic: Option<&str>) -> Result<Envelope, ParseE
         });
     }
 
-    let topic = envelope_topic(&obj, header_topic)?;
+    let topic = envelope_topic(&raw, header_topic)?;
 
-    let tenant_id = match obj.get("tenant_id") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(lenient_string(v).ok_or_else(|| ParseError::Invalid {
+    let tenant_id = match value(raw.tenant_id) {
+        None => None,
+        Some(v) => Some(lenient_string(&v).ok_or_else(|| ParseError::Invalid {
             field: "tenant_id",
             why: "expected a string or a number".into(),
         })?),
     };
 
-    let created_at = match obj.get("created_at") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(timestamp(v).map_err(|why| ParseError::Invalid {
+    let created_at = match value(raw.created_at) {
+        None => None,
+        Some(v) => Some(timestamp(&v).map_err(|why| ParseError::Invalid {
             field: "created_at",
             why,
         })?),
     };
 
-    let payload = match obj.remove("payload") {
-        Some(Value::Object(p)) => p,
-        None | Some(Value::Null) => return Err(ParseError::Missing("payload")),
-        Some(_) => {
+    let payload = raw.payload.ok_or(ParseError::Missing("payload"))?;
+    let payload: Option<RawPayload> = match object(payload) {
+        None => {
             return Err(ParseError::Invalid {
                 field: "payload",
                 why: "expected a JSON object".into(),
             });
         }
+        // Any object will do for a topic we do not type (say, the same field
+        // twice); an enrollment payload must be readable.
+        Some(Err(e)) if EnrollmentTopic::from_topic(&topic).is_some() => {
+            return Err(ParseError::Payload {
+                field: "payload".into(),
+                why: e.to_string(),
+            });
+        }
+        Some(read) => read.ok(),
     };
 
-    let enrollment = match EnrollmentTopic::from_topic(&topic) {
-        Some(_) => Some(parse_enrollment(&payload)?),
-        None => None,
+    let enrollment = match (EnrollmentTopic::from_topic(&topic), &payload) {
+        (Some(_), Some(p)) => Some(parse_enrollment(p)?),
+        _ => None,
     };
 
     Ok(Envelope {
@@ -205,32 +304,30 @@ pub fn parse(body: &[u8], header_topic: Option<&str>) -> Result<Envelope, ParseE
         topic,
         tenant_id,
         created_at,
-        payload,
+        course_id: payload.as_ref().and_then(course_id_of),
         enrollment,
     })
 }
 
-fn envelope_topic(
-    obj: &Map<String, Value>,
-    header_topic: Option<&str>,
-) -> Result<Topic, ParseError> {
-    let field = |name: &'static str| -> Result<Option<String>, ParseError> {
-        match obj.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(ParseError::Invalid {
-                field: name,
-                why: "expected a string".into(),
-            }),
-        }
-    };
+fn envelope_topic(raw: &RawEnvelope, header_topic: Option<&str>) -> Result<Topic, ParseError> {
+    let field =
+        |name: &'static str, raw: Option<&RawValue>| -> Result<Option<String>, ParseError> {
+            match value(raw) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(ParseError::Invalid {
+                    field: name,
+                    why: "expected a string".into(),
+                }),
+            }
+        };
     let from_header = header_topic.and_then(|h| Topic::parse(h.trim()));
-    let resource = match (field("resource")?, &from_header) {
+    let resource = match (field("resource", raw.resource)?, &from_header) {
         (Some(r), _) => r,
         (None, Some(t)) => t.resource.clone(),
         (None, None) => return Err(ParseError::Missing("resource")),
     };
-    let action = match (field("action")?, &from_header) {
+    let action = match (field("action", raw.action)?, &from_header) {
         (Some(a), _) => a,
         (None, Some(t)) => t.action.clone(),
         (None, None) => return Err(ParseError::Missing("action")),
@@ -242,61 +339,67 @@ fn envelope_topic(
     })
 }
 
-fn parse_enrollment(p: &Map<String, Value>) -> Result<EnrollmentPayload, ParseError> {
+fn parse_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError> {
     let invalid = |field: &str, why: &str| ParseError::Payload {
         field: field.to_owned(),
         why: why.to_owned(),
     };
-    let id = match p.get("id") {
-        None | Some(Value::Null) => {
-            return Err(invalid("id", "an enrollment payload needs its id"));
-        }
-        Some(v) => lenient_i64(v).ok_or_else(|| invalid("id", "expected an integer"))?,
+    let id = match value(p.id) {
+        None => return Err(invalid("id", "an enrollment payload needs its id")),
+        Some(v) => lenient_i64(&v).ok_or_else(|| invalid("id", "expected an integer"))?,
     };
-    let opt_i64 = |name: &str, v: Option<&Value>| -> Result<Option<i64>, ParseError> {
-        match v {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => lenient_i64(v)
+    let opt_i64 = |name: &str, raw: Option<&RawValue>| -> Result<Option<i64>, ParseError> {
+        match value(raw) {
+            None => Ok(None),
+            Some(v) => lenient_i64(&v)
                 .map(Some)
                 .ok_or_else(|| invalid(name, "expected an integer")),
         }
     };
-    let opt_str = |name: &str, v: Option<&Value>| -> Result<Option<String>, ParseError> {
-        match v {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
+    let opt_str = |name: &str, raw: Option<&RawValue>| -> Result<Option<String>, ParseError> {
+        match value(raw) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
             Some(Value::Number(n)) => Ok(Some(n.to_string())),
             Some(_) => Err(invalid(name, "expected a string")),
         }
     };
-    let opt_time = |name: &str| -> Result<Option<DateTime<Utc>>, ParseError> {
-        match p.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(v) => timestamp(v).map(Some).map_err(|why| invalid(name, &why)),
+    let opt_time =
+        |name: &str, raw: Option<&RawValue>| -> Result<Option<DateTime<Utc>>, ParseError> {
+            match value(raw) {
+                None => Ok(None),
+                Some(Value::String(s)) if s.is_empty() => Ok(None),
+                Some(v) => timestamp(&v).map(Some).map_err(|why| invalid(name, &why)),
+            }
+        };
+    fn nested<'a, T: Deserialize<'a>>(
+        name: &str,
+        raw: Option<&'a RawValue>,
+    ) -> Result<Option<T>, ParseError> {
+        let invalid = |why: String| ParseError::Payload {
+            field: name.to_owned(),
+            why,
+        };
+        match raw.map(object) {
+            None => Ok(None),
+            Some(Some(read)) => read.map(Some).map_err(|e| invalid(e.to_string())),
+            Some(None) => Err(invalid("expected an object".into())),
         }
-    };
-    let object = |name: &str| -> Result<Option<&Map<String, Value>>, ParseError> {
-        match p.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(o)) => Ok(Some(o)),
-            Some(_) => Err(invalid(name, "expected an object")),
-        }
-    };
+    }
 
-    let course = object("course")?;
-    let user = object("user")?;
-    let course_id = match opt_i64("course_id", p.get("course_id"))? {
+    let course: Option<RawCourse> = nested("course", p.course)?;
+    let user: Option<RawUser> = nested("user", p.user)?;
+    let course_id = match opt_i64("course_id", p.course_id)? {
         Some(id) => Some(id),
-        None => opt_i64("course.id", course.and_then(|c| c.get("id")))?,
+        None => opt_i64("course.id", course.as_ref().and_then(|c| c.id))?,
     };
-    let percentage_completed = match p.get("percentage_completed") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(percentage(v).map_err(|why| invalid("percentage_completed", &why))?),
+    let percentage_completed = match value(p.percentage_completed) {
+        None => None,
+        Some(v) => Some(percentage(&v).map_err(|why| invalid("percentage_completed", &why))?),
     };
-    let free_trial = match p.get("free_trial") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
+    let free_trial = match value(p.free_trial) {
+        None => None,
+        Some(Value::Bool(b)) => Some(b),
         Some(Value::String(s)) if s == "true" || s == "false" => Some(s == "true"),
         Some(_) => return Err(invalid("free_trial", "expected true or false")),
     };
@@ -304,35 +407,38 @@ fn parse_enrollment(p: &Map<String, Value>) -> Result<EnrollmentPayload, ParseEr
     Ok(EnrollmentPayload {
         id,
         course_id,
-        course_name: opt_str("course.name", course.and_then(|c| c.get("name")))?,
-        user_id: opt_i64("user.id", user.and_then(|u| u.get("id")))?,
-        email: opt_str("user.email", user.and_then(|u| u.get("email")))?,
-        first_name: opt_str("user.first_name", user.and_then(|u| u.get("first_name")))?,
-        last_name: opt_str("user.last_name", user.and_then(|u| u.get("last_name")))?,
+        course_name: opt_str("course.name", course.as_ref().and_then(|c| c.name))?,
+        user_id: opt_i64("user.id", user.as_ref().and_then(|u| u.id))?,
+        email: opt_str("user.email", user.as_ref().and_then(|u| u.email))?,
+        first_name: opt_str("user.first_name", user.as_ref().and_then(|u| u.first_name))?,
+        last_name: opt_str("user.last_name", user.as_ref().and_then(|u| u.last_name))?,
         percentage_completed,
         free_trial,
-        activated_at: opt_time("activated_at")?,
-        started_at: opt_time("started_at")?,
-        completed_at: opt_time("completed_at")?,
-        expiry_date: opt_time("expiry_date")?,
-        created_at: opt_time("created_at")?,
-        updated_at: opt_time("updated_at")?,
+        activated_at: opt_time("activated_at", p.activated_at)?,
+        started_at: opt_time("started_at", p.started_at)?,
+        completed_at: opt_time("completed_at", p.completed_at)?,
+        expiry_date: opt_time("expiry_date", p.expiry_date)?,
+        created_at: opt_time("created_at", p.created_at)?,
+        updated_at: opt_time("updated_at", p.updated_at)?,
     })
 }
 
-/// The course an event is about, when its payload names one (`course_id`, or
-/// `course.id`): used to filter forwarding subscriptions by course.
-pub fn course_id_of(payload: &Map<String, Value>) -> Option<i64> {
-    payload
-        .get("course_id")
+/// The course a payload names (`course_id`, or `course.id`), leniently: used
+/// to filter forwarding subscriptions by course, whatever the topic.
+fn course_id_of(payload: &RawPayload) -> Option<i64> {
+    value(payload.course_id)
+        .as_ref()
         .and_then(lenient_i64)
-        .or_else(|| payload.get("course")?.get("id").and_then(lenient_i64))
+        .or_else(|| {
+            let course: RawCourse = object(payload.course?)?.ok()?;
+            lenient_i64(&value(course.id)?)
+        })
 }
 
-/// [`course_id_of`] for a raw body from the event log.
+/// The course a raw body from the event log names (see [`Envelope::course_id`]).
 pub fn course_id_of_body(body: &str) -> Option<i64> {
-    let v: Value = serde_json::from_str(body).ok()?;
-    course_id_of(v.get("payload")?.as_object()?)
+    let raw: RawEnvelope = serde_json::from_str(body).ok()?;
+    course_id_of(&object(raw.payload?)?.ok()?)
 }
 
 /// A string, or a number written as a string (Thinkific ids come as both).
@@ -444,7 +550,7 @@ mod tests {
         assert_eq!(p.percentage_completed, Some(50.0));
         assert_eq!(p.started_at, None);
         assert!(p.updated_at.is_some());
-        assert!(e.payload.contains_key("percentage_completed"));
+        assert_eq!(e.course_id, Some(3));
     }
 
     #[test]
@@ -516,6 +622,58 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn only_the_fields_read_are_interpreted() {
+        // A topic we do not type: any payload object will do, even an odd one.
+        let body = br#"{"id":"1","resource":"order","action":"created",
+            "payload":{"course":"not an object","course_id":null,"x":1,"x":2}}"#;
+        let e = parse(body, None).unwrap();
+        assert_eq!(e.course_id, None);
+        let body = br#"{"id":"1","resource":"order","action":"created",
+            "payload":{"course":{"id":"12","name":"C"},"items":[{"id":1}]}}"#;
+        assert_eq!(parse(body, None).unwrap().course_id, Some(12));
+        assert_eq!(
+            course_id_of_body(std::str::from_utf8(body).unwrap()),
+            Some(12)
+        );
+        // An enrollment payload's nested objects must be objects.
+        assert!(matches!(
+            parse(br#"{"id":"1","resource":"enrollment","action":"created","payload":{"id":1,"user":"u"}}"#, None),
+            Err(ParseError::Payload { field, .. }) if field == "user"
+        ));
+        // A payload that is not an object, and JSON null for a required field.
+        assert!(matches!(
+            parse(
+                br#"{"id":"1","resource":"a","action":"b","payload":[1]}"#,
+                None
+            ),
+            Err(ParseError::Invalid {
+                field: "payload",
+                ..
+            })
+        ));
+        assert_eq!(
+            parse(
+                br#"{"id":null,"resource":"a","action":"b","payload":{}}"#,
+                None
+            ),
+            Err(ParseError::Missing("id"))
+        );
+        // Deeper than serde_json's recursion limit: refused, not a panic.
+        let deep = format!(
+            r#"{{"id":{}1{},"resource":"a","action":"b","payload":{{}}}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        assert!(parse(deep.as_bytes(), None).is_err());
+        // Strings with escapes are read as JSON strings.
+        let body = br#"{"id":"1","resource":"enrollment","action":"created",
+            "payload":{"id":1,"user":{"email":"a\u0040b.c","first_name":"Zo\u00eb"}}}"#;
+        let p = parse(body, None).unwrap().enrollment.unwrap();
+        assert_eq!(p.email.as_deref(), Some("a@b.c"));
+        assert_eq!(p.first_name.as_deref(), Some("Zoë"));
     }
 
     #[test]
