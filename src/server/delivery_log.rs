@@ -6,7 +6,9 @@
 //! CPU at 10,000 deliveries/s, BENCHMARKS.md), so past [`LINES_PER_SECOND`]
 //! accepted and as many rejected deliveries in a second the rest are logged
 //! at `debug` and counted, and every [`SUMMARY_EVERY`] one `info` line says
-//! how many were not shown, by outcome. `/metrics` counts every delivery.
+//! how many were not shown, by outcome (nothing is counted while `debug` is on
+//! for the webhook module: then every delivery has its line). `/metrics`
+//! counts every delivery.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -74,6 +76,9 @@ impl DeliveryLog {
         };
         if budget.take(second) {
             return true;
+        }
+        if tracing::enabled!(target: "enrollhook::server::webhooks", tracing::Level::DEBUG) {
+            return false; // logged at debug: shown after all
         }
         *self
             .unshown
