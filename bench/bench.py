@@ -403,8 +403,14 @@ def render(results, skipped, args, fsync):
             share = rate / ceiling["runs"]["c64"]["ok_per_s"]
             targets.append(("≥ 80 % of the SQLite storage ceiling at 64 connections", share >= 0.80, f"{100 * share:.0f} %"))
         if flask:
-            times = rate / max(flask["runs"]["c64"]["ok_per_s"], 1e-9)
-            targets.append(("≥ 40 × the Flask receiver", times >= 40, f"{times:.0f} ×"))
+            flask_rate = max(flask["runs"]["c64"]["ok_per_s"], 1e-9)
+            times = rate / flask_rate
+            context = f"{times:.0f} ×"
+            if ceiling:
+                # What the target asks of this machine: the storage ceiling itself,
+                # which does the least a durable receiver can, is this many times Flask.
+                context += f" (the storage ceiling: {ceiling['runs']['c64']['ok_per_s'] / flask_rate:.0f} ×)"
+            targets.append(("≥ 40 × the Flask receiver", times >= 40, context))
         p99 = eh["runs"]["c8"]["p99_us"] / 1000
         targets.append(("p99 < 5 ms at 8 connections", p99 < 5, f"{p99:.2f} ms"))
         lines.append("Targets for enrollhook on SQLite, this run:")
