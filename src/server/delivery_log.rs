@@ -1,9 +1,9 @@
 //! One log line per delivery, within a budget.
 //!
 //! While deliveries are few (setting up a school, a test send) every one gets
-//! its own `info` line. Under load a line per delivery costs more than the
-//! rest of the request (formatting and writing it was ~15 % of the server's
-//! CPU at 10,000 deliveries/s, BENCHMARKS.md), so past [`LINES_PER_SECOND`]
+//! its own `info` line. Under load a line per delivery is expensive
+//! (formatting and writing it took ~7 % of the server's CPU and 13–21 % of its
+//! throughput at full load on two cores, BENCHMARKS.md), so past [`LINES_PER_SECOND`]
 //! accepted and as many rejected deliveries in a second the rest are logged
 //! at `debug` and counted, and every [`SUMMARY_EVERY`] one `info` line says
 //! how many were not shown, by outcome (nothing is counted while `debug` is on
