@@ -661,6 +661,15 @@ mod tests {
             ),
             Err(ParseError::Missing("id"))
         );
+        // The same envelope field twice is ambiguous (which id is the event's?):
+        // refused, saying which.
+        let twice = parse(
+            br#"{"id":"1","id":"2","resource":"a","action":"b","payload":{}}"#,
+            None,
+        );
+        assert!(
+            matches!(twice, Err(ParseError::NotJson(ref m)) if m.contains("duplicate field `id`"))
+        );
         // Deeper than serde_json's recursion limit: refused, not a panic.
         let deep = format!(
             r#"{{"id":{}1{},"resource":"a","action":"b","payload":{{}}}}"#,
