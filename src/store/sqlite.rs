@@ -298,12 +298,11 @@ impl SqliteStore {
 
     /// Whether every logged event is projected (events of other processes too).
     async fn projection_has_log_end(&self) -> Result<bool> {
-        Ok(sqlx::query_scalar(
-            "SELECT (SELECT projected_through_seq FROM projection_cursor)
-                    >= (SELECT COALESCE(MAX(seq), 0) FROM events)",
-        )
-        .fetch_one(&self.reader)
-        .await?)
+        let (through, end): (i64, i64) =
+            sqlx::query_as(super::sqlite_batch::PROJECTION_CURSOR_AND_LOG_END)
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(through >= end)
     }
 
     async fn migrate(&self, apply: bool) -> Result<()> {

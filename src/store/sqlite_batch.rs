@@ -320,12 +320,14 @@ fn catch_up(conn: &mut Connection, lock: &WriteLock, pending: &mut Pending) -> R
     }
 }
 
+/// (how far the projection got, the end of the log), for both drivers.
+pub(super) const PROJECTION_CURSOR_AND_LOG_END: &str =
+    "SELECT (SELECT projected_through_seq FROM projection_cursor),
+            (SELECT COALESCE(MAX(seq), 0) FROM events)";
+
 fn cursor_and_head(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
-    conn.prepare_cached(
-        "SELECT (SELECT projected_through_seq FROM projection_cursor),
-                (SELECT COALESCE(MAX(seq), 0) FROM events)",
-    )?
-    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+    conn.prepare_cached(PROJECTION_CURSOR_AND_LOG_END)?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
 }
 
 /// One projection transaction of its own (see [`project_in_tx`]). Returns

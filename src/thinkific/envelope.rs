@@ -304,7 +304,11 @@ pub fn parse(body: &[u8], header_topic: Option<&str>) -> Result<Envelope, ParseE
         topic,
         tenant_id,
         created_at,
-        course_id: payload.as_ref().and_then(course_id_of),
+        // An enrollment payload has read its course already (strictly).
+        course_id: match &enrollment {
+            Some(p) => p.course_id,
+            None => payload.as_ref().and_then(course_id_of),
+        },
         enrollment,
     })
 }
