@@ -166,9 +166,9 @@ async fn totals_match_a_direct_count_at_any_time_and_after_rebuild() {
     assert_eq!(store.course_stats(None, now).await.unwrap(), before);
 
     // Totals damaged behind enrollhook's back are repaired by rebuild.
-    let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+    let mut conn = sqlite_with_projection(&app.database_url).await;
     sqlx::query("UPDATE course_totals SET enrollments = enrollments + 5, progress_micros = 0")
-        .execute(&pool)
+        .execute(&mut conn)
         .await
         .unwrap();
     assert_ne!(store.course_stats(None, now).await.unwrap(), before);

@@ -468,7 +468,11 @@ async fn metrics_count_deliveries() {
     assert!(text.contains(r#"enrollhook_deliveries_total{outcome="signature_missing"} 1"#));
     assert!(text.contains("enrollhook_batch_size_count"));
     assert!(text.contains("enrollhook_delivery_duration_seconds_bucket"));
-    // Single deliveries are projected as they are stored.
+    assert!(text.contains("enrollhook_projection_waiting_events"));
+    // A read of the projection lets it catch up first: nothing waits after it.
+    assert_eq!(app.get("/api/enrollments").await.0, 200);
+    let (_, metrics) = app.get("/metrics").await;
+    let text = metrics.as_str().unwrap();
     assert!(
         text.contains("enrollhook_projection_waiting_events 0"),
         "{text}"

@@ -206,12 +206,12 @@ async fn all_enrollments(store: &SqliteStore) -> Vec<enrollhook::projection::Enr
 async fn deliveries_are_stored_while_the_projection_fails() {
     let (_dir, url) = fresh_db();
     let store = SqliteStore::open(&url, true).await.unwrap();
-    let side = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let mut side = sqlite_with_projection(&url).await;
     sqlx::query(
-        "CREATE TRIGGER broken BEFORE INSERT ON enrollments
+        "CREATE TRIGGER projection.broken BEFORE INSERT ON enrollments
          BEGIN SELECT RAISE(ABORT, 'projection broken'); END",
     )
-    .execute(&side)
+    .execute(&mut side)
     .await
     .unwrap();
 
@@ -225,8 +225,8 @@ async fn deliveries_are_stored_while_the_projection_fails() {
     assert_eq!(store.projection_waiting(), 2);
     assert!(store.get_enrollment("s", 1).await.unwrap().is_none());
 
-    sqlx::query("DROP TRIGGER broken")
-        .execute(&side)
+    sqlx::query("DROP TRIGGER projection.broken")
+        .execute(&mut side)
         .await
         .unwrap();
     let e = store.get_enrollment("s", 1).await.unwrap().unwrap();

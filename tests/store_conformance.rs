@@ -654,12 +654,11 @@ async fn quarantine_lifecycle(f: Fixture) {
 /// Runs a statement on the fixture's database behind the store's back.
 async fn tamper(f: &Fixture, sql: &str) {
     if f.url.starts_with("sqlite:") {
-        let pool = sqlx::SqlitePool::connect(&f.url).await.unwrap();
+        let mut conn = common::sqlite_with_projection(&f.url).await;
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&pool)
+            .execute(&mut conn)
             .await
             .unwrap();
-        pool.close().await;
     } else {
         let pool = sqlx::PgPool::connect(&f.url).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

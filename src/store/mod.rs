@@ -42,6 +42,7 @@ pub mod sqlite;
 mod sqlite_batch;
 mod sqlite_courses;
 mod sqlite_forward;
+pub mod sqlite_projector;
 
 use async_trait::async_trait;
 use base64::Engine as _;

@@ -20,6 +20,7 @@ use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
 
 use super::sqlite_batch::{self, Batch, BatchWriter};
 use super::sqlite_courses;
+use super::sqlite_projector::{self, Projector};
 use super::*;
 use crate::projection::{self, Enrollment, Version};
 use crate::store::sqlite_forward;
@@ -51,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "projection cursor",
         include_str!("migrations/sqlite/0005_projection_cursor.sql"),
     ),
+    (
+        6,
+        "projection in a file of its own",
+        include_str!("migrations/sqlite/0006_projection_file.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -60,6 +66,10 @@ pub struct SqliteStore {
     pub(super) reader: SqlitePool,
     /// Group-commit batches, each in one call (see [`sqlite_batch`]).
     batch: BatchWriter,
+    /// Keeps the projection file (see [`sqlite_projector`]).
+    projector: Projector,
+    /// Connections that read or rebuild the projection (it is attached).
+    projection_options: SqliteConnectOptions,
     /// The enabled subscriptions as last read; the batch writer tells when
     /// they changed (another process, or this one, wrote them).
     subscriptions: tokio::sync::Mutex<Option<Arc<sqlite_batch::Subscriptions>>>,
@@ -233,7 +243,7 @@ impl Drop for SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url`, e.g. `sqlite://enrollhook.db`.
-    pub async fn open(url: &str, migrate: bool) -> Result<SqliteStore> {
+    pub async fn open(url: &str, migrate_schema: bool) -> Result<SqliteStore> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -252,28 +262,36 @@ impl SqliteStore {
             ));
         }
         let writer_options = options.clone();
-        let writer = Arc::new(tokio::sync::Mutex::new(writer_options.connect().await?));
-        let batch = BatchWriter::open(options.get_filename(), writer.clone())?;
+        let writer = Writer {
+            conn: Arc::new(tokio::sync::Mutex::new(writer_options.connect().await?)),
+            options: writer_options,
+        };
+        migrate(&writer, migrate_schema).await?;
+        let path = options.get_filename().to_owned();
+        let projector = Projector::open(&path)?;
+        let batch = BatchWriter::open(&path, writer.conn.clone(), projector.clone())?;
         let checkpointer = spawn_checkpointer(options.clone());
+        let projection = sqlite_projector::projection_path(&path);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.read_only(true))
+            .after_connect(move |conn, _| {
+                let projection = projection.clone();
+                Box::pin(async move { attach_projection(conn, &projection).await })
+            })
+            .connect_with(options.clone().read_only(true))
             .await?;
-        let writer = Writer {
-            conn: writer,
-            options: writer_options,
-        };
         let store = SqliteStore {
             checkpointer,
             writer,
             reader,
             batch,
+            projector,
+            projection_options: options,
             subscriptions: tokio::sync::Mutex::new(None),
         };
-        store.migrate(migrate).await?;
         // Events a crash left unprojected (usually none).
-        store.batch.catch_up().await?;
+        store.projector.catch_up().await?;
         Ok(store)
     }
 
@@ -284,10 +302,10 @@ impl SqliteStore {
     /// lock), and a failure (say, a read-only file) leaves the projection a
     /// little behind rather than failing the read.
     async fn projection_current(&self) {
-        if !self.batch.events_waiting() && self.projection_has_log_end().await.unwrap_or(false) {
+        if self.projector.waiting() == 0 && self.projection_has_log_end().await.unwrap_or(false) {
             return;
         }
-        match tokio::time::timeout(READ_WAITS_FOR_PROJECTION, self.batch.catch_up()).await {
+        match tokio::time::timeout(READ_WAITS_FOR_PROJECTION, self.projector.catch_up()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "the projection may be behind the event log"),
             Err(_) => tracing::warn!(
@@ -299,57 +317,71 @@ impl SqliteStore {
     /// Whether every logged event is projected (events of other processes too).
     async fn projection_has_log_end(&self) -> Result<bool> {
         let (through, end): (i64, i64) =
-            sqlx::query_as(super::sqlite_batch::PROJECTION_CURSOR_AND_LOG_END)
+            sqlx::query_as(sqlite_projector::PROJECTION_CURSOR_AND_LOG_END)
                 .fetch_one(&self.reader)
                 .await?;
         Ok(through >= end)
     }
+}
 
-    async fn migrate(&self, apply: bool) -> Result<()> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS enrollhook_migrations (
-                version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
-        )
-        .execute(&mut *self.writer.lock().await?)
-        .await?;
-        let current: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM enrollhook_migrations")
-                .fetch_one(&mut *self.writer.lock().await?)
-                .await?;
-        let latest = MIGRATIONS.last().map_or(0, |m| m.0);
-        if current > latest {
-            return Err(StoreError::Migrate(format!(
-                "the database schema is at version {current}, newer than this enrollhook knows ({latest}): upgrade enrollhook"
-            )));
-        }
-        if current == latest {
-            return Ok(());
-        }
-        if !apply {
-            return Err(StoreError::Migrate(format!(
-                "the database schema is at version {current}, this enrollhook needs {latest}: run `enrollhook migrate`"
-            )));
-        }
-        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            let mut writer = self.writer.lock().await?;
-            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StoreError::Migrate(format!("migration {version} ({name}): {e}")))?;
-            sqlx::query(
-                "INSERT INTO enrollhook_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-            )
-            .bind(version)
-            .bind(name)
-            .bind(fmt_ts(&Utc::now()))
-            .execute(&mut *tx)
+/// Brings the main file's schema up to date (with `apply`), or says how.
+async fn migrate(writer: &Writer, apply: bool) -> Result<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS enrollhook_migrations (
+            version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+    )
+    .execute(&mut *writer.lock().await?)
+    .await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM enrollhook_migrations")
+            .fetch_one(&mut *writer.lock().await?)
             .await?;
-            tx.commit().await?;
-            tracing::info!(version, name, "applied SQLite migration");
-        }
-        Ok(())
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > latest {
+        return Err(StoreError::Migrate(format!(
+            "the database schema is at version {current}, newer than this enrollhook knows ({latest}): upgrade enrollhook"
+        )));
     }
+    if current == latest {
+        return Ok(());
+    }
+    if !apply {
+        return Err(StoreError::Migrate(format!(
+            "the database schema is at version {current}, this enrollhook needs {latest}: run `enrollhook migrate`"
+        )));
+    }
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let mut writer = writer.lock().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::Migrate(format!("migration {version} ({name}): {e}")))?;
+        sqlx::query(
+            "INSERT INTO enrollhook_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+        )
+        .bind(version)
+        .bind(name)
+        .bind(fmt_ts(&Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version, name, "applied SQLite migration");
+    }
+    Ok(())
+}
+
+/// Makes the projection file readable and writable on `conn` as if its
+/// tables were the main file's (their names are unique across both).
+async fn attach_projection(
+    conn: &mut SqliteConnection,
+    projection: &std::path::Path,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query("ATTACH DATABASE ? AS projection")
+        .bind(projection.to_string_lossy().into_owned())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 async fn load_enrollment(
@@ -466,11 +498,11 @@ impl Store for SqliteStore {
     }
 
     fn projection_waiting(&self) -> u64 {
-        self.batch.waiting() as u64
+        self.projector.waiting() as u64
     }
 
     async fn sync_projection(&self) -> Result<()> {
-        self.batch.catch_up().await
+        self.projector.catch_up().await
     }
 
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
@@ -801,10 +833,20 @@ impl Store for SqliteStore {
     }
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {
-        self.batch.catch_up().await?;
-        // One write transaction: deliveries wait (they do not fail) while it runs.
-        let mut writer = self.writer.lock().await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        self.projector.catch_up().await?;
+        // One transaction on the projection file: the projector waits while
+        // it runs; deliveries do not (the log file's write lock is not taken).
+        let mut conn = self.projection_options.connect().await?;
+        attach_projection(
+            &mut conn,
+            &sqlite_projector::projection_path(self.projection_options.get_filename()),
+        )
+        .await?;
+        let mut tx = conn.begin().await?;
+        // The projection file's write lock first (see `begin_projection`).
+        sqlx::query("UPDATE projection_cursor SET projected_through_seq = projected_through_seq")
+            .execute(&mut *tx)
+            .await?;
         // What the projection is meant to reflect: events stored since are
         // applied by the batch writer after this, as usual.
         let through: i64 =

@@ -145,3 +145,22 @@ pub fn enrollment_event(
     }))
     .unwrap()
 }
+
+/// A plain connection to an enrollhook SQLite database (`sqlite://PATH`) with
+/// its projection file attached, as the service reads it: for tests that look
+/// at or tamper with the projection behind the service's back.
+pub async fn sqlite_with_projection(url: &str) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    let path = PathBuf::from(url.trim_start_matches("sqlite://"));
+    sqlx::query("ATTACH DATABASE ? AS projection")
+        .bind(
+            enrollhook::store::sqlite_projector::projection_path(&path)
+                .display()
+                .to_string(),
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}

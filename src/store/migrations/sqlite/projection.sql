@@ -1,0 +1,79 @@
+-- The projection file (`<database>-projection`): everything here is derived
+-- from the event log and is re-derived from it whenever this schema changes
+-- (PRAGMA user_version), the file is missing, or it belongs to another log.
+
+-- One row per (source, enrollment_id).
+CREATE TABLE enrollments (
+    source            TEXT    NOT NULL,
+    enrollment_id     INTEGER NOT NULL,
+    user_id           INTEGER,
+    email             TEXT,
+    first_name        TEXT,
+    last_name         TEXT,
+    course_id         INTEGER,
+    course_name       TEXT,
+    progress          REAL    NOT NULL,
+    trial             INTEGER NOT NULL,
+    completed         INTEGER NOT NULL,
+    activated_at      TEXT,
+    started_at        TEXT,
+    completed_at      TEXT,
+    expiry_date       TEXT,
+    created_at        TEXT,
+    updated_at        TEXT,
+    days_to_complete  REAL,
+    event_count       INTEGER NOT NULL,
+    v_updated_at      TEXT,
+    v_created_at      TEXT,
+    v_event_id        TEXT    NOT NULL,
+    PRIMARY KEY (source, enrollment_id)
+) WITHOUT ROWID;
+CREATE INDEX enrollments_by_course ON enrollments (course_id, source, enrollment_id);
+CREATE INDEX enrollments_by_user ON enrollments (user_id);
+CREATE INDEX enrollments_by_email ON enrollments (email);
+CREATE INDEX enrollments_by_updated ON enrollments (updated_at);
+CREATE INDEX enrollments_completion_days ON enrollments (source, course_id, days_to_complete)
+    WHERE days_to_complete IS NOT NULL;
+CREATE INDEX enrollments_expiring ON enrollments (expiry_date, source, course_id, trial)
+    WHERE completed = 0 AND expiry_date IS NOT NULL AND course_id IS NOT NULL;
+
+-- Per-course totals, kept in step with the enrollments in the same
+-- transaction (see `adjust_course_tables`), so course statistics read a few
+-- rows per course instead of scanning every enrollment.
+CREATE TABLE course_totals (
+    source          TEXT    NOT NULL,
+    course_id       INTEGER NOT NULL,
+    -- The greatest course name seen (what MAX(course_name) gave).
+    name            TEXT,
+    enrollments     INTEGER NOT NULL,
+    completed       INTEGER NOT NULL,
+    -- trial = 1 AND completed = 0; which of them are expired is decided when read.
+    open_trials     INTEGER NOT NULL,
+    -- SUM(progress) in millionths of a percent: integers, so the total never
+    -- drifts however many times it is adjusted.
+    progress_micros INTEGER NOT NULL,
+    -- Rows with days_to_complete: where the median sits in enrollments_completion_days.
+    with_days       INTEGER NOT NULL,
+    PRIMARY KEY (source, course_id)
+) WITHOUT ROWID;
+
+-- Not-completed enrollments with an expiry date, counted per calendar month of
+-- expiry (UTC, 'YYYY-MM'): months before the current one are summed from here;
+-- only the current month is counted row by row (enrollments_expiring).
+CREATE TABLE course_expiries (
+    source      TEXT    NOT NULL,
+    course_id   INTEGER NOT NULL,
+    month       TEXT    NOT NULL,
+    enrollments INTEGER NOT NULL,
+    trials      INTEGER NOT NULL,
+    PRIMARY KEY (month, source, course_id)
+) WITHOUT ROWID;
+
+-- Every event of the log with seq <= projected_through_seq is reflected here;
+-- log_id is the log's (log_identity.log_id) these rows were derived from.
+CREATE TABLE projection_cursor (
+    id                     INTEGER PRIMARY KEY CHECK (id = 1),
+    projected_through_seq  INTEGER NOT NULL,
+    log_id                 TEXT
+);
+INSERT INTO projection_cursor (id, projected_through_seq, log_id) VALUES (1, 0, NULL);

@@ -1,0 +1,620 @@
+//! The SQLite projection: enrollments, course totals and expiries, kept in a
+//! database file of their own (`<database>-projection`) by a thread of its own.
+//!
+//! The log writer ([`super::sqlite_batch`]) commits deliveries to the main
+//! file and hands the stored events to this thread; it applies them in
+//! transactions of its own, many batches at once: once [`PROJECT_AT`] events
+//! wait, or [`PROJECT_AFTER`] after the first of them. Two files, two write
+//! locks, two WALs: a projection transaction never holds up a delivery's
+//! commit, its pages never pass through the log's WAL, and the projection
+//! commits without an fsync (`synchronous=NORMAL`, which in WAL mode cannot
+//! corrupt the file): everything in it can be re-derived from the log, and a
+//! crash only sets it back to an earlier consistent state, cursor included.
+//! Measured against projecting inside the log's transactions: BENCHMARKS.md.
+//!
+//! `projection_cursor.projected_through_seq`, written in the same transaction
+//! as the rows, says how far the projection got. Every read of the projection
+//! first lets it catch up ([`Projector::catch_up`]): a client never misses its
+//! own delivery. Events that another process appended, or that a crash left
+//! unprojected, are read back from the log. A projection file that is missing,
+//! has another schema version, or was derived from another log (a restored
+//! backup of the main file, say) is re-derived from the log when opened.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::sqlite::{ENROLLMENT_UPSERT_ON_CONFLICT, ts};
+use super::sqlite_courses::{self, EXPIRIES_UPSERT, TOTALS_UPSERT};
+use super::*;
+use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
+
+/// Project once this many stored events wait...
+const PROJECT_AT: usize = 2_000;
+/// ...or this long after the first of them was stored.
+const PROJECT_AFTER: Duration = Duration::from_millis(10);
+/// After a failed projection (say, a full disk), the wait before the next try.
+const RETRY_PROJECTION_AFTER: Duration = Duration::from_secs(1);
+/// Events read back from the log per projection transaction.
+const LOG_EVENTS_PER_PROJECTION: i64 = 5_000;
+
+/// The projection file's schema; a file with another version is re-derived.
+const SCHEMA: &str = include_str!("migrations/sqlite/projection.sql");
+const SCHEMA_VERSION: i64 = 1;
+
+/// Where the projection of the log at `database` is kept.
+pub fn projection_path(database: &Path) -> PathBuf {
+    let mut path = database.as_os_str().to_owned();
+    path.push("-projection");
+    PathBuf::from(path)
+}
+
+/// One stored event as the log writer hands it over: (seq, source, the
+/// enrollment event if it is one).
+pub(super) type StoredForProjection = (i64, String, Option<EnrollmentEvent>);
+
+enum Msg {
+    Stored(Vec<StoredForProjection>),
+    CatchUp(oneshot::Sender<Result<()>>),
+}
+
+/// Hands stored events to the projector thread; the thread ends when every
+/// clone is dropped, after projecting what it was given.
+#[derive(Clone)]
+pub(super) struct Projector {
+    queue: mpsc::Sender<Msg>,
+    /// Events handed over and not projected yet.
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Projector {
+    /// Prepares the projection file of the (migrated) log at `database` and
+    /// starts the thread.
+    pub(super) fn open(database: &Path) -> Result<Projector> {
+        let conn = prepare(database, &projection_path(database)).map_err(write_error)?;
+        let (queue, messages) = mpsc::channel::<Msg>();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let pending = Pending {
+            waiting: waiting.clone(),
+            ..Pending::default()
+        };
+        std::thread::Builder::new()
+            .name("sqlite-project".into())
+            .spawn(move || run(conn, messages, pending))
+            .map_err(|e| StoreError::Invalid(format!("cannot start the SQLite projector: {e}")))?;
+        Ok(Projector { queue, waiting })
+    }
+
+    /// Hands over events the log has committed. Counted as waiting before it
+    /// returns, so a reader that saw a delivery's answer knows to catch up.
+    pub(super) fn stored(&self, events: Vec<StoredForProjection>) {
+        if events.is_empty() {
+            return;
+        }
+        self.waiting.fetch_add(events.len(), Ordering::AcqRel);
+        // If the thread is gone (it only ends with the last handle), the
+        // events are read back from the log at the next start.
+        let _ = self.queue.send(Msg::Stored(events));
+    }
+
+    /// Events this process stored that the projection lacks.
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Returns once every event stored so far (by any process) is projected.
+    pub(super) async fn catch_up(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Msg::CatchUp(reply))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Invalid("the SQLite projector thread has stopped".into())
+}
+
+fn write_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Write(e.to_string())
+}
+
+/// Creates or re-derives the projection file as needed and returns the
+/// projector's connection: the log as `main` (only read), the projection
+/// attached (written).
+fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
+    {
+        let mut file = Connection::open(projection)?;
+        file.busy_timeout(Duration::from_secs(5))?;
+        file.pragma_update(None, "journal_mode", "WAL")?;
+        let version: i64 = file.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != SCHEMA_VERSION {
+            let tx = file.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tables = tx
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for table in tables {
+                tx.execute_batch(&format!("DROP TABLE \"{}\"", table.replace('"', "\"\"")))?;
+            }
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+        }
+    }
+    let mut conn = Connection::open(database)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS projection",
+        [projection.to_string_lossy()],
+    )?;
+    // Derived data: a crash may roll it back, never corrupt it (WAL).
+    conn.pragma_update(Some("projection"), "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(32);
+
+    let log_id: String = conn.query_row("SELECT log_id FROM log_identity", [], |r| r.get(0))?;
+    let (through, derived_from): (i64, Option<String>) = conn.query_row(
+        "SELECT projected_through_seq, log_id FROM projection_cursor",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let head: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    if derived_from.as_deref() != Some(log_id.as_str()) || through > head {
+        if derived_from.is_some() {
+            tracing::warn!(
+                projection = %projection.display(),
+                "the projection file was derived from another event log (or a later state of this one): deriving it again"
+            );
+        }
+        let tx = begin_projection(&mut conn)?;
+        tx.execute_batch(
+            "DELETE FROM enrollments; DELETE FROM course_totals; DELETE FROM course_expiries;",
+        )?;
+        tx.execute(
+            "UPDATE projection_cursor SET projected_through_seq = 0, log_id = ?1",
+            [&log_id],
+        )?;
+        tx.commit()?;
+    }
+    if head > 100_000 && through < head / 2 {
+        tracing::info!(
+            events = head - through.min(head),
+            "deriving the projection from the event log; reads wait until it is done"
+        );
+    }
+    Ok(conn)
+}
+
+/// A projection transaction: it takes the projection file's write lock first
+/// (a no-op write), so that it never holds a read snapshot that another
+/// writer could make stale, and never takes the log's write lock (`BEGIN
+/// IMMEDIATE` would lock every attached file).
+fn begin_projection(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    tx.execute(
+        "UPDATE projection_cursor SET projected_through_seq = projected_through_seq",
+        [],
+    )?;
+    Ok(tx)
+}
+
+/// The projector thread: takes stored events as they come and projects them
+/// when due, or at once when a reader asks it to catch up.
+fn run(mut conn: Connection, messages: mpsc::Receiver<Msg>, mut pending: Pending) {
+    loop {
+        let msg = match pending.deadline() {
+            None => match messages.recv() {
+                Ok(msg) => Some(msg),
+                Err(mpsc::RecvError) => break,
+            },
+            Some(at) => match messages.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(msg) => Some(msg),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        match msg {
+            Some(Msg::Stored(events)) => pending.stored(events),
+            Some(Msg::CatchUp(reply)) => {
+                let _ = reply.send(catch_up(&mut conn, &mut pending));
+                continue;
+            }
+            None => {}
+        }
+        if pending.due()
+            && let Err(e) = project_pending(&mut conn, &mut pending)
+        {
+            tracing::error!(error = %e, "projecting stored events failed; retrying shortly");
+            pending.retry_later();
+        }
+    }
+    // Shutting down: project what this process stored, so that the next
+    // start need not read it back from the log.
+    if !pending.events.is_empty()
+        && let Err(e) = catch_up(&mut conn, &mut pending)
+    {
+        tracing::warn!(error = %e, "stored events left unprojected; the next start projects them");
+    }
+}
+
+/// Events this process stored that are not projected yet, in log order.
+#[derive(Default)]
+struct Pending {
+    /// Every stored event, so that their number tells whether another
+    /// process appended too.
+    events: Vec<StoredForProjection>,
+    /// When the first of them was handed over (or the last attempt failed).
+    since: Option<Instant>,
+    /// After a failed projection: not again before this.
+    not_before: Option<Instant>,
+    /// Shared with [`Projector::waiting`].
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Pending {
+    fn stored(&mut self, events: Vec<StoredForProjection>) {
+        self.events.extend(events);
+        if !self.events.is_empty() {
+            self.since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let at = self.since? + PROJECT_AFTER;
+        Some(self.not_before.map_or(at, |t| t.max(at)))
+    }
+
+    fn due(&self) -> bool {
+        self.not_before.is_none_or(|t| Instant::now() >= t)
+            && (self.events.len() >= PROJECT_AT
+                || self.deadline().is_some_and(|t| Instant::now() >= t))
+    }
+
+    fn own(&self) -> Vec<OwnEvent<'_>> {
+        self.events
+            .iter()
+            .map(|(seq, source, e)| (*seq, source.as_str(), e.as_ref()))
+            .collect()
+    }
+
+    fn retry_later(&mut self) {
+        self.not_before = Some(Instant::now() + RETRY_PROJECTION_AFTER);
+    }
+
+    /// Forgets the events up to `seq`, which are projected.
+    fn projected_through(&mut self, seq: i64) {
+        let done = self.events.partition_point(|(s, _, _)| *s <= seq);
+        self.events.drain(..done);
+        self.waiting.fetch_sub(done, Ordering::AcqRel);
+        self.not_before = None;
+        if self.events.is_empty() {
+            self.since = None;
+        }
+    }
+}
+
+/// Projects everything stored so far, in as many transactions as it takes.
+fn catch_up(conn: &mut Connection, pending: &mut Pending) -> Result<()> {
+    loop {
+        if pending.events.is_empty() {
+            // Outside a write transaction: usually nothing is waiting at all.
+            let (through, head) = cursor_and_head(conn).map_err(write_error)?;
+            if through >= head {
+                return Ok(());
+            }
+        }
+        if project_pending(conn, pending)? {
+            return Ok(());
+        }
+    }
+}
+
+/// (how far the projection got, the end of the log), for both drivers.
+pub(super) const PROJECTION_CURSOR_AND_LOG_END: &str =
+    "SELECT (SELECT projected_through_seq FROM projection_cursor),
+            (SELECT COALESCE(MAX(seq), 0) FROM events)";
+
+fn cursor_and_head(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.prepare_cached(PROJECTION_CURSOR_AND_LOG_END)?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+}
+
+/// One projection transaction of its own (see [`project_in_tx`]). Returns
+/// whether the projection is now through the end of the log.
+fn project_pending(conn: &mut Connection, pending: &mut Pending) -> Result<bool> {
+    let tx = begin_projection(conn).map_err(write_error)?;
+    let own = pending.own();
+    let (upto, head) = project_in_tx(&tx, &own)?;
+    tx.commit().map_err(write_error)?;
+    pending.projected_through(upto);
+    Ok(upto == head)
+}
+
+/// One of this process's stored events: (seq, source, its enrollment event).
+type OwnEvent<'a> = (i64, &'a str, Option<&'a EnrollmentEvent>);
+
+/// Projects the events after the cursor, inside `tx`: from memory when they
+/// are all this process's own (`own`, in seq order), else read back from the
+/// log (at most [`LOG_EVENTS_PER_PROJECTION`]). Returns (how far it
+/// projected, the end of the log).
+fn project_in_tx(tx: &Connection, own: &[OwnEvent]) -> Result<(i64, i64)> {
+    let (through, head) = cursor_and_head(tx).map_err(write_error)?;
+    if through >= head {
+        return Ok((through, head));
+    }
+    let own: Vec<_> = own
+        .iter()
+        .filter(|(seq, _, _)| *seq > through && *seq <= head)
+        .collect();
+    // Seqs are not contiguous (a duplicate can use one up), so when they do
+    // not add up, count what the log holds in between.
+    let all_own = own.len() as i64 == head - through
+        || !own.is_empty()
+            && own.len() as i64
+                == tx
+                    .prepare_cached("SELECT COUNT(*) FROM events WHERE seq > ?1 AND seq <= ?2")
+                    .and_then(|mut s| s.query_row([through, head], |r| r.get::<_, i64>(0)))
+                    .map_err(write_error)?;
+    let upto = if all_own {
+        let events = own
+            .iter()
+            .filter_map(|(_, source, e)| e.map(|e| (*source, e)))
+            .collect::<Vec<_>>();
+        project(tx, &events, head)?;
+        head
+    } else {
+        // Another process appended too, or a crash left events unprojected.
+        let upto = head.min(through + LOG_EVENTS_PER_PROJECTION);
+        let logged = logged_enrollment_events(tx, through, upto)?;
+        let events = logged
+            .iter()
+            .map(|(s, e)| (s.as_str(), e))
+            .collect::<Vec<_>>();
+        project(tx, &events, upto)?;
+        upto
+    };
+    tx.execute(
+        "UPDATE projection_cursor SET projected_through_seq = ?1",
+        [upto],
+    )
+    .map_err(write_error)?;
+    Ok((upto, head))
+}
+
+/// The enrollment events of the log with `after < seq <= upto`, in order.
+fn logged_enrollment_events(
+    conn: &Connection,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<(String, EnrollmentEvent)>> {
+    enrollment_events_from_log(
+        conn,
+        "SELECT source, topic, event_id, body FROM events
+         WHERE seq > ?1 AND seq <= ?2 AND enrollment_id IS NOT NULL ORDER BY seq",
+        params![after, upto],
+    )
+}
+
+/// Runs `sql`, which selects (source, topic, event_id, body) from the log,
+/// and parses each row's enrollment event.
+fn enrollment_events_from_log(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(String, EnrollmentEvent)>> {
+    let mut select = conn.prepare_cached(sql).map_err(write_error)?;
+    let rows = select
+        .query_map(params, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(write_error)?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (source, topic, event_id, body) = row.map_err(write_error)?;
+        if let Some(event) = enrollment_event_from_log(&topic, &event_id, &body)? {
+            events.push((source, event));
+        }
+    }
+    Ok(events)
+}
+
+/// Applies stored events (in log order) to the projection and the course
+/// totals. An enrollment that receives a late event is re-folded from the log
+/// instead, after all of these are in the log (the rules do not depend on
+/// order, so this is what one event at a time gives).
+/// `through`: the last seq being projected, which late events re-fold up to.
+fn project(conn: &Connection, updates: &[(&str, &EnrollmentEvent)], through: i64) -> Result<()> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let mut state: HashMap<(&str, i64), Enrollment> = HashMap::new();
+    for (source, event) in updates {
+        let key = (*source, event.payload.id);
+        if !state.contains_key(&key)
+            && let Some(e) = load_enrollment(conn, key.0, key.1)?
+        {
+            state.insert(key, e);
+        }
+    }
+    // What the course totals counted for these enrollments before the batch.
+    let before = state.clone();
+
+    let mut changed = HashSet::new();
+    let mut late = HashSet::new();
+    for &(source, event) in updates {
+        let key = (source, event.payload.id);
+        if late.contains(&key) {
+            continue; // the re-fold below includes this event
+        }
+        match projection::apply(state.get(&key), source, event) {
+            Apply::Newer(next) => {
+                state.insert(key, next);
+                changed.insert(key);
+            }
+            Apply::Older => {
+                late.insert(key);
+            }
+        }
+    }
+    for key in late {
+        if let Some(folded) = refold(conn, key.0, key.1, through)? {
+            state.insert(key, folded);
+            changed.insert(key);
+        }
+    }
+    let mut rows: Vec<&Enrollment> = changed.iter().filter_map(|k| state.get(k)).collect();
+    rows.sort_unstable_by(|a, b| (&a.source, a.enrollment_id).cmp(&(&b.source, b.enrollment_id)));
+    let changes: Vec<(Option<&Enrollment>, &Enrollment)> = rows
+        .iter()
+        .map(|row| (before.get(&(row.source.as_str(), row.enrollment_id)), *row))
+        .collect();
+    adjust_course_tables(conn, &changes).map_err(write_error)?;
+    static UPSERT: OnceLock<String> = OnceLock::new();
+    let sql = UPSERT.get_or_init(|| {
+        format!(
+            "INSERT INTO enrollments ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+                ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22) {ENROLLMENT_UPSERT_ON_CONFLICT}",
+            super::sqlite::ENROLLMENT_WRITE_COLUMNS
+        )
+    });
+    let mut upsert = conn.prepare_cached(sql).map_err(write_error)?;
+    for e in rows {
+        upsert
+            .execute(params![
+                e.source,
+                e.enrollment_id,
+                e.user_id,
+                e.email,
+                e.first_name,
+                e.last_name,
+                e.course_id,
+                e.course_name,
+                e.progress,
+                e.trial,
+                e.completed,
+                ts(e.activated_at),
+                ts(e.started_at),
+                ts(e.completed_at),
+                ts(e.expiry_date),
+                ts(e.created_at),
+                ts(e.updated_at),
+                e.days_to_complete(),
+                e.event_count,
+                ts(e.version.updated_at),
+                ts(e.version.created_at),
+                e.version.event_id,
+            ])
+            .map_err(write_error)?;
+    }
+    Ok(())
+}
+
+fn adjust_course_tables(
+    conn: &Connection,
+    changes: &[(Option<&Enrollment>, &Enrollment)],
+) -> rusqlite::Result<()> {
+    let deltas = sqlite_courses::deltas(changes);
+    let mut totals = conn.prepare_cached(TOTALS_UPSERT)?;
+    for ((source, course_id), d) in &deltas.totals {
+        totals.execute(params![
+            source,
+            course_id,
+            d.name,
+            d.enrollments,
+            d.completed,
+            d.open_trials,
+            d.progress_micros,
+            d.with_days
+        ])?;
+    }
+    let mut expiries = conn.prepare_cached(EXPIRIES_UPSERT)?;
+    for ((source, course_id, month), (enrollments, trials)) in &deltas.expiries {
+        expiries.execute(params![source, course_id, month, enrollments, trials])?;
+    }
+    Ok(())
+}
+
+fn load_enrollment(conn: &Connection, source: &str, id: i64) -> Result<Option<Enrollment>> {
+    static SELECT: OnceLock<String> = OnceLock::new();
+    let sql = SELECT.get_or_init(|| {
+        format!(
+            "SELECT {} FROM enrollments WHERE source = ?1 AND enrollment_id = ?2",
+            super::sqlite::ENROLLMENT_COLUMNS
+        )
+    });
+    let mut select = conn.prepare_cached(sql).map_err(write_error)?;
+    select
+        .query_row(params![source, id], enrollment_from_row)
+        .optional()
+        .map_err(write_error)
+}
+
+/// Folds the logged events of one enrollment up to `through` (for late events).
+fn refold(conn: &Connection, source: &str, id: i64, through: i64) -> Result<Option<Enrollment>> {
+    let events = enrollment_events_from_log(
+        conn,
+        "SELECT source, topic, event_id, body FROM events
+         WHERE source = ?1 AND enrollment_id = ?2 AND seq <= ?3",
+        params![source, id, through],
+    )?;
+    Ok(projection::fold(source, events.into_iter().map(|(_, e)| e)))
+}
+
+/// A timestamp column (RFC 3339 text), as the sqlx reader parses it.
+fn ts_col(row: &rusqlite::Row, idx: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    let text: Option<String> = row.get(idx)?;
+    text.map(|s| {
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    idx,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })
+    })
+    .transpose()
+}
+
+/// A row of `SELECT {ENROLLMENT_COLUMNS}` (the order of that list).
+fn enrollment_from_row(row: &rusqlite::Row) -> rusqlite::Result<Enrollment> {
+    Ok(Enrollment {
+        source: row.get(0)?,
+        enrollment_id: row.get(1)?,
+        user_id: row.get(2)?,
+        email: row.get(3)?,
+        first_name: row.get(4)?,
+        last_name: row.get(5)?,
+        course_id: row.get(6)?,
+        course_name: row.get(7)?,
+        progress: row.get(8)?,
+        trial: row.get(9)?,
+        completed: row.get(10)?,
+        activated_at: ts_col(row, 11)?,
+        started_at: ts_col(row, 12)?,
+        completed_at: ts_col(row, 13)?,
+        expiry_date: ts_col(row, 14)?,
+        created_at: ts_col(row, 15)?,
+        updated_at: ts_col(row, 16)?,
+        event_count: row.get(17)?,
+        version: Version {
+            updated_at: ts_col(row, 18)?,
+            created_at: ts_col(row, 19)?,
+            event_id: row.get(20)?,
+        },
+    })
+}
