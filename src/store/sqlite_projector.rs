@@ -338,9 +338,16 @@ fn cursor_and_head(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
 /// One projection transaction of its own (see [`project_in_tx`]). Returns
 /// whether the projection is now through the end of the log.
 fn project_pending(conn: &mut Connection, pending: &mut Pending) -> Result<bool> {
+    // Where the log ends, read before the transaction: a read of the log
+    // inside it would hold a snapshot of the log's WAL for the whole
+    // transaction, and no checkpoint could recycle the WAL meanwhile.
+    let head: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(write_error)?;
     let tx = begin_projection(conn).map_err(write_error)?;
     let own = pending.own();
-    let (upto, head) = project_in_tx(&tx, &own)?;
+    let upto = project_in_tx(&tx, &own, head)?;
     tx.commit().map_err(write_error)?;
     pending.projected_through(upto);
     Ok(upto == head)
@@ -351,12 +358,15 @@ type OwnEvent<'a> = (i64, &'a str, Option<&'a EnrollmentEvent>);
 
 /// Projects the events after the cursor, inside `tx`: from memory when they
 /// are all this process's own (`own`, in seq order), else read back from the
-/// log (at most [`LOG_EVENTS_PER_PROJECTION`]). Returns (how far it
-/// projected, the end of the log).
-fn project_in_tx(tx: &Connection, own: &[OwnEvent]) -> Result<(i64, i64)> {
-    let (through, head) = cursor_and_head(tx).map_err(write_error)?;
+/// log (at most [`LOG_EVENTS_PER_PROJECTION`]), up to `head` (the end of the
+/// log as read before the transaction). Returns how far it projected.
+fn project_in_tx(tx: &Connection, own: &[OwnEvent], head: i64) -> Result<i64> {
+    let through: i64 = tx
+        .prepare_cached("SELECT projected_through_seq FROM projection_cursor")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(write_error)?;
     if through >= head {
-        return Ok((through, head));
+        return Ok(through);
     }
     let own: Vec<_> = own
         .iter()
@@ -398,7 +408,7 @@ fn project_in_tx(tx: &Connection, own: &[OwnEvent]) -> Result<(i64, i64)> {
         [upto],
     )
     .map_err(write_error)?;
-    Ok((upto, head))
+    Ok(upto)
 }
 
 /// The enrollment events of the log with `after < seq <= upto`, in order.
