@@ -36,12 +36,15 @@ use super::*;
 use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
 
 /// Project once this many stored events wait...
-const PROJECT_AT: usize = 20_000;
+const PROJECT_AT: usize = 10_000;
 /// ...or this long after the first of them was stored.
 /// (Every read catches up first, so this only sets how many events share a
 /// transaction: at 64 connections 10 ms gave ~300 per transaction and cost
 /// the projector 3.8 CPU s per 10 s of load, 50 ms 2.6 s, 100 ms 2.2 s.)
 const PROJECT_AFTER: Duration = Duration::from_millis(50);
+/// Stored events kept in memory for the projection at most (~1 KB each); more
+/// are read back from the log.
+const KEEP_IN_MEMORY: usize = 2 * PROJECT_AT;
 /// After a failed projection (say, a full disk), the wait before the next try.
 const RETRY_PROJECTION_AFTER: Duration = Duration::from_secs(1);
 /// The projection's WAL is checkpointed by the projector's own commits once it
@@ -93,7 +96,10 @@ impl Projector {
         };
         std::thread::Builder::new()
             .name("sqlite-project".into())
-            .spawn(move || run(conn, messages, pending))
+            .spawn(move || {
+                lower_priority();
+                run(conn, messages, pending)
+            })
             .map_err(|e| StoreError::Invalid(format!("cannot start the SQLite projector: {e}")))?;
         Ok(Projector { queue, waiting })
     }
@@ -127,6 +133,18 @@ impl Projector {
 
 fn stopped() -> StoreError {
     StoreError::Invalid("the SQLite projector thread has stopped".into())
+}
+
+/// The projector is background work: when the cores are busy, the threads
+/// that answer deliveries go first (nice 10 for this thread only; raising
+/// one's own nice value needs no privilege). Measured at 8 connections: p99
+/// 4.0-4.2 ms instead of 4.5, and 8-15 % more events/s at 64 (BENCHMARKS.md).
+fn lower_priority() {
+    // SAFETY: plain syscalls on this thread's own id.
+    let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    if done != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the projector's priority");
+    }
 }
 
 fn write_error(e: rusqlite::Error) -> StoreError {
@@ -269,6 +287,13 @@ struct Pending {
 
 impl Pending {
     fn stored(&mut self, events: Vec<StoredForProjection>) {
+        if self.events.len() >= KEEP_IN_MEMORY {
+            // Far behind (the cores are busy with deliveries): memory stays
+            // bounded, and these are read back from the log when their turn comes.
+            self.waiting.fetch_sub(events.len(), Ordering::AcqRel);
+            self.since.get_or_insert_with(Instant::now);
+            return;
+        }
         self.events.extend(events);
         if !self.events.is_empty() {
             self.since.get_or_insert_with(Instant::now);
@@ -350,6 +375,11 @@ fn project_pending(conn: &mut Connection, pending: &mut Pending) -> Result<bool>
     let upto = project_in_tx(&tx, &own, head)?;
     tx.commit().map_err(write_error)?;
     pending.projected_through(upto);
+    if upto < head {
+        // More in the log than was projected (events of another process, or
+        // read back): go on after the usual pause.
+        pending.since.get_or_insert_with(Instant::now);
+    }
     Ok(upto == head)
 }
 
@@ -639,4 +669,48 @@ fn enrollment_from_row(row: &rusqlite::Row) -> rusqlite::Result<Enrollment> {
             event_id: row.get(20)?,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hand_over(pending: &mut Pending, seqs: std::ops::Range<i64>) {
+        let events: Vec<StoredForProjection> =
+            seqs.map(|seq| (seq, "s".to_owned(), None)).collect();
+        pending.waiting.fetch_add(events.len(), Ordering::AcqRel);
+        pending.stored(events);
+    }
+
+    #[test]
+    fn memory_stays_bounded_when_the_projection_falls_behind() {
+        let mut pending = Pending::default();
+        hand_over(&mut pending, 1..KEEP_IN_MEMORY as i64 + 1);
+        assert!(pending.due(), "a full buffer is due at once");
+        hand_over(
+            &mut pending,
+            KEEP_IN_MEMORY as i64 + 1..KEEP_IN_MEMORY as i64 + 11,
+        );
+        assert_eq!(
+            pending.events.len(),
+            KEEP_IN_MEMORY,
+            "the overflow is left to the log"
+        );
+        assert_eq!(pending.waiting.load(Ordering::Acquire), KEEP_IN_MEMORY);
+        pending.projected_through(KEEP_IN_MEMORY as i64);
+        assert_eq!(pending.waiting.load(Ordering::Acquire), 0);
+        assert!(pending.events.is_empty());
+    }
+
+    #[test]
+    fn projection_is_due_after_a_pause_or_a_crowd() {
+        let mut pending = Pending::default();
+        assert!(!pending.due() && pending.deadline().is_none());
+        hand_over(&mut pending, 1..3);
+        assert!(!pending.due(), "two events wait for company");
+        pending.since = Some(Instant::now() - PROJECT_AFTER);
+        assert!(pending.due());
+        pending.retry_later();
+        assert!(!pending.due(), "not again right after a failure");
+    }
 }
