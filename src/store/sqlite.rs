@@ -1,10 +1,13 @@
 //! The embedded default: one SQLite file in WAL mode with `synchronous=FULL`, so
-//! a committed transaction survives a crash or power loss.
+//! a committed transaction survives a crash or power loss, and beside it the
+//! projection's file (`<database>-projection`, see [`sqlite_projector`]),
+//! derived from the first and attached to every connection that reads it.
 //!
-//! One writer at a time (SQLite allows no more), under one lock: group-commit
-//! batches go to [`sqlite_batch`]'s thread, which runs each in one call;
-//! everything else writes through a sqlx connection. A small pool reads
-//! concurrently from WAL snapshots.
+//! One writer of the main file at a time (SQLite allows no more), under one
+//! lock: group-commit batches go to [`sqlite_batch`]'s thread, which runs each
+//! in one call; everything else writes through a sqlx connection. The
+//! projection file has its own writer, the projector thread. A small pool
+//! reads both concurrently from WAL snapshots.
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -193,6 +193,7 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let head: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    let mut through = through;
     if derived_from.as_deref() != Some(log_id.as_str()) || through > head {
         if derived_from.is_some() {
             tracing::warn!(
@@ -209,11 +210,12 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
             [&log_id],
         )?;
         tx.commit()?;
+        through = 0;
     }
-    if head > 100_000 && through < head / 2 {
+    if head - through > 100_000 {
         tracing::info!(
-            events = head - through.min(head),
-            "deriving the projection from the event log; reads wait until it is done"
+            events = head - through,
+            "deriving the projection from the event log before going on (once; about 100,000 events a second)"
         );
     }
     Ok(conn)
