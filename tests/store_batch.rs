@@ -234,3 +234,91 @@ async fn deliveries_are_stored_while_the_projection_fails() {
     assert_eq!(store.projection_waiting(), 0);
     assert_eq!(store.rebuild_projection(true).await.unwrap().changed, 0);
 }
+
+fn remove_database(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// A consistent copy of an open database's main file (`VACUUM INTO`).
+async fn backup(url: &str, to: &std::path::Path) {
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    sqlx::query("VACUUM INTO ?")
+        .bind(to.display().to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// The projection file is derived data: deleted, it is derived again; beside
+/// an older backup of the main file, or another log altogether, it is derived
+/// again from the log it now sits beside.
+#[tokio::test]
+async fn a_missing_stale_or_foreign_projection_file_is_derived_again() {
+    let (dir, url) = fresh_db();
+    let path = dir.path().join("enrollhook.db");
+    let projection = enrollhook::store::sqlite_projector::projection_path(&path);
+    let older = dir.path().join("older-backup.db");
+
+    let store = SqliteStore::open(&url, true).await.unwrap();
+    let first = event("s", "a", "created", 1, "0", "2024-01-02T00:00:00Z");
+    store.append_batch(&[first]).await.unwrap();
+    backup(&url, &older).await;
+    let more = [
+        event("s", "b", "progress", 1, "50", "2024-01-03T00:00:00Z"),
+        event("s", "c", "created", 2, "0", "2024-01-03T00:00:00Z"),
+    ];
+    store.append_batch(&more).await.unwrap();
+    let complete = all_enrollments(&store).await;
+    assert_eq!(complete.len(), 2);
+    drop(store);
+
+    // Deleted: derived again, the same rows.
+    remove_database(&projection);
+    let store = SqliteStore::open(&url, true).await.unwrap();
+    assert_eq!(all_enrollments(&store).await, complete);
+    drop(store);
+
+    // The older backup restored beside the newer projection: the projection
+    // is ahead of the log, so it is derived again from the log as restored.
+    remove_database(&path);
+    std::fs::copy(&older, &path).unwrap();
+    let store = SqliteStore::open(&url, true).await.unwrap();
+    let restored = all_enrollments(&store).await;
+    assert_eq!(restored.len(), 1);
+    assert_eq!((restored[0].enrollment_id, restored[0].progress), (1, 0.0));
+    assert_eq!(store.rebuild_projection(true).await.unwrap().changed, 0);
+    drop(store);
+
+    // Another log altogether (its own identity), even one that is longer.
+    let (_other_dir, other_url) = fresh_db();
+    let other = SqliteStore::open(&other_url, true).await.unwrap();
+    let theirs: Vec<_> = (0..3)
+        .map(|n| {
+            event(
+                "s",
+                &format!("x{n}"),
+                "created",
+                10 + n,
+                "0",
+                "2024-01-04T00:00:00Z",
+            )
+        })
+        .collect();
+    other.append_batch(&theirs).await.unwrap();
+    remove_database(&path);
+    backup(&other_url, &path).await;
+    drop(other);
+    let store = SqliteStore::open(&url, true).await.unwrap();
+    let ids: Vec<i64> = all_enrollments(&store)
+        .await
+        .iter()
+        .map(|e| e.enrollment_id)
+        .collect();
+    assert_eq!(ids, [10, 11, 12]);
+}
