@@ -71,8 +71,6 @@ pub struct SqliteStore {
     batch: BatchWriter,
     /// Keeps the projection file (see [`sqlite_projector`]).
     projector: Projector,
-    /// Connections that read or rebuild the projection (it is attached).
-    projection_options: SqliteConnectOptions,
     /// The enabled subscriptions as last read; the batch writer tells when
     /// they changed (another process, or this one, wrote them).
     subscriptions: tokio::sync::Mutex<Option<Arc<sqlite_batch::Subscriptions>>>,
@@ -290,7 +288,6 @@ impl SqliteStore {
             reader,
             batch,
             projector,
-            projection_options: options,
             subscriptions: tokio::sync::Mutex::new(None),
         };
         // Events a crash left unprojected (usually none).
@@ -839,10 +836,10 @@ impl Store for SqliteStore {
         self.projector.catch_up().await?;
         // One transaction on the projection file: the projector waits while
         // it runs; deliveries do not (the log file's write lock is not taken).
-        let mut conn = self.projection_options.connect().await?;
+        let mut conn = self.writer.options.connect().await?;
         attach_projection(
             &mut conn,
-            &sqlite_projector::projection_path(self.projection_options.get_filename()),
+            &sqlite_projector::projection_path(self.writer.options.get_filename()),
         )
         .await?;
         let mut tx = conn.begin().await?;

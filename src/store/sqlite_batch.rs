@@ -123,7 +123,8 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, lock: WriteLock, projec
     }
 }
 
-fn write_error(e: rusqlite::Error) -> StoreError {
+/// A rusqlite error as the store reports it (both SQLite threads use it).
+pub(super) fn write_error(e: rusqlite::Error) -> StoreError {
     StoreError::Write(e.to_string())
 }
 

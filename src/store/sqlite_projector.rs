@@ -31,6 +31,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::sqlite::{ENROLLMENT_UPSERT_ON_CONFLICT, ts};
+use super::sqlite_batch::write_error;
 use super::sqlite_courses::{self, EXPIRIES_UPSERT, TOTALS_UPSERT};
 use super::*;
 use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
@@ -147,10 +148,6 @@ fn lower_priority() {
     }
 }
 
-fn write_error(e: rusqlite::Error) -> StoreError {
-    StoreError::Write(e.to_string())
-}
-
 /// Creates or re-derives the projection file as needed and returns the
 /// projector's connection: the log as `main` (only read), the projection
 /// attached (written).
@@ -192,7 +189,7 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let head: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    let head = log_end(&conn)?;
     let mut through = through;
     if derived_from.as_deref() != Some(log_id.as_str()) || through > head {
         if derived_from.is_some() {
@@ -289,17 +286,17 @@ struct Pending {
 
 impl Pending {
     fn stored(&mut self, events: Vec<StoredForProjection>) {
+        if events.is_empty() {
+            return;
+        }
         if self.events.len() >= KEEP_IN_MEMORY {
             // Far behind (the cores are busy with deliveries): memory stays
             // bounded, and these are read back from the log when their turn comes.
             self.waiting.fetch_sub(events.len(), Ordering::AcqRel);
-            self.since.get_or_insert_with(Instant::now);
-            return;
+        } else {
+            self.events.extend(events);
         }
-        self.events.extend(events);
-        if !self.events.is_empty() {
-            self.since.get_or_insert_with(Instant::now);
-        }
+        self.since.get_or_insert_with(Instant::now);
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -357,6 +354,12 @@ pub(super) const PROJECTION_CURSOR_AND_LOG_END: &str =
     "SELECT (SELECT projected_through_seq FROM projection_cursor),
             (SELECT COALESCE(MAX(seq), 0) FROM events)";
 
+/// The seq of the log's last event (0 when empty).
+fn log_end(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?
+        .query_row([], |r| r.get(0))
+}
+
 fn cursor_and_head(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     conn.prepare_cached(PROJECTION_CURSOR_AND_LOG_END)?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -368,10 +371,7 @@ fn project_pending(conn: &mut Connection, pending: &mut Pending) -> Result<bool>
     // Where the log ends, read before the transaction: a read of the log
     // inside it would hold a snapshot of the log's WAL for the whole
     // transaction, and no checkpoint could recycle the WAL meanwhile.
-    let head: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")
-        .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .map_err(write_error)?;
+    let head = log_end(conn).map_err(write_error)?;
     let tx = begin_projection(conn).map_err(write_error)?;
     let own = pending.own();
     let upto = project_in_tx(&tx, &own, head)?;
