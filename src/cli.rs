@@ -344,7 +344,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if report.changed == 1 { "row" } else { "rows" },
                 report.removed
             );
-            if check && (report.changed > 0 || report.removed > 0) {
+            if report.index_rows > 0 {
+                println!(
+                    "{} rows of the topic index differ from the log",
+                    report.index_rows
+                );
+            }
+            if check && (report.changed > 0 || report.removed > 0 || report.index_rows > 0) {
                 return Ok(ExitCode::FAILURE);
             }
             if !check {

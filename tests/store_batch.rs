@@ -5,7 +5,7 @@ mod common;
 
 use chrono::Utc;
 use common::*;
-use enrollhook::store::{AppendOutcome, NewEvent, SqliteStore, Store};
+use enrollhook::store::{AppendOutcome, EventFilter, NewEvent, PageRequest, SqliteStore, Store};
 use enrollhook::thinkific;
 
 fn event(source: &str, id: &str, action: &str, enrollment: i64, pct: &str, at: &str) -> NewEvent {
@@ -321,4 +321,104 @@ async fn a_missing_stale_or_foreign_projection_file_is_derived_again() {
         .map(|e| e.enrollment_id)
         .collect();
     assert_eq!(ids, [10, 11, 12]);
+}
+
+fn signup(id: &str) -> NewEvent {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": id, "resource": "user", "action": "signup", "tenant_id": "59",
+        "created_at": "2024-01-02T00:00:00Z",
+        "payload": {"id": 5, "email": "new@example.com"}
+    }))
+    .unwrap();
+    let envelope = thinkific::parse(&body, None).unwrap();
+    NewEvent::from_envelope("s", &envelope, String::from_utf8(body).unwrap(), Utc::now())
+}
+
+async fn event_ids(
+    store: &SqliteStore,
+    topic: &str,
+    after: Option<i64>,
+    limit: u32,
+) -> Vec<String> {
+    let filter = EventFilter {
+        topic: Some(topic.into()),
+        after_seq: after,
+        ..EventFilter::default()
+    };
+    let mut page = PageRequest {
+        limit,
+        cursor: None,
+    };
+    let mut ids = Vec::new();
+    loop {
+        let got = store.list_events(&filter, &page).await.unwrap();
+        ids.extend(got.items.into_iter().map(|e| e.event_id));
+        match got.next_cursor {
+            Some(c) => page.cursor = Some(c),
+            None => return ids,
+        }
+    }
+}
+
+async fn expect_topics(store: &SqliteStore) {
+    assert_eq!(
+        event_ids(store, "enrollment.created", None, 1).await,
+        ["a", "c"]
+    );
+    assert_eq!(
+        event_ids(store, "enrollment.*", None, 2).await,
+        ["a", "b", "c"]
+    );
+    assert_eq!(
+        event_ids(store, "user.*", None, 100).await,
+        ["u1", "u2", "u3"]
+    );
+    assert_eq!(
+        event_ids(store, "user.signup", Some(3), 100).await,
+        ["u2", "u3"]
+    );
+    assert!(event_ids(store, "order.*", None, 100).await.is_empty());
+}
+
+/// Events by topic are read through the projection file's `event_topics`
+/// (the log keeps no index by topic): right at once after a delivery, right
+/// when the projection file is derived again, and `rebuild` finds and mends
+/// a damaged index.
+#[tokio::test]
+async fn events_by_topic_come_from_the_projection_file() {
+    let (dir, url) = fresh_db();
+    let path = dir.path().join("enrollhook.db");
+    let store = SqliteStore::open(&url, true).await.unwrap();
+    let batch = [
+        event("s", "a", "created", 1, "0", "2024-01-02T00:00:00Z"),
+        signup("u1"),
+        event("s", "b", "progress", 1, "50", "2024-01-03T00:00:00Z"),
+        event("s", "c", "created", 2, "0", "2024-01-03T00:00:00Z"),
+        signup("u2"),
+    ];
+    store.append_batch(&batch).await.unwrap();
+    store.append_batch(&[signup("u3")]).await.unwrap();
+    expect_topics(&store).await;
+    drop(store);
+
+    // Derived again with the rest of the projection file.
+    remove_database(&enrollhook::store::sqlite_projector::projection_path(&path));
+    let store = SqliteStore::open(&url, true).await.unwrap();
+    expect_topics(&store).await;
+
+    // Damaged behind the service's back: one row lost, one wrong, one extra.
+    let mut conn = sqlite_with_projection(&url).await;
+    for sql in [
+        "DELETE FROM projection.event_topics WHERE seq = 1",
+        "UPDATE projection.event_topics SET topic = 'user.signin' WHERE seq = 2",
+        "INSERT INTO projection.event_topics VALUES (99, 'user', 'user.signup')",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    drop(conn);
+    let check = store.rebuild_projection(true).await.unwrap();
+    assert_eq!(check.index_rows, 4, "{check:?}"); // seq 1 missing, seq 2 twice, seq 99
+    assert_eq!(store.rebuild_projection(false).await.unwrap().index_rows, 4);
+    assert_eq!(store.rebuild_projection(true).await.unwrap().index_rows, 0);
+    expect_topics(&store).await;
 }

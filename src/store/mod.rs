@@ -346,6 +346,9 @@ pub struct RebuildReport {
     pub changed: u64,
     /// Stored rows that no event supports any more.
     pub removed: u64,
+    /// Rows of a derived index of the log (SQLite's `event_topics`) that
+    /// were missing, wrong or had no event.
+    pub index_rows: u64,
 }
 
 #[async_trait]

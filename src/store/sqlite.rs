@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "projection in a file of its own",
         include_str!("migrations/sqlite/0006_projection_file.sql"),
     ),
+    (
+        7,
+        "topic index in the projection file",
+        include_str!("migrations/sqlite/0007_topic_index_to_projection.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -780,24 +785,37 @@ impl Store for SqliteStore {
     }
 
     async fn list_events(&self, f: &EventFilter, page: &PageRequest) -> Result<Page<StoredEvent>> {
-        let mut q =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1"));
-        if let Some(s) = &f.source {
-            q.push(" AND source = ").push_bind(s.clone());
-        }
-        if let Some(t) = &f.topic {
-            match t.strip_suffix(".*") {
-                // `enrollment.*`: every topic of the resource, as a range so the index serves it.
-                Some(resource) => {
-                    q.push(" AND topic >= ")
-                        .push_bind(format!("{resource}."))
-                        .push(" AND topic < ")
-                        .push_bind(format!("{resource}/"));
-                }
-                None => {
-                    q.push(" AND topic = ").push_bind(t.clone());
-                }
+        let columns = EVENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (mut q, seq) = match &f.topic {
+            None => (
+                QueryBuilder::<Sqlite>::new(format!(
+                    "SELECT {columns} FROM events AS e WHERE 1 = 1"
+                )),
+                "e.seq",
+            ),
+            // By topic through the projection file's `event_topics` (in seq
+            // order, CROSS JOIN keeps it the outer loop), which holds every
+            // event up to the projection's cursor: caught up first, like
+            // every read of the projection.
+            Some(t) => {
+                self.projection_current().await;
+                let mut q = QueryBuilder::<Sqlite>::new(format!(
+                    "SELECT {columns} FROM event_topics AS t CROSS JOIN events AS e ON e.seq = t.seq WHERE "
+                ));
+                match t.strip_suffix(".*") {
+                    // `enrollment.*`: every topic of the resource.
+                    Some(resource) => q.push("t.resource = ").push_bind(resource.to_owned()),
+                    None => q.push("t.topic = ").push_bind(t.clone()),
+                };
+                (q, "t.seq")
             }
+        };
+        if let Some(s) = &f.source {
+            q.push(" AND e.source = ").push_bind(s.clone());
         }
         let mut after = f.after_seq.unwrap_or(0);
         if let Some(c) = &page.cursor {
@@ -806,8 +824,8 @@ impl Store for SqliteStore {
                 .map_err(|_| StoreError::Invalid("invalid cursor".into()))?;
             after = after.max(cursor);
         }
-        q.push(" AND seq > ").push_bind(after);
-        q.push(" ORDER BY seq LIMIT ")
+        q.push(format!(" AND {seq} > ")).push_bind(after);
+        q.push(format!(" ORDER BY {seq} LIMIT "))
             .push_bind(i64::from(page.limit) + 1);
         let rows = q.build().fetch_all(&self.reader).await?;
         let mut items = rows
@@ -892,12 +910,35 @@ impl Store for SqliteStore {
                 .fetch_one(&mut *tx)
                 .await?;
         report.removed = removed as u64;
+        // The topic index: one row per event up to `through`, as the log says.
+        report.index_rows = sqlx::query_scalar::<_, i64>(concat!(
+            "SELECT (SELECT COUNT(*) FROM events AS e WHERE e.seq <= ?1 AND NOT EXISTS (
+                 SELECT 1 FROM event_topics AS t
+                 WHERE t.seq = e.seq AND t.topic = e.topic AND t.resource = ",
+            sqlite_projector::resource_of_topic!(),
+            "))
+             + (SELECT COUNT(*) FROM event_topics AS t WHERE t.seq > ?1 OR NOT EXISTS (
+                 SELECT 1 FROM events AS e WHERE e.seq = t.seq AND e.topic = t.topic))"
+        ))
+        .bind(through)
+        .fetch_one(&mut *tx)
+        .await? as u64;
         if dry_run {
             tx.rollback().await?;
         } else {
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE {orphan_sql}")))
                 .execute(&mut *tx)
                 .await?;
+            if report.index_rows > 0 {
+                sqlx::query("DELETE FROM event_topics")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sqlite_projector::INDEX_TOPICS_FROM_LOG)
+                    .bind(0)
+                    .bind(through)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlite_courses::recompute(&mut tx).await?;
             tx.commit().await?;
         }

@@ -22,7 +22,7 @@ use sqlx::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
 use super::sqlite::{fmt_ts, ts};
-use super::sqlite_projector::Projector;
+use super::sqlite_projector::{Projector, StoredForProjection};
 use super::*;
 use crate::forward::subscription::Subscription;
 
@@ -113,7 +113,12 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, lock: WriteLock, projec
                 .into_iter()
                 .zip(outcomes)
                 .filter_map(|(event, outcome)| match outcome {
-                    AppendOutcome::Stored { seq } => Some((*seq, event.source, event.enrollment)),
+                    AppendOutcome::Stored { seq } => Some(StoredForProjection {
+                        seq: *seq,
+                        source: event.source,
+                        topic: event.topic,
+                        enrollment: event.enrollment,
+                    }),
                     AppendOutcome::Duplicate => None,
                 })
                 .collect();

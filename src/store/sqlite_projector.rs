@@ -57,7 +57,7 @@ const LOG_EVENTS_PER_PROJECTION: i64 = 5_000;
 
 /// The projection file's schema; a file with another version is re-derived.
 const SCHEMA: &str = include_str!("migrations/sqlite/projection.sql");
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Where the projection of the log at `database` is kept.
 pub fn projection_path(database: &Path) -> PathBuf {
@@ -66,9 +66,14 @@ pub fn projection_path(database: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// One stored event as the log writer hands it over: (seq, source, the
-/// enrollment event if it is one).
-pub(super) type StoredForProjection = (i64, String, Option<EnrollmentEvent>);
+/// One stored event as the log writer hands it over.
+pub(super) struct StoredForProjection {
+    pub seq: i64,
+    pub source: String,
+    pub topic: String,
+    /// The enrollment event, if it is one.
+    pub enrollment: Option<EnrollmentEvent>,
+}
 
 enum Msg {
     Stored(Vec<StoredForProjection>),
@@ -200,7 +205,8 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
         }
         let tx = begin_projection(&mut conn)?;
         tx.execute_batch(
-            "DELETE FROM enrollments; DELETE FROM course_totals; DELETE FROM course_expiries;",
+            "DELETE FROM enrollments; DELETE FROM course_totals; DELETE FROM course_expiries;
+             DELETE FROM event_topics;",
         )?;
         tx.execute(
             "UPDATE projection_cursor SET projected_through_seq = 0, log_id = ?1",
@@ -310,20 +316,13 @@ impl Pending {
                 || self.deadline().is_some_and(|t| Instant::now() >= t))
     }
 
-    fn own(&self) -> Vec<OwnEvent<'_>> {
-        self.events
-            .iter()
-            .map(|(seq, source, e)| (*seq, source.as_str(), e.as_ref()))
-            .collect()
-    }
-
     fn retry_later(&mut self) {
         self.not_before = Some(Instant::now() + RETRY_PROJECTION_AFTER);
     }
 
     /// Forgets the events up to `seq`, which are projected.
     fn projected_through(&mut self, seq: i64) {
-        let done = self.events.partition_point(|(s, _, _)| *s <= seq);
+        let done = self.events.partition_point(|e| e.seq <= seq);
         self.events.drain(..done);
         self.waiting.fetch_sub(done, Ordering::AcqRel);
         self.not_before = None;
@@ -373,8 +372,7 @@ fn project_pending(conn: &mut Connection, pending: &mut Pending) -> Result<bool>
     // transaction, and no checkpoint could recycle the WAL meanwhile.
     let head = log_end(conn).map_err(write_error)?;
     let tx = begin_projection(conn).map_err(write_error)?;
-    let own = pending.own();
-    let upto = project_in_tx(&tx, &own, head)?;
+    let upto = project_in_tx(&tx, &pending.events, head)?;
     tx.commit().map_err(write_error)?;
     pending.projected_through(upto);
     if upto < head {
@@ -385,14 +383,11 @@ fn project_pending(conn: &mut Connection, pending: &mut Pending) -> Result<bool>
     Ok(upto == head)
 }
 
-/// One of this process's stored events: (seq, source, its enrollment event).
-type OwnEvent<'a> = (i64, &'a str, Option<&'a EnrollmentEvent>);
-
 /// Projects the events after the cursor, inside `tx`: from memory when they
 /// are all this process's own (`own`, in seq order), else read back from the
 /// log (at most [`LOG_EVENTS_PER_PROJECTION`]), up to `head` (the end of the
 /// log as read before the transaction). Returns how far it projected.
-fn project_in_tx(tx: &Connection, own: &[OwnEvent], head: i64) -> Result<i64> {
+fn project_in_tx(tx: &Connection, own: &[StoredForProjection], head: i64) -> Result<i64> {
     let through: i64 = tx
         .prepare_cached("SELECT projected_through_seq FROM projection_cursor")
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
@@ -402,14 +397,14 @@ fn project_in_tx(tx: &Connection, own: &[OwnEvent], head: i64) -> Result<i64> {
     }
     let own: Vec<_> = own
         .iter()
-        .filter(|(seq, _, _)| *seq > through && *seq <= head)
+        .filter(|e| e.seq > through && e.seq <= head)
         .collect();
     // The log writer hands events over just after they commit, so the log
     // may already hold some that are still on their way here: project this
     // process's own events up to the last of them, when nothing else lies in
     // between. Seqs are not contiguous (a duplicate can use one up), so when
     // they do not add up, count what the log holds there.
-    let own_end = own.last().map_or(through, |(seq, _, _)| *seq);
+    let own_end = own.last().map_or(through, |e| e.seq);
     let all_own = !own.is_empty()
         && (own.len() as i64 == own_end - through
             || own.len() as i64
@@ -420,9 +415,17 @@ fn project_in_tx(tx: &Connection, own: &[OwnEvent], head: i64) -> Result<i64> {
     let upto = if all_own {
         let events = own
             .iter()
-            .filter_map(|(_, source, e)| e.map(|e| (*source, e)))
+            .filter_map(|e| Some((e.source.as_str(), e.enrollment.as_ref()?)))
             .collect::<Vec<_>>();
         project(tx, &events, own_end)?;
+        let mut index = tx
+            .prepare_cached("INSERT INTO event_topics (seq, resource, topic) VALUES (?1, ?2, ?3)")
+            .map_err(write_error)?;
+        for e in &own {
+            index
+                .execute(params![e.seq, topic_resource(&e.topic), e.topic])
+                .map_err(write_error)?;
+        }
         own_end
     } else {
         // Another process appended too, or a crash left events unprojected.
@@ -433,6 +436,9 @@ fn project_in_tx(tx: &Connection, own: &[OwnEvent], head: i64) -> Result<i64> {
             .map(|(s, e)| (s.as_str(), e))
             .collect::<Vec<_>>();
         project(tx, &events, upto)?;
+        tx.prepare_cached(INDEX_TOPICS_FROM_LOG)
+            .and_then(|mut s| s.execute([through, upto]))
+            .map_err(write_error)?;
         upto
     };
     tx.execute(
@@ -442,6 +448,28 @@ fn project_in_tx(tx: &Connection, own: &[OwnEvent], head: i64) -> Result<i64> {
     .map_err(write_error)?;
     Ok(upto)
 }
+
+/// The part of a topic that `resource.*` matches: up to its first '.'.
+pub(super) fn topic_resource(topic: &str) -> &str {
+    topic
+        .split_once('.')
+        .map_or(topic, |(resource, _)| resource)
+}
+
+/// [`topic_resource`] in SQL, of the column `topic`.
+macro_rules! resource_of_topic {
+    () => {
+        "CASE WHEN instr(topic, '.') > 0 THEN substr(topic, 1, instr(topic, '.') - 1) ELSE topic END"
+    };
+}
+pub(super) use resource_of_topic;
+
+/// Indexes the log's events with `?1 < seq <= ?2` by topic.
+pub(super) const INDEX_TOPICS_FROM_LOG: &str = concat!(
+    "INSERT INTO event_topics (seq, resource, topic) SELECT seq, ",
+    resource_of_topic!(),
+    ", topic FROM events WHERE seq > ?1 AND seq <= ?2"
+);
 
 /// The enrollment events of the log with `after < seq <= upto`, in order.
 fn logged_enrollment_events(
@@ -678,10 +706,27 @@ mod tests {
     use super::*;
 
     fn hand_over(pending: &mut Pending, seqs: std::ops::Range<i64>) {
-        let events: Vec<StoredForProjection> =
-            seqs.map(|seq| (seq, "s".to_owned(), None)).collect();
+        let events: Vec<StoredForProjection> = seqs
+            .map(|seq| StoredForProjection {
+                seq,
+                source: "s".to_owned(),
+                topic: "user.signup".to_owned(),
+                enrollment: None,
+            })
+            .collect();
         pending.waiting.fetch_add(events.len(), Ordering::AcqRel);
         pending.stored(events);
+    }
+
+    #[test]
+    fn a_topic_resource_is_the_part_before_the_first_dot() {
+        assert_eq!(topic_resource("enrollment.progress"), "enrollment");
+        assert_eq!(
+            topic_resource("order_transaction.succeeded"),
+            "order_transaction"
+        );
+        assert_eq!(topic_resource("a.b.c"), "a");
+        assert_eq!(topic_resource("nodot"), "nodot");
     }
 
     #[test]

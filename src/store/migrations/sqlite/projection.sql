@@ -69,6 +69,18 @@ CREATE TABLE course_expiries (
     PRIMARY KEY (month, source, course_id)
 ) WITHOUT ROWID;
 
+-- The log's events by topic, for `/api/events?topic=`: kept here rather than
+-- as an index of the log, whose pages every delivery's commit would write
+-- (3.7 of 17.8 pages per commit in BENCHMARKS.md). `resource` is the topic
+-- up to its first '.', for `enrollment.*`.
+CREATE TABLE event_topics (
+    seq       INTEGER PRIMARY KEY,
+    resource  TEXT    NOT NULL,
+    topic     TEXT    NOT NULL
+);
+CREATE INDEX event_topics_by_topic ON event_topics (topic);
+CREATE INDEX event_topics_by_resource ON event_topics (resource);
+
 -- Every event of the log with seq <= projected_through_seq is reflected here;
 -- log_id is the log's (log_identity.log_id) these rows were derived from.
 CREATE TABLE projection_cursor (
