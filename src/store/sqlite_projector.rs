@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 
 use super::sqlite::{ENROLLMENT_UPSERT_ON_CONFLICT, ts};
 use super::sqlite_batch::write_error;
-use super::sqlite_courses::{self, EXPIRIES_UPSERT, TOTALS_UPSERT};
+use super::sqlite_courses::{self, ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
 use super::*;
 use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
 
@@ -57,7 +57,7 @@ const LOG_EVENTS_PER_PROJECTION: i64 = 5_000;
 
 /// The projection file's schema; a file with another version is re-derived.
 const SCHEMA: &str = include_str!("migrations/sqlite/projection.sql");
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Where the projection of the log at `database` is kept.
 pub fn projection_path(database: &Path) -> PathBuf {
@@ -200,7 +200,8 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
         }
         let tx = begin_projection(&mut conn)?;
         tx.execute_batch(
-            "DELETE FROM enrollments; DELETE FROM course_totals; DELETE FROM course_expiries;",
+            "DELETE FROM enrollments; DELETE FROM course_totals; DELETE FROM course_expiries;
+             DELETE FROM activity_days;",
         )?;
         tx.execute(
             "UPDATE projection_cursor SET projected_through_seq = 0, log_id = ?1",
@@ -597,6 +598,10 @@ fn adjust_course_tables(
     let mut expiries = conn.prepare_cached(EXPIRIES_UPSERT)?;
     for ((source, course_id, month), (enrollments, trials)) in &deltas.expiries {
         expiries.execute(params![source, course_id, month, enrollments, trials])?;
+    }
+    let mut days = conn.prepare_cached(ACTIVITY_UPSERT)?;
+    for ((day, source, course_id), (enrolled, completed)) in &deltas.days {
+        days.execute(params![day, source, course_id, enrolled, completed])?;
     }
     Ok(())
 }
