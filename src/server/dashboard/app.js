@@ -539,7 +539,7 @@ async function enrollmentDetail(root, source, id) {
   const timeline = h('ol', { class: 'timeline' }, ordered.map((ev) => {
     const pct = eventProgress(ev.body);
     const action = ev.topic.split('.')[1] || ev.topic;
-    return h('li', { class: action },
+    return h('li', { class: `ev-${action}` },
       h('div', null, h('strong', null, ev.topic), pct === null ? null : h('span', { class: 'muted' }, ` — ${pct.toFixed(1)} %`)),
       h('div', { class: 'when' }, fmtTime(when(ev)),
         ev.created_at ? [' · received ', fmtTime(ev.received_at)] : ' (received)',
@@ -568,8 +568,8 @@ async function courseDetail(root, source, courseId, params) {
     card('Completed', fmtInt(c.completed), 'completed'),
     card('Expired', fmtInt(c.expired), 'expired'),
     card('Completion rate', fmtPct(c.completion_rate), 'completed'),
-    card('Average progress', `${c.average_progress.toFixed(1)} %`),
-    card('Median days to complete', fmtDays(c.median_days_to_complete))));
+    card('Avg progress', `${c.average_progress.toFixed(1)} %`),
+    card('Median days', fmtDays(c.median_days_to_complete), '', 'to complete')));
   root.append(await activityPanel({ source, course_id: courseId }));
   const fixed = { source, course_id: courseId };
   const filter = { ...fixed, status: params.get('status') || '', email: params.get('email') || '' };
