@@ -141,7 +141,8 @@ function card(label, value, kind, sub) {
 function emptyState(...content) { return h('div', { class: 'panel empty' }, ...content); }
 
 const SEND_HINT = ['No enrollments yet — send a test webhook with ', h('code', null, 'enrollhook send created'),
-  ', or point a Thinkific webhook at ', h('code', null, `${location.origin}/webhooks/thinkific`), '.'];
+  ', or point a Thinkific webhook at ', h('code', null, `${location.origin}/webhooks/thinkific`),
+  ' (', h('code', null, '…/webhooks/thinkific/NAME'), ' for a school configured by name).'];
 
 function studentName(e) {
   const name = [e.first_name, e.last_name].filter(Boolean).join(' ');
@@ -430,7 +431,8 @@ async function enrollmentsView(root, params) {
     .map((k) => [k, params.get(k) || '']));
   root.append(h('div', { class: 'head' }, h('h1', null, 'Enrollments')));
   root.append(h('div', { class: 'panel' }, enrollmentFilters(filter, courses)));
-  root.append(await enrollmentList(filter, { showCourse: true }));
+  const schools = new Set(courses.map((c) => c.source));
+  root.append(await enrollmentList(filter, { showCourse: true, showSource: schools.size > 1 && !filter.source }));
 }
 
 function enrollmentFilters(filter, courses, fixed = {}) {
@@ -463,7 +465,7 @@ function enrollmentFilters(filter, courses, fixed = {}) {
   return form;
 }
 
-async function enrollmentList(filter, { showCourse }) {
+async function enrollmentList(filter, { showCourse, showSource }) {
   const wrap = h('div', { class: 'panel' });
   const tbody = h('tbody');
   const more = h('button', { type: 'button', class: 'secondary' }, 'Load more');
@@ -476,6 +478,7 @@ async function enrollmentList(filter, { showCourse }) {
       const href = `#/enrollments/${encodeURIComponent(e.source)}/${e.enrollment_id}`;
       tbody.append(h('tr', { class: 'link', onclick: (ev) => { if (ev.target.tagName !== 'A') location.hash = href; } },
         h('td', null, h('a', { href }, studentName(e)), h('div', { class: 'muted small' }, e.email || '')),
+        showSource ? h('td', null, e.source) : null,
         showCourse ? h('td', null, e.course_name || (e.course_id ? `Course ${e.course_id}` : '—')) : null,
         h('td', null, badge(e.status)),
         h('td', null, progressCell(e.progress)),
@@ -499,7 +502,7 @@ async function enrollmentList(filter, { showCourse }) {
   }
   wrap.append(h('div', { class: 'sub-head' }, h('h2', null, 'Enrollments'), count),
     h('div', { class: 'table-wrap' }, h('table', null,
-      h('thead', null, h('tr', null, h('th', null, 'Student'), showCourse ? h('th', null, 'Course') : null,
+      h('thead', null, h('tr', null, h('th', null, 'Student'), showSource ? h('th', null, 'School') : null, showCourse ? h('th', null, 'Course') : null,
         h('th', null, 'Status'), h('th', null, 'Progress'), h('th', null, 'Updated'), h('th', { class: 'num' }, 'Events'))),
       tbody)),
     h('div', { class: 'more' }, more));
