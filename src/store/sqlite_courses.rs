@@ -11,6 +11,10 @@
 //! `enrollments_completion_days` index at the middle position, which the
 //! totals give.
 //!
+//! `activity_days` counts, the same way, new enrollments and completions per
+//! UTC day, source and course, for the activity chart: a year of it reads a
+//! few rows per course and day, however many enrollments there are.
+//!
 //! (PostgreSQL does not keep these tables yet: it computes the statistics
 //! with one GROUP BY over the enrollments.)
 
