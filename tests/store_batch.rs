@@ -422,3 +422,54 @@ async fn events_by_topic_come_from_the_projection_file() {
     assert_eq!(store.rebuild_projection(true).await.unwrap().index_rows, 0);
     expect_topics(&store).await;
 }
+
+/// A projection file from before the activity counts (schema version 1, no
+/// `activity_days`) is derived again when opened, counts included.
+#[tokio::test]
+async fn a_projection_file_of_an_older_schema_is_derived_again_with_activity_counts() {
+    let (dir, url) = fresh_db();
+    let path = dir.path().join("enrollhook.db");
+    let projection = enrollhook::store::sqlite_projector::projection_path(&path);
+    let store = SqliteStore::open(&url, true).await.unwrap();
+    // Both began on 2024-01-01 (the helper's created_at); one completes.
+    store
+        .append_batch(&[
+            event("s", "a", "created", 1, "0", "2024-01-02T00:00:00Z"),
+            event("s", "b", "created", 2, "0", "2024-01-02T00:00:00Z"),
+            event("s", "c", "completed", 2, "100", "2024-01-03T00:00:00Z"),
+        ])
+        .await
+        .unwrap();
+    let day = |d| chrono::NaiveDate::from_ymd_opt(2024, 1, d).unwrap();
+    let query = enrollhook::store::ActivityQuery {
+        source: None,
+        course_id: None,
+        from: day(1),
+        to: day(3),
+    };
+    let counts = |days: Vec<enrollhook::store::DayActivity>| {
+        days.iter()
+            .map(|d| (d.enrolled, d.completed))
+            .collect::<Vec<_>>()
+    };
+    // Completed at the event's version (no completed_at in the payload): January 3.
+    let expected = vec![(2, 0), (0, 0), (0, 1)];
+    assert_eq!(counts(store.activity(&query).await.unwrap()), expected);
+    drop(store);
+
+    // What the previous version left: no activity table, user_version 1.
+    {
+        use sqlx::Connection;
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", projection.display()))
+                .await
+                .unwrap();
+        sqlx::raw_sql("DROP TABLE activity_days; PRAGMA user_version = 1;")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(&url, true).await.unwrap();
+    assert_eq!(counts(store.activity(&query).await.unwrap()), expected);
+    assert_eq!(all_enrollments(&store).await.len(), 2);
+}

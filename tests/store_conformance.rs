@@ -10,8 +10,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::pg::TestDb;
 use enrollhook::projection::{self, Status};
 use enrollhook::store::{
-    self, AppendOutcome, EnrollmentFilter, EventFilter, NewEvent, NewQuarantine, PageRequest,
-    Store, StoreError,
+    self, ActivityQuery, AppendOutcome, EnrollmentFilter, EventFilter, NewEvent, NewQuarantine,
+    PageRequest, Store, StoreError,
 };
 
 /// Keeps the database alive for the test's duration; dropped (and deleted) after.
@@ -60,6 +60,7 @@ conformance!(
     enrollments_filter_and_paginate,
     events_filter_and_paginate,
     course_statistics,
+    activity_per_day,
     quarantine_lifecycle,
     rebuild_dry_run_and_real,
     ping_and_bad_cursors,
@@ -482,6 +483,213 @@ async fn events_filter_and_paginate(f: Fixture) {
     assert!(s.get_event("school-a", "o2").await.unwrap().is_some());
     assert!(s.get_event("school_b", "o2").await.unwrap().is_none());
     assert_eq!(s.enrollment_events("school-a", 1).await.unwrap().len(), 1);
+}
+
+/// An enrollment event: begun (`created_at`) at `began`, completed at
+/// `completed` (a `completed` event), version `minute`.
+#[allow(clippy::too_many_arguments)]
+fn began(
+    source: &str,
+    id: &str,
+    action: &str,
+    enrollment: i64,
+    course: Option<i64>,
+    began: Option<&str>,
+    completed: Option<&str>,
+    minute: i64,
+) -> NewEvent {
+    let pct = if completed.is_some() { "100" } else { "30" };
+    let mut body: serde_json::Value = serde_json::from_slice(&common::enrollment_event(
+        id,
+        action,
+        enrollment,
+        course.unwrap_or(1),
+        pct,
+        &rfc(t(minute)),
+    ))
+    .unwrap();
+    let p = &mut body["payload"];
+    p["created_at"] = began.into();
+    p["activated_at"] = serde_json::Value::Null;
+    p["started_at"] = serde_json::Value::Null;
+    p["completed_at"] = completed.into();
+    if course.is_none() {
+        p["course_id"] = serde_json::Value::Null;
+        p["course"] = serde_json::Value::Null;
+    }
+    new_event(source, &serde_json::to_vec(&body).unwrap())
+}
+
+async fn activity_per_day(f: Fixture) {
+    let s = &f.store;
+    let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2024, 3, d).unwrap();
+    let query = |source: Option<&str>, course_id: Option<i64>| ActivityQuery {
+        source: source.map(str::to_owned),
+        course_id,
+        from: day(1),
+        to: day(7),
+    };
+    s.append_batch(&[
+        // March 2 (late in the UTC day) twice, March 5 once; one without a course.
+        began(
+            "a",
+            "1",
+            "created",
+            1,
+            Some(7),
+            Some("2024-03-02T23:59:59Z"),
+            None,
+            0,
+        ),
+        began(
+            "a",
+            "2",
+            "created",
+            2,
+            Some(8),
+            Some("2024-03-02T00:00:00Z"),
+            None,
+            0,
+        ),
+        began(
+            "a",
+            "3",
+            "created",
+            3,
+            None,
+            Some("2024-03-05T12:00:00+00:00"),
+            None,
+            0,
+        ),
+        // Another school, and days outside the range.
+        began(
+            "b",
+            "4",
+            "created",
+            4,
+            Some(7),
+            Some("2024-03-05T01:00:00Z"),
+            None,
+            0,
+        ),
+        began(
+            "a",
+            "5",
+            "created",
+            5,
+            Some(7),
+            Some("2024-02-29T23:59:59Z"),
+            None,
+            0,
+        ),
+        began(
+            "a",
+            "6",
+            "created",
+            6,
+            Some(7),
+            Some("2024-03-08T00:00:00Z"),
+            None,
+            0,
+        ),
+        // No day to count it on: not in the chart.
+        began("a", "7", "created", 7, Some(7), None, None, 0),
+    ])
+    .await
+    .unwrap();
+    // Enrollment 1 completes on March 6; a newer progress event (a course that
+    // gained lessons) keeps that completion day; 2 moves to course 9.
+    s.append_batch(&[
+        began(
+            "a",
+            "8",
+            "completed",
+            1,
+            Some(7),
+            Some("2024-03-02T23:59:59Z"),
+            Some("2024-03-06T10:00:00Z"),
+            1,
+        ),
+        began(
+            "a",
+            "9",
+            "progress",
+            1,
+            Some(7),
+            Some("2024-03-02T23:59:59Z"),
+            None,
+            2,
+        ),
+        began(
+            "a",
+            "10",
+            "progress",
+            2,
+            Some(9),
+            Some("2024-03-02T00:00:00Z"),
+            None,
+            2,
+        ),
+    ])
+    .await
+    .unwrap();
+
+    let counts = |days: Vec<store::DayActivity>| -> Vec<(u32, i64, i64)> {
+        use chrono::Datelike;
+        days.iter()
+            .map(|d| (d.date.day(), d.enrolled, d.completed))
+            .collect()
+    };
+    let all = counts(s.activity(&query(None, None)).await.unwrap());
+    assert_eq!(
+        all,
+        vec![
+            (1, 0, 0),
+            (2, 2, 0),
+            (3, 0, 0),
+            (4, 0, 0),
+            (5, 2, 0),
+            (6, 0, 1),
+            (7, 0, 0)
+        ]
+    );
+    let a = counts(s.activity(&query(Some("a"), None)).await.unwrap());
+    assert_eq!(a[4], (5, 1, 0));
+    let course_7 = counts(s.activity(&query(Some("a"), Some(7))).await.unwrap());
+    assert_eq!(
+        course_7
+            .iter()
+            .filter(|c| c.1 + c.2 > 0)
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![(2, 1, 0), (6, 0, 1)]
+    );
+    let course_8 = counts(s.activity(&query(None, Some(8))).await.unwrap());
+    assert!(
+        course_8.iter().all(|c| c.1 == 0 && c.2 == 0),
+        "enrollment 2 moved to course 9"
+    );
+    let course_9 = counts(s.activity(&query(None, Some(9))).await.unwrap());
+    assert_eq!(course_9[1], (2, 1, 0));
+    let nobody = counts(s.activity(&query(Some("nobody"), None)).await.unwrap());
+    assert_eq!(nobody.len(), 7);
+    assert!(nobody.iter().all(|c| c.1 == 0 && c.2 == 0));
+    // The range is inclusive at both ends.
+    let edges = s
+        .activity(&ActivityQuery {
+            source: None,
+            course_id: None,
+            from: chrono::NaiveDate::from_ymd_opt(2024, 2, 29).unwrap(),
+            to: day(8),
+        })
+        .await
+        .unwrap();
+    assert_eq!(edges.len(), 9);
+    assert_eq!((edges[0].enrolled, edges[8].enrolled), (1, 1));
+
+    // A rebuild derives the same counts.
+    s.rebuild_projection(false).await.unwrap();
+    assert_eq!(counts(s.activity(&query(None, None)).await.unwrap()), all);
 }
 
 async fn course_statistics(f: Fixture) {

@@ -18,7 +18,7 @@ use super::auth::Scope;
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::receive::{self, Delivery};
-use crate::store::CourseStats;
+use crate::store::{ActivityQuery, CourseStats, DayActivity};
 use crate::store::{
     AppendOutcome, EnrollmentFilter, EventFilter, MAX_PAGE, PageRequest, QuarantineRecord,
     StoredEvent,
@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(get_enrollment),
         )
         .route("/api/courses", get(courses))
+        .route("/api/activity", get(activity))
         .route("/api/events", get(list_events))
         .route("/api/events/{source}/{event_id}", get(get_event))
         .route("/api/quarantine", get(list_quarantine))
@@ -206,6 +207,62 @@ pub(super) async fn courses(
         .course_stats(source.as_deref(), Utc::now())
         .await?;
     Ok(Json(CourseList { items }))
+}
+
+/// The longest activity range: ten years of days.
+pub const MAX_ACTIVITY_DAYS: i64 = 3660;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ActivityParams {
+    /// How many days, ending today (UTC): 1–3660, default 30.
+    days: Option<i64>,
+    source: Option<String>,
+    course_id: Option<i64>,
+}
+
+/// New enrollments and completions per UTC day.
+#[derive(Serialize, ToSchema)]
+pub struct Activity {
+    /// Every day of the range, oldest first, zeros included.
+    pub days: Vec<DayActivity>,
+}
+
+/// New enrollments (by the day of the enrollment's `created_at`, else
+/// `activated_at`, else `started_at`) and completions (by the day of its first
+/// `completed_at`) per UTC day, for the last `days` days including today.
+#[utoipa::path(get, path = "/api/activity", tag = "courses", params(ActivityParams),
+    responses((status = 200, body = Activity), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn activity(
+    State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
+    q: Result<Query<ActivityParams>, QueryRejection>,
+) -> Result<Json<Activity>, ApiError> {
+    let q = query(q)?;
+    let days = q.days.unwrap_or(30);
+    if !(1..=MAX_ACTIVITY_DAYS).contains(&days) {
+        return Err(ApiError::bad_request(format!(
+            "days must be between 1 and {MAX_ACTIVITY_DAYS}, got {days}"
+        )));
+    }
+    if let Some(c) = q.course_id.filter(|c| *c < 1) {
+        return Err(ApiError::bad_request(format!(
+            "course_id must be a Thinkific course id (a positive integer), got {c}"
+        )));
+    }
+    let to = Utc::now().date_naive();
+    let from = to - chrono::Days::new(days as u64 - 1);
+    let days = app
+        .store
+        .activity(&ActivityQuery {
+            source: scope.restrict(q.source.filter(|s| !s.is_empty()))?,
+            course_id: q.course_id,
+            from,
+            to,
+        })
+        .await?;
+    Ok(Json(Activity { days }))
 }
 
 #[derive(Deserialize, IntoParams)]

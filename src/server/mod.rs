@@ -2,6 +2,7 @@
 
 mod api;
 pub mod auth;
+mod dashboard;
 mod delivery_log;
 mod error;
 pub mod limits;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/openapi.json", axum::routing::get(openapi::serve_document))
         .merge(webhooks)
+        .merge(dashboard::router())
         .merge(api::router(state.clone()))
         .merge(subscriptions::router(state.clone()))
         .with_state(state)

@@ -21,6 +21,7 @@ use super::{api, error, subscriptions, webhooks};
         api::list_enrollments,
         api::get_enrollment,
         api::courses,
+        api::activity,
         api::list_events,
         api::get_event,
         api::list_quarantine,

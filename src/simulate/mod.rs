@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::Args;
 
 pub use model::{School, SchoolConfig};
@@ -62,6 +62,10 @@ pub struct SimulateArgs {
     /// Students sign up over this many simulated days.
     #[arg(long, default_value_t = 30.0)]
     pub arrival_days: f64,
+    /// When the first student signs up (simulated time, RFC 3339), e.g. a few
+    /// weeks ago to fill the dashboard's recent charts [default: 2025-01-06T09:00:00Z].
+    #[arg(long, value_parser = parse_start)]
+    pub start: Option<DateTime<Utc>>,
     /// Source name the receiver files these deliveries under (for --verify and --out).
     #[arg(long, default_value = "default")]
     pub source: String,
@@ -84,6 +88,11 @@ pub struct SimulateArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+fn parse_start(s: &str) -> Result<DateTime<Utc>, String> {
+    crate::thinkific::envelope::parse_timestamp(s)
+        .ok_or_else(|| format!("`{s}` is not an RFC 3339 timestamp like 2026-10-01T09:00:00Z"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -130,6 +139,7 @@ impl SimulateArgs {
                 students: self.students,
                 courses: self.courses,
                 arrival_days: self.arrival_days,
+                start: self.start.unwrap_or(SchoolConfig::default().start),
                 ..Default::default()
             },
             events: self.events,

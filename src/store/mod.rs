@@ -46,7 +46,7 @@ pub mod sqlite_projector;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::projection::{Enrollment, EnrollmentEvent, Status};
@@ -302,6 +302,70 @@ pub struct CourseStats {
     pub median_days_to_complete: Option<f64>,
 }
 
+/// Which enrollments the activity chart counts, over which UTC days.
+#[derive(Debug, Clone)]
+pub struct ActivityQuery {
+    pub source: Option<String>,
+    pub course_id: Option<i64>,
+    /// First day, inclusive.
+    pub from: NaiveDate,
+    /// Last day, inclusive.
+    pub to: NaiveDate,
+}
+
+/// One UTC day of the activity chart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DayActivity {
+    /// `YYYY-MM-DD` (UTC).
+    #[schema(value_type = String, format = Date, example = "2026-11-01")]
+    pub date: NaiveDate,
+    /// Enrollments that began this day: their `created_at`, else `activated_at`,
+    /// else `started_at` falls on it.
+    pub enrolled: i64,
+    /// Enrollments whose (first) completion, `completed_at`, falls on this day.
+    pub completed: i64,
+}
+
+/// The day an enrollment counts as begun on in the activity chart: the first
+/// of `created_at`, `activated_at`, `started_at` that Thinkific filled.
+pub fn enrolled_on(e: &Enrollment) -> Option<NaiveDate> {
+    e.created_at
+        .or(e.activated_at)
+        .or(e.started_at)
+        .map(|t| t.date_naive())
+}
+
+/// The day an enrollment counts as completed on: its first completion's day.
+pub fn completed_on(e: &Enrollment) -> Option<NaiveDate> {
+    e.completed_at
+        .filter(|_| e.completed)
+        .map(|t| t.date_naive())
+}
+
+/// Every day `from..=to` in order, with the counts of the days `counted`
+/// (day, enrolled, completed) names and zeros for the rest.
+pub(crate) fn every_day(
+    from: NaiveDate,
+    to: NaiveDate,
+    counted: impl IntoIterator<Item = (NaiveDate, i64, i64)>,
+) -> Vec<DayActivity> {
+    let counted: std::collections::HashMap<NaiveDate, (i64, i64)> = counted
+        .into_iter()
+        .map(|(day, enrolled, completed)| (day, (enrolled, completed)))
+        .collect();
+    from.iter_days()
+        .take_while(|d| *d <= to)
+        .map(|date| {
+            let (enrolled, completed) = counted.get(&date).copied().unwrap_or_default();
+            DayActivity {
+                date,
+                enrolled,
+                completed,
+            }
+        })
+        .collect()
+}
+
 /// A rejected delivery, kept with its reason.
 #[derive(Debug, Clone)]
 pub struct NewQuarantine {
@@ -415,6 +479,10 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
         source: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<CourseStats>>;
+    /// New enrollments and completions per UTC day, every day of the query's
+    /// range present (zeros included), oldest first (see [`enrolled_on`],
+    /// [`completed_on`]).
+    async fn activity(&self, query: &ActivityQuery) -> Result<Vec<DayActivity>>;
     async fn list_events(
         &self,
         filter: &EventFilter,
@@ -470,6 +538,34 @@ mod tests {
         assert_eq!(decode_cursor(&c, 2).unwrap(), vec!["school a", "42"]);
         assert!(decode_cursor(&c, 1).is_err());
         assert!(decode_cursor("!!!", 2).is_err());
+    }
+
+    #[test]
+    fn every_day_is_present_in_order() {
+        let d = |day| NaiveDate::from_ymd_opt(2024, 2, day).unwrap();
+        let days = every_day(
+            d(27),
+            NaiveDate::from_ymd_opt(2024, 3, 2).unwrap(),
+            [(d(28), 3, 1)],
+        );
+        let dates: Vec<String> = days.iter().map(|x| x.date.to_string()).collect();
+        assert_eq!(
+            dates,
+            [
+                "2024-02-27",
+                "2024-02-28",
+                "2024-02-29",
+                "2024-03-01",
+                "2024-03-02"
+            ]
+        );
+        assert_eq!((days[1].enrolled, days[1].completed), (3, 1));
+        assert!(
+            days.iter()
+                .filter(|x| x.date != d(28))
+                .all(|x| x.enrolled == 0 && x.completed == 0)
+        );
+        assert_eq!(every_day(d(2), d(2), []).len(), 1);
     }
 
     #[test]

@@ -784,6 +784,11 @@ impl Store for SqliteStore {
         sqlite_courses::course_stats(&self.reader, source, now).await
     }
 
+    async fn activity(&self, query: &ActivityQuery) -> Result<Vec<DayActivity>> {
+        self.projection_current().await;
+        sqlite_courses::activity(&self.reader, query).await
+    }
+
     async fn list_events(&self, f: &EventFilter, page: &PageRequest) -> Result<Page<StoredEvent>> {
         let columns = EVENT_COLUMNS
             .split(", ")

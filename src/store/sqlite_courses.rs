@@ -11,12 +11,16 @@
 //! `enrollments_completion_days` index at the middle position, which the
 //! totals give.
 //!
+//! `activity_days` counts, the same way, new enrollments and completions per
+//! UTC day, source and course, for the activity chart: a year of it reads a
+//! few rows per course and day, however many enrollments there are.
+//!
 //! (PostgreSQL does not keep these tables yet: it computes the statistics
 //! with one GROUP BY over the enrollments.)
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -78,12 +82,51 @@ pub(super) struct CourseDeltas<'a> {
     pub totals: HashMap<(&'a str, i64), TotalsDelta<'a>>,
     /// (enrollments, trials) per (source, course, month).
     pub expiries: HashMap<(&'a str, i64, String), (i64, i64)>,
+    /// (enrolled, completed) per (day, source, course or 0) for `activity_days`.
+    pub days: HashMap<(String, &'a str, i64), (i64, i64)>,
 }
+
+/// What one enrollment row adds to `activity_days`: the days it began and
+/// completed on (course 0: no course id).
+#[derive(Debug, PartialEq)]
+struct DayContribution<'a> {
+    source: &'a str,
+    course_id: i64,
+    enrolled_on: Option<NaiveDate>,
+    completed_on: Option<NaiveDate>,
+}
+
+fn day_contribution(e: &Enrollment) -> DayContribution<'_> {
+    DayContribution {
+        source: &e.source,
+        course_id: e.course_id.unwrap_or(NO_COURSE),
+        enrolled_on: enrolled_on(e),
+        completed_on: completed_on(e),
+    }
+}
+
+/// `activity_days.course_id` of enrollments without a course id.
+const NO_COURSE: i64 = 0;
 
 /// Moves enrollments' contributions from their old state (None: new) to their new one.
 pub(super) fn deltas<'a>(changes: &[(Option<&'a Enrollment>, &'a Enrollment)]) -> CourseDeltas<'a> {
     let mut out = CourseDeltas::default();
     for (old, new) in changes {
+        let (old_days, new_days) = (old.map(day_contribution), day_contribution(new));
+        if old_days.as_ref() != Some(&new_days) {
+            for (c, sign) in old_days.iter().map(|c| (c, -1)).chain([(&new_days, 1)]) {
+                let days = [(c.enrolled_on, (sign, 0)), (c.completed_on, (0, sign))];
+                for (day, (enrolled, completed)) in days {
+                    let Some(day) = day else { continue };
+                    let d = out
+                        .days
+                        .entry((day.to_string(), c.source, c.course_id))
+                        .or_default();
+                    d.0 += enrolled;
+                    d.1 += completed;
+                }
+            }
+        }
         let (old, new) = (old.and_then(contribution), contribution(new));
         if old == new {
             continue;
@@ -113,6 +156,7 @@ pub(super) fn deltas<'a>(changes: &[(Option<&'a Enrollment>, &'a Enrollment)]) -
         }
     }
     out.expiries.retain(|_, counts| *counts != (0, 0));
+    out.days.retain(|_, counts| *counts != (0, 0));
     out
 }
 
@@ -137,7 +181,15 @@ pub(super) const EXPIRIES_UPSERT: &str = "INSERT INTO course_expiries (source, c
         enrollments = enrollments + excluded.enrollments,
         trials = trials + excluded.trials";
 
-/// Re-derives both tables from the enrollments (for `rebuild`).
+/// Adds a (day, source, course) delta to the activity counts (one row).
+pub(super) const ACTIVITY_UPSERT: &str = "INSERT INTO activity_days (day, source, course_id,
+        enrolled, completed)
+    VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (day, source, course_id) DO UPDATE SET
+        enrolled = enrolled + excluded.enrolled,
+        completed = completed + excluded.completed";
+
+/// Re-derives the course and activity tables from the enrollments (for `rebuild`).
 pub(super) async fn recompute(conn: &mut SqliteConnection) -> Result<()> {
     sqlx::raw_sql(
         "DELETE FROM course_totals;
@@ -152,7 +204,17 @@ pub(super) async fn recompute(conn: &mut SqliteConnection) -> Result<()> {
          SELECT source, course_id, substr(expiry_date, 1, 7), COUNT(*), SUM(trial)
          FROM enrollments
          WHERE completed = 0 AND expiry_date IS NOT NULL AND course_id IS NOT NULL
-         GROUP BY source, course_id, substr(expiry_date, 1, 7);",
+         GROUP BY source, course_id, substr(expiry_date, 1, 7);
+         DELETE FROM activity_days;
+         INSERT INTO activity_days (day, source, course_id, enrolled, completed)
+         SELECT day, source, course_id, SUM(enrolled), SUM(completed) FROM (
+             SELECT substr(COALESCE(created_at, activated_at, started_at), 1, 10) AS day,
+                    source, IFNULL(course_id, 0) AS course_id, 1 AS enrolled, 0 AS completed
+             FROM enrollments WHERE COALESCE(created_at, activated_at, started_at) IS NOT NULL
+             UNION ALL
+             SELECT substr(completed_at, 1, 10), source, IFNULL(course_id, 0), 0, 1
+             FROM enrollments WHERE completed = 1 AND completed_at IS NOT NULL)
+         GROUP BY day, source, course_id;",
     )
     .execute(&mut *conn)
     .await?;
@@ -275,4 +337,30 @@ async fn median_days(
             )));
         }
     })
+}
+
+/// New enrollments and completions per day, from `activity_days`: a few rows
+/// per course and day, whatever the number of enrollments.
+pub(super) async fn activity(pool: &SqlitePool, query: &ActivityQuery) -> Result<Vec<DayActivity>> {
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "SELECT day, SUM(enrolled), SUM(completed) FROM activity_days WHERE day >= ",
+    );
+    q.push_bind(query.from.to_string())
+        .push(" AND day <= ")
+        .push_bind(query.to.to_string());
+    if let Some(s) = &query.source {
+        q.push(" AND source = ").push_bind(s.clone());
+    }
+    if let Some(c) = query.course_id {
+        q.push(" AND course_id = ").push_bind(c);
+    }
+    q.push(" GROUP BY day");
+    let mut counted = Vec::new();
+    for row in q.build().fetch_all(pool).await? {
+        let day: String = row.try_get(0)?;
+        let day = NaiveDate::parse_from_str(&day, "%Y-%m-%d")
+            .map_err(|_| StoreError::Corrupt(format!("bad day `{day}` in activity_days")))?;
+        counted.push((day, row.try_get(1)?, row.try_get(2)?));
+    }
+    Ok(every_day(query.from, query.to, counted))
 }

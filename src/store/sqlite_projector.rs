@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 
 use super::sqlite::{ENROLLMENT_UPSERT_ON_CONFLICT, ts};
 use super::sqlite_batch::write_error;
-use super::sqlite_courses::{self, EXPIRIES_UPSERT, TOTALS_UPSERT};
+use super::sqlite_courses::{self, ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
 use super::*;
 use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
 
@@ -206,7 +206,7 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
         let tx = begin_projection(&mut conn)?;
         tx.execute_batch(
             "DELETE FROM enrollments; DELETE FROM course_totals; DELETE FROM course_expiries;
-             DELETE FROM event_topics;",
+             DELETE FROM event_topics; DELETE FROM activity_days;",
         )?;
         tx.execute(
             "UPDATE projection_cursor SET projected_through_seq = 0, log_id = ?1",
@@ -625,6 +625,10 @@ fn adjust_course_tables(
     let mut expiries = conn.prepare_cached(EXPIRIES_UPSERT)?;
     for ((source, course_id, month), (enrollments, trials)) in &deltas.expiries {
         expiries.execute(params![source, course_id, month, enrollments, trials])?;
+    }
+    let mut days = conn.prepare_cached(ACTIVITY_UPSERT)?;
+    for ((day, source, course_id), (enrolled, completed)) in &deltas.days {
+        days.execute(params![day, source, course_id, enrolled, completed])?;
     }
     Ok(())
 }

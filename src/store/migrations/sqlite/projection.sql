@@ -81,6 +81,20 @@ CREATE TABLE event_topics (
 CREATE INDEX event_topics_by_topic ON event_topics (topic);
 CREATE INDEX event_topics_by_resource ON event_topics (resource);
 
+-- New enrollments and completions per UTC day ('YYYY-MM-DD'), for the
+-- activity chart, kept in step with the enrollments like course_totals:
+-- `enrolled` counts rows by the day of COALESCE(created_at, activated_at,
+-- started_at), `completed` completed rows by the day of completed_at.
+-- course_id 0 stands for enrollments without a course id.
+CREATE TABLE activity_days (
+    day         TEXT    NOT NULL,
+    source      TEXT    NOT NULL,
+    course_id   INTEGER NOT NULL,
+    enrolled    INTEGER NOT NULL,
+    completed   INTEGER NOT NULL,
+    PRIMARY KEY (day, source, course_id)
+) WITHOUT ROWID;
+
 -- Every event of the log with seq <= projected_through_seq is reflected here;
 -- log_id is the log's (log_identity.log_id) these rows were derived from.
 CREATE TABLE projection_cursor (

@@ -1,0 +1,735 @@
+// The enrollhook dashboard: reads the JSON API of the server that serves it.
+// No data lives in the page; no third-party code; no inline script (CSP).
+'use strict';
+
+// Every endpoint the dashboard calls (a test checks each against the router).
+const API = {
+  courses: '/api/courses',
+  activity: '/api/activity',
+  enrollments: '/api/enrollments',
+  enrollment: '/api/enrollments/{source}/{enrollment_id}',
+  quarantine: '/api/quarantine',
+  retry: '/api/quarantine/{id}/retry',
+  subscriptions: '/api/subscriptions',
+  attempts: '/api/subscriptions/{id}/attempts',
+  deliveries: '/api/subscriptions/{id}/deliveries',
+  metrics: '/metrics',
+};
+
+const TOKEN_KEY = 'enrollhook.token';
+const RANGE_KEY = 'enrollhook.activity-days';
+const RANGES = [30, 90, 365];
+const PAGE = 100;
+
+// ---------------------------------------------------------------- API access
+
+class AuthNeeded extends Error {}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body && body.message ? body.message : `the server answered ${status}`);
+    this.status = status;
+    this.code = body && body.error;
+  }
+}
+
+function fill(template, values) {
+  return template.replace(/\{(\w+)\}/g, (_, k) => encodeURIComponent(values[k]));
+}
+
+async function api(path, params = {}, method = 'GET') {
+  const url = new URL(path, location.origin);
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== undefined && v !== null && v !== '') url.searchParams.set(k, v);
+  }
+  const headers = { Accept: 'application/json' };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = 'Bearer ' + token;
+  let res;
+  try {
+    res = await fetch(url, { method, headers, credentials: 'omit', cache: 'no-store' });
+  } catch (e) {
+    throw new ApiError(0, { message: 'enrollhook does not answer (is it running?)' });
+  }
+  const text = await res.text();
+  let body = text;
+  try { body = text ? JSON.parse(text) : null; } catch (_) { /* /metrics is text */ }
+  // 401: no or wrong token. 403 without a token: the server wants one from
+  // non-local clients. 403 with a token: that token may not read this.
+  if (res.status === 401 || (res.status === 403 && !token)) {
+    throw new AuthNeeded(body && body.message ? body.message : 'An API token is needed.');
+  }
+  if (!res.ok) throw new ApiError(res.status, body);
+  return body;
+}
+
+// An optional part of a view: null when this token may not read it.
+async function optional(promise) {
+  try { return await promise; } catch (e) {
+    if (e instanceof ApiError && e.status === 403) return null;
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------- DOM helpers
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  setAttrs(el, attrs);
+  append(el, children);
+  return el;
+}
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+function s(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG_NS, tag);
+  setAttrs(el, attrs);
+  append(el, children);
+  return el;
+}
+
+function setAttrs(el, attrs) {
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+}
+
+function append(el, children) {
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+}
+
+const number = new Intl.NumberFormat();
+const fmtInt = (n) => number.format(n);
+const fmtPct = (x, digits = 1) => (x === null || x === undefined ? '—' : `${(x * 100).toFixed(digits)} %`);
+const fmtDays = (d) => (d === null || d === undefined ? '—' : `${d.toFixed(1)} d`);
+
+function fmtTime(iso) {
+  if (!iso) return '—';
+  const t = new Date(iso);
+  if (isNaN(t)) return iso;
+  return h('time', { datetime: iso, title: iso },
+    t.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' }));
+}
+
+function badge(text, kind) { return h('span', { class: `badge ${kind || text}` }, text); }
+
+function progressBar(pct, big) {
+  const bar = h('span');
+  bar.style.width = `${Math.max(0, Math.min(100, pct))}%`; // CSSOM: allowed by the CSP
+  return h('div', {
+    class: `progress${pct >= 100 ? ' done' : ''}${big ? ' big' : ''}`,
+    role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': Math.round(pct),
+    title: `${pct.toFixed(1)} %`,
+  }, bar);
+}
+
+function progressCell(pct) {
+  return h('div', { class: 'progress-cell' }, progressBar(pct), h('span', { class: 'pct' }, `${Math.round(pct)} %`));
+}
+
+function card(label, value, kind, sub) {
+  return h('div', { class: `card ${kind || ''}` },
+    h('div', { class: 'label' }, label), h('div', { class: 'value' }, value),
+    sub ? h('div', { class: 'sub' }, sub) : null);
+}
+
+function emptyState(...content) { return h('div', { class: 'panel empty' }, ...content); }
+
+const SEND_HINT = ['No enrollments yet — send a test webhook with ', h('code', null, 'enrollhook send created'),
+  ', or point a Thinkific webhook at ', h('code', null, `${location.origin}/webhooks/thinkific`),
+  ' (', h('code', null, '…/webhooks/thinkific/NAME'), ' for a school configured by name).'];
+
+function studentName(e) {
+  const name = [e.first_name, e.last_name].filter(Boolean).join(' ');
+  return name || e.email || (e.user_id ? `user ${e.user_id}` : '—');
+}
+
+function courseLabel(c) { return c.name || `Course ${c.course_id}`; }
+
+// ---------------------------------------------------------------- routing
+
+let generation = 0; // a view that finished after the user moved on is dropped
+
+function parseHash() {
+  const raw = location.hash.replace(/^#/, '') || '/';
+  const [path, query] = raw.split('?');
+  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  return { parts, params: new URLSearchParams(query || '') };
+}
+
+function go(path, params) {
+  const q = params ? new URLSearchParams(Object.entries(params).filter(([, v]) => v !== '' && v != null)).toString() : '';
+  location.hash = '#' + path + (q ? '?' + q : '');
+}
+
+async function render() {
+  const mine = ++generation;
+  const { parts, params } = parseHash();
+  const view = document.getElementById('view');
+  const nav = parts[0] === 'courses' ? 'overview' : (parts[0] || 'overview');
+  for (const a of document.querySelectorAll('[data-nav]')) a.classList.toggle('current', a.dataset.nav === nav);
+  document.getElementById('forget-token').hidden = !sessionStorage.getItem(TOKEN_KEY);
+  document.getElementById('token-panel').hidden = true;
+  const content = h('div');
+  try {
+    if (parts.length === 0) await overview(content);
+    else if (parts[0] === 'enrollments' && parts.length === 3) await enrollmentDetail(content, parts[1], parts[2]);
+    else if (parts[0] === 'enrollments') await enrollmentsView(content, params);
+    else if (parts[0] === 'courses' && parts.length === 3) await courseDetail(content, parts[1], parts[2], params);
+    else if (parts[0] === 'quarantine') await quarantineView(content);
+    else if (parts[0] === 'forwarding') await forwardingView(content);
+    else content.append(emptyState('No such page. ', h('a', { href: '#/' }, 'Back to the overview')));
+  } catch (e) {
+    if (mine !== generation) return;
+    if (e instanceof AuthNeeded) return askForToken(e.message);
+    content.replaceChildren(errorPanel(e));
+  }
+  if (mine !== generation) return;
+  view.replaceChildren(content);
+}
+
+function errorPanel(e) {
+  const panel = h('div', { class: 'panel error' }, h('strong', null, 'Could not load this page: '), e.message);
+  if (e instanceof ApiError && e.status === 403) {
+    panel.append(' ', h('button', { type: 'button', class: 'secondary', onclick: () => askForToken(e.message) }, 'Use another token'));
+  }
+  return panel;
+}
+
+function askForToken(reason) {
+  document.getElementById('view').replaceChildren();
+  document.getElementById('token-reason').textContent = reason;
+  document.getElementById('token-panel').hidden = false;
+  document.getElementById('token-input').focus();
+}
+
+// ---------------------------------------------------------------- overview
+
+async function overview(root) {
+  const [courses, metrics, quarantine] = await Promise.all([
+    api(API.courses),
+    optional(api(API.metrics)),
+    optional(api(API.quarantine, { limit: 1000 })),
+  ]);
+  const items = courses.items;
+  root.append(h('div', { class: 'head' }, h('h1', null, 'Overview'),
+    h('span', { class: 'muted small' }, 'All schools and courses this token can read')));
+  if (items.length === 0) {
+    root.append(emptyState(...SEND_HINT));
+    root.append(await activityPanel({}));
+    return;
+  }
+  const sum = (k) => items.reduce((n, c) => n + c[k], 0);
+  const total = sum('enrollments');
+  root.append(h('div', { class: 'cards' },
+    card('Enrollments', fmtInt(total), '', `${fmtInt(items.length)} course${items.length === 1 ? '' : 's'}`),
+    card('Active', fmtInt(sum('active')), 'active'),
+    card('Trial', fmtInt(sum('trial')), 'trial'),
+    card('Completed', fmtInt(sum('completed')), 'completed'),
+    card('Expired', fmtInt(sum('expired')), 'expired'),
+    card('Completion rate', fmtPct(sum('completed') / Math.max(1, total)), 'completed'),
+  ));
+  root.append(await activityPanel({}));
+  root.append(deliveryCards(metrics, quarantine));
+  root.append(h('div', { class: 'panel' }, h('h2', null, 'Courses'), courseTable(items)));
+}
+
+// Counts from /metrics (admin only; since the server started) and the quarantine.
+function deliveryCards(metrics, quarantine) {
+  const cards = h('div', { class: 'cards' });
+  if (typeof metrics === 'string') {
+    const byOutcome = {};
+    for (const m of metrics.matchAll(/^enrollhook_deliveries_total\{outcome="([^"]+)"\} (\d+)/gm)) {
+      byOutcome[m[1]] = Number(m[2]);
+    }
+    const rejected = Object.entries(byOutcome)
+      .filter(([k]) => k !== 'stored' && k !== 'duplicate').reduce((n, [, v]) => n + v, 0);
+    const since = 'since the server started';
+    cards.append(card('Deliveries stored', fmtInt(byOutcome.stored || 0), 'completed', since),
+      card('Duplicates', fmtInt(byOutcome.duplicate || 0), '', since),
+      card('Rejected', fmtInt(rejected), rejected ? 'bad' : '', since));
+  }
+  if (quarantine) {
+    const open = quarantine.items.filter((q) => !q.resolved_at).length;
+    const more = quarantine.next_cursor ? '+' : '';
+    cards.append(h('a', { href: '#/quarantine', class: 'card-link' },
+      card('In quarantine', fmtInt(open) + more, open ? 'bad' : '', 'rejected deliveries not re-admitted')));
+  }
+  return cards;
+}
+
+const COURSE_COLUMNS = [
+  { key: 'name', label: 'Course', get: (c) => courseLabel(c).toLowerCase() },
+  { key: 'source', label: 'School (source)' },
+  { key: 'enrollments', label: 'Enrollments', num: true },
+  { key: 'active', label: 'Active', num: true },
+  { key: 'trial', label: 'Trial', num: true },
+  { key: 'completed', label: 'Completed', num: true },
+  { key: 'expired', label: 'Expired', num: true },
+  { key: 'completion_rate', label: 'Completion', num: true },
+  { key: 'average_progress', label: 'Avg progress', num: true },
+  { key: 'median_days_to_complete', label: 'Median days', num: true },
+];
+
+function courseTable(items) {
+  const sources = new Set(items.map((c) => c.source));
+  const columns = COURSE_COLUMNS.filter((c) => c.key !== 'source' || sources.size > 1);
+  let sort = { key: 'enrollments', asc: false };
+  const table = h('table');
+  const draw = () => {
+    const col = columns.find((c) => c.key === sort.key);
+    const get = col.get || ((c) => c[col.key]);
+    const rows = [...items].sort((a, b) => {
+      const [x, y] = [get(a), get(b)];
+      if (x === y) return 0;
+      if (x === null || x === undefined) return 1; // empty cells last either way
+      if (y === null || y === undefined) return -1;
+      return (x < y ? -1 : 1) * (sort.asc ? 1 : -1);
+    });
+    const head = h('tr', null, columns.map((c) => h('th', {
+      class: `sortable${c.num ? ' num' : ''}${c.key === sort.key ? ' sorted' + (sort.asc ? ' asc' : '') : ''}`,
+      scope: 'col',
+      onclick: () => { sort = { key: c.key, asc: c.key === sort.key ? !sort.asc : !c.num }; draw(); },
+    }, c.label)));
+    const body = rows.map((c) => {
+      const href = `#/courses/${encodeURIComponent(c.source)}/${c.course_id}`;
+      const cells = {
+        name: h('td', null, h('a', { href }, courseLabel(c)), ' ', h('span', { class: 'muted small' }, `#${c.course_id}`)),
+        source: h('td', null, c.source),
+        enrollments: h('td', { class: 'num' }, fmtInt(c.enrollments)),
+        active: h('td', { class: 'num' }, fmtInt(c.active)),
+        trial: h('td', { class: 'num' }, fmtInt(c.trial)),
+        completed: h('td', { class: 'num' }, fmtInt(c.completed)),
+        expired: h('td', { class: 'num' }, fmtInt(c.expired)),
+        completion_rate: h('td', { class: 'num' }, fmtPct(c.completion_rate)),
+        average_progress: h('td', { class: 'num' }, `${c.average_progress.toFixed(1)} %`),
+        median_days_to_complete: h('td', { class: 'num' }, fmtDays(c.median_days_to_complete)),
+      };
+      return h('tr', { class: 'link', onclick: (ev) => { if (ev.target.tagName !== 'A') location.hash = href; } },
+        columns.map((col) => cells[col.key]));
+    });
+    table.replaceChildren(h('thead', null, head), h('tbody', null, body));
+  };
+  draw();
+  return h('div', { class: 'table-wrap' }, table);
+}
+
+// ---------------------------------------------------------------- activity chart
+
+async function activityPanel(filter) {
+  const panel = h('div', { class: 'panel' });
+  const stored = Number(sessionStorage.getItem(RANGE_KEY));
+  let days = RANGES.includes(stored) ? stored : 30;
+  const chart = h('div');
+  const title = h('h2');
+  const buttons = RANGES.map((n) => h('button', {
+    type: 'button',
+    onclick: async () => { days = n; sessionStorage.setItem(RANGE_KEY, String(n)); await load(); },
+  }, `${n} days`));
+  const load = async () => {
+    for (const [i, b] of buttons.entries()) b.classList.toggle('on', RANGES[i] === days);
+    try {
+      const data = await api(API.activity, { days, ...filter });
+      const enrolled = data.days.reduce((n, d) => n + d.enrolled, 0);
+      const completed = data.days.reduce((n, d) => n + d.completed, 0);
+      title.replaceChildren(`Activity, last ${days} days: `, h('span', { class: 'muted' },
+        `${fmtInt(enrolled)} new enrollment${enrolled === 1 ? '' : 's'}, ${fmtInt(completed)} completion${completed === 1 ? '' : 's'}`));
+      chart.replaceChildren(activityChart(data.days));
+    } catch (e) {
+      if (e instanceof AuthNeeded) return askForToken(e.message);
+      chart.replaceChildren(h('p', { class: 'muted' }, `Could not load the activity: ${e.message}`));
+    }
+  };
+  panel.append(
+    h('div', { class: 'toolbar' }, title, h('div', { class: 'seg', role: 'group', 'aria-label': 'Range' }, buttons)),
+    chart,
+    h('div', { class: 'toolbar' },
+      h('div', { class: 'legend' },
+        h('span', { class: 'enrolled' }, h('i'), 'New enrollments (by the day the enrollment was created)'),
+        h('span', { class: 'completed' }, h('i'), 'Completions (by completed_at)')),
+      h('span', { class: 'muted small' }, 'UTC days')));
+  await load();
+  return panel;
+}
+
+// A nice upper bound and step for an axis holding values up to `max`.
+function niceScale(max, ticks = 4) {
+  if (max <= 0) return { top: ticks, step: 1 };
+  const raw = max / ticks;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((st) => st >= raw && (st >= 1 || mag < 1));
+  const whole = Math.max(1, Math.round(step));
+  return { top: Math.ceil(max / whole) * whole, step: whole };
+}
+
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+function activityChart(days) {
+  const W = 1000, H = 240, L = 44, R = 14, T = 10, B = 26;
+  const pw = W - L - R, ph = H - T - B;
+  const n = days.length;
+  const max = Math.max(0, ...days.map((d) => Math.max(d.enrolled, d.completed)));
+  const { top, step } = niceScale(max);
+  const band = pw / n;
+  const y = (v) => T + ph - (v / top) * ph;
+  const x = (i) => L + i * band + band / 2;
+  const svg = s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img',
+    'aria-label': 'New enrollments and completions per day' });
+
+  for (let v = 0; v <= top; v += step) {
+    svg.append(s('line', { class: v === 0 ? 'axis' : 'grid', x1: L, x2: W - R, y1: y(v), y2: y(v) }),
+      s('text', { x: L - 6, y: y(v) + 4, 'text-anchor': 'end' }, fmtInt(v)));
+  }
+  // Date labels: month starts on long ranges, every k-th day on short ones.
+  const long = n > 120;
+  const every = Math.max(1, Math.ceil(n / 10));
+  days.forEach((d, i) => {
+    const [yy, mm, dd] = d.date.split('-').map(Number);
+    const label = long
+      ? (dd === 1 ? (mm === 1 ? `${MONTHS[0]} ${yy}` : MONTHS[mm - 1]) : null)
+      : ((n - 1 - i) % every === 0 ? `${MONTHS[mm - 1]} ${dd}` : null);
+    if (label) {
+      svg.append(s('line', { class: 'axis', x1: x(i), x2: x(i), y1: T + ph, y2: T + ph + 4 }),
+        s('text', { x: x(i), y: H - 8, 'text-anchor': 'middle' }, label));
+    }
+  });
+  const barW = Math.max(1, band * 0.72);
+  for (const [i, d] of days.entries()) {
+    if (d.enrolled > 0) {
+      svg.append(s('rect', { class: 'bar', x: x(i) - barW / 2, y: y(d.enrolled), width: barW,
+        height: Math.max(0.5, y(0) - y(d.enrolled)), rx: Math.min(2, barW / 4) }));
+    }
+  }
+  svg.append(s('polyline', { class: 'line', points: days.map((d, i) => `${x(i).toFixed(1)},${y(d.completed).toFixed(1)}`).join(' ') }));
+  if (n <= 31) {
+    for (const [i, d] of days.entries()) svg.append(s('circle', { class: 'dot', cx: x(i), cy: y(d.completed), r: 2.5 }));
+  }
+  // Hover targets last, on top: one per day, the whole height.
+  for (const [i, d] of days.entries()) {
+    svg.append(s('rect', { class: 'hover', x: L + i * band, y: T, width: band, height: ph },
+      s('title', null, `${d.date}: ${fmtInt(d.enrolled)} new enrollment${d.enrolled === 1 ? '' : 's'}, ${fmtInt(d.completed)} completion${d.completed === 1 ? '' : 's'}`)));
+  }
+  if (max === 0) {
+    svg.append(s('text', { x: L + pw / 2, y: T + ph / 2, 'text-anchor': 'middle', class: 'empty-note' },
+      `No new enrollments or completions in the last ${n} days`));
+  }
+  return svg;
+}
+
+// ---------------------------------------------------------------- enrollments
+
+const STATUSES = ['active', 'trial', 'completed', 'expired'];
+
+async function enrollmentsView(root, params) {
+  const courses = (await api(API.courses)).items;
+  const filter = Object.fromEntries(['course_id', 'status', 'email', 'source']
+    .map((k) => [k, params.get(k) || '']));
+  root.append(h('div', { class: 'head' }, h('h1', null, 'Enrollments')));
+  root.append(h('div', { class: 'panel' }, enrollmentFilters(filter, courses)));
+  const schools = new Set(courses.map((c) => c.source));
+  root.append(await enrollmentList(filter, { showCourse: true, showSource: schools.size > 1 && !filter.source }));
+}
+
+function enrollmentFilters(filter, courses, fixed = {}) {
+  const sources = [...new Set(courses.map((c) => c.source))].sort();
+  const field = (label, input) => h('label', null, label, input);
+  const course = h('select', { name: 'course_id' }, h('option', { value: '' }, 'All courses'),
+    courses.filter((c) => !filter.source || c.source === filter.source)
+      .sort((a, b) => courseLabel(a).localeCompare(courseLabel(b)))
+      .map((c) => h('option', { value: c.course_id, selected: String(c.course_id) === filter.course_id },
+        `${courseLabel(c)} (#${c.course_id})${sources.length > 1 ? ' — ' + c.source : ''}`)));
+  const status = h('select', { name: 'status' }, h('option', { value: '' }, 'Any status'),
+    STATUSES.map((st) => h('option', { value: st, selected: st === filter.status }, st)));
+  const email = h('input', { name: 'email', type: 'search', placeholder: 'exact address', value: filter.email });
+  const source = h('select', { name: 'source' }, h('option', { value: '' }, 'All schools'),
+    sources.map((src) => h('option', { value: src, selected: src === filter.source }, src)));
+  const form = h('form', { class: 'filters', onsubmit: (ev) => {
+    ev.preventDefault();
+    const data = Object.fromEntries(new FormData(form).entries());
+    const { parts } = parseHash();
+    go('/' + parts.map(encodeURIComponent).join('/'), { ...data, ...fixed });
+  } },
+  fixed.course_id ? null : field('Course', course),
+  field('Status', status), field('Email', email),
+  sources.length > 1 && !fixed.source ? field('School', source) : null,
+  h('button', { type: 'submit' }, 'Filter'),
+  h('button', { type: 'button', class: 'secondary', onclick: () => {
+    const { parts } = parseHash();
+    go('/' + parts.map(encodeURIComponent).join('/'), fixed);
+  } }, 'Clear'));
+  return form;
+}
+
+async function enrollmentList(filter, { showCourse, showSource }) {
+  const wrap = h('div', { class: 'panel' });
+  const tbody = h('tbody');
+  const more = h('button', { type: 'button', class: 'secondary' }, 'Load more');
+  const count = h('span', { class: 'muted small' });
+  let cursor = null, shown = 0;
+  const load = async () => {
+    more.disabled = true;
+    const page = await api(API.enrollments, { ...filter, limit: PAGE, cursor });
+    for (const e of page.items) {
+      const href = `#/enrollments/${encodeURIComponent(e.source)}/${e.enrollment_id}`;
+      tbody.append(h('tr', { class: 'link', onclick: (ev) => { if (ev.target.tagName !== 'A') location.hash = href; } },
+        h('td', null, h('a', { href }, studentName(e)), h('div', { class: 'muted small' }, e.email || '')),
+        showSource ? h('td', null, e.source) : null,
+        showCourse ? h('td', null, e.course_name || (e.course_id ? `Course ${e.course_id}` : '—')) : null,
+        h('td', null, badge(e.status)),
+        h('td', null, progressCell(e.progress)),
+        h('td', null, fmtTime(e.updated_at)),
+        h('td', { class: 'num' }, fmtInt(e.event_count))));
+    }
+    shown += page.items.length;
+    cursor = page.next_cursor;
+    count.textContent = `${fmtInt(shown)} shown${cursor ? ', more to load' : ''}`;
+    more.hidden = !cursor;
+    more.disabled = false;
+  };
+  more.addEventListener('click', () => load().catch((e) => {
+    more.disabled = false;
+    count.textContent = `Could not load more: ${e.message}`;
+  }));
+  await load();
+  if (shown === 0) {
+    const filtered = Object.values(filter).some(Boolean);
+    return filtered ? emptyState('No enrollment matches these filters.') : emptyState(...SEND_HINT);
+  }
+  wrap.append(h('div', { class: 'sub-head' }, h('h2', null, 'Enrollments'), count),
+    h('div', { class: 'table-wrap' }, h('table', null,
+      h('thead', null, h('tr', null, h('th', null, 'Student'), showSource ? h('th', null, 'School') : null, showCourse ? h('th', null, 'Course') : null,
+        h('th', null, 'Status'), h('th', null, 'Progress'), h('th', null, 'Updated'), h('th', { class: 'num' }, 'Events'))),
+      tbody)),
+    h('div', { class: 'more' }, more));
+  return wrap;
+}
+
+// Thinkific sends percentages as strings on 0–100, the REST API numbers on 0–1.
+function eventProgress(body) {
+  const p = body && body.payload && body.payload.percentage_completed;
+  if (p === undefined || p === null || p === '') return null;
+  const v = typeof p === 'number' ? p * 100 : parseFloat(p);
+  return isNaN(v) ? null : v;
+}
+
+async function enrollmentDetail(root, source, id) {
+  const { enrollment: e, events } = await api(fill(API.enrollment, { source, enrollment_id: id }));
+  const courseHref = e.course_id ? `#/courses/${encodeURIComponent(e.source)}/${e.course_id}` : null;
+  root.append(h('div', { class: 'head' },
+    h('div', null, h('h1', null, studentName(e)),
+      h('div', { class: 'muted' }, courseHref ? h('a', { href: courseHref }, e.course_name || `Course ${e.course_id}`) : 'No course',
+        ` · enrollment ${e.enrollment_id} · ${e.source}`)),
+    badge(e.status)));
+  const field = (label, value) => [h('dt', null, label), h('dd', null, value === null || value === undefined || value === '' ? '—' : value)];
+  root.append(h('div', { class: 'panel' },
+    h('div', { class: 'sub-head' }, h('h2', null, 'Progress'), h('strong', null, `${e.progress.toFixed(1)} %`)),
+    progressBar(e.progress, true),
+    h('dl', { class: 'fields' },
+      field('Email', e.email), field('User id', e.user_id),
+      field('Created', fmtTime(e.created_at)), field('Activated', fmtTime(e.activated_at)),
+      field('Started', fmtTime(e.started_at)), field('Completed', fmtTime(e.completed_at)),
+      field('Expires', fmtTime(e.expiry_date)), field('Updated', fmtTime(e.updated_at)),
+      field('Trial', e.trial ? 'yes' : 'no'), field('Days to complete', e.days_to_complete === null ? null : fmtDays(e.days_to_complete)),
+      field('Events', fmtInt(e.event_count)), field('Course id', e.course_id))));
+  // In the order things happened at Thinkific (deliveries may arrive out of order).
+  const when = (ev) => ev.created_at || ev.received_at;
+  const ordered = [...events].sort((a, b) => (when(a) < when(b) ? -1 : when(a) > when(b) ? 1 : a.seq - b.seq));
+  const timeline = h('ol', { class: 'timeline' }, ordered.map((ev) => {
+    const pct = eventProgress(ev.body);
+    const action = ev.topic.split('.')[1] || ev.topic;
+    return h('li', { class: `ev-${action}` },
+      h('div', null, h('strong', null, ev.topic), pct === null ? null : h('span', { class: 'muted' }, ` — ${pct.toFixed(1)} %`)),
+      h('div', { class: 'when' }, fmtTime(when(ev)),
+        ev.created_at ? [' · received ', fmtTime(ev.received_at)] : ' (received)',
+        ` · event ${ev.event_id}`, ev.pruned_at ? ' · body pruned' : ''));
+  }));
+  root.append(h('div', { class: 'panel' }, h('h2', null, `Timeline (${events.length} event${events.length === 1 ? '' : 's'})`),
+    events.length ? timeline : h('p', { class: 'muted' }, 'No events stored for this enrollment.')));
+}
+
+// ---------------------------------------------------------------- course detail
+
+async function courseDetail(root, source, courseId, params) {
+  const courses = (await api(API.courses, { source })).items;
+  const c = courses.find((x) => String(x.course_id) === courseId);
+  if (!c) {
+    root.append(emptyState(`No enrollments in course ${courseId} from ${source} yet. `, h('a', { href: '#/' }, 'Back to the overview')));
+    return;
+  }
+  root.append(h('div', { class: 'head' },
+    h('div', null, h('h1', null, courseLabel(c)), h('div', { class: 'muted' }, `Course #${c.course_id} · ${c.source}`)),
+    h('a', { href: '#/' }, '← All courses')));
+  root.append(h('div', { class: 'cards' },
+    card('Enrollments', fmtInt(c.enrollments)),
+    card('Active', fmtInt(c.active), 'active'),
+    card('Trial', fmtInt(c.trial), 'trial'),
+    card('Completed', fmtInt(c.completed), 'completed'),
+    card('Expired', fmtInt(c.expired), 'expired'),
+    card('Completion rate', fmtPct(c.completion_rate), 'completed'),
+    card('Avg progress', `${c.average_progress.toFixed(1)} %`),
+    card('Median days', fmtDays(c.median_days_to_complete), '', 'to complete')));
+  root.append(await activityPanel({ source, course_id: courseId }));
+  const fixed = { source, course_id: courseId };
+  const filter = { ...fixed, status: params.get('status') || '', email: params.get('email') || '' };
+  root.append(h('div', { class: 'panel' }, enrollmentFilters(filter, courses, fixed)));
+  root.append(await enrollmentList(filter, { showCourse: false }));
+}
+
+// ---------------------------------------------------------------- quarantine
+
+async function quarantineView(root) {
+  root.append(h('div', { class: 'head' }, h('h1', null, 'Quarantine'),
+    h('span', { class: 'muted small' }, 'Rejected deliveries, newest first. Retry re-checks one with the current configuration (say, after fixing a secret).')));
+  const tbody = h('tbody');
+  const more = h('button', { type: 'button', class: 'secondary' }, 'Load more');
+  let cursor = null, shown = 0;
+  const row = (q) => {
+    const state = h('td');
+    const result = h('span', { class: 'result' });
+    const showState = (resolvedAt, resolution) => state.replaceChildren(resolvedAt
+      ? h('span', null, badge('resolved', 'ok'), h('div', { class: 'muted small' }, resolution || ''))
+      : badge('pending', 'bad'));
+    showState(q.resolved_at, q.resolution);
+    const retry = h('button', { type: 'button', class: 'secondary' }, 'Retry');
+    retry.hidden = Boolean(q.resolved_at);
+    retry.addEventListener('click', async () => {
+      retry.disabled = true;
+      result.className = 'result';
+      result.textContent = 'retrying…';
+      try {
+        const r = await api(fill(API.retry, { id: q.id }), {}, 'POST');
+        result.className = 'result ok';
+        result.textContent = r.status === 'stored' ? `stored as event ${r.event_id}` : `already stored (event ${r.event_id})`;
+        retry.hidden = true;
+        showState(new Date().toISOString(), `admitted as event ${r.event_id}`);
+      } catch (e) {
+        if (e instanceof AuthNeeded) return askForToken(e.message);
+        result.className = 'result bad';
+        result.textContent = e.message;
+        retry.disabled = false;
+      }
+    });
+    return h('tr', null,
+      h('td', { class: 'num' }, `#${q.id}`),
+      h('td', null, fmtTime(q.received_at)),
+      h('td', null, q.source),
+      h('td', { class: 'reason' }, badge(q.reason_code, 'bad'), h('div', { class: 'small' }, q.reason)),
+      h('td', { class: 'num' }, `${fmtInt(q.body_size)} B`),
+      state,
+      h('td', null, retry, result));
+  };
+  const load = async () => {
+    more.disabled = true;
+    const page = await api(API.quarantine, { limit: PAGE, cursor });
+    tbody.append(...page.items.map(row));
+    shown += page.items.length;
+    cursor = page.next_cursor;
+    more.hidden = !cursor;
+    more.disabled = false;
+  };
+  more.addEventListener('click', () => load().catch((e) => { more.disabled = false; more.textContent = `Retry loading (${e.message})`; }));
+  await load();
+  if (shown === 0) {
+    root.append(emptyState('Nothing in quarantine: no delivery has been rejected.'));
+    return;
+  }
+  root.append(h('div', { class: 'panel' }, h('div', { class: 'table-wrap' }, h('table', null,
+    h('thead', null, h('tr', null, ['Id', 'Received', 'School', 'Reason', 'Size', 'State', ''].map((t, i) =>
+      h('th', { class: i === 0 || i === 4 ? 'num' : null }, t)))),
+    tbody)), h('div', { class: 'more' }, more)));
+}
+
+// ---------------------------------------------------------------- forwarding
+
+const ATTEMPT_PAGES = 10; // attempts are listed oldest first: read at most this many pages for the newest
+
+async function newestAttempts(id, n) {
+  let cursor = null, kept = [], pages = 0;
+  do {
+    const page = await api(fill(API.attempts, { id }), { limit: 1000, cursor });
+    kept = kept.concat(page.items).slice(-n);
+    cursor = page.next_cursor;
+    pages += 1;
+  } while (cursor && pages < ATTEMPT_PAGES);
+  return { items: kept.reverse(), truncated: Boolean(cursor) };
+}
+
+async function deliveryCount(id, state) {
+  const page = await api(fill(API.deliveries, { id }), { state, limit: 1000 });
+  return fmtInt(page.items.length) + (page.next_cursor ? '+' : '');
+}
+
+async function forwardingView(root) {
+  root.append(h('div', { class: 'head' }, h('h1', null, 'Forwarding'),
+    h('span', { class: 'muted small' }, 'Subscriptions pass stored events on, signed (Standard Webhooks) and retried.')));
+  const subs = await api(API.subscriptions).catch((e) => {
+    if (e instanceof ApiError && e.status === 403) return null;
+    throw e;
+  });
+  if (subs === null) {
+    root.append(emptyState('Subscriptions are managed with the admin token (--api-token); this token reads one school only.'));
+    return;
+  }
+  if (subs.items.length === 0) {
+    root.append(emptyState('No subscriptions yet. Add one with ',
+      h('code', null, "enrollhook subscriptions add --url https://crm.example.com/hooks --topic 'enrollment.*'"),
+      ' or POST /api/subscriptions.'));
+    return;
+  }
+  for (const sub of subs.items) {
+    const [attempts, pending, dead] = await Promise.all([
+      newestAttempts(sub.id, 10), deliveryCount(sub.id, 'pending'), deliveryCount(sub.id, 'dead')]);
+    const facts = [
+      `topics ${sub.topics.join(', ')}`,
+      sub.course_ids ? `courses ${sub.course_ids.join(', ')}` : null,
+      sub.sources ? `schools ${sub.sources.join(', ')}` : null,
+      sub.ordered ? 'ordered' : null,
+    ].filter(Boolean).join(' · ');
+    const rows = attempts.items.map((a) => h('tr', null,
+      h('td', null, fmtTime(a.attempted_at)),
+      h('td', { class: 'num' }, a.event_seq),
+      h('td', { class: 'num' }, a.attempt),
+      h('td', null, a.status === null ? badge('no answer', 'bad') : badge(String(a.status), a.status >= 200 && a.status < 300 ? 'ok' : 'bad')),
+      h('td', { class: 'num' }, `${Math.round(a.latency_ms)} ms`),
+      h('td', { class: 'small' }, a.error || '')));
+    root.append(h('div', { class: 'panel' },
+      h('div', { class: 'sub-head' },
+        h('div', null, h('div', { class: 'url' }, sub.url), h('div', { class: 'muted small' }, sub.description ? `${sub.description} · ` : '', facts, ` · ${sub.id}`)),
+        sub.enabled ? badge('enabled', 'ok') : badge('disabled', 'bad')),
+      sub.disabled_reason ? h('p', { class: 'small' }, 'Disabled: ', sub.disabled_reason) : null,
+      sub.failing_since ? h('p', { class: 'small' }, 'Failing since ', fmtTime(sub.failing_since)) : null,
+      h('div', { class: 'cards' }, card('Pending deliveries', pending), card('Dead deliveries', dead, dead === '0' ? '' : 'bad')),
+      h('h2', null, 'Recent attempts'),
+      rows.length ? h('div', { class: 'table-wrap' }, h('table', null,
+        h('thead', null, h('tr', null, h('th', null, 'When'), h('th', { class: 'num' }, 'Event seq'), h('th', { class: 'num' }, 'Attempt'),
+          h('th', null, 'Answer'), h('th', { class: 'num' }, 'Latency'), h('th', null, 'Error'))),
+        h('tbody', null, rows))) : h('p', { class: 'muted' }, 'No delivery attempts yet.'),
+      attempts.truncated ? h('p', { class: 'muted small' }, 'Newest of the first 10,000 attempts; ',
+        h('code', null, `enrollhook subscriptions attempts ${sub.id}`), ' lists them all.') : null));
+  }
+}
+
+// ---------------------------------------------------------------- start
+
+document.addEventListener('DOMContentLoaded', () => {
+  document.getElementById('token-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const input = document.getElementById('token-input');
+    const token = input.value.trim();
+    if (!token) return;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    input.value = '';
+    render();
+  });
+  document.getElementById('forget-token').addEventListener('click', () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    render();
+  });
+  window.addEventListener('hashchange', render);
+  render();
+});
