@@ -1,10 +1,13 @@
 //! The Thinkific wire contract: what a delivery looks like and how it is signed.
 
 pub mod envelope;
+pub mod rest;
 pub mod samples;
 pub mod signature;
 
-pub use envelope::{EnrollmentPayload, EnrollmentTopic, Envelope, ParseError, Topic, parse};
+pub use envelope::{
+    BACKFILL_TOPIC, EnrollmentPayload, EnrollmentTopic, Envelope, ParseError, Topic, parse,
+};
 pub use signature::{SIGNATURE_HEADER, SignatureError, sign, verify};
 
 /// Optional headers Thinkific adds; used when present, never required.
