@@ -125,9 +125,26 @@ pub struct BackfillReport {
     /// Items that could not be read, with the first few reasons.
     pub unusable: u64,
     pub examples: Vec<Unusable>,
-    /// The newest `updated_at` seen: the `--updated-after` of the next run.
+    /// The newest `updated_at` seen.
     pub newest_updated_at: Option<DateTime<Utc>>,
+    /// The `--updated-after` for the next run (see [`resume_point`]).
+    pub resume_from: Option<DateTime<Utc>>,
     pub elapsed: Duration,
+}
+
+/// Margin for the difference between our clock and Thinkific's.
+const CLOCK_MARGIN_MINUTES: i64 = 5;
+
+/// Where the next run can start and miss nothing: the newest `updated_at`
+/// seen, but no later than the moment this run started (less a margin for
+/// clock skew), because an enrollment changed while we paged may have moved
+/// past our position in the listing. Overlap only costs events already known.
+pub fn resume_point(
+    newest_updated_at: Option<DateTime<Utc>>,
+    started_at: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let before_start = started_at - chrono::Duration::minutes(CLOCK_MARGIN_MINUTES);
+    newest_updated_at.map_or(before_start, |t| t.min(before_start))
 }
 
 /// Pages through the enrollments and stores each one; `progress` is called
@@ -141,6 +158,7 @@ pub async fn backfill(
 ) -> anyhow::Result<BackfillReport> {
     crate::config::validate_source_name(&opts.source)?;
     let started = Instant::now();
+    let started_at = Utc::now();
     let mut report = BackfillReport::default();
     let updated_after = opts
         .updated_after
@@ -195,6 +213,7 @@ pub async fn backfill(
     }
     // So the backfilled enrollments are there when it reports done.
     store.sync_projection().await?;
+    report.resume_from = Some(resume_point(report.newest_updated_at, started_at));
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -320,6 +339,18 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.id, "9");
         assert!(e.why.contains("updated_at"), "{e}");
+    }
+
+    #[test]
+    fn resuming_starts_no_later_than_the_run() {
+        let start = chrono::TimeZone::with_ymd_and_hms(&Utc, 2024, 5, 1, 12, 0, 0).unwrap();
+        let old = start - chrono::Duration::days(3);
+        assert_eq!(resume_point(Some(old), start), old);
+        // Changed while we paged: the next run looks from before this one began.
+        let during = start + chrono::Duration::seconds(30);
+        let expected = start - chrono::Duration::minutes(5);
+        assert_eq!(resume_point(Some(during), start), expected);
+        assert_eq!(resume_point(None, start), expected);
     }
 
     #[test]

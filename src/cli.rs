@@ -538,7 +538,7 @@ async fn thinkific(g: Globals, a: ThinkificArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("  not stored: {e}");
             }
             let resume = report
-                .newest_updated_at
+                .resume_from
                 .map(|t| format!("; next time: --updated-after {}", views::rfc3339(&t)))
                 .unwrap_or_default();
             println!(

@@ -358,6 +358,7 @@ mod tests {
             [[source]]
             name = "school-a"
             secret = "key-a"
+            subdomain = "school-a"
             [[source]]
             name = "school_b"
             secret = "key-b"
@@ -371,6 +372,7 @@ mod tests {
             ["default", "school-a", "school_b"]
         );
         assert_eq!(s.get("school-a").unwrap().unwrap().expose(), "key-a");
+        assert_eq!(c.sources[0].subdomain.as_deref(), Some("school-a"));
         assert!(s.get("nope").is_none());
     }
 

@@ -365,6 +365,7 @@ async fn backfill_story(database: &str, n: u32) {
             && out.contains(&format!("{n} stored, 0 already known, 0 unusable")),
         "{out}"
     );
+    // The newest updated_at listed (all are long before this run).
     let newest = ts(t0() + Duration::minutes(n as i64));
     assert!(
         out.contains(&format!("next time: --updated-after {}", &newest[..19])),
@@ -550,6 +551,40 @@ async fn wrong_credentials_give_the_clear_error() {
     .await;
     let (_, err) = text(&o);
     assert!(err.contains("--subdomain"), "{err}");
+}
+
+#[tokio::test]
+async fn credentials_come_from_the_source_in_enrollhook_toml() {
+    let (_api, base) = start_api(vec![rest_enrollment(4).0]).await;
+    let (dir, url) = fresh_db();
+    let config = dir.path().join("enrollhook.toml");
+    // The source's secret is the school's API key: the same key signs its webhooks.
+    std::fs::write(
+        &config,
+        format!(
+            "[[source]]\nname = \"acme-academy\"\nsecret = \"{KEY}\"\nsubdomain = \"https://acme.thinkific.com\"\n"
+        ),
+    )
+    .unwrap();
+    let o = cli(&[
+        "thinkific",
+        "backfill",
+        "--config",
+        config.to_str().unwrap(),
+        "--source",
+        "acme-academy",
+        "--api-base",
+        &base,
+        "--database",
+        &url,
+    ])
+    .await;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("1 stored"), "{out}");
+    let rows = projection(&url).await;
+    assert_eq!(rows[&1004]["source"], "acme-academy");
+    assert_eq!(rows[&1004]["status"], "completed");
 }
 
 #[tokio::test]

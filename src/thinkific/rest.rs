@@ -248,15 +248,20 @@ impl RestClient {
             let response = match request.send().await {
                 Ok(r) => r,
                 Err(e) => {
+                    let error = error_chain(&e.without_url());
                     if server_failures >= self.policy.server_retries {
                         return Err(RestError::Network {
                             what: what.into(),
                             attempts,
-                            // Without the URL's query: it is ours, and tells nothing new.
-                            error: e.without_url().to_string(),
+                            error,
                         });
                     }
-                    tokio::time::sleep(backoff(&self.policy, server_failures)).await;
+                    let wait = backoff(&self.policy, server_failures);
+                    tracing::warn!(
+                        "cannot reach Thinkific for {what} ({error}); trying again in {:.1} s",
+                        wait.as_secs_f64()
+                    );
+                    tokio::time::sleep(wait).await;
                     server_failures += 1;
                     continue;
                 }
@@ -419,6 +424,22 @@ pub fn rate_limit_wait(policy: &RetryPolicy, reset: Option<&str>) -> Duration {
         .unwrap_or(policy.max_rate_limit_wait)
         // Never hammer: a reset of 0 still pauses a little.
         .max(Duration::from_millis(100))
+}
+
+/// An error with its causes ("error sending request: connection refused"):
+/// reqwest's own message alone does not say what failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The start of an answer body, for an error message.
