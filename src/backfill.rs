@@ -222,7 +222,11 @@ pub async fn backfill(
 /// missing) the next page while `total_pages` says there are more. An empty
 /// page ends the listing whatever the meta says, and a `next_page` that does
 /// not move forward is not followed (it would loop forever).
-pub fn next_page(page: u32, pagination: &crate::thinkific::rest::Pagination, items: usize) -> Option<u32> {
+pub fn next_page(
+    page: u32,
+    pagination: &crate::thinkific::rest::Pagination,
+    items: usize,
+) -> Option<u32> {
     if items == 0 {
         return None;
     }
@@ -258,7 +262,11 @@ mod tests {
         assert_eq!(e.created_at, None);
         assert_eq!(e.course_id, Some(1));
         // The REST item is kept as it came, inside the envelope.
-        assert!(e.body.ends_with(&format!(r#""payload":{EXAMPLE}}}"#)), "{}", e.body);
+        assert!(
+            e.body.ends_with(&format!(r#""payload":{EXAMPLE}}}"#)),
+            "{}",
+            e.body
+        );
         let ev = e.enrollment.clone().unwrap();
         assert_eq!(ev.topic, EnrollmentTopic::Backfill);
         let p = &ev.payload;
@@ -321,7 +329,9 @@ mod tests {
         assert!(d.event_id.starts_with("backfill-3-"), "{}", d.event_id);
         assert_eq!(
             d.event_id,
-            event_from_rest("s", &raw(bare), Utc::now()).unwrap().event_id
+            event_from_rest("s", &raw(bare), Utc::now())
+                .unwrap()
+                .event_id
         );
     }
 
@@ -365,7 +375,11 @@ mod tests {
         assert_eq!(next_page(3, &p(None, Some(3)), 250), None);
         assert_eq!(next_page(1, &p(None, Some(3)), 250), Some(2));
         assert_eq!(next_page(2, &p(Some(2), None), 250), None, "no loop");
-        assert_eq!(next_page(1, &p(Some(2), Some(3)), 0), None, "empty page ends");
+        assert_eq!(
+            next_page(1, &p(Some(2), Some(3)), 0),
+            None,
+            "empty page ends"
+        );
         assert_eq!(next_page(1, &p(None, None), 250), None);
     }
 }

@@ -601,7 +601,9 @@ async fn webhooks(
         }
         WebhooksCommand::Delete { ids, url } => {
             if ids.is_empty() && url.is_none() {
-                bail!("say what to delete: webhook ids (see `enrollhook thinkific webhooks list`), or --url URL");
+                bail!(
+                    "say what to delete: webhook ids (see `enrollhook thinkific webhooks list`), or --url URL"
+                );
             }
             let deleted = registration::delete(client, &ids, url.as_deref()).await?;
             for id in &deleted {

@@ -84,7 +84,9 @@ pub fn topics(given: &[String]) -> Result<Vec<String>, String> {
 /// (`…/webhooks/thinkific` or `…/webhooks/thinkific/{source}`).
 pub fn target_url(url: &str, allow_http: bool) -> Result<String, String> {
     let parsed = reqwest::Url::parse(url.trim()).map_err(|e| {
-        format!("--url `{url}` is not a URL ({e}): e.g. https://hooks.example.com/webhooks/thinkific")
+        format!(
+            "--url `{url}` is not a URL ({e}): e.g. https://hooks.example.com/webhooks/thinkific"
+        )
     })?;
     match parsed.scheme() {
         "https" => {}
@@ -237,8 +239,11 @@ mod tests {
             DOCUMENTED_TOPICS.len()
         );
         assert_eq!(
-            topics(&["order.created, enrollment.completed".into(), "order.created".into()])
-                .unwrap(),
+            topics(&[
+                "order.created, enrollment.completed".into(),
+                "order.created".into()
+            ])
+            .unwrap(),
             ["order.created", "enrollment.completed"]
         );
         let e = topics(&["enrollment.updated".into()]).unwrap_err();

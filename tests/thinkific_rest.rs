@@ -56,7 +56,12 @@ fn paginate(all: &[Value], page: u32, limit: u32) -> Value {
     let total = all.len() as u32;
     let total_pages = total.div_ceil(limit).max(1);
     let start = ((page - 1) * limit) as usize;
-    let items: Vec<Value> = all.iter().skip(start).take(limit as usize).cloned().collect();
+    let items: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(limit as usize)
+        .cloned()
+        .collect();
     json!({
         "items": items,
         "meta": {"pagination": {
@@ -149,7 +154,10 @@ async fn create_webhook(
         return error(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
     let (Some(topic), Some(url)) = (body["topic"].as_str(), body["target_url"].as_str()) else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "topic and target_url are required");
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "topic and target_url are required",
+        );
     };
     if !url.starts_with("https://") {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "target_url must be https");
@@ -359,7 +367,10 @@ async fn backfill_story(database: &str, n: u32) {
     assert!(err.contains(&format!("page {pages}/{pages}:")), "{err}");
     assert!(err.contains("rate limit"), "the 429 was waited out: {err}");
     assert!(err.contains("answered 500"), "the 500 was retried: {err}");
-    assert!(!err.contains(KEY) && !out.contains(KEY), "the key is never shown");
+    assert!(
+        !err.contains(KEY) && !out.contains(KEY),
+        "the key is never shown"
+    );
     assert!(
         out.contains(&format!("{n} enrollments in {pages} pages"))
             && out.contains(&format!("{n} stored, 0 already known, 0 unusable")),
@@ -373,7 +384,11 @@ async fn backfill_story(database: &str, n: u32) {
     );
     assert!(api.rate_limited.load(Ordering::Relaxed) && api.failed.load(Ordering::Relaxed));
     assert!(
-        api.pages.lock().unwrap().iter().all(|&(_, limit)| limit == 250),
+        api.pages
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|&(_, limit)| limit == 250),
         "every page asks for 250"
     );
     check_projection(&projection(database).await, n);
@@ -383,8 +398,17 @@ async fn backfill_story(database: &str, n: u32) {
     let o = backfill(&base, database, &["--page-size", "1000"]).await;
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
-    assert!(out.contains(&format!("0 stored, {n} already known")), "{out}");
-    assert!(api.pages.lock().unwrap().iter().all(|&(_, limit)| limit == 250));
+    assert!(
+        out.contains(&format!("0 stored, {n} already known")),
+        "{out}"
+    );
+    assert!(
+        api.pages
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|&(_, limit)| limit == 250)
+    );
 
     // Resuming from the printed time asks only for what changed since: nothing.
     let o = backfill(&base, database, &["--updated-after", &newest]).await;
@@ -405,9 +429,15 @@ async fn backfill_story(database: &str, n: u32) {
     .await;
     let rows = projection(database).await;
     assert_eq!(rows[&1001]["progress"], 80.0);
-    assert_eq!(rows[&1001]["first_name"], "Exact", "the newer webhook's names");
+    assert_eq!(
+        rows[&1001]["first_name"], "Exact",
+        "the newer webhook's names"
+    );
     assert_eq!(rows[&1001]["event_count"], 2);
-    assert_eq!(rows[&1005]["progress"], 50.0, "the older webhook does not win");
+    assert_eq!(
+        rows[&1005]["progress"], 50.0,
+        "the older webhook does not win"
+    );
     assert_eq!(rows[&1005]["first_name"], "First5");
     assert_eq!(rows[&1005]["event_count"], 2);
 
@@ -419,7 +449,10 @@ async fn backfill_story(database: &str, n: u32) {
     }
     let o = backfill(&base, database, &[]).await;
     let (out, _) = text(&o);
-    assert!(out.contains(&format!("1 stored, {} already known", n - 1)), "{out}");
+    assert!(
+        out.contains(&format!("1 stored, {} already known", n - 1)),
+        "{out}"
+    );
     assert_eq!(projection(database).await[&1006]["progress"], 75.0);
 
     // The log is the truth: a rebuild derives exactly this projection.
@@ -465,7 +498,10 @@ async fn backfill_story(database: &str, n: u32) {
     };
     // `enrollment.*` gets the two webhooks only; `enrollment.backfill` every backfill.
     assert_eq!(deliveries(subscription_ids[0].clone()).await, 2);
-    assert_eq!(deliveries(subscription_ids[1].clone()).await, n as usize + 1);
+    assert_eq!(
+        deliveries(subscription_ids[1].clone()).await,
+        n as usize + 1
+    );
     let completed = store
         .list_enrollments(
             &EnrollmentFilter {
@@ -544,9 +580,18 @@ async fn wrong_credentials_give_the_clear_error() {
     let o = cli(&["thinkific", "webhooks", "list", "--api-base", &base]).await;
     let (_, err) = text(&o);
     assert!(!o.status.success());
-    assert!(err.contains("--api-key") && err.contains("ENROLLHOOK_THINKIFIC_API_KEY"), "{err}");
+    assert!(
+        err.contains("--api-key") && err.contains("ENROLLHOOK_THINKIFIC_API_KEY"),
+        "{err}"
+    );
     let o = cli(&[
-        "thinkific", "webhooks", "list", "--api-base", &base, "--api-key", KEY,
+        "thinkific",
+        "webhooks",
+        "list",
+        "--api-base",
+        &base,
+        "--api-key",
+        KEY,
     ])
     .await;
     let (_, err) = text(&o);
@@ -642,7 +687,10 @@ async fn webhook_registration_is_idempotent() {
     let o = run(register(&[])).await;
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
-    assert!(out.contains("8 webhooks deliver to") && out.contains("7 created, 1 already there"), "{out}");
+    assert!(
+        out.contains("8 webhooks deliver to") && out.contains("7 created, 1 already there"),
+        "{out}"
+    );
     let mut expected: Vec<String> = enrollhook::registration::DEFAULT_TOPICS
         .iter()
         .map(|t| t.to_string())
@@ -660,7 +708,10 @@ async fn webhook_registration_is_idempotent() {
     let o = run(register(&["--topics", "all"])).await;
     let (out, _) = text(&o);
     assert!(o.status.success(), "{out}");
-    assert_eq!(ours(&api).len(), enrollhook::registration::DOCUMENTED_TOPICS.len());
+    assert_eq!(
+        ours(&api).len(),
+        enrollhook::registration::DOCUMENTED_TOPICS.len()
+    );
 
     // A topic Thinkific does not document is refused before any request.
     let before = api.requests.load(Ordering::Relaxed);
@@ -679,7 +730,11 @@ async fn webhook_registration_is_idempotent() {
     let (_, err) = text(&o);
     assert!(!o.status.success());
     assert!(err.contains("only to https"), "{err}");
-    assert_eq!(api.requests.load(Ordering::Relaxed), before, "refused before asking");
+    assert_eq!(
+        api.requests.load(Ordering::Relaxed),
+        before,
+        "refused before asking"
+    );
 
     // list shows them (paged through 3 at a time by the stand-in).
     let o = run(vec!["list".into(), "--format".into(), "json".into()]).await;
@@ -687,16 +742,19 @@ async fn webhook_registration_is_idempotent() {
     assert_eq!(listed.len(), api.webhooks.lock().unwrap().len());
 
     // delete one by id, then every one of our URL; the other integration's stays.
-    let first = listed
-        .iter()
-        .find(|w| w["target_url"] == target)
-        .unwrap()["id"]
+    let first = listed.iter().find(|w| w["target_url"] == target).unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let o = run(vec!["delete".into(), first.clone()]).await;
     assert!(o.status.success(), "{:?}", text(&o));
-    assert!(!api.webhooks.lock().unwrap().iter().any(|w| w["id"] == first.as_str()));
+    assert!(
+        !api.webhooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == first.as_str())
+    );
     let o = run(vec!["delete".into(), "--url".into(), target.into()]).await;
     let (out, _) = text(&o);
     assert!(o.status.success(), "{out}");

@@ -471,9 +471,7 @@ fn parse_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError> {
 fn parse_rest_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError> {
     let percentage_completed = match value(p.percentage_completed) {
         None => None,
-        Some(v) => {
-            Some(rest_percentage(&v).map_err(|why| invalid("percentage_completed", &why))?)
-        }
+        Some(v) => Some(rest_percentage(&v).map_err(|why| invalid("percentage_completed", &why))?),
     };
     let (first_name, last_name) = match opt_str("user_name", p.user_name)? {
         Some(name) => split_full_name(&name),

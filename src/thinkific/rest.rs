@@ -205,7 +205,8 @@ impl RestClient {
         }
         if api_key.expose().trim().is_empty() {
             return Err(RestError::Config(
-                "the Thinkific API key is empty: pass --api-key or ENROLLHOOK_THINKIFIC_API_KEY".into(),
+                "the Thinkific API key is empty: pass --api-key or ENROLLHOOK_THINKIFIC_API_KEY"
+                    .into(),
             ));
         }
         let http = crate::client::http_client(policy.timeout)
@@ -379,12 +380,18 @@ impl RestClient {
         }
     }
 
-    pub async fn create_webhook(&self, topic: &str, target_url: &str) -> Result<Webhook, RestError> {
+    pub async fn create_webhook(
+        &self,
+        topic: &str,
+        target_url: &str,
+    ) -> Result<Webhook, RestError> {
         let what = format!("creating the {topic} webhook");
         let url = self.url("/api/v2/webhooks");
         let body = serde_json::json!({ "topic": topic, "target_url": target_url });
         let (_, answer) = self
-            .send(&what, Auth::Bearer, |http| http.post(url.clone()).json(&body))
+            .send(&what, Auth::Bearer, |http| {
+                http.post(url.clone()).json(&body)
+            })
             .await?;
         Self::parse(&what, &answer)
     }
@@ -468,7 +475,9 @@ mod tests {
             normalize_subdomain("https://acme-academy.thinkific.com/").unwrap(),
             "acme-academy"
         );
-        let e = normalize_subdomain("courses.acme.com").unwrap_err().to_string();
+        let e = normalize_subdomain("courses.acme.com")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("before .thinkific.com"), "{e}");
         assert!(normalize_subdomain("").is_err());
     }
@@ -507,9 +516,7 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{:?}", c.api_key).contains("hunter2"));
-        let e = RestError::Unauthorized {
-            what: "x".into(),
-        };
+        let e = RestError::Unauthorized { what: "x".into() };
         assert!(e.to_string().contains("API key or subdomain is wrong"));
     }
 
