@@ -42,12 +42,11 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-fn number(q: &HashMap<String, String>, name: &str, default: u32) -> Result<u32, Response> {
+/// A numeric query parameter; None when it is not a number.
+fn number(q: &HashMap<String, String>, name: &str, default: u32) -> Option<u32> {
     match q.get(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| error(StatusCode::BAD_REQUEST, &format!("invalid {name}"))),
+        None => Some(default),
+        Some(v) => v.parse().ok(),
     }
 }
 
@@ -84,9 +83,8 @@ async fn enrollments(
     if header("x-auth-api-key") != Some(KEY) || header("x-auth-subdomain") != Some(SUBDOMAIN) {
         return error(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
-    let (page, limit) = match (number(&q, "page", 1), number(&q, "limit", 25)) {
-        (Ok(p), Ok(l)) => (p, l),
-        (Err(e), _) | (_, Err(e)) => return e,
+    let (Some(page), Some(limit)) = (number(&q, "page", 1), number(&q, "limit", 25)) else {
+        return error(StatusCode::BAD_REQUEST, "page and limit must be numbers");
     };
     if page == 0 || limit == 0 || limit > 250 {
         return error(StatusCode::BAD_REQUEST, "limit must be from 1 to 250");
@@ -136,7 +134,7 @@ async fn list_webhooks(
         return error(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
     let (page, limit) = match (number(&q, "page", 1), number(&q, "limit", 25)) {
-        (Ok(p), Ok(l)) if p > 0 && l > 0 => (p, l),
+        (Some(p), Some(l)) if p > 0 && l > 0 => (p, l),
         _ => return error(StatusCode::BAD_REQUEST, "invalid page or limit"),
     };
     // Small pages whatever is asked, so paging is exercised.
