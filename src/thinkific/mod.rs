@@ -1,4 +1,5 @@
-//! The Thinkific wire contract: what a delivery looks like and how it is signed.
+//! The Thinkific wire contract: what a delivery looks like and how it is
+//! signed, and the REST API client (`rest`) for webhook registration and backfill.
 
 pub mod envelope;
 pub mod rest;

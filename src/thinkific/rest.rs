@@ -234,7 +234,7 @@ impl RestClient {
         what: &str,
         auth: Auth,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<(u16, String), RestError> {
+    ) -> Result<String, RestError> {
         let mut server_failures = 0;
         let mut rate_limited = 0;
         loop {
@@ -275,7 +275,7 @@ impl RestClient {
                 .map(str::to_owned);
             let body = response.text().await.unwrap_or_default();
             match status {
-                200..=299 => return Ok((status, body)),
+                200..=299 => return Ok(body),
                 401 => return Err(RestError::Unauthorized { what: what.into() }),
                 429 => {
                     if rate_limited >= self.policy.rate_limit_retries {
@@ -345,7 +345,7 @@ impl RestClient {
                 query.append_pair("query[updated_after]", t);
             }
         }
-        let (_, body) = self
+        let body = self
             .send(&what, Auth::ApiKey, |http| http.get(url.clone()))
             .await?;
         let list: ListResponse<Box<RawValue>> = Self::parse(&what, &body)?;
@@ -367,7 +367,7 @@ impl RestClient {
                 .query_pairs_mut()
                 .append_pair("page", &page.to_string())
                 .append_pair("limit", &WEBHOOK_PAGE_SIZE.to_string());
-            let (_, body) = self
+            let body = self
                 .send(&what, Auth::Bearer, |http| http.get(page_url.clone()))
                 .await?;
             let list: ListResponse<Webhook> = Self::parse(&what, &body)?;
@@ -388,7 +388,7 @@ impl RestClient {
         let what = format!("creating the {topic} webhook");
         let url = self.url("/api/v2/webhooks");
         let body = serde_json::json!({ "topic": topic, "target_url": target_url });
-        let (_, answer) = self
+        let answer = self
             .send(&what, Auth::Bearer, |http| {
                 http.post(url.clone()).json(&body)
             })
