@@ -35,6 +35,8 @@ struct Api {
     faults: AtomicBool,
     rate_limited: AtomicBool,
     failed: AtomicBool,
+    /// Answer every enrollments request with this status (a Thinkific outage).
+    always: Mutex<Option<StatusCode>>,
     requests: AtomicU64,
 }
 
@@ -90,6 +92,9 @@ async fn enrollments(
         return error(StatusCode::BAD_REQUEST, "limit must be from 1 to 250");
     }
     api.pages.lock().unwrap().push((page, limit));
+    if let Some(status) = *api.always.lock().unwrap() {
+        return (status, [("RateLimit-Reset", "0")], "{}").into_response();
+    }
     if api.faults.load(Ordering::Relaxed) {
         if page == 2 && !api.rate_limited.swap(true, Ordering::Relaxed) {
             return (
@@ -200,6 +205,7 @@ async fn start_api(items: Vec<Value>) -> (Arc<Api>, String) {
         faults: AtomicBool::new(true),
         rate_limited: AtomicBool::new(false),
         failed: AtomicBool::new(false),
+        always: Mutex::new(None),
         requests: AtomicU64::new(0),
     });
     let app = axum::Router::new()
@@ -571,6 +577,7 @@ async fn wrong_credentials_give_the_clear_error() {
     let (_, err) = text(&o);
     assert!(!o.status.success());
     assert!(err.contains("API key or subdomain is wrong"), "{err}");
+    assert!(err.contains("OAuth access token"), "the webhooks API's hint: {err}");
     // 401 is final: not retried.
     assert_eq!(api.requests.load(Ordering::Relaxed), 3);
 
@@ -766,4 +773,80 @@ async fn webhook_registration_is_idempotent() {
     let (_, err) = text(&o);
     assert!(!o.status.success());
     assert!(err.contains("HTTP 404"), "{err}");
+}
+
+/// Failures that do not pass: the client retries a bounded number of times,
+/// then says what happened (the client as the commands use it, with short pauses).
+#[tokio::test]
+async fn lasting_failures_end_in_a_clear_error() {
+    use enrollhook::thinkific::rest::{RestClient, RestError, RetryPolicy};
+    let (api, base) = start_api(vec![rest_enrollment(1).0]).await;
+    let policy = RetryPolicy {
+        server_retries: 2,
+        first_backoff: std::time::Duration::from_millis(10),
+        rate_limit_retries: 3,
+        ..RetryPolicy::default()
+    };
+    let client = RestClient::new(
+        &base,
+        SUBDOMAIN,
+        enrollhook::config::Secret::new(KEY),
+        policy,
+    )
+    .unwrap();
+
+    *api.always.lock().unwrap() = Some(StatusCode::SERVICE_UNAVAILABLE);
+    let e = client.enrollments(1, 250, None).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RestError::Server {
+                status: 503,
+                attempts: 3,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("try again later"), "{e}");
+    assert_eq!(
+        api.pages.lock().unwrap().len(),
+        3,
+        "one try and two retries"
+    );
+
+    api.pages.lock().unwrap().clear();
+    *api.always.lock().unwrap() = Some(StatusCode::TOO_MANY_REQUESTS);
+    let e = client.enrollments(1, 250, None).await.unwrap_err();
+    assert!(
+        matches!(e, RestError::RateLimited { attempts: 4, .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("120 requests a minute"), "{e}");
+
+    // A 4xx other than 401/429 is final, with Thinkific's words.
+    api.pages.lock().unwrap().clear();
+    *api.always.lock().unwrap() = Some(StatusCode::FORBIDDEN);
+    let e = client.enrollments(1, 250, None).await.unwrap_err();
+    assert!(e.to_string().contains("HTTP 403"), "{e}");
+    assert_eq!(api.pages.lock().unwrap().len(), 1);
+
+    // Nobody listening.
+    let gone = RestClient::new(
+        "http://127.0.0.1:1",
+        SUBDOMAIN,
+        enrollhook::config::Secret::new(KEY),
+        RetryPolicy {
+            server_retries: 1,
+            first_backoff: std::time::Duration::from_millis(10),
+            ..RetryPolicy::default()
+        },
+    )
+    .unwrap();
+    let e = gone.list_webhooks().await.unwrap_err().to_string();
+    assert!(
+        e.contains("cannot reach Thinkific") && e.contains("refused"),
+        "{e}"
+    );
+    assert!(!e.contains(KEY));
 }

@@ -55,9 +55,9 @@ pub enum RestError {
     #[error(
         "Thinkific refused the credentials (HTTP 401 to {what}): the API key or subdomain is wrong. \
          Copy both from your Thinkific admin, Settings → Code & analytics → API, and pass them as \
-         --api-key and --subdomain (or ENROLLHOOK_THINKIFIC_API_KEY and ENROLLHOOK_THINKIFIC_SUBDOMAIN)"
+         --api-key and --subdomain (or ENROLLHOOK_THINKIFIC_API_KEY and ENROLLHOOK_THINKIFIC_SUBDOMAIN){hint}"
     )]
-    Unauthorized { what: String },
+    Unauthorized { what: String, hint: &'static str },
     #[error(
         "Thinkific kept answering 429 (rate limited) to {what} after {attempts} attempts: \
          another integration may be using the same API key's 120 requests a minute; try again later"
@@ -276,7 +276,20 @@ impl RestClient {
             let body = response.text().await.unwrap_or_default();
             match status {
                 200..=299 => return Ok(body),
-                401 => return Err(RestError::Unauthorized { what: what.into() }),
+                401 => {
+                    return Err(RestError::Unauthorized {
+                        what: what.into(),
+                        hint: match auth {
+                            Auth::ApiKey => "",
+                            // Thinkific's SDKs document OAuth tokens for this API.
+                            Auth::Bearer => {
+                                ". The webhooks API takes the key as a Bearer token; if Thinkific \
+                                 refuses a key that works for `thinkific backfill`, pass a Thinkific \
+                                 app's OAuth access token as --api-key instead"
+                            }
+                        },
+                    });
+                }
                 429 => {
                     if rate_limited >= self.policy.rate_limit_retries {
                         return Err(RestError::RateLimited {
@@ -516,7 +529,10 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{:?}", c.api_key).contains("hunter2"));
-        let e = RestError::Unauthorized { what: "x".into() };
+        let e = RestError::Unauthorized {
+            what: "x".into(),
+            hint: "",
+        };
         assert!(e.to_string().contains("API key or subdomain is wrong"));
     }
 
