@@ -577,7 +577,10 @@ async fn wrong_credentials_give_the_clear_error() {
     let (_, err) = text(&o);
     assert!(!o.status.success());
     assert!(err.contains("API key or subdomain is wrong"), "{err}");
-    assert!(err.contains("OAuth access token"), "the webhooks API's hint: {err}");
+    assert!(
+        err.contains("OAuth access token"),
+        "the webhooks API's hint: {err}"
+    );
     // 401 is final: not retried.
     assert_eq!(api.requests.load(Ordering::Relaxed), 3);
 
