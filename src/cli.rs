@@ -94,6 +94,79 @@ enum Command {
     Simulate(crate::simulate::SimulateArgs),
     /// Load a JSONL file of deliveries (simulate --out) or exported events into the database.
     Import(ImportArgs),
+    /// Thinkific's REST API: register enrollhook's webhooks, backfill enrollments.
+    Thinkific(ThinkificArgs),
+}
+
+#[derive(Args)]
+struct ThinkificArgs {
+    /// The school's Thinkific subdomain (`acme` for acme.thinkific.com)
+    /// [default: the source's `subdomain` in enrollhook.toml].
+    #[arg(long, global = true, env = "ENROLLHOOK_THINKIFIC_SUBDOMAIN")]
+    subdomain: Option<String>,
+    /// The school's Thinkific API key [default: the source's secret, which is that key].
+    #[arg(
+        long,
+        global = true,
+        env = "ENROLLHOOK_THINKIFIC_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+    /// Where Thinkific's API is (tests, proxies).
+    #[arg(long, global = true, hide = true, default_value = crate::thinkific::rest::DEFAULT_API_BASE)]
+    api_base: String,
+    /// The enrollhook source (school) whose credentials are used; the backfill
+    /// files its events under it.
+    #[arg(long, global = true, default_value = config::DEFAULT_SOURCE)]
+    source: String,
+    #[command(subcommand)]
+    command: ThinkificCommand,
+}
+
+#[derive(Subcommand)]
+enum ThinkificCommand {
+    /// List, register or delete the school's webhooks.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+    /// Load the school's enrollments from the REST API into the event log
+    /// (as `enrollment.backfill` events; safe to repeat).
+    Backfill {
+        /// Only enrollments updated after this time (RFC 3339), e.g. the time
+        /// the previous backfill printed.
+        #[arg(long)]
+        updated_after: Option<String>,
+        /// Enrollments per request (at most 250).
+        #[arg(long, default_value_t = crate::thinkific::rest::MAX_PAGE_SIZE, hide = true)]
+        page_size: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// The webhooks registered in Thinkific.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Register webhooks to --url, keeping those that already exist.
+    Register {
+        /// https://HOST/webhooks/thinkific, or …/webhooks/thinkific/SOURCE.
+        #[arg(long)]
+        url: String,
+        /// Topics (repeatable or comma-separated), or `all`
+        /// [default: the enrollment topics, lesson.completed, user.signup, user.updated, order.created].
+        #[arg(long)]
+        topics: Vec<String>,
+        /// Accept an http:// URL (Thinkific itself delivers only to https).
+        #[arg(long)]
+        allow_http: bool,
+    },
+    /// Delete webhooks by id, or every webhook delivering to --url.
+    Delete {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        url: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -383,12 +456,169 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::simulate::command(args, secret.as_ref().map(Secret::expose)).await
         }
         Command::Import(args) => import(globals, args).await,
+        Command::Thinkific(args) => thinkific(globals, args).await,
         Command::Migrate => {
             store::open(&globals.database_url, true).await?;
             println!("database schema is up to date");
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The REST client for `--source`: flags and environment first, then the
+/// source's `subdomain` and `secret` (the school's API key) from the config.
+fn thinkific_client(
+    g: &Globals,
+    a: &ThinkificArgs,
+) -> anyhow::Result<crate::thinkific::rest::RestClient> {
+    config::validate_source_name(&a.source)?;
+    let configured = g.file.sources.iter().find(|s| s.name == a.source);
+    let is_default = a.source == config::DEFAULT_SOURCE;
+    let api_key = a
+        .api_key
+        .clone()
+        .map(Secret::new)
+        .or_else(|| configured.and_then(|s| s.secret.clone()))
+        .or_else(|| {
+            is_default
+                .then(|| g.secret.clone().or_else(|| g.file.secret.clone()))
+                .flatten()
+        })
+        .with_context(|| {
+            format!(
+                "no Thinkific API key for source `{}`: pass --api-key or ENROLLHOOK_THINKIFIC_API_KEY \
+                 (Settings → Code & analytics → API in your Thinkific admin)",
+                a.source
+            )
+        })?;
+    let subdomain = a
+        .subdomain
+        .clone()
+        .or_else(|| configured.and_then(|s| s.subdomain.clone()))
+        .or_else(|| is_default.then(|| g.file.subdomain.clone()).flatten())
+        .with_context(|| {
+            format!(
+                "no Thinkific subdomain for source `{}`: pass --subdomain (acme for acme.thinkific.com) \
+                 or ENROLLHOOK_THINKIFIC_SUBDOMAIN, or set `subdomain` in enrollhook.toml",
+                a.source
+            )
+        })?;
+    Ok(crate::thinkific::rest::RestClient::new(
+        &a.api_base,
+        &subdomain,
+        api_key,
+        crate::thinkific::rest::RetryPolicy::default(),
+    )?)
+}
+
+async fn thinkific(g: Globals, a: ThinkificArgs) -> anyhow::Result<ExitCode> {
+    let client = thinkific_client(&g, &a)?;
+    match a.command {
+        ThinkificCommand::Webhooks(cmd) => webhooks(&client, cmd).await,
+        ThinkificCommand::Backfill {
+            updated_after,
+            page_size,
+        } => {
+            let updated_after = updated_after
+                .map(|t| {
+                    thinkific::envelope::parse_timestamp(&t).with_context(|| {
+                        format!("--updated-after `{t}` is not an RFC 3339 timestamp like 2024-05-01T00:00:00Z")
+                    })
+                })
+                .transpose()?;
+            let store = store::open(&g.database_url, true).await?;
+            let options = crate::backfill::BackfillOptions {
+                source: a.source,
+                updated_after,
+                page_size,
+            };
+            let report = crate::backfill::backfill(&client, store.as_ref(), &options, |r| {
+                let total = r.total_pages.map(|t| format!("/{t}")).unwrap_or_default();
+                eprintln!(
+                    "page {}{total}: {} enrollments read, {} stored, {} already known",
+                    r.pages, r.read, r.stored, r.known
+                );
+            })
+            .await?;
+            for e in &report.examples {
+                eprintln!("  not stored: {e}");
+            }
+            let resume = report
+                .resume_from
+                .map(|t| format!("; next time: --updated-after {}", views::rfc3339(&t)))
+                .unwrap_or_default();
+            println!(
+                "backfill done: {} enrollments in {} pages in {:.1} s: {} stored, {} already known, {} unusable{resume}",
+                report.read,
+                report.pages,
+                report.elapsed.as_secs_f64(),
+                report.stored,
+                report.known,
+                report.unusable
+            );
+            Ok(if report.unusable > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+async fn webhooks(
+    client: &crate::thinkific::rest::RestClient,
+    cmd: WebhooksCommand,
+) -> anyhow::Result<ExitCode> {
+    use crate::registration;
+    let show = |hooks: &[crate::thinkific::rest::Webhook], format: Format| {
+        let header = ["id", "topic", "status", "target_url"];
+        output(format, &header, hooks, |w| {
+            vec![
+                w.id.clone(),
+                w.topic.clone(),
+                w.status.clone().unwrap_or_default(),
+                w.target_url.clone(),
+            ]
+        })
+    };
+    match cmd {
+        WebhooksCommand::List { format } => show(&client.list_webhooks().await?, format)?,
+        WebhooksCommand::Register {
+            url,
+            topics,
+            allow_http,
+        } => {
+            let url = registration::target_url(&url, allow_http).map_err(anyhow::Error::msg)?;
+            let topics = registration::topics(&topics).map_err(anyhow::Error::msg)?;
+            let done = registration::register(client, &url, &topics).await?;
+            for w in &done.kept {
+                println!("kept     {}  {}  (already registered)", w.id, w.topic);
+            }
+            for w in &done.created {
+                println!("created  {}  {}", w.id, w.topic);
+            }
+            println!(
+                "{} webhooks deliver to {url}: {} created, {} already there. \
+                 enrollhook verifies them with the source's secret, which must be this API key",
+                done.kept.len() + done.created.len(),
+                done.created.len(),
+                done.kept.len()
+            );
+        }
+        WebhooksCommand::Delete { ids, url } => {
+            if ids.is_empty() && url.is_none() {
+                bail!(
+                    "say what to delete: webhook ids (see `enrollhook thinkific webhooks list`), or --url URL"
+                );
+            }
+            let deleted = registration::delete(client, &ids, url.as_deref()).await?;
+            for id in &deleted {
+                println!("deleted  {id}");
+            }
+            println!("{} webhooks deleted", deleted.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn require_secret(g: &Globals) -> anyhow::Result<Secret> {

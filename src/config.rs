@@ -44,6 +44,9 @@ pub struct SourceConfig {
     pub secret: Option<Secret>,
     /// A query-API token that reads this source's data only.
     pub api_token: Option<Secret>,
+    /// The school's Thinkific subdomain (`acme` for acme.thinkific.com), for
+    /// `enrollhook thinkific …` (the API key is `secret`).
+    pub subdomain: Option<String>,
 }
 
 /// `enrollhook.toml`.
@@ -55,6 +58,8 @@ pub struct FileConfig {
     pub secret: Option<Secret>,
     pub api_token: Option<Secret>,
     pub max_body: Option<ByteSize>,
+    /// The default source's Thinkific subdomain, for `enrollhook thinkific …`.
+    pub subdomain: Option<String>,
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
 }
@@ -353,6 +358,7 @@ mod tests {
             [[source]]
             name = "school-a"
             secret = "key-a"
+            subdomain = "school-a"
             [[source]]
             name = "school_b"
             secret = "key-b"
@@ -366,6 +372,7 @@ mod tests {
             ["default", "school-a", "school_b"]
         );
         assert_eq!(s.get("school-a").unwrap().unwrap().expose(), "key-a");
+        assert_eq!(c.sources[0].subdomain.as_deref(), Some("school-a"));
         assert!(s.get("nope").is_none());
     }
 

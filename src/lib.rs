@@ -5,6 +5,7 @@
 //! [`ingest`] (group commit) → [`store`] (event log + [`projection`]) →
 //! [`server`] / [`cli`] (thin shells that only translate).
 
+pub mod backfill;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod projection;
 pub mod receive;
+pub mod registration;
 pub mod retention;
 pub mod server;
 pub mod simulate;

@@ -16,6 +16,11 @@
 //! - `enrollment.trial` (or `free_trial: true`) makes the enrollment a trial;
 //!   a newer non-trial enrollment event with `free_trial: false` ends it.
 //! - Expired is derived when read: `expiry_date` in the past and not completed.
+//! - `enrollment.backfill` (an enrollment as Thinkific's REST API listed it,
+//!   stored by `enrollhook thinkific backfill`) is an event like any other: its
+//!   version is its `updated_at`, so a newer webhook wins over it and it never
+//!   overrides newer webhook data. Its `completed: true` completes the
+//!   enrollment (the REST API says so outright), like `enrollment.completed`.
 //!
 //! A store applies a new event with [`apply`]: when the event is newer than
 //! everything folded so far, one [`step`] gives exactly what a full fold would;
@@ -251,12 +256,12 @@ pub fn step(state: Option<Enrollment>, source: &str, event: &EnrollmentEvent) ->
     take(&mut e.created_at, &p.created_at);
     take(&mut e.updated_at, &p.updated_at);
 
-    let is_completion = event.topic == EnrollmentTopic::Completed
-        || p.percentage_completed.is_some_and(|pct| pct >= 100.0);
+    let says_completed = event.topic == EnrollmentTopic::Completed || p.completed == Some(true);
+    let is_completion = says_completed || p.percentage_completed.is_some_and(|pct| pct >= 100.0);
     match p.percentage_completed {
         Some(pct) => e.progress = pct,
         // A completion that does not say how far: all the way.
-        None if event.topic == EnrollmentTopic::Completed => e.progress = 100.0,
+        None if says_completed => e.progress = 100.0,
         None => {}
     }
     if is_completion && !e.completed {
@@ -443,6 +448,60 @@ mod tests {
             }
             assert_eq!(state.unwrap(), expected);
         }
+    }
+
+    fn backfill(minute: u32, pct: f64, completed: bool) -> EnrollmentEvent {
+        let mut e = ev(&format!("backfill-9-{minute}"), Backfill, minute, Some(pct));
+        // As the REST API lists it: no envelope time of its own.
+        e.envelope_created_at = None;
+        e.payload.completed = Some(completed);
+        e.payload.completed_at = if completed { at(minute) } else { None };
+        e
+    }
+
+    #[test]
+    fn a_backfill_saying_completed_completes() {
+        let s = fold("s", [backfill(5, 90.0, true)]).unwrap();
+        assert!(s.completed);
+        assert_eq!(s.completed_at, at(5));
+        assert_eq!(s.progress, 90.0, "the progress it reports is kept");
+        assert_eq!(s.status(Utc::now()), Status::Completed);
+        let s = fold("s", [backfill(5, 40.0, false)]).unwrap();
+        assert!(!s.completed);
+        assert_eq!(s.completed_at, None);
+        assert_eq!(s.status(Utc::now()), Status::Active);
+    }
+
+    #[test]
+    fn a_newer_webhook_wins_over_a_backfill_and_an_older_one_does_not() {
+        let old_backfill = backfill(5, 40.0, false);
+        let newer_webhook = ev("7", Progress, 8, Some(60.0));
+        let older_webhook = ev("3", Progress, 2, Some(10.0));
+        let s = fold("s", [old_backfill.clone(), newer_webhook.clone()]).unwrap();
+        assert_eq!(s.progress, 60.0);
+        let s = fold("s", [older_webhook.clone(), old_backfill.clone()]).unwrap();
+        assert_eq!(s.progress, 40.0);
+        // Applied as they arrive: a backfill older than the stored state is a re-fold.
+        let state = match apply(None, "s", &newer_webhook) {
+            Apply::Newer(s) => s,
+            Apply::Older => unreachable!(),
+        };
+        assert_eq!(apply(Some(&state), "s", &old_backfill), Apply::Older);
+        // Same updated_at: the webhook (which has an envelope time) wins the tie.
+        let same_time_webhook = ev("8", Progress, 5, Some(45.0));
+        let s = fold("s", [same_time_webhook, old_backfill]).unwrap();
+        assert_eq!(s.progress, 45.0);
+    }
+
+    #[test]
+    fn a_backfilled_completion_is_sticky() {
+        let s = fold(
+            "s",
+            [backfill(5, 100.0, true), ev("7", Progress, 8, Some(80.0))],
+        )
+        .unwrap();
+        assert!(s.completed);
+        assert_eq!(s.completed_at, at(5));
     }
 
     #[test]

@@ -21,17 +21,26 @@ prop_compose! {
             Just(EnrollmentTopic::Progress),
             Just(EnrollmentTopic::Completed),
             Just(EnrollmentTopic::Trial),
+            Just(EnrollmentTopic::Backfill),
         ],
         updated in prop::option::weighted(0.9, 0i64..20),
         pct in prop::option::weighted(0.8, 0u32..=100),
         email in prop::option::of(prop_oneof![Just("a@x.org".to_string()), Just("b@x.org".to_string())]),
         trial in prop::option::of(any::<bool>()),
         expiry in prop::option::of(0i64..100_000),
+        completed in prop::option::of(any::<bool>()),
     ) -> EnrollmentEvent {
+        let backfill = topic == EnrollmentTopic::Backfill;
         EnrollmentEvent {
             topic,
-            event_id: format!("{}", 1000 + index),
-            envelope_created_at: updated.map(|m| at(m + 1)),
+            // Backfill ids are text (`backfill-…`), webhook ids digits.
+            event_id: if backfill {
+                format!("backfill-1-{index}")
+            } else {
+                format!("{}", 1000 + index)
+            },
+            // A backfill has no envelope time; only it says `completed`.
+            envelope_created_at: updated.filter(|_| !backfill).map(|m| at(m + 1)),
             payload: EnrollmentPayload {
                 id: 1,
                 course_id: Some(7),
@@ -44,6 +53,7 @@ prop_compose! {
                 completed_at: updated.map(at),
                 expiry_date: expiry.map(at),
                 updated_at: updated.map(at),
+                completed: completed.filter(|_| backfill),
                 ..Default::default()
             },
         }
@@ -96,7 +106,9 @@ proptest! {
     fn completion_is_never_lost((_, delivered) in arb_delivery()) {
         let state = apply_in_arrival_order(&delivered).unwrap();
         let any_completion = delivered.iter().any(|e| {
-            e.topic == EnrollmentTopic::Completed || e.payload.percentage_completed == Some(100.0)
+            e.topic == EnrollmentTopic::Completed
+                || e.payload.percentage_completed == Some(100.0)
+                || e.payload.completed == Some(true)
         });
         prop_assert_eq!(state.completed, any_completion);
         prop_assert!((0.0..=100.0).contains(&state.progress));
@@ -120,12 +132,7 @@ proptest! {
             let to_new = |e: &EnrollmentEvent| NewEvent {
                 source: "s".into(),
                 event_id: e.event_id.clone(),
-                topic: format!("enrollment.{}", match e.topic {
-                    EnrollmentTopic::Created => "created",
-                    EnrollmentTopic::Progress => "progress",
-                    EnrollmentTopic::Completed => "completed",
-                    EnrollmentTopic::Trial => "trial",
-                }),
+                topic: format!("enrollment.{}", action(e.topic)),
                 created_at: e.envelope_created_at,
                 received_at: Utc::now(),
                 body: body_of(e),
@@ -159,16 +166,45 @@ async fn read(store: &SqliteStore) -> Vec<Enrollment> {
         .items
 }
 
-/// A Thinkific body carrying exactly this event (what the log re-folds from).
-fn body_of(e: &EnrollmentEvent) -> String {
-    let p = &e.payload;
-    let ts = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339());
-    let action = match e.topic {
+fn action(topic: EnrollmentTopic) -> &'static str {
+    match topic {
         EnrollmentTopic::Created => "created",
         EnrollmentTopic::Progress => "progress",
         EnrollmentTopic::Completed => "completed",
         EnrollmentTopic::Trial => "trial",
-    };
+        EnrollmentTopic::Backfill => "backfill",
+    }
+}
+
+/// A Thinkific body carrying exactly this event (what the log re-folds from):
+/// a webhook, or for a backfill the REST API's enrollment (flat fields,
+/// progress as a fraction).
+fn body_of(e: &EnrollmentEvent) -> String {
+    let p = &e.payload;
+    let ts = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339());
+    let action = action(e.topic);
+    if e.topic == EnrollmentTopic::Backfill {
+        return serde_json::json!({
+            "id": e.event_id,
+            "resource": "enrollment",
+            "action": action,
+            "payload": {
+                "id": p.id,
+                "course_id": p.course_id,
+                "course_name": p.course_name,
+                "user_id": p.user_id,
+                "user_email": p.email,
+                "percentage_completed": p.percentage_completed.map(|v| v / 100.0),
+                "is_free_trial": p.free_trial,
+                "completed": p.completed,
+                "started_at": ts(p.started_at),
+                "completed_at": ts(p.completed_at),
+                "expiry_date": ts(p.expiry_date),
+                "updated_at": ts(p.updated_at),
+            }
+        })
+        .to_string();
+    }
     serde_json::json!({
         "id": e.event_id,
         "resource": "enrollment",

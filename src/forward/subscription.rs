@@ -88,7 +88,14 @@ impl Subscription {
     }
 }
 
+/// `*` and `resource.*` match every topic of Thinkific's, but not the
+/// backfill's `enrollment.backfill`: a backfill of thousands of enrollments
+/// must not flood a CRM that asked for `enrollment.*` with events that are not
+/// news. A subscription gets them by naming `enrollment.backfill` exactly.
 pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    if topic == crate::thinkific::BACKFILL_TOPIC {
+        return pattern == topic;
+    }
     match pattern.strip_suffix(".*") {
         _ if pattern == "*" => true,
         Some(resource) => topic.split_once('.').is_some_and(|(r, _)| r == resource),
@@ -335,6 +342,10 @@ mod tests {
             "enrollment.completed"
         ));
         assert!(!topic_matches("enrollment.completed", "enrollment.created"));
+        // The backfill is forwarded only to those who name it.
+        assert!(!topic_matches("*", "enrollment.backfill"));
+        assert!(!topic_matches("enrollment.*", "enrollment.backfill"));
+        assert!(topic_matches("enrollment.backfill", "enrollment.backfill"));
         assert!(validate_topic_pattern("enrollment.*").is_ok());
         assert!(validate_topic_pattern("Enrollment").is_err());
         assert!(validate_topic_pattern("*.created").is_err());

@@ -80,7 +80,14 @@ pub enum EnrollmentTopic {
     Progress,
     Completed,
     Trial,
+    /// Ours, not Thinkific's: an enrollment as the REST API listed it, stored by
+    /// `enrollhook thinkific backfill` (see [`BACKFILL_TOPIC`]). Its payload is
+    /// the REST enrollment, read with the REST API's conventions.
+    Backfill,
 }
+
+/// The topic of events written by the backfill (never sent by Thinkific).
+pub const BACKFILL_TOPIC: &str = "enrollment.backfill";
 
 impl EnrollmentTopic {
     pub fn from_topic(topic: &Topic) -> Option<Self> {
@@ -92,6 +99,7 @@ impl EnrollmentTopic {
             "progress" => Self::Progress,
             "completed" => Self::Completed,
             "trial" => Self::Trial,
+            "backfill" => Self::Backfill,
             _ => return None,
         })
     }
@@ -131,6 +139,8 @@ pub struct EnrollmentPayload {
     /// 0–100.
     pub percentage_completed: Option<f64>,
     pub free_trial: Option<bool>,
+    /// The REST API's `completed` (webhooks do not send it).
+    pub completed: Option<bool>,
     pub activated_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -188,6 +198,19 @@ struct RawPayload<'a> {
     created_at: Option<&'a RawValue>,
     #[serde(borrow)]
     updated_at: Option<&'a RawValue>,
+    // The REST API's flat enrollment fields (read for `enrollment.backfill` only).
+    #[serde(borrow)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user_email: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    course_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    is_free_trial: Option<&'a RawValue>,
+    #[serde(borrow)]
+    completed: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -295,6 +318,7 @@ pub fn parse(body: &[u8], header_topic: Option<&str>) -> Result<Envelope, ParseE
     };
 
     let enrollment = match (EnrollmentTopic::from_topic(&topic), &payload) {
+        (Some(EnrollmentTopic::Backfill), Some(p)) => Some(parse_rest_enrollment(p)?),
         (Some(_), Some(p)) => Some(parse_enrollment(p)?),
         _ => None,
     };
@@ -343,39 +367,57 @@ fn envelope_topic(raw: &RawEnvelope, header_topic: Option<&str>) -> Result<Topic
     })
 }
 
-fn parse_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError> {
-    let invalid = |field: &str, why: &str| ParseError::Payload {
+fn invalid(field: &str, why: &str) -> ParseError {
+    ParseError::Payload {
         field: field.to_owned(),
         why: why.to_owned(),
-    };
-    let id = match value(p.id) {
-        None => return Err(invalid("id", "an enrollment payload needs its id")),
-        Some(v) => lenient_i64(&v).ok_or_else(|| invalid("id", "expected an integer"))?,
-    };
-    let opt_i64 = |name: &str, raw: Option<&RawValue>| -> Result<Option<i64>, ParseError> {
-        match value(raw) {
-            None => Ok(None),
-            Some(v) => lenient_i64(&v)
-                .map(Some)
-                .ok_or_else(|| invalid(name, "expected an integer")),
-        }
-    };
-    let opt_str = |name: &str, raw: Option<&RawValue>| -> Result<Option<String>, ParseError> {
-        match value(raw) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
-            Some(_) => Err(invalid(name, "expected a string")),
-        }
-    };
-    let opt_time =
-        |name: &str, raw: Option<&RawValue>| -> Result<Option<DateTime<Utc>>, ParseError> {
-            match value(raw) {
-                None => Ok(None),
-                Some(Value::String(s)) if s.is_empty() => Ok(None),
-                Some(v) => timestamp(&v).map(Some).map_err(|why| invalid(name, &why)),
-            }
-        };
+    }
+}
+
+fn opt_i64(name: &str, raw: Option<&RawValue>) -> Result<Option<i64>, ParseError> {
+    match value(raw) {
+        None => Ok(None),
+        Some(v) => lenient_i64(&v)
+            .map(Some)
+            .ok_or_else(|| invalid(name, "expected an integer")),
+    }
+}
+
+fn opt_str(name: &str, raw: Option<&RawValue>) -> Result<Option<String>, ParseError> {
+    match value(raw) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(invalid(name, "expected a string")),
+    }
+}
+
+fn opt_time(name: &str, raw: Option<&RawValue>) -> Result<Option<DateTime<Utc>>, ParseError> {
+    match value(raw) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(v) => timestamp(&v).map(Some).map_err(|why| invalid(name, &why)),
+    }
+}
+
+fn opt_bool(name: &str, raw: Option<&RawValue>) -> Result<Option<bool>, ParseError> {
+    match value(raw) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(Value::String(s)) if s == "true" || s == "false" => Ok(Some(s == "true")),
+        Some(_) => Err(invalid(name, "expected true or false")),
+    }
+}
+
+fn enrollment_id(p: &RawPayload) -> Result<i64, ParseError> {
+    match value(p.id) {
+        None => Err(invalid("id", "an enrollment payload needs its id")),
+        Some(v) => lenient_i64(&v).ok_or_else(|| invalid("id", "expected an integer")),
+    }
+}
+
+fn parse_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError> {
+    let id = enrollment_id(p)?;
     fn nested<'a, T: Deserialize<'a>>(
         name: &str,
         raw: Option<&'a RawValue>,
@@ -401,12 +443,6 @@ fn parse_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError> {
         None => None,
         Some(v) => Some(percentage(&v).map_err(|why| invalid("percentage_completed", &why))?),
     };
-    let free_trial = match value(p.free_trial) {
-        None => None,
-        Some(Value::Bool(b)) => Some(b),
-        Some(Value::String(s)) if s == "true" || s == "false" => Some(s == "true"),
-        Some(_) => return Err(invalid("free_trial", "expected true or false")),
-    };
 
     Ok(EnrollmentPayload {
         id,
@@ -417,7 +453,8 @@ fn parse_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError> {
         first_name: opt_str("user.first_name", user.as_ref().and_then(|u| u.first_name))?,
         last_name: opt_str("user.last_name", user.as_ref().and_then(|u| u.last_name))?,
         percentage_completed,
-        free_trial,
+        free_trial: opt_bool("free_trial", p.free_trial)?,
+        completed: None,
         activated_at: opt_time("activated_at", p.activated_at)?,
         started_at: opt_time("started_at", p.started_at)?,
         completed_at: opt_time("completed_at", p.completed_at)?,
@@ -425,6 +462,53 @@ fn parse_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError> {
         created_at: opt_time("created_at", p.created_at)?,
         updated_at: opt_time("updated_at", p.updated_at)?,
     })
+}
+
+/// An enrollment as Thinkific's REST API (`GET /api/public/v1/enrollments`)
+/// lists it: flat `user_id`, `user_email`, `user_name`, `course_id`,
+/// `course_name`, `is_free_trial`, `completed`, and `percentage_completed` as a
+/// fraction 0.0–1.0 (a number, or a number in a string).
+fn parse_rest_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError> {
+    let percentage_completed = match value(p.percentage_completed) {
+        None => None,
+        Some(v) => Some(rest_percentage(&v).map_err(|why| invalid("percentage_completed", &why))?),
+    };
+    let (first_name, last_name) = match opt_str("user_name", p.user_name)? {
+        Some(name) => split_full_name(&name),
+        None => (None, None),
+    };
+    Ok(EnrollmentPayload {
+        id: enrollment_id(p)?,
+        course_id: opt_i64("course_id", p.course_id)?,
+        course_name: opt_str("course_name", p.course_name)?,
+        user_id: opt_i64("user_id", p.user_id)?,
+        email: opt_str("user_email", p.user_email)?,
+        first_name,
+        last_name,
+        percentage_completed,
+        free_trial: opt_bool("is_free_trial", p.is_free_trial)?,
+        completed: opt_bool("completed", p.completed)?,
+        activated_at: opt_time("activated_at", p.activated_at)?,
+        started_at: opt_time("started_at", p.started_at)?,
+        completed_at: opt_time("completed_at", p.completed_at)?,
+        expiry_date: opt_time("expiry_date", p.expiry_date)?,
+        created_at: opt_time("created_at", p.created_at)?,
+        updated_at: opt_time("updated_at", p.updated_at)?,
+    })
+}
+
+/// The REST API gives one `user_name` ("Bob Smith"); webhooks give first and
+/// last names. Split at the first space: right for most names, and a webhook
+/// newer than the backfill brings the exact ones.
+pub fn split_full_name(name: &str) -> (Option<String>, Option<String>) {
+    let name = name.trim();
+    if name.is_empty() {
+        return (None, None);
+    }
+    match name.split_once(char::is_whitespace) {
+        Some((first, last)) => (Some(first.to_owned()), Some(last.trim().to_owned())),
+        None => (Some(name.to_owned()), None),
+    }
 }
 
 /// The course a payload names (`course_id`, or `course.id`), leniently: used
@@ -478,6 +562,26 @@ pub fn percentage(v: &Value) -> Result<f64, String> {
         return Err(format!("{pct} is outside 0–100 %"));
     }
     Ok(pct)
+}
+
+/// The REST API's progress: a fraction 0.0–1.0, as a number or (leniently) a
+/// numeric string; becomes 0–100. Unlike a webhook's string, `"0.5"` is 50 %.
+pub fn rest_percentage(v: &Value) -> Result<f64, String> {
+    let fraction = match v {
+        Value::Number(n) => n.as_f64().ok_or("not a finite number")?,
+        Value::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("`{s}` is not a number"))?,
+        _ => return Err("expected a number from 0.0 to 1.0 like 0.24".into()),
+    };
+    if !fraction.is_finite() || !(0.0..=1.0).contains(&fraction) {
+        return Err(format!(
+            "{fraction} is outside 0.0–1.0 (the REST API gives a fraction)"
+        ));
+    }
+    // Rounded to a millionth of a percent, so 0.29 is 29, not 28.999999999999996.
+    Ok((fraction * 100.0 * 1e6).round() / 1e6)
 }
 
 /// RFC 3339 with or without fractional seconds; a timestamp without an offset

@@ -1,10 +1,14 @@
-//! The Thinkific wire contract: what a delivery looks like and how it is signed.
+//! The Thinkific wire contract: what a delivery looks like and how it is
+//! signed, and the REST API client (`rest`) for webhook registration and backfill.
 
 pub mod envelope;
+pub mod rest;
 pub mod samples;
 pub mod signature;
 
-pub use envelope::{EnrollmentPayload, EnrollmentTopic, Envelope, ParseError, Topic, parse};
+pub use envelope::{
+    BACKFILL_TOPIC, EnrollmentPayload, EnrollmentTopic, Envelope, ParseError, Topic, parse,
+};
 pub use signature::{SIGNATURE_HEADER, SignatureError, sign, verify};
 
 /// Optional headers Thinkific adds; used when present, never required.

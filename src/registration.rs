@@ -1,0 +1,293 @@
+//! `enrollhook thinkific webhooks …`: registering enrollhook's webhooks in
+//! Thinkific, idempotently. What to create is decided by pure functions
+//! ([`target_url`], [`topics`], [`plan`]); the commands only call the API.
+
+use crate::thinkific::rest::{RestClient, RestError, Webhook};
+
+/// Every topic Thinkific documents (DESIGN.md §1).
+pub const DOCUMENTED_TOPICS: &[&str] = &[
+    "enrollment.created",
+    "enrollment.progress",
+    "enrollment.completed",
+    "enrollment.trial",
+    "lesson.completed",
+    "quiz.attempted",
+    "order.created",
+    "order_transaction.succeeded",
+    "order_transaction.failed",
+    "order_transaction.refunded",
+    "subscription.cancelled",
+    "subscription.past_due",
+    "subscription.unpaid",
+    "user.signup",
+    "user.signin",
+    "user.updated",
+    "course.created",
+    "course.updated",
+    "course.deleted",
+    "product.created",
+    "product.updated",
+    "product.deleted",
+    "plan.updated",
+    "lead.created",
+    "app.uninstalled",
+];
+
+/// Registered when `--topics` is not given: what the projection reads (the
+/// enrollment topics), and the student's path around them (sign-up, profile
+/// changes, lessons, purchases) that forwarding subscriptions most often want.
+/// Not `user.signin` (one event per login: noise for most schools).
+pub const DEFAULT_TOPICS: &[&str] = &[
+    "enrollment.created",
+    "enrollment.progress",
+    "enrollment.completed",
+    "enrollment.trial",
+    "lesson.completed",
+    "user.signup",
+    "user.updated",
+    "order.created",
+];
+
+/// The topics `--topics` names: none (the default set), `all`, or a list
+/// (repeated or comma-separated) of documented topics.
+pub fn topics(given: &[String]) -> Result<Vec<String>, String> {
+    let named: Vec<&str> = given
+        .iter()
+        .flat_map(|t| t.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    if named.is_empty() {
+        return Ok(DEFAULT_TOPICS.iter().map(|t| t.to_string()).collect());
+    }
+    if named.contains(&"all") {
+        return Ok(DOCUMENTED_TOPICS.iter().map(|t| t.to_string()).collect());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for t in named {
+        let t = t.to_ascii_lowercase();
+        if !DOCUMENTED_TOPICS.contains(&t.as_str()) {
+            return Err(format!(
+                "`{t}` is not a topic Thinkific documents. Use `all`, or some of: {}",
+                DOCUMENTED_TOPICS.join(", ")
+            ));
+        }
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the URL Thinkific is to deliver to: https (Thinkific delivers only
+/// there) unless `allow_http`, and enrollhook's webhook path
+/// (`…/webhooks/thinkific` or `…/webhooks/thinkific/{source}`).
+pub fn target_url(url: &str, allow_http: bool) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url.trim()).map_err(|e| {
+        format!(
+            "--url `{url}` is not a URL ({e}): e.g. https://hooks.example.com/webhooks/thinkific"
+        )
+    })?;
+    match parsed.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        "http" => {
+            return Err(format!(
+                "--url `{url}` is http: Thinkific delivers webhooks only to https URLs. \
+                 Serve TLS (--tls-cert/--tls-key) or put enrollhook behind a TLS proxy, \
+                 and register the https URL (--allow-http for a test stand-in only)"
+            ));
+        }
+        other => return Err(format!("--url `{url}` must be https, not {other}")),
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("--url `{url}` has no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "--url `{url}` has a query or fragment: enrollhook's webhook URL has neither"
+        ));
+    }
+    let path = parsed.path().trim_end_matches('/');
+    let ok = match path.rsplit_once("/webhooks/thinkific") {
+        Some((_, "")) => true,
+        Some((_, rest)) => rest
+            .strip_prefix('/')
+            .is_some_and(|source| crate::config::validate_source_name(source).is_ok()),
+        None => false,
+    };
+    if !ok {
+        return Err(format!(
+            "--url `{url}` is not enrollhook's webhook endpoint: it ends in /webhooks/thinkific \
+             (the default source) or /webhooks/thinkific/SOURCE (a [[source]] of enrollhook.toml)"
+        ));
+    }
+    // Compared with what Thinkific lists as is: keep the user's text, minus a trailing slash.
+    Ok(url.trim().trim_end_matches('/').to_owned())
+}
+
+/// What registering `topics` at `url` takes, given the webhooks that exist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Webhooks already delivering a wanted topic to `url`: kept as they are.
+    pub kept: Vec<Webhook>,
+    /// Topics to create.
+    pub create: Vec<String>,
+}
+
+pub fn same_url(a: &str, b: &str) -> bool {
+    a.trim().trim_end_matches('/') == b.trim().trim_end_matches('/')
+}
+
+pub fn plan(existing: &[Webhook], url: &str, topics: &[String]) -> Plan {
+    let mut kept = Vec::new();
+    let mut create = Vec::new();
+    for topic in topics {
+        match existing
+            .iter()
+            .find(|w| same_url(&w.target_url, url) && w.topic.eq_ignore_ascii_case(topic))
+        {
+            Some(w) => kept.push(w.clone()),
+            None => create.push(topic.clone()),
+        }
+    }
+    Plan { kept, create }
+}
+
+/// What `register` did.
+#[derive(Debug, Clone, Default)]
+pub struct Registered {
+    pub kept: Vec<Webhook>,
+    pub created: Vec<Webhook>,
+}
+
+pub async fn register(
+    client: &RestClient,
+    url: &str,
+    topics: &[String],
+) -> Result<Registered, RestError> {
+    let existing = client.list_webhooks().await?;
+    let plan = plan(&existing, url, topics);
+    let mut created = Vec::new();
+    for topic in &plan.create {
+        created.push(client.create_webhook(topic, url).await?);
+    }
+    Ok(Registered {
+        kept: plan.kept,
+        created,
+    })
+}
+
+/// Deletes the webhooks with these ids, or every webhook delivering to `url`.
+/// Returns the deleted ones (by id only, when deleting by id).
+pub async fn delete(
+    client: &RestClient,
+    ids: &[String],
+    url: Option<&str>,
+) -> Result<Vec<String>, RestError> {
+    let ids: Vec<String> = match url {
+        Some(url) => client
+            .list_webhooks()
+            .await?
+            .into_iter()
+            .filter(|w| same_url(&w.target_url, url))
+            .map(|w| w.id)
+            .collect(),
+        None => ids.to_vec(),
+    };
+    for id in &ids {
+        client.delete_webhook(id).await?;
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(id: &str, topic: &str, url: &str) -> Webhook {
+        Webhook {
+            id: id.into(),
+            topic: topic.into(),
+            target_url: url.into(),
+            status: Some("active".into()),
+            created_at: None,
+        }
+    }
+
+    #[test]
+    fn default_topics_are_documented_and_cover_the_projection() {
+        for t in DEFAULT_TOPICS {
+            assert!(DOCUMENTED_TOPICS.contains(t), "{t}");
+        }
+        for t in [
+            "enrollment.created",
+            "enrollment.progress",
+            "enrollment.completed",
+            "enrollment.trial",
+        ] {
+            assert!(DEFAULT_TOPICS.contains(&t), "{t}");
+        }
+        assert!(!DOCUMENTED_TOPICS.contains(&crate::thinkific::BACKFILL_TOPIC));
+    }
+
+    #[test]
+    fn topic_arguments() {
+        assert_eq!(topics(&[]).unwrap().len(), DEFAULT_TOPICS.len());
+        assert_eq!(
+            topics(&["all".into()]).unwrap().len(),
+            DOCUMENTED_TOPICS.len()
+        );
+        assert_eq!(
+            topics(&[
+                "order.created, enrollment.completed".into(),
+                "order.created".into()
+            ])
+            .unwrap(),
+            ["order.created", "enrollment.completed"]
+        );
+        let e = topics(&["enrollment.updated".into()]).unwrap_err();
+        assert!(e.contains("not a topic Thinkific documents"), "{e}");
+    }
+
+    #[test]
+    fn target_urls() {
+        let ok = "https://hooks.example.com/webhooks/thinkific";
+        assert_eq!(target_url(ok, false).unwrap(), ok);
+        assert_eq!(target_url(&format!("{ok}/"), false).unwrap(), ok);
+        assert!(target_url(&format!("{ok}/acme-academy"), false).is_ok());
+        assert!(target_url("https://x.example/prefix/webhooks/thinkific", false).is_ok());
+        let e = target_url("http://hooks.example.com/webhooks/thinkific", false).unwrap_err();
+        assert!(e.contains("only to https"), "{e}");
+        assert!(target_url("http://127.0.0.1:9/webhooks/thinkific", true).is_ok());
+        let e = target_url("https://hooks.example.com/hooks", false).unwrap_err();
+        assert!(e.contains("/webhooks/thinkific"), "{e}");
+        assert!(target_url("https://h.example/webhooks/thinkific/a%2Fb", false).is_err());
+        assert!(target_url("https://h.example/webhooks/thinkific?x=1", false).is_err());
+        assert!(target_url("ftp://h.example/webhooks/thinkific", true).is_err());
+        assert!(target_url("not a url", false).is_err());
+    }
+
+    #[test]
+    fn plans_keep_what_exists_and_create_the_rest() {
+        let url = "https://h.example/webhooks/thinkific";
+        let existing = vec![
+            hook("1", "enrollment.created", url),
+            hook("2", "enrollment.progress", "https://other.example/hook"),
+            hook("3", "order.created", &format!("{url}/")),
+        ];
+        let wanted: Vec<String> = ["enrollment.created", "enrollment.progress", "order.created"]
+            .map(String::from)
+            .to_vec();
+        let p = plan(&existing, url, &wanted);
+        assert_eq!(
+            p.kept.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+            ["1", "3"]
+        );
+        assert_eq!(p.create, ["enrollment.progress"]);
+        // Once created, nothing more to do.
+        let mut after = existing.clone();
+        after.push(hook("4", "enrollment.progress", url));
+        assert!(plan(&after, url, &wanted).create.is_empty());
+    }
+}
