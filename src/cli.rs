@@ -722,9 +722,10 @@ async fn serve(g: Globals, args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         database = %redact_url(&config.database_url),
         api = %format!("{scheme}://{}/api/enrollments", running.addr),
-        "enrollhook listening on {}; webhook URLs: {}",
+        "enrollhook listening on {}; webhook URLs: {}; dashboard: {scheme}://{}/dashboard",
         running.addr,
-        sources.join(", ")
+        sources.join(", "),
+        running.addr
     );
     running.wait().await?;
     Ok(ExitCode::SUCCESS)
