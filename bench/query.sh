@@ -3,7 +3,9 @@
 # loaded with `import` into a fresh SQLite database, then `enrollhook serve`
 # measured with wrk:
 #   - GET /api/courses (every course's statistics),
-#   - GET /api/enrollments?course_id=<random course>&limit=100 (a filtered page).
+#   - GET /api/enrollments?course_id=<random course>&limit=100 (a filtered page),
+#   - GET /api/activity?days=365 (the dashboard's chart),
+#   - GET /api/events?topic=enrollment.progress&limit=100 (the log by topic).
 # Prints a Markdown table and writes it under "## Query benchmark" in BENCHMARKS.md.
 #
 # Usage: bench/query.sh            (defaults below; about 3–6 minutes here)
@@ -106,6 +108,12 @@ for c in 1 8; do
     read -r rps p50 p99 <<<"$(measure "$c" / "$WORK/enrollments.lua")"
     TABLE+="
 | \`/api/enrollments?course_id=…&limit=100\` | $c | $rps | $p50 | $p99 |"
+    read -r rps p50 p99 <<<"$(measure "$c" "/api/activity?days=365")"
+    TABLE+="
+| \`/api/activity?days=365\` (the dashboard's chart) | $c | $rps | $p50 | $p99 |"
+    read -r rps p50 p99 <<<"$(measure "$c" "/api/events?topic=enrollment.progress&limit=100")"
+    TABLE+="
+| \`/api/events?topic=enrollment.progress&limit=100\` | $c | $rps | $p50 | $p99 |"
 done
 
 SECTION="## Query benchmark
