@@ -1110,11 +1110,14 @@ enum SubscriptionsCommand {
         #[arg(long, default_value = "24h", value_parser = crate::forward::policy::parse_duration)]
         grace: Duration,
     },
-    /// Delivery attempts of a subscription, oldest first.
+    /// Delivery attempts of a subscription, oldest first (`--newest-first`: the latest).
     Attempts {
         id: String,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// The most recent attempts, newest first.
+        #[arg(long)]
+        newest_first: bool,
     },
 }
 
@@ -1292,7 +1295,11 @@ async fn subscriptions(g: Globals, cmd: SubscriptionsCommand) -> anyhow::Result<
             store.update_subscription(&s).await?;
             print(&s)?;
         }
-        SubscriptionsCommand::Attempts { id, limit } => {
+        SubscriptionsCommand::Attempts {
+            id,
+            limit,
+            newest_first,
+        } => {
             let page = store
                 .list_attempts(
                     Some(&id),
@@ -1301,6 +1308,7 @@ async fn subscriptions(g: Globals, cmd: SubscriptionsCommand) -> anyhow::Result<
                         limit: limit.clamp(1, store::MAX_PAGE),
                         cursor: None,
                     },
+                    newest_first,
                 )
                 .await?;
             let header = [

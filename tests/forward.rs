@@ -165,6 +165,40 @@ async fn every_event_arrives_through_failures_timeouts_and_429_on(backend: Backe
         .get("/api/events/default/20190131192004041953291/attempts")
         .await;
     assert_eq!(per_event["items"].as_array().unwrap().len(), 5);
+
+    // Newest first, two at a time: the same attempts backwards, then nothing.
+    let mut newest_first = Vec::new();
+    let mut path = format!("/api/subscriptions/{id}/attempts?order=desc&limit=2");
+    loop {
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        newest_first.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["status"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                path = format!("/api/subscriptions/{id}/attempts?order=desc&limit=2&cursor={c}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        newest_first,
+        vec![json!(200), json!(429), Value::Null, json!(503), json!(500)]
+    );
+    let (status, error) = app
+        .get(&format!("/api/subscriptions/{id}/attempts?order=newest"))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        error["message"].as_str().unwrap().contains("asc"),
+        "{error}"
+    );
+
     let (_, deliveries) = app
         .get(&format!(
             "/api/subscriptions/{id}/deliveries?state=delivered"

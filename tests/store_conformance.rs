@@ -66,6 +66,7 @@ conformance!(
     ping_and_bad_cursors,
     retention_drops_old_bodies_but_not_ids_or_the_projection,
     a_replay_during_an_attempt_is_not_recorded_over,
+    attempts_page_oldest_or_newest_first,
 );
 
 fn t(minute: i64) -> DateTime<Utc> {
@@ -1075,4 +1076,88 @@ async fn a_replay_during_an_attempt_is_not_recorded_over(f: Fixture) {
         .await
         .unwrap();
     assert_eq!(again.len(), 1, "and can be claimed at once");
+}
+
+/// Every attempt's status, `limit` 2 at a time, by subscription or by event.
+async fn attempt_statuses(
+    s: &Arc<dyn Store>,
+    subscription: Option<&str>,
+    event_seq: Option<i64>,
+    newest_first: bool,
+) -> Vec<i64> {
+    let mut page = PageRequest {
+        limit: 2,
+        cursor: None,
+    };
+    let mut statuses = Vec::new();
+    loop {
+        let got = s
+            .list_attempts(subscription, event_seq, &page, newest_first)
+            .await
+            .unwrap();
+        statuses.extend(got.items.iter().map(|a| a.status.unwrap()));
+        match got.next_cursor {
+            Some(c) => page.cursor = Some(c),
+            None => return statuses,
+        }
+    }
+}
+
+/// Attempts page forwards in the order they were made, or backwards from the
+/// newest (what the dashboard shows), by subscription or by event.
+async fn attempts_page_oldest_or_newest_first(f: Fixture) {
+    use enrollhook::forward::policy::Next;
+    use enrollhook::forward::subscription::SubscriptionInput;
+    use enrollhook::store::FinishedAttempt;
+    let s = &f.store;
+    let input: SubscriptionInput =
+        serde_json::from_value(serde_json::json!({"url": "https://crm.example.com/hook"})).unwrap();
+    let sub = input.create("sub_1".into(), Utc::now(), false).unwrap();
+    s.insert_subscription(&sub).await.unwrap();
+    let event = enrollment("default", "e1", "progress", 1, 7, "10", 1);
+    s.append_batch(std::slice::from_ref(&event)).await.unwrap();
+    let now = Utc::now();
+    let mut seq = 0;
+    for attempt in 1..=5i64 {
+        let at = now + Duration::minutes(attempt);
+        let claimed = s
+            .claim_deliveries(at, at + Duration::seconds(20), 10)
+            .await
+            .unwrap();
+        let d = &claimed[0];
+        seq = d.event.seq;
+        let finished = FinishedAttempt {
+            outbox_id: d.outbox_id,
+            subscription_id: d.subscription.id.clone(),
+            event_seq: d.event.seq,
+            attempt: d.attempts + 1,
+            attempted_at: at,
+            status: Some(500 + attempt as u16),
+            latency_ms: 1.0,
+            error: None,
+            response: None,
+            next: if attempt < 5 {
+                Next::Retry { at }
+            } else {
+                Next::Delivered
+            },
+        };
+        s.finish_attempts(&[finished], now - Duration::days(5))
+            .await
+            .unwrap();
+    }
+    let oldest_first = [501, 502, 503, 504, 505];
+    let newest_first = [505, 504, 503, 502, 501];
+    assert_eq!(
+        attempt_statuses(s, Some("sub_1"), None, false).await,
+        oldest_first
+    );
+    assert_eq!(
+        attempt_statuses(s, Some("sub_1"), None, true).await,
+        newest_first
+    );
+    assert_eq!(
+        attempt_statuses(s, None, Some(seq), true).await,
+        newest_first
+    );
 }

@@ -233,6 +233,29 @@ pub(super) struct ListQuery {
     state: Option<String>,
 }
 
+/// Paging through delivery attempts: `order=desc` lists the newest first.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AttemptsQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    /// `asc` (the default: in the order they were made) or `desc` (newest first).
+    order: Option<String>,
+}
+
+impl AttemptsQuery {
+    fn newest_first(&self) -> Result<bool, ApiError> {
+        match self.order.as_deref() {
+            None | Some("asc") => Ok(false),
+            Some("desc") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "order must be asc (oldest first) or desc (newest first), got `{other}`"
+            ))),
+        }
+    }
+}
+
 fn state_param(state: Option<String>) -> Result<Option<DeliveryState>, ApiError> {
     state
         .map(|s| {
@@ -245,17 +268,18 @@ fn state_param(state: Option<String>) -> Result<Option<DeliveryState>, ApiError>
         .transpose()
 }
 
-#[utoipa::path(get, path = "/api/subscriptions/{id}/attempts", tag = "subscriptions", params(("id" = String, Path), ListQuery), responses((status = 200, body = Page<DeliveryAttempt>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/subscriptions/{id}/attempts", tag = "subscriptions", params(("id" = String, Path), AttemptsQuery), responses((status = 200, body = Page<DeliveryAttempt>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn subscription_attempts(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<AttemptsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
+    let newest_first = q.newest_first()?;
     load(&app, &id).await?;
     let page = app
         .store
-        .list_attempts(Some(&id), None, &page(q.limit, q.cursor)?)
+        .list_attempts(Some(&id), None, &page(q.limit, q.cursor)?, newest_first)
         .await?;
     Ok(Json(
         json!({"items": page.items, "next_cursor": page.next_cursor}),
@@ -295,17 +319,18 @@ async fn event_seq(app: &AppState, source: &str, event_id: &str) -> Result<i64, 
         .seq)
 }
 
-#[utoipa::path(get, path = "/api/events/{source}/{event_id}/attempts", tag = "events", params(("source" = String, Path), ("event_id" = String, Path), ListQuery), responses((status = 200, body = Page<DeliveryAttempt>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/events/{source}/{event_id}/attempts", tag = "events", params(("source" = String, Path), ("event_id" = String, Path), AttemptsQuery), responses((status = 200, body = Page<DeliveryAttempt>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn event_attempts(
     State(app): State<AppState>,
     Path((source, event_id)): Path<(String, String)>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<AttemptsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
+    let newest_first = q.newest_first()?;
     let seq = event_seq(&app, &source, &event_id).await?;
     let page = app
         .store
-        .list_attempts(None, Some(seq), &page(q.limit, q.cursor)?)
+        .list_attempts(None, Some(seq), &page(q.limit, q.cursor)?, newest_first)
         .await?;
     Ok(Json(
         json!({"items": page.items, "next_cursor": page.next_cursor}),

@@ -152,11 +152,14 @@ pub trait ForwardStore: Send + Sync {
         disable_failing_before: DateTime<Utc>,
     ) -> Result<Vec<String>>;
 
+    /// Attempts in the order they were made, or the newest first (then the
+    /// cursor pages backwards).
     async fn list_attempts(
         &self,
         subscription_id: Option<&str>,
         event_seq: Option<i64>,
         page: &PageRequest,
+        newest_first: bool,
     ) -> Result<Page<DeliveryAttempt>>;
 
     async fn list_deliveries(

@@ -431,17 +431,26 @@ impl ForwardStore for SqliteStore {
         subscription_id: Option<&str>,
         event_seq: Option<i64>,
         page: &PageRequest,
+        newest_first: bool,
     ) -> Result<Page<DeliveryAttempt>> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM delivery_attempts WHERE id > ");
-        q.push_bind(page_after(&page.cursor)?);
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM delivery_attempts WHERE ");
+        match (newest_first, &page.cursor) {
+            (false, cursor) => q.push("id > ").push_bind(page_after(cursor)?),
+            (true, None) => q.push("TRUE"),
+            (true, cursor) => q.push("id < ").push_bind(page_after(cursor)?),
+        };
         if let Some(s) = subscription_id {
             q.push(" AND subscription_id = ").push_bind(s.to_owned());
         }
         if let Some(seq) = event_seq {
             q.push(" AND event_seq = ").push_bind(seq);
         }
-        q.push(" ORDER BY id LIMIT ")
-            .push_bind(i64::from(page.limit) + 1);
+        q.push(if newest_first {
+            " ORDER BY id DESC LIMIT "
+        } else {
+            " ORDER BY id LIMIT "
+        })
+        .push_bind(i64::from(page.limit) + 1);
         let rows = q.build().fetch_all(&self.reader).await?;
         let items = rows
             .iter()

@@ -646,17 +646,9 @@ async function quarantineView(root) {
 
 // ---------------------------------------------------------------- forwarding
 
-const ATTEMPT_PAGES = 10; // attempts are listed oldest first: read at most this many pages for the newest
-
 async function newestAttempts(id, n) {
-  let cursor = null, kept = [], pages = 0;
-  do {
-    const page = await api(fill(API.attempts, { id }), { limit: 1000, cursor });
-    kept = kept.concat(page.items).slice(-n);
-    cursor = page.next_cursor;
-    pages += 1;
-  } while (cursor && pages < ATTEMPT_PAGES);
-  return { items: kept.reverse(), truncated: Boolean(cursor) };
+  const page = await api(fill(API.attempts, { id }), { limit: n, order: 'desc' });
+  return page.items;
 }
 
 async function deliveryCount(id, state) {
@@ -690,7 +682,7 @@ async function forwardingView(root) {
       sub.sources ? `schools ${sub.sources.join(', ')}` : null,
       sub.ordered ? 'ordered' : null,
     ].filter(Boolean).join(' · ');
-    const rows = attempts.items.map((a) => h('tr', null,
+    const rows = attempts.map((a) => h('tr', null,
       h('td', null, fmtTime(a.attempted_at)),
       h('td', { class: 'num' }, a.event_seq),
       h('td', { class: 'num' }, a.attempt),
@@ -709,7 +701,7 @@ async function forwardingView(root) {
         h('thead', null, h('tr', null, h('th', null, 'When'), h('th', { class: 'num' }, 'Event seq'), h('th', { class: 'num' }, 'Attempt'),
           h('th', null, 'Answer'), h('th', { class: 'num' }, 'Latency'), h('th', null, 'Error'))),
         h('tbody', null, rows))) : h('p', { class: 'muted' }, 'No delivery attempts yet.'),
-      attempts.truncated ? h('p', { class: 'muted small' }, 'Newest of the first 10,000 attempts; ',
+      rows.length ? h('p', { class: 'muted small' }, 'The latest 10; ',
         h('code', null, `enrollhook subscriptions attempts ${sub.id}`), ' lists them all.') : null));
   }
 }
