@@ -702,7 +702,7 @@ async function forwardingView(root) {
           h('th', null, 'Answer'), h('th', { class: 'num' }, 'Latency'), h('th', null, 'Error'))),
         h('tbody', null, rows))) : h('p', { class: 'muted' }, 'No delivery attempts yet.'),
       rows.length ? h('p', { class: 'muted small' }, 'The latest 10; ',
-        h('code', null, `enrollhook subscriptions attempts ${sub.id}`), ' lists them all.') : null));
+        h('code', null, `enrollhook subscriptions attempts ${sub.id} --newest-first --limit 1000`), ' lists more.') : null));
   }
 }
 
