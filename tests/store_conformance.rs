@@ -1013,18 +1013,44 @@ async fn retention_drops_old_bodies_but_not_ids_or_the_projection(f: Fixture) {
 /// Replaying a delivery while an attempt of it is in flight: when that attempt
 /// is recorded afterwards, the replayed delivery must stay pending (and be
 /// delivered again), not be marked delivered by the earlier attempt.
-async fn a_replay_during_an_attempt_is_not_recorded_over(f: Fixture) {
-    use enrollhook::forward::policy::Next;
+/// Subscription `sub_1` (every topic) and one stored event, `e1`, for it.
+async fn subscribe_and_store_one_event(s: &Arc<dyn Store>) {
     use enrollhook::forward::subscription::SubscriptionInput;
-    use enrollhook::store::{DeliveryFilter, DeliveryState, FinishedAttempt, ReplayScope};
-
-    let s = &f.store;
     let input: SubscriptionInput =
         serde_json::from_value(serde_json::json!({"url": "https://crm.example.com/hook"})).unwrap();
     let sub = input.create("sub_1".into(), Utc::now(), false).unwrap();
     s.insert_subscription(&sub).await.unwrap();
     let event = enrollment("default", "e1", "progress", 1, 7, "10", 1);
     s.append_batch(std::slice::from_ref(&event)).await.unwrap();
+}
+
+/// The record of one answered attempt at a claimed delivery.
+fn answered(
+    d: &enrollhook::store::ClaimedDelivery,
+    at: DateTime<Utc>,
+    status: u16,
+    next: enrollhook::forward::policy::Next,
+) -> enrollhook::store::FinishedAttempt {
+    enrollhook::store::FinishedAttempt {
+        outbox_id: d.outbox_id,
+        subscription_id: d.subscription.id.clone(),
+        event_seq: d.event.seq,
+        attempt: d.attempts + 1,
+        attempted_at: at,
+        status: Some(status),
+        latency_ms: 1.0,
+        error: None,
+        response: None,
+        next,
+    }
+}
+
+async fn a_replay_during_an_attempt_is_not_recorded_over(f: Fixture) {
+    use enrollhook::forward::policy::Next;
+    use enrollhook::store::{DeliveryFilter, DeliveryState, ReplayScope};
+
+    let s = &f.store;
+    subscribe_and_store_one_event(s).await;
 
     let now = Utc::now();
     let claimed = s
@@ -1039,19 +1065,7 @@ async fn a_replay_during_an_attempt_is_not_recorded_over(f: Fixture) {
         subscription_id: None,
     };
     assert_eq!(s.replay(&replay, now).await.unwrap(), 1);
-    let d = &claimed[0];
-    let finished = FinishedAttempt {
-        outbox_id: d.outbox_id,
-        subscription_id: d.subscription.id.clone(),
-        event_seq: d.event.seq,
-        attempt: d.attempts + 1,
-        attempted_at: now,
-        status: Some(200),
-        latency_ms: 1.0,
-        error: None,
-        response: None,
-        next: Next::Delivered,
-    };
+    let finished = answered(&claimed[0], now, 200, Next::Delivered);
     s.finish_attempts(&[finished], now - Duration::days(5))
         .await
         .unwrap();
@@ -1107,15 +1121,8 @@ async fn attempt_statuses(
 /// newest (what the dashboard shows), by subscription or by event.
 async fn attempts_page_oldest_or_newest_first(f: Fixture) {
     use enrollhook::forward::policy::Next;
-    use enrollhook::forward::subscription::SubscriptionInput;
-    use enrollhook::store::FinishedAttempt;
     let s = &f.store;
-    let input: SubscriptionInput =
-        serde_json::from_value(serde_json::json!({"url": "https://crm.example.com/hook"})).unwrap();
-    let sub = input.create("sub_1".into(), Utc::now(), false).unwrap();
-    s.insert_subscription(&sub).await.unwrap();
-    let event = enrollment("default", "e1", "progress", 1, 7, "10", 1);
-    s.append_batch(std::slice::from_ref(&event)).await.unwrap();
+    subscribe_and_store_one_event(s).await;
     let now = Utc::now();
     let mut seq = 0;
     for attempt in 1..=5i64 {
@@ -1124,24 +1131,13 @@ async fn attempts_page_oldest_or_newest_first(f: Fixture) {
             .claim_deliveries(at, at + Duration::seconds(20), 10)
             .await
             .unwrap();
-        let d = &claimed[0];
-        seq = d.event.seq;
-        let finished = FinishedAttempt {
-            outbox_id: d.outbox_id,
-            subscription_id: d.subscription.id.clone(),
-            event_seq: d.event.seq,
-            attempt: d.attempts + 1,
-            attempted_at: at,
-            status: Some(500 + attempt as u16),
-            latency_ms: 1.0,
-            error: None,
-            response: None,
-            next: if attempt < 5 {
-                Next::Retry { at }
-            } else {
-                Next::Delivered
-            },
+        seq = claimed[0].event.seq;
+        let next = if attempt < 5 {
+            Next::Retry { at }
+        } else {
+            Next::Delivered
         };
+        let finished = answered(&claimed[0], at, 500 + attempt as u16, next);
         s.finish_attempts(&[finished], now - Duration::days(5))
             .await
             .unwrap();
