@@ -195,12 +195,9 @@ pub async fn backfill(
                     report.stored
                 )
             })?;
-            for o in outcomes {
-                match o {
-                    AppendOutcome::Stored { .. } => report.stored += 1,
-                    AppendOutcome::Duplicate => report.known += 1,
-                }
-            }
+            let (stored, known) = AppendOutcome::tally(&outcomes);
+            report.stored += stored;
+            report.known += known;
         }
         report.pages += 1;
         report.total_pages = listed.pagination.total_pages.or(report.total_pages);

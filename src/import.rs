@@ -195,12 +195,9 @@ async fn write(
             report.stored
         )
     })?;
-    for o in outcomes {
-        match o {
-            AppendOutcome::Stored { .. } => report.stored += 1,
-            AppendOutcome::Duplicate => report.duplicates += 1,
-        }
-    }
+    let (stored, duplicates) = AppendOutcome::tally(&outcomes);
+    report.stored += stored;
+    report.duplicates += duplicates;
     batch.clear();
     Ok(())
 }

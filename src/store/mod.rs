@@ -150,6 +150,17 @@ pub enum AppendOutcome {
     Duplicate,
 }
 
+impl AppendOutcome {
+    /// How many of a batch's outcomes were (stored, duplicates).
+    pub fn tally(outcomes: &[AppendOutcome]) -> (u64, u64) {
+        let stored = outcomes
+            .iter()
+            .filter(|o| matches!(o, AppendOutcome::Stored { .. }))
+            .count() as u64;
+        (stored, outcomes.len() as u64 - stored)
+    }
+}
+
 /// An event as kept in the log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
