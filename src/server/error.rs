@@ -35,7 +35,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::NotFound(m) => ApiError::not_found(m),
-            StoreError::Unavailable(_) => {
+            // Both say the database cannot take the request now (a stopped
+            // writer thread included): 503, so that clients retry.
+            StoreError::Unavailable(_) | StoreError::Write(_) => {
                 tracing::error!(error = %e, "database unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
