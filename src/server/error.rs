@@ -75,3 +75,20 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_store_is_503_never_400_or_500() {
+        for e in [
+            StoreError::Write("the SQLite writer thread has stopped".into()),
+            StoreError::Write("database is locked".into()),
+        ] {
+            assert_eq!(ApiError::from(e).status, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let invalid = StoreError::Invalid("invalid cursor".into());
+        assert_eq!(ApiError::from(invalid).status, StatusCode::BAD_REQUEST);
+    }
+}
