@@ -1,12 +1,14 @@
 //! Storage: one [`Store`] trait, one implementation per database.
 //!
 //! [`Store::append_batch`] writes a delivery's event (exactly once per source
-//! and envelope id) and its outbox rows in one transaction, and its projection
-//! change in that transaction too, except on SQLite under load, where the
-//! projection follows a few milliseconds behind, many batches at once (see
-//! `sqlite_batch`). Every projection read catches it up first, so readers never
-//! see a stored delivery missing; a crash loses nothing that was acknowledged,
-//! because acknowledgement waits for the event's commit (see [`crate::ingest`]).
+//! and envelope id) and its outbox rows in one transaction. On PostgreSQL the
+//! projection change commits in that transaction too; on SQLite the projection
+//! always follows a few milliseconds behind, in a file and on a thread of its
+//! own (see `sqlite::projector`). Every projection read catches it up first, so
+//! readers never see a stored delivery missing; a crash loses nothing that was
+//! acknowledged, because acknowledgement waits for the event's commit (see
+//! [`crate::ingest`]). Layout: `sql` and `migrate` hold what both backends
+//! share; `sqlite/` and `postgres/` import from them, never the reverse.
 
 /// The columns a projection row is written with, in bind order, and the
 /// upsert clause that replaces them all: one text for both backends (macros,
@@ -448,12 +450,12 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     }
 
     /// Stores a batch in ONE transaction: each event exactly once per (source,
-    /// event id), with its outbox rows and (but for SQLite under load, see the
+    /// event id), with its outbox rows and (but for SQLite, which projects behind, see the
     /// module docs) its projection change. Outcomes are in input order.
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>>;
 
     /// Stored events this process has not applied to the projection yet
-    /// (only SQLite under load defers it).
+    /// (only SQLite defers it).
     fn projection_waiting(&self) -> u64 {
         0
     }
