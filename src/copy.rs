@@ -4,7 +4,8 @@
 //! Events are re-appended in log order through [`Store::append_batch`], so the
 //! target dedupes them by (source, event id) and derives its projection with
 //! the same fold as live deliveries: nothing of the source's projection is
-//! trusted, and running the copy twice adds nothing. Quarantined deliveries are
+//! trusted, and running the copy twice adds nothing. Events that retention
+//! pruned are copied as pruned ([`Store::append_pruned`]). Quarantined deliveries are
 //! recognised by (source, arrival time, reason code, body).
 
 use serde::Serialize;
@@ -32,29 +33,35 @@ pub async fn copy(from: &dyn Store, to: &dyn Store) -> anyhow::Result<CopyReport
                 },
             )
             .await?;
-        let batch = page
+        // In log order, runs of whole events through `append_batch` (which
+        // derives the projection and the outbox), runs of pruned ones as
+        // they are: their rows keep redeliveries duplicates in the target.
+        for run in page
             .items
-            .iter()
-            .map(|e| {
-                Ok(NewEvent {
-                    source: e.source.clone(),
-                    event_id: e.event_id.clone(),
-                    topic: e.topic.clone(),
-                    created_at: e.created_at,
-                    received_at: e.received_at,
-                    body: e.body.clone(),
-                    enrollment: e.enrollment_event()?,
-                    course_id: crate::thinkific::envelope::course_id_of_body(&e.body),
-                })
-            })
-            .collect::<store::Result<Vec<_>>>()?;
-        if !batch.is_empty() {
-            let outcomes = to.append_batch(&batch).await?;
-            report.events += batch.len() as u64;
-            report.events_added += outcomes
-                .iter()
-                .filter(|o| matches!(o, store::AppendOutcome::Stored { .. }))
-                .count() as u64;
+            .chunk_by(|a, b| a.pruned_at.is_some() == b.pruned_at.is_some())
+        {
+            let outcomes = if run[0].pruned_at.is_some() {
+                to.append_pruned(run).await?
+            } else {
+                let batch = run
+                    .iter()
+                    .map(|e| {
+                        Ok(NewEvent {
+                            source: e.source.clone(),
+                            event_id: e.event_id.clone(),
+                            topic: e.topic.clone(),
+                            created_at: e.created_at,
+                            received_at: e.received_at,
+                            body: e.body.clone(),
+                            enrollment: e.enrollment_event()?,
+                            course_id: crate::thinkific::envelope::course_id_of_body(&e.body),
+                        })
+                    })
+                    .collect::<store::Result<Vec<_>>>()?;
+                to.append_batch(&batch).await?
+            };
+            report.events += run.len() as u64;
+            report.events_added += store::AppendOutcome::tally(&outcomes).0;
         }
         cursor = page.next_cursor;
         if cursor.is_none() {

@@ -1066,9 +1066,14 @@ async fn a_replay_during_an_attempt_is_not_recorded_over(f: Fixture) {
     };
     assert_eq!(s.replay(&replay, now).await.unwrap(), 1);
     let finished = answered(&claimed[0], now, 200, Next::Delivered);
-    s.finish_attempts(&[finished], now - Duration::days(5))
-        .await
-        .unwrap();
+    s.finish_attempts(
+        &[finished],
+        &enrollhook::forward::health::Rules {
+            disable_failing_before: now - Duration::days(5),
+        },
+    )
+    .await
+    .unwrap();
 
     let pending = s
         .list_deliveries(
@@ -1138,9 +1143,14 @@ async fn attempts_page_oldest_or_newest_first(f: Fixture) {
             Next::Delivered
         };
         let finished = answered(&claimed[0], at, 500 + attempt as u16, next);
-        s.finish_attempts(&[finished], now - Duration::days(5))
-            .await
-            .unwrap();
+        s.finish_attempts(
+            &[finished],
+            &enrollhook::forward::health::Rules {
+                disable_failing_before: now - Duration::days(5),
+            },
+        )
+        .await
+        .unwrap();
     }
     let oldest_first = [501, 502, 503, 504, 505];
     let newest_first = [505, 504, 503, 502, 501];

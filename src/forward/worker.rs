@@ -182,7 +182,15 @@ async fn record(
         let cutoff = Utc::now()
             - chrono::Duration::from_std(config.disable_after).unwrap_or(chrono::Duration::days(5));
         loop {
-            match store.finish_attempts(&batch, cutoff).await {
+            match store
+                .finish_attempts(
+                    &batch,
+                    &super::health::Rules {
+                        disable_failing_before: cutoff,
+                    },
+                )
+                .await
+            {
                 Ok(disabled) => {
                     for id in disabled {
                         tracing::warn!(subscription = %id, "forwarding: subscription disabled (410 Gone, or failing for too long); re-enable it with PATCH /api/subscriptions/{id}");

@@ -35,7 +35,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::NotFound(m) => ApiError::not_found(m),
-            StoreError::Unavailable(_) => {
+            // Both say the database cannot take the request now (a stopped
+            // writer thread included): 503, so that clients retry.
+            StoreError::Unavailable(_) | StoreError::Write(_) => {
                 tracing::error!(error = %e, "database unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -71,5 +73,22 @@ impl IntoResponse for ApiError {
             message: self.message,
         };
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_store_is_503_never_400_or_500() {
+        for e in [
+            StoreError::Write("the SQLite writer thread has stopped".into()),
+            StoreError::Write("database is locked".into()),
+        ] {
+            assert_eq!(ApiError::from(e).status, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let invalid = StoreError::Invalid("invalid cursor".into());
+        assert_eq!(ApiError::from(invalid).status, StatusCode::BAD_REQUEST);
     }
 }

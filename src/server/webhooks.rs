@@ -188,7 +188,10 @@ async fn receive(
                     Ok(id) => {
                         message.push_str(&format!(" (kept in quarantine as #{id})"));
                         // Bounded: a flood of bad deliveries cannot fill the disk.
-                        if let Err(e) = app.store.prune_quarantine(app.max_quarantine).await {
+                        // Amortised: one prune per `prune_quarantine_every` inserts.
+                        if crate::store::quarantine_prune_due(id, app.max_quarantine)
+                            && let Err(e) = app.store.prune_quarantine(app.max_quarantine).await
+                        {
                             tracing::warn!(error = %e, "could not prune the quarantine");
                         }
                     }

@@ -144,12 +144,13 @@ pub trait ForwardStore: Send + Sync {
     /// Records attempts and moves their deliveries on, in one transaction.
     /// A delivery replayed while an attempt was in flight is not moved on by
     /// that attempt (replay clears the lease; only leased rows are moved on).
-    /// Subscriptions failing since before `disable_failing_before` are disabled;
-    /// returns the ids of subscriptions disabled by this call (also 410s).
+    /// What each attempt changes (outbox row, subscription health) is what
+    /// `rules` say (forwarding's, see `crate::forward::health`); returns the
+    /// ids of subscriptions disabled by this call.
     async fn finish_attempts(
         &self,
         done: &[FinishedAttempt],
-        disable_failing_before: DateTime<Utc>,
+        rules: &dyn AttemptRules,
     ) -> Result<Vec<String>>;
 
     /// Attempts in the order they were made, or the newest first (then the
@@ -177,218 +178,40 @@ pub trait ForwardStore: Send + Sync {
 
 /// What an attempt leaves in its outbox row: state, next attempt time, error
 /// kept, and when the delivery finished (None while it is still pending).
-pub(super) struct OutboxChange {
-    pub state: &'static str,
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxChange {
+    pub state: DeliveryState,
     pub next_attempt_at: DateTime<Utc>,
     pub error: Option<String>,
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-impl FinishedAttempt {
-    pub(super) fn outbox_change(&self) -> OutboxChange {
-        let at = self.attempted_at;
-        let (state, next_attempt_at, error) = match &self.next {
-            Next::Delivered => ("delivered", at, None),
-            Next::Retry { at: next } => ("pending", *next, self.error.clone()),
-            Next::Dead { reason } => ("dead", at, Some(reason.clone())),
-            Next::Gone => (
-                "dead",
-                at,
-                Some("the destination answered 410 Gone: subscription disabled".to_owned()),
-            ),
-        };
-        OutboxChange {
-            state,
-            next_attempt_at,
-            error,
-            finished_at: (state != "pending").then_some(at),
-        }
-    }
-}
-
 /// A subscription's health as stored: whether it is enabled, and since when
 /// every delivery to it has failed.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Health {
+pub struct Health {
     pub enabled: bool,
     pub failing_since: Option<DateTime<Utc>>,
 }
 
 /// A subscription whose health a batch of attempts changed.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct HealthChange {
+pub struct HealthChange {
     pub subscription_id: String,
     pub failing_since: Option<DateTime<Utc>>,
     /// Set when the batch disabled it: (reason, when).
     pub disabled: Option<(String, DateTime<Utc>)>,
 }
 
-/// Replays a batch of attempts, in order, against the subscriptions' stored
-/// health, exactly as recording them one at a time would: a delivery clears
-/// `failing_since`, a failure sets it if unset and disables the subscription
-/// once it is older than `disable_failing_before`, a 410 disables it at once.
-/// Returns only the subscriptions that changed, so a healthy batch writes none.
-pub(super) fn health_changes(
-    done: &[FinishedAttempt],
-    stored: &std::collections::HashMap<String, Health>,
-    disable_failing_before: DateTime<Utc>,
-) -> Vec<HealthChange> {
-    let mut order: Vec<&str> = Vec::new();
-    type Disabled = Option<(String, DateTime<Utc>)>;
-    let mut state: std::collections::HashMap<&str, (Health, Disabled)> =
-        std::collections::HashMap::new();
-    for f in done {
-        // A subscription deleted meanwhile has nothing left to update.
-        let Some(before) = stored.get(&f.subscription_id) else {
-            continue;
-        };
-        let (health, disabled) = state.entry(&f.subscription_id).or_insert_with(|| {
-            order.push(&f.subscription_id);
-            (before.clone(), None)
-        });
-        let at = f.attempted_at;
-        match &f.next {
-            Next::Delivered => health.failing_since = None,
-            Next::Gone => {
-                if health.enabled {
-                    health.enabled = false;
-                    let reason = format!("the destination answered 410 Gone at {}", iso(at));
-                    *disabled = Some((reason, at));
-                }
-            }
-            Next::Retry { .. } | Next::Dead { .. } => {
-                let since = *health.failing_since.get_or_insert(at);
-                if health.enabled && since < disable_failing_before {
-                    health.enabled = false;
-                    let reason = format!("every delivery has failed since {}", iso(since));
-                    *disabled = Some((reason, at));
-                }
-            }
-        }
-    }
-    order
-        .into_iter()
-        .filter_map(|id| {
-            let (health, disabled) = state.remove(id)?;
-            (health != stored[id]).then(|| HealthChange {
-                subscription_id: id.to_owned(),
-                failing_since: health.failing_since,
-                disabled,
-            })
-        })
-        .collect()
-}
-
-fn iso(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use chrono::TimeZone;
-
-    use super::*;
-
-    fn t(minute: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 1, 1, 0, minute, 0).unwrap()
-    }
-
-    fn attempt(sub: &str, minute: u32, next: Next) -> FinishedAttempt {
-        FinishedAttempt {
-            outbox_id: 1,
-            subscription_id: sub.to_owned(),
-            event_seq: 1,
-            attempt: 1,
-            attempted_at: t(minute),
-            status: None,
-            latency_ms: 1.0,
-            error: None,
-            response: None,
-            next,
-        }
-    }
-
-    fn healthy() -> Health {
-        Health {
-            enabled: true,
-            failing_since: None,
-        }
-    }
-
-    fn retry() -> Next {
-        Next::Retry { at: t(59) }
-    }
-
-    #[test]
-    fn a_healthy_batch_changes_nothing() {
-        let stored = HashMap::from([("a".to_owned(), healthy())]);
-        let done = [
-            attempt("a", 1, Next::Delivered),
-            attempt("a", 2, Next::Delivered),
-        ];
-        assert!(health_changes(&done, &stored, t(0)).is_empty());
-    }
-
-    #[test]
-    fn the_first_failure_after_the_last_delivery_counts() {
-        let stored = HashMap::from([("a".to_owned(), healthy())]);
-        let done = [
-            attempt("a", 1, retry()),
-            attempt("a", 2, Next::Delivered),
-            attempt("a", 3, retry()),
-            attempt("a", 4, retry()),
-        ];
-        let changes = health_changes(&done, &stored, t(0));
-        assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].failing_since, Some(t(3)));
-        assert_eq!(changes[0].disabled, None);
-    }
-
-    #[test]
-    fn disables_once_failing_since_before_the_limit_and_stays_disabled() {
-        let stored = HashMap::from([(
-            "a".to_owned(),
-            Health {
-                enabled: true,
-                failing_since: Some(t(1)),
-            },
-        )]);
-        // Failing since minute 1, limit minute 2: the first failure disables;
-        // a later delivery clears failing_since but does not re-enable.
-        let done = [attempt("a", 5, retry()), attempt("a", 6, Next::Delivered)];
-        let changes = health_changes(&done, &stored, t(2));
-        assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].failing_since, None);
-        let (reason, at) = changes[0].disabled.clone().unwrap();
-        assert_eq!(at, t(5));
-        assert!(
-            reason.contains("failed since 2026-01-01T00:01:00Z"),
-            "{reason}"
-        );
-    }
-
-    #[test]
-    fn gone_disables_an_enabled_subscription_only() {
-        let stored = HashMap::from([
-            ("a".to_owned(), healthy()),
-            (
-                "b".to_owned(),
-                Health {
-                    enabled: false,
-                    failing_since: None,
-                },
-            ),
-        ]);
-        let done = [
-            attempt("b", 1, Next::Gone),
-            attempt("a", 2, Next::Gone),
-            attempt("deleted", 3, Next::Gone),
-        ];
-        let changes = health_changes(&done, &stored, t(0));
-        assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].subscription_id, "a");
-        assert!(changes[0].disabled.as_ref().unwrap().0.contains("410 Gone"));
-    }
+/// Forwarding's decisions about recorded attempts. The store writes what they
+/// return and knows none of the rules (those live in `crate::forward::health`).
+pub trait AttemptRules: Send + Sync {
+    /// The outbox row an attempt leaves.
+    fn outbox_change(&self, attempt: &FinishedAttempt) -> OutboxChange;
+    /// The subscriptions whose stored health a batch of attempts changes.
+    fn health_changes(
+        &self,
+        done: &[FinishedAttempt],
+        stored: &std::collections::HashMap<String, Health>,
+    ) -> Vec<HealthChange>;
 }

@@ -1,12 +1,14 @@
 //! Storage: one [`Store`] trait, one implementation per database.
 //!
 //! [`Store::append_batch`] writes a delivery's event (exactly once per source
-//! and envelope id) and its outbox rows in one transaction, and its projection
-//! change in that transaction too, except on SQLite under load, where the
-//! projection follows a few milliseconds behind, many batches at once (see
-//! `sqlite_batch`). Every projection read catches it up first, so readers never
-//! see a stored delivery missing; a crash loses nothing that was acknowledged,
-//! because acknowledgement waits for the event's commit (see [`crate::ingest`]).
+//! and envelope id) and its outbox rows in one transaction. On PostgreSQL the
+//! projection change commits in that transaction too; on SQLite the projection
+//! always follows a few milliseconds behind, in a file and on a thread of its
+//! own (see `sqlite::projector`). Every projection read catches it up first, so
+//! readers never see a stored delivery missing; a crash loses nothing that was
+//! acknowledged, because acknowledgement waits for the event's commit (see
+//! [`crate::ingest`]). Layout: `sql` and `migrate` hold what both backends
+//! share; `sqlite/` and `postgres/` import from them, never the reverse.
 
 /// The columns a projection row is written with, in bind order, and the
 /// upsert clause that replaces them all: one text for both backends (macros,
@@ -36,13 +38,10 @@ macro_rules! enrollment_upsert_on_conflict {
 }
 
 pub mod forward;
+mod migrate;
 pub mod postgres;
-mod postgres_forward;
+mod sql;
 pub mod sqlite;
-mod sqlite_batch;
-mod sqlite_courses;
-mod sqlite_forward;
-pub mod sqlite_projector;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -55,6 +54,8 @@ use crate::thinkific;
 pub use forward::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+/// The projection file's path and schema (kept at its old path for callers).
+pub use sqlite::projector as sqlite_projector;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,7 +63,8 @@ pub enum StoreError {
     /// so that Thinkific retries.
     #[error("database unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
-    /// The same, from the SQLite batch writer (rusqlite).
+    /// The same, from SQLite's writer or projector threads (rusqlite), or
+    /// such a thread has stopped: also 503.
     #[error("database unavailable: {0}")]
     Write(String),
     /// A request the store cannot answer (bad cursor, …): the caller's mistake.
@@ -377,6 +379,16 @@ pub(crate) fn every_day(
         .collect()
 }
 
+/// Whether the quarantine insert that got `id` should prune the quarantine
+/// down to `keep`: once every `keep / 64` inserts (every insert for a small
+/// bound), so a flood of forged deliveries pays one short delete per batch
+/// of them instead of one per delivery under the write lock that deliveries
+/// share, and the quarantine overshoots its bound by at most 1/64.
+pub fn quarantine_prune_due(id: i64, keep: u64) -> bool {
+    let every = (keep / 64).max(1);
+    u64::try_from(id).is_ok_and(|id| id.is_multiple_of(every))
+}
+
 /// A rejected delivery, kept with its reason.
 #[derive(Debug, Clone)]
 pub struct NewQuarantine {
@@ -438,12 +450,12 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     }
 
     /// Stores a batch in ONE transaction: each event exactly once per (source,
-    /// event id), with its outbox rows and (but for SQLite under load, see the
+    /// event id), with its outbox rows and (but for SQLite, which projects behind, see the
     /// module docs) its projection change. Outcomes are in input order.
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>>;
 
     /// Stored events this process has not applied to the projection yet
-    /// (only SQLite under load defers it).
+    /// (only SQLite defers it).
     fn projection_waiting(&self) -> u64 {
         0
     }
@@ -460,8 +472,17 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     /// attempts made, and finished outbox deliveries, before `cutoff` are deleted.
     async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<PruneReport>;
 
+    /// Stores events that retention pruned in another database (for `copy`),
+    /// as they are there: row, ids, empty body and `pruned_at`, so that a
+    /// redelivery stays a duplicate. They have no projection (enrollment
+    /// events are never pruned) and nothing to forward. Outcomes are in input
+    /// order, each event once per (source, event id) as in [`Store::append_batch`].
+    async fn append_pruned(&self, events: &[StoredEvent]) -> Result<Vec<AppendOutcome>>;
+
     async fn quarantine(&self, record: NewQuarantine) -> Result<i64>;
-    /// Deletes the oldest quarantined deliveries beyond the newest `keep`; returns how many.
+    /// Deletes the quarantined deliveries more than `keep` ids below the
+    /// newest (the oldest beyond the newest `keep`, ids being dense), by a
+    /// range of the primary key; returns how many. See [`quarantine_prune_due`].
     async fn prune_quarantine(&self, keep: u64) -> Result<u64>;
     async fn list_quarantine(
         &self,

@@ -1,10 +1,10 @@
 //! The embedded default: one SQLite file in WAL mode with `synchronous=FULL`, so
 //! a committed transaction survives a crash or power loss, and beside it the
-//! projection's file (`<database>-projection`, see [`sqlite_projector`]),
+//! projection's file (`<database>-projection`, see [`projector`]),
 //! derived from the first and attached to every connection that reads it.
 //!
 //! One writer of the main file at a time (SQLite allows no more), under one
-//! lock: group-commit batches go to [`sqlite_batch`]'s thread, which runs each
+//! lock: group-commit batches go to [`batch`]'s thread, which runs each
 //! in one call; everything else writes through a sqlx connection. The
 //! projection file has its own writer, the projector thread. A small pool
 //! reads both concurrently from WAL snapshots.
@@ -17,167 +17,42 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
 
-use super::sqlite_batch::{self, Batch, BatchWriter};
-use super::sqlite_courses;
-use super::sqlite_projector::{self, Projector};
-use super::*;
-use crate::projection::{self, Enrollment, Version};
-use crate::store::sqlite_forward;
+mod batch;
+mod codec;
+mod courses;
+mod forward;
+mod migrate;
+pub mod projector;
 
-/// Schema versions, applied in order, each in its own transaction.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "initial",
-        include_str!("migrations/sqlite/0001_initial.sql"),
-    ),
-    (
-        2,
-        "forwarding",
-        include_str!("migrations/sqlite/0002_forwarding.sql"),
-    ),
-    (
-        3,
-        "course totals",
-        include_str!("migrations/sqlite/0003_course_totals.sql"),
-    ),
-    (
-        4,
-        "retention",
-        include_str!("migrations/sqlite/0004_retention.sql"),
-    ),
-    (
-        5,
-        "projection cursor",
-        include_str!("migrations/sqlite/0005_projection_cursor.sql"),
-    ),
-    (
-        6,
-        "projection in a file of its own",
-        include_str!("migrations/sqlite/0006_projection_file.sql"),
-    ),
-    (
-        7,
-        "topic index in the projection file",
-        include_str!("migrations/sqlite/0007_topic_index_to_projection.sql"),
-    ),
-];
+use self::batch::{Batch, BatchWriter, WAL_AUTOCHECKPOINT_BACKSTOP};
+use self::codec::*;
+use self::projector::Projector;
+use crate::projection::{self, Enrollment};
+use crate::store::*;
 
 pub struct SqliteStore {
     /// Checkpoints the WAL off the write path (see [`spawn_checkpointer`]).
     checkpointer: tokio::task::AbortHandle,
     pub(super) writer: Writer,
     pub(super) reader: SqlitePool,
-    /// Group-commit batches, each in one call (see [`sqlite_batch`]).
+    /// Group-commit batches, each in one call (see [`batch`]).
     batch: BatchWriter,
-    /// Keeps the projection file (see [`sqlite_projector`]).
+    /// Keeps the projection file (see [`projector`]).
     projector: Projector,
     /// The enabled subscriptions as last read; the batch writer tells when
     /// they changed (another process, or this one, wrote them).
-    subscriptions: tokio::sync::Mutex<Option<Arc<sqlite_batch::Subscriptions>>>,
-}
-
-/// Timestamps are stored as fixed-width RFC 3339 text in UTC, so text order is time order.
-pub(super) fn ts(t: Option<DateTime<Utc>>) -> Option<String> {
-    t.map(|t| fmt_ts(&t))
-}
-
-pub(super) fn fmt_ts(t: &DateTime<Utc>) -> String {
-    // `%Y-%m-%dT%H:%M:%S%.6fZ` through chrono's RFC 3339 writer, which skips
-    // parsing a format string on every call (3 % of the batch writer's time).
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
-pub(super) fn parse_ts(s: Option<String>) -> Result<Option<DateTime<Utc>>> {
-    s.map(|s| {
-        DateTime::parse_from_rfc3339(&s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| StoreError::Corrupt(format!("bad timestamp `{s}` in database")))
-    })
-    .transpose()
-}
-
-pub(super) fn req_ts(s: String) -> Result<DateTime<Utc>> {
-    parse_ts(Some(s)).map(|t| t.expect("Some in, Some out"))
-}
-
-pub(super) const ENROLLMENT_COLUMNS: &str = "source, enrollment_id, user_id, email, first_name, last_name, \
-    course_id, course_name, progress, trial, completed, activated_at, started_at, completed_at, \
-    expiry_date, created_at, updated_at, event_count, v_updated_at, v_created_at, v_event_id";
-
-pub(super) const EVENT_COLUMNS: &str =
-    "seq, source, event_id, topic, created_at, received_at, enrollment_id, body, pruned_at";
-
-fn enrollment_from_row(row: &SqliteRow) -> Result<Enrollment> {
-    Ok(Enrollment {
-        source: row.try_get("source")?,
-        enrollment_id: row.try_get("enrollment_id")?,
-        user_id: row.try_get("user_id")?,
-        email: row.try_get("email")?,
-        first_name: row.try_get("first_name")?,
-        last_name: row.try_get("last_name")?,
-        course_id: row.try_get("course_id")?,
-        course_name: row.try_get("course_name")?,
-        progress: row.try_get("progress")?,
-        trial: row.try_get("trial")?,
-        completed: row.try_get("completed")?,
-        activated_at: parse_ts(row.try_get("activated_at")?)?,
-        started_at: parse_ts(row.try_get("started_at")?)?,
-        completed_at: parse_ts(row.try_get("completed_at")?)?,
-        expiry_date: parse_ts(row.try_get("expiry_date")?)?,
-        created_at: parse_ts(row.try_get("created_at")?)?,
-        updated_at: parse_ts(row.try_get("updated_at")?)?,
-        event_count: row.try_get("event_count")?,
-        version: Version {
-            updated_at: parse_ts(row.try_get("v_updated_at")?)?,
-            created_at: parse_ts(row.try_get("v_created_at")?)?,
-            event_id: row.try_get("v_event_id")?,
-        },
-    })
-}
-
-pub(super) fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
-    let seq: i64 = row.try_get("seq")?;
-    Ok(StoredEvent {
-        seq,
-        source: row.try_get("source")?,
-        event_id: row.try_get("event_id")?,
-        topic: row.try_get("topic")?,
-        created_at: parse_ts(row.try_get("created_at")?)?,
-        received_at: req_ts(row.try_get("received_at")?)?,
-        enrollment_id: row.try_get("enrollment_id")?,
-        body: row.try_get("body")?,
-        pruned_at: parse_ts(row.try_get("pruned_at")?)?,
-        position: encode_cursor(&[&seq.to_string()]),
-    })
-}
-
-fn quarantine_from_row(row: &SqliteRow) -> Result<QuarantineRecord> {
-    let headers: String = row.try_get("headers")?;
-    Ok(QuarantineRecord {
-        id: row.try_get("id")?,
-        source: row.try_get("source")?,
-        received_at: req_ts(row.try_get("received_at")?)?,
-        reason_code: row.try_get("reason_code")?,
-        reason: row.try_get("reason")?,
-        headers: serde_json::from_str(&headers)
-            .map_err(|e| StoreError::Corrupt(format!("quarantine headers: {e}")))?,
-        body: row.try_get("body")?,
-        body_size: row.try_get("body_size")?,
-        resolved_at: parse_ts(row.try_get("resolved_at")?)?,
-        resolution: row.try_get("resolution")?,
-    })
+    subscriptions: tokio::sync::Mutex<Option<Arc<batch::Subscriptions>>>,
 }
 
 /// The one write connection. A lock, not a pool: handing a pooled connection
 /// back costs a task hop per batch (~0.4 ms measured).
 pub(super) struct Writer {
     /// Also the lock of the batch writer thread's connection.
-    conn: sqlite_batch::WriteLock,
+    conn: batch::WriteLock,
     options: SqliteConnectOptions,
 }
 
@@ -202,9 +77,6 @@ impl Writer {
     }
 }
 
-/// WAL pages after which a commit checkpoints by itself. Only a backstop: the
-/// background checkpointer keeps the WAL far smaller.
-pub(super) const WAL_AUTOCHECKPOINT_BACKSTOP: u32 = 4_000;
 /// The longest a read of the projection waits for it to catch up.
 const READ_WAITS_FOR_PROJECTION: Duration = Duration::from_secs(2);
 /// Often, so each checkpoint is small: at 200 ms one could copy 10-50 MB and
@@ -272,12 +144,12 @@ impl SqliteStore {
             conn: Arc::new(tokio::sync::Mutex::new(writer_options.connect().await?)),
             options: writer_options,
         };
-        migrate(&writer, migrate_schema).await?;
+        migrate::migrate(&mut *writer.conn.lock().await, migrate_schema).await?;
         let path = options.get_filename().to_owned();
         let projector = Projector::open(&path)?;
         let batch = BatchWriter::open(&path, writer.conn.clone(), projector.clone())?;
         let checkpointer = spawn_checkpointer(options.clone());
-        let projection = sqlite_projector::projection_path(&path);
+        let projection = projector::projection_path(&path);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
@@ -321,59 +193,11 @@ impl SqliteStore {
 
     /// Whether every logged event is projected (events of other processes too).
     async fn projection_has_log_end(&self) -> Result<bool> {
-        let (through, end): (i64, i64) =
-            sqlx::query_as(sqlite_projector::PROJECTION_CURSOR_AND_LOG_END)
-                .fetch_one(&self.reader)
-                .await?;
+        let (through, end): (i64, i64) = sqlx::query_as(projector::PROJECTION_CURSOR_AND_LOG_END)
+            .fetch_one(&self.reader)
+            .await?;
         Ok(through >= end)
     }
-}
-
-/// Brings the main file's schema up to date (with `apply`), or says how.
-async fn migrate(writer: &Writer, apply: bool) -> Result<()> {
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS enrollhook_migrations (
-            version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
-    )
-    .execute(&mut *writer.lock().await?)
-    .await?;
-    let current: i64 =
-        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM enrollhook_migrations")
-            .fetch_one(&mut *writer.lock().await?)
-            .await?;
-    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
-    if current > latest {
-        return Err(StoreError::Migrate(format!(
-            "the database schema is at version {current}, newer than this enrollhook knows ({latest}): upgrade enrollhook"
-        )));
-    }
-    if current == latest {
-        return Ok(());
-    }
-    if !apply {
-        return Err(StoreError::Migrate(format!(
-            "the database schema is at version {current}, this enrollhook needs {latest}: run `enrollhook migrate`"
-        )));
-    }
-    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        let mut writer = writer.lock().await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| StoreError::Migrate(format!("migration {version} ({name}): {e}")))?;
-        sqlx::query(
-            "INSERT INTO enrollhook_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-        )
-        .bind(version)
-        .bind(name)
-        .bind(fmt_ts(&Utc::now()))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        tracing::info!(version, name, "applied SQLite migration");
-    }
-    Ok(())
 }
 
 /// Makes the projection file readable and writable on `conn` as if its
@@ -411,12 +235,6 @@ fn const_format_enrollment_select() -> &'static str {
         )
     })
 }
-
-/// The columns an enrollment row is written with, in bind order.
-pub(super) const ENROLLMENT_WRITE_COLUMNS: &str = enrollment_write_columns!();
-
-/// Turns an insert of [`ENROLLMENT_WRITE_COLUMNS`] into an upsert.
-pub(super) const ENROLLMENT_UPSERT_ON_CONFLICT: &str = enrollment_upsert_on_conflict!();
 
 /// Writes a projection row (for `rebuild`; batches go through [`BatchWriter`]).
 async fn upsert_enrollment(conn: &mut SqliteConnection, e: &Enrollment) -> Result<()> {
@@ -478,24 +296,6 @@ async fn refold(
     Ok((rows.len(), projection::fold(source, events)))
 }
 
-fn push_status_filter(q: &mut QueryBuilder<Sqlite>, status: Status, now: &str) {
-    match status {
-        Status::Completed => {
-            q.push(" AND completed = 1");
-        }
-        Status::Expired => {
-            q.push(" AND completed = 0 AND expiry_date < ")
-                .push_bind(now.to_owned());
-        }
-        Status::Trial | Status::Active => {
-            q.push(" AND completed = 0 AND (expiry_date IS NULL OR expiry_date >= ")
-                .push_bind(now.to_owned())
-                .push(") AND trial = ")
-                .push_bind(status == Status::Trial);
-        }
-    }
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -517,7 +317,7 @@ impl Store for SqliteStore {
                 Some(s) => s.clone(),
                 None => {
                     let mut conn = self.reader.acquire().await?;
-                    let read = sqlite_forward::subscriptions_for_batches(&mut conn).await?;
+                    let read = batch::subscriptions_for_batches(&mut conn).await?;
                     known.insert(Arc::new(read)).clone()
                 }
             };
@@ -531,40 +331,27 @@ impl Store for SqliteStore {
     async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<PruneReport> {
         let cutoff = fmt_ts(&cutoff);
         let mut report = PruneReport::default();
-        // Rounds of a few thousand events, each its own short transaction.
+        // Each body by its own event's age (seq order is not arrival order:
+        // an import or a re-admitted delivery can be older than the events
+        // before it), in rounds of a few thousand, each its own short
+        // transaction, found through the partial index of what is prunable
+        // (migration 8), which pruned events leave.
         loop {
-            let now = fmt_ts(&Utc::now());
-            let mut writer = self.writer.lock().await?;
-            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-            let from: i64 = sqlx::query_scalar("SELECT pruned_through_seq FROM retention")
-                .fetch_one(&mut *tx)
-                .await?;
-            // seq follows arrival, so the events before the cutoff are a prefix.
-            let through: Option<i64> = sqlx::query_scalar(
-                "SELECT MAX(seq) FROM (SELECT seq, received_at FROM events WHERE seq > ?
-                                       ORDER BY seq LIMIT ?) WHERE received_at < ?",
-            )
-            .bind(from)
-            .bind(PRUNE_EVENTS_PER_ROUND)
-            .bind(&cutoff)
-            .fetch_one(&mut *tx)
-            .await?;
-            let Some(through) = through else { break };
             let done = sqlx::query(
-                "UPDATE events SET body = '', pruned_at = ?
-                 WHERE seq > ? AND seq <= ? AND enrollment_id IS NULL AND pruned_at IS NULL",
+                "UPDATE events SET body = '', pruned_at = ?1 WHERE seq IN (
+                     SELECT seq FROM events
+                     WHERE received_at < ?2 AND enrollment_id IS NULL AND pruned_at IS NULL
+                     ORDER BY received_at LIMIT ?3)",
             )
-            .bind(&now)
-            .bind(from)
-            .bind(through)
-            .execute(&mut *tx)
+            .bind(fmt_ts(&Utc::now()))
+            .bind(&cutoff)
+            .bind(PRUNE_EVENTS_PER_ROUND)
+            .execute(&mut *self.writer.lock().await?)
             .await?;
-            sqlx::query("UPDATE retention SET pruned_through_seq = ?")
-                .bind(through)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
             report.events += done.rows_affected();
+            if (done.rows_affected() as i64) < PRUNE_EVENTS_PER_ROUND {
+                break;
+            }
         }
         loop {
             // Attempt ids follow time: look at the oldest few thousand only.
@@ -596,6 +383,39 @@ impl Store for SqliteStore {
             }
         }
         Ok(report)
+    }
+
+    async fn append_pruned(&self, events: &[StoredEvent]) -> Result<Vec<AppendOutcome>> {
+        let mut writer = self.writer.lock().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut outcomes = Vec::with_capacity(events.len());
+        for e in events {
+            let seq: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO events (source, event_id, topic, created_at, received_at,
+                    enrollment_id, body, pruned_at)
+                 VALUES (?, ?, ?, ?, ?, ?, '', ?)
+                 ON CONFLICT (source, event_id) DO NOTHING RETURNING seq",
+            )
+            .bind(&e.source)
+            .bind(&e.event_id)
+            .bind(&e.topic)
+            .bind(ts(e.created_at))
+            .bind(fmt_ts(&e.received_at))
+            .bind(e.enrollment_id)
+            .bind(ts(e.pruned_at))
+            .fetch_optional(&mut *tx)
+            .await?;
+            outcomes.push(
+                seq.map_or(AppendOutcome::Duplicate, |seq| AppendOutcome::Stored {
+                    seq,
+                }),
+            );
+        }
+        tx.commit().await?;
+        drop(writer);
+        // The topic index follows the log (the projector reads these back).
+        self.projector.catch_up().await?;
+        Ok(outcomes)
     }
 
     async fn quarantine(&self, r: NewQuarantine) -> Result<i64> {
@@ -641,12 +461,13 @@ impl Store for SqliteStore {
     }
 
     async fn prune_quarantine(&self, keep: u64) -> Result<u64> {
-        let done = sqlx::query(
-            "DELETE FROM quarantine WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET ?)",
-        )
-        .bind(keep as i64)
-        .execute(&mut *self.writer.lock().await?)
-        .await?;
+        // Ids only grow: what lies `keep` below the newest goes (see
+        // [`Store::prune_quarantine`]), found through the primary key.
+        let done =
+            sqlx::query("DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?")
+                .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+                .execute(&mut *self.writer.lock().await?)
+                .await?;
         Ok(done.rows_affected())
     }
 
@@ -655,31 +476,13 @@ impl Store for SqliteStore {
         source: Option<&str>,
         page: &PageRequest,
     ) -> Result<Page<QuarantineRecord>> {
-        let before = match &page.cursor {
-            Some(c) => decode_cursor(c, 1)?[0]
-                .parse::<i64>()
-                .map_err(|_| StoreError::Invalid("invalid cursor".into()))?,
-            None => i64::MAX,
-        };
-        // Newest first: that is what an operator looks for.
-        let rows = sqlx::query(
-            "SELECT * FROM quarantine WHERE id < ? AND (? IS NULL OR source = ?) ORDER BY id DESC LIMIT ?",
-        )
-        .bind(before)
-        .bind(source)
-        .bind(source)
-        .bind(i64::from(page.limit) + 1)
-            .fetch_all(&self.reader)
-            .await?;
-        let mut items = rows
+        let mut q = sql::quarantine_query::<Sqlite>(source, page)?;
+        let rows = q.build().fetch_all(&self.reader).await?;
+        let items = rows
             .iter()
             .map(quarantine_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let next_cursor = (items.len() > page.limit as usize).then(|| {
-            items.truncate(page.limit as usize);
-            encode_cursor(&[&items.last().expect("non-empty").id.to_string()])
-        });
-        Ok(Page { items, next_cursor })
+            .collect::<Result<_>>()?;
+        Ok(page_of(items, page.limit, |r| r.id))
     }
 
     async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>> {
@@ -710,48 +513,13 @@ impl Store for SqliteStore {
         let mut q = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE 1 = 1"
         ));
-        if let Some(s) = &f.source {
-            q.push(" AND source = ").push_bind(s.clone());
-        }
-        if let Some(c) = f.course_id {
-            q.push(" AND course_id = ").push_bind(c);
-        }
-        if let Some(u) = f.user_id {
-            q.push(" AND user_id = ").push_bind(u);
-        }
-        if let Some(e) = &f.email {
-            q.push(" AND email = ").push_bind(e.clone());
-        }
-        if let Some(t) = f.updated_after {
-            q.push(" AND updated_at > ").push_bind(fmt_ts(&t));
-        }
-        if let Some(s) = f.status {
-            push_status_filter(&mut q, s, &fmt_ts(&now));
-        }
-        if let Some(c) = &page.cursor {
-            let parts = decode_cursor(c, 2)?;
-            let id: i64 = parts[1]
-                .parse()
-                .map_err(|_| StoreError::Invalid("invalid cursor".into()))?;
-            q.push(" AND (source, enrollment_id) > (")
-                .push_bind(parts[0].clone())
-                .push(", ")
-                .push_bind(id)
-                .push(")");
-        }
-        q.push(" ORDER BY source, enrollment_id LIMIT ")
-            .push_bind(i64::from(page.limit) + 1);
+        sql::push_enrollment_query(&mut q, f, page, now, |t| fmt_ts(&t))?;
         let rows = q.build().fetch_all(&self.reader).await?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(enrollment_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let next_cursor = (items.len() > page.limit as usize).then(|| {
-            items.truncate(page.limit as usize);
-            let last = items.last().expect("non-empty");
-            encode_cursor(&[&last.source, &last.enrollment_id.to_string()])
-        });
-        Ok(Page { items, next_cursor })
+            .collect::<Result<_>>()?;
+        Ok(sql::page_by(items, page.limit, sql::enrollment_cursor))
     }
 
     async fn get_enrollment(&self, source: &str, enrollment_id: i64) -> Result<Option<Enrollment>> {
@@ -781,12 +549,12 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<CourseStats>> {
         self.projection_current().await;
-        sqlite_courses::course_stats(&self.reader, source, now).await
+        courses::course_stats(&self.reader, source, now).await
     }
 
     async fn activity(&self, query: &ActivityQuery) -> Result<Vec<DayActivity>> {
         self.projection_current().await;
-        sqlite_courses::activity(&self.reader, query).await
+        courses::activity(&self.reader, query).await
     }
 
     async fn list_events(&self, f: &EventFilter, page: &PageRequest) -> Result<Page<StoredEvent>> {
@@ -824,24 +592,15 @@ impl Store for SqliteStore {
         }
         let mut after = f.after_seq.unwrap_or(0);
         if let Some(c) = &page.cursor {
-            let cursor: i64 = decode_cursor(c, 1)?[0]
-                .parse()
-                .map_err(|_| StoreError::Invalid("invalid cursor".into()))?;
+            let cursor = sql::cursor_i64(&decode_cursor(c, 1)?[0])?;
             after = after.max(cursor);
         }
         q.push(format!(" AND {seq} > ")).push_bind(after);
         q.push(format!(" ORDER BY {seq} LIMIT "))
             .push_bind(i64::from(page.limit) + 1);
         let rows = q.build().fetch_all(&self.reader).await?;
-        let mut items = rows
-            .iter()
-            .map(event_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let next_cursor = (items.len() > page.limit as usize).then(|| {
-            items.truncate(page.limit as usize);
-            items.last().expect("non-empty").position.clone()
-        });
-        Ok(Page { items, next_cursor })
+        let items = rows.iter().map(event_from_row).collect::<Result<_>>()?;
+        Ok(sql::page_by(items, page.limit, |e| e.position.clone()))
     }
 
     async fn get_event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>> {
@@ -862,7 +621,7 @@ impl Store for SqliteStore {
         let mut conn = self.writer.options.connect().await?;
         attach_projection(
             &mut conn,
-            &sqlite_projector::projection_path(self.writer.options.get_filename()),
+            &projector::projection_path(self.writer.options.get_filename()),
         )
         .await?;
         let mut tx = conn.begin().await?;
@@ -920,7 +679,7 @@ impl Store for SqliteStore {
             "SELECT (SELECT COUNT(*) FROM events AS e WHERE e.seq <= ?1 AND NOT EXISTS (
                  SELECT 1 FROM event_topics AS t
                  WHERE t.seq = e.seq AND t.topic = e.topic AND t.resource = ",
-            sqlite_projector::resource_of_topic!(),
+            projector::resource_of_topic!(),
             "))
              + (SELECT COUNT(*) FROM event_topics AS t WHERE t.seq > ?1 OR NOT EXISTS (
                  SELECT 1 FROM events AS e WHERE e.seq = t.seq AND e.topic = t.topic))"
@@ -938,13 +697,13 @@ impl Store for SqliteStore {
                 sqlx::query("DELETE FROM event_topics")
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(sqlite_projector::INDEX_TOPICS_FROM_LOG)
+                sqlx::query(projector::INDEX_TOPICS_FROM_LOG)
                     .bind(0)
                     .bind(through)
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlite_courses::recompute(&mut tx).await?;
+            courses::recompute(&mut tx).await?;
             tx.commit().await?;
         }
         Ok(report)
@@ -953,24 +712,5 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use chrono::TimeZone;
-
-    use super::*;
-
-    #[test]
-    fn timestamps_keep_their_fixed_width_format() {
-        for (secs, nanos) in [
-            (0, 0),
-            (1_700_000_000, 123_456_789),
-            (253_402_300_799, 999_999_999),
-        ] {
-            let t = Utc.timestamp_opt(secs, nanos).unwrap();
-            assert_eq!(fmt_ts(&t), t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
-        }
     }
 }

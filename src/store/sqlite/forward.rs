@@ -1,87 +1,18 @@
 //! SQLite storage for forwarding (see [`super::forward`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 
-use super::sqlite::{EVENT_COLUMNS, event_from_row, fmt_ts, parse_ts, req_ts, ts};
-use super::*;
+use super::SqliteStore;
+use super::batch::enabled_subscriptions;
+use super::codec::*;
 use crate::forward::subscription::Subscription;
+use crate::store::*;
 use crate::thinkific::envelope::course_id_of_body;
-
-const SUBSCRIPTION_COLUMNS: &str = "id, url, topics, course_ids, sources, secret, previous_secret, \
-    previous_secret_until, enabled, disabled_reason, ordered, headers, description, failing_since, \
-    created_at, updated_at";
-
-fn json_col<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T> {
-    let text: String = row.try_get(col)?;
-    serde_json::from_str(&text)
-        .map_err(|e| StoreError::Corrupt(format!("subscriptions.{col}: {e}")))
-}
-
-fn opt_json_col<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<Option<T>> {
-    let text: Option<String> = row.try_get(col)?;
-    text.map(|t| serde_json::from_str(&t))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("subscriptions.{col}: {e}")))
-}
-
-fn subscription_from_row(row: &SqliteRow) -> Result<Subscription> {
-    Ok(Subscription {
-        id: row.try_get("id")?,
-        url: row.try_get("url")?,
-        topics: json_col(row, "topics")?,
-        course_ids: opt_json_col(row, "course_ids")?,
-        sources: opt_json_col(row, "sources")?,
-        secret: row.try_get("secret")?,
-        previous_secret: row.try_get("previous_secret")?,
-        previous_secret_until: parse_ts(row.try_get("previous_secret_until")?)?,
-        enabled: row.try_get("enabled")?,
-        disabled_reason: row.try_get("disabled_reason")?,
-        ordered: row.try_get("ordered")?,
-        headers: json_col::<BTreeMap<String, String>>(row, "headers")?,
-        description: row.try_get("description")?,
-        failing_since: parse_ts(row.try_get("failing_since")?)?,
-        created_at: req_ts(row.try_get("created_at")?)?,
-        updated_at: req_ts(row.try_get("updated_at")?)?,
-    })
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("plain data serializes")
-}
-
-/// The enabled subscriptions (what new events are matched against).
-pub(super) async fn enabled_subscriptions(
-    conn: &mut SqliteConnection,
-) -> Result<Vec<Subscription>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE enabled = 1"
-    )))
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(subscription_from_row).collect()
-}
-
-/// The enabled subscriptions with their fingerprint, in one snapshot, for the
-/// batch writer (which re-checks the fingerprint inside each batch).
-pub(super) async fn subscriptions_for_batches(
-    conn: &mut SqliteConnection,
-) -> Result<super::sqlite_batch::Subscriptions> {
-    let mut tx = conn.begin().await?;
-    let fingerprint = sqlx::query_as(super::sqlite_batch::SUBSCRIPTIONS_FINGERPRINT)
-        .fetch_one(&mut *tx)
-        .await?;
-    let enabled = enabled_subscriptions(&mut tx).await?;
-    tx.commit().await?;
-    Ok(super::sqlite_batch::Subscriptions {
-        enabled,
-        fingerprint,
-    })
-}
 
 /// Rows per multi-row statement of recorded attempts (9 parameters each).
 const ATTEMPT_ROWS_PER_STATEMENT: usize = 500;
@@ -111,47 +42,6 @@ async fn upsert_outbox(
     .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-fn attempt_from_row(row: &SqliteRow) -> Result<DeliveryAttempt> {
-    Ok(DeliveryAttempt {
-        id: row.try_get("id")?,
-        outbox_id: row.try_get("outbox_id")?,
-        subscription_id: row.try_get("subscription_id")?,
-        event_seq: row.try_get("event_seq")?,
-        attempt: row.try_get("attempt")?,
-        attempted_at: req_ts(row.try_get("attempted_at")?)?,
-        status: row.try_get("status")?,
-        latency_ms: row.try_get("latency_ms")?,
-        error: row.try_get("error")?,
-        response: row.try_get("response")?,
-    })
-}
-
-fn outbox_from_row(row: &SqliteRow) -> Result<OutboxEntry> {
-    let state: String = row.try_get("state")?;
-    let finished: Option<String> = row.try_get("finished_at")?;
-    let next: String = row.try_get("next_attempt_at")?;
-    Ok(OutboxEntry {
-        id: row.try_get("id")?,
-        subscription_id: row.try_get("subscription_id")?,
-        event_seq: row.try_get("event_seq")?,
-        source: row.try_get("source")?,
-        event_id: row.try_get("event_id")?,
-        topic: row.try_get("topic")?,
-        state: DeliveryState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("outbox state `{state}`")))?,
-        attempts: row.try_get("attempts")?,
-        next_attempt_at: if state == "pending" {
-            parse_ts(Some(next))?
-        } else {
-            None
-        },
-        last_status: row.try_get("last_status")?,
-        last_error: row.try_get("last_error")?,
-        created_at: req_ts(row.try_get("created_at")?)?,
-        finished_at: parse_ts(finished)?,
-    })
 }
 
 #[async_trait]
@@ -331,7 +221,7 @@ impl ForwardStore for SqliteStore {
     async fn finish_attempts(
         &self,
         done: &[FinishedAttempt],
-        disable_failing_before: DateTime<Utc>,
+        rules: &dyn AttemptRules,
     ) -> Result<Vec<String>> {
         if done.is_empty() {
             return Ok(Vec::new());
@@ -362,9 +252,9 @@ impl ForwardStore for SqliteStore {
                 "WITH v (id, state, attempts, next_attempt_at, last_status, last_error, finished_at) AS (",
             );
             q.push_values(chunk, |mut row, f| {
-                let change = f.outbox_change();
+                let change = rules.outbox_change(f);
                 row.push_bind(f.outbox_id)
-                    .push_bind(change.state)
+                    .push_bind(change.state.as_str())
                     .push_bind(i64::from(f.attempt))
                     .push_bind(fmt_ts(&change.next_attempt_at))
                     .push_bind(f.status.map(i64::from))
@@ -401,7 +291,7 @@ impl ForwardStore for SqliteStore {
             };
             stored.insert(row.try_get::<String, _>("id")?, health);
         }
-        let changes = health_changes(done, &stored, disable_failing_before);
+        let changes = rules.health_changes(done, &stored);
         for c in &changes {
             let (reason, disabled_at) = c.disabled.clone().unzip();
             sqlx::query(
@@ -433,29 +323,9 @@ impl ForwardStore for SqliteStore {
         page: &PageRequest,
         newest_first: bool,
     ) -> Result<Page<DeliveryAttempt>> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM delivery_attempts WHERE ");
-        match (newest_first, &page.cursor) {
-            (false, cursor) => q.push("id > ").push_bind(page_after(cursor)?),
-            (true, None) => q.push("TRUE"),
-            (true, cursor) => q.push("id < ").push_bind(page_after(cursor)?),
-        };
-        if let Some(s) = subscription_id {
-            q.push(" AND subscription_id = ").push_bind(s.to_owned());
-        }
-        if let Some(seq) = event_seq {
-            q.push(" AND event_seq = ").push_bind(seq);
-        }
-        q.push(if newest_first {
-            " ORDER BY id DESC LIMIT "
-        } else {
-            " ORDER BY id LIMIT "
-        })
-        .push_bind(i64::from(page.limit) + 1);
+        let mut q = sql::attempts_query::<Sqlite>(subscription_id, event_seq, page, newest_first)?;
         let rows = q.build().fetch_all(&self.reader).await?;
-        let items = rows
-            .iter()
-            .map(attempt_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let items = rows.iter().map(attempt_from_row).collect::<Result<_>>()?;
         Ok(page_of(items, page.limit, |a| a.id))
     }
 
@@ -464,26 +334,9 @@ impl ForwardStore for SqliteStore {
         f: &DeliveryFilter,
         page: &PageRequest,
     ) -> Result<Page<OutboxEntry>> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT o.*, e.source, e.event_id, e.topic FROM outbox AS o JOIN events AS e ON e.seq = o.event_seq WHERE o.id > ",
-        );
-        q.push_bind(page_after(&page.cursor)?);
-        if let Some(s) = &f.subscription_id {
-            q.push(" AND o.subscription_id = ").push_bind(s.clone());
-        }
-        if let Some(seq) = f.event_seq {
-            q.push(" AND o.event_seq = ").push_bind(seq);
-        }
-        if let Some(state) = f.state {
-            q.push(" AND o.state = ").push_bind(state.as_str());
-        }
-        q.push(" ORDER BY o.id LIMIT ")
-            .push_bind(i64::from(page.limit) + 1);
+        let mut q = sql::deliveries_query::<Sqlite>(f, page)?;
         let rows = q.build().fetch_all(&self.reader).await?;
-        let items = rows
-            .iter()
-            .map(outbox_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let items = rows.iter().map(outbox_from_row).collect::<Result<_>>()?;
         Ok(page_of(items, page.limit, |o| o.id))
     }
 

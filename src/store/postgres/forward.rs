@@ -2,95 +2,20 @@
 //! `FOR UPDATE SKIP LOCKED` plus a lease, so instances sharing the database
 //! never have one delivery in flight twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::postgres::PgConnection;
 use sqlx::types::Json;
-use sqlx::{Connection, Postgres, QueryBuilder, Row};
+use sqlx::{Connection, Postgres, Row};
 
-use super::postgres::{EVENT_COLUMNS, event_from_row};
-use super::*;
+use super::PostgresStore;
+use super::codec::*;
+use super::outbox::enabled_subscriptions;
 use crate::forward::subscription::Subscription;
+use crate::store::*;
 use crate::thinkific::envelope::course_id_of_body;
-
-const SUBSCRIPTION_COLUMNS: &str = "id, url, topics, course_ids, sources, secret, previous_secret, \
-    previous_secret_until, enabled, disabled_reason, ordered, headers, description, failing_since, \
-    created_at, updated_at";
-
-fn subscription_from_row(row: &PgRow) -> Result<Subscription> {
-    let topics: Json<Vec<String>> = row.try_get("topics")?;
-    let course_ids: Option<Json<Vec<i64>>> = row.try_get("course_ids")?;
-    let sources: Option<Json<Vec<String>>> = row.try_get("sources")?;
-    let headers: Json<BTreeMap<String, String>> = row.try_get("headers")?;
-    Ok(Subscription {
-        id: row.try_get("id")?,
-        url: row.try_get("url")?,
-        topics: topics.0,
-        course_ids: course_ids.map(|j| j.0),
-        sources: sources.map(|j| j.0),
-        secret: row.try_get("secret")?,
-        previous_secret: row.try_get("previous_secret")?,
-        previous_secret_until: row.try_get("previous_secret_until")?,
-        enabled: row.try_get("enabled")?,
-        disabled_reason: row.try_get("disabled_reason")?,
-        ordered: row.try_get("ordered")?,
-        headers: headers.0,
-        description: row.try_get("description")?,
-        failing_since: row.try_get("failing_since")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-pub(super) async fn enabled_subscriptions(conn: &mut PgConnection) -> Result<Vec<Subscription>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE enabled"
-    )))
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(subscription_from_row).collect()
-}
-
-/// Puts freshly stored events in the outbox of every matching subscription
-/// (inside the events' own transaction), one statement for the batch.
-pub(super) async fn enqueue(
-    conn: &mut PgConnection,
-    subscriptions: &[Subscription],
-    stored: &[(&NewEvent, i64)],
-) -> Result<()> {
-    if subscriptions.is_empty() {
-        return Ok(());
-    }
-    let (mut subs, mut seqs, mut keys, mut at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (ev, seq) in stored {
-        for s in subscriptions
-            .iter()
-            .filter(|s| s.matches(&ev.source, &ev.topic, ev.course_id))
-        {
-            subs.push(s.id.clone());
-            seqs.push(*seq);
-            keys.push(ev.order_key());
-            at.push(ev.received_at);
-        }
-    }
-    if subs.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at)
-         SELECT s, q, k, 'pending', 0, t, t FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[]) AS u(s, q, k, t)
-         ON CONFLICT (subscription_id, event_seq) DO NOTHING",
-    )
-    .bind(&subs)
-    .bind(&seqs)
-    .bind(&keys)
-    .bind(&at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
 
 async fn upsert_outbox(
     conn: &mut PgConnection,
@@ -124,46 +49,6 @@ async fn subscription_in(conn: &mut PgConnection, id: &str) -> Result<Subscripti
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("no subscription `{id}`")))?;
     subscription_from_row(&row)
-}
-
-fn attempt_from_row(row: &PgRow) -> Result<DeliveryAttempt> {
-    let attempt: i32 = row.try_get("attempt")?;
-    let status: Option<i32> = row.try_get("status")?;
-    Ok(DeliveryAttempt {
-        id: row.try_get("id")?,
-        outbox_id: row.try_get("outbox_id")?,
-        subscription_id: row.try_get("subscription_id")?,
-        event_seq: row.try_get("event_seq")?,
-        attempt: attempt.into(),
-        attempted_at: row.try_get("attempted_at")?,
-        status: status.map(i64::from),
-        latency_ms: row.try_get("latency_ms")?,
-        error: row.try_get("error")?,
-        response: row.try_get("response")?,
-    })
-}
-
-fn outbox_from_row(row: &PgRow) -> Result<OutboxEntry> {
-    let state: String = row.try_get("state")?;
-    let attempts: i32 = row.try_get("attempts")?;
-    let last_status: Option<i32> = row.try_get("last_status")?;
-    let next: DateTime<Utc> = row.try_get("next_attempt_at")?;
-    Ok(OutboxEntry {
-        id: row.try_get("id")?,
-        subscription_id: row.try_get("subscription_id")?,
-        event_seq: row.try_get("event_seq")?,
-        source: row.try_get("source")?,
-        event_id: row.try_get("event_id")?,
-        topic: row.try_get("topic")?,
-        state: DeliveryState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("outbox state `{state}`")))?,
-        attempts: attempts.into(),
-        next_attempt_at: (state == "pending").then_some(next),
-        last_status: last_status.map(i64::from),
-        last_error: row.try_get("last_error")?,
-        created_at: row.try_get("created_at")?,
-        finished_at: row.try_get("finished_at")?,
-    })
 }
 
 #[async_trait]
@@ -334,14 +219,14 @@ impl ForwardStore for PostgresStore {
     async fn finish_attempts(
         &self,
         done: &[FinishedAttempt],
-        disable_failing_before: DateTime<Utc>,
+        rules: &dyn AttemptRules,
     ) -> Result<Vec<String>> {
         if done.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.writer().acquire().await?;
         let mut tx = conn.begin().await?;
-        let changes: Vec<OutboxChange> = done.iter().map(FinishedAttempt::outbox_change).collect();
+        let changes: Vec<OutboxChange> = done.iter().map(|f| rules.outbox_change(f)).collect();
         // One statement records every attempt and moves every delivery on.
         sqlx::query(
             "WITH v AS (
@@ -381,7 +266,7 @@ impl ForwardStore for PostgresStore {
                 .map(|f| f.response.as_deref())
                 .collect::<Vec<_>>(),
         )
-        .bind(changes.iter().map(|c| c.state).collect::<Vec<_>>())
+        .bind(changes.iter().map(|c| c.state.as_str()).collect::<Vec<_>>())
         .bind(
             changes
                 .iter()
@@ -418,7 +303,7 @@ impl ForwardStore for PostgresStore {
             };
             stored.insert(row.try_get::<String, _>("id")?, health);
         }
-        let health = health_changes(done, &stored, disable_failing_before);
+        let health = rules.health_changes(done, &stored);
         for c in &health {
             let (reason, disabled_at) = c.disabled.clone().unzip();
             sqlx::query(
@@ -450,29 +335,10 @@ impl ForwardStore for PostgresStore {
         page: &PageRequest,
         newest_first: bool,
     ) -> Result<Page<DeliveryAttempt>> {
-        let mut q = QueryBuilder::<Postgres>::new("SELECT * FROM delivery_attempts WHERE ");
-        match (newest_first, &page.cursor) {
-            (false, cursor) => q.push("id > ").push_bind(page_after(cursor)?),
-            (true, None) => q.push("TRUE"),
-            (true, cursor) => q.push("id < ").push_bind(page_after(cursor)?),
-        };
-        if let Some(s) = subscription_id {
-            q.push(" AND subscription_id = ").push_bind(s.to_owned());
-        }
-        if let Some(seq) = event_seq {
-            q.push(" AND event_seq = ").push_bind(seq);
-        }
-        q.push(if newest_first {
-            " ORDER BY id DESC LIMIT "
-        } else {
-            " ORDER BY id LIMIT "
-        })
-        .push_bind(i64::from(page.limit) + 1);
+        let mut q =
+            sql::attempts_query::<Postgres>(subscription_id, event_seq, page, newest_first)?;
         let rows = q.build().fetch_all(self.reader()).await?;
-        let items = rows
-            .iter()
-            .map(attempt_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let items = rows.iter().map(attempt_from_row).collect::<Result<_>>()?;
         Ok(page_of(items, page.limit, |a| a.id))
     }
 
@@ -481,26 +347,9 @@ impl ForwardStore for PostgresStore {
         f: &DeliveryFilter,
         page: &PageRequest,
     ) -> Result<Page<OutboxEntry>> {
-        let mut q = QueryBuilder::<Postgres>::new(
-            "SELECT o.*, e.source, e.event_id, e.topic FROM outbox AS o JOIN events AS e ON e.seq = o.event_seq WHERE o.id > ",
-        );
-        q.push_bind(page_after(&page.cursor)?);
-        if let Some(s) = &f.subscription_id {
-            q.push(" AND o.subscription_id = ").push_bind(s.clone());
-        }
-        if let Some(seq) = f.event_seq {
-            q.push(" AND o.event_seq = ").push_bind(seq);
-        }
-        if let Some(state) = f.state {
-            q.push(" AND o.state = ").push_bind(state.as_str());
-        }
-        q.push(" ORDER BY o.id LIMIT ")
-            .push_bind(i64::from(page.limit) + 1);
+        let mut q = sql::deliveries_query::<Postgres>(f, page)?;
         let rows = q.build().fetch_all(self.reader()).await?;
-        let items = rows
-            .iter()
-            .map(outbox_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let items = rows.iter().map(outbox_from_row).collect::<Result<_>>()?;
         Ok(page_of(items, page.limit, |o| o.id))
     }
 

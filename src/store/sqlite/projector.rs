@@ -1,7 +1,7 @@
 //! The SQLite projection: enrollments, course totals and expiries, kept in a
 //! database file of their own (`<database>-projection`) by a thread of its own.
 //!
-//! The log writer ([`super::sqlite_batch`]) commits deliveries to the main
+//! The log writer ([`super::batch`]) commits deliveries to the main
 //! file and hands the stored events to this thread; it applies them in
 //! transactions of its own, many batches at once: once [`PROJECT_AT`] events
 //! wait, or [`PROJECT_AFTER`] after the first of them. Two files, two write
@@ -30,11 +30,11 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::sqlite::{ENROLLMENT_UPSERT_ON_CONFLICT, ts};
-use super::sqlite_batch::write_error;
-use super::sqlite_courses::{self, ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
-use super::*;
+use super::batch::write_error;
+use super::codec::{ENROLLMENT_UPSERT_ON_CONFLICT, ts};
+use super::courses::{self, ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
 use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
+use crate::store::*;
 
 /// Project once this many stored events wait...
 const PROJECT_AT: usize = 10_000;
@@ -56,7 +56,7 @@ const CHECKPOINT_PAGES: u32 = 4_000;
 const LOG_EVENTS_PER_PROJECTION: i64 = 5_000;
 
 /// The projection file's schema; a file with another version is re-derived.
-const SCHEMA: &str = include_str!("migrations/sqlite/projection.sql");
+const SCHEMA: &str = include_str!("migrations/projection.sql");
 const SCHEMA_VERSION: i64 = 2;
 
 /// Where the projection of the log at `database` is kept.
@@ -106,7 +106,7 @@ impl Projector {
                 lower_priority();
                 run(conn, messages, pending)
             })
-            .map_err(|e| StoreError::Invalid(format!("cannot start the SQLite projector: {e}")))?;
+            .map_err(|e| StoreError::Write(format!("cannot start the SQLite projector: {e}")))?;
         Ok(Projector { queue, waiting })
     }
 
@@ -138,7 +138,7 @@ impl Projector {
 }
 
 fn stopped() -> StoreError {
-    StoreError::Invalid("the SQLite projector thread has stopped".into())
+    StoreError::Write("the SQLite projector thread has stopped".into())
 }
 
 /// The projector is background work: when the cores are busy, the threads
@@ -569,7 +569,7 @@ fn project(conn: &Connection, updates: &[(&str, &EnrollmentEvent)], through: i64
         format!(
             "INSERT INTO enrollments ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22) {ENROLLMENT_UPSERT_ON_CONFLICT}",
-            super::sqlite::ENROLLMENT_WRITE_COLUMNS
+            super::codec::ENROLLMENT_WRITE_COLUMNS
         )
     });
     let mut upsert = conn.prepare_cached(sql).map_err(write_error)?;
@@ -608,7 +608,7 @@ fn adjust_course_tables(
     conn: &Connection,
     changes: &[(Option<&Enrollment>, &Enrollment)],
 ) -> rusqlite::Result<()> {
-    let deltas = sqlite_courses::deltas(changes);
+    let deltas = courses::deltas(changes);
     let mut totals = conn.prepare_cached(TOTALS_UPSERT)?;
     for ((source, course_id), d) in &deltas.totals {
         totals.execute(params![
@@ -638,7 +638,7 @@ fn load_enrollment(conn: &Connection, source: &str, id: i64) -> Result<Option<En
     let sql = SELECT.get_or_init(|| {
         format!(
             "SELECT {} FROM enrollments WHERE source = ?1 AND enrollment_id = ?2",
-            super::sqlite::ENROLLMENT_COLUMNS
+            super::codec::ENROLLMENT_COLUMNS
         )
     });
     let mut select = conn.prepare_cached(sql).map_err(write_error)?;

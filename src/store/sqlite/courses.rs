@@ -24,8 +24,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::sqlite::fmt_ts;
-use super::*;
+use super::codec::fmt_ts;
+use crate::store::*;
 
 /// What one enrollment row adds to its course's totals.
 #[derive(Debug, PartialEq)]

@@ -10,7 +10,7 @@
 //!
 //! A batch's transaction holds only the log: its events and their outbox
 //! rows. Once it commits, the stored events go to the projector
-//! ([`super::sqlite_projector`]), which keeps the enrollments in a file of
+//! ([`super::projector`]), which keeps the enrollments in a file of
 //! its own, and the deliveries are answered.
 
 use std::path::Path;
@@ -18,13 +18,18 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior, params};
+use sqlx::Connection as _;
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
-use super::sqlite::{fmt_ts, ts};
-use super::sqlite_projector::{Projector, StoredForProjection};
-use super::*;
+use super::codec::{SUBSCRIPTION_COLUMNS, fmt_ts, subscription_from_row, ts};
+use super::projector::{Projector, StoredForProjection};
 use crate::forward::subscription::Subscription;
+use crate::store::*;
+
+/// WAL pages after which a commit checkpoints by itself. Only a backstop: the
+/// background checkpointer keeps the WAL far smaller.
+pub(super) const WAL_AUTOCHECKPOINT_BACKSTOP: u32 = 4_000;
 
 /// The store's write lock (shared with its sqlx write connection).
 pub(super) type WriteLock = Arc<tokio::sync::Mutex<SqliteConnection>>;
@@ -69,7 +74,7 @@ impl BatchWriter {
         std::thread::Builder::new()
             .name("sqlite-batch".into())
             .spawn(move || run(conn, queue, lock, projector))
-            .map_err(|e| StoreError::Invalid(format!("cannot start the SQLite writer: {e}")))?;
+            .map_err(|e| StoreError::Write(format!("cannot start the SQLite writer: {e}")))?;
         Ok(BatchWriter { jobs })
     }
 
@@ -92,7 +97,7 @@ impl BatchWriter {
 }
 
 fn stopped() -> StoreError {
-    StoreError::Invalid("the SQLite writer thread has stopped".into())
+    StoreError::Write("the SQLite writer thread has stopped".into())
 }
 
 /// The writer thread: one transaction per batch, then the stored events go to
@@ -142,11 +147,7 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    conn.pragma_update(
-        None,
-        "wal_autocheckpoint",
-        super::sqlite::WAL_AUTOCHECKPOINT_BACKSTOP,
-    )?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_BACKSTOP)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
@@ -227,4 +228,33 @@ fn insert_events(conn: &Connection, events: &[NewEvent]) -> rusqlite::Result<Vec
             })
         })
         .collect()
+}
+
+/// The enabled subscriptions (what new events are matched against).
+pub(super) async fn enabled_subscriptions(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<Subscription>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE enabled = 1"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(subscription_from_row).collect()
+}
+
+/// The enabled subscriptions with their fingerprint, in one snapshot, for the
+/// batch writer (which re-checks the fingerprint inside each batch).
+pub(super) async fn subscriptions_for_batches(
+    conn: &mut SqliteConnection,
+) -> Result<Subscriptions> {
+    let mut tx = conn.begin().await?;
+    let fingerprint = sqlx::query_as(SUBSCRIPTIONS_FINGERPRINT)
+        .fetch_one(&mut *tx)
+        .await?;
+    let enabled = enabled_subscriptions(&mut tx).await?;
+    tx.commit().await?;
+    Ok(Subscriptions {
+        enabled,
+        fingerprint,
+    })
 }

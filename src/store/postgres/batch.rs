@@ -1,0 +1,271 @@
+//! A batch of deliveries in one transaction: events, projection, outbox (see
+//! the locking order in the parent module's docs).
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+use super::codec::*;
+use super::outbox;
+use crate::projection::{self, Enrollment, EnrollmentEvent};
+use crate::store::*;
+
+/// The advisory lock of one enrollment: `(hash of source, enrollment id folded
+/// to 32 bits)`. A collision only serialises two unrelated enrollments. The hash
+/// must stay stable across versions: instances of different versions share locks.
+fn enrollment_lock(source: &str, enrollment_id: i64) -> (i32, i32) {
+    // FNV-1a, 32 bits.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in source.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let folded = (enrollment_id as u64 ^ (enrollment_id as u64 >> 32)) as u32;
+    (h as i32, folded as i32)
+}
+
+/// Deadlocks and serialization failures: the batch did nothing and can be retried.
+pub(super) fn is_retryable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Unavailable(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40P01" | "40001"))
+        }
+        _ => false,
+    }
+}
+
+/// One batch, one transaction (see the module comment for the locking order).
+pub(super) async fn append_on(
+    conn: &mut PgConnection,
+    events: &[NewEvent],
+) -> Result<Vec<AppendOutcome>> {
+    let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
+    // The first occurrence of each (source, event id) is the one inserted, in
+    // sorted order; later occurrences in the batch are duplicates.
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&events[a].source, &events[a].event_id).cmp(&(&events[b].source, &events[b].event_id))
+    });
+    order.dedup_by(|b, a| {
+        events[*a].source == events[*b].source && events[*a].event_id == events[*b].event_id
+    });
+
+    let mut tx = conn.begin().await?;
+    let sources: Vec<String> = order.iter().map(|&i| events[i].source.clone()).collect();
+    let ids: Vec<String> = order.iter().map(|&i| events[i].event_id.clone()).collect();
+    let topics: Vec<String> = order.iter().map(|&i| events[i].topic.clone()).collect();
+    let created: Vec<Option<DateTime<Utc>>> = order
+        .iter()
+        .map(|&i| us_opt(events[i].created_at))
+        .collect();
+    let received: Vec<DateTime<Utc>> = order.iter().map(|&i| us(events[i].received_at)).collect();
+    let enrollment_ids: Vec<Option<i64>> =
+        order.iter().map(|&i| events[i].enrollment_id()).collect();
+    let bodies: Vec<&str> = order.iter().map(|&i| events[i].body.as_str()).collect();
+    let positions: Vec<i32> = order.iter().map(|&i| i as i32).collect();
+    // Sequence numbers follow the input (arrival) order; rows are inserted in
+    // key order, so concurrent batches wait on each other's keys in one order.
+    let inserted: Vec<(String, String, i64)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT nextval('events_seq_seq') AS seq, source, event_id, topic, created_at,
+                    received_at, enrollment_id, body
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
+                         $5::timestamptz[], $6::bigint[], $7::text[], $8::int4[])
+                  AS u(source, event_id, topic, created_at, received_at, enrollment_id, body, pos)
+             ORDER BY pos)
+         INSERT INTO events (seq, source, event_id, topic, created_at, received_at, enrollment_id, body)
+         OVERRIDING SYSTEM VALUE
+         SELECT * FROM input ORDER BY source, event_id
+         ON CONFLICT (source, event_id) DO NOTHING
+         RETURNING source, event_id, seq",
+    )
+    .bind(&sources)
+    .bind(&ids)
+    .bind(&topics)
+    .bind(&created)
+    .bind(&received)
+    .bind(&enrollment_ids)
+    .bind(&bodies)
+    .bind(&positions)
+    .fetch_all(&mut *tx)
+    .await?;
+    let seqs: HashMap<(String, String), i64> = inserted
+        .into_iter()
+        .map(|(source, event_id, seq)| ((source, event_id), seq))
+        .collect();
+
+    // New enrollment events, grouped by enrollment in sorted order.
+    let mut touched: BTreeMap<(&str, i64), Vec<&EnrollmentEvent>> = BTreeMap::new();
+    for &i in &order {
+        let ev = &events[i];
+        let Some(&seq) = seqs.get(&(ev.source.clone(), ev.event_id.clone())) else {
+            continue;
+        };
+        outcomes[i] = AppendOutcome::Stored { seq };
+        if let Some(enrollment) = &ev.enrollment {
+            touched
+                .entry((ev.source.as_str(), enrollment.payload.id))
+                .or_default()
+                .push(enrollment);
+        }
+    }
+    if !touched.is_empty() {
+        let next = project(&mut tx, &touched).await?;
+        upsert_enrollments(&mut tx, &next).await?;
+    }
+    // Forwarding: the outbox rows commit with their events, or not at all.
+    let subscriptions = outbox::enabled_subscriptions(&mut tx).await?;
+    if !subscriptions.is_empty() {
+        let stored: Vec<(&NewEvent, i64)> = events
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(ev, o)| match o {
+                AppendOutcome::Stored { seq } => Some((ev, *seq)),
+                AppendOutcome::Duplicate => None,
+            })
+            .collect();
+        outbox::enqueue(&mut tx, &subscriptions, &stored).await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Locks the touched enrollments and computes their new state.
+async fn project(
+    tx: &mut PgConnection,
+    touched: &BTreeMap<(&str, i64), Vec<&EnrollmentEvent>>,
+) -> Result<Vec<Enrollment>> {
+    let mut locks: Vec<(i32, i32)> = touched
+        .keys()
+        .map(|(source, id)| enrollment_lock(source, *id))
+        .collect();
+    locks.sort_unstable();
+    locks.dedup();
+    let (k1, k2): (Vec<i32>, Vec<i32>) = locks.into_iter().unzip();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k1, k2)
+         FROM unnest($1::int4[], $2::int4[]) AS k(k1, k2) ORDER BY k1, k2",
+    )
+    .bind(&k1)
+    .bind(&k2)
+    .execute(&mut *tx)
+    .await?;
+
+    let (sources, ids): (Vec<&str>, Vec<i64>) = touched.keys().copied().unzip();
+    // FOR UPDATE also waits for a running `rebuild` (it locks the table).
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENROLLMENT_COLUMNS} FROM enrollments
+         WHERE (source, enrollment_id) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))
+         FOR UPDATE"
+    )))
+    .bind(&sources)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut current: HashMap<(String, i64), Enrollment> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let e = enrollment_from_row(row)?;
+        current.insert((e.source.clone(), e.enrollment_id), e);
+    }
+
+    let mut next = Vec::with_capacity(touched.len());
+    for (&(source, id), new) in touched {
+        let mut new: Vec<&EnrollmentEvent> = new.clone();
+        new.sort_by_cached_key(|e| e.version());
+        let state = current.remove(&(source.to_owned(), id));
+        let all_newer = state
+            .as_ref()
+            .is_none_or(|s| new.first().is_some_and(|e| e.version() > s.version));
+        let folded = if all_newer {
+            // Each event is newer than the last: stepping equals a full fold.
+            new.iter()
+                .fold(state, |s, e| Some(projection::step(s, source, e)))
+        } else {
+            // A late event: re-fold from the log (which holds this batch's events too).
+            refold(tx, source, id).await?.1
+        };
+        next.extend(folded);
+    }
+    Ok(next)
+}
+
+pub(super) async fn upsert_enrollments(tx: &mut PgConnection, rows: &[Enrollment]) -> Result<()> {
+    fn col<T>(rows: &[Enrollment], f: impl Fn(&Enrollment) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
+    sqlx::query(concat!(
+        "INSERT INTO enrollments (",
+        enrollment_write_columns!(),
+        ")
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
+            $6::text[], $7::bigint[], $8::text[], $9::float8[], $10::bool[], $11::bool[],
+            $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
+            $16::timestamptz[], $17::timestamptz[], $18::float8[], $19::bigint[],
+            $20::timestamptz[], $21::timestamptz[], $22::text[])
+         ",
+        enrollment_upsert_on_conflict!()
+    ))
+    .bind(col(rows, |e| e.source.clone()))
+    .bind(col(rows, |e| e.enrollment_id))
+    .bind(col(rows, |e| e.user_id))
+    .bind(col(rows, |e| e.email.clone()))
+    .bind(col(rows, |e| e.first_name.clone()))
+    .bind(col(rows, |e| e.last_name.clone()))
+    .bind(col(rows, |e| e.course_id))
+    .bind(col(rows, |e| e.course_name.clone()))
+    .bind(col(rows, |e| e.progress))
+    .bind(col(rows, |e| e.trial))
+    .bind(col(rows, |e| e.completed))
+    .bind(col(rows, |e| us_opt(e.activated_at)))
+    .bind(col(rows, |e| us_opt(e.started_at)))
+    .bind(col(rows, |e| us_opt(e.completed_at)))
+    .bind(col(rows, |e| us_opt(e.expiry_date)))
+    .bind(col(rows, |e| us_opt(e.created_at)))
+    .bind(col(rows, |e| us_opt(e.updated_at)))
+    .bind(col(rows, Enrollment::days_to_complete))
+    .bind(col(rows, |e| e.event_count))
+    .bind(col(rows, |e| us_opt(e.version.updated_at)))
+    .bind(col(rows, |e| us_opt(e.version.created_at)))
+    .bind(col(rows, |e| e.version.event_id.clone()))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn load_enrollment(
+    conn: &mut PgConnection,
+    source: &str,
+    enrollment_id: i64,
+) -> Result<Option<Enrollment>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE source = $1 AND enrollment_id = $2"
+    )))
+    .bind(source)
+    .bind(enrollment_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(enrollment_from_row).transpose()
+}
+
+/// Folds every logged event of one enrollment: the slow path for late events,
+/// and what `rebuild` does for every enrollment.
+pub(super) async fn refold(
+    conn: &mut PgConnection,
+    source: &str,
+    enrollment_id: i64,
+) -> Result<(usize, Option<Enrollment>)> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT topic, event_id, body FROM events WHERE source = $1 AND enrollment_id = $2",
+    )
+    .bind(source)
+    .bind(enrollment_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (topic, event_id, body) in &rows {
+        events.extend(enrollment_event_from_log(topic, event_id, body)?);
+    }
+    Ok((rows.len(), projection::fold(source, events)))
+}

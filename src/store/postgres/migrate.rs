@@ -1,0 +1,86 @@
+//! The database's schema versions and their runner (the rules are shared
+//! with SQLite, see [`crate::store::migrate`]).
+
+use sqlx::postgres::PgPool;
+
+use crate::store::{Result, migrate};
+
+/// Schema versions, applied in order.
+const MIGRATIONS: &[migrate::Migration] = &[
+    (1, "initial", include_str!("migrations/0001_initial.sql")),
+    (
+        2,
+        "forwarding",
+        include_str!("migrations/0002_forwarding.sql"),
+    ),
+    (
+        3,
+        "retention",
+        include_str!("migrations/0003_retention.sql"),
+    ),
+    (
+        4,
+        "commit order",
+        include_str!("migrations/0004_commit_order.sql"),
+    ),
+    (5, "activity", include_str!("migrations/0005_activity.sql")),
+    (
+        6,
+        "prunable events by arrival",
+        include_str!("migrations/0006_prunable_events.sql"),
+    ),
+];
+
+/// Advisory lock key serialising migrations of concurrently starting instances
+/// ("enrollhk" in ASCII). Enrollment lock keys use the two-int form, so they
+/// never collide with this one.
+const MIGRATION_LOCK: i64 = 0x656e_726f_6c6c_686b;
+
+/// Applies missing migrations in one transaction, under an advisory lock so
+/// that instances starting together migrate once.
+pub(super) async fn migrate(pool: &PgPool, apply: bool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    if apply {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS enrollhook_migrations (
+                version bigint PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('enrollhook_migrations') IS NOT NULL")
+            .fetch_one(&mut *tx)
+            .await?;
+    let current: i64 = if exists {
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM enrollhook_migrations")
+            .fetch_one(&mut *tx)
+            .await?
+    } else {
+        0
+    };
+    let pending = migrate::pending(MIGRATIONS, current, apply)?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    for m in pending {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(m.2))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| migrate::failed(m, e))?;
+        sqlx::query(
+            "INSERT INTO enrollhook_migrations (version, name, applied_at) VALUES ($1, $2, now())",
+        )
+        .bind(m.0)
+        .bind(m.1)
+        .execute(&mut *tx)
+        .await?;
+        tracing::info!(version = m.0, name = m.1, "applying PostgreSQL migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}

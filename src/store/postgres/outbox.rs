@@ -1,0 +1,56 @@
+//! The outbox rows a batch writes with its events, and the subscriptions
+//! they are matched against (shared by the batch and by replay).
+
+use sqlx::postgres::PgConnection;
+
+use super::codec::*;
+use crate::forward::subscription::Subscription;
+use crate::store::*;
+
+pub(super) async fn enabled_subscriptions(conn: &mut PgConnection) -> Result<Vec<Subscription>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE enabled"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(subscription_from_row).collect()
+}
+
+/// Puts freshly stored events in the outbox of every matching subscription
+/// (inside the events' own transaction), one statement for the batch.
+pub(super) async fn enqueue(
+    conn: &mut PgConnection,
+    subscriptions: &[Subscription],
+    stored: &[(&NewEvent, i64)],
+) -> Result<()> {
+    if subscriptions.is_empty() {
+        return Ok(());
+    }
+    let (mut subs, mut seqs, mut keys, mut at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (ev, seq) in stored {
+        for s in subscriptions
+            .iter()
+            .filter(|s| s.matches(&ev.source, &ev.topic, ev.course_id))
+        {
+            subs.push(s.id.clone());
+            seqs.push(*seq);
+            keys.push(ev.order_key());
+            at.push(ev.received_at);
+        }
+    }
+    if subs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at)
+         SELECT s, q, k, 'pending', 0, t, t FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[]) AS u(s, q, k, t)
+         ON CONFLICT (subscription_id, event_seq) DO NOTHING",
+    )
+    .bind(&subs)
+    .bind(&seqs)
+    .bind(&keys)
+    .bind(&at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
