@@ -126,7 +126,7 @@ pub async fn start(
     let forwarder = crate::forward::Forwarder::start(store.clone(), config.forward.clone())?;
     let retention = config
         .retain_events
-        .map(|retain| crate::retention::spawn(store.clone(), retain, crate::retention::EVERY));
+        .map(|retain| crate::maintenance::retention::spawn(store.clone(), retain, crate::maintenance::retention::EVERY));
     let app = router(state);
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
