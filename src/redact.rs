@@ -69,7 +69,10 @@ mod tests {
     fn a_password_containing_at_is_hidden_whole() {
         let shown = url("postgres://app:p@ss@w0rd@db.example.com:5432/enrollhook");
         assert_eq!(shown, "postgres://app:***@db.example.com:5432/enrollhook");
-        assert!(!shown.contains("ss@w0rd") && !shown.contains("w0rd"), "{shown}");
+        assert!(
+            !shown.contains("ss@w0rd") && !shown.contains("w0rd"),
+            "{shown}"
+        );
     }
 
     #[test]

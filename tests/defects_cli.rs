@@ -78,10 +78,7 @@ fn start_and_log(mut cmd: Command) -> String {
 #[test]
 fn serve_refuses_an_empty_secret_from_the_environment() {
     let (_dir, url) = fresh_db();
-    let err = refused(serve(
-        &["--database", &url],
-        &[("ENROLLHOOK_SECRET", "")],
-    ));
+    let err = refused(serve(&["--database", &url], &[("ENROLLHOOK_SECRET", "")]));
     assert!(
         err.contains("ENROLLHOOK_SECRET") && err.contains("empty"),
         "{err}"
@@ -102,8 +99,16 @@ fn serve_refuses_empty_secrets_and_tokens_in_the_config_file_or_flags() {
             &[],
             "`api_token` of [[source]] `acme`",
         ),
-        ("api_token = \" \"\n", &["--secret", "a-long-enough-school-key"], "`api_token` in"),
-        ("", &["--secret", "a-long-enough-school-key", "--api-token", ""], "--api-token"),
+        (
+            "api_token = \" \"\n",
+            &["--secret", "a-long-enough-school-key"],
+            "`api_token` in",
+        ),
+        (
+            "",
+            &["--secret", "a-long-enough-school-key", "--api-token", ""],
+            "--api-token",
+        ),
     ];
     for (toml, flags, named) in cases {
         let (dir, url) = fresh_db();
@@ -124,7 +129,10 @@ fn serve_warns_about_a_short_secret() {
     let (_dir, url) = fresh_db();
     let log = start_and_log(serve(&["--database", &url, "--secret", "short"], &[]));
     assert!(log.contains("shorter than 16 bytes"), "{log}");
-    assert!(!log.contains("short\""), "the secret itself is not logged: {log}");
+    assert!(
+        !log.contains("short\""),
+        "the secret itself is not logged: {log}"
+    );
 }
 
 #[tokio::test]
@@ -144,17 +152,20 @@ async fn startup_log_hides_a_database_password_containing_at() {
 #[test]
 fn help_does_not_print_secret_environment_values() {
     let secrets = [
-        ("ENROLLHOOK_DATABASE_URL", "postgres://app:hunter2-db@db/enrollhook"),
+        (
+            "ENROLLHOOK_DATABASE_URL",
+            "postgres://app:hunter2-db@db/enrollhook",
+        ),
         ("ENROLLHOOK_SECRET", "hunter2-secret"),
         ("ENROLLHOOK_API_TOKEN", "hunter2-token"),
         ("ENROLLHOOK_THINKIFIC_API_KEY", "hunter2-api-key"),
     ];
-    for args in [&["--help"][..], &["serve", "--help"], &["thinkific", "--help"]] {
-        let out = Command::new(BIN)
-            .args(args)
-            .envs(secrets)
-            .output()
-            .unwrap();
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["thinkific", "--help"],
+    ] {
+        let out = Command::new(BIN).args(args).envs(secrets).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("ENROLLHOOK_"), "{args:?}: {text}");
         assert!(!text.contains("hunter2"), "{args:?} shows a secret: {text}");

@@ -70,7 +70,7 @@ pub enum SubscriptionsCommand {
 }
 
 #[derive(Args)]
-struct SubscriptionFields {
+pub struct SubscriptionFields {
     /// Topic pattern: `*`, `enrollment.*` or an exact topic (repeatable).
     #[arg(long = "topic")]
     topics: Vec<String>,
@@ -139,7 +139,10 @@ pub struct ReplayArgs {
     until: Option<String>,
 }
 
-pub async fn subscriptions(settings: &Settings, cmd: SubscriptionsCommand) -> anyhow::Result<ExitCode> {
+pub async fn subscriptions(
+    settings: &Settings,
+    cmd: SubscriptionsCommand,
+) -> anyhow::Result<ExitCode> {
     let store = open_existing(&settings.database_url).await?;
     let now = Utc::now();
     let print = |s: &crate::forward::Subscription| -> anyhow::Result<()> {

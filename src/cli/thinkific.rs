@@ -121,10 +121,7 @@ pub async fn thinkific(settings: &Settings, a: ThinkificArgs) -> anyhow::Result<
     }
 }
 
-async fn webhooks(
-    client: &rest::RestClient,
-    cmd: WebhooksCommand,
-) -> anyhow::Result<ExitCode> {
+async fn webhooks(client: &rest::RestClient, cmd: WebhooksCommand) -> anyhow::Result<ExitCode> {
     let show = |hooks: &[rest::Webhook], format: Format| {
         let header = ["id", "topic", "status", "target_url"];
         output(format, &header, hooks, |w| {

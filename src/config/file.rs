@@ -149,4 +149,3 @@ pub fn validate_source_name(name: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
-

@@ -190,7 +190,8 @@ impl ServeConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         // `Settings::serve` names the empty setting; this guards embedders too.
         anyhow::ensure!(
-            !self.sources.has_blank_secret() && !self.api_token.as_ref().is_some_and(Secret::is_blank),
+            !self.sources.has_blank_secret()
+                && !self.api_token.as_ref().is_some_and(Secret::is_blank),
             "a webhook secret or API token is empty: set it to the real value or remove it"
         );
         if !self.insecure_skip_verification {

@@ -81,7 +81,10 @@ impl Settings {
     }
 
     /// Every secret `serve` would use, each named by where it came from.
-    fn serve_secrets<'a>(&'a self, api_token_flag: Option<&'a Secret>) -> Vec<(String, &'a Secret)> {
+    fn serve_secrets<'a>(
+        &'a self,
+        api_token_flag: Option<&'a Secret>,
+    ) -> Vec<(String, &'a Secret)> {
         let file = self.file_name();
         let mut named = Vec::new();
         match (&self.secret_flag, &self.file.secret) {

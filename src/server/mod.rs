@@ -124,9 +124,13 @@ pub async fn start(
         read_timeout: config.read_timeout,
     };
     let forwarder = crate::forward::Forwarder::start(store.clone(), config.forward.clone())?;
-    let retention = config
-        .retain_events
-        .map(|retain| crate::maintenance::retention::spawn(store.clone(), retain, crate::maintenance::retention::EVERY));
+    let retention = config.retain_events.map(|retain| {
+        crate::maintenance::retention::spawn(
+            store.clone(),
+            retain,
+            crate::maintenance::retention::EVERY,
+        )
+    });
     let app = router(state);
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
