@@ -312,4 +312,36 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("API key"), "{err}");
     }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file =
+            FileConfig::parse("database = \"sqlite://file.db\"\nsecret = \"file-key\"").unwrap();
+        let none = flags::GlobalFlags::default();
+        let s = Settings::merge(&none, file.clone(), None);
+        assert_eq!(s.database_url, "sqlite://file.db");
+        assert_eq!(s.secret().unwrap().expose(), "file-key");
+        let given = flags::GlobalFlags {
+            database: Some("sqlite://flag.db".into()),
+            secret: Some("flag-key".into()),
+            ..Default::default()
+        };
+        let s = Settings::merge(&given, file, None);
+        assert_eq!(s.database_url, "sqlite://flag.db");
+        assert_eq!(
+            s.sources().get(DEFAULT_SOURCE).unwrap().unwrap().expose(),
+            "flag-key"
+        );
+        let s = Settings::merge(&none, FileConfig::default(), None);
+        assert_eq!(s.database_url, DEFAULT_DATABASE);
+    }
+
+    #[test]
+    fn validation_refuses_blank_secrets_and_tokens() {
+        let c = ServeConfig::new("sqlite::memory:", Some(" "));
+        assert!(c.validate().is_err(), "blank webhook secret");
+        let mut c = ServeConfig::new("sqlite::memory:", Some("a-long-enough-school-key"));
+        c.api_token = Some(Secret::new(""));
+        assert!(c.validate().is_err(), "blank admin token");
+    }
 }

@@ -23,6 +23,7 @@ pub use subscriptions::{new_subscription_id, subscription_view};
 
 use crate::config::{Secret, ServeConfig, Sources};
 use crate::ingest::Ingestor;
+use crate::maintenance::retention;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 
@@ -124,13 +125,9 @@ pub async fn start(
         read_timeout: config.read_timeout,
     };
     let forwarder = crate::forward::Forwarder::start(store.clone(), config.forward.clone())?;
-    let retention = config.retain_events.map(|retain| {
-        crate::maintenance::retention::spawn(
-            store.clone(),
-            retain,
-            crate::maintenance::retention::EVERY,
-        )
-    });
+    let retention = config
+        .retain_events
+        .map(|retain| retention::spawn(store.clone(), retain, retention::EVERY));
     let app = router(state);
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
