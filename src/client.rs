@@ -1,4 +1,6 @@
-//! Sending signed deliveries: `enrollhook send`, and the simulator later.
+//! The outgoing HTTP client (rustls with ring), shared by forwarding, the
+//! Thinkific REST client and the simulator; and [`send_signed`], which signs a
+//! body like Thinkific does and POSTs it (`enrollhook send`).
 
 use std::sync::Once;
 use std::time::Duration;

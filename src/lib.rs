@@ -1,25 +1,40 @@
 //! enrollhook: receive, verify, keep, understand and forward Thinkific webhooks.
 //!
-//! The layout follows the path of a delivery (see DESIGN.md):
-//! [`thinkific`] (the wire contract) → [`receive`] (verify and parse) →
-//! [`ingest`] (group commit) → [`store`] (event log + [`projection`]) →
-//! [`server`] / [`cli`] (thin shells that only translate).
+//! Modules are listed in the order a delivery flows through them (see
+//! ARCHITECTURE.md):
+//!
+//! 1. [`thinkific`]: the wire contract (envelope, signature) and the REST API;
+//! 2. [`ingest`]: verify and parse one delivery, group-commit it, quarantine retry;
+//! 3. [`store`]: the event log (truth), the quarantine and the forwarding outbox;
+//! 4. [`projection`]: the pure rules that fold events into enrollments;
+//! 5. [`views`]: how stored things are shown, to the API and the CLI alike;
+//! 6. [`server`]: the HTTP shell (webhooks in, query API out, dashboard);
+//! 7. [`forward`]: passing events on to subscriptions, with retries.
+//!
+//! Around the path: [`config`] (flags > environment > file > defaults, merged
+//! once), [`redact`] (what may be shown of a URL), [`client`] (the outgoing
+//! HTTP client), [`metrics`], [`maintenance`] (import, copy, retention),
+//! [`simulate`] (realistic Thinkific traffic), and [`cli`], which only parses,
+//! calls one of the above and prints.
 
-pub mod backfill;
+pub mod thinkific;
+
+pub mod ingest;
+
+pub mod store;
+
+pub mod projection;
+
+pub mod views;
+
+pub mod server;
+
+pub mod forward;
+
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod copy;
-pub mod forward;
-pub mod import;
-pub mod ingest;
+pub mod maintenance;
 pub mod metrics;
-pub mod projection;
-pub mod receive;
-pub mod registration;
-pub mod retention;
-pub mod server;
+pub mod redact;
 pub mod simulate;
-pub mod store;
-pub mod thinkific;
-pub mod views;

@@ -1,6 +1,6 @@
 //! How enrollment events become the enrollment projection: pure rules, no I/O.
 //!
-//! The rules (DESIGN.md §2), chosen so that the result never depends on the
+//! The rules (see ARCHITECTURE.md), chosen so that the result never depends on the
 //! order in which Thinkific happened to deliver events:
 //!
 //! - Every event has a [`Version`]: (payload `updated_at`, envelope `created_at`,

@@ -7,7 +7,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::projection::{Enrollment, Status};
-use crate::store::{AppendOutcome, QuarantineRecord, StoredEvent};
+use crate::store::{QuarantineRecord, StoredEvent};
 
 /// One enrollment as the API and CLI show it: flat, with its derived status.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -157,12 +157,5 @@ pub fn quarantine_view(r: &QuarantineRecord, with_body: bool) -> QuarantineView 
         resolution: r.resolution.clone(),
         body,
         body_encoding,
-    }
-}
-
-pub fn admitted_resolution(event_id: &str, outcome: AppendOutcome) -> String {
-    match outcome {
-        AppendOutcome::Stored { .. } => format!("admitted as event {event_id}"),
-        AppendOutcome::Duplicate => format!("event {event_id} was already stored"),
     }
 }

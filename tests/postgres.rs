@@ -581,7 +581,7 @@ async fn copy_moves_an_install_both_ways_and_is_safe_to_repeat() {
 
     let db = TestDb::create().await;
     let pg = store::open(&db.url, true).await.unwrap();
-    let report = enrollhook::copy::copy(sqlite.as_ref(), pg.as_ref())
+    let report = enrollhook::maintenance::copy::copy(sqlite.as_ref(), pg.as_ref())
         .await
         .unwrap();
     assert_eq!(
@@ -617,12 +617,12 @@ async fn copy_moves_an_install_both_ways_and_is_safe_to_repeat() {
     // And back, into a fresh SQLite file.
     let (_dir, url) = fresh_db();
     let back = store::open(&url, true).await.unwrap();
-    enrollhook::copy::copy(pg.as_ref(), back.as_ref())
+    enrollhook::maintenance::copy::copy(pg.as_ref(), back.as_ref())
         .await
         .unwrap();
     assert_eq!(snapshot(&back).await, original);
     assert_eq!(
-        enrollhook::copy::copy(pg.as_ref(), back.as_ref())
+        enrollhook::maintenance::copy::copy(pg.as_ref(), back.as_ref())
             .await
             .unwrap()
             .events_added,

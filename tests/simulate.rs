@@ -6,7 +6,7 @@ mod common;
 use chrono::Utc;
 use common::*;
 use enrollhook::config::ServeConfig;
-use enrollhook::import::{ImportOptions, import};
+use enrollhook::maintenance::import::{ImportOptions, import};
 use enrollhook::projection::Enrollment;
 use enrollhook::simulate::{
     Faults, SchoolConfig, SendOptions, Traffic, TrafficConfig, send, verify, write_jsonl,

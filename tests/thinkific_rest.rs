@@ -699,7 +699,7 @@ async fn webhook_registration_is_idempotent() {
         out.contains("8 webhooks deliver to") && out.contains("7 created, 1 already there"),
         "{out}"
     );
-    let mut expected: Vec<String> = enrollhook::registration::DEFAULT_TOPICS
+    let mut expected: Vec<String> = enrollhook::thinkific::registration::DEFAULT_TOPICS
         .iter()
         .map(|t| t.to_string())
         .collect();
@@ -718,7 +718,7 @@ async fn webhook_registration_is_idempotent() {
     assert!(o.status.success(), "{out}");
     assert_eq!(
         ours(&api).len(),
-        enrollhook::registration::DOCUMENTED_TOPICS.len()
+        enrollhook::thinkific::registration::DOCUMENTED_TOPICS.len()
     );
 
     // A topic Thinkific does not document is refused before any request.

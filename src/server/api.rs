@@ -17,13 +17,13 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Scope;
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::receive::{self, Delivery};
+use crate::ingest::quarantine::{self, RetryError};
 use crate::store::{ActivityQuery, CourseStats, DayActivity};
 use crate::store::{
     AppendOutcome, EnrollmentFilter, EventFilter, MAX_PAGE, PageRequest, QuarantineRecord,
     StoredEvent,
 };
-use crate::thinkific::{SIGNATURE_HEADER, TOPIC_HEADER, envelope::parse_timestamp};
+use crate::thinkific::envelope::parse_timestamp;
 use crate::views::{EnrollmentView, EventView, QuarantineView, event_view, quarantine_view};
 
 pub fn router(state: AppState) -> Router<AppState> {
@@ -401,37 +401,34 @@ pub(super) async fn retry_quarantine(
     Path(id): Path<String>,
 ) -> Result<Json<RetryResult>, ApiError> {
     let record = load_quarantined(&app, &scope, &id).await?;
-    let delivery = Delivery {
-        source: &record.source,
-        signature: record.header(SIGNATURE_HEADER).map(str::as_bytes),
-        topic_header: record.header(TOPIC_HEADER),
-        body: &record.body,
-        received_at: record.received_at,
-    };
-    let event = receive::check(&app.sources, app.verify_signatures, &delivery).map_err(|r| {
-        ApiError::new(
+    let admitted = quarantine::retry(
+        app.store.as_ref(),
+        quarantine::Writer::GroupCommit(&app.ingestor),
+        &app.sources,
+        app.verify_signatures,
+        &record,
+    )
+    .await
+    .map_err(|e| match e {
+        RetryError::StillRejected(r) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             r.code(),
             format!("still rejected: {r}"),
-        )
-    })?;
-    let event_id = event.event_id.clone();
-    let outcome = app.ingestor.append(event).await.map_err(|e| {
-        ApiError::new(
+        ),
+        RetryError::Ingest(e) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",
             e.to_string(),
-        )
+        ),
+        RetryError::Store(e) => e.into(),
     })?;
-    let resolution = crate::views::admitted_resolution(&event_id, outcome);
-    app.store.resolve_quarantine(record.id, &resolution).await?;
-    let status = match outcome {
+    let status = match admitted.outcome {
         AppendOutcome::Stored { .. } => "stored",
         AppendOutcome::Duplicate => "duplicate",
     };
     Ok(Json(RetryResult {
         status: status.into(),
-        event_id,
+        event_id: admitted.event_id,
         quarantine_id: record.id,
     }))
 }

@@ -23,6 +23,7 @@ pub use subscriptions::{new_subscription_id, subscription_view};
 
 use crate::config::{Secret, ServeConfig, Sources};
 use crate::ingest::Ingestor;
+use crate::maintenance::retention;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 
@@ -126,7 +127,7 @@ pub async fn start(
     let forwarder = crate::forward::Forwarder::start(store.clone(), config.forward.clone())?;
     let retention = config
         .retain_events
-        .map(|retain| crate::retention::spawn(store.clone(), retain, crate::retention::EVERY));
+        .map(|retain| retention::spawn(store.clone(), retain, retention::EVERY));
     let app = router(state);
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

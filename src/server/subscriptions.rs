@@ -137,7 +137,7 @@ pub(super) async fn create(
         )
         .map_err(invalid)?;
     app.store.insert_subscription(&s).await?;
-    tracing::info!(subscription = %s.id, url = %s.url, "subscription created");
+    tracing::info!(subscription = %s.id, url = %crate::redact::url(&s.url), "subscription created");
     Ok((StatusCode::CREATED, Json(subscription_view(&s, true))).into_response())
 }
 

@@ -16,7 +16,7 @@ use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::config::DEFAULT_SOURCE;
 use crate::ingest::IngestError;
-use crate::receive::{self, Delivery, Rejection};
+use crate::ingest::receive::{self, Delivery, Rejection};
 use crate::store::AppendOutcome;
 use crate::thinkific::{SIGNATURE_HEADER, TOPIC_HEADER};
 

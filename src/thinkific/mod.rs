@@ -1,7 +1,11 @@
-//! The Thinkific wire contract: what a delivery looks like and how it is
-//! signed, and the REST API client (`rest`) for webhook registration and backfill.
+//! Everything that speaks Thinkific: the wire contract of a delivery (what it
+//! looks like and how it is signed), and the REST API ([`rest`]) with the two
+//! commands built on it: registering our webhooks ([`registration`]) and loading
+//! enrollments that predate them ([`backfill`]).
 
+pub mod backfill;
 pub mod envelope;
+pub mod registration;
 pub mod rest;
 pub mod samples;
 pub mod signature;

@@ -4,7 +4,7 @@
 
 use crate::thinkific::rest::{RestClient, RestError, Webhook};
 
-/// Every topic Thinkific documents (DESIGN.md §1).
+/// Every topic Thinkific documents.
 pub const DOCUMENTED_TOPICS: &[&str] = &[
     "enrollment.created",
     "enrollment.progress",

@@ -1,0 +1,181 @@
+//! The command line: parse, call one use case, print. Every setting is merged
+//! by [`crate::config`]; every decision lives in the modules the commands call.
+//! Commands that read data open the database directly, so they work without a
+//! running server.
+
+mod quarantine;
+mod query;
+mod serve;
+mod subscriptions;
+mod table;
+mod thinkific;
+mod tools;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
+use crate::config::Settings;
+use crate::config::flags::{GlobalFlags, ServeFlags};
+use crate::store::{self, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "enrollhook",
+    version,
+    about = "Receive, verify, keep and query Thinkific webhooks"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalFlags,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the webhook receiver and the query API.
+    Serve(ServeFlags),
+    /// Sign and POST a delivery: a built-in sample (created, progress, completed), a FILE, or - for stdin.
+    Send(tools::SendArgs),
+    /// Print the X-Thinkific-Hmac-Sha256 signature of the body read from stdin.
+    Sign,
+    /// List enrollments.
+    Enrollments(query::EnrollmentsArgs),
+    /// Per-course statistics.
+    Courses(query::CoursesArgs),
+    /// List stored events (the event log).
+    Events(query::EventsArgs),
+    /// Inspect and re-admit rejected deliveries.
+    #[command(subcommand)]
+    Quarantine(quarantine::QuarantineCommand),
+    /// Manage forwarding subscriptions (where events are passed on).
+    #[command(subcommand)]
+    Subscriptions(subscriptions::SubscriptionsCommand),
+    /// Deliver events again: one event, a subscription's dead deliveries, or a time range.
+    Replay(subscriptions::ReplayArgs),
+    /// Re-derive the enrollment projection from the event log.
+    Rebuild {
+        /// Only compare: change nothing, exit 1 when the projection differs.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Drop the raw bodies of events received longer ago than --older-than
+    /// (what `serve --retain-events` does every hour).
+    Prune {
+        /// e.g. 90d.
+        #[arg(long, value_parser = crate::forward::policy::parse_duration)]
+        older_than: Duration,
+    },
+    /// Create or upgrade the database schema.
+    Migrate,
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
+    /// Copy events, projection and quarantine to another database (safe to repeat).
+    Copy {
+        /// The database to read, e.g. sqlite://enrollhook.db.
+        #[arg(long)]
+        from: String,
+        /// The database to write (created or migrated), e.g. postgres://user@host/db.
+        #[arg(long)]
+        to: String,
+    },
+    /// Send realistic, signed Thinkific traffic to a receiver (or write it with --out).
+    Simulate(crate::simulate::SimulateArgs),
+    /// Load a JSONL file of deliveries (simulate --out) or exported events into the database.
+    Import(tools::ImportArgs),
+    /// Thinkific's REST API: register enrollhook's webhooks, backfill enrollments.
+    Thinkific(thinkific::ThinkificArgs),
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve(_));
+    let default_level = if serving {
+        "enrollhook=info"
+    } else {
+        "enrollhook=warn"
+    };
+    // `serve` logs one line per delivery: a background thread writes them in
+    // buffered chunks, so a request never waits for a write to stderr (measured
+    // in BENCHMARKS.md). Lines are never dropped; the guard flushes them at exit.
+    let (writer, _flush_logs_at_exit) = if serving {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stderr(),
+            ));
+        (BoxMakeWriter::new(writer), Some(guard))
+    } else {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&cli.global)?;
+    match cli.command {
+        Command::Serve(flags) => serve::serve(&settings, flags).await,
+        Command::Send(args) => tools::send(&settings, args).await,
+        Command::Sign => tools::sign(&settings),
+        Command::Enrollments(args) => query::enrollments(&settings, args).await,
+        Command::Courses(args) => query::courses(&settings, args).await,
+        Command::Events(args) => query::events(&settings, args).await,
+        Command::Quarantine(cmd) => quarantine::quarantine(&settings, cmd).await,
+        Command::Subscriptions(cmd) => subscriptions::subscriptions(&settings, cmd).await,
+        Command::Replay(args) => subscriptions::replay(&settings, args).await,
+        Command::Prune { older_than } => tools::prune(&settings, older_than).await,
+        Command::Rebuild { check } => tools::rebuild(&settings, check).await,
+        Command::Openapi => {
+            println!("{}", crate::server::openapi::document());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Copy { from, to } => tools::copy(&from, &to).await,
+        Command::Simulate(args) => {
+            let secret = settings.secret();
+            crate::simulate::command(args, secret.as_ref().map(|s| s.expose())).await
+        }
+        Command::Import(args) => tools::import(&settings, args).await,
+        Command::Thinkific(args) => thinkific::thinkific(&settings, args).await,
+        Command::Migrate => {
+            store::open(&settings.database_url, true).await?;
+            println!("database schema is up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Opens a database that must already exist (reading commands never create one).
+async fn open_existing(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|p| p.split('?').next().unwrap_or(p))
+        && !path.contains(":memory:")
+        && !std::path::Path::new(path).exists()
+    {
+        bail!(
+            "no database at {path}: start `enrollhook serve` to create it, or pass --database / ENROLLHOOK_DATABASE_URL"
+        );
+    }
+    store::open(url, false).await
+}

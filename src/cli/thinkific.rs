@@ -1,0 +1,174 @@
+//! `thinkific webhooks …` and `thinkific backfill`: Thinkific's REST API.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use super::table::{Format, output};
+use crate::config::Settings;
+use crate::config::flags::ThinkificFlags;
+use crate::store;
+use crate::thinkific::{self, backfill, registration, rest};
+use crate::views;
+
+#[derive(Args)]
+pub struct ThinkificArgs {
+    #[command(flatten)]
+    flags: ThinkificFlags,
+    #[command(subcommand)]
+    command: ThinkificCommand,
+}
+
+#[derive(Subcommand)]
+enum ThinkificCommand {
+    /// List, register or delete the school's webhooks.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+    /// Load the school's enrollments from the REST API into the event log
+    /// (as `enrollment.backfill` events; safe to repeat).
+    Backfill {
+        /// Only enrollments updated after this time (RFC 3339), e.g. the time
+        /// the previous backfill printed.
+        #[arg(long)]
+        updated_after: Option<String>,
+        /// Enrollments per request (at most 250).
+        #[arg(long, default_value_t = rest::MAX_PAGE_SIZE, hide = true)]
+        page_size: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// The webhooks registered in Thinkific.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Register webhooks to --url, keeping those that already exist.
+    Register {
+        /// https://HOST/webhooks/thinkific, or …/webhooks/thinkific/SOURCE.
+        #[arg(long)]
+        url: String,
+        /// Topics (repeatable or comma-separated), or `all`
+        /// [default: the enrollment topics, lesson.completed, user.signup, user.updated, order.created].
+        #[arg(long)]
+        topics: Vec<String>,
+        /// Accept an http:// URL (Thinkific itself delivers only to https).
+        #[arg(long)]
+        allow_http: bool,
+    },
+    /// Delete webhooks by id, or every webhook delivering to --url.
+    Delete {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        url: Option<String>,
+    },
+}
+
+pub async fn thinkific(settings: &Settings, a: ThinkificArgs) -> anyhow::Result<ExitCode> {
+    let credentials = settings.thinkific(&a.flags)?;
+    let client = credentials.client()?;
+    match a.command {
+        ThinkificCommand::Webhooks(cmd) => webhooks(&client, cmd).await,
+        ThinkificCommand::Backfill {
+            updated_after,
+            page_size,
+        } => {
+            let updated_after = updated_after
+                .map(|t| {
+                    thinkific::envelope::parse_timestamp(&t).with_context(|| {
+                        format!("--updated-after `{t}` is not an RFC 3339 timestamp like 2024-05-01T00:00:00Z")
+                    })
+                })
+                .transpose()?;
+            let store = store::open(&settings.database_url, true).await?;
+            let options = backfill::BackfillOptions {
+                source: credentials.source,
+                updated_after,
+                page_size,
+            };
+            let report = backfill::backfill(&client, store.as_ref(), &options, |r| {
+                let total = r.total_pages.map(|t| format!("/{t}")).unwrap_or_default();
+                eprintln!(
+                    "page {}{total}: {} enrollments read, {} stored, {} already known",
+                    r.pages, r.read, r.stored, r.known
+                );
+            })
+            .await?;
+            for e in &report.examples {
+                eprintln!("  not stored: {e}");
+            }
+            let resume = report
+                .resume_from
+                .map(|t| format!("; next time: --updated-after {}", views::rfc3339(&t)))
+                .unwrap_or_default();
+            println!(
+                "backfill done: {} enrollments in {} pages in {:.1} s: {} stored, {} already known, {} unusable{resume}",
+                report.read,
+                report.pages,
+                report.elapsed.as_secs_f64(),
+                report.stored,
+                report.known,
+                report.unusable
+            );
+            Ok(if report.unusable > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+async fn webhooks(client: &rest::RestClient, cmd: WebhooksCommand) -> anyhow::Result<ExitCode> {
+    let show = |hooks: &[rest::Webhook], format: Format| {
+        let header = ["id", "topic", "status", "target_url"];
+        output(format, &header, hooks, |w| {
+            vec![
+                w.id.clone(),
+                w.topic.clone(),
+                w.status.clone().unwrap_or_default(),
+                w.target_url.clone(),
+            ]
+        })
+    };
+    match cmd {
+        WebhooksCommand::List { format } => show(&client.list_webhooks().await?, format)?,
+        WebhooksCommand::Register {
+            url,
+            topics,
+            allow_http,
+        } => {
+            let url = registration::target_url(&url, allow_http).map_err(anyhow::Error::msg)?;
+            let topics = registration::topics(&topics).map_err(anyhow::Error::msg)?;
+            let done = registration::register(client, &url, &topics).await?;
+            for w in &done.kept {
+                println!("kept     {}  {}  (already registered)", w.id, w.topic);
+            }
+            for w in &done.created {
+                println!("created  {}  {}", w.id, w.topic);
+            }
+            println!(
+                "{} webhooks deliver to {url}: {} created, {} already there. \
+                 enrollhook verifies them with the source's secret, which must be this API key",
+                done.kept.len() + done.created.len(),
+                done.created.len(),
+                done.kept.len()
+            );
+        }
+        WebhooksCommand::Delete { ids, url } => {
+            if ids.is_empty() && url.is_none() {
+                bail!(
+                    "say what to delete: webhook ids (see `enrollhook thinkific webhooks list`), or --url URL"
+                );
+            }
+            let deleted = registration::delete(client, &ids, url.as_deref()).await?;
+            for id in &deleted {
+                println!("deleted  {id}");
+            }
+            println!("{} webhooks deleted", deleted.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,151 @@
+//! The file layer: `enrollhook.toml` (or `--config FILE`), read and checked.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{DEFAULT_CONFIG_FILE, Secret};
+
+/// One school (or Thinkific app) that sends us webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    /// The school's API key (or the app's client secret).
+    pub secret: Option<Secret>,
+    /// A query-API token that reads this source's data only.
+    pub api_token: Option<Secret>,
+    /// The school's Thinkific subdomain (`acme` for acme.thinkific.com), for
+    /// `enrollhook thinkific …` (the API key is `secret`).
+    pub subdomain: Option<String>,
+}
+
+/// `enrollhook.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub secret: Option<Secret>,
+    pub api_token: Option<Secret>,
+    pub max_body: Option<ByteSize>,
+    /// The default source's Thinkific subdomain, for `enrollhook thinkific …`.
+    pub subdomain: Option<String>,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// A size in bytes, written as a number or as `512KiB`, `1MiB`, `10MB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub struct ByteSize(pub usize);
+
+impl TryFrom<toml::Value> for ByteSize {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(n) if n > 0 => Ok(ByteSize(n as usize)),
+            toml::Value::String(s) => s.parse(),
+            other => Err(format!(
+                "expected a size like 1048576 or \"1MiB\", got {other}"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: usize = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size: use bytes or a unit, e.g. 1MiB"))?;
+        let factor = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1024,
+            "m" | "mb" => 1000 * 1000,
+            "mib" => 1024 * 1024,
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}`: use B, KiB, MiB, KB or MB"
+                ));
+            }
+        };
+        match n.checked_mul(factor) {
+            Some(0) | None => Err(format!("`{s}` is not a usable size")),
+            Some(bytes) => Ok(ByteSize(bytes)),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Reads the config file. An explicitly named file must exist; the default
+    /// `enrollhook.toml` is optional.
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<(FileConfig, Option<PathBuf>)> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+                if !p.exists() {
+                    return Ok((FileConfig::default(), None));
+                }
+                p
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let config = FileConfig::parse(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        Ok((config, Some(path)))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
+        let config: FileConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let mut seen = std::collections::HashSet::new();
+        for s in &config.sources {
+            validate_source_name(&s.name)?;
+            if !seen.insert(s.name.as_str()) {
+                anyhow::bail!("source `{}` is configured twice", s.name);
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// A TOML error that says where, without quoting the line: toml's own message
+/// shows the offending line, which may be a `secret = "…"` line.
+fn toml_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("invalid TOML: {}", e.message());
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let line_text = text
+        .lines()
+        .nth(line - 1)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let message = if line_text.contains("secret") || line_text.contains("token") {
+        "invalid value (not shown: the line holds a secret)".to_owned()
+    } else {
+        e.message().to_owned()
+    };
+    anyhow::anyhow!("invalid TOML at line {line}, column {column}: {message}")
+}
+
+pub fn validate_source_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    anyhow::ensure!(
+        ok,
+        "source name `{name}` is invalid: use 1 to 64 letters, digits, `-` or `_` (it becomes part of the webhook URL)"
+    );
+    Ok(())
+}

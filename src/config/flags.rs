@@ -1,0 +1,124 @@
+//! The flag and environment layers: every setting a flag can give, with its
+//! `ENROLLHOOK_*` variable (clap reads both; a flag wins over its variable).
+//! The CLI flattens these structs into its commands; [`super::resolve`] merges
+//! them with the file and the defaults.
+//!
+//! Variables that may hold a secret (a key, a token, a database password) use
+//! `hide_env_values`, so `--help` never prints their current values.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{ByteSize, DEFAULT_MAX_QUARANTINE, DEFAULT_SOURCE};
+use crate::forward::RetrySchedule;
+use crate::forward::policy::parse_duration;
+
+/// Flags every command accepts.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GlobalFlags {
+    /// Config file (default: ./enrollhook.toml when it exists).
+    #[arg(long, global = true, env = "ENROLLHOOK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [default: sqlite://enrollhook.db].
+    #[arg(
+        long,
+        global = true,
+        env = "ENROLLHOOK_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
+    /// The school's Thinkific API key, which signs webhooks (for the default source).
+    #[arg(long, global = true, env = "ENROLLHOOK_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+}
+
+/// `serve`'s flags.
+#[derive(Args, Debug, Clone)]
+pub struct ServeFlags {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ENROLLHOOK_LISTEN")]
+    pub listen: Option<String>,
+    /// Bearer token for the query API (required when listening beyond loopback).
+    #[arg(long, env = "ENROLLHOOK_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Largest accepted delivery body, e.g. 1MiB [default: 1MiB].
+    #[arg(long, env = "ENROLLHOOK_MAX_BODY")]
+    pub max_body: Option<ByteSize>,
+    /// Accept deliveries without verifying signatures. Local experiments only.
+    #[arg(long)]
+    pub insecure_skip_verification: bool,
+    /// Do not create or upgrade the schema on start.
+    #[arg(long)]
+    pub no_migrate: bool,
+    /// Most events stored per group-commit transaction.
+    #[arg(long, default_value_t = 512, hide = true)]
+    pub max_batch: usize,
+    /// Delays between forwarding retries, e.g. 1s,2s,5s
+    /// [default: 5s,5m,30m,2h,5h,10h,14h,20h,24h].
+    #[arg(long, env = "ENROLLHOOK_RETRY_SCHEDULE")]
+    pub retry_schedule: Option<RetrySchedule>,
+    /// Allow forwarding to private, loopback and link-local addresses.
+    #[arg(long)]
+    pub allow_private_destinations: bool,
+    /// Timeout of one forwarding attempt.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub forward_timeout: Duration,
+    /// Forwarding deliveries in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub forward_concurrency: usize,
+    /// Serve HTTPS with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, env = "ENROLLHOOK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "ENROLLHOOK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// How long a client may take to send request headers, and a body.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
+    /// Most deliveries per second per source; more get 429 with Retry-After [default: unlimited].
+    #[arg(long, env = "ENROLLHOOK_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Most deliveries per second overall [default: unlimited].
+    #[arg(long, env = "ENROLLHOOK_GLOBAL_RATE_LIMIT")]
+    pub global_rate_limit: Option<u32>,
+    /// Rejected deliveries kept in the quarantine (the oldest beyond are deleted).
+    #[arg(long, env = "ENROLLHOOK_MAX_QUARANTINE", default_value_t = DEFAULT_MAX_QUARANTINE)]
+    pub max_quarantine: u64,
+    /// Drop the raw bodies of events received longer ago than this, e.g. 90d,
+    /// checked hourly (event ids, enrollment events and the projection are
+    /// kept; see the README) [default: keep everything].
+    #[arg(long, env = "ENROLLHOOK_RETAIN_EVENTS", value_parser = parse_duration)]
+    pub retain_events: Option<Duration>,
+    /// Disable a subscription whose deliveries have all failed for this long.
+    #[arg(long, default_value = "5d", value_parser = parse_duration)]
+    pub disable_failing_after: Duration,
+    /// Group-commit writer tasks [default: 1 on SQLite, 2 on PostgreSQL].
+    #[arg(long, env = "ENROLLHOOK_WRITERS", hide = true)]
+    pub writers: Option<usize>,
+}
+
+/// `thinkific …`'s flags: whose REST API, with which credentials.
+#[derive(Args, Debug, Clone)]
+pub struct ThinkificFlags {
+    /// The school's Thinkific subdomain (`acme` for acme.thinkific.com)
+    /// [default: the source's `subdomain` in enrollhook.toml].
+    #[arg(long, global = true, env = "ENROLLHOOK_THINKIFIC_SUBDOMAIN")]
+    pub subdomain: Option<String>,
+    /// The school's Thinkific API key [default: the source's secret, which is that key].
+    #[arg(
+        long,
+        global = true,
+        env = "ENROLLHOOK_THINKIFIC_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+    /// Where Thinkific's API is (tests, proxies).
+    #[arg(long, global = true, hide = true, default_value = crate::thinkific::rest::DEFAULT_API_BASE)]
+    pub api_base: String,
+    /// The enrollhook source (school) whose credentials are used; the backfill
+    /// files its events under it.
+    #[arg(long, global = true, default_value = DEFAULT_SOURCE)]
+    pub source: String,
+}

@@ -1,0 +1,241 @@
+//! The merge, once: flags > environment (both in [`super::flags`]) >
+//! `enrollhook.toml` ([`FileConfig`]) > defaults, into what each command needs.
+//!
+//! Secrets are checked here too, where it is still known which setting gave
+//! them: an empty one (typically `ENROLLHOOK_SECRET=$UNSET_VARIABLE`) would
+//! make the server accept bodies signed with the empty key, so it is refused
+//! by name; a short one is only warned about.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::flags::{GlobalFlags, ServeFlags, ThinkificFlags};
+use super::{
+    DEFAULT_DATABASE, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_SOURCE, FileConfig, Secret,
+    ServeConfig, Sources, validate_source_name,
+};
+use crate::forward::ForwardConfig;
+
+/// Secrets shorter than this get a warning at start-up.
+const SHORT_SECRET: usize = 16;
+
+/// What every command shares: the file, the database, the default source's secret.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub file: FileConfig,
+    /// The file that was read (None: no file).
+    pub file_path: Option<PathBuf>,
+    pub database_url: String,
+    /// `--secret` / `ENROLLHOOK_SECRET` only; [`Settings::secret`] adds the file's.
+    secret_flag: Option<Secret>,
+}
+
+impl Settings {
+    /// Reads the config file named by `--config` (or the default one if present).
+    pub fn load(flags: &GlobalFlags) -> anyhow::Result<Settings> {
+        let (file, file_path) = FileConfig::load(flags.config.as_deref())?;
+        Ok(Settings::merge(flags, file, file_path))
+    }
+
+    /// Merges already-read layers (tests, embedding).
+    pub fn merge(flags: &GlobalFlags, file: FileConfig, file_path: Option<PathBuf>) -> Settings {
+        Settings {
+            database_url: flags
+                .database
+                .clone()
+                .or_else(|| file.database.clone())
+                .unwrap_or_else(|| DEFAULT_DATABASE.to_owned()),
+            secret_flag: flags.secret.clone().map(Secret::new),
+            file,
+            file_path,
+        }
+    }
+
+    /// The default source's secret: `--secret` / `ENROLLHOOK_SECRET`, else the file's `secret`.
+    pub fn secret(&self) -> Option<Secret> {
+        self.secret_flag
+            .clone()
+            .or_else(|| self.file.secret.clone())
+    }
+
+    /// [`Settings::secret`], for commands that cannot work without it.
+    pub fn require_secret(&self) -> anyhow::Result<Secret> {
+        self.secret().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--secret (or ENROLLHOOK_SECRET) is required: the school's Thinkific API key"
+            )
+        })
+    }
+
+    /// Every source deliveries are accepted for, with its secret.
+    pub fn sources(&self) -> Sources {
+        Sources::resolve(self.secret_flag.clone(), &self.file)
+    }
+
+    fn file_name(&self) -> String {
+        self.file_path.as_ref().map_or_else(
+            || super::DEFAULT_CONFIG_FILE.to_owned(),
+            |p| p.display().to_string(),
+        )
+    }
+
+    /// Every secret `serve` would use, each named by where it came from.
+    fn serve_secrets<'a>(
+        &'a self,
+        api_token_flag: Option<&'a Secret>,
+    ) -> Vec<(String, &'a Secret)> {
+        let file = self.file_name();
+        let mut named = Vec::new();
+        match (&self.secret_flag, &self.file.secret) {
+            (Some(s), _) => named.push(("--secret / ENROLLHOOK_SECRET".to_owned(), s)),
+            (None, Some(s)) => named.push((format!("`secret` in {file}"), s)),
+            (None, None) => {}
+        }
+        match (api_token_flag, &self.file.api_token) {
+            (Some(t), _) => named.push(("--api-token / ENROLLHOOK_API_TOKEN".to_owned(), t)),
+            (None, Some(t)) => named.push((format!("`api_token` in {file}"), t)),
+            (None, None) => {}
+        }
+        for s in &self.file.sources {
+            if let Some(secret) = &s.secret {
+                named.push((
+                    format!("`secret` of [[source]] `{}` in {file}", s.name),
+                    secret,
+                ));
+            }
+            if let Some(token) = &s.api_token {
+                named.push((
+                    format!("`api_token` of [[source]] `{}` in {file}", s.name),
+                    token,
+                ));
+            }
+        }
+        named
+    }
+
+    /// `serve`'s configuration, resolved and validated.
+    pub async fn serve(&self, flags: ServeFlags) -> anyhow::Result<ServeConfig> {
+        let api_token_flag = flags.api_token.map(Secret::new);
+        for (setting, secret) in self.serve_secrets(api_token_flag.as_ref()) {
+            let len = secret.expose().trim().len();
+            anyhow::ensure!(
+                len > 0,
+                "{setting} is empty: an empty secret would accept anything signed with the empty key. \
+                 Set it to the real value (the school's Thinkific API key for a secret, a long random \
+                 string such as `openssl rand -hex 32` for a token), or remove it (an unset \
+                 environment variable expanded to nothing is the usual cause)."
+            );
+            if len < SHORT_SECRET {
+                tracing::warn!(
+                    "{setting} is shorter than {SHORT_SECRET} bytes: easy to guess; use the full API key or a long random token"
+                );
+            }
+        }
+        let listen = flags
+            .listen
+            .or_else(|| self.file.listen.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = tokio::net::lookup_host(&listen)
+            .await
+            .with_context(|| format!("--listen `{listen}` is not an address like 127.0.0.1:8080"))?
+            .next()
+            .with_context(|| format!("--listen `{listen}` resolves to no address"))?;
+        let mut sources = self.sources();
+        if flags.insecure_skip_verification && sources.is_empty() {
+            sources = Sources::insecure_default();
+        }
+        let config = ServeConfig {
+            listen,
+            database_url: self.database_url.clone(),
+            sources,
+            insecure_skip_verification: flags.insecure_skip_verification,
+            api_token: api_token_flag.or_else(|| self.file.api_token.clone()),
+            max_body: flags
+                .max_body
+                .or(self.file.max_body)
+                .map_or(DEFAULT_MAX_BODY, |b| b.0),
+            migrate: !flags.no_migrate,
+            max_batch: flags.max_batch.max(1),
+            forward: ForwardConfig {
+                schedule: flags.retry_schedule.unwrap_or_default(),
+                allow_private_destinations: flags.allow_private_destinations,
+                concurrency: flags.forward_concurrency.max(1),
+                timeout: flags.forward_timeout,
+                disable_after: flags.disable_failing_after,
+                ..ForwardConfig::default()
+            },
+            tls: flags.tls_cert.zip(flags.tls_key),
+            read_timeout: flags.read_timeout,
+            rate_limit: flags.rate_limit,
+            global_rate_limit: flags.global_rate_limit,
+            writers: flags.writers,
+            max_quarantine: flags.max_quarantine,
+            retain_events: flags.retain_events,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// `thinkific …`'s credentials for `--source`: flags and environment first,
+    /// then the source's `subdomain` and `secret` (the school's API key) from
+    /// the file; the default source also falls back to `--secret` and the
+    /// file's top-level `secret` and `subdomain`.
+    pub fn thinkific(&self, flags: &ThinkificFlags) -> anyhow::Result<ThinkificSettings> {
+        validate_source_name(&flags.source)?;
+        let configured = self.file.sources.iter().find(|s| s.name == flags.source);
+        let is_default = flags.source == DEFAULT_SOURCE;
+        let api_key = flags
+            .api_key
+            .clone()
+            .map(Secret::new)
+            .or_else(|| configured.and_then(|s| s.secret.clone()))
+            .or_else(|| is_default.then(|| self.secret()).flatten())
+            .with_context(|| {
+                format!(
+                    "no Thinkific API key for source `{}`: pass --api-key or ENROLLHOOK_THINKIFIC_API_KEY \
+                     (Settings → Code & analytics → API in your Thinkific admin)",
+                    flags.source
+                )
+            })?;
+        let subdomain = flags
+            .subdomain
+            .clone()
+            .or_else(|| configured.and_then(|s| s.subdomain.clone()))
+            .or_else(|| is_default.then(|| self.file.subdomain.clone()).flatten())
+            .with_context(|| {
+                format!(
+                    "no Thinkific subdomain for source `{}`: pass --subdomain (acme for acme.thinkific.com) \
+                     or ENROLLHOOK_THINKIFIC_SUBDOMAIN, or set `subdomain` in enrollhook.toml",
+                    flags.source
+                )
+            })?;
+        Ok(ThinkificSettings {
+            source: flags.source.clone(),
+            subdomain,
+            api_key,
+            api_base: flags.api_base.clone(),
+        })
+    }
+}
+
+/// Whose Thinkific REST API `thinkific …` talks to, resolved.
+#[derive(Debug, Clone)]
+pub struct ThinkificSettings {
+    /// The enrollhook source the backfill files its events under.
+    pub source: String,
+    pub subdomain: String,
+    pub api_key: Secret,
+    pub api_base: String,
+}
+
+impl ThinkificSettings {
+    pub fn client(&self) -> anyhow::Result<crate::thinkific::rest::RestClient> {
+        Ok(crate::thinkific::rest::RestClient::new(
+            &self.api_base,
+            &self.subdomain,
+            self.api_key.clone(),
+            crate::thinkific::rest::RetryPolicy::default(),
+        )?)
+    }
+}

@@ -1,0 +1,7 @@
+//! Work on a whole database, beside the live path: loading recorded traffic
+//! ([`import`]), moving an install between databases ([`copy`]), and dropping old
+//! raw bodies ([`retention`], also run hourly by `serve --retain-events`).
+
+pub mod copy;
+pub mod import;
+pub mod retention;
