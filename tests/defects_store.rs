@@ -123,7 +123,7 @@ where
         .prune_events(now - Duration::days(30))
         .await
         .unwrap();
-    let report = enrollhook::copy::copy(from.store.as_ref(), to.store.as_ref())
+    let report = enrollhook::maintenance::copy::copy(from.store.as_ref(), to.store.as_ref())
         .await
         .expect("a pruned log copies");
     assert_eq!((report.events, report.events_added), (2, 2));
@@ -147,7 +147,7 @@ where
         .unwrap();
     assert_eq!(again, vec![AppendOutcome::Duplicate]);
     // Copying again adds nothing.
-    let twice = enrollhook::copy::copy(from.store.as_ref(), to.store.as_ref())
+    let twice = enrollhook::maintenance::copy::copy(from.store.as_ref(), to.store.as_ref())
         .await
         .unwrap();
     assert_eq!(twice.events_added, 0);

@@ -540,8 +540,9 @@ pub async fn open(url: &str, migrate: bool) -> anyhow::Result<std::sync::Arc<dyn
         ))
     } else {
         anyhow::bail!(
-            "unsupported database URL `{url}`: use sqlite://PATH (e.g. sqlite://enrollhook.db) \
-             or postgres://USER@HOST/DATABASE"
+            "unsupported database URL `{}`: use sqlite://PATH (e.g. sqlite://enrollhook.db) \
+             or postgres://USER@HOST/DATABASE",
+            crate::redact::url(url)
         )
     }
 }
