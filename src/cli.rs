@@ -246,6 +246,13 @@ struct ServeArgs {
     /// Group-commit writer tasks [default: 1 on SQLite, 2 on PostgreSQL].
     #[arg(long, env = "ENROLLHOOK_WRITERS", hide = true)]
     writers: Option<usize>,
+    /// Without --api-token, also answer the API and dashboard for these Host
+    /// names (comma-separated; localhost, loopback and the listen address always).
+    #[arg(long, env = "ENROLLHOOK_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+    /// Most client connections served at once; more wait in the kernel's backlog.
+    #[arg(long, env = "ENROLLHOOK_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 #[derive(Args)]
@@ -692,6 +699,8 @@ async fn serve(g: Globals, args: ServeArgs) -> anyhow::Result<ExitCode> {
         writers: args.writers,
         max_quarantine: args.max_quarantine,
         retain_events: args.retain_events,
+        allowed_hosts: args.allowed_hosts,
+        max_connections: args.max_connections.max(1),
     };
     config.validate()?;
     if config.insecure_skip_verification {
