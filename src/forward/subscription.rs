@@ -587,7 +587,12 @@ mod tests {
         ] {
             assert!(refused(ip), "{ip}");
         }
-        for ip in ["198.17.255.255", "198.20.0.1", "239.255.255.255", "192.0.1.1"] {
+        for ip in [
+            "198.17.255.255",
+            "198.20.0.1",
+            "239.255.255.255",
+            "192.0.1.1",
+        ] {
             // 239/8 is multicast: refused, the others are public.
             assert_eq!(refused(ip), ip.starts_with("239."), "{ip}");
         }

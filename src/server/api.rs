@@ -350,11 +350,7 @@ pub(super) async fn get_event_raw(
             format!("the body of event `{event_id}` was dropped by retention (--retain-events)"),
         ));
     }
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        event.body,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], event.body).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]

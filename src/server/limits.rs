@@ -53,11 +53,7 @@ impl RateLimits {
 
     /// Charges a delivery whose signature did not verify, to its own budget.
     pub fn check_unverified(&self, source: &str) -> Result<(), Duration> {
-        self.charge(
-            &self.unverified_per_source,
-            &self.unverified_global,
-            source,
-        )
+        self.charge(&self.unverified_per_source, &self.unverified_global, source)
     }
 
     fn charge(

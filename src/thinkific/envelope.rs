@@ -707,7 +707,10 @@ mod tests {
         assert_eq!(e.code(), "envelope_invalid");
         assert!(e.to_string().contains("not signed"), "{e}");
         let body = br#"{"id":"1","resource":"enrollment","payload":{"id":5}}"#;
-        assert_eq!(parse_delivery(body), Err(ParseError::TopicMissing("action")));
+        assert_eq!(
+            parse_delivery(body),
+            Err(ParseError::TopicMissing("action"))
+        );
         let e = parse_delivery(samples::PROGRESS.as_bytes()).unwrap();
         assert_eq!(e.topic.to_string(), "enrollment.progress");
     }

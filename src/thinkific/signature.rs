@@ -99,10 +99,12 @@ pub fn verify(secret: &[u8], body: &[u8], header: Option<&[u8]>) -> Result<(), S
     if m.verify_slice(&expected).is_ok() {
         return Ok(());
     }
-    if reserialized_candidates(body)
-        .iter()
-        .any(|candidate| mac(secret).chain_update(candidate).verify_slice(&expected).is_ok())
-    {
+    if reserialized_candidates(body).iter().any(|candidate| {
+        mac(secret)
+            .chain_update(candidate)
+            .verify_slice(&expected)
+            .is_ok()
+    }) {
         return Err(SignatureError::Reserialized);
     }
     Err(SignatureError::Mismatch)
