@@ -21,6 +21,9 @@ pub struct Metrics {
     batch_size: Histogram,
     batch_commit_seconds: Histogram,
     projection_waiting: Gauge,
+    /// Open client connections, and the cap (`--max-connections`).
+    connections: Gauge,
+    max_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,8 +66,22 @@ impl Metrics {
             "Stored events not yet applied to the projection (SQLite under load follows the log by a few ms)",
             projection_waiting.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Client connections open now",
+            connections.clone(),
+        );
+        let max_connections = Gauge::default();
+        registry.register(
+            "max_connections",
+            "Most client connections served at once (--max-connections); more wait in the kernel's backlog",
+            max_connections.clone(),
+        );
         Metrics {
             registry,
+            connections,
+            max_connections,
             deliveries,
             delivery_seconds,
             batch_size,
@@ -87,6 +104,12 @@ impl Metrics {
 
     pub fn set_projection_waiting(&self, events: u64) {
         self.projection_waiting.set(events as i64);
+    }
+
+    /// The open-connections gauge, kept by the listener; and records the cap.
+    pub fn connections(&self, max: usize) -> Gauge {
+        self.max_connections.set(max as i64);
+        self.connections.clone()
     }
 
     /// The text exposition format.

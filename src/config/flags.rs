@@ -97,6 +97,13 @@ pub struct ServeFlags {
     /// Group-commit writer tasks [default: 1 on SQLite, 2 on PostgreSQL].
     #[arg(long, env = "ENROLLHOOK_WRITERS", hide = true)]
     pub writers: Option<usize>,
+    /// Without --api-token, also answer the API and dashboard for these Host
+    /// names (comma-separated; localhost, loopback and the listen address always).
+    #[arg(long, env = "ENROLLHOOK_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Most client connections served at once; more wait in the kernel's backlog.
+    #[arg(long, env = "ENROLLHOOK_MAX_CONNECTIONS", default_value_t = super::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
 }
 
 /// `thinkific …`'s flags: whose REST API, with which credentials.

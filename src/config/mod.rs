@@ -157,7 +157,15 @@ pub struct ServeConfig {
     pub max_quarantine: u64,
     /// Drop raw bodies of events received longer ago than this (None: keep all).
     pub retain_events: Option<std::time::Duration>,
+    /// Host names the API and dashboard answer to without --api-token, besides
+    /// localhost, loopback addresses and the listen address (see `server::origin`).
+    pub allowed_hosts: Vec<String>,
+    /// Most client connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
+
+/// `--max-connections` by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 impl ServeConfig {
     /// Settings for tests and embedding: a database, one default source.
@@ -183,6 +191,8 @@ impl ServeConfig {
             writers: None,
             max_quarantine: DEFAULT_MAX_QUARANTINE,
             retain_events: None,
+            allowed_hosts: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 

@@ -172,6 +172,8 @@ impl Settings {
             writers: flags.writers,
             max_quarantine: flags.max_quarantine,
             retain_events: flags.retain_events,
+            allowed_hosts: flags.allowed_hosts,
+            max_connections: flags.max_connections.max(1),
         };
         config.validate()?;
         Ok(config)

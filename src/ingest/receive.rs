@@ -47,6 +47,14 @@ pub struct Delivery<'a> {
 
 /// Checks a delivery and turns it into an event to store.
 pub fn check(sources: &Sources, verify: bool, d: &Delivery<'_>) -> Result<NewEvent, Rejection> {
+    authenticate(sources, verify, d)?;
+    parse(d)
+}
+
+/// Step one of [`check`]: the source exists and the signature is valid. The
+/// webhook endpoint charges rate-limit budgets between the two steps, by
+/// whether this one passed (see `server::limits`).
+pub fn authenticate(sources: &Sources, verify: bool, d: &Delivery<'_>) -> Result<(), Rejection> {
     let secret = sources
         .get(d.source)
         .ok_or_else(|| Rejection::UnknownSource(d.source.to_owned()))?;
@@ -56,8 +64,25 @@ pub fn check(sources: &Sources, verify: bool, d: &Delivery<'_>) -> Result<NewEve
         let secret = secret.ok_or(SignatureError::Mismatch)?;
         thinkific::verify(secret.expose().as_bytes(), d.body, d.signature)?;
     }
-    let envelope = thinkific::parse(d.body, d.topic_header)?;
-    // `parse` proved the body is UTF-8.
+    Ok(())
+}
+
+/// Step two of [`check`], for an authenticated delivery: the topic is the
+/// signed body's; the unsigned topic header is only compared with it.
+pub fn parse(d: &Delivery<'_>) -> Result<NewEvent, Rejection> {
+    let envelope = thinkific::parse_delivery(d.body)?;
+    if let Some(header) = d.topic_header.map(str::trim).filter(|h| !h.is_empty())
+        && !header.eq_ignore_ascii_case(&envelope.topic.to_string())
+    {
+        tracing::warn!(
+            source = d.source,
+            event_id = envelope.id,
+            header,
+            topic = %envelope.topic,
+            "X-Thinkific-Topic differs from the signed body's topic; the body's is used"
+        );
+    }
+    // `parse_delivery` proved the body is UTF-8.
     let body = String::from_utf8(d.body.to_vec()).expect("parsed bodies are UTF-8");
     Ok(NewEvent::from_envelope(
         d.source,
@@ -67,14 +92,15 @@ pub fn check(sources: &Sources, verify: bool, d: &Delivery<'_>) -> Result<NewEve
     ))
 }
 
-/// Headers worth keeping with a quarantined delivery (never credentials).
+/// The headers kept with a quarantined delivery, besides every `X-Thinkific-*`
+/// one: what helps to diagnose it, never credentials nor client addresses
+/// (the README's *Security* section lists the same).
+pub const KEPT_HEADERS: &[&str] = &["content-type", "user-agent"];
+
+/// Whether a header is kept with a quarantined delivery (see [`KEPT_HEADERS`]).
 pub fn is_kept_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    name.starts_with("x-thinkific-")
-        || matches!(
-            name.as_str(),
-            "content-type" | "content-length" | "user-agent" | "x-forwarded-for" | "x-real-ip"
-        )
+    name.starts_with("x-thinkific-") || KEPT_HEADERS.contains(&name.as_str())
 }
 
 pub fn quarantine_record(

@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/activity", get(activity))
         .route("/api/events", get(list_events))
         .route("/api/events/{source}/{event_id}", get(get_event))
+        .route("/api/events/{source}/{event_id}/raw", get(get_event_raw))
         .route("/api/quarantine", get(list_quarantine))
         .route("/api/quarantine/{id}", get(get_quarantine))
         .route("/api/quarantine/{id}/retry", post(retry_quarantine))
@@ -319,6 +320,37 @@ pub(super) async fn get_event(
             ApiError::not_found(format!("no event `{event_id}` from source `{source}`"))
         })?;
     Ok(Json(event_view(&event)))
+}
+
+/// The event's body exactly as it was received, byte for byte (the JSON view
+/// re-serializes it: keys sorted, large integers as floats): what to re-verify
+/// `X-Thinkific-Hmac-Sha256` against.
+#[utoipa::path(get, path = "/api/events/{source}/{event_id}/raw", tag = "events",
+    params(("source" = String, Path), ("event_id" = String, Path)),
+    responses((status = 200, description = "the body as received", content_type = "application/json", body = String),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 410, body = ErrorBody, description = "the body was dropped by retention (--retain-events)")))]
+pub(super) async fn get_event_raw(
+    State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
+    Path((source, event_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    scope.check(&source)?;
+    let event: StoredEvent = app
+        .store
+        .get_event(&source, &event_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no event `{event_id}` from source `{source}`"))
+        })?;
+    if event.pruned_at.is_some() {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "body_pruned",
+            format!("the body of event `{event_id}` was dropped by retention (--retain-events)"),
+        ));
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], event.body).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]

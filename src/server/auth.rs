@@ -1,7 +1,9 @@
 //! Who may read what: the admin token (`--api-token`) reads everything; a
 //! source's `api_token` (in `[[source]]`) reads that source's data only.
 //! Without an admin token, loopback clients are admin (and `serve` refuses to
-//! listen beyond loopback unless some token is configured).
+//! listen beyond loopback unless some token is configured), provided the Host
+//! names this server; state-changing requests from a foreign Origin are
+//! refused in every mode (see `origin`).
 
 use std::net::SocketAddr;
 
@@ -64,6 +66,9 @@ pub async fn require_auth(
     mut request: Request,
     next: Next,
 ) -> Response {
+    if let Err(e) = super::origin::check_origin(&app, &request) {
+        return e.into_response();
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -94,7 +99,12 @@ pub async fn require_auth(
             )
             .into_response();
         }
-        None => Scope::All,
+        // Trusted for coming from this machine: only when addressed to this
+        // server, not to a name a web page rebound to 127.0.0.1.
+        None => match super::origin::check_host(&app, &request) {
+            Ok(()) => Scope::All,
+            Err(e) => return e.into_response(),
+        },
     };
     request.extensions_mut().insert(scope);
     next.run(request).await

@@ -1,6 +1,18 @@
 //! Optional rate limits on webhook deliveries: overall and per source.
 //! Off unless configured: Thinkific gives up after its retries, so a limit that
 //! is too low loses events (they are answered 429 and retried later).
+//!
+//! Verified and unverified deliveries draw on separate budgets, so that forged
+//! deliveries (anyone can send them) cannot use up a school's budget and make
+//! Thinkific's real ones get 429. A delivery is charged after its signature
+//! was checked (the check needs the body):
+//! - verified (signature valid, or verification off) → the source's budget
+//!   (`--rate-limit`) and the overall one (`--global-rate-limit`);
+//! - unverified (signature missing, malformed or wrong) → a stricter budget of
+//!   its own, a tenth of the verified one (at least 1/s): per source when
+//!   `--rate-limit` is set, overall when `--global-rate-limit` is. Beyond it a
+//!   forged delivery gets 429 and is not quarantined, which also bounds the
+//!   quarantine's writes.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -8,10 +20,15 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+/// The unverified budget is this fraction of the verified one.
+pub const UNVERIFIED_DIVISOR: u32 = 10;
+
 #[derive(Default)]
 pub struct RateLimits {
     global: Option<DefaultDirectRateLimiter>,
     per_source: Option<DefaultKeyedRateLimiter<String>>,
+    unverified_global: Option<DefaultDirectRateLimiter>,
+    unverified_per_source: Option<DefaultKeyedRateLimiter<String>>,
     clock: DefaultClock,
 }
 
@@ -19,21 +36,38 @@ impl RateLimits {
     /// Requests per second (bursts of the same size are allowed).
     pub fn new(per_source: Option<u32>, global: Option<u32>) -> RateLimits {
         let quota = |n: u32| Quota::per_second(NonZeroU32::new(n.max(1)).expect("at least 1"));
+        let unverified = |n: u32| quota(n / UNVERIFIED_DIVISOR);
         RateLimits {
             global: global.map(|n| RateLimiter::direct(quota(n))),
             per_source: per_source.map(|n| RateLimiter::keyed(quota(n))),
+            unverified_global: global.map(|n| RateLimiter::direct(unverified(n))),
+            unverified_per_source: per_source.map(|n| RateLimiter::keyed(unverified(n))),
             clock: DefaultClock::default(),
         }
     }
 
-    /// Ok, or how long to wait before retrying.
+    /// Charges a verified delivery: Ok, or how long to wait before retrying.
     pub fn check(&self, source: &str) -> Result<(), Duration> {
-        if let Some(limiter) = &self.per_source
+        self.charge(&self.per_source, &self.global, source)
+    }
+
+    /// Charges a delivery whose signature did not verify, to its own budget.
+    pub fn check_unverified(&self, source: &str) -> Result<(), Duration> {
+        self.charge(&self.unverified_per_source, &self.unverified_global, source)
+    }
+
+    fn charge(
+        &self,
+        per_source: &Option<DefaultKeyedRateLimiter<String>>,
+        global: &Option<DefaultDirectRateLimiter>,
+        source: &str,
+    ) -> Result<(), Duration> {
+        if let Some(limiter) = per_source
             && let Err(not_until) = limiter.check_key(&source.to_owned())
         {
             return Err(not_until.wait_time_from(self.clock.now()));
         }
-        if let Some(limiter) = &self.global
+        if let Some(limiter) = global
             && let Err(not_until) = limiter.check()
         {
             return Err(not_until.wait_time_from(self.clock.now()));
@@ -50,6 +84,7 @@ mod tests {
     fn off_by_default() {
         let l = RateLimits::default();
         assert!((0..10_000).all(|_| l.check("a").is_ok()));
+        assert!((0..10_000).all(|_| l.check_unverified("a").is_ok()));
     }
 
     #[test]
@@ -63,5 +98,17 @@ mod tests {
         let l = RateLimits::new(None, Some(2));
         assert!(l.check("a").is_ok() && l.check("b").is_ok());
         assert!(l.check("c").is_err());
+    }
+
+    #[test]
+    fn unverified_deliveries_have_a_stricter_budget_of_their_own() {
+        let l = RateLimits::new(Some(20), None);
+        assert!((0..2).all(|_| l.check_unverified("a").is_ok()));
+        assert!(l.check_unverified("a").is_err(), "a tenth of 20/s");
+        assert!((0..20).all(|_| l.check("a").is_ok()), "verified untouched");
+        let l = RateLimits::new(None, Some(5));
+        assert!(l.check_unverified("a").is_ok(), "at least 1/s");
+        assert!(l.check_unverified("b").is_err());
+        assert!((0..5).all(|_| l.check("a").is_ok()));
     }
 }

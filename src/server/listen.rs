@@ -1,6 +1,8 @@
 //! Accepting connections: plain TCP or TLS (rustls), HTTP/1.1, with a deadline
-//! for request headers so that slow clients cannot hold connections forever,
-//! and graceful shutdown (stop accepting, let in-flight requests finish).
+//! for request headers (and for an idle keep-alive connection's next request)
+//! so that slow clients cannot hold connections forever, a cap on connections
+//! open at once, and graceful shutdown (stop accepting, let in-flight requests
+//! finish). The body's deadline is the router's (`deadline`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,9 +13,11 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service as _;
 
@@ -53,6 +57,34 @@ pub struct ListenOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Deadline for a TLS handshake and for each request's headers.
     pub read_timeout: Duration,
+    /// Most connections served at once. Beyond it new connections are not
+    /// accepted: they wait in the kernel's listen backlog (and the client's
+    /// connect timeout) until one closes, rather than being reset.
+    pub max_connections: usize,
+    /// Set to the number of open connections.
+    pub connections: Gauge,
+}
+
+/// One connection's slot: frees it and counts it out when dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, gauge: &Gauge) -> Slot {
+        gauge.inc();
+        Slot {
+            _permit: permit,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// Serves `router` until `shutdown` resolves, then waits (up to 30 s) for
@@ -70,7 +102,12 @@ pub async fn serve(
         .header_read_timeout(options.read_timeout)
         .keep_alive(true);
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -83,6 +120,7 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let slot = Slot::new(permit, &options.connections);
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
         let service = hyper::service::service_fn(
@@ -100,6 +138,7 @@ pub async fn serve(
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    drop(slot);
                 });
             }
             Some(acceptor) => {
@@ -107,6 +146,7 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 let handshake_timeout = options.read_timeout;
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let tls =
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                             Ok(Ok(tls)) => tls,

@@ -3,11 +3,13 @@
 mod api;
 pub mod auth;
 mod dashboard;
+mod deadline;
 mod delivery_log;
 mod error;
 pub mod limits;
 pub mod listen;
 pub mod openapi;
+pub mod origin;
 mod subscriptions;
 mod webhooks;
 
@@ -42,23 +44,31 @@ pub struct AppState {
     pub limits: Arc<limits::RateLimits>,
     pub max_quarantine: u64,
     pub delivery_log: Arc<delivery_log::DeliveryLog>,
+    /// The Host names the API and dashboard answer to without a token.
+    pub hosts: Arc<origin::HostPolicy>,
 }
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
-    let webhooks = webhooks::router()
-        .layer(DefaultBodyLimit::max(max_body))
-        // A body that trickles in slower than this is cut off (408).
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            state.read_timeout,
-        ));
+    let read_timeout = state.read_timeout;
+    // No Host or Origin checks on deliveries: see `origin`.
+    let webhooks = webhooks::router().layer(DefaultBodyLimit::max(max_body));
+    let dashboard = dashboard::router().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        origin::dashboard_host,
+    ));
     Router::new()
         .route("/openapi.json", axum::routing::get(openapi::serve_document))
         .merge(webhooks)
-        .merge(dashboard::router())
+        .merge(dashboard)
         .merge(api::router(state.clone()))
         .merge(subscriptions::router(state.clone()))
         .with_state(state)
+        // Every body must arrive whole within --read-timeout (408 on webhooks).
+        .layer(axum::middleware::from_fn_with_state(
+            read_timeout,
+            deadline::limit_body_time,
+        ))
 }
 
 /// A running server: its address, and a handle to stop it.
@@ -116,6 +126,10 @@ pub async fn start(
         )),
         max_quarantine: config.max_quarantine,
         delivery_log: delivery_log::DeliveryLog::start(),
+        hosts: Arc::new(origin::HostPolicy::new(
+            listener.local_addr()?,
+            &config.allowed_hosts,
+        )),
     };
     let listen_options = listen::ListenOptions {
         tls: match &config.tls {
@@ -123,6 +137,8 @@ pub async fn start(
             None => None,
         },
         read_timeout: config.read_timeout,
+        max_connections: config.max_connections,
+        connections: state.metrics.connections(config.max_connections),
     };
     let forwarder = crate::forward::Forwarder::start(store.clone(), config.forward.clone())?;
     let retention = config

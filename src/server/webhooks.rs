@@ -78,12 +78,27 @@ pub(super) async fn receive_named(
 fn is_body_timeout(e: &BytesRejection) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if err.is::<tower_http::timeout::TimeoutError>() {
+        if err.is::<super::deadline::BodyDeadlineExceeded>() {
             return true;
         }
         source = err.source();
     }
     false
+}
+
+/// 429 with `Retry-After`: neither stored nor quarantined.
+fn rate_limited(wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let err = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many deliveries; retry after {secs} s"),
+    );
+    let mut response = err.into_response();
+    response
+        .headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, secs.into());
+    response
 }
 
 async fn receive(
@@ -128,7 +143,7 @@ async fn receive(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 format!(
-                    "the body did not arrive within {} s",
+                    "the body did not arrive within {} s of the request's headers (--read-timeout)",
                     app.read_timeout.as_secs_f64()
                 ),
             );
@@ -140,22 +155,6 @@ async fn receive(
         }
     };
 
-    if app.sources.get(source).is_some()
-        && let Err(wait) = app.limits.check(source)
-    {
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let err = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many deliveries; retry after {secs} s"),
-        );
-        let mut response = err.into_response();
-        response
-            .headers_mut()
-            .insert(axum::http::header::RETRY_AFTER, secs.into());
-        return finish("rate_limited", "", "", response);
-    }
-
     let delivery = Delivery {
         source,
         signature: headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()),
@@ -163,7 +162,19 @@ async fn receive(
         body: &body,
         received_at: Utc::now(),
     };
-    let event = match receive::check(&app.sources, app.verify_signatures, &delivery) {
+    // Verified and unverified deliveries are charged to separate budgets (see
+    // `limits`): forgeries cannot make the school's real deliveries get 429.
+    let authenticated = receive::authenticate(&app.sources, app.verify_signatures, &delivery);
+    let charged = match &authenticated {
+        Ok(()) => app.limits.check(source),
+        Err(Rejection::Signature(_)) => app.limits.check_unverified(source),
+        // Unknown sources are answered 404 and never kept: nothing to charge.
+        Err(_) => Ok(()),
+    };
+    if let Err(wait) = charged {
+        return finish("rate_limited", "", "", rate_limited(wait));
+    }
+    let event = match authenticated.and_then(|()| receive::parse(&delivery)) {
         Ok(event) => event,
         Err(rejection) => {
             let status = match &rejection {

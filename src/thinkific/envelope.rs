@@ -25,6 +25,10 @@ pub enum ParseError {
     NotObject,
     #[error("envelope field `{0}` is missing")]
     Missing(&'static str),
+    #[error(
+        "envelope field `{0}` is missing: a delivery's topic is read from the signed body's `resource` and `action` only (the X-Thinkific-Topic header is not signed)"
+    )]
+    TopicMissing(&'static str),
     #[error("envelope field `{field}` is invalid: {why}")]
     Invalid { field: &'static str, why: String },
     #[error("payload field `{field}` is invalid: {why}")]
@@ -37,7 +41,9 @@ impl ParseError {
             ParseError::Empty => "body_empty",
             ParseError::NotUtf8(_) => "body_not_utf8",
             ParseError::NotJson(_) | ParseError::NotObject => "body_not_json",
-            ParseError::Missing(_) | ParseError::Invalid { .. } => "envelope_invalid",
+            ParseError::Missing(_) | ParseError::TopicMissing(_) | ParseError::Invalid { .. } => {
+                "envelope_invalid"
+            }
             ParseError::Payload { .. } => "payload_invalid",
         }
     }
@@ -250,9 +256,22 @@ fn object<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Option<Result<T, serde_j
         .then(|| serde_json::from_str(raw.get()))
 }
 
-/// Parses a raw delivery body. `header_topic` is the `X-Thinkific-Topic`
-/// header, used only when the body does not name its resource and action.
-pub fn parse(body: &[u8], header_topic: Option<&str>) -> Result<Envelope, ParseError> {
+/// Parses a delivery as received: the topic comes from the signed body alone.
+/// A body without `resource`/`action` is refused ([`ParseError::TopicMissing`]);
+/// the unsigned `X-Thinkific-Topic` header is only compared with it by the caller
+/// (see `receive::check`), never used.
+pub fn parse_delivery(body: &[u8]) -> Result<Envelope, ParseError> {
+    parse(body, None).map_err(|e| match e {
+        ParseError::Missing(field @ ("resource" | "action")) => ParseError::TopicMissing(field),
+        other => other,
+    })
+}
+
+/// Parses a body whose topic is already known: `known_topic` fills a missing
+/// `resource`/`action`. For the event log (the row's topic: old rows stored
+/// before [`parse_delivery`] may have taken it from the header) and for
+/// bodies we build ourselves; never pass an unsigned request header here.
+pub fn parse(body: &[u8], known_topic: Option<&str>) -> Result<Envelope, ParseError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::Empty);
     }
@@ -280,7 +299,7 @@ pub fn parse(body: &[u8], header_topic: Option<&str>) -> Result<Envelope, ParseE
         });
     }
 
-    let topic = envelope_topic(&raw, header_topic)?;
+    let topic = envelope_topic(&raw, known_topic)?;
 
     let tenant_id = match value(raw.tenant_id) {
         None => None,
@@ -673,11 +692,27 @@ mod tests {
     }
 
     #[test]
-    fn header_topic_fills_a_missing_resource() {
+    fn a_known_topic_fills_a_missing_resource_for_the_log() {
         let body = br#"{"id":"1","payload":{"id":5}}"#;
         let e = parse(body, Some("enrollment.created")).unwrap();
         assert_eq!(e.enrollment.unwrap().id, 5);
         assert_eq!(parse(body, None), Err(ParseError::Missing("resource")));
+    }
+
+    #[test]
+    fn a_delivery_takes_its_topic_from_the_body_only() {
+        let body = br#"{"id":"1","payload":{"id":5}}"#;
+        let e = parse_delivery(body).unwrap_err();
+        assert_eq!(e, ParseError::TopicMissing("resource"));
+        assert_eq!(e.code(), "envelope_invalid");
+        assert!(e.to_string().contains("not signed"), "{e}");
+        let body = br#"{"id":"1","resource":"enrollment","payload":{"id":5}}"#;
+        assert_eq!(
+            parse_delivery(body),
+            Err(ParseError::TopicMissing("action"))
+        );
+        let e = parse_delivery(samples::PROGRESS.as_bytes()).unwrap();
+        assert_eq!(e.topic.to_string(), "enrollment.progress");
     }
 
     #[test]

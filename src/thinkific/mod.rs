@@ -12,9 +12,11 @@ pub mod signature;
 
 pub use envelope::{
     BACKFILL_TOPIC, EnrollmentPayload, EnrollmentTopic, Envelope, ParseError, Topic, parse,
+    parse_delivery,
 };
 pub use signature::{SIGNATURE_HEADER, SignatureError, sign, verify};
 
-/// Optional headers Thinkific adds; used when present, never required.
+/// Optional headers Thinkific adds. Neither is signed: the topic header is only
+/// compared with the signed body's topic (a mismatch is logged), never used.
 pub const TOPIC_HEADER: &str = "x-thinkific-topic";
 pub const SUBDOMAIN_HEADER: &str = "x-thinkific-subdomain";
