@@ -209,9 +209,22 @@ async fn record(
     }
 }
 
-/// The `webhook-id` of an event: stable across retries and replays, unique per event.
+/// The `webhook-id` of an event: stable across retries and replays, and
+/// different for every (source, event id), so a receiver can de-duplicate on it.
+///
+/// Source names may contain `_`, so `evt_{source}_{id}` alone is ambiguous
+/// (`acme` + `x_1` and `acme_x` + `1` both give `evt_acme_x_1`). For a source
+/// without `_` the first `_` after `evt_` ends the name, so that form is
+/// unambiguous among such sources and is kept: existing installs (the default
+/// source is `default`) keep every id they had. A source with `_` gets
+/// `evs_{length}_{source}_{id}`: the length makes it unambiguous, and no `evt_`
+/// id starts with `evs_`.
 pub fn message_id(source: &str, event_id: &str) -> String {
-    format!("evt_{source}_{event_id}")
+    if source.contains('_') {
+        format!("evs_{}_{source}_{event_id}", source.len())
+    } else {
+        format!("evt_{source}_{event_id}")
+    }
 }
 
 async fn attempt(
@@ -346,4 +359,29 @@ fn describe_error(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message_id;
+
+    #[test]
+    fn message_ids_never_collide_across_sources() {
+        // The collision of the old encoding, and its neighbours.
+        let pairs = [
+            ("acme", "x_1"),
+            ("acme_x", "1"),
+            ("acme_x_1", ""),
+            ("a", "cme_x_1"),
+            ("acme_x", "_1"),
+            ("acme__x", "1"),
+            ("default", "20190131192004041953291"),
+        ];
+        let ids: std::collections::HashSet<String> =
+            pairs.iter().map(|(s, e)| message_id(s, e)).collect();
+        assert_eq!(ids.len(), pairs.len(), "{ids:?}");
+        // Sources without `_` keep the ids they always had.
+        assert_eq!(message_id("default", "42"), "evt_default_42");
+        assert_eq!(message_id("acme_x", "1"), "evs_6_acme_x_1");
+    }
 }
