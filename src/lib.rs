@@ -12,7 +12,7 @@
 //! 7. [`forward`]: passing events on to subscriptions, with retries.
 //!
 //! Around the path: [`config`] (flags > environment > file > defaults, merged
-//! once), [`redact`] (what may be shown of a URL), [`client`] (the outgoing
+//! once), [`ids`] (names checked once, when built), [`redact`] (what may be shown of a URL), [`client`] (the outgoing
 //! HTTP client), [`metrics`], [`maintenance`] (import, copy, retention),
 //! [`simulate`] (realistic Thinkific traffic), and [`cli`], which only parses,
 //! calls one of the above and prints.
@@ -34,6 +34,7 @@ pub mod forward;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod ids;
 pub mod maintenance;
 pub mod metrics;
 pub mod redact;

@@ -22,7 +22,7 @@ pub struct ImportArgs {
     file: PathBuf,
     /// File every event under this source (default: each line's `source`, else `default`).
     #[arg(long)]
-    source: Option<String>,
+    source: Option<crate::ids::SourceName>,
     /// Check each line's signature with --secret; lines that fail are not stored.
     #[arg(long)]
     verify_signatures: bool,

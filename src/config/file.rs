@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{DEFAULT_CONFIG_FILE, Secret};
+use crate::ids::SourceName;
 
 /// One school (or Thinkific app) that sends us webhooks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    pub name: String,
+    /// Checked when the file is read (see [`SourceName`]).
+    pub name: SourceName,
     /// The school's API key (or the app's client secret).
     pub secret: Option<Secret>,
     /// A query-API token that reads this source's data only.
@@ -106,7 +108,6 @@ impl FileConfig {
         let config: FileConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         let mut seen = std::collections::HashSet::new();
         for s in &config.sources {
-            validate_source_name(&s.name)?;
             if !seen.insert(s.name.as_str()) {
                 anyhow::bail!("source `{}` is configured twice", s.name);
             }
@@ -135,17 +136,4 @@ fn toml_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
         e.message().to_owned()
     };
     anyhow::anyhow!("invalid TOML at line {line}, column {column}: {message}")
-}
-
-pub fn validate_source_name(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    anyhow::ensure!(
-        ok,
-        "source name `{name}` is invalid: use 1 to 64 letters, digits, `-` or `_` (it becomes part of the webhook URL)"
-    );
-    Ok(())
 }

@@ -127,5 +127,5 @@ pub struct ThinkificFlags {
     /// The enrollhook source (school) whose credentials are used; the backfill
     /// files its events under it.
     #[arg(long, global = true, default_value = DEFAULT_SOURCE)]
-    pub source: String,
+    pub source: crate::ids::SourceName,
 }

@@ -15,11 +15,13 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-pub use file::{ByteSize, FileConfig, SourceConfig, validate_source_name};
+use crate::ids::SourceName;
+
+pub use file::{ByteSize, FileConfig, SourceConfig};
 pub use resolve::{Settings, ThinkificSettings};
 
 /// The name of the source that `POST /webhooks/thinkific` (no name) delivers to.
-pub const DEFAULT_SOURCE: &str = "default";
+pub const DEFAULT_SOURCE: &str = crate::ids::SourceName::DEFAULT;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE: &str = "sqlite://enrollhook.db";
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
@@ -53,9 +55,9 @@ impl std::fmt::Debug for Secret {
 /// The sources deliveries are accepted for, by name.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
-    by_name: BTreeMap<String, Option<Secret>>,
+    by_name: BTreeMap<SourceName, Option<Secret>>,
     /// Per-source API tokens: (token, source name).
-    tokens: Vec<(Secret, String)>,
+    tokens: Vec<(Secret, SourceName)>,
 }
 
 impl Sources {
@@ -71,7 +73,7 @@ impl Sources {
             }
         }
         if let Some(secret) = flag_secret.or_else(|| file.secret.clone()) {
-            by_name.insert(DEFAULT_SOURCE.to_owned(), Some(secret));
+            by_name.insert(SourceName::default_source(), Some(secret));
         }
         Sources { by_name, tokens }
     }
@@ -97,7 +99,7 @@ impl Sources {
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_name.keys().map(String::as_str)
+        self.by_name.keys().map(SourceName::as_str)
     }
 
     /// Sources that have no secret (only usable with `--insecure-skip-verification`).
@@ -122,7 +124,7 @@ impl Sources {
     /// A single unsigned default source, for `--insecure-skip-verification` with no config.
     pub fn insecure_default() -> Sources {
         let mut by_name = BTreeMap::new();
-        by_name.insert(DEFAULT_SOURCE.to_owned(), None);
+        by_name.insert(SourceName::default_source(), None);
         Sources {
             by_name,
             tokens: Vec::new(),

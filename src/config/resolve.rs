@@ -13,7 +13,7 @@ use anyhow::Context;
 use super::flags::{GlobalFlags, ServeFlags, ThinkificFlags};
 use super::{
     DEFAULT_DATABASE, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_SOURCE, FileConfig, Secret,
-    ServeConfig, Sources, validate_source_name,
+    ServeConfig, Sources,
 };
 use crate::forward::ForwardConfig;
 
@@ -184,7 +184,6 @@ impl Settings {
     /// the file; the default source also falls back to `--secret` and the
     /// file's top-level `secret` and `subdomain`.
     pub fn thinkific(&self, flags: &ThinkificFlags) -> anyhow::Result<ThinkificSettings> {
-        validate_source_name(&flags.source)?;
         let configured = self.file.sources.iter().find(|s| s.name == flags.source);
         let is_default = flags.source == DEFAULT_SOURCE;
         let api_key = flags
@@ -225,7 +224,7 @@ impl Settings {
 #[derive(Debug, Clone)]
 pub struct ThinkificSettings {
     /// The enrollhook source the backfill files its events under.
-    pub source: String,
+    pub source: crate::ids::SourceName,
     pub subdomain: String,
     pub api_key: Secret,
     pub api_base: String,

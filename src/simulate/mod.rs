@@ -68,7 +68,7 @@ pub struct SimulateArgs {
     pub start: Option<DateTime<Utc>>,
     /// Source name the receiver files these deliveries under (for --verify and --out).
     #[arg(long, default_value = "default")]
-    pub source: String,
+    pub source: crate::ids::SourceName,
     /// Sent as X-Thinkific-Subdomain.
     #[arg(long, default_value = "simulated-school")]
     pub subdomain: String,
@@ -132,7 +132,6 @@ impl SimulateArgs {
             self.arrival_days > 0.0 && self.arrival_days.is_finite(),
             "--arrival-days must be a positive number of days"
         );
-        crate::config::validate_source_name(&self.source)?;
         Ok(TrafficConfig {
             school: SchoolConfig {
                 seed: self.seed,
@@ -145,7 +144,7 @@ impl SimulateArgs {
             events: self.events,
             faults,
             secret: secret.to_owned(),
-            source: self.source.clone(),
+            source: self.source.to_string(),
             subdomain: self.subdomain.clone(),
         })
     }

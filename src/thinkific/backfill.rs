@@ -105,7 +105,7 @@ fn rest_id(item: &RawValue) -> String {
 
 #[derive(Debug, Clone)]
 pub struct BackfillOptions {
-    pub source: String,
+    pub source: crate::ids::SourceName,
     /// Only enrollments updated after this time (RFC 3339), as Thinkific filters.
     pub updated_after: Option<DateTime<Utc>>,
     /// Enrollments per page (Thinkific allows up to 250).
@@ -156,7 +156,6 @@ pub async fn backfill(
     opts: &BackfillOptions,
     mut progress: impl FnMut(&BackfillReport),
 ) -> anyhow::Result<BackfillReport> {
-    crate::config::validate_source_name(&opts.source)?;
     let started = Instant::now();
     let started_at = Utc::now();
     let mut report = BackfillReport::default();

@@ -2,6 +2,7 @@
 //! Thinkific, idempotently. What to create is decided by pure functions
 //! ([`target_url`], [`topics`], [`plan`]); the commands only call the API.
 
+use crate::ids::SourceName;
 use crate::thinkific::rest::{RestClient, RestError, Webhook};
 
 /// Every topic Thinkific documents.
@@ -113,7 +114,7 @@ pub fn target_url(url: &str, allow_http: bool) -> Result<String, String> {
         Some((_, "")) => true,
         Some((_, rest)) => rest
             .strip_prefix('/')
-            .is_some_and(|source| crate::config::validate_source_name(source).is_ok()),
+            .is_some_and(|source| SourceName::parse(source).is_ok()),
         None => false,
     };
     if !ok {
