@@ -3,7 +3,7 @@
 //! meta, `limit` ≤ 250, auth headers, a 429 with `RateLimit-Reset`, a 500),
 //! driven through the real binary, on a real SQLite file and on PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::Output;
@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use common::backend::{Backend, TestDatabase, on_both_backends};
 use common::fresh_db;
 use common::process::BIN;
 use enrollhook::store::{DeliveryFilter, EnrollmentFilter, PageRequest};
@@ -342,9 +343,17 @@ fn check_projection(rows: &HashMap<i64, Value>, n: u32) {
     }
 }
 
+on_both_backends!(multi_thread: backfill_story);
+
 /// The whole story on one database: backfill (through a 429 and a 500),
 /// again (nothing new), webhooks newer and older than it, rebuild, forwarding.
-async fn backfill_story(database: &str, n: u32) {
+async fn backfill_story(db: TestDatabase) {
+    // SQLite: 3 pages of 250 (the last one short).
+    let n = match db.backend {
+        Backend::Sqlite => 600,
+        Backend::Postgres => 520,
+    };
+    let database = db.url.as_str();
     let items: Vec<Value> = (1..=n).map(|i| rest_enrollment(i).0).collect();
     let (api, base) = start_api(items).await;
 
@@ -521,19 +530,6 @@ async fn backfill_story(database: &str, n: u32) {
         .await
         .unwrap();
     assert_eq!(completed.items.len(), (n / 4) as usize);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backfill_on_sqlite() {
-    let (_dir, url) = fresh_db();
-    // 3 pages of 250 (the last one short).
-    backfill_story(&url, 600).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backfill_on_postgres() {
-    let db = common::pg::TestDb::create().await;
-    backfill_story(&db.url, 520).await;
 }
 
 #[tokio::test]

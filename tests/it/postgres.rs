@@ -2,13 +2,14 @@
 //! vanish mid-request, and moving an install between databases. Real servers on
 //! port 0, the real PostgreSQL server (a fresh database per test), real SQLite files.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::backend::{TestDatabase, on_both_backends};
 use common::pg::TestDb;
 use common::*;
 use enrollhook::config::ServeConfig;
@@ -395,53 +396,52 @@ async fn disconnect_storm(app: &TestApp) {
     assert_projection_consistent(&store).await;
 }
 
-#[tokio::test]
-async fn clients_that_disconnect_leave_nothing_half_done_on_postgres() {
-    let db = TestDb::create().await;
+on_both_backends!(clients_that_disconnect_leave_nothing_half_done);
+
+/// Hundreds of clients that vanish mid-request leave no transaction open, no
+/// lock held and no event stored without its projection change.
+async fn clients_that_disconnect_leave_nothing_half_done(db: TestDatabase) {
     let app = spawn_on(&db.url).await;
     disconnect_storm(&app).await;
-
-    let mut conn = db.connect().await;
-    let idle_in_tx: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
-    )
-    .bind(&db.name)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(idle_in_tx, 0, "connections left idle in a transaction");
-    let locks: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT a.state, l.locktype, l.mode FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-         WHERE a.datname = $1 AND a.pid <> pg_backend_pid() AND a.state <> 'active'",
-    )
-    .bind(&db.name)
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    assert!(locks.is_empty(), "locks held by idle sessions: {locks:?}");
-    let orphans: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events v WHERE enrollment_id IS NOT NULL AND NOT EXISTS
-           (SELECT 1 FROM enrollments e WHERE e.source = v.source AND e.enrollment_id = v.enrollment_id)",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(orphans, 0, "events stored without their projection change");
-}
-
-#[tokio::test]
-async fn clients_that_disconnect_leave_nothing_half_done_on_sqlite() {
-    let app = spawn_app().await;
-    disconnect_storm(&app).await;
-    // No transaction is left open: another connection can take the write lock at once.
-    use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
-        .await
-        .unwrap();
-    sqlx::raw_sql("PRAGMA busy_timeout = 100; BEGIN IMMEDIATE; ROLLBACK")
-        .execute(&mut conn)
-        .await
-        .expect("the SQLite write lock is free");
+    match db.pg() {
+        Some(db) => {
+            let mut conn = db.connect().await;
+            let idle_in_tx: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+            )
+            .bind(&db.name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert_eq!(idle_in_tx, 0, "connections left idle in a transaction");
+            let locks: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT a.state, l.locktype, l.mode FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE a.datname = $1 AND a.pid <> pg_backend_pid() AND a.state <> 'active'",
+            )
+            .bind(&db.name)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            assert!(locks.is_empty(), "locks held by idle sessions: {locks:?}");
+            let orphans: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM events v WHERE enrollment_id IS NOT NULL AND NOT EXISTS
+                   (SELECT 1 FROM enrollments e WHERE e.source = v.source AND e.enrollment_id = v.enrollment_id)",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert_eq!(orphans, 0, "events stored without their projection change");
+        }
+        None => {
+            // No transaction is left open: another connection can take the write lock at once.
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::raw_sql("PRAGMA busy_timeout = 100; BEGIN IMMEDIATE; ROLLBACK")
+                .execute(&mut conn)
+                .await
+                .expect("the SQLite write lock is free");
+        }
+    }
 }
 
 #[tokio::test]

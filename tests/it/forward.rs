@@ -1,11 +1,12 @@
 //! Forwarding end to end: the real server on port 0, a real SQLite file, and a
 //! stand-in destination server that fails the way real endpoints do.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::backend::{Backend, TestDatabase, on_both_backends};
 use common::destination::{Destination, Reply};
 use common::process::{BIN, start_server};
 use common::*;
@@ -24,28 +25,13 @@ fn fast_forwarding(schedule: &str) -> ForwardConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 async fn spawn_forwarding(schedule: &str) -> TestApp {
-    spawn_forwarding_on(Backend::Sqlite, schedule).await
+    spawn_forwarding_on(TestDatabase::create(Backend::Sqlite).await, schedule).await
 }
 
-async fn spawn_forwarding_on(backend: Backend, schedule: &str) -> TestApp {
-    let (dir, sqlite_url) = fresh_db();
-    let pg = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(common::pg::TestDb::create().await),
-    };
-    let url = pg.as_ref().map_or(sqlite_url, |db| db.url.clone());
-    let mut config = ServeConfig::new(url, Some(SECRET));
-    config.forward = fast_forwarding(schedule);
-    let mut app = spawn_with(dir, config).await;
-    app.pg = pg;
-    app
+async fn spawn_forwarding_on(db: TestDatabase, schedule: &str) -> TestApp {
+    db.serve(|config| config.forward = fast_forwarding(schedule))
+        .await
 }
 
 async fn subscribe(app: &TestApp, body: Value) -> Value {
@@ -91,17 +77,15 @@ fn verify_standard_webhook(secret: &str, r: &destination::Received) {
 
 use common::destination;
 
-#[tokio::test]
-async fn every_event_arrives_through_failures_timeouts_and_429() {
-    every_event_arrives_through_failures_timeouts_and_429_on(Backend::Sqlite).await;
-}
+on_both_backends!(
+    every_event_arrives_through_failures_timeouts_and_429,
+    filters_choose_what_is_forwarded,
+    gone_disables_the_subscription,
+    exhausted_deliveries_go_dead_and_can_be_replayed,
+    ordered_subscriptions_deliver_an_enrollment_in_order,
+);
 
-#[tokio::test]
-async fn every_event_arrives_through_failures_timeouts_and_429_postgres() {
-    every_event_arrives_through_failures_timeouts_and_429_on(Backend::Postgres).await;
-}
-
-async fn every_event_arrives_through_failures_timeouts_and_429_on(backend: Backend) {
+async fn every_event_arrives_through_failures_timeouts_and_429(db: TestDatabase) {
     let dest = Destination::start().await;
     // 500, 503, a timeout, 429 with Retry-After: 1, then success.
     dest.script([
@@ -111,7 +95,7 @@ async fn every_event_arrives_through_failures_timeouts_and_429_on(backend: Backe
         Reply::RetryAfter(429, 1),
         Reply::Status(200),
     ]);
-    let app = spawn_forwarding_on(backend, "50ms,50ms,50ms,50ms,50ms").await;
+    let app = spawn_forwarding_on(db, "50ms,50ms,50ms,50ms,50ms").await;
     let sub = subscribe(
         &app,
         json!({"url": dest.url, "topics": ["enrollment.*"], "headers": {"X-Team": "crm"}}),
@@ -208,19 +192,9 @@ async fn every_event_arrives_through_failures_timeouts_and_429_on(backend: Backe
     assert_eq!(deliveries["items"][0]["attempts"], 5);
 }
 
-#[tokio::test]
-async fn filters_choose_what_is_forwarded() {
-    filters_choose_what_is_forwarded_on(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn filters_choose_what_is_forwarded_postgres() {
-    filters_choose_what_is_forwarded_on(Backend::Postgres).await;
-}
-
-async fn filters_choose_what_is_forwarded_on(backend: Backend) {
+async fn filters_choose_what_is_forwarded(db: TestDatabase) {
     let dest = Destination::start().await;
-    let app = spawn_forwarding_on(backend, "50ms").await;
+    let app = spawn_forwarding_on(db, "50ms").await;
     subscribe(
         &app,
         json!({"url": dest.url, "topics": ["enrollment.completed", "order.*"], "course_ids": [48]}),
@@ -247,20 +221,10 @@ async fn filters_choose_what_is_forwarded_on(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn gone_disables_the_subscription() {
-    gone_disables_the_subscription_on(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn gone_disables_the_subscription_postgres() {
-    gone_disables_the_subscription_on(Backend::Postgres).await;
-}
-
-async fn gone_disables_the_subscription_on(backend: Backend) {
+async fn gone_disables_the_subscription(db: TestDatabase) {
     let dest = Destination::start().await;
     dest.answer_always(Reply::Status(410));
-    let app = spawn_forwarding_on(backend, "50ms,50ms").await;
+    let app = spawn_forwarding_on(db, "50ms,50ms").await;
     let sub = subscribe(&app, json!({"url": dest.url, "topics": ["*"]})).await;
     let id = sub["id"].as_str().unwrap();
     app.deliver(samples::CREATED.as_bytes()).await;
@@ -282,20 +246,10 @@ async fn gone_disables_the_subscription_on(backend: Backend) {
     assert_eq!(dead["items"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn exhausted_deliveries_go_dead_and_can_be_replayed() {
-    exhausted_deliveries_go_dead_and_can_be_replayed_on(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn exhausted_deliveries_go_dead_and_can_be_replayed_postgres() {
-    exhausted_deliveries_go_dead_and_can_be_replayed_on(Backend::Postgres).await;
-}
-
-async fn exhausted_deliveries_go_dead_and_can_be_replayed_on(backend: Backend) {
+async fn exhausted_deliveries_go_dead_and_can_be_replayed(db: TestDatabase) {
     let dest = Destination::start().await;
     dest.answer_always(Reply::Status(500));
-    let app = spawn_forwarding_on(backend, "30ms,30ms").await;
+    let app = spawn_forwarding_on(db, "30ms,30ms").await;
     let sub = subscribe(&app, json!({"url": dest.url, "topics": ["*"]})).await;
     let id = sub["id"].as_str().unwrap();
     app.deliver(samples::CREATED.as_bytes()).await;
@@ -346,21 +300,11 @@ async fn exhausted_deliveries_go_dead_and_can_be_replayed_on(backend: Backend) {
     assert_eq!(status, 400);
 }
 
-#[tokio::test]
-async fn ordered_subscriptions_deliver_an_enrollment_in_order() {
-    ordered_subscriptions_deliver_an_enrollment_in_order_on(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn ordered_subscriptions_deliver_an_enrollment_in_order_postgres() {
-    ordered_subscriptions_deliver_an_enrollment_in_order_on(Backend::Postgres).await;
-}
-
-async fn ordered_subscriptions_deliver_an_enrollment_in_order_on(backend: Backend) {
+async fn ordered_subscriptions_deliver_an_enrollment_in_order(db: TestDatabase) {
     let dest = Destination::start().await;
     // Every message fails once: without ordering, later events would overtake.
     dest.fail_first_attempt_of_each_message();
-    let app = spawn_forwarding_on(backend, "100ms").await;
+    let app = spawn_forwarding_on(db, "100ms").await;
     subscribe(
         &app,
         json!({"url": dest.url, "topics": ["enrollment.*"], "ordered": true}),
@@ -694,7 +638,7 @@ async fn a_subscription_failing_for_too_long_is_disabled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_outbox_without_double_delivery() {
     let dest = Destination::start().await;
-    let first = spawn_forwarding_on(Backend::Postgres, "50ms").await;
+    let first = spawn_forwarding_on(TestDatabase::create(Backend::Postgres).await, "50ms").await;
     let url = first.pg.as_ref().unwrap().url.clone();
     let (dir, _) = fresh_db();
     let mut config = ServeConfig::new(url, Some(SECRET));
