@@ -11,7 +11,7 @@ use enrollhook::projection::{self, Apply, Enrollment, EnrollmentEvent};
 use enrollhook::store::{EnrollmentFilter, NewEvent, PageRequest, Store};
 use enrollhook::thinkific::{EnrollmentPayload, EnrollmentTopic};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
+use proptest::test_runner::{FileFailurePersistence, TestRunner};
 
 use crate::common::backend::{Backend, on_both_backends};
 use crate::store::Fixture as StoreFixture;
@@ -102,7 +102,24 @@ fn apply_in_arrival_order(delivered: &[EnrollmentEvent]) -> Option<Enrollment> {
     state
 }
 
+/// Where failing cases are kept and replayed from: beside this file, as
+/// `properties.proptest-regressions`. Said explicitly because proptest's
+/// default puts them in a `proptest-regressions/` tree beside the nearest
+/// directory holding a `main.rs`, which for `tests/it/` is `tests/`.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        source_file: Some(file!()),
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
+    #![proptest_config(config(ProptestConfig::default().cases))]
+
     #[test]
     fn any_order_with_duplicates_gives_the_in_order_projection((history, delivered) in arb_delivery()) {
         let in_order = projection::fold("s", history.clone());
@@ -135,13 +152,7 @@ async fn the_store_agrees_with_in_order_delivery(f: StoreFixture) {
         Backend::Sqlite => 24,
         Backend::Postgres => 12,
     };
-    let config = ProptestConfig {
-        cases,
-        // Failures are kept beside this file, as `proptest!` does.
-        source_file: Some(file!()),
-        ..ProptestConfig::default()
-    };
-    let mut runner = TestRunner::new(config);
+    let mut runner = TestRunner::new(config(cases));
     let case = AtomicU32::new(0);
     let runtime = tokio::runtime::Handle::current();
     // The runner is synchronous; the store is async: this worker thread
