@@ -1,5 +1,6 @@
-//! Forwarding end to end: the real server on port 0, a real SQLite file, and a
-//! stand-in destination server that fails the way real endpoints do.
+//! Forwarding end to end: the real server on port 0, a real SQLite file (the
+//! delivery cases also on PostgreSQL), and a stand-in destination server that
+//! fails the way real endpoints do.
 
 use crate::common;
 
