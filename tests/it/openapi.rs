@@ -1,7 +1,7 @@
 //! The OpenAPI document is generated from the code; the checked-in copy must
 //! match it (regenerate with `cargo run -- openapi > openapi.json`).
 
-mod common;
+use crate::common;
 
 use common::*;
 

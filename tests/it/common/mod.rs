@@ -1,6 +1,8 @@
-//! Test helpers: the real server on port 0 against a fresh SQLite file.
+//! Test helpers: the real server on port 0 against a fresh SQLite file, and
+//! (`backend`) the same cases on both storage backends.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod destination;
 pub mod pg;
 pub mod process;

@@ -5,12 +5,13 @@
 //! and PostgreSQL. And SIGTERM: stop accepting, finish in-flight deliveries,
 //! exit cleanly.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::backend::{TestDatabase, on_both_backends};
 use common::process::{BIN, start_server};
 use common::{SECRET, enrollment_event, fresh_db};
 use serde_json::Value;
@@ -97,20 +98,13 @@ fn assert_projection_equals_rebuild(url: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_a_burst_loses_nothing_acknowledged() {
-    let (_dir, url) = fresh_db();
-    sigkill_during_a_burst(&url).await;
-}
+on_both_backends!(
+    multi_thread: sigkill_during_a_burst_loses_nothing_acknowledged,
+    simulated_traffic_survives_repeated_kills,
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_a_burst_loses_nothing_acknowledged_on_postgres() {
-    let db = common::pg::TestDb::create().await;
-    sigkill_during_a_burst(&db.url).await;
-}
-
-async fn sigkill_during_a_burst(url: &str) {
-    let url = url.to_owned();
+async fn sigkill_during_a_burst_loses_nothing_acknowledged(db: TestDatabase) {
+    let url = db.url.clone();
     let acked = Arc::new(Mutex::new(Vec::new()));
     for round in 0..3 {
         let mut server = start_server(&url, SECRET, &[]);
@@ -180,7 +174,8 @@ async fn sigterm_finishes_in_flight_deliveries() {
 /// and restarted on the same address. At the end the simulator's own check of
 /// the API must match its expected state, every expected event is stored
 /// exactly once, and the projection equals a rebuild.
-async fn simulated_traffic_through_kills(url: &str) {
+async fn simulated_traffic_survives_repeated_kills(db: TestDatabase) {
+    let url = db.url.as_str();
     let listen = format!("127.0.0.1:{}", common::process::free_port());
     let mut server = common::process::start_server_on(&listen, url, SECRET, &[]);
     let base = server.base.clone();
@@ -260,16 +255,4 @@ async fn simulated_traffic_through_kills(url: &str) {
     drop(server);
 
     assert_projection_equals_rebuild(url);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simulated_traffic_survives_repeated_kills() {
-    let (_dir, url) = fresh_db();
-    simulated_traffic_through_kills(&url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simulated_traffic_survives_repeated_kills_on_postgres() {
-    let db = common::pg::TestDb::create().await;
-    simulated_traffic_through_kills(&db.url).await;
 }

@@ -1,6 +1,6 @@
 //! The command line as a user runs it: the real binary against a real database.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

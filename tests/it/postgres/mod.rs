@@ -2,13 +2,14 @@
 //! vanish mid-request, and moving an install between databases. Real servers on
 //! port 0, the real PostgreSQL server (a fresh database per test), real SQLite files.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::backend::{TestDatabase, on_both_backends};
 use common::pg::TestDb;
 use common::*;
 use enrollhook::config::ServeConfig;
@@ -18,6 +19,8 @@ use rand::seq::SliceRandom;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+mod copy;
 
 async fn spawn_on(url: &str) -> TestApp {
     spawn_with(
@@ -395,53 +398,52 @@ async fn disconnect_storm(app: &TestApp) {
     assert_projection_consistent(&store).await;
 }
 
-#[tokio::test]
-async fn clients_that_disconnect_leave_nothing_half_done_on_postgres() {
-    let db = TestDb::create().await;
+on_both_backends!(clients_that_disconnect_leave_nothing_half_done);
+
+/// Hundreds of clients that vanish mid-request leave no transaction open, no
+/// lock held and no event stored without its projection change.
+async fn clients_that_disconnect_leave_nothing_half_done(db: TestDatabase) {
     let app = spawn_on(&db.url).await;
     disconnect_storm(&app).await;
-
-    let mut conn = db.connect().await;
-    let idle_in_tx: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
-    )
-    .bind(&db.name)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(idle_in_tx, 0, "connections left idle in a transaction");
-    let locks: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT a.state, l.locktype, l.mode FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-         WHERE a.datname = $1 AND a.pid <> pg_backend_pid() AND a.state <> 'active'",
-    )
-    .bind(&db.name)
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    assert!(locks.is_empty(), "locks held by idle sessions: {locks:?}");
-    let orphans: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events v WHERE enrollment_id IS NOT NULL AND NOT EXISTS
-           (SELECT 1 FROM enrollments e WHERE e.source = v.source AND e.enrollment_id = v.enrollment_id)",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(orphans, 0, "events stored without their projection change");
-}
-
-#[tokio::test]
-async fn clients_that_disconnect_leave_nothing_half_done_on_sqlite() {
-    let app = spawn_app().await;
-    disconnect_storm(&app).await;
-    // No transaction is left open: another connection can take the write lock at once.
-    use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
-        .await
-        .unwrap();
-    sqlx::raw_sql("PRAGMA busy_timeout = 100; BEGIN IMMEDIATE; ROLLBACK")
-        .execute(&mut conn)
-        .await
-        .expect("the SQLite write lock is free");
+    match db.pg() {
+        Some(db) => {
+            let mut conn = db.connect().await;
+            let idle_in_tx: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+            )
+            .bind(&db.name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert_eq!(idle_in_tx, 0, "connections left idle in a transaction");
+            let locks: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT a.state, l.locktype, l.mode FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE a.datname = $1 AND a.pid <> pg_backend_pid() AND a.state <> 'active'",
+            )
+            .bind(&db.name)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            assert!(locks.is_empty(), "locks held by idle sessions: {locks:?}");
+            let orphans: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM events v WHERE enrollment_id IS NOT NULL AND NOT EXISTS
+                   (SELECT 1 FROM enrollments e WHERE e.source = v.source AND e.enrollment_id = v.enrollment_id)",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert_eq!(orphans, 0, "events stored without their projection change");
+        }
+        None => {
+            // No transaction is left open: another connection can take the write lock at once.
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::raw_sql("PRAGMA busy_timeout = 100; BEGIN IMMEDIATE; ROLLBACK")
+                .execute(&mut conn)
+                .await
+                .expect("the SQLite write lock is free");
+        }
+    }
 }
 
 #[tokio::test]
@@ -490,143 +492,6 @@ async fn an_unreachable_database_is_reported_not_hung() {
             Some(StoreError::Unavailable(_))
         ),
         "{err:#}"
-    );
-}
-
-/// What must survive a copy: the log (in order), the projection, the quarantine.
-async fn snapshot(
-    s: &Arc<dyn Store>,
-) -> (
-    Vec<String>,
-    Vec<enrollhook::projection::Enrollment>,
-    Vec<String>,
-) {
-    let events = all_events(s)
-        .await
-        .into_iter()
-        .map(|e| {
-            format!(
-                "{}|{}|{}|{:?}|{}|{:?}|{}",
-                e.source, e.event_id, e.topic, e.created_at, e.received_at, e.enrollment_id, e.body
-            )
-        })
-        .collect();
-    let quarantine = s
-        .list_quarantine(
-            None,
-            &PageRequest {
-                limit: 1000,
-                cursor: None,
-            },
-        )
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|q| {
-            format!(
-                "{}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}",
-                q.source,
-                q.received_at,
-                q.reason_code,
-                q.reason,
-                q.headers,
-                q.body,
-                q.resolved_at,
-                q.resolution
-            )
-        })
-        .collect();
-    (events, all_enrollments(s).await, quarantine)
-}
-
-#[tokio::test]
-async fn copy_moves_an_install_both_ways_and_is_safe_to_repeat() {
-    // An SQLite install with out-of-order events, another topic and quarantine.
-    let app = spawn_app().await;
-    for (e, v) in [(1, 3), (1, 1), (1, 5), (2, 2), (3, 4), (2, 1)] {
-        assert_eq!(app.deliver(&versioned(e, v).1).await.0, 200);
-    }
-    let order = br#"{"id":"o-1","resource":"order","action":"created","tenant_id":"59","payload":{"id":7}}"#;
-    assert_eq!(app.deliver(order).await.0, 200);
-    let forged = versioned(4, 1).1;
-    assert_eq!(
-        app.deliver_to("/webhooks/thinkific", &forged, Some("00ff"))
-            .await
-            .0,
-        401
-    );
-    assert_eq!(
-        app.deliver_to(
-            "/webhooks/thinkific",
-            b"not json",
-            Some(&sign(SECRET.as_bytes(), b"not json"))
-        )
-        .await
-        .0,
-        400
-    );
-    let sqlite = app.store();
-    let q = sqlite
-        .list_quarantine(None, &PageRequest::default())
-        .await
-        .unwrap()
-        .items;
-    assert_eq!(q.len(), 2);
-    sqlite
-        .resolve_quarantine(q[1].id, "looked at")
-        .await
-        .unwrap();
-    let original = snapshot(&sqlite).await;
-
-    let db = TestDb::create().await;
-    let pg = store::open(&db.url, true).await.unwrap();
-    let report = enrollhook::maintenance::copy::copy(sqlite.as_ref(), pg.as_ref())
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            report.events,
-            report.events_added,
-            report.quarantine,
-            report.quarantine_added
-        ),
-        (7, 7, 2, 2)
-    );
-    assert_eq!(snapshot(&pg).await, original);
-    assert_projection_consistent(&pg).await;
-
-    // Again, through the command line: nothing is added.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enrollhook"))
-        .args(["copy", "--from", &app.database_url, "--to", &db.url])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("7 events read, 0 added")
-            && stdout.contains("2 quarantined deliveries read, 0 added"),
-        "{stdout}"
-    );
-    assert_eq!(snapshot(&pg).await, original);
-
-    // And back, into a fresh SQLite file.
-    let (_dir, url) = fresh_db();
-    let back = store::open(&url, true).await.unwrap();
-    enrollhook::maintenance::copy::copy(pg.as_ref(), back.as_ref())
-        .await
-        .unwrap();
-    assert_eq!(snapshot(&back).await, original);
-    assert_eq!(
-        enrollhook::maintenance::copy::copy(pg.as_ref(), back.as_ref())
-            .await
-            .unwrap()
-            .events_added,
-        0
     );
 }
 

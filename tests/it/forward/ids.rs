@@ -1,12 +1,10 @@
 //! Forwarded `webhook-id`s are unique across sources: a receiver that
 //! de-duplicates on them never drops another source's event.
 
-mod common;
-
 use std::time::Duration;
 
-use common::destination::Destination;
-use common::*;
+use crate::common::destination::Destination;
+use crate::common::*;
 use enrollhook::config::{FileConfig, ServeConfig, Sources};
 use enrollhook::forward::ForwardConfig;
 use enrollhook::thinkific::{samples, sign};

@@ -3,7 +3,7 @@
 //! out-of-order events and enrollments moving course, and be re-derived by
 //! `rebuild`.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Datelike, Duration, Months, Utc};
 use common::*;

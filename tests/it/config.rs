@@ -1,14 +1,12 @@
 //! Security defects of the command line (#15.4, #15.8), through the real binary:
 //! empty secrets must stop `serve`, and secrets must not reach logs or `--help`.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fresh_db;
-use common::process::BIN;
+use crate::common::fresh_db;
+use crate::common::process::BIN;
 
 /// `enrollhook serve …` with a clean environment (no inherited secrets).
 fn serve(args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -137,7 +135,7 @@ fn serve_warns_about_a_short_secret() {
 
 #[tokio::test]
 async fn startup_log_hides_a_database_password_containing_at() {
-    let db = common::pg::TestDb::create().await;
+    let db = crate::common::pg::TestDb::create().await;
     // The local server trusts every password; a password with `@` still connects.
     let url = db.url.replacen("postgres@", "postgres:s3cr@tpw@", 1);
     assert!(url.contains(":s3cr@tpw@"), "{url}");

@@ -1,7 +1,7 @@
 //! The simulator against the real receiver (router on port 0, real SQLite
 //! files), `--verify`, `--out` and `import`.
 
-mod common;
+use crate::common;
 
 use chrono::Utc;
 use common::*;

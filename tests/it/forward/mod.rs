@@ -1,11 +1,13 @@
-//! Forwarding end to end: the real server on port 0, a real SQLite file, and a
-//! stand-in destination server that fails the way real endpoints do.
+//! Forwarding end to end: the real server on port 0, a real SQLite file (the
+//! delivery cases also on PostgreSQL), and a stand-in destination server that
+//! fails the way real endpoints do.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::backend::{Backend, TestDatabase, on_both_backends};
 use common::destination::{Destination, Reply};
 use common::process::{BIN, start_server};
 use common::*;
@@ -24,28 +26,13 @@ fn fast_forwarding(schedule: &str) -> ForwardConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 async fn spawn_forwarding(schedule: &str) -> TestApp {
-    spawn_forwarding_on(Backend::Sqlite, schedule).await
+    spawn_forwarding_on(TestDatabase::create(Backend::Sqlite).await, schedule).await
 }
 
-async fn spawn_forwarding_on(backend: Backend, schedule: &str) -> TestApp {
-    let (dir, sqlite_url) = fresh_db();
-    let pg = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(common::pg::TestDb::create().await),
-    };
-    let url = pg.as_ref().map_or(sqlite_url, |db| db.url.clone());
-    let mut config = ServeConfig::new(url, Some(SECRET));
-    config.forward = fast_forwarding(schedule);
-    let mut app = spawn_with(dir, config).await;
-    app.pg = pg;
-    app
+async fn spawn_forwarding_on(db: TestDatabase, schedule: &str) -> TestApp {
+    db.serve(|config| config.forward = fast_forwarding(schedule))
+        .await
 }
 
 async fn subscribe(app: &TestApp, body: Value) -> Value {
@@ -91,17 +78,18 @@ fn verify_standard_webhook(secret: &str, r: &destination::Received) {
 
 use common::destination;
 
-#[tokio::test]
-async fn every_event_arrives_through_failures_timeouts_and_429() {
-    every_event_arrives_through_failures_timeouts_and_429_on(Backend::Sqlite).await;
-}
+mod ids;
+mod resilience;
 
-#[tokio::test]
-async fn every_event_arrives_through_failures_timeouts_and_429_postgres() {
-    every_event_arrives_through_failures_timeouts_and_429_on(Backend::Postgres).await;
-}
+on_both_backends!(
+    every_event_arrives_through_failures_timeouts_and_429,
+    filters_choose_what_is_forwarded,
+    gone_disables_the_subscription,
+    exhausted_deliveries_go_dead_and_can_be_replayed,
+    ordered_subscriptions_deliver_an_enrollment_in_order,
+);
 
-async fn every_event_arrives_through_failures_timeouts_and_429_on(backend: Backend) {
+async fn every_event_arrives_through_failures_timeouts_and_429(db: TestDatabase) {
     let dest = Destination::start().await;
     // 500, 503, a timeout, 429 with Retry-After: 1, then success.
     dest.script([
@@ -111,7 +99,7 @@ async fn every_event_arrives_through_failures_timeouts_and_429_on(backend: Backe
         Reply::RetryAfter(429, 1),
         Reply::Status(200),
     ]);
-    let app = spawn_forwarding_on(backend, "50ms,50ms,50ms,50ms,50ms").await;
+    let app = spawn_forwarding_on(db, "50ms,50ms,50ms,50ms,50ms").await;
     let sub = subscribe(
         &app,
         json!({"url": dest.url, "topics": ["enrollment.*"], "headers": {"X-Team": "crm"}}),
@@ -208,19 +196,9 @@ async fn every_event_arrives_through_failures_timeouts_and_429_on(backend: Backe
     assert_eq!(deliveries["items"][0]["attempts"], 5);
 }
 
-#[tokio::test]
-async fn filters_choose_what_is_forwarded() {
-    filters_choose_what_is_forwarded_on(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn filters_choose_what_is_forwarded_postgres() {
-    filters_choose_what_is_forwarded_on(Backend::Postgres).await;
-}
-
-async fn filters_choose_what_is_forwarded_on(backend: Backend) {
+async fn filters_choose_what_is_forwarded(db: TestDatabase) {
     let dest = Destination::start().await;
-    let app = spawn_forwarding_on(backend, "50ms").await;
+    let app = spawn_forwarding_on(db, "50ms").await;
     subscribe(
         &app,
         json!({"url": dest.url, "topics": ["enrollment.completed", "order.*"], "course_ids": [48]}),
@@ -247,20 +225,10 @@ async fn filters_choose_what_is_forwarded_on(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn gone_disables_the_subscription() {
-    gone_disables_the_subscription_on(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn gone_disables_the_subscription_postgres() {
-    gone_disables_the_subscription_on(Backend::Postgres).await;
-}
-
-async fn gone_disables_the_subscription_on(backend: Backend) {
+async fn gone_disables_the_subscription(db: TestDatabase) {
     let dest = Destination::start().await;
     dest.answer_always(Reply::Status(410));
-    let app = spawn_forwarding_on(backend, "50ms,50ms").await;
+    let app = spawn_forwarding_on(db, "50ms,50ms").await;
     let sub = subscribe(&app, json!({"url": dest.url, "topics": ["*"]})).await;
     let id = sub["id"].as_str().unwrap();
     app.deliver(samples::CREATED.as_bytes()).await;
@@ -282,20 +250,10 @@ async fn gone_disables_the_subscription_on(backend: Backend) {
     assert_eq!(dead["items"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn exhausted_deliveries_go_dead_and_can_be_replayed() {
-    exhausted_deliveries_go_dead_and_can_be_replayed_on(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn exhausted_deliveries_go_dead_and_can_be_replayed_postgres() {
-    exhausted_deliveries_go_dead_and_can_be_replayed_on(Backend::Postgres).await;
-}
-
-async fn exhausted_deliveries_go_dead_and_can_be_replayed_on(backend: Backend) {
+async fn exhausted_deliveries_go_dead_and_can_be_replayed(db: TestDatabase) {
     let dest = Destination::start().await;
     dest.answer_always(Reply::Status(500));
-    let app = spawn_forwarding_on(backend, "30ms,30ms").await;
+    let app = spawn_forwarding_on(db, "30ms,30ms").await;
     let sub = subscribe(&app, json!({"url": dest.url, "topics": ["*"]})).await;
     let id = sub["id"].as_str().unwrap();
     app.deliver(samples::CREATED.as_bytes()).await;
@@ -346,21 +304,11 @@ async fn exhausted_deliveries_go_dead_and_can_be_replayed_on(backend: Backend) {
     assert_eq!(status, 400);
 }
 
-#[tokio::test]
-async fn ordered_subscriptions_deliver_an_enrollment_in_order() {
-    ordered_subscriptions_deliver_an_enrollment_in_order_on(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn ordered_subscriptions_deliver_an_enrollment_in_order_postgres() {
-    ordered_subscriptions_deliver_an_enrollment_in_order_on(Backend::Postgres).await;
-}
-
-async fn ordered_subscriptions_deliver_an_enrollment_in_order_on(backend: Backend) {
+async fn ordered_subscriptions_deliver_an_enrollment_in_order(db: TestDatabase) {
     let dest = Destination::start().await;
     // Every message fails once: without ordering, later events would overtake.
     dest.fail_first_attempt_of_each_message();
-    let app = spawn_forwarding_on(backend, "100ms").await;
+    let app = spawn_forwarding_on(db, "100ms").await;
     subscribe(
         &app,
         json!({"url": dest.url, "topics": ["enrollment.*"], "ordered": true}),
@@ -522,218 +470,4 @@ async fn private_destinations_are_refused_at_delivery_time_too() {
     let (_, attempts) = app.get("/api/subscriptions/sub_private/attempts").await;
     let error = attempts["items"][0]["error"].as_str().unwrap();
     assert!(error.contains("private"), "{error}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_deliveries_survive_a_kill() {
-    let dest = Destination::start().await;
-    // Fail the first three attempts; the process is killed after the first.
-    dest.script([Reply::Status(500), Reply::Status(500), Reply::Status(500)]);
-    let (_dir, url) = fresh_db();
-    let mut server = start_server(
-        &url,
-        SECRET,
-        &[
-            "--retry-schedule",
-            "1s,1s,1s,1s",
-            "--allow-private-destinations",
-            // A delivery in flight when the process dies waits for its lease
-            // (timeout + 5 s) before another attempt.
-            "--forward-timeout",
-            "2s",
-        ],
-    );
-    let client = enrollhook::client::http_client(Duration::from_secs(5)).unwrap();
-    let resp = client
-        .post(format!("{}/api/subscriptions", server.base))
-        .json(&json!({"url": dest.url}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-    let out = std::process::Command::new(BIN)
-        .args([
-            "send",
-            "completed",
-            "--url",
-            &format!("{}/webhooks/thinkific", server.base),
-            "--secret",
-            SECRET,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    dest.wait_for(1, Duration::from_secs(5)).await;
-    server.kill();
-
-    let _server = start_server(
-        &url,
-        SECRET,
-        &[
-            "--retry-schedule",
-            "1s,1s,1s,1s",
-            "--allow-private-destinations",
-            // A delivery in flight when the process dies waits for its lease
-            // (timeout + 5 s) before another attempt.
-            "--forward-timeout",
-            "2s",
-        ],
-    );
-    let got = dest.wait_for(4, Duration::from_secs(20)).await;
-    assert!(got.iter().all(|r| r.body == samples::COMPLETED.as_bytes()));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abruptly_dropped_ingest_still_forwards_every_stored_event() {
-    let dest = Destination::start().await;
-    let app = spawn_forwarding("50ms").await;
-    subscribe(&app, json!({"url": dest.url, "topics": ["*"]})).await;
-    // Many clients; each request is abandoned after a random short time.
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let (client, base) = (app.client.clone(), app.base.clone());
-        let body = enrollment_event(
-            &format!("drop-{i}"),
-            "progress",
-            i,
-            1,
-            "10.0",
-            "2024-06-01T00:00:00Z",
-        );
-        let sig = enrollhook::thinkific::sign(SECRET.as_bytes(), &body);
-        tasks.push(tokio::spawn(async move {
-            let request = client
-                .post(format!("{base}/webhooks/thinkific"))
-                .header("x-thinkific-hmac-sha256", sig)
-                .body(body)
-                .send();
-            let _ =
-                tokio::time::timeout(Duration::from_micros(100 + (i as u64 * 37) % 3000), request)
-                    .await;
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, events) = app.get("/api/events?limit=1000").await;
-    let stored = events["items"].as_array().unwrap().len();
-    let got = dest.wait_for(stored, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut ids: Vec<String> = dest
-        .received()
-        .iter()
-        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(
-        ids.len(),
-        stored,
-        "every stored event forwarded exactly once ({} requests)",
-        got.len()
-    );
-}
-
-#[tokio::test]
-async fn a_subscription_failing_for_too_long_is_disabled() {
-    let dest = Destination::start().await;
-    dest.answer_always(Reply::Status(500));
-    let (dir, url) = fresh_db();
-    let mut config = ServeConfig::new(url, Some(SECRET));
-    // "Days" in production; a fraction of a second here.
-    config.forward = ForwardConfig {
-        disable_after: Duration::from_millis(300),
-        ..fast_forwarding("100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms")
-    };
-    let app = spawn_with(dir, config).await;
-    let sub = subscribe(&app, json!({"url": dest.url})).await;
-    let id = sub["id"].as_str().unwrap();
-    app.deliver(samples::CREATED.as_bytes()).await;
-    let start = std::time::Instant::now();
-    loop {
-        let (_, s) = app.get(&format!("/api/subscriptions/{id}")).await;
-        if s["enabled"] == false {
-            assert!(
-                s["disabled_reason"]
-                    .as_str()
-                    .unwrap()
-                    .contains("failed since"),
-                "{s}"
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "not disabled: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let attempts_when_disabled = dest.received().len();
-    assert!(attempts_when_disabled >= 3);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        dest.received().len(),
-        attempts_when_disabled,
-        "a disabled subscription gets nothing"
-    );
-    // Re-enabling resumes the pending delivery.
-    dest.answer_always(Reply::Status(200));
-    let resp = app
-        .client
-        .patch(format!("{}/api/subscriptions/{id}", app.base))
-        .json(&json!({"enabled": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    dest.wait_for(attempts_when_disabled + 1, Duration::from_secs(5))
-        .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_share_the_outbox_without_double_delivery() {
-    let dest = Destination::start().await;
-    let first = spawn_forwarding_on(Backend::Postgres, "50ms").await;
-    let url = first.pg.as_ref().unwrap().url.clone();
-    let (dir, _) = fresh_db();
-    let mut config = ServeConfig::new(url, Some(SECRET));
-    config.forward = fast_forwarding("50ms");
-    let second = spawn_with(dir, config).await;
-    subscribe(&first, json!({"url": dest.url, "topics": ["*"]})).await;
-    // Deliveries alternate between the instances; both workers drain the outbox.
-    let mut sends = Vec::new();
-    for i in 0..100 {
-        let app = if i % 2 == 0 { &first } else { &second };
-        let body = enrollment_event(
-            &format!("share-{i}"),
-            "progress",
-            i,
-            1,
-            "5.0",
-            "2024-07-01T00:00:00Z",
-        );
-        sends.push(async move { app.deliver(&body).await.0 });
-    }
-    assert!(
-        futures::future::join_all(sends)
-            .await
-            .iter()
-            .all(|s| *s == 200)
-    );
-    let got = dest.wait_for(100, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut ids: Vec<String> = dest
-        .received()
-        .iter()
-        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(
-        (ids.len(), dest.received().len()),
-        (100, 100),
-        "each event delivered once ({} seen)",
-        got.len()
-    );
 }

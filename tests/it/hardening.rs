@@ -1,6 +1,6 @@
 //! A public endpoint's defences: native TLS, and slow clients cut off.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,12 +2,10 @@
 //! port 0, a real SQLite file) the way the attack does, often over a raw TCP
 //! connection so that Host, Origin and timing are exactly the attacker's.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use enrollhook::config::{Secret, ServeConfig};
 use enrollhook::thinkific::{samples, sign};
 use serde_json::{Value, json};

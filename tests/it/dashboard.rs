@@ -1,7 +1,7 @@
 //! The web dashboard (static page, script, style sheet) and the activity
 //! endpoint its charts read, through the real router.
 
-mod common;
+use crate::common;
 
 use chrono::{Days, NaiveDate, Utc};
 use common::*;
@@ -178,7 +178,7 @@ async fn page_script_and_style_are_served_without_a_token_with_safe_headers() {
 #[tokio::test]
 async fn the_script_calls_only_endpoints_that_exist() {
     let app = spawn_app().await;
-    let script = include_str!("../src/server/dashboard/app.js");
+    let script = include_str!("../../src/server/dashboard/app.js");
     let document: Value = serde_json::from_str(&enrollhook::server::openapi::document()).unwrap();
     let mut paths: Vec<&str> = script
         .split('\'')

@@ -1,6 +1,6 @@
 //! Receiving deliveries end to end: the real router on port 0, a real SQLite file.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::*;

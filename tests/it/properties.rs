@@ -1,12 +1,20 @@
 //! Property tests: the projection does not depend on the order (or the
 //! repetition) in which Thinkific delivers an enrollment's events — both for
-//! the pure rules and through a real SQLite store (incremental apply + re-folds).
+//! the pure rules and through the real stores, SQLite and PostgreSQL
+//! (incremental apply + re-folds).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
 use enrollhook::projection::{self, Apply, Enrollment, EnrollmentEvent};
-use enrollhook::store::{EnrollmentFilter, NewEvent, PageRequest, SqliteStore, Store};
+use enrollhook::store::{EnrollmentFilter, NewEvent, PageRequest, Store};
 use enrollhook::thinkific::{EnrollmentPayload, EnrollmentTopic};
 use proptest::prelude::*;
+use proptest::test_runner::{FileFailurePersistence, TestRunner};
+
+use crate::common::backend::{Backend, on_both_backends};
+use crate::store::Fixture as StoreFixture;
 
 fn at(minute: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 0, 0, 0).unwrap() + chrono::Duration::minutes(minute)
@@ -94,7 +102,24 @@ fn apply_in_arrival_order(delivered: &[EnrollmentEvent]) -> Option<Enrollment> {
     state
 }
 
+/// Where failing cases are kept and replayed from: beside this file, as
+/// `properties.proptest-regressions`. Said explicitly because proptest's
+/// default puts them in a `proptest-regressions/` tree beside the nearest
+/// directory holding a `main.rs`, which for `tests/it/` is `tests/`.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        source_file: Some(file!()),
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
+    #![proptest_config(config(ProptestConfig::default().cases))]
+
     #[test]
     fn any_order_with_duplicates_gives_the_in_order_projection((history, delivered) in arb_delivery()) {
         let in_order = projection::fold("s", history.clone());
@@ -115,50 +140,77 @@ proptest! {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+on_both_backends!(multi_thread: the_store_agrees_with_in_order_delivery);
 
-    /// The same property through the real store: deliveries in a random order
-    /// with duplicates give the row that in-order delivery gives, and `rebuild`
-    /// agrees with both.
-    #[test]
-    fn the_sqlite_store_agrees((history, delivered) in arb_delivery()) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
-            let ordered = SqliteStore::open(&url("a.db"), true).await.unwrap();
-            let shuffled = SqliteStore::open(&url("b.db"), true).await.unwrap();
-            let to_new = |e: &EnrollmentEvent| NewEvent {
-                source: "s".into(),
-                event_id: e.event_id.clone(),
-                topic: format!("enrollment.{}", action(e.topic)),
-                created_at: e.envelope_created_at,
-                received_at: Utc::now(),
-                body: body_of(e),
-                enrollment: Some(e.clone()),
-                course_id: e.payload.course_id,
-            };
-            let mut sorted = history.clone();
-            sorted.sort_by_key(|e| e.version());
-            for e in &sorted {
-                ordered.append_batch(&[to_new(e)]).await.unwrap();
-            }
-            // Shuffled, in batches of two (duplicates may share a batch).
-            let news: Vec<NewEvent> = delivered.iter().map(to_new).collect();
-            for chunk in news.chunks(2) {
-                shuffled.append_batch(chunk).await.unwrap();
-            }
-            let (a, b) = (read(&ordered).await, read(&shuffled).await);
-            assert_eq!(&a, &b);
-            assert_eq!(shuffled.rebuild_projection(true).await.unwrap().changed, 0);
-            assert_eq!(ordered.rebuild_projection(true).await.unwrap().changed, 0);
-        });
+/// The same property through the real store: deliveries in a random order
+/// with duplicates give the row that in-order delivery gives, and `rebuild`
+/// agrees with both. One database for the whole run (a PostgreSQL database
+/// per case would cost more than the case): each case writes under sources
+/// of its own. Fewer cases on PostgreSQL, where each costs more.
+async fn the_store_agrees_with_in_order_delivery(f: StoreFixture) {
+    let cases = match f.backend {
+        Backend::Sqlite => 24,
+        Backend::Postgres => 12,
+    };
+    let mut runner = TestRunner::new(config(cases));
+    let case = AtomicU32::new(0);
+    let runtime = tokio::runtime::Handle::current();
+    // The runner is synchronous; the store is async: this worker thread
+    // blocks on each case while the runtime's other worker drives the I/O.
+    let result = tokio::task::block_in_place(|| {
+        runner.run(&arb_delivery(), |(history, delivered)| {
+            let n = case.fetch_add(1, Ordering::Relaxed);
+            runtime.block_on(store_agrees(&f.store, n, &history, &delivered));
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
-async fn read(store: &SqliteStore) -> Vec<Enrollment> {
-    let filter = EnrollmentFilter::default();
+/// Case `n`: the history in order under source `in-order-n`, the deliveries
+/// shuffled under `shuffled-n` (in batches of two: duplicates may share one).
+async fn store_agrees(
+    store: &Arc<dyn Store>,
+    n: u32,
+    history: &[EnrollmentEvent],
+    delivered: &[EnrollmentEvent],
+) {
+    let (ordered, shuffled) = (format!("in-order-{n}"), format!("shuffled-{n}"));
+    let to_new = |source: &str, e: &EnrollmentEvent| NewEvent {
+        source: source.into(),
+        event_id: e.event_id.clone(),
+        topic: format!("enrollment.{}", action(e.topic)),
+        created_at: e.envelope_created_at,
+        received_at: Utc::now(),
+        body: body_of(e),
+        enrollment: Some(e.clone()),
+        course_id: e.payload.course_id,
+    };
+    let mut sorted = history.to_vec();
+    sorted.sort_by_key(|e| e.version());
+    for e in &sorted {
+        store.append_batch(&[to_new(&ordered, e)]).await.unwrap();
+    }
+    let news: Vec<NewEvent> = delivered.iter().map(|e| to_new(&shuffled, e)).collect();
+    for chunk in news.chunks(2) {
+        store.append_batch(chunk).await.unwrap();
+    }
+    let (mut a, mut b) = (read(store, &ordered).await, read(store, &shuffled).await);
+    for e in a.iter_mut().chain(b.iter_mut()) {
+        e.source = String::new();
+    }
+    assert_eq!(a, b);
+    let check = store.rebuild_projection(true).await.unwrap();
+    assert_eq!((check.changed, check.removed), (0, 0), "{check:?}");
+}
+
+async fn read(store: &Arc<dyn Store>, source: &str) -> Vec<Enrollment> {
+    let filter = EnrollmentFilter {
+        source: Some(source.to_owned()),
+        ..EnrollmentFilter::default()
+    };
     store
         .list_enrollments(&filter, &PageRequest::default(), at(0))
         .await
