@@ -4,7 +4,8 @@
 //! usable body size, and resolves to exactly those sources; a refusal says why.
 #![no_main]
 
-use enrollhook::config::{ByteSize, FileConfig, Secret, Sources, validate_source_name};
+use enrollhook::config::{ByteSize, FileConfig, Secret, Sources};
+use enrollhook::ids::SourceName;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(config) => {
             let mut names = std::collections::BTreeSet::new();
             for s in &config.sources {
-                assert!(validate_source_name(&s.name).is_ok(), "{:?}", s.name);
+                assert!(SourceName::parse(s.name.as_str()).is_ok(), "{:?}", s.name);
                 assert!(names.insert(s.name.as_str()), "duplicate {:?}", s.name);
             }
             if let Some(ByteSize(n)) = config.max_body {
