@@ -3,6 +3,7 @@
 //! replayable. The outbox rows are written with the event (see `store`); the
 //! [`worker`] drains them.
 
+pub mod address;
 pub mod health;
 pub mod policy;
 pub mod signing;

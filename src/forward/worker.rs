@@ -10,9 +10,9 @@ use chrono::Utc;
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use super::address::is_public;
 use super::policy::{self, AttemptResult, RetrySchedule};
 use super::signing;
-use super::subscription::is_public;
 use crate::store::{ClaimedDelivery, FinishedAttempt, Store};
 
 #[derive(Debug, Clone)]

@@ -6,6 +6,9 @@
 //! a priority queue over simulated time interleaves the plans of everyone
 //! currently active, so memory stays proportional to active students, not to
 //! the size of the school.
+//!
+//! Longer than 600 lines because of its unit tests; the model itself is one piece (a
+//! student's plan is drawn whole), and splitting it would scatter its invariants.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
