@@ -41,6 +41,7 @@ pub struct AppState {
     pub read_timeout: std::time::Duration,
     pub limits: Arc<limits::RateLimits>,
     pub max_quarantine: u64,
+    pub max_quarantine_bytes: u64,
     pub delivery_log: Arc<delivery_log::DeliveryLog>,
 }
 
@@ -115,6 +116,7 @@ pub async fn start(
             config.global_rate_limit,
         )),
         max_quarantine: config.max_quarantine,
+        max_quarantine_bytes: config.max_quarantine_bytes,
         delivery_log: delivery_log::DeliveryLog::start(),
     };
     let listen_options = listen::ListenOptions {

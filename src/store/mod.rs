@@ -38,6 +38,7 @@ macro_rules! enrollment_upsert_on_conflict {
 }
 
 pub mod forward;
+mod isolate;
 mod migrate;
 pub mod postgres;
 mod sql;
@@ -52,6 +53,7 @@ use crate::projection::{Enrollment, EnrollmentEvent, Status};
 use crate::thinkific;
 
 pub use forward::*;
+pub use isolate::{append_isolating, refusal_reason};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 /// The projection file's path and schema (kept at its old path for callers).
@@ -78,6 +80,47 @@ pub enum StoreError {
     Corrupt(String),
     #[error("migration failed: {0}")]
     Migrate(String),
+    /// The database refused this one event's data (a value it cannot hold):
+    /// retrying cannot help, so the delivery is answered 400 and quarantined
+    /// (reason code `store_rejected`), never 503. See [`append_isolating`].
+    #[error("the database refused the event: {0}")]
+    Rejected(String),
+}
+
+impl StoreError {
+    /// Whether the database refused the data rather than the request: on
+    /// PostgreSQL SQLSTATE class 22 (data exception), 23 (integrity) and 54
+    /// (program limit, e.g. an index row too large). Anything else (the
+    /// database being away, out of disk, a deadlock) is "unavailable".
+    pub fn is_data_refusal(&self) -> bool {
+        match self {
+            StoreError::Rejected(_) => true,
+            StoreError::Unavailable(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+            _ => false,
+        }
+    }
+}
+
+/// What text columns are given instead of a NUL character, which
+/// PostgreSQL's `text` cannot hold: U+FFFD, on both backends alike, so that
+/// both accept and show the same events (the raw body keeps its `\u0000`
+/// escape byte for byte: JSON text never holds a raw NUL).
+pub(crate) fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+fn without_nul_opt(s: &mut Option<String>) {
+    if let Some(v) = s
+        && v.contains('\0')
+    {
+        *v = without_nul(v).into_owned();
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -111,11 +154,24 @@ impl NewEvent {
             .enrollment
             .as_ref()
             .zip(envelope.enrollment_topic())
-            .map(|(payload, topic)| EnrollmentEvent {
-                topic,
-                event_id: envelope.id.clone(),
-                envelope_created_at: envelope.created_at,
-                payload: payload.clone(),
+            .map(|(payload, topic)| {
+                let mut payload = payload.clone();
+                // Projected text: see [`without_nul`]. Here, so that a rebuild
+                // from the log derives the same.
+                for field in [
+                    &mut payload.email,
+                    &mut payload.first_name,
+                    &mut payload.last_name,
+                    &mut payload.course_name,
+                ] {
+                    without_nul_opt(field);
+                }
+                EnrollmentEvent {
+                    topic,
+                    event_id: envelope.id.clone(),
+                    envelope_created_at: envelope.created_at,
+                    payload,
+                }
             });
         NewEvent {
             source: source.to_owned(),
@@ -385,9 +441,22 @@ pub(crate) fn every_day(
 /// of them instead of one per delivery under the write lock that deliveries
 /// share, and the quarantine overshoots its bound by at most 1/64.
 pub fn quarantine_prune_due(id: i64, keep: u64) -> bool {
-    let every = (keep / 64).max(1);
+    quarantine_prune_due_within(id, keep, u64::MAX)
+}
+
+/// [`quarantine_prune_due`] for both bounds: also once every 1/64 of
+/// `max_bytes` in bodies of the largest kept size, so that the byte bound too
+/// is overshot by at most 1/64 (for `max_bytes` of 256 MiB: every 64 inserts).
+pub fn quarantine_prune_due_within(id: i64, keep: u64, max_bytes: u64) -> bool {
+    let by_bytes = max_bytes / 64 / QUARANTINE_BODY_KEPT as u64;
+    let every = (keep / 64).min(by_bytes).max(1);
     u64::try_from(id).is_ok_and(|id| id.is_multiple_of(every))
 }
+
+/// How much of a quarantined body is kept (issue #15, item 3): a longer one
+/// keeps this prefix, its `body_size` says how long it was, and it shows as
+/// `truncated` (it can no longer be retried: its signature covered it all).
+pub const QUARANTINE_BODY_KEPT: usize = 64 * 1024;
 
 /// A rejected delivery, kept with its reason.
 #[derive(Debug, Clone)]
@@ -400,6 +469,22 @@ pub struct NewQuarantine {
     pub body: Vec<u8>,
 }
 
+impl NewQuarantine {
+    /// What both backends write: the body's kept prefix (see
+    /// [`QUARANTINE_BODY_KEPT`]) with its whole size, and text without NUL
+    /// (see [`without_nul`]; a parse error's reason may quote the body).
+    pub(crate) fn to_store(&self) -> (&[u8], i64, String, String, String) {
+        let kept = &self.body[..self.body.len().min(QUARANTINE_BODY_KEPT)];
+        (
+            kept,
+            self.body.len() as i64,
+            without_nul(&self.source).into_owned(),
+            without_nul(&self.reason_code).into_owned(),
+            without_nul(&self.reason).into_owned(),
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QuarantineRecord {
     pub id: i64,
@@ -410,7 +495,10 @@ pub struct QuarantineRecord {
     pub headers: Vec<(String, String)>,
     #[serde(skip)]
     pub body: Vec<u8>,
+    /// The size of the body as delivered (the body kept may be a prefix).
     pub body_size: i64,
+    /// Only a prefix of the body is kept (see [`QUARANTINE_BODY_KEPT`]).
+    pub truncated: bool,
     pub resolved_at: Option<DateTime<Utc>>,
     /// How it was resolved, e.g. `admitted as event 2019…`.
     pub resolution: Option<String>,
@@ -480,10 +568,12 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     async fn append_pruned(&self, events: &[StoredEvent]) -> Result<Vec<AppendOutcome>>;
 
     async fn quarantine(&self, record: NewQuarantine) -> Result<i64>;
-    /// Deletes the quarantined deliveries more than `keep` ids below the
-    /// newest (the oldest beyond the newest `keep`, ids being dense), by a
-    /// range of the primary key; returns how many. See [`quarantine_prune_due`].
-    async fn prune_quarantine(&self, keep: u64) -> Result<u64>;
+    /// Deletes the oldest quarantined deliveries beyond both bounds: beyond
+    /// the newest `keep` (ids more than `keep` below the newest, ids being
+    /// dense), and beyond the newest whose kept bodies total at most
+    /// `max_bytes`; by a range of the primary key; returns how many. See
+    /// [`quarantine_prune_due_within`].
+    async fn prune_quarantine(&self, keep: u64, max_bytes: u64) -> Result<u64>;
     async fn list_quarantine(
         &self,
         source: Option<&str>,
