@@ -66,6 +66,17 @@ fn enrollment_body(id: &str, enrollment_id: i64, email: &str, first: &str, cours
     )
 }
 
+/// `len` letters that do not compress (a linear congruential sequence).
+fn noise(len: usize) -> String {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            char::from(b'a' + ((x >> 33) % 26) as u8)
+        })
+        .collect()
+}
+
 fn event(body: String) -> NewEvent {
     let envelope = enrollhook::thinkific::parse(body.as_bytes(), None).unwrap();
     NewEvent::from_envelope("default", &envelope, body, Utc::now())
@@ -77,12 +88,25 @@ where
     Fut: std::future::Future<Output = Fixture>,
 {
     let fx = open().await;
-    let long_email = format!("\"{}@example.com\"", "e".repeat(10 * 1024));
-    let long_name = format!("\"{}\"", "n".repeat(100 * 1024));
+    // Incompressible, or PostgreSQL would compress the index entry under its limit.
+    let long_email = format!("\"{}@example.com\"", noise(10 * 1024));
+    let long_name = format!("\"{}\"", noise(100 * 1024));
     let bodies = [
-        enrollment_body("nul", 1, r#""a\u0000b@example.com""#, r#""Z\u0000e""#, r#""C\u0000""#),
+        enrollment_body(
+            "nul",
+            1,
+            r#""a\u0000b@example.com""#,
+            r#""Z\u0000e""#,
+            r#""C\u0000""#,
+        ),
         enrollment_body("long-email", 2, &long_email, r#""Zoe""#, r#""Course""#),
-        enrollment_body("long-name", 3, r#""c@example.com""#, &long_name, r#""Course""#),
+        enrollment_body(
+            "long-name",
+            3,
+            r#""c@example.com""#,
+            &long_name,
+            r#""Course""#,
+        ),
     ];
     let events: Vec<NewEvent> = bodies.iter().cloned().map(event).collect();
     let outcomes = fx.store.append_batch(&events).await.unwrap();
@@ -93,7 +117,12 @@ where
         "{outcomes:?}"
     );
 
-    let nul = fx.store.get_enrollment("default", 1).await.unwrap().unwrap();
+    let nul = fx
+        .store
+        .get_enrollment("default", 1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(nul.email.as_deref(), Some("a\u{FFFD}b@example.com"));
     assert_eq!(nul.first_name.as_deref(), Some("Z\u{FFFD}e"));
     assert_eq!(nul.last_name.as_deref(), Some("L\u{FFFD}st"));
@@ -114,7 +143,12 @@ where
         .unwrap();
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].enrollment_id, 2);
-    let named = fx.store.get_enrollment("default", 3).await.unwrap().unwrap();
+    let named = fx
+        .store
+        .get_enrollment("default", 3)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(named.first_name.map(|n| n.len()), Some(100 * 1024));
     // A rebuild from the log derives the same projection.
     let report = fx.store.rebuild_projection(true).await.unwrap();
@@ -131,9 +165,15 @@ where
     // PostgreSQL holds (before 4713 BC) or chrono does (year 300000).
     let surrogate = enrollment_body("s", 1, r#""a@b.c""#, r#""\ud800""#, r#""C""#);
     assert!(enrollhook::thinkific::parse(surrogate.as_bytes(), None).is_err());
-    for when in ["-5000-01-01T00:00:00", "+300000-01-01T00:00:00Z", "0000-01-01T00:00:00Z"] {
-        let body = enrollment_body("t", 1, r#""a@b.c""#, r#""Z""#, r#""C""#)
-            .replace(r#""updated_at":"2024-01-01T00:00:00Z""#, &format!(r#""updated_at":"{when}""#));
+    for when in [
+        "-5000-01-01T00:00:00",
+        "+300000-01-01T00:00:00Z",
+        "0000-01-01T00:00:00Z",
+    ] {
+        let body = enrollment_body("t", 1, r#""a@b.c""#, r#""Z""#, r#""C""#).replace(
+            r#""updated_at":"2024-01-01T00:00:00Z""#,
+            &format!(r#""updated_at":"{when}""#),
+        );
         assert!(
             enrollhook::thinkific::parse(body.as_bytes(), None).is_err(),
             "{when} parsed"
@@ -202,7 +242,10 @@ where
         total <= max_bytes as usize + step,
         "{total} bytes in {records} records kept, bound {max_bytes} + {step}"
     );
-    assert!(total >= max_bytes as usize - kept, "pruned too much: {total}");
+    assert!(
+        total >= max_bytes as usize - kept,
+        "pruned too much: {total}"
+    );
 
     // A small body is kept whole and not marked.
     let id = fx
@@ -218,7 +261,10 @@ where
         .await
         .unwrap();
     let r = fx.store.get_quarantine(id).await.unwrap().unwrap();
-    assert_eq!((r.body.as_slice(), r.body_size, r.truncated), (&b"{}"[..], 2, false));
+    assert_eq!(
+        (r.body.as_slice(), r.body_size, r.truncated),
+        (&b"{}"[..], 2, false)
+    );
 }
 
 /// A good enrollment delivery with a distinct id.
@@ -290,7 +336,11 @@ async fn a_refused_event_fails_alone_and_is_quarantined_on_postgres() {
         .unwrap();
     assert_eq!(q.items.len(), 1);
     assert_eq!(q.items[0].reason_code, "store_rejected");
-    assert!(q.items[0].reason.contains("poison"), "{}", q.items[0].reason);
+    assert!(
+        q.items[0].reason.contains("poison"),
+        "{}",
+        q.items[0].reason
+    );
     let stored = store
         .list_enrollments(
             &EnrollmentFilter::default(),

@@ -12,8 +12,8 @@ use anyhow::Context;
 
 use super::flags::{GlobalFlags, ServeFlags, ThinkificFlags};
 use super::{
-    DEFAULT_DATABASE, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_MAX_QUARANTINE_BYTES, DEFAULT_SOURCE, FileConfig, Secret,
-    ServeConfig, Sources, validate_source_name,
+    DEFAULT_DATABASE, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_MAX_QUARANTINE_BYTES,
+    DEFAULT_SOURCE, FileConfig, Secret, ServeConfig, Sources, validate_source_name,
 };
 use crate::forward::ForwardConfig;
 

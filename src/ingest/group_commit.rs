@@ -97,10 +97,10 @@ async fn writer(
         // One refused event is answered alone; the rest of its batch commits.
         let results = crate::store::append_isolating(store.as_ref(), &events).await;
         metrics.observe_batch(events.len(), started.elapsed());
-        if let Some(Err(e)) = results
-            .iter()
-            .find(|r| r.as_ref().is_err_and(|e| !matches!(**e, StoreError::Rejected(_))))
-        {
+        if let Some(Err(e)) = results.iter().find(|r| {
+            r.as_ref()
+                .is_err_and(|e| !matches!(**e, StoreError::Rejected(_)))
+        }) {
             tracing::error!(error = %e, batch = events.len(), "storing a batch failed; answering 503");
         }
         for (reply, result) in replies.into_iter().zip(results) {

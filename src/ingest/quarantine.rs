@@ -84,12 +84,10 @@ pub async fn retry(
             }
             other => other?,
         },
-        Writer::Direct(store) => {
-            store
-                .append_batch(std::slice::from_ref(&event))
-                .await
-                .map_err(refused)?[0]
-        }
+        Writer::Direct(store) => store
+            .append_batch(std::slice::from_ref(&event))
+            .await
+            .map_err(refused)?[0],
     };
     let resolution = admitted_resolution(&event_id, outcome);
     store.resolve_quarantine(record.id, &resolution).await?;
