@@ -24,7 +24,8 @@ pub async fn append_isolating(
     let mut results: Vec<Option<Result<AppendOutcome, Arc<StoreError>>>> =
         (0..events.len()).map(|_| None).collect();
     // Ranges still to store, the next one on top (left before right).
-    let mut pending: Vec<std::ops::Range<usize>> = Vec::from([0..events.len()]);
+    let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
+    pending.push(0..events.len());
     while let Some(range) = pending.pop() {
         if range.is_empty() {
             continue;
