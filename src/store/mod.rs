@@ -41,12 +41,14 @@ pub mod forward;
 mod isolate;
 mod migrate;
 pub mod postgres;
+mod quarantine;
 mod sql;
 pub mod sqlite;
+mod stats;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::projection::{Enrollment, EnrollmentEvent, Status};
@@ -55,9 +57,12 @@ use crate::thinkific;
 pub use forward::*;
 pub use isolate::{append_isolating, refusal_reason};
 pub use postgres::PostgresStore;
+pub use quarantine::*;
 pub use sqlite::SqliteStore;
 /// The projection file's path and schema (kept at its old path for callers).
 pub use sqlite::projector as sqlite_projector;
+pub use stats::{ActivityQuery, CourseStats, DayActivity, completed_on, enrolled_on};
+pub(crate) use stats::{every_day, median};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -353,166 +358,6 @@ pub(crate) fn page_of<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) 
     Page { items, next_cursor }
 }
 
-/// Per-course statistics.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct CourseStats {
-    pub source: String,
-    pub course_id: i64,
-    pub name: Option<String>,
-    pub enrollments: i64,
-    pub active: i64,
-    pub trial: i64,
-    pub completed: i64,
-    pub expired: i64,
-    /// completed / enrollments, 0–1.
-    pub completion_rate: f64,
-    /// Mean progress, 0–100.
-    pub average_progress: f64,
-    pub median_days_to_complete: Option<f64>,
-}
-
-/// Which enrollments the activity chart counts, over which UTC days.
-#[derive(Debug, Clone)]
-pub struct ActivityQuery {
-    pub source: Option<String>,
-    pub course_id: Option<i64>,
-    /// First day, inclusive.
-    pub from: NaiveDate,
-    /// Last day, inclusive.
-    pub to: NaiveDate,
-}
-
-/// One UTC day of the activity chart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct DayActivity {
-    /// `YYYY-MM-DD` (UTC).
-    #[schema(value_type = String, format = Date, example = "2026-11-01")]
-    pub date: NaiveDate,
-    /// Enrollments that began this day: their `created_at`, else `activated_at`,
-    /// else `started_at` falls on it.
-    pub enrolled: i64,
-    /// Enrollments whose (first) completion, `completed_at`, falls on this day.
-    pub completed: i64,
-}
-
-/// The day an enrollment counts as begun on in the activity chart: the first
-/// of `created_at`, `activated_at`, `started_at` that Thinkific filled.
-pub fn enrolled_on(e: &Enrollment) -> Option<NaiveDate> {
-    e.created_at
-        .or(e.activated_at)
-        .or(e.started_at)
-        .map(|t| t.date_naive())
-}
-
-/// The day an enrollment counts as completed on: its first completion's day.
-pub fn completed_on(e: &Enrollment) -> Option<NaiveDate> {
-    e.completed_at
-        .filter(|_| e.completed)
-        .map(|t| t.date_naive())
-}
-
-/// Every day `from..=to` in order, with the counts of the days `counted`
-/// (day, enrolled, completed) names and zeros for the rest.
-pub(crate) fn every_day(
-    from: NaiveDate,
-    to: NaiveDate,
-    counted: impl IntoIterator<Item = (NaiveDate, i64, i64)>,
-) -> Vec<DayActivity> {
-    let counted: std::collections::HashMap<NaiveDate, (i64, i64)> = counted
-        .into_iter()
-        .map(|(day, enrolled, completed)| (day, (enrolled, completed)))
-        .collect();
-    from.iter_days()
-        .take_while(|d| *d <= to)
-        .map(|date| {
-            let (enrolled, completed) = counted.get(&date).copied().unwrap_or_default();
-            DayActivity {
-                date,
-                enrolled,
-                completed,
-            }
-        })
-        .collect()
-}
-
-/// Whether the quarantine insert that got `id` should prune the quarantine
-/// down to `keep`: once every `keep / 64` inserts (every insert for a small
-/// bound), so a flood of forged deliveries pays one short delete per batch
-/// of them instead of one per delivery under the write lock that deliveries
-/// share, and the quarantine overshoots its bound by at most 1/64.
-pub fn quarantine_prune_due(id: i64, keep: u64) -> bool {
-    quarantine_prune_due_within(id, keep, u64::MAX)
-}
-
-/// [`quarantine_prune_due`] for both bounds: also once every 1/64 of
-/// `max_bytes` in bodies of the largest kept size, so that the byte bound too
-/// is overshot by at most 1/64 (for `max_bytes` of 256 MiB: every 64 inserts).
-pub fn quarantine_prune_due_within(id: i64, keep: u64, max_bytes: u64) -> bool {
-    let by_bytes = max_bytes / 64 / QUARANTINE_BODY_KEPT as u64;
-    let every = (keep / 64).min(by_bytes).max(1);
-    u64::try_from(id).is_ok_and(|id| id.is_multiple_of(every))
-}
-
-/// How much of a quarantined body is kept (issue #15, item 3): a longer one
-/// keeps this prefix, its `body_size` says how long it was, and it shows as
-/// `truncated` (it can no longer be retried: its signature covered it all).
-pub const QUARANTINE_BODY_KEPT: usize = 64 * 1024;
-
-/// A rejected delivery, kept with its reason.
-#[derive(Debug, Clone)]
-pub struct NewQuarantine {
-    pub source: String,
-    pub received_at: DateTime<Utc>,
-    pub reason_code: String,
-    pub reason: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl NewQuarantine {
-    /// What both backends write: the body's kept prefix (see
-    /// [`QUARANTINE_BODY_KEPT`]) with its whole size, and text without NUL
-    /// (see [`without_nul`]; a parse error's reason may quote the body).
-    pub(crate) fn to_store(&self) -> (&[u8], i64, String, String, String) {
-        let kept = &self.body[..self.body.len().min(QUARANTINE_BODY_KEPT)];
-        (
-            kept,
-            self.body.len() as i64,
-            without_nul(&self.source).into_owned(),
-            without_nul(&self.reason_code).into_owned(),
-            without_nul(&self.reason).into_owned(),
-        )
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct QuarantineRecord {
-    pub id: i64,
-    pub source: String,
-    pub received_at: DateTime<Utc>,
-    pub reason_code: String,
-    pub reason: String,
-    pub headers: Vec<(String, String)>,
-    #[serde(skip)]
-    pub body: Vec<u8>,
-    /// The size of the body as delivered (the body kept may be a prefix).
-    pub body_size: i64,
-    /// Only a prefix of the body is kept (see [`QUARANTINE_BODY_KEPT`]).
-    pub truncated: bool,
-    pub resolved_at: Option<DateTime<Utc>>,
-    /// How it was resolved, e.g. `admitted as event 2019…`.
-    pub resolution: Option<String>,
-}
-
-impl QuarantineRecord {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RebuildReport {
     pub events: u64,
@@ -637,20 +482,6 @@ pub async fn open(url: &str, migrate: bool) -> anyhow::Result<std::sync::Arc<dyn
     }
 }
 
-/// Median of a slice (sorted in place); None when empty.
-pub(crate) fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,40 +492,5 @@ mod tests {
         assert_eq!(decode_cursor(&c, 2).unwrap(), vec!["school a", "42"]);
         assert!(decode_cursor(&c, 1).is_err());
         assert!(decode_cursor("!!!", 2).is_err());
-    }
-
-    #[test]
-    fn every_day_is_present_in_order() {
-        let d = |day| NaiveDate::from_ymd_opt(2024, 2, day).unwrap();
-        let days = every_day(
-            d(27),
-            NaiveDate::from_ymd_opt(2024, 3, 2).unwrap(),
-            [(d(28), 3, 1)],
-        );
-        let dates: Vec<String> = days.iter().map(|x| x.date.to_string()).collect();
-        assert_eq!(
-            dates,
-            [
-                "2024-02-27",
-                "2024-02-28",
-                "2024-02-29",
-                "2024-03-01",
-                "2024-03-02"
-            ]
-        );
-        assert_eq!((days[1].enrolled, days[1].completed), (3, 1));
-        assert!(
-            days.iter()
-                .filter(|x| x.date != d(28))
-                .all(|x| x.enrolled == 0 && x.completed == 0)
-        );
-        assert_eq!(every_day(d(2), d(2), []).len(), 1);
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&mut []), None);
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
     }
 }
