@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub secret: Option<Secret>,
     pub api_token: Option<Secret>,
     pub max_body: Option<ByteSize>,
+    /// `--max-quarantine-bytes`.
+    pub max_quarantine_bytes: Option<ByteSize>,
     /// The default source's Thinkific subdomain, for `enrollhook thinkific …`.
     pub subdomain: Option<String>,
     #[serde(default, rename = "source")]

@@ -86,6 +86,10 @@ pub struct ServeFlags {
     /// Rejected deliveries kept in the quarantine (the oldest beyond are deleted).
     #[arg(long, env = "ENROLLHOOK_MAX_QUARANTINE", default_value_t = DEFAULT_MAX_QUARANTINE)]
     pub max_quarantine: u64,
+    /// Body bytes kept in the quarantine, e.g. 256MiB (the oldest beyond are
+    /// deleted; a body over 64 KiB is kept as its first 64 KiB) [default: 256MiB].
+    #[arg(long, env = "ENROLLHOOK_MAX_QUARANTINE_BYTES")]
+    pub max_quarantine_bytes: Option<ByteSize>,
     /// Drop the raw bodies of events received longer ago than this, e.g. 90d,
     /// checked hourly (event ids, enrollment events and the projection are
     /// kept; see the README) [default: keep everything].

@@ -27,6 +27,8 @@ pub const DEFAULT_DATABASE: &str = "sqlite://enrollhook.db";
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 pub const DEFAULT_CONFIG_FILE: &str = "enrollhook.toml";
 pub const DEFAULT_MAX_QUARANTINE: u64 = 100_000;
+/// The quarantine's bound in kept body bytes (issue #15, item 3): 256 MiB.
+pub const DEFAULT_MAX_QUARANTINE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A secret (webhook key or API token). Never printed: `Debug` shows `***`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -157,6 +159,8 @@ pub struct ServeConfig {
     pub writers: Option<usize>,
     /// Rejected deliveries kept in the quarantine; the oldest beyond this are deleted.
     pub max_quarantine: u64,
+    /// Body bytes kept in the quarantine; the oldest beyond this are deleted.
+    pub max_quarantine_bytes: u64,
     /// Drop raw bodies of events received longer ago than this (None: keep all).
     pub retain_events: Option<std::time::Duration>,
     /// Host names the API and dashboard answer to without --api-token, besides
@@ -192,6 +196,7 @@ impl ServeConfig {
             global_rate_limit: None,
             writers: None,
             max_quarantine: DEFAULT_MAX_QUARANTINE,
+            max_quarantine_bytes: DEFAULT_MAX_QUARANTINE_BYTES,
             retain_events: None,
             allowed_hosts: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,

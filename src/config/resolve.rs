@@ -12,8 +12,8 @@ use anyhow::Context;
 
 use super::flags::{GlobalFlags, ServeFlags, ThinkificFlags};
 use super::{
-    DEFAULT_DATABASE, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_SOURCE, FileConfig, Secret,
-    ServeConfig, Sources,
+    DEFAULT_DATABASE, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_MAX_QUARANTINE_BYTES,
+    DEFAULT_SOURCE, FileConfig, Secret, ServeConfig, Sources,
 };
 use crate::forward::ForwardConfig;
 
@@ -171,6 +171,10 @@ impl Settings {
             global_rate_limit: flags.global_rate_limit,
             writers: flags.writers,
             max_quarantine: flags.max_quarantine,
+            max_quarantine_bytes: flags
+                .max_quarantine_bytes
+                .or(self.file.max_quarantine_bytes)
+                .map_or(DEFAULT_MAX_QUARANTINE_BYTES, |b| b.0 as u64),
             retain_events: flags.retain_events,
             allowed_hosts: flags.allowed_hosts,
             max_connections: flags.max_connections.max(1),

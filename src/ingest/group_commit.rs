@@ -6,6 +6,10 @@
 //! the batch. While one batch commits the next one fills up, so the cost of a
 //! durable commit (an fsync) is shared by all deliveries that arrived meanwhile.
 //!
+//! An event the database refuses (a value it cannot hold) is isolated from
+//! its batch by [`crate::store::append_isolating`]: the others commit, it is
+//! answered alone with [`StoreError::Rejected`].
+//!
 //! The transaction belongs to the writer task, not to a request: a client that
 //! disconnects mid-request can never leave a transaction open or half-written.
 
@@ -90,22 +94,18 @@ async fn writer(
         let (events, replies): (Vec<NewEvent>, Vec<_>) =
             jobs.drain(..).map(|j| (j.event, j.reply)).unzip();
         let started = Instant::now();
-        let result = store.append_batch(&events).await;
+        // One refused event is answered alone; the rest of its batch commits.
+        let results = crate::store::append_isolating(store.as_ref(), &events).await;
         metrics.observe_batch(events.len(), started.elapsed());
-        match result {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    // The requester may have gone away; the event is stored regardless.
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, batch = events.len(), "storing a batch failed; answering 503");
-                let e = Arc::new(e);
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+        if let Some(Err(e)) = results.iter().find(|r| {
+            r.as_ref()
+                .is_err_and(|e| !matches!(**e, StoreError::Rejected(_)))
+        }) {
+            tracing::error!(error = %e, batch = events.len(), "storing a batch failed; answering 503");
+        }
+        for (reply, result) in replies.into_iter().zip(results) {
+            // The requester may have gone away; a stored event is stored regardless.
+            let _ = reply.send(result);
         }
     }
 }

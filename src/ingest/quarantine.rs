@@ -50,6 +50,15 @@ pub async fn retry(
     verify: bool,
     record: &QuarantineRecord,
 ) -> Result<Admitted, RetryError> {
+    if record.truncated {
+        return Err(RetryError::Store(StoreError::Invalid(format!(
+            "quarantined delivery #{} was {} bytes, of which only the first {} were kept: \
+             it cannot be verified or stored again; ask the sender to redeliver it",
+            record.id,
+            record.body_size,
+            record.body.len()
+        ))));
+    }
     let delivery = Delivery {
         source: &record.source,
         signature: record.header(SIGNATURE_HEADER).map(str::as_bytes),
@@ -59,9 +68,26 @@ pub async fn retry(
     };
     let event = receive::check(sources, verify, &delivery).map_err(RetryError::StillRejected)?;
     let event_id = event.event_id.clone();
+    // An event the database refuses answers `Rejected` (400), not "unavailable".
+    let refused = |e: StoreError| match e.is_data_refusal() {
+        true => StoreError::Rejected(crate::store::refusal_reason(e)),
+        false => e,
+    };
     let outcome = match writer {
-        Writer::GroupCommit(ingestor) => ingestor.append(event).await?,
-        Writer::Direct(store) => store.append_batch(std::slice::from_ref(&event)).await?[0],
+        Writer::GroupCommit(ingestor) => match ingestor.append(event).await {
+            Err(IngestError::Store(e)) if matches!(*e, StoreError::Rejected(_)) => {
+                let reason = match &*e {
+                    StoreError::Rejected(r) => r.clone(),
+                    other => other.to_string(),
+                };
+                return Err(RetryError::Store(StoreError::Rejected(reason)));
+            }
+            other => other?,
+        },
+        Writer::Direct(store) => store
+            .append_batch(std::slice::from_ref(&event))
+            .await
+            .map_err(refused)?[0],
     };
     let resolution = admitted_resolution(&event_id, outcome);
     store.resolve_quarantine(record.id, &resolution).await?;

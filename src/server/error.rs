@@ -35,6 +35,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::NotFound(m) => ApiError::not_found(m),
+            StoreError::Rejected(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "store_rejected", e.to_string())
+            }
             // Both say the database cannot take the request now (a stopped
             // writer thread included): 503, so that clients retry.
             StoreError::Unavailable(_) | StoreError::Write(_) => {

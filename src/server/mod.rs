@@ -43,6 +43,7 @@ pub struct AppState {
     pub read_timeout: std::time::Duration,
     pub limits: Arc<limits::RateLimits>,
     pub max_quarantine: u64,
+    pub max_quarantine_bytes: u64,
     pub delivery_log: Arc<delivery_log::DeliveryLog>,
     /// The Host names the API and dashboard answer to without a token.
     pub hosts: Arc<origin::HostPolicy>,
@@ -125,6 +126,7 @@ pub async fn start(
             config.global_rate_limit,
         )),
         max_quarantine: config.max_quarantine,
+        max_quarantine_bytes: config.max_quarantine_bytes,
         delivery_log: delivery_log::DeliveryLog::start(),
         hosts: Arc::new(origin::HostPolicy::new(
             listener.local_addr()?,

@@ -17,7 +17,7 @@ use super::{ApiError, AppState};
 use crate::config::DEFAULT_SOURCE;
 use crate::ingest::IngestError;
 use crate::ingest::receive::{self, Delivery, Rejection};
-use crate::store::AppendOutcome;
+use crate::store::{AppendOutcome, NewQuarantine, StoreError};
 use crate::thinkific::{SIGNATURE_HEADER, TOPIC_HEADER};
 
 pub fn router() -> Router<AppState> {
@@ -184,32 +184,8 @@ async fn receive(
             };
             let mut message = rejection.to_string();
             if rejection.is_quarantined() {
-                let kept: Vec<(String, String)> = headers
-                    .iter()
-                    .filter(|(name, _)| receive::is_kept_header(name.as_str()))
-                    .map(|(n, v)| {
-                        (
-                            n.to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
-                    .collect();
-                let record = receive::quarantine_record(&delivery, &rejection, kept);
-                match app.store.quarantine(record).await {
-                    Ok(id) => {
-                        message.push_str(&format!(" (kept in quarantine as #{id})"));
-                        // Bounded: a flood of bad deliveries cannot fill the disk.
-                        // Amortised: one prune per `prune_quarantine_every` inserts.
-                        if crate::store::quarantine_prune_due(id, app.max_quarantine)
-                            && let Err(e) = app.store.prune_quarantine(app.max_quarantine).await
-                        {
-                            tracing::warn!(error = %e, "could not prune the quarantine");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not quarantine a rejected delivery")
-                    }
-                }
+                let record = receive::quarantine_record(&delivery, &rejection, kept(&headers));
+                keep_in_quarantine(&app, record, &mut message).await;
             }
             let err = ApiError::new(status, rejection.code(), message);
             return finish(rejection.code(), "", "", err.into_response());
@@ -230,6 +206,22 @@ async fn receive(
             };
             let response = (StatusCode::OK, Json(reply)).into_response();
             finish(label, &topic, &event_id, response)
+        }
+        Err(IngestError::Store(e)) if matches!(*e, StoreError::Rejected(_)) => {
+            // The database refused this event alone (issue #15, item 5): 400,
+            // quarantined, so Thinkific's retries are seen and nothing is lost.
+            let mut message = format!("{e}; the delivery cannot be stored as it is");
+            let record = NewQuarantine {
+                source: source.to_owned(),
+                received_at: delivery.received_at,
+                reason_code: "store_rejected".to_owned(),
+                reason: e.to_string(),
+                headers: kept(&headers),
+                body: body.to_vec(),
+            };
+            keep_in_quarantine(&app, record, &mut message).await;
+            let err = ApiError::new(StatusCode::BAD_REQUEST, "store_rejected", message);
+            finish("store_rejected", &topic, &event_id, err.into_response())
         }
         Err(e) => {
             let message = match e {
@@ -252,6 +244,40 @@ async fn receive(
                 &event_id,
                 err.into_response(),
             )
+        }
+    }
+}
+
+/// The request headers kept with a quarantined delivery.
+fn kept(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| receive::is_kept_header(name.as_str()))
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Quarantines a refused delivery and says where in `message`.
+async fn keep_in_quarantine(app: &AppState, record: NewQuarantine, message: &mut String) {
+    match app.store.quarantine(record).await {
+        Ok(id) => {
+            message.push_str(&format!(" (kept in quarantine as #{id})"));
+            // Bounded: a flood of bad deliveries cannot fill the disk.
+            // Amortised: one prune per `prune_quarantine_every` inserts.
+            let (keep, bytes) = (app.max_quarantine, app.max_quarantine_bytes);
+            if crate::store::quarantine_prune_due_within(id, keep, bytes)
+                && let Err(e) = app.store.prune_quarantine(keep, bytes).await
+            {
+                tracing::warn!(error = %e, "could not prune the quarantine");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not quarantine a rejected delivery")
         }
     }
 }

@@ -38,24 +38,31 @@ macro_rules! enrollment_upsert_on_conflict {
 }
 
 pub mod forward;
+mod isolate;
 mod migrate;
 pub mod postgres;
+mod quarantine;
 mod sql;
 pub mod sqlite;
+mod stats;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::projection::{Enrollment, EnrollmentEvent, Status};
 use crate::thinkific;
 
 pub use forward::*;
+pub use isolate::{append_isolating, refusal_reason};
 pub use postgres::PostgresStore;
+pub use quarantine::*;
 pub use sqlite::SqliteStore;
 /// The projection file's path and schema (kept at its old path for callers).
 pub use sqlite::projector as sqlite_projector;
+pub use stats::{ActivityQuery, CourseStats, DayActivity, completed_on, enrolled_on};
+pub(crate) use stats::{every_day, median};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,6 +85,47 @@ pub enum StoreError {
     Corrupt(String),
     #[error("migration failed: {0}")]
     Migrate(String),
+    /// The database refused this one event's data (a value it cannot hold):
+    /// retrying cannot help, so the delivery is answered 400 and quarantined
+    /// (reason code `store_rejected`), never 503. See [`append_isolating`].
+    #[error("the database refused the event: {0}")]
+    Rejected(String),
+}
+
+impl StoreError {
+    /// Whether the database refused the data rather than the request: on
+    /// PostgreSQL SQLSTATE class 22 (data exception), 23 (integrity) and 54
+    /// (program limit, e.g. an index row too large). Anything else (the
+    /// database being away, out of disk, a deadlock) is "unavailable".
+    pub fn is_data_refusal(&self) -> bool {
+        match self {
+            StoreError::Rejected(_) => true,
+            StoreError::Unavailable(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+            _ => false,
+        }
+    }
+}
+
+/// What text columns are given instead of a NUL character, which
+/// PostgreSQL's `text` cannot hold: U+FFFD, on both backends alike, so that
+/// both accept and show the same events (the raw body keeps its `\u0000`
+/// escape byte for byte: JSON text never holds a raw NUL).
+pub(crate) fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+fn without_nul_opt(s: &mut Option<String>) {
+    if let Some(v) = s
+        && v.contains('\0')
+    {
+        *v = without_nul(v).into_owned();
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -111,11 +159,24 @@ impl NewEvent {
             .enrollment
             .as_ref()
             .zip(envelope.enrollment_topic())
-            .map(|(payload, topic)| EnrollmentEvent {
-                topic,
-                event_id: envelope.id.clone(),
-                envelope_created_at: envelope.created_at,
-                payload: payload.clone(),
+            .map(|(payload, topic)| {
+                let mut payload = payload.clone();
+                // Projected text: see [`without_nul`]. Here, so that a rebuild
+                // from the log derives the same.
+                for field in [
+                    &mut payload.email,
+                    &mut payload.first_name,
+                    &mut payload.last_name,
+                    &mut payload.course_name,
+                ] {
+                    without_nul_opt(field);
+                }
+                EnrollmentEvent {
+                    topic,
+                    event_id: envelope.id.clone(),
+                    envelope_created_at: envelope.created_at,
+                    payload,
+                }
             });
         NewEvent {
             source: source.to_owned(),
@@ -297,134 +358,6 @@ pub(crate) fn page_of<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) 
     Page { items, next_cursor }
 }
 
-/// Per-course statistics.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct CourseStats {
-    pub source: String,
-    pub course_id: i64,
-    pub name: Option<String>,
-    pub enrollments: i64,
-    pub active: i64,
-    pub trial: i64,
-    pub completed: i64,
-    pub expired: i64,
-    /// completed / enrollments, 0–1.
-    pub completion_rate: f64,
-    /// Mean progress, 0–100.
-    pub average_progress: f64,
-    pub median_days_to_complete: Option<f64>,
-}
-
-/// Which enrollments the activity chart counts, over which UTC days.
-#[derive(Debug, Clone)]
-pub struct ActivityQuery {
-    pub source: Option<String>,
-    pub course_id: Option<i64>,
-    /// First day, inclusive.
-    pub from: NaiveDate,
-    /// Last day, inclusive.
-    pub to: NaiveDate,
-}
-
-/// One UTC day of the activity chart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct DayActivity {
-    /// `YYYY-MM-DD` (UTC).
-    #[schema(value_type = String, format = Date, example = "2026-11-01")]
-    pub date: NaiveDate,
-    /// Enrollments that began this day: their `created_at`, else `activated_at`,
-    /// else `started_at` falls on it.
-    pub enrolled: i64,
-    /// Enrollments whose (first) completion, `completed_at`, falls on this day.
-    pub completed: i64,
-}
-
-/// The day an enrollment counts as begun on in the activity chart: the first
-/// of `created_at`, `activated_at`, `started_at` that Thinkific filled.
-pub fn enrolled_on(e: &Enrollment) -> Option<NaiveDate> {
-    e.created_at
-        .or(e.activated_at)
-        .or(e.started_at)
-        .map(|t| t.date_naive())
-}
-
-/// The day an enrollment counts as completed on: its first completion's day.
-pub fn completed_on(e: &Enrollment) -> Option<NaiveDate> {
-    e.completed_at
-        .filter(|_| e.completed)
-        .map(|t| t.date_naive())
-}
-
-/// Every day `from..=to` in order, with the counts of the days `counted`
-/// (day, enrolled, completed) names and zeros for the rest.
-pub(crate) fn every_day(
-    from: NaiveDate,
-    to: NaiveDate,
-    counted: impl IntoIterator<Item = (NaiveDate, i64, i64)>,
-) -> Vec<DayActivity> {
-    let counted: std::collections::HashMap<NaiveDate, (i64, i64)> = counted
-        .into_iter()
-        .map(|(day, enrolled, completed)| (day, (enrolled, completed)))
-        .collect();
-    from.iter_days()
-        .take_while(|d| *d <= to)
-        .map(|date| {
-            let (enrolled, completed) = counted.get(&date).copied().unwrap_or_default();
-            DayActivity {
-                date,
-                enrolled,
-                completed,
-            }
-        })
-        .collect()
-}
-
-/// Whether the quarantine insert that got `id` should prune the quarantine
-/// down to `keep`: once every `keep / 64` inserts (every insert for a small
-/// bound), so a flood of forged deliveries pays one short delete per batch
-/// of them instead of one per delivery under the write lock that deliveries
-/// share, and the quarantine overshoots its bound by at most 1/64.
-pub fn quarantine_prune_due(id: i64, keep: u64) -> bool {
-    let every = (keep / 64).max(1);
-    u64::try_from(id).is_ok_and(|id| id.is_multiple_of(every))
-}
-
-/// A rejected delivery, kept with its reason.
-#[derive(Debug, Clone)]
-pub struct NewQuarantine {
-    pub source: String,
-    pub received_at: DateTime<Utc>,
-    pub reason_code: String,
-    pub reason: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct QuarantineRecord {
-    pub id: i64,
-    pub source: String,
-    pub received_at: DateTime<Utc>,
-    pub reason_code: String,
-    pub reason: String,
-    pub headers: Vec<(String, String)>,
-    #[serde(skip)]
-    pub body: Vec<u8>,
-    pub body_size: i64,
-    pub resolved_at: Option<DateTime<Utc>>,
-    /// How it was resolved, e.g. `admitted as event 2019…`.
-    pub resolution: Option<String>,
-}
-
-impl QuarantineRecord {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RebuildReport {
     pub events: u64,
@@ -480,10 +413,12 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     async fn append_pruned(&self, events: &[StoredEvent]) -> Result<Vec<AppendOutcome>>;
 
     async fn quarantine(&self, record: NewQuarantine) -> Result<i64>;
-    /// Deletes the quarantined deliveries more than `keep` ids below the
-    /// newest (the oldest beyond the newest `keep`, ids being dense), by a
-    /// range of the primary key; returns how many. See [`quarantine_prune_due`].
-    async fn prune_quarantine(&self, keep: u64) -> Result<u64>;
+    /// Deletes the oldest quarantined deliveries beyond both bounds: beyond
+    /// the newest `keep` (ids more than `keep` below the newest, ids being
+    /// dense), and beyond the newest whose kept bodies total at most
+    /// `max_bytes`; by a range of the primary key; returns how many. See
+    /// [`quarantine_prune_due_within`].
+    async fn prune_quarantine(&self, keep: u64, max_bytes: u64) -> Result<u64>;
     async fn list_quarantine(
         &self,
         source: Option<&str>,
@@ -547,20 +482,6 @@ pub async fn open(url: &str, migrate: bool) -> anyhow::Result<std::sync::Arc<dyn
     }
 }
 
-/// Median of a slice (sorted in place); None when empty.
-pub(crate) fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,40 +492,5 @@ mod tests {
         assert_eq!(decode_cursor(&c, 2).unwrap(), vec!["school a", "42"]);
         assert!(decode_cursor(&c, 1).is_err());
         assert!(decode_cursor("!!!", 2).is_err());
-    }
-
-    #[test]
-    fn every_day_is_present_in_order() {
-        let d = |day| NaiveDate::from_ymd_opt(2024, 2, day).unwrap();
-        let days = every_day(
-            d(27),
-            NaiveDate::from_ymd_opt(2024, 3, 2).unwrap(),
-            [(d(28), 3, 1)],
-        );
-        let dates: Vec<String> = days.iter().map(|x| x.date.to_string()).collect();
-        assert_eq!(
-            dates,
-            [
-                "2024-02-27",
-                "2024-02-28",
-                "2024-02-29",
-                "2024-03-01",
-                "2024-03-02"
-            ]
-        );
-        assert_eq!((days[1].enrolled, days[1].completed), (3, 1));
-        assert!(
-            days.iter()
-                .filter(|x| x.date != d(28))
-                .all(|x| x.enrolled == 0 && x.completed == 0)
-        );
-        assert_eq!(every_day(d(2), d(2), []).len(), 1);
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&mut []), None);
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
     }
 }

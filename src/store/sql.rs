@@ -183,3 +183,31 @@ where
         .push_bind(fetch_limit(page));
     Ok(q)
 }
+
+/// The quarantine prune (see [`crate::store::Store::prune_quarantine`]): the
+/// newest id to delete is the larger of the count bound's and the byte
+/// bound's, the latter found by a running sum over the newest records, read
+/// backwards through the primary key and stopped at the first over the bound.
+pub(crate) fn quarantine_prune<DB>(keep: u64, max_bytes: u64) -> QueryBuilder<DB>
+where
+    DB: Database,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(
+        "DELETE FROM quarantine WHERE id <= (SELECT MAX(cut) FROM (
+             SELECT MAX(id) - ",
+    );
+    q.push_bind(i64::try_from(keep).unwrap_or(i64::MAX));
+    q.push(
+        " AS cut FROM quarantine
+             UNION ALL
+             SELECT cut FROM (
+                 SELECT id AS cut FROM (
+                     SELECT id, SUM(length(body)) OVER (ORDER BY id DESC) AS total
+                     FROM quarantine) AS sized
+                 WHERE total > ",
+    );
+    q.push_bind(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+    q.push(" ORDER BY cut DESC LIMIT 1) AS by_bytes) AS cuts)");
+    q
+}

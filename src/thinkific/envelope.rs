@@ -8,7 +8,7 @@
 //! Longer than 600 lines because of its unit tests (a third of the file): one case per
 //! quirk of the wire contract, kept beside the parser they pin down.
 
-use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -609,8 +609,12 @@ pub fn rest_percentage(v: &Value) -> Result<f64, String> {
 /// RFC 3339 with or without fractional seconds; a timestamp without an offset
 /// is taken as UTC.
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
-    // Microseconds are what every backend stores exactly.
-    parse_timestamp_exact(s).map(|t| t.trunc_subsecs(6))
+    // Microseconds are what every backend stores exactly; years 1–9999 (RFC
+    // 3339's) are what both can hold (PostgreSQL refuses years before 4713 BC,
+    // which SQLite would take): issue #15, item 5.
+    parse_timestamp_exact(s)
+        .filter(|t| (1..=9999).contains(&t.year()))
+        .map(|t| t.trunc_subsecs(6))
 }
 
 fn parse_timestamp_exact(s: &str) -> Option<DateTime<Utc>> {

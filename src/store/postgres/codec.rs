@@ -78,6 +78,8 @@ pub(super) fn event_from_row(row: &PgRow) -> Result<StoredEvent> {
 
 pub(super) fn quarantine_from_row(row: &PgRow) -> Result<QuarantineRecord> {
     let headers: sqlx::types::Json<Vec<(String, String)>> = row.try_get("headers")?;
+    let body: Vec<u8> = row.try_get("body")?;
+    let body_size: i64 = row.try_get("body_size")?;
     Ok(QuarantineRecord {
         id: row.try_get("id")?,
         source: row.try_get("source")?,
@@ -85,8 +87,9 @@ pub(super) fn quarantine_from_row(row: &PgRow) -> Result<QuarantineRecord> {
         reason_code: row.try_get("reason_code")?,
         reason: row.try_get("reason")?,
         headers: headers.0,
-        body: row.try_get("body")?,
-        body_size: row.try_get("body_size")?,
+        truncated: (body.len() as i64) < body_size,
+        body,
+        body_size,
         resolved_at: row.try_get("resolved_at")?,
         resolution: row.try_get("resolution")?,
     })

@@ -29,6 +29,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "prunable events by arrival",
         include_str!("migrations/0006_prunable_events.sql"),
     ),
+    (
+        7,
+        "long values",
+        include_str!("migrations/0007_long_values.sql"),
+    ),
 ];
 
 /// Advisory lock key serialising migrations of concurrently starting instances

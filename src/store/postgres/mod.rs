@@ -218,17 +218,18 @@ impl Store for PostgresStore {
     }
 
     async fn quarantine(&self, r: NewQuarantine) -> Result<i64> {
+        let (body, body_size, source, reason_code, reason) = r.to_store();
         let id = sqlx::query_scalar(
             "INSERT INTO quarantine (source, received_at, reason_code, reason, headers, body, body_size)
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
-        .bind(&r.source)
+        .bind(source)
         .bind(us(r.received_at))
-        .bind(&r.reason_code)
-        .bind(&r.reason)
+        .bind(reason_code)
+        .bind(reason)
         .bind(sqlx::types::Json(&r.headers))
-        .bind(&r.body)
-        .bind(r.body.len() as i64)
+        .bind(body)
+        .bind(body_size)
         .fetch_one(&self.writer)
         .await?;
         Ok(id)
@@ -243,10 +244,10 @@ impl Store for PostgresStore {
                  WHERE source = $1 AND received_at = $2 AND reason_code = $3 AND body = $6)
              RETURNING id",
         )
-        .bind(&r.source)
+        .bind(without_nul(&r.source))
         .bind(us(r.received_at))
-        .bind(&r.reason_code)
-        .bind(&r.reason)
+        .bind(without_nul(&r.reason_code))
+        .bind(without_nul(&r.reason))
         .bind(sqlx::types::Json(&r.headers))
         .bind(&r.body)
         .bind(r.body_size)
@@ -257,13 +258,11 @@ impl Store for PostgresStore {
         Ok(inserted.is_some())
     }
 
-    async fn prune_quarantine(&self, keep: u64) -> Result<u64> {
-        // See the SQLite store: by id, found through the primary key.
-        let done =
-            sqlx::query("DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - $1")
-                .bind(i64::try_from(keep).unwrap_or(i64::MAX))
-                .execute(&self.writer)
-                .await?;
+    async fn prune_quarantine(&self, keep: u64, max_bytes: u64) -> Result<u64> {
+        let done = sql::quarantine_prune::<Postgres>(keep, max_bytes)
+            .build()
+            .execute(&self.writer)
+            .await?;
         Ok(done.rows_affected())
     }
 

@@ -92,6 +92,8 @@ pub(super) fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
 
 pub(super) fn quarantine_from_row(row: &SqliteRow) -> Result<QuarantineRecord> {
     let headers: String = row.try_get("headers")?;
+    let body: Vec<u8> = row.try_get("body")?;
+    let body_size: i64 = row.try_get("body_size")?;
     Ok(QuarantineRecord {
         id: row.try_get("id")?,
         source: row.try_get("source")?,
@@ -100,8 +102,9 @@ pub(super) fn quarantine_from_row(row: &SqliteRow) -> Result<QuarantineRecord> {
         reason: row.try_get("reason")?,
         headers: serde_json::from_str(&headers)
             .map_err(|e| StoreError::Corrupt(format!("quarantine headers: {e}")))?,
-        body: row.try_get("body")?,
-        body_size: row.try_get("body_size")?,
+        truncated: (body.len() as i64) < body_size,
+        body,
+        body_size,
         resolved_at: parse_ts(row.try_get("resolved_at")?)?,
         resolution: row.try_get("resolution")?,
     })

@@ -419,18 +419,19 @@ impl Store for SqliteStore {
     }
 
     async fn quarantine(&self, r: NewQuarantine) -> Result<i64> {
+        let (body, body_size, source, reason_code, reason) = r.to_store();
         let headers = serde_json::to_string(&r.headers).expect("strings serialize");
         let id = sqlx::query_scalar(
             "INSERT INTO quarantine (source, received_at, reason_code, reason, headers, body, body_size)
              VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
-        .bind(&r.source)
+        .bind(source)
         .bind(fmt_ts(&r.received_at))
-        .bind(&r.reason_code)
-        .bind(&r.reason)
+        .bind(reason_code)
+        .bind(reason)
         .bind(headers)
-        .bind(&r.body)
-        .bind(r.body.len() as i64)
+        .bind(body)
+        .bind(body_size)
         .fetch_one(&mut *self.writer.lock().await?)
         .await?;
         Ok(id)
@@ -446,10 +447,10 @@ impl Store for SqliteStore {
                  WHERE source = ?1 AND received_at = ?2 AND reason_code = ?3 AND body = ?6)
              RETURNING id",
         )
-        .bind(&r.source)
+        .bind(without_nul(&r.source))
         .bind(fmt_ts(&r.received_at))
-        .bind(&r.reason_code)
-        .bind(&r.reason)
+        .bind(without_nul(&r.reason_code))
+        .bind(without_nul(&r.reason))
         .bind(headers)
         .bind(&r.body)
         .bind(r.body_size)
@@ -460,14 +461,11 @@ impl Store for SqliteStore {
         Ok(inserted.is_some())
     }
 
-    async fn prune_quarantine(&self, keep: u64) -> Result<u64> {
-        // Ids only grow: what lies `keep` below the newest goes (see
-        // [`Store::prune_quarantine`]), found through the primary key.
-        let done =
-            sqlx::query("DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?")
-                .bind(i64::try_from(keep).unwrap_or(i64::MAX))
-                .execute(&mut *self.writer.lock().await?)
-                .await?;
+    async fn prune_quarantine(&self, keep: u64, max_bytes: u64) -> Result<u64> {
+        let done = sql::quarantine_prune::<Sqlite>(keep, max_bytes)
+            .build()
+            .execute(&mut *self.writer.lock().await?)
+            .await?;
         Ok(done.rows_affected())
     }
 

@@ -12,6 +12,7 @@ use enrollhook::store::{self, NewEvent, Store};
 use crate::common;
 use crate::common::backend::{Backend, Setup, TestDatabase};
 
+mod acceptance;
 mod batch;
 mod forward;
 mod log;

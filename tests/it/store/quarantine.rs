@@ -75,8 +75,8 @@ async fn quarantine_lifecycle(f: Fixture) {
     assert!(s.get_quarantine(-1).await.unwrap().is_none());
 
     // Bounded: pruning keeps the newest.
-    assert_eq!(s.prune_quarantine(10).await.unwrap(), 0);
-    assert_eq!(s.prune_quarantine(2).await.unwrap(), 1);
+    assert_eq!(s.prune_quarantine(10, u64::MAX).await.unwrap(), 0);
+    assert_eq!(s.prune_quarantine(2, u64::MAX).await.unwrap(), 1);
     assert!(s.get_quarantine(ids[0]).await.unwrap().is_none());
     assert!(s.get_quarantine(ids[1]).await.unwrap().is_some());
 
