@@ -21,6 +21,8 @@ pub struct Metrics {
     batch_size: Histogram,
     batch_commit_seconds: Histogram,
     projection_waiting: Gauge,
+    /// Rejected deliveries not written to the quarantine (over its write budget).
+    quarantine_dropped: Counter,
     /// Open client connections, and the cap (`--max-connections`).
     connections: Gauge,
     max_connections: Gauge,
@@ -47,6 +49,12 @@ impl Metrics {
             "delivery_duration_seconds",
             "Time from request to reply for webhook deliveries",
             delivery_seconds.clone(),
+        );
+        let quarantine_dropped = Counter::default();
+        registry.register(
+            "quarantine_dropped",
+            "Rejected deliveries answered but not kept in the quarantine (over --max-quarantine-rate)",
+            quarantine_dropped.clone(),
         );
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         registry.register(
@@ -87,6 +95,7 @@ impl Metrics {
             batch_size,
             batch_commit_seconds,
             projection_waiting,
+            quarantine_dropped,
         }
     }
 
@@ -95,6 +104,10 @@ impl Metrics {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         self.delivery_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn quarantine_dropped(&self) {
+        self.quarantine_dropped.inc();
     }
 
     pub fn observe_batch(&self, size: usize, elapsed: Duration) {

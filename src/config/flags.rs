@@ -90,6 +90,10 @@ pub struct ServeFlags {
     /// deleted; a body over 64 KiB is kept as its first 64 KiB) [default: 256MiB].
     #[arg(long, env = "ENROLLHOOK_MAX_QUARANTINE_BYTES")]
     pub max_quarantine_bytes: Option<ByteSize>,
+    /// Rejected deliveries written to the quarantine per second per source (five
+    /// times this in total); beyond it they are answered and only counted.
+    #[arg(long, env = "ENROLLHOOK_MAX_QUARANTINE_RATE", default_value_t = crate::server::limits::DEFAULT_QUARANTINE_RATE)]
+    pub max_quarantine_rate: u32,
     /// Drop the raw bodies of events received longer ago than this, e.g. 90d,
     /// checked hourly (event ids, enrollment events and the projection are
     /// kept; see the README) [default: keep everything].

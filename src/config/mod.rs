@@ -161,6 +161,9 @@ pub struct ServeConfig {
     pub max_quarantine: u64,
     /// Body bytes kept in the quarantine; the oldest beyond this are deleted.
     pub max_quarantine_bytes: u64,
+    /// Rejected deliveries written to the quarantine per second per source
+    /// (five times this in total); more are answered and only counted.
+    pub max_quarantine_rate: u32,
     /// Drop raw bodies of events received longer ago than this (None: keep all).
     pub retain_events: Option<std::time::Duration>,
     /// Host names the API and dashboard answer to without --api-token, besides
@@ -197,6 +200,7 @@ impl ServeConfig {
             writers: None,
             max_quarantine: DEFAULT_MAX_QUARANTINE,
             max_quarantine_bytes: DEFAULT_MAX_QUARANTINE_BYTES,
+            max_quarantine_rate: crate::server::limits::DEFAULT_QUARANTINE_RATE,
             retain_events: None,
             allowed_hosts: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,

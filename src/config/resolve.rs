@@ -175,6 +175,7 @@ impl Settings {
                 .max_quarantine_bytes
                 .or(self.file.max_quarantine_bytes)
                 .map_or(DEFAULT_MAX_QUARANTINE_BYTES, |b| b.0 as u64),
+            max_quarantine_rate: flags.max_quarantine_rate.max(1),
             retain_events: flags.retain_events,
             allowed_hosts: flags.allowed_hosts,
             max_connections: flags.max_connections.max(1),

@@ -76,9 +76,50 @@ impl RateLimits {
     }
 }
 
+/// How many rejected deliveries a second are written to the quarantine, per
+/// source and (five times that) in total. Always on: anyone can send rejected
+/// deliveries, and each write costs disk and the writer's time. Beyond it a
+/// rejected delivery is still answered with its reason but only counted
+/// (`enrollhook_quarantine_dropped_total`): a flood costs a counter, not disk.
+pub struct QuarantineBudget {
+    per_source: DefaultKeyedRateLimiter<String>,
+    total: DefaultDirectRateLimiter,
+}
+
+/// `--max-quarantine-rate` by default: rejected deliveries kept per second per source.
+pub const DEFAULT_QUARANTINE_RATE: u32 = 20;
+
+impl QuarantineBudget {
+    pub fn new(per_source_per_second: u32) -> QuarantineBudget {
+        let n = per_source_per_second.max(1);
+        let quota = |n: u32| Quota::per_second(NonZeroU32::new(n).expect("at least 1"));
+        QuarantineBudget {
+            per_source: RateLimiter::keyed(quota(n)),
+            total: RateLimiter::direct(quota(n.saturating_mul(5))),
+        }
+    }
+
+    /// Whether one more rejected delivery of `source` may be written now.
+    /// Only configured sources reach the quarantine, so the keys stay few.
+    pub fn allow(&self, source: &str) -> bool {
+        self.per_source.check_key(&source.to_owned()).is_ok() && self.total.check().is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quarantine_budget_is_per_source_and_in_total() {
+        let q = QuarantineBudget::new(2);
+        assert!(q.allow("a") && q.allow("a"));
+        assert!(!q.allow("a"), "2 a second for one source");
+        assert!(q.allow("b") && q.allow("b"), "another source has its own");
+        let q = QuarantineBudget::new(1);
+        let allowed = (0..100).filter(|i| q.allow(&format!("s{i}"))).count();
+        assert_eq!(allowed, 5, "five times the per-source rate in total");
+    }
 
     #[test]
     fn off_by_default() {

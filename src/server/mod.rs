@@ -44,6 +44,7 @@ pub struct AppState {
     pub limits: Arc<limits::RateLimits>,
     pub max_quarantine: u64,
     pub max_quarantine_bytes: u64,
+    pub quarantine_budget: Arc<limits::QuarantineBudget>,
     pub delivery_log: Arc<delivery_log::DeliveryLog>,
     /// The Host names the API and dashboard answer to without a token.
     pub hosts: Arc<origin::HostPolicy>,
@@ -127,6 +128,7 @@ pub async fn start(
         )),
         max_quarantine: config.max_quarantine,
         max_quarantine_bytes: config.max_quarantine_bytes,
+        quarantine_budget: Arc::new(limits::QuarantineBudget::new(config.max_quarantine_rate)),
         delivery_log: delivery_log::DeliveryLog::start(),
         hosts: Arc::new(origin::HostPolicy::new(
             listener.local_addr()?,

@@ -264,6 +264,13 @@ fn kept(headers: &HeaderMap) -> Vec<(String, String)> {
 
 /// Quarantines a refused delivery and says where in `message`.
 async fn keep_in_quarantine(app: &AppState, record: NewQuarantine, message: &mut String) {
+    if !app.quarantine_budget.allow(&record.source) {
+        app.metrics.quarantine_dropped();
+        message.push_str(
+            " (not kept in quarantine: too many rejected deliveries a second; counted in /metrics)",
+        );
+        return;
+    }
     match app.store.quarantine(record).await {
         Ok(id) => {
             message.push_str(&format!(" (kept in quarantine as #{id})"));

@@ -396,6 +396,53 @@ async fn forged_deliveries_do_not_use_up_the_source_budget() {
     assert_eq!(q["items"].as_array().unwrap().len(), rejected);
 }
 
+/// Issue #15, item 3: without any rate limit configured, a flood of forged
+/// deliveries is still answered one by one, but only a bounded number a second
+/// is written to the quarantine; the rest cost a counter.
+#[tokio::test]
+async fn a_flood_of_forged_deliveries_costs_a_counter_not_disk() {
+    let app = app_with(|c| c.max_quarantine_rate = 5).await;
+    let mut statuses = Vec::new();
+    for i in 0..60 {
+        let body = enrollment_event(
+            &format!("forged-{i}"),
+            "progress",
+            i,
+            1,
+            "1.0",
+            "2024-01-01T00:00:00Z",
+        );
+        let (status, _) = app
+            .deliver_to(
+                "/webhooks/thinkific",
+                &body,
+                Some(&sign(b"not-the-key", &body)),
+            )
+            .await;
+        statuses.push(status);
+    }
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let (_, q) = app.get("/api/quarantine?limit=1000").await;
+    let kept = q["items"].as_array().unwrap().len();
+    // 5 a second (bursts of 5): the loop takes well under the seconds it would
+    // need to earn more than a few refills.
+    assert!((5..=20).contains(&kept), "{kept} kept");
+    let (_, metrics) = app.get("/metrics").await;
+    let dropped: usize = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("enrollhook_quarantine_dropped_total "))
+        .expect("enrollhook_quarantine_dropped_total in /metrics")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        kept + dropped,
+        60,
+        "every forged delivery is kept or counted"
+    );
+}
+
 #[tokio::test]
 async fn a_nat64_destination_of_the_metadata_service_is_refused_with_the_reason() {
     let app = spawn_app().await;

@@ -70,7 +70,12 @@ async fn all_enrollments(store: &dyn Store) -> Vec<Enrollment> {
 
 #[tokio::test]
 async fn faulty_traffic_ends_in_the_expected_state() {
-    let app = spawn_app().await;
+    // Every forged delivery is checked in the quarantine below, so its write
+    // budget (20 a second by default) is raised above the simulator's burst.
+    let (dir, url) = fresh_db();
+    let mut config = enrollhook::config::ServeConfig::new(url, Some(SECRET));
+    config.max_quarantine_rate = 100_000;
+    let app = spawn_with(dir, config).await;
     let (report, expected) = send(
         Traffic::new(traffic_config(7, all_faults())),
         &send_options(&app),
