@@ -6,8 +6,11 @@ Reports the good deliveries' latency (p50/p99/max) and the flood's rate.
 Before issue #14 every rejected delivery pruned the quarantine (an OFFSET walk)
 under the write lock the good deliveries share; now once per max/64 inserts.
 
+The good deliveries are first sent alone (the baseline, same server, same run),
+then beside the flood.
+
 Usage: python3 bench/quarantine_flood.py BINARY [--forged 20000] [--good 500]
-       [--flood-threads 8] [--max-quarantine 5000]
+       [--flood-threads 8] [--max-quarantine 5000] [--server-args "--max-quarantine-rate 1000000"]
 (a debug build is fine for a before/after comparison; release for absolute numbers)
 """
 
@@ -64,6 +67,7 @@ def main():
     p.add_argument("--good", type=int, default=500)
     p.add_argument("--flood-threads", type=int, default=8)
     p.add_argument("--max-quarantine", type=int, default=5000)
+    p.add_argument("--server-args", default="", help="more `serve` flags, space-separated")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
@@ -71,7 +75,7 @@ def main():
         server = subprocess.Popen(
             [a.binary, "serve", "--listen", f"127.0.0.1:{port}", "--database",
              f"sqlite://{d}/flood.db", "--secret", SECRET,
-             "--max-quarantine", str(a.max_quarantine)],
+             "--max-quarantine", str(a.max_quarantine)] + a.server_args.split(),
             stdout=subprocess.DEVNULL, stderr=open(f"{d}/server.log", "w"))
         try:
             for _ in range(300):
@@ -81,6 +85,15 @@ def main():
                 except Exception:
                     time.sleep(0.1)
             url = base + "/webhooks/thinkific"
+
+            def good(i):
+                b = body(i, "good")
+                t0 = time.time()
+                status = post(url, b, sign(b))
+                assert status == 200, status
+                return (time.time() - t0) * 1000
+
+            alone = sorted(good(i) for i in range(a.good))
             left = [a.forged]
             lock = threading.Lock()
 
@@ -100,22 +113,22 @@ def main():
             latencies = []
             i = 0
             while any(t.is_alive() for t in threads) and i < a.good:
-                b = body(i, "good")
-                t0 = time.time()
-                status = post(url, b, sign(b))
-                latencies.append((time.time() - t0) * 1000)
-                assert status == 200, status
+                latencies.append(good(a.good + i))
                 i += 1
             for t in threads:
                 t.join()
             flood_s = time.time() - start
             latencies.sort()
             n = len(latencies)
+
+            def pct(xs, q):
+                return round(xs[min(len(xs) - 1, len(xs) * q // 100)], 2)
+
             print(json.dumps({
-                "binary": a.binary, "forged": a.forged, "flood_seconds": round(flood_s, 2),
-                "forged_per_s": round(a.forged / flood_s), "good": n,
-                "good_p50_ms": round(latencies[n // 2], 2),
-                "good_p99_ms": round(latencies[min(n - 1, n * 99 // 100)], 2),
+                "binary": a.binary, "server_args": a.server_args, "forged": a.forged,
+                "flood_seconds": round(flood_s, 2), "forged_per_s": round(a.forged / flood_s),
+                "alone_p50_ms": pct(alone, 50), "alone_p99_ms": pct(alone, 99),
+                "good": n, "good_p50_ms": pct(latencies, 50), "good_p99_ms": pct(latencies, 99),
                 "good_max_ms": round(latencies[-1], 2),
             }))
         finally:
