@@ -68,6 +68,9 @@ def main():
     p.add_argument("--flood-threads", type=int, default=8)
     p.add_argument("--max-quarantine", type=int, default=5000)
     p.add_argument("--server-args", default="", help="more `serve` flags, space-separated")
+    p.add_argument("--flood-rate", type=float, default=0,
+                   help="forged deliveries a second in all (0: as fast as the threads go); "
+                        "a fixed rate compares builds under the same flood")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
@@ -98,6 +101,8 @@ def main():
             lock = threading.Lock()
 
             def flood():
+                interval = a.flood_threads / a.flood_rate if a.flood_rate else 0
+                next_at = time.time()
                 while True:
                     with lock:
                         if left[0] <= 0:
@@ -105,6 +110,9 @@ def main():
                         left[0] -= 1
                         i = left[0]
                     post(url, body(i, "forged"), sign(b"not this body"))
+                    if interval:
+                        next_at += interval
+                        time.sleep(max(0.0, next_at - time.time()))
 
             start = time.time()
             threads = [threading.Thread(target=flood) for _ in range(a.flood_threads)]
@@ -126,6 +134,7 @@ def main():
 
             print(json.dumps({
                 "binary": a.binary, "server_args": a.server_args, "forged": a.forged,
+                "flood_rate": a.flood_rate,
                 "flood_seconds": round(flood_s, 2), "forged_per_s": round(a.forged / flood_s),
                 "alone_p50_ms": pct(alone, 50), "alone_p99_ms": pct(alone, 99),
                 "good": n, "good_p50_ms": pct(latencies, 50), "good_p99_ms": pct(latencies, 99),
