@@ -22,8 +22,9 @@ use sqlx::Connection as _;
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
+use super::apply::StoredForProjection;
 use super::codec::{SUBSCRIPTION_COLUMNS, fmt_ts, subscription_from_row, ts};
-use super::projector::{Projector, StoredForProjection};
+use super::projector::Projector;
 use crate::forward::subscription::Subscription;
 use crate::store::*;
 
