@@ -241,7 +241,7 @@ where
     Option<String>: Binds<DB>,
 {
     let q = sql::attempts_query::<DB>(subscription_id, event_seq, page, newest_first)?;
-    let items = fetch_mapped(pool, q, |r| attempt_from_row(r)).await?;
+    let items = fetch_mapped(pool, q, attempt_from_row).await?;
     Ok(page_of(items, page.limit, |a| a.id))
 }
 
@@ -256,7 +256,7 @@ where
     Option<String>: Binds<DB>,
 {
     let q = sql::deliveries_query::<DB>(f, page)?;
-    let items = fetch_mapped(pool, q, |r| outbox_from_row(r)).await?;
+    let items = fetch_mapped(pool, q, outbox_from_row).await?;
     Ok(page_of(items, page.limit, |o| o.id))
 }
 

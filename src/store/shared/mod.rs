@@ -4,7 +4,6 @@
 //! own SQL where the dialects differ (claims, batch inserts, the feed).
 
 pub(crate) mod forward;
-pub(crate) mod log;
 
 use sqlx::{Pool, QueryBuilder};
 
