@@ -37,11 +37,14 @@ macro_rules! enrollment_upsert_on_conflict {
     };
 }
 
+mod dialect;
 pub mod forward;
 mod isolate;
 mod migrate;
 pub mod postgres;
 mod quarantine;
+mod rows;
+mod shared;
 mod sql;
 pub mod sqlite;
 mod stats;

@@ -116,7 +116,8 @@ pub(super) async fn append_on(
         upsert_enrollments(&mut tx, &next).await?;
     }
     // Forwarding: the outbox rows commit with their events, or not at all.
-    let subscriptions = outbox::enabled_subscriptions(&mut tx).await?;
+    let subscriptions =
+        crate::store::shared::forward::enabled_subscriptions::<sqlx::Postgres>(&mut tx).await?;
     if !subscriptions.is_empty() {
         let stored: Vec<(&NewEvent, i64)> = events
             .iter()

@@ -6,103 +6,29 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgConnection;
-use sqlx::types::Json;
-use sqlx::{Connection, Postgres, Row};
+use sqlx::{Connection, Postgres};
 
 use super::PostgresStore;
 use super::codec::*;
-use super::outbox::enabled_subscriptions;
 use crate::forward::subscription::Subscription;
+use crate::store::shared::forward;
 use crate::store::*;
-use crate::thinkific::envelope::course_id_of_body;
-
-async fn upsert_outbox(
-    conn: &mut PgConnection,
-    subscription_id: &str,
-    seq: i64,
-    order_key: Option<&str>,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at)
-         VALUES ($1, $2, $3, 'pending', 0, $4, $4)
-         ON CONFLICT (subscription_id, event_seq) DO UPDATE SET
-            state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at, finished_at = NULL,
-            lease_until = NULL",
-    )
-    .bind(subscription_id)
-    .bind(seq)
-    .bind(order_key)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-async fn subscription_in(conn: &mut PgConnection, id: &str) -> Result<Subscription> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| StoreError::NotFound(format!("no subscription `{id}`")))?;
-    subscription_from_row(&row)
-}
 
 #[async_trait]
 impl ForwardStore for PostgresStore {
     async fn insert_subscription(&self, s: &Subscription) -> Result<()> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-        )))
-        .bind(&s.id)
-        .bind(&s.url)
-        .bind(Json(&s.topics))
-        .bind(s.course_ids.as_ref().map(Json))
-        .bind(s.sources.as_ref().map(Json))
-        .bind(&s.secret)
-        .bind(&s.previous_secret)
-        .bind(s.previous_secret_until)
-        .bind(s.enabled)
-        .bind(&s.disabled_reason)
-        .bind(s.ordered)
-        .bind(Json(&s.headers))
-        .bind(&s.description)
-        .bind(s.failing_since)
-        .bind(s.created_at)
-        .bind(s.updated_at)
-        .execute(self.writer())
-        .await?;
+        forward::insert_subscription::<Postgres>(s)
+            .build()
+            .execute(self.writer())
+            .await?;
         Ok(())
     }
 
     async fn update_subscription(&self, s: &Subscription) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE subscriptions SET url = $1, topics = $2, course_ids = $3, sources = $4, secret = $5,
-                previous_secret = $6, previous_secret_until = $7, enabled = $8, disabled_reason = $9,
-                ordered = $10, headers = $11, description = $12, failing_since = $13, updated_at = $14
-             WHERE id = $15",
-        )
-        .bind(&s.url)
-        .bind(Json(&s.topics))
-        .bind(s.course_ids.as_ref().map(Json))
-        .bind(s.sources.as_ref().map(Json))
-        .bind(&s.secret)
-        .bind(&s.previous_secret)
-        .bind(s.previous_secret_until)
-        .bind(s.enabled)
-        .bind(&s.disabled_reason)
-        .bind(s.ordered)
-        .bind(Json(&s.headers))
-        .bind(&s.description)
-        .bind(s.failing_since)
-        .bind(s.updated_at)
-        .bind(&s.id)
-        .execute(self.writer())
-        .await?;
+        let done = forward::update_subscription::<Postgres>(s)
+            .build()
+            .execute(self.writer())
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -122,21 +48,18 @@ impl ForwardStore for PostgresStore {
     }
 
     async fn get_subscription(&self, id: &str) -> Result<Option<Subscription>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(self.reader())
-        .await?;
+        let row = forward::subscriptions_query::<Postgres>(Some(id))
+            .build()
+            .fetch_optional(self.reader())
+            .await?;
         row.as_ref().map(subscription_from_row).transpose()
     }
 
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY created_at, id"
-        )))
-        .fetch_all(self.reader())
-        .await?;
+        let rows = forward::subscriptions_query::<Postgres>(None)
+            .build()
+            .fetch_all(self.reader())
+            .await?;
         rows.iter().map(subscription_from_row).collect()
     }
 
@@ -174,14 +97,7 @@ impl ForwardStore for PostgresStore {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        let subscriptions: HashMap<String, Subscription> = sqlx::query(sqlx::AssertSqlSafe(
-            format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions"),
-        ))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| subscription_from_row(r).map(|s| (s.id.clone(), s)))
-        .collect::<Result<_>>()?;
+        let subscriptions = forward::subscriptions_by_id::<Postgres>(&mut tx).await?;
         let seqs: Vec<i64> = claimed.iter().map(|c| c.2).collect();
         let events: HashMap<i64, StoredEvent> = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1) AND pruned_at IS NULL"
@@ -192,25 +108,13 @@ impl ForwardStore for PostgresStore {
         .iter()
         .map(|r| event_from_row(r).map(|e| (e.seq, e)))
         .collect::<Result<_>>()?;
-        let mut out = Vec::with_capacity(claimed.len());
-        for (outbox_id, subscription_id, seq, attempts) in claimed {
-            match (subscriptions.get(&subscription_id), events.get(&seq)) {
-                (Some(s), Some(e)) => out.push(ClaimedDelivery {
-                    outbox_id,
-                    attempts: attempts as u32,
-                    subscription: s.clone(),
-                    event: e.clone(),
-                }),
-                _ => {
-                    sqlx::query(
-                        "UPDATE outbox SET state = 'dead', finished_at = $1, last_error = 'the event is no longer in the log (pruned by retention)' WHERE id = $2",
-                    )
-                    .bind(now)
-                    .bind(outbox_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
+        let claimed = claimed
+            .into_iter()
+            .map(|(id, subscription, seq, attempts)| (id, subscription, seq, i64::from(attempts)))
+            .collect();
+        let (out, gone) = forward::claimed_deliveries(claimed, &subscriptions, &events);
+        for outbox_id in gone {
+            forward::outbox_event_gone::<Postgres>(&mut tx, outbox_id, now).await?;
         }
         tx.commit().await?;
         Ok(out)
@@ -283,9 +187,7 @@ impl ForwardStore for PostgresStore {
         .execute(&mut *tx)
         .await?;
 
-        let mut ids: Vec<&str> = done.iter().map(|f| f.subscription_id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = forward::subscription_ids(done);
         // Locked in id order: instances recording attempts of one subscription
         // at the same time apply them one after the other.
         let rows = sqlx::query(
@@ -295,37 +197,14 @@ impl ForwardStore for PostgresStore {
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        let mut stored = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let health = Health {
-                enabled: row.try_get("enabled")?,
-                failing_since: row.try_get("failing_since")?,
-            };
-            stored.insert(row.try_get::<String, _>("id")?, health);
-        }
-        let health = rules.health_changes(done, &stored);
-        for c in &health {
-            let (reason, disabled_at) = c.disabled.clone().unzip();
-            sqlx::query(
-                "UPDATE subscriptions SET failing_since = $1,
-                    enabled = CASE WHEN $2::text IS NULL THEN enabled ELSE false END,
-                    disabled_reason = COALESCE($2, disabled_reason),
-                    updated_at = COALESCE($3, updated_at)
-                 WHERE id = $4",
-            )
-            .bind(c.failing_since)
-            .bind(reason)
-            .bind(disabled_at)
-            .bind(&c.subscription_id)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let stored = rows
+            .iter()
+            .map(health_from_row)
+            .collect::<Result<HashMap<_, _>>>()?;
+        let disabled =
+            forward::write_health::<Postgres>(&mut tx, rules.health_changes(done, &stored)).await?;
         tx.commit().await?;
-        Ok(health
-            .into_iter()
-            .filter(|c| c.disabled.is_some())
-            .map(|c| c.subscription_id)
-            .collect())
+        Ok(disabled)
     }
 
     async fn list_attempts(
@@ -335,11 +214,14 @@ impl ForwardStore for PostgresStore {
         page: &PageRequest,
         newest_first: bool,
     ) -> Result<Page<DeliveryAttempt>> {
-        let mut q =
-            sql::attempts_query::<Postgres>(subscription_id, event_seq, page, newest_first)?;
-        let rows = q.build().fetch_all(self.reader()).await?;
-        let items = rows.iter().map(attempt_from_row).collect::<Result<_>>()?;
-        Ok(page_of(items, page.limit, |a| a.id))
+        forward::list_attempts(
+            self.reader(),
+            subscription_id,
+            event_seq,
+            page,
+            newest_first,
+        )
+        .await
     }
 
     async fn list_deliveries(
@@ -347,98 +229,18 @@ impl ForwardStore for PostgresStore {
         f: &DeliveryFilter,
         page: &PageRequest,
     ) -> Result<Page<OutboxEntry>> {
-        let mut q = sql::deliveries_query::<Postgres>(f, page)?;
-        let rows = q.build().fetch_all(self.reader()).await?;
-        let items = rows.iter().map(outbox_from_row).collect::<Result<_>>()?;
-        Ok(page_of(items, page.limit, |o| o.id))
+        forward::list_deliveries(self.reader(), f, page).await
     }
 
     async fn replay(&self, scope: &ReplayScope, now: DateTime<Utc>) -> Result<u64> {
         let mut conn = self.writer().acquire().await?;
         let mut tx = conn.begin().await?;
-        let mut count = 0u64;
-        match scope {
-            ReplayScope::Event {
-                source,
-                event_id,
-                subscription_id,
-            } => {
-                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE source = $1 AND event_id = $2"
-                )))
-                .bind(source)
-                .bind(event_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| {
-                    StoreError::NotFound(format!("no event `{event_id}` from source `{source}`"))
-                })?;
-                let event = event_from_row(&row)?;
-                let course = course_id_of_body(&event.body);
-                let targets: Vec<Subscription> = match subscription_id {
-                    Some(id) => vec![subscription_in(&mut tx, id).await?],
-                    None => enabled_subscriptions(&mut tx)
-                        .await?
-                        .into_iter()
-                        .filter(|s| s.matches(&event.source, &event.topic, course))
-                        .collect(),
-                };
-                for s in targets {
-                    let key = order_key(&event.source, event.enrollment_id);
-                    upsert_outbox(&mut tx, &s.id, event.seq, key.as_deref(), now).await?;
-                    count += 1;
-                }
-            }
-            ReplayScope::Dead { subscription_id } => {
-                subscription_in(&mut tx, subscription_id).await?;
-                let r = sqlx::query(
-                    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, finished_at = NULL
-                     WHERE subscription_id = $2 AND state = 'dead'",
-                )
-                .bind(now)
-                .bind(subscription_id)
-                .execute(&mut *tx)
-                .await?;
-                count = r.rows_affected();
-            }
-            ReplayScope::Range {
-                subscription_id,
-                since,
-                until,
-            } => {
-                let s = subscription_in(&mut tx, subscription_id).await?;
-                let mut after = 0i64;
-                loop {
-                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT {EVENT_COLUMNS} FROM events WHERE received_at >= $1 AND received_at < $2 AND seq > $3 ORDER BY seq LIMIT 1000"
-                    )))
-                    .bind(since)
-                    .bind(until)
-                    .bind(after)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    let Some(last) = rows.last() else { break };
-                    after = last.try_get("seq")?;
-                    for row in &rows {
-                        let e = event_from_row(row)?;
-                        if s.matches(&e.source, &e.topic, course_id_of_body(&e.body)) {
-                            let key = order_key(&e.source, e.enrollment_id);
-                            upsert_outbox(&mut tx, &s.id, e.seq, key.as_deref(), now).await?;
-                            count += 1;
-                        }
-                    }
-                }
-            }
-        }
+        let count = forward::replay::<Postgres>(&mut tx, scope, now, EVENT_COLUMNS).await?;
         tx.commit().await?;
         Ok(count)
     }
 
     async fn outbox_pending(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
-                .fetch_one(self.reader())
-                .await?,
-        )
+        forward::outbox_pending(self.reader()).await
     }
 }

@@ -3,18 +3,8 @@
 
 use sqlx::postgres::PgConnection;
 
-use super::codec::*;
 use crate::forward::subscription::Subscription;
 use crate::store::*;
-
-pub(super) async fn enabled_subscriptions(conn: &mut PgConnection) -> Result<Vec<Subscription>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE enabled"
-    )))
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(subscription_from_row).collect()
-}
 
 /// Puts freshly stored events in the outbox of every matching subscription
 /// (inside the events' own transaction), one statement for the batch.

@@ -22,8 +22,9 @@ use sqlx::Connection as _;
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
-use super::codec::{SUBSCRIPTION_COLUMNS, fmt_ts, subscription_from_row, ts};
-use super::projector::{Projector, StoredForProjection};
+use super::apply::StoredForProjection;
+use super::codec::{fmt_ts, ts};
+use super::projector::Projector;
 use crate::forward::subscription::Subscription;
 use crate::store::*;
 
@@ -230,18 +231,6 @@ fn insert_events(conn: &Connection, events: &[NewEvent]) -> rusqlite::Result<Vec
         .collect()
 }
 
-/// The enabled subscriptions (what new events are matched against).
-pub(super) async fn enabled_subscriptions(
-    conn: &mut SqliteConnection,
-) -> Result<Vec<Subscription>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE enabled = 1"
-    )))
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(subscription_from_row).collect()
-}
-
 /// The enabled subscriptions with their fingerprint, in one snapshot, for the
 /// batch writer (which re-checks the fingerprint inside each batch).
 pub(super) async fn subscriptions_for_batches(
@@ -251,7 +240,8 @@ pub(super) async fn subscriptions_for_batches(
     let fingerprint = sqlx::query_as(SUBSCRIPTIONS_FINGERPRINT)
         .fetch_one(&mut *tx)
         .await?;
-    let enabled = enabled_subscriptions(&mut tx).await?;
+    let enabled =
+        crate::store::shared::forward::enabled_subscriptions::<sqlx::Sqlite>(&mut tx).await?;
     tx.commit().await?;
     Ok(Subscriptions {
         enabled,

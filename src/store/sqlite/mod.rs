@@ -8,6 +8,10 @@
 //! in one call; everything else writes through a sqlx connection. The
 //! projection file has its own writer, the projector thread. A small pool
 //! reads both concurrently from WAL snapshots.
+//!
+//! Beside this file: [`projector`] (when the projection is brought up to
+//! date) and `apply` (what applying events to it writes), `rebuild`,
+//! `retention`, `courses` (course tables), `forward` and `batch`.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -19,19 +23,23 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 
+mod apply;
 mod batch;
 mod codec;
 mod courses;
 mod forward;
 mod migrate;
 pub mod projector;
+mod rebuild;
+mod retention;
 
 use self::batch::{Batch, BatchWriter, WAL_AUTOCHECKPOINT_BACKSTOP};
 use self::codec::*;
-use self::projector::Projector;
-use crate::projection::{self, Enrollment};
+use self::projector::{Projector, attach_projection};
+use self::rebuild::load_enrollment;
+use crate::projection::Enrollment;
 use crate::store::*;
 
 pub struct SqliteStore {
@@ -200,102 +208,6 @@ impl SqliteStore {
     }
 }
 
-/// Makes the projection file readable and writable on `conn` as if its
-/// tables were the main file's (their names are unique across both).
-async fn attach_projection(
-    conn: &mut SqliteConnection,
-    projection: &std::path::Path,
-) -> std::result::Result<(), sqlx::Error> {
-    sqlx::query("ATTACH DATABASE ? AS projection")
-        .bind(projection.to_string_lossy().into_owned())
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-async fn load_enrollment(
-    conn: &mut SqliteConnection,
-    source: &str,
-    enrollment_id: i64,
-) -> Result<Option<Enrollment>> {
-    let sql = const_format_enrollment_select();
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(source)
-        .bind(enrollment_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(enrollment_from_row).transpose()
-}
-
-fn const_format_enrollment_select() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        format!(
-            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE source = ? AND enrollment_id = ?"
-        )
-    })
-}
-
-/// Writes a projection row (for `rebuild`; batches go through [`BatchWriter`]).
-async fn upsert_enrollment(conn: &mut SqliteConnection, e: &Enrollment) -> Result<()> {
-    let mut q = QueryBuilder::<Sqlite>::new(format!(
-        "INSERT INTO enrollments ({ENROLLMENT_WRITE_COLUMNS}) "
-    ));
-    q.push_values([e], |mut row, e| {
-        row.push_bind(&e.source)
-            .push_bind(e.enrollment_id)
-            .push_bind(e.user_id)
-            .push_bind(&e.email)
-            .push_bind(&e.first_name)
-            .push_bind(&e.last_name)
-            .push_bind(e.course_id)
-            .push_bind(&e.course_name)
-            .push_bind(e.progress)
-            .push_bind(e.trial)
-            .push_bind(e.completed)
-            .push_bind(ts(e.activated_at))
-            .push_bind(ts(e.started_at))
-            .push_bind(ts(e.completed_at))
-            .push_bind(ts(e.expiry_date))
-            .push_bind(ts(e.created_at))
-            .push_bind(ts(e.updated_at))
-            .push_bind(e.days_to_complete())
-            .push_bind(e.event_count)
-            .push_bind(ts(e.version.updated_at))
-            .push_bind(ts(e.version.created_at))
-            .push_bind(&e.version.event_id);
-    });
-    q.push(" ").push(ENROLLMENT_UPSERT_ON_CONFLICT);
-    q.build().execute(&mut *conn).await?;
-    Ok(())
-}
-
-/// Folds the logged events of one enrollment up to `through` (seq): what
-/// `rebuild` does for every enrollment.
-async fn refold(
-    conn: &mut SqliteConnection,
-    source: &str,
-    enrollment_id: i64,
-    through: i64,
-) -> Result<(usize, Option<Enrollment>)> {
-    let rows = sqlx::query(
-        "SELECT topic, event_id, body FROM events
-         WHERE source = ? AND enrollment_id = ? AND seq <= ?",
-    )
-    .bind(source)
-    .bind(enrollment_id)
-    .bind(through)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let (topic, event_id, body): (String, String, String) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        events.extend(enrollment_event_from_log(&topic, &event_id, &body)?);
-    }
-    Ok((rows.len(), projection::fold(source, events)))
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -329,93 +241,11 @@ impl Store for SqliteStore {
     }
 
     async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<PruneReport> {
-        let cutoff = fmt_ts(&cutoff);
-        let mut report = PruneReport::default();
-        // Each body by its own event's age (seq order is not arrival order:
-        // an import or a re-admitted delivery can be older than the events
-        // before it), in rounds of a few thousand, each its own short
-        // transaction, found through the partial index of what is prunable
-        // (migration 8), which pruned events leave.
-        loop {
-            let done = sqlx::query(
-                "UPDATE events SET body = '', pruned_at = ?1 WHERE seq IN (
-                     SELECT seq FROM events
-                     WHERE received_at < ?2 AND enrollment_id IS NULL AND pruned_at IS NULL
-                     ORDER BY received_at LIMIT ?3)",
-            )
-            .bind(fmt_ts(&Utc::now()))
-            .bind(&cutoff)
-            .bind(PRUNE_EVENTS_PER_ROUND)
-            .execute(&mut *self.writer.lock().await?)
-            .await?;
-            report.events += done.rows_affected();
-            if (done.rows_affected() as i64) < PRUNE_EVENTS_PER_ROUND {
-                break;
-            }
-        }
-        loop {
-            // Attempt ids follow time: look at the oldest few thousand only.
-            let done = sqlx::query(
-                "DELETE FROM delivery_attempts WHERE attempted_at < ?1 AND id IN
-                    (SELECT id FROM delivery_attempts ORDER BY id LIMIT ?2)",
-            )
-            .bind(&cutoff)
-            .bind(PRUNE_EVENTS_PER_ROUND)
-            .execute(&mut *self.writer.lock().await?)
-            .await?;
-            report.delivery_attempts += done.rows_affected();
-            if done.rows_affected() == 0 {
-                break;
-            }
-        }
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
-                    WHERE state != 'pending' AND finished_at < ? LIMIT ?)",
-            )
-            .bind(&cutoff)
-            .bind(PRUNE_EVENTS_PER_ROUND)
-            .execute(&mut *self.writer.lock().await?)
-            .await?;
-            report.deliveries += done.rows_affected();
-            if (done.rows_affected() as i64) < PRUNE_EVENTS_PER_ROUND {
-                break;
-            }
-        }
-        Ok(report)
+        self.prune(cutoff).await
     }
 
     async fn append_pruned(&self, events: &[StoredEvent]) -> Result<Vec<AppendOutcome>> {
-        let mut writer = self.writer.lock().await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        for e in events {
-            let seq: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO events (source, event_id, topic, created_at, received_at,
-                    enrollment_id, body, pruned_at)
-                 VALUES (?, ?, ?, ?, ?, ?, '', ?)
-                 ON CONFLICT (source, event_id) DO NOTHING RETURNING seq",
-            )
-            .bind(&e.source)
-            .bind(&e.event_id)
-            .bind(&e.topic)
-            .bind(ts(e.created_at))
-            .bind(fmt_ts(&e.received_at))
-            .bind(e.enrollment_id)
-            .bind(ts(e.pruned_at))
-            .fetch_optional(&mut *tx)
-            .await?;
-            outcomes.push(
-                seq.map_or(AppendOutcome::Duplicate, |seq| AppendOutcome::Stored {
-                    seq,
-                }),
-            );
-        }
-        tx.commit().await?;
-        drop(writer);
-        // The topic index follows the log (the projector reads these back).
-        self.projector.catch_up().await?;
-        Ok(outcomes)
+        self.import_pruned(events).await
     }
 
     async fn quarantine(&self, r: NewQuarantine) -> Result<i64> {
@@ -613,98 +443,7 @@ impl Store for SqliteStore {
     }
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {
-        self.projector.catch_up().await?;
-        // One transaction on the projection file: the projector waits while
-        // it runs; deliveries do not (the log file's write lock is not taken).
-        let mut conn = self.writer.options.connect().await?;
-        attach_projection(
-            &mut conn,
-            &projector::projection_path(self.writer.options.get_filename()),
-        )
-        .await?;
-        let mut tx = conn.begin().await?;
-        // The projection file's write lock first (see `begin_projection`).
-        sqlx::query("UPDATE projection_cursor SET projected_through_seq = projected_through_seq")
-            .execute(&mut *tx)
-            .await?;
-        // What the projection is meant to reflect: events stored since are
-        // applied by the batch writer after this, as usual.
-        let through: i64 =
-            sqlx::query_scalar("SELECT projected_through_seq FROM projection_cursor")
-                .fetch_one(&mut *tx)
-                .await?;
-        let mut report = RebuildReport::default();
-        let mut last: (String, i64) = (String::new(), i64::MIN);
-        loop {
-            let keys: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT DISTINCT source, enrollment_id FROM events
-                 WHERE enrollment_id IS NOT NULL AND (source, enrollment_id) > (?, ?)
-                   AND seq <= ?
-                 ORDER BY source, enrollment_id LIMIT 1000",
-            )
-            .bind(&last.0)
-            .bind(last.1)
-            .bind(through)
-            .fetch_all(&mut *tx)
-            .await?;
-            let Some(tail) = keys.last().cloned() else {
-                break;
-            };
-            for (source, id) in keys {
-                let (n, folded) = refold(&mut tx, &source, id, through).await?;
-                report.events += n as u64;
-                let Some(folded) = folded else { continue };
-                report.enrollments += 1;
-                let stored = load_enrollment(&mut tx, &source, id).await?;
-                if stored.as_ref() != Some(&folded) {
-                    report.changed += 1;
-                    if !dry_run {
-                        upsert_enrollment(&mut tx, &folded).await?;
-                    }
-                }
-            }
-            last = tail;
-        }
-        let orphan_sql = "FROM enrollments AS e WHERE NOT EXISTS (
-            SELECT 1 FROM events AS v WHERE v.source = e.source AND v.enrollment_id = e.enrollment_id)";
-        let removed: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {orphan_sql}")))
-                .fetch_one(&mut *tx)
-                .await?;
-        report.removed = removed as u64;
-        // The topic index: one row per event up to `through`, as the log says.
-        report.index_rows = sqlx::query_scalar::<_, i64>(concat!(
-            "SELECT (SELECT COUNT(*) FROM events AS e WHERE e.seq <= ?1 AND NOT EXISTS (
-                 SELECT 1 FROM event_topics AS t
-                 WHERE t.seq = e.seq AND t.topic = e.topic AND t.resource = ",
-            projector::resource_of_topic!(),
-            "))
-             + (SELECT COUNT(*) FROM event_topics AS t WHERE t.seq > ?1 OR NOT EXISTS (
-                 SELECT 1 FROM events AS e WHERE e.seq = t.seq AND e.topic = t.topic))"
-        ))
-        .bind(through)
-        .fetch_one(&mut *tx)
-        .await? as u64;
-        if dry_run {
-            tx.rollback().await?;
-        } else {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE {orphan_sql}")))
-                .execute(&mut *tx)
-                .await?;
-            if report.index_rows > 0 {
-                sqlx::query("DELETE FROM event_topics")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(projector::INDEX_TOPICS_FROM_LOG)
-                    .bind(0)
-                    .bind(through)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            courses::recompute(&mut tx).await?;
-            tx.commit().await?;
-        }
-        Ok(report)
+        self.rebuild(dry_run).await
     }
 
     async fn ping(&self) -> Result<()> {

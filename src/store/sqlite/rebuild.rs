@@ -1,0 +1,192 @@
+//! `rebuild`: the SQLite projection re-derived from the log (or compared
+//! with it, `--check`), in one transaction on the projection file.
+
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::SqliteStore;
+use super::apply;
+use super::codec::*;
+use super::courses;
+use super::projector::{attach_projection, projection_path};
+use crate::projection::{self, Enrollment};
+use crate::store::*;
+
+impl SqliteStore {
+    pub(super) async fn rebuild(&self, dry_run: bool) -> Result<RebuildReport> {
+        self.projector.catch_up().await?;
+        // One transaction on the projection file: the projector waits while
+        // it runs; deliveries do not (the log file's write lock is not taken).
+        let mut conn = self.writer.options.connect().await?;
+        attach_projection(
+            &mut conn,
+            &projection_path(self.writer.options.get_filename()),
+        )
+        .await?;
+        let mut tx = conn.begin().await?;
+        // The projection file's write lock first (see `begin_projection`).
+        sqlx::query("UPDATE projection_cursor SET projected_through_seq = projected_through_seq")
+            .execute(&mut *tx)
+            .await?;
+        // What the projection is meant to reflect: events stored since are
+        // applied by the batch writer after this, as usual.
+        let through: i64 =
+            sqlx::query_scalar("SELECT projected_through_seq FROM projection_cursor")
+                .fetch_one(&mut *tx)
+                .await?;
+        let mut report = RebuildReport::default();
+        let mut last: (String, i64) = (String::new(), i64::MIN);
+        loop {
+            let keys: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT DISTINCT source, enrollment_id FROM events
+                 WHERE enrollment_id IS NOT NULL AND (source, enrollment_id) > (?, ?)
+                   AND seq <= ?
+                 ORDER BY source, enrollment_id LIMIT 1000",
+            )
+            .bind(&last.0)
+            .bind(last.1)
+            .bind(through)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(tail) = keys.last().cloned() else {
+                break;
+            };
+            for (source, id) in keys {
+                let (n, folded) = refold(&mut tx, &source, id, through).await?;
+                report.events += n as u64;
+                let Some(folded) = folded else { continue };
+                report.enrollments += 1;
+                let stored = load_enrollment(&mut tx, &source, id).await?;
+                if stored.as_ref() != Some(&folded) {
+                    report.changed += 1;
+                    if !dry_run {
+                        upsert_enrollment(&mut tx, &folded).await?;
+                    }
+                }
+            }
+            last = tail;
+        }
+        let orphan_sql = "FROM enrollments AS e WHERE NOT EXISTS (
+            SELECT 1 FROM events AS v WHERE v.source = e.source AND v.enrollment_id = e.enrollment_id)";
+        let removed: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {orphan_sql}")))
+                .fetch_one(&mut *tx)
+                .await?;
+        report.removed = removed as u64;
+        // The topic index: one row per event up to `through`, as the log says.
+        report.index_rows = sqlx::query_scalar::<_, i64>(concat!(
+            "SELECT (SELECT COUNT(*) FROM events AS e WHERE e.seq <= ?1 AND NOT EXISTS (
+                 SELECT 1 FROM event_topics AS t
+                 WHERE t.seq = e.seq AND t.topic = e.topic AND t.resource = ",
+            apply::resource_of_topic!(),
+            "))
+             + (SELECT COUNT(*) FROM event_topics AS t WHERE t.seq > ?1 OR NOT EXISTS (
+                 SELECT 1 FROM events AS e WHERE e.seq = t.seq AND e.topic = t.topic))"
+        ))
+        .bind(through)
+        .fetch_one(&mut *tx)
+        .await? as u64;
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE {orphan_sql}")))
+                .execute(&mut *tx)
+                .await?;
+            if report.index_rows > 0 {
+                sqlx::query("DELETE FROM event_topics")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(apply::INDEX_TOPICS_FROM_LOG)
+                    .bind(0)
+                    .bind(through)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            courses::recompute(&mut tx).await?;
+            tx.commit().await?;
+        }
+        Ok(report)
+    }
+}
+
+pub(super) async fn load_enrollment(
+    conn: &mut SqliteConnection,
+    source: &str,
+    enrollment_id: i64,
+) -> Result<Option<Enrollment>> {
+    let sql = const_format_enrollment_select();
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(source)
+        .bind(enrollment_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(enrollment_from_row).transpose()
+}
+
+fn const_format_enrollment_select() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE source = ? AND enrollment_id = ?"
+        )
+    })
+}
+
+/// Writes a projection row (for `rebuild`; batches go through [`BatchWriter`]).
+async fn upsert_enrollment(conn: &mut SqliteConnection, e: &Enrollment) -> Result<()> {
+    let mut q = QueryBuilder::<Sqlite>::new(format!(
+        "INSERT INTO enrollments ({ENROLLMENT_WRITE_COLUMNS}) "
+    ));
+    q.push_values([e], |mut row, e| {
+        row.push_bind(&e.source)
+            .push_bind(e.enrollment_id)
+            .push_bind(e.user_id)
+            .push_bind(&e.email)
+            .push_bind(&e.first_name)
+            .push_bind(&e.last_name)
+            .push_bind(e.course_id)
+            .push_bind(&e.course_name)
+            .push_bind(e.progress)
+            .push_bind(e.trial)
+            .push_bind(e.completed)
+            .push_bind(ts(e.activated_at))
+            .push_bind(ts(e.started_at))
+            .push_bind(ts(e.completed_at))
+            .push_bind(ts(e.expiry_date))
+            .push_bind(ts(e.created_at))
+            .push_bind(ts(e.updated_at))
+            .push_bind(e.days_to_complete())
+            .push_bind(e.event_count)
+            .push_bind(ts(e.version.updated_at))
+            .push_bind(ts(e.version.created_at))
+            .push_bind(&e.version.event_id);
+    });
+    q.push(" ").push(ENROLLMENT_UPSERT_ON_CONFLICT);
+    q.build().execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Folds the logged events of one enrollment up to `through` (seq): what
+/// `rebuild` does for every enrollment.
+async fn refold(
+    conn: &mut SqliteConnection,
+    source: &str,
+    enrollment_id: i64,
+    through: i64,
+) -> Result<(usize, Option<Enrollment>)> {
+    let rows = sqlx::query(
+        "SELECT topic, event_id, body FROM events
+         WHERE source = ? AND enrollment_id = ? AND seq <= ?",
+    )
+    .bind(source)
+    .bind(enrollment_id)
+    .bind(through)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let (topic, event_id, body): (String, String, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        events.extend(enrollment_event_from_log(&topic, &event_id, &body)?);
+    }
+    Ok((rows.len(), projection::fold(source, events)))
+}
