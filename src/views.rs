@@ -123,7 +123,10 @@ pub struct QuarantineView {
     pub reason: String,
     /// The kept request headers as [name, value] pairs.
     pub headers: Vec<(String, String)>,
+    /// The body's size as received.
     pub body_size: i64,
+    /// Only a prefix of the body was kept (bodies over 64 KiB): it cannot be retried.
+    pub truncated: bool,
     pub resolved_at: Option<String>,
     pub resolution: Option<String>,
     /// The raw body (single record only): text when UTF-8, else base64.
@@ -153,6 +156,7 @@ pub fn quarantine_view(r: &QuarantineRecord, with_body: bool) -> QuarantineView 
         reason: r.reason.clone(),
         headers: r.headers.clone(),
         body_size: r.body_size,
+        truncated: r.truncated,
         resolved_at: opt(r.resolved_at),
         resolution: r.resolution.clone(),
         body,

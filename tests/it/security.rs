@@ -443,6 +443,34 @@ async fn a_flood_of_forged_deliveries_costs_a_counter_not_disk() {
     );
 }
 
+/// Issue #15, item 3: a forged 1 MiB body costs the quarantine 64 KiB, and says so.
+#[tokio::test]
+async fn an_oversized_forged_body_is_kept_as_a_bounded_prefix() {
+    let app = spawn_app().await;
+    let mut v: Value = serde_json::from_str(samples::PROGRESS).unwrap();
+    v["payload"]["padding"] = "x".repeat(1_000_000).into();
+    let body = serde_json::to_vec(&v).unwrap();
+    let (status, reply) = app
+        .deliver_to(
+            "/webhooks/thinkific",
+            &body,
+            Some(&sign(b"not-the-key", &body)),
+        )
+        .await;
+    assert_eq!(status, 401, "{reply}");
+    let (_, q) = app.get("/api/quarantine").await;
+    let record = &q["items"][0];
+    assert_eq!(record["body_size"], body.len() as i64);
+    assert_eq!(record["truncated"], true);
+    let (_, one) = app.get(&format!("/api/quarantine/{}", record["id"])).await;
+    let kept = one["body"].as_str().unwrap();
+    assert!(
+        kept.len() <= 64 * 1024 * 4 / 3 + 4,
+        "{} bytes shown",
+        kept.len()
+    );
+}
+
 #[tokio::test]
 async fn a_nat64_destination_of_the_metadata_service_is_refused_with_the_reason() {
     let app = spawn_app().await;
