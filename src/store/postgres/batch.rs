@@ -235,21 +235,6 @@ pub(super) async fn upsert_enrollments(tx: &mut PgConnection, rows: &[Enrollment
     Ok(())
 }
 
-pub(super) async fn load_enrollment(
-    conn: &mut PgConnection,
-    source: &str,
-    enrollment_id: i64,
-) -> Result<Option<Enrollment>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE source = $1 AND enrollment_id = $2"
-    )))
-    .bind(source)
-    .bind(enrollment_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(enrollment_from_row).transpose()
-}
-
 /// Folds every logged event of one enrollment: the slow path for late events,
 /// and what `rebuild` does for every enrollment.
 pub(super) async fn refold(

@@ -30,9 +30,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use self::batch::{append_on, is_retryable, load_enrollment, refold, upsert_enrollments};
+use self::batch::{append_on, is_retryable, refold, upsert_enrollments};
 use self::codec::*;
 use crate::projection::Enrollment;
+use crate::store::shared::log;
 use crate::store::*;
 
 /// Writer tasks by default: PostgreSQL commits several transactions in parallel.
@@ -218,52 +219,15 @@ impl Store for PostgresStore {
     }
 
     async fn quarantine(&self, r: NewQuarantine) -> Result<i64> {
-        let (body, body_size, source, reason_code, reason) = r.to_store();
-        let id = sqlx::query_scalar(
-            "INSERT INTO quarantine (source, received_at, reason_code, reason, headers, body, body_size)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(source)
-        .bind(us(r.received_at))
-        .bind(reason_code)
-        .bind(reason)
-        .bind(sqlx::types::Json(&r.headers))
-        .bind(body)
-        .bind(body_size)
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(id)
+        log::insert_quarantine::<Postgres>(&mut *self.writer.acquire().await?, &r).await
     }
 
     async fn import_quarantine(&self, r: &QuarantineRecord) -> Result<bool> {
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO quarantine (source, received_at, reason_code, reason, headers, body,
-                body_size, resolved_at, resolution)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
-             WHERE NOT EXISTS (SELECT 1 FROM quarantine
-                 WHERE source = $1 AND received_at = $2 AND reason_code = $3 AND body = $6)
-             RETURNING id",
-        )
-        .bind(without_nul(&r.source))
-        .bind(us(r.received_at))
-        .bind(without_nul(&r.reason_code))
-        .bind(without_nul(&r.reason))
-        .bind(sqlx::types::Json(&r.headers))
-        .bind(&r.body)
-        .bind(r.body_size)
-        .bind(us_opt(r.resolved_at))
-        .bind(&r.resolution)
-        .fetch_optional(&self.writer)
-        .await?;
-        Ok(inserted.is_some())
+        log::import_quarantine::<Postgres>(&mut *self.writer.acquire().await?, r).await
     }
 
     async fn prune_quarantine(&self, keep: u64, max_bytes: u64) -> Result<u64> {
-        let done = sql::quarantine_prune::<Postgres>(keep, max_bytes)
-            .build()
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected())
+        log::prune_quarantine::<Postgres>(&mut *self.writer.acquire().await?, keep, max_bytes).await
     }
 
     async fn list_quarantine(
@@ -271,31 +235,16 @@ impl Store for PostgresStore {
         source: Option<&str>,
         page: &PageRequest,
     ) -> Result<Page<QuarantineRecord>> {
-        let mut q = sql::quarantine_query::<Postgres>(source, page)?;
-        let rows = q.build().fetch_all(&self.reader).await?;
-        let items = rows
-            .iter()
-            .map(quarantine_from_row)
-            .collect::<Result<_>>()?;
-        Ok(page_of(items, page.limit, |r| r.id))
+        log::list_quarantine(&self.reader, source, page).await
     }
 
     async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>> {
-        let row = sqlx::query("SELECT * FROM quarantine WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(quarantine_from_row).transpose()
+        log::get_quarantine::<Postgres>(&mut *self.reader.acquire().await?, id).await
     }
 
     async fn resolve_quarantine(&self, id: i64, resolution: &str) -> Result<()> {
-        sqlx::query("UPDATE quarantine SET resolved_at = $1, resolution = $2 WHERE id = $3")
-            .bind(us(Utc::now()))
-            .bind(resolution)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        log::resolve_quarantine::<Postgres>(&mut *self.writer.acquire().await?, id, resolution, Utc::now())
+            .await
     }
 
     async fn list_enrollments(
@@ -304,21 +253,12 @@ impl Store for PostgresStore {
         page: &PageRequest,
         now: DateTime<Utc>,
     ) -> Result<Page<Enrollment>> {
-        let mut q = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE true"
-        ));
-        sql::push_enrollment_query(&mut q, f, page, now, us)?;
-        let rows = q.build().fetch_all(&self.reader).await?;
-        let items = rows
-            .iter()
-            .map(enrollment_from_row)
-            .collect::<Result<_>>()?;
-        Ok(sql::page_by(items, page.limit, sql::enrollment_cursor))
+        log::list_enrollments(&self.reader, f, page, now).await
     }
 
     async fn get_enrollment(&self, source: &str, enrollment_id: i64) -> Result<Option<Enrollment>> {
         let mut conn = self.reader.acquire().await?;
-        load_enrollment(&mut conn, source, enrollment_id).await
+        log::load_enrollment::<Postgres>(&mut conn, source, enrollment_id).await
     }
 
     async fn enrollment_events(
@@ -326,14 +266,7 @@ impl Store for PostgresStore {
         source: &str,
         enrollment_id: i64,
     ) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE source = $1 AND enrollment_id = $2 ORDER BY seq"
-        )))
-        .bind(source)
-        .bind(enrollment_id)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        log::enrollment_events(&self.reader, EVENT_COLUMNS, source, enrollment_id).await
     }
 
     async fn course_stats(
@@ -476,14 +409,7 @@ impl Store for PostgresStore {
     }
 
     async fn get_event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE source = $1 AND event_id = $2"
-        )))
-        .bind(source)
-        .bind(event_id)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(event_from_row).transpose()
+        log::get_event(&self.reader, EVENT_COLUMNS, source, event_id).await
     }
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {
@@ -521,7 +447,7 @@ impl Store for PostgresStore {
                 report.events += n as u64;
                 let Some(folded) = folded else { continue };
                 report.enrollments += 1;
-                let stored = load_enrollment(&mut tx, &source, id).await?;
+                let stored = log::load_enrollment::<Postgres>(&mut tx, &source, id).await?;
                 if stored.as_ref() != Some(&folded) {
                     report.changed += 1;
                     changed.push(folded);

@@ -9,6 +9,7 @@ use super::codec::*;
 use super::courses;
 use super::projector::{attach_projection, projection_path};
 use crate::projection::{self, Enrollment};
+use crate::store::shared::log;
 use crate::store::*;
 
 impl SqliteStore {
@@ -55,7 +56,7 @@ impl SqliteStore {
                 report.events += n as u64;
                 let Some(folded) = folded else { continue };
                 report.enrollments += 1;
-                let stored = load_enrollment(&mut tx, &source, id).await?;
+                let stored = log::load_enrollment::<Sqlite>(&mut tx, &source, id).await?;
                 if stored.as_ref() != Some(&folded) {
                     report.changed += 1;
                     if !dry_run {
@@ -106,29 +107,6 @@ impl SqliteStore {
         }
         Ok(report)
     }
-}
-
-pub(super) async fn load_enrollment(
-    conn: &mut SqliteConnection,
-    source: &str,
-    enrollment_id: i64,
-) -> Result<Option<Enrollment>> {
-    let sql = const_format_enrollment_select();
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(source)
-        .bind(enrollment_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(enrollment_from_row).transpose()
-}
-
-fn const_format_enrollment_select() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        format!(
-            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE source = ? AND enrollment_id = ?"
-        )
-    })
 }
 
 /// Writes a projection row (for `rebuild`; batches go through [`BatchWriter`]).
