@@ -33,7 +33,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use self::batch::{append_on, is_retryable, refold, upsert_enrollments};
 use self::codec::*;
 use crate::projection::Enrollment;
-use crate::store::shared::log;
+use crate::store::shared::{log, retention};
 use crate::store::*;
 
 /// Writer tasks by default: PostgreSQL commits several transactions in parallel.
@@ -137,83 +137,18 @@ impl Store for PostgresStore {
     }
 
     async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<PruneReport> {
-        let mut report = PruneReport::default();
-        // Each body by its own event's age, in rounds of a few thousand, each
-        // its own short transaction, through the partial index of what is
-        // prunable (migration 6); see the SQLite store. Rows being pruned by
-        // another instance at once are skipped, not waited for.
-        loop {
-            let done = sqlx::query(
-                "UPDATE events SET body = '', pruned_at = now() WHERE seq IN (
-                     SELECT seq FROM events
-                     WHERE received_at < $1 AND enrollment_id IS NULL AND pruned_at IS NULL
-                     ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_EVENTS_PER_ROUND)
-            .execute(&self.writer)
-            .await?;
-            report.events += done.rows_affected();
-            if (done.rows_affected() as i64) < PRUNE_EVENTS_PER_ROUND {
-                break;
-            }
-        }
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM delivery_attempts WHERE attempted_at < $1 AND id IN
-                    (SELECT id FROM delivery_attempts ORDER BY id LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_EVENTS_PER_ROUND)
-            .execute(&self.writer)
-            .await?;
-            report.delivery_attempts += done.rows_affected();
-            if done.rows_affected() == 0 {
-                break;
-            }
-        }
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
-                    WHERE state <> 'pending' AND finished_at < $1 LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_EVENTS_PER_ROUND)
-            .execute(&self.writer)
-            .await?;
-            report.deliveries += done.rows_affected();
-            if (done.rows_affected() as i64) < PRUNE_EVENTS_PER_ROUND {
-                break;
-            }
-        }
-        Ok(report)
+        // Each round on its own connection of the pool, so instances pruning
+        // at once skip each other's rows (see [`Dialect::SKIP_LOCKED`]).
+        let pool = &self.writer;
+        retention::prune::<Postgres, _, _>(cutoff, move |mut q| async move {
+            Ok(q.build().execute(pool).await?.rows_affected())
+        })
+        .await
     }
 
     async fn append_pruned(&self, events: &[StoredEvent]) -> Result<Vec<AppendOutcome>> {
         let mut tx = self.writer.begin().await?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        for e in events {
-            let seq: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO events (source, event_id, topic, created_at, received_at,
-                    enrollment_id, body, pruned_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, '', $7)
-                 ON CONFLICT (source, event_id) DO NOTHING RETURNING seq",
-            )
-            .bind(&e.source)
-            .bind(&e.event_id)
-            .bind(&e.topic)
-            .bind(us_opt(e.created_at))
-            .bind(us(e.received_at))
-            .bind(e.enrollment_id)
-            .bind(us_opt(e.pruned_at))
-            .fetch_optional(&mut *tx)
-            .await?;
-            outcomes.push(
-                seq.map_or(AppendOutcome::Duplicate, |seq| AppendOutcome::Stored {
-                    seq,
-                }),
-            );
-        }
+        let outcomes = retention::insert_pruned::<Postgres>(&mut tx, events).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
