@@ -30,10 +30,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use self::batch::{append_on, is_retryable, refold, upsert_enrollments};
+use self::batch::{append_on, is_retryable, upsert_enrollments};
 use self::codec::*;
 use crate::projection::Enrollment;
-use crate::store::shared::{log, retention};
+use crate::store::shared::{log, rebuild, retention};
 use crate::store::*;
 
 /// Writer tasks by default: PostgreSQL commits several transactions in parallel.
@@ -361,51 +361,14 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        let mut report = RebuildReport::default();
-        let mut last: (String, i64) = (String::new(), i64::MIN);
-        loop {
-            let keys: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT DISTINCT source, enrollment_id FROM events
-                 WHERE enrollment_id IS NOT NULL AND (source, enrollment_id) > ($1, $2)
-                 ORDER BY source, enrollment_id LIMIT 1000",
-            )
-            .bind(&last.0)
-            .bind(last.1)
-            .fetch_all(&mut *tx)
-            .await?;
-            let Some(tail) = keys.last().cloned() else {
-                break;
-            };
-            let mut changed = Vec::new();
-            for (source, id) in keys {
-                let (n, folded) = refold(&mut tx, &source, id).await?;
-                report.events += n as u64;
-                let Some(folded) = folded else { continue };
-                report.enrollments += 1;
-                let stored = log::load_enrollment::<Postgres>(&mut tx, &source, id).await?;
-                if stored.as_ref() != Some(&folded) {
-                    report.changed += 1;
-                    changed.push(folded);
-                }
-            }
-            if !dry_run && !changed.is_empty() {
-                upsert_enrollments(&mut tx, &changed).await?;
-            }
-            last = tail;
-        }
-        let orphan_sql = "FROM enrollments AS e WHERE NOT EXISTS (
-            SELECT 1 FROM events AS v WHERE v.source = e.source AND v.enrollment_id = e.enrollment_id)";
-        let removed: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {orphan_sql}")))
-                .fetch_one(&mut *tx)
-                .await?;
-        report.removed = removed as u64;
+        let report = rebuild::refold_all::<Postgres>(&mut tx, None, dry_run, async |conn, rows| {
+            upsert_enrollments(conn, &rows).await
+        })
+        .await?;
         if dry_run {
             tx.rollback().await?;
         } else {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE {orphan_sql}")))
-                .execute(&mut *tx)
-                .await?;
+            rebuild::delete_orphans::<Postgres>(&mut tx).await?;
             tx.commit().await?;
         }
         Ok(report)

@@ -5,6 +5,7 @@
 
 pub(crate) mod forward;
 pub(crate) mod log;
+pub(crate) mod rebuild;
 pub(crate) mod retention;
 
 use sqlx::{Pool, QueryBuilder};
