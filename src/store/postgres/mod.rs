@@ -229,23 +229,20 @@ impl Store for PostgresStore {
         let rows = q.build().fetch_all(&self.reader).await?;
         rows.iter()
             .map(|row| {
-                let enrollments: i64 = row.try_get("enrollments")?;
-                let completed: i64 = row.try_get("completed")?;
-                let expired: i64 = row.try_get("expired")?;
-                let trial: i64 = row.try_get("trial")?;
-                Ok(CourseStats {
-                    source: row.try_get("source")?,
-                    course_id: row.try_get("course_id")?,
-                    name: row.try_get("name")?,
-                    enrollments,
-                    active: enrollments - completed - expired - trial,
-                    trial,
-                    completed,
-                    expired,
-                    completion_rate: completed as f64 / enrollments.max(1) as f64,
-                    average_progress: row.try_get("average_progress")?,
-                    median_days_to_complete: row.try_get("median_days")?,
-                })
+                let counts = CourseCounts {
+                    enrollments: row.try_get("enrollments")?,
+                    completed: row.try_get("completed")?,
+                    expired: row.try_get("expired")?,
+                    trial: row.try_get("trial")?,
+                };
+                Ok(CourseStats::from_counts(
+                    row.try_get("source")?,
+                    row.try_get("course_id")?,
+                    row.try_get("name")?,
+                    counts,
+                    row.try_get("average_progress")?,
+                    row.try_get("median_days")?,
+                ))
             })
             .collect()
     }
