@@ -178,8 +178,13 @@ impl Store for PostgresStore {
     }
 
     async fn resolve_quarantine(&self, id: i64, resolution: &str) -> Result<()> {
-        log::resolve_quarantine::<Postgres>(&mut *self.writer.acquire().await?, id, resolution, Utc::now())
-            .await
+        log::resolve_quarantine::<Postgres>(
+            &mut *self.writer.acquire().await?,
+            id,
+            resolution,
+            Utc::now(),
+        )
+        .await
     }
 
     async fn list_enrollments(

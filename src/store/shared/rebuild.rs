@@ -114,7 +114,8 @@ where
     let rows = q.build().fetch_all(DB::on(conn)).await?;
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
-        let (topic, event_id, body) = (row.text("topic")?, row.text("event_id")?, row.text("body")?);
+        let (topic, event_id, body) =
+            (row.text("topic")?, row.text("event_id")?, row.text("body")?);
         events.extend(enrollment_event_from_log(&topic, &event_id, &body)?);
     }
     Ok((rows.len(), projection::fold(source, events)))

@@ -273,8 +273,13 @@ impl Store for SqliteStore {
     }
 
     async fn resolve_quarantine(&self, id: i64, resolution: &str) -> Result<()> {
-        log::resolve_quarantine::<Sqlite>(&mut *self.writer.lock().await?, id, resolution, Utc::now())
-            .await
+        log::resolve_quarantine::<Sqlite>(
+            &mut *self.writer.lock().await?,
+            id,
+            resolution,
+            Utc::now(),
+        )
+        .await
     }
 
     async fn list_enrollments(

@@ -14,7 +14,10 @@ impl SqliteStore {
         // The write lock for one round at a time: deliveries go between rounds.
         let writer = &self.writer;
         retention::prune::<Sqlite, _, _>(cutoff, move |mut q| async move {
-            Ok(q.build().execute(&mut *writer.lock().await?).await?.rows_affected())
+            Ok(q.build()
+                .execute(&mut *writer.lock().await?)
+                .await?
+                .rows_affected())
         })
         .await
     }
