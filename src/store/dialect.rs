@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::{Database, Encode, Executor, IntoArguments, Type};
+use sqlx::{Database, Encode, Executor, IntoArguments, QueryBuilder, Type};
 
 use super::Result;
 
@@ -31,6 +31,13 @@ pub(crate) trait Dialect: Database<Arguments: IntoArguments<Self>, Row: Cols> {
     fn opt_time(t: Option<DateTime<Utc>>) -> Self::OptTime;
     fn json<T: Serialize>(v: &T) -> Self::Json;
     fn opt_json<T: Serialize>(v: Option<&T>) -> Self::OptJson;
+    /// Appended to a subquery that picks rows to change, so that rows another
+    /// writer is changing are skipped rather than waited for (PostgreSQL's
+    /// instances prune at once; SQLite has one writer).
+    const SKIP_LOCKED: &'static str;
+    /// The current time as a statement writes it (PostgreSQL: the
+    /// transaction's `now()`; SQLite: bound from this process's clock).
+    fn push_now(q: &mut QueryBuilder<Self>);
     /// Rows a statement changed.
     fn rows_affected(done: &Self::QueryResult) -> u64;
     /// `conn` as an executor of one statement (reborrowed, so a function can

@@ -64,6 +64,7 @@ pub use quarantine::*;
 pub use sqlite::SqliteStore;
 /// The projection file's path and schema (kept at its old path for callers).
 pub use sqlite::projector as sqlite_projector;
+pub(crate) use stats::CourseCounts;
 pub use stats::{ActivityQuery, CourseStats, DayActivity, completed_on, enrolled_on};
 pub(crate) use stats::{every_day, median};
 

@@ -24,6 +24,44 @@ pub struct CourseStats {
     pub median_days_to_complete: Option<f64>,
 }
 
+/// How a course's enrollments divide (what both backends count, each its own way).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CourseCounts {
+    pub enrollments: i64,
+    pub completed: i64,
+    /// Not completed, past their expiry.
+    pub expired: i64,
+    /// Not completed, not expired, on trial.
+    pub trial: i64,
+}
+
+impl CourseStats {
+    /// The statistics from the counts: active is what is neither completed,
+    /// expired nor on trial; an empty course has a completion rate of 0.
+    pub(crate) fn from_counts(
+        source: String,
+        course_id: i64,
+        name: Option<String>,
+        c: CourseCounts,
+        average_progress: f64,
+        median_days_to_complete: Option<f64>,
+    ) -> CourseStats {
+        CourseStats {
+            source,
+            course_id,
+            name,
+            enrollments: c.enrollments,
+            active: c.enrollments - c.completed - c.expired - c.trial,
+            trial: c.trial,
+            completed: c.completed,
+            expired: c.expired,
+            completion_rate: c.completed as f64 / c.enrollments.max(1) as f64,
+            average_progress,
+            median_days_to_complete,
+        }
+    }
+}
+
 /// Which enrollments the activity chart counts, over which UTC days.
 #[derive(Debug, Clone)]
 pub struct ActivityQuery {

@@ -185,7 +185,9 @@ async fn project(
                 .fold(state, |s, e| Some(projection::step(s, source, e)))
         } else {
             // A late event: re-fold from the log (which holds this batch's events too).
-            refold(tx, source, id).await?.1
+            crate::store::shared::rebuild::refold::<sqlx::Postgres>(tx, source, id, None)
+                .await?
+                .1
         };
         next.extend(folded);
     }
@@ -233,40 +235,4 @@ pub(super) async fn upsert_enrollments(tx: &mut PgConnection, rows: &[Enrollment
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-pub(super) async fn load_enrollment(
-    conn: &mut PgConnection,
-    source: &str,
-    enrollment_id: i64,
-) -> Result<Option<Enrollment>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE source = $1 AND enrollment_id = $2"
-    )))
-    .bind(source)
-    .bind(enrollment_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(enrollment_from_row).transpose()
-}
-
-/// Folds every logged event of one enrollment: the slow path for late events,
-/// and what `rebuild` does for every enrollment.
-pub(super) async fn refold(
-    conn: &mut PgConnection,
-    source: &str,
-    enrollment_id: i64,
-) -> Result<(usize, Option<Enrollment>)> {
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT topic, event_id, body FROM events WHERE source = $1 AND enrollment_id = $2",
-    )
-    .bind(source)
-    .bind(enrollment_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut events = Vec::with_capacity(rows.len());
-    for (topic, event_id, body) in &rows {
-        events.extend(enrollment_event_from_log(topic, event_id, body)?);
-    }
-    Ok((rows.len(), projection::fold(source, events)))
 }

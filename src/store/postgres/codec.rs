@@ -6,7 +6,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::de::DeserializeOwned;
 use sqlx::postgres::{PgConnection, PgQueryResult, PgRow};
 use sqlx::types::Json;
-use sqlx::{Executor, Postgres, Row};
+use sqlx::{Executor, Postgres, QueryBuilder, Row};
 
 use crate::store::dialect::plain_cols;
 pub(super) use crate::store::dialect::{Cols, Dialect};
@@ -41,6 +41,10 @@ impl Dialect for Postgres {
     }
     fn opt_json<T: serde::Serialize>(v: Option<&T>) -> Self::OptJson {
         v.map(Self::json)
+    }
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    fn push_now(q: &mut QueryBuilder<Postgres>) {
+        q.push("now()");
     }
     fn rows_affected(done: &PgQueryResult) -> u64 {
         done.rows_affected()

@@ -30,9 +30,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use self::batch::{append_on, is_retryable, load_enrollment, refold, upsert_enrollments};
+use self::batch::{append_on, is_retryable, upsert_enrollments};
 use self::codec::*;
 use crate::projection::Enrollment;
+use crate::store::shared::{log, rebuild, retention};
 use crate::store::*;
 
 /// Writer tasks by default: PostgreSQL commits several transactions in parallel.
@@ -136,134 +137,32 @@ impl Store for PostgresStore {
     }
 
     async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<PruneReport> {
-        let mut report = PruneReport::default();
-        // Each body by its own event's age, in rounds of a few thousand, each
-        // its own short transaction, through the partial index of what is
-        // prunable (migration 6); see the SQLite store. Rows being pruned by
-        // another instance at once are skipped, not waited for.
-        loop {
-            let done = sqlx::query(
-                "UPDATE events SET body = '', pruned_at = now() WHERE seq IN (
-                     SELECT seq FROM events
-                     WHERE received_at < $1 AND enrollment_id IS NULL AND pruned_at IS NULL
-                     ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_EVENTS_PER_ROUND)
-            .execute(&self.writer)
-            .await?;
-            report.events += done.rows_affected();
-            if (done.rows_affected() as i64) < PRUNE_EVENTS_PER_ROUND {
-                break;
-            }
-        }
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM delivery_attempts WHERE attempted_at < $1 AND id IN
-                    (SELECT id FROM delivery_attempts ORDER BY id LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_EVENTS_PER_ROUND)
-            .execute(&self.writer)
-            .await?;
-            report.delivery_attempts += done.rows_affected();
-            if done.rows_affected() == 0 {
-                break;
-            }
-        }
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
-                    WHERE state <> 'pending' AND finished_at < $1 LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_EVENTS_PER_ROUND)
-            .execute(&self.writer)
-            .await?;
-            report.deliveries += done.rows_affected();
-            if (done.rows_affected() as i64) < PRUNE_EVENTS_PER_ROUND {
-                break;
-            }
-        }
-        Ok(report)
+        // Each round on its own connection of the pool, so instances pruning
+        // at once skip each other's rows (see [`Dialect::SKIP_LOCKED`]).
+        let pool = &self.writer;
+        retention::prune::<Postgres, _, _>(cutoff, move |mut q| async move {
+            Ok(q.build().execute(pool).await?.rows_affected())
+        })
+        .await
     }
 
     async fn append_pruned(&self, events: &[StoredEvent]) -> Result<Vec<AppendOutcome>> {
         let mut tx = self.writer.begin().await?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        for e in events {
-            let seq: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO events (source, event_id, topic, created_at, received_at,
-                    enrollment_id, body, pruned_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, '', $7)
-                 ON CONFLICT (source, event_id) DO NOTHING RETURNING seq",
-            )
-            .bind(&e.source)
-            .bind(&e.event_id)
-            .bind(&e.topic)
-            .bind(us_opt(e.created_at))
-            .bind(us(e.received_at))
-            .bind(e.enrollment_id)
-            .bind(us_opt(e.pruned_at))
-            .fetch_optional(&mut *tx)
-            .await?;
-            outcomes.push(
-                seq.map_or(AppendOutcome::Duplicate, |seq| AppendOutcome::Stored {
-                    seq,
-                }),
-            );
-        }
+        let outcomes = retention::insert_pruned::<Postgres>(&mut tx, events).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
 
     async fn quarantine(&self, r: NewQuarantine) -> Result<i64> {
-        let (body, body_size, source, reason_code, reason) = r.to_store();
-        let id = sqlx::query_scalar(
-            "INSERT INTO quarantine (source, received_at, reason_code, reason, headers, body, body_size)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(source)
-        .bind(us(r.received_at))
-        .bind(reason_code)
-        .bind(reason)
-        .bind(sqlx::types::Json(&r.headers))
-        .bind(body)
-        .bind(body_size)
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(id)
+        log::insert_quarantine::<Postgres>(&mut *self.writer.acquire().await?, &r).await
     }
 
     async fn import_quarantine(&self, r: &QuarantineRecord) -> Result<bool> {
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO quarantine (source, received_at, reason_code, reason, headers, body,
-                body_size, resolved_at, resolution)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
-             WHERE NOT EXISTS (SELECT 1 FROM quarantine
-                 WHERE source = $1 AND received_at = $2 AND reason_code = $3 AND body = $6)
-             RETURNING id",
-        )
-        .bind(without_nul(&r.source))
-        .bind(us(r.received_at))
-        .bind(without_nul(&r.reason_code))
-        .bind(without_nul(&r.reason))
-        .bind(sqlx::types::Json(&r.headers))
-        .bind(&r.body)
-        .bind(r.body_size)
-        .bind(us_opt(r.resolved_at))
-        .bind(&r.resolution)
-        .fetch_optional(&self.writer)
-        .await?;
-        Ok(inserted.is_some())
+        log::import_quarantine::<Postgres>(&mut *self.writer.acquire().await?, r).await
     }
 
     async fn prune_quarantine(&self, keep: u64, max_bytes: u64) -> Result<u64> {
-        let done = sql::quarantine_prune::<Postgres>(keep, max_bytes)
-            .build()
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected())
+        log::prune_quarantine::<Postgres>(&mut *self.writer.acquire().await?, keep, max_bytes).await
     }
 
     async fn list_quarantine(
@@ -271,31 +170,21 @@ impl Store for PostgresStore {
         source: Option<&str>,
         page: &PageRequest,
     ) -> Result<Page<QuarantineRecord>> {
-        let mut q = sql::quarantine_query::<Postgres>(source, page)?;
-        let rows = q.build().fetch_all(&self.reader).await?;
-        let items = rows
-            .iter()
-            .map(quarantine_from_row)
-            .collect::<Result<_>>()?;
-        Ok(page_of(items, page.limit, |r| r.id))
+        log::list_quarantine(&self.reader, source, page).await
     }
 
     async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>> {
-        let row = sqlx::query("SELECT * FROM quarantine WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(quarantine_from_row).transpose()
+        log::get_quarantine::<Postgres>(&mut *self.reader.acquire().await?, id).await
     }
 
     async fn resolve_quarantine(&self, id: i64, resolution: &str) -> Result<()> {
-        sqlx::query("UPDATE quarantine SET resolved_at = $1, resolution = $2 WHERE id = $3")
-            .bind(us(Utc::now()))
-            .bind(resolution)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        log::resolve_quarantine::<Postgres>(
+            &mut *self.writer.acquire().await?,
+            id,
+            resolution,
+            Utc::now(),
+        )
+        .await
     }
 
     async fn list_enrollments(
@@ -304,21 +193,12 @@ impl Store for PostgresStore {
         page: &PageRequest,
         now: DateTime<Utc>,
     ) -> Result<Page<Enrollment>> {
-        let mut q = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE true"
-        ));
-        sql::push_enrollment_query(&mut q, f, page, now, us)?;
-        let rows = q.build().fetch_all(&self.reader).await?;
-        let items = rows
-            .iter()
-            .map(enrollment_from_row)
-            .collect::<Result<_>>()?;
-        Ok(sql::page_by(items, page.limit, sql::enrollment_cursor))
+        log::list_enrollments(&self.reader, f, page, now).await
     }
 
     async fn get_enrollment(&self, source: &str, enrollment_id: i64) -> Result<Option<Enrollment>> {
         let mut conn = self.reader.acquire().await?;
-        load_enrollment(&mut conn, source, enrollment_id).await
+        log::load_enrollment::<Postgres>(&mut conn, source, enrollment_id).await
     }
 
     async fn enrollment_events(
@@ -326,14 +206,7 @@ impl Store for PostgresStore {
         source: &str,
         enrollment_id: i64,
     ) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE source = $1 AND enrollment_id = $2 ORDER BY seq"
-        )))
-        .bind(source)
-        .bind(enrollment_id)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        log::enrollment_events(&self.reader, EVENT_COLUMNS, source, enrollment_id).await
     }
 
     async fn course_stats(
@@ -361,23 +234,20 @@ impl Store for PostgresStore {
         let rows = q.build().fetch_all(&self.reader).await?;
         rows.iter()
             .map(|row| {
-                let enrollments: i64 = row.try_get("enrollments")?;
-                let completed: i64 = row.try_get("completed")?;
-                let expired: i64 = row.try_get("expired")?;
-                let trial: i64 = row.try_get("trial")?;
-                Ok(CourseStats {
-                    source: row.try_get("source")?,
-                    course_id: row.try_get("course_id")?,
-                    name: row.try_get("name")?,
-                    enrollments,
-                    active: enrollments - completed - expired - trial,
-                    trial,
-                    completed,
-                    expired,
-                    completion_rate: completed as f64 / enrollments.max(1) as f64,
-                    average_progress: row.try_get("average_progress")?,
-                    median_days_to_complete: row.try_get("median_days")?,
-                })
+                let counts = CourseCounts {
+                    enrollments: row.try_get("enrollments")?,
+                    completed: row.try_get("completed")?,
+                    expired: row.try_get("expired")?,
+                    trial: row.try_get("trial")?,
+                };
+                Ok(CourseStats::from_counts(
+                    row.try_get("source")?,
+                    row.try_get("course_id")?,
+                    row.try_get("name")?,
+                    counts,
+                    row.try_get("average_progress")?,
+                    row.try_get("median_days")?,
+                ))
             })
             .collect()
     }
@@ -476,14 +346,7 @@ impl Store for PostgresStore {
     }
 
     async fn get_event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE source = $1 AND event_id = $2"
-        )))
-        .bind(source)
-        .bind(event_id)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(event_from_row).transpose()
+        log::get_event(&self.reader, EVENT_COLUMNS, source, event_id).await
     }
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {
@@ -500,51 +363,14 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        let mut report = RebuildReport::default();
-        let mut last: (String, i64) = (String::new(), i64::MIN);
-        loop {
-            let keys: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT DISTINCT source, enrollment_id FROM events
-                 WHERE enrollment_id IS NOT NULL AND (source, enrollment_id) > ($1, $2)
-                 ORDER BY source, enrollment_id LIMIT 1000",
-            )
-            .bind(&last.0)
-            .bind(last.1)
-            .fetch_all(&mut *tx)
-            .await?;
-            let Some(tail) = keys.last().cloned() else {
-                break;
-            };
-            let mut changed = Vec::new();
-            for (source, id) in keys {
-                let (n, folded) = refold(&mut tx, &source, id).await?;
-                report.events += n as u64;
-                let Some(folded) = folded else { continue };
-                report.enrollments += 1;
-                let stored = load_enrollment(&mut tx, &source, id).await?;
-                if stored.as_ref() != Some(&folded) {
-                    report.changed += 1;
-                    changed.push(folded);
-                }
-            }
-            if !dry_run && !changed.is_empty() {
-                upsert_enrollments(&mut tx, &changed).await?;
-            }
-            last = tail;
-        }
-        let orphan_sql = "FROM enrollments AS e WHERE NOT EXISTS (
-            SELECT 1 FROM events AS v WHERE v.source = e.source AND v.enrollment_id = e.enrollment_id)";
-        let removed: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {orphan_sql}")))
-                .fetch_one(&mut *tx)
-                .await?;
-        report.removed = removed as u64;
+        let report = rebuild::refold_all::<Postgres>(&mut tx, None, dry_run, async |conn, rows| {
+            upsert_enrollments(conn, &rows).await
+        })
+        .await?;
         if dry_run {
             tx.rollback().await?;
         } else {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE {orphan_sql}")))
-                .execute(&mut *tx)
-                .await?;
+            rebuild::delete_orphans::<Postgres>(&mut tx).await?;
             tx.commit().await?;
         }
         Ok(report)

@@ -4,6 +4,9 @@
 //! own SQL where the dialects differ (claims, batch inserts, the feed).
 
 pub(crate) mod forward;
+pub(crate) mod log;
+pub(crate) mod rebuild;
+pub(crate) mod retention;
 
 use sqlx::{Pool, QueryBuilder};
 

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use sqlx::sqlite::{SqliteConnection, SqliteQueryResult, SqliteRow};
-use sqlx::{Executor, Row, Sqlite};
+use sqlx::{Executor, QueryBuilder, Row, Sqlite};
 
 use crate::store::dialect::plain_cols;
 pub(super) use crate::store::dialect::{Cols, Dialect};
@@ -65,6 +65,10 @@ impl Dialect for Sqlite {
     }
     fn opt_json<T: serde::Serialize>(v: Option<&T>) -> Option<String> {
         v.map(to_json)
+    }
+    const SKIP_LOCKED: &'static str = "";
+    fn push_now(q: &mut QueryBuilder<Sqlite>) {
+        q.push_bind(fmt_ts(&Utc::now()));
     }
     fn rows_affected(done: &SqliteQueryResult) -> u64 {
         done.rows_affected()

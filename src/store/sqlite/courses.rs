@@ -288,19 +288,20 @@ pub(super) async fn course_stats(
             .unwrap_or_default();
         let trial = open_trials - expired_trials;
         let median_days_to_complete = median_days(&mut tx, &source, course_id, with_days).await?;
-        stats.push(CourseStats {
-            name: row.try_get("name")?,
+        let counts = CourseCounts {
             enrollments,
-            active: enrollments - completed - expired - trial,
-            trial,
             completed,
             expired,
-            completion_rate: completed as f64 / enrollments.max(1) as f64,
-            average_progress: progress_micros as f64 / enrollments.max(1) as f64 / 1_000_000.0,
-            median_days_to_complete,
+            trial,
+        };
+        stats.push(CourseStats::from_counts(
             source,
             course_id,
-        });
+            row.try_get("name")?,
+            counts,
+            progress_micros as f64 / enrollments.max(1) as f64 / 1_000_000.0,
+            median_days_to_complete,
+        ));
     }
     tx.rollback().await?;
     Ok(stats)

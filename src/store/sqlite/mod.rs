@@ -38,8 +38,8 @@ mod retention;
 use self::batch::{Batch, BatchWriter, WAL_AUTOCHECKPOINT_BACKSTOP};
 use self::codec::*;
 use self::projector::{Projector, attach_projection};
-use self::rebuild::load_enrollment;
 use crate::projection::Enrollment;
+use crate::store::shared::log;
 use crate::store::*;
 
 pub struct SqliteStore {
@@ -249,54 +249,15 @@ impl Store for SqliteStore {
     }
 
     async fn quarantine(&self, r: NewQuarantine) -> Result<i64> {
-        let (body, body_size, source, reason_code, reason) = r.to_store();
-        let headers = serde_json::to_string(&r.headers).expect("strings serialize");
-        let id = sqlx::query_scalar(
-            "INSERT INTO quarantine (source, received_at, reason_code, reason, headers, body, body_size)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(source)
-        .bind(fmt_ts(&r.received_at))
-        .bind(reason_code)
-        .bind(reason)
-        .bind(headers)
-        .bind(body)
-        .bind(body_size)
-        .fetch_one(&mut *self.writer.lock().await?)
-        .await?;
-        Ok(id)
+        log::insert_quarantine::<Sqlite>(&mut *self.writer.lock().await?, &r).await
     }
 
     async fn import_quarantine(&self, r: &QuarantineRecord) -> Result<bool> {
-        let headers = serde_json::to_string(&r.headers).expect("strings serialize");
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO quarantine (source, received_at, reason_code, reason, headers, body,
-                body_size, resolved_at, resolution)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
-             WHERE NOT EXISTS (SELECT 1 FROM quarantine
-                 WHERE source = ?1 AND received_at = ?2 AND reason_code = ?3 AND body = ?6)
-             RETURNING id",
-        )
-        .bind(without_nul(&r.source))
-        .bind(fmt_ts(&r.received_at))
-        .bind(without_nul(&r.reason_code))
-        .bind(without_nul(&r.reason))
-        .bind(headers)
-        .bind(&r.body)
-        .bind(r.body_size)
-        .bind(ts(r.resolved_at))
-        .bind(&r.resolution)
-        .fetch_optional(&mut *self.writer.lock().await?)
-        .await?;
-        Ok(inserted.is_some())
+        log::import_quarantine::<Sqlite>(&mut *self.writer.lock().await?, r).await
     }
 
     async fn prune_quarantine(&self, keep: u64, max_bytes: u64) -> Result<u64> {
-        let done = sql::quarantine_prune::<Sqlite>(keep, max_bytes)
-            .build()
-            .execute(&mut *self.writer.lock().await?)
-            .await?;
-        Ok(done.rows_affected())
+        log::prune_quarantine::<Sqlite>(&mut *self.writer.lock().await?, keep, max_bytes).await
     }
 
     async fn list_quarantine(
@@ -304,31 +265,21 @@ impl Store for SqliteStore {
         source: Option<&str>,
         page: &PageRequest,
     ) -> Result<Page<QuarantineRecord>> {
-        let mut q = sql::quarantine_query::<Sqlite>(source, page)?;
-        let rows = q.build().fetch_all(&self.reader).await?;
-        let items = rows
-            .iter()
-            .map(quarantine_from_row)
-            .collect::<Result<_>>()?;
-        Ok(page_of(items, page.limit, |r| r.id))
+        log::list_quarantine(&self.reader, source, page).await
     }
 
     async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>> {
-        let row = sqlx::query("SELECT * FROM quarantine WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *self.writer.lock().await?)
-            .await?;
-        row.as_ref().map(quarantine_from_row).transpose()
+        log::get_quarantine::<Sqlite>(&mut *self.writer.lock().await?, id).await
     }
 
     async fn resolve_quarantine(&self, id: i64, resolution: &str) -> Result<()> {
-        sqlx::query("UPDATE quarantine SET resolved_at = ?, resolution = ? WHERE id = ?")
-            .bind(fmt_ts(&Utc::now()))
-            .bind(resolution)
-            .bind(id)
-            .execute(&mut *self.writer.lock().await?)
-            .await?;
-        Ok(())
+        log::resolve_quarantine::<Sqlite>(
+            &mut *self.writer.lock().await?,
+            id,
+            resolution,
+            Utc::now(),
+        )
+        .await
     }
 
     async fn list_enrollments(
@@ -338,22 +289,13 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Page<Enrollment>> {
         self.projection_current().await;
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE 1 = 1"
-        ));
-        sql::push_enrollment_query(&mut q, f, page, now, |t| fmt_ts(&t))?;
-        let rows = q.build().fetch_all(&self.reader).await?;
-        let items = rows
-            .iter()
-            .map(enrollment_from_row)
-            .collect::<Result<_>>()?;
-        Ok(sql::page_by(items, page.limit, sql::enrollment_cursor))
+        log::list_enrollments(&self.reader, f, page, now).await
     }
 
     async fn get_enrollment(&self, source: &str, enrollment_id: i64) -> Result<Option<Enrollment>> {
         self.projection_current().await;
         let mut conn = self.reader.acquire().await?;
-        load_enrollment(&mut conn, source, enrollment_id).await
+        log::load_enrollment::<Sqlite>(&mut conn, source, enrollment_id).await
     }
 
     async fn enrollment_events(
@@ -361,14 +303,7 @@ impl Store for SqliteStore {
         source: &str,
         enrollment_id: i64,
     ) -> Result<Vec<StoredEvent>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE source = ? AND enrollment_id = ? ORDER BY seq"
-        )))
-        .bind(source)
-        .bind(enrollment_id)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        log::enrollment_events(&self.reader, EVENT_COLUMNS, source, enrollment_id).await
     }
 
     async fn course_stats(
@@ -432,14 +367,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE source = ? AND event_id = ?"
-        )))
-        .bind(source)
-        .bind(event_id)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(event_from_row).transpose()
+        log::get_event(&self.reader, EVENT_COLUMNS, source, event_id).await
     }
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {

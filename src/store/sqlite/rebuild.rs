@@ -1,14 +1,15 @@
 //! `rebuild`: the SQLite projection re-derived from the log (or compared
 //! with it, `--check`), in one transaction on the projection file.
 
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite, SqliteConnection};
 
 use super::SqliteStore;
 use super::apply;
 use super::codec::*;
 use super::courses;
 use super::projector::{attach_projection, projection_path};
-use crate::projection::{self, Enrollment};
+use crate::projection::Enrollment;
+use crate::store::shared::rebuild;
 use crate::store::*;
 
 impl SqliteStore {
@@ -33,45 +34,14 @@ impl SqliteStore {
             sqlx::query_scalar("SELECT projected_through_seq FROM projection_cursor")
                 .fetch_one(&mut *tx)
                 .await?;
-        let mut report = RebuildReport::default();
-        let mut last: (String, i64) = (String::new(), i64::MIN);
-        loop {
-            let keys: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT DISTINCT source, enrollment_id FROM events
-                 WHERE enrollment_id IS NOT NULL AND (source, enrollment_id) > (?, ?)
-                   AND seq <= ?
-                 ORDER BY source, enrollment_id LIMIT 1000",
-            )
-            .bind(&last.0)
-            .bind(last.1)
-            .bind(through)
-            .fetch_all(&mut *tx)
-            .await?;
-            let Some(tail) = keys.last().cloned() else {
-                break;
-            };
-            for (source, id) in keys {
-                let (n, folded) = refold(&mut tx, &source, id, through).await?;
-                report.events += n as u64;
-                let Some(folded) = folded else { continue };
-                report.enrollments += 1;
-                let stored = load_enrollment(&mut tx, &source, id).await?;
-                if stored.as_ref() != Some(&folded) {
-                    report.changed += 1;
-                    if !dry_run {
-                        upsert_enrollment(&mut tx, &folded).await?;
-                    }
+        let mut report =
+            rebuild::refold_all::<Sqlite>(&mut tx, Some(through), dry_run, async |conn, rows| {
+                for e in &rows {
+                    upsert_enrollment(conn, e).await?;
                 }
-            }
-            last = tail;
-        }
-        let orphan_sql = "FROM enrollments AS e WHERE NOT EXISTS (
-            SELECT 1 FROM events AS v WHERE v.source = e.source AND v.enrollment_id = e.enrollment_id)";
-        let removed: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {orphan_sql}")))
-                .fetch_one(&mut *tx)
-                .await?;
-        report.removed = removed as u64;
+                Ok(())
+            })
+            .await?;
         // The topic index: one row per event up to `through`, as the log says.
         report.index_rows = sqlx::query_scalar::<_, i64>(concat!(
             "SELECT (SELECT COUNT(*) FROM events AS e WHERE e.seq <= ?1 AND NOT EXISTS (
@@ -88,9 +58,7 @@ impl SqliteStore {
         if dry_run {
             tx.rollback().await?;
         } else {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE {orphan_sql}")))
-                .execute(&mut *tx)
-                .await?;
+            rebuild::delete_orphans::<Sqlite>(&mut tx).await?;
             if report.index_rows > 0 {
                 sqlx::query("DELETE FROM event_topics")
                     .execute(&mut *tx)
@@ -106,29 +74,6 @@ impl SqliteStore {
         }
         Ok(report)
     }
-}
-
-pub(super) async fn load_enrollment(
-    conn: &mut SqliteConnection,
-    source: &str,
-    enrollment_id: i64,
-) -> Result<Option<Enrollment>> {
-    let sql = const_format_enrollment_select();
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(source)
-        .bind(enrollment_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(enrollment_from_row).transpose()
-}
-
-fn const_format_enrollment_select() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        format!(
-            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE source = ? AND enrollment_id = ?"
-        )
-    })
 }
 
 /// Writes a projection row (for `rebuild`; batches go through [`BatchWriter`]).
@@ -163,30 +108,4 @@ async fn upsert_enrollment(conn: &mut SqliteConnection, e: &Enrollment) -> Resul
     q.push(" ").push(ENROLLMENT_UPSERT_ON_CONFLICT);
     q.build().execute(&mut *conn).await?;
     Ok(())
-}
-
-/// Folds the logged events of one enrollment up to `through` (seq): what
-/// `rebuild` does for every enrollment.
-async fn refold(
-    conn: &mut SqliteConnection,
-    source: &str,
-    enrollment_id: i64,
-    through: i64,
-) -> Result<(usize, Option<Enrollment>)> {
-    let rows = sqlx::query(
-        "SELECT topic, event_id, body FROM events
-         WHERE source = ? AND enrollment_id = ? AND seq <= ?",
-    )
-    .bind(source)
-    .bind(enrollment_id)
-    .bind(through)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let (topic, event_id, body): (String, String, String) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        events.extend(enrollment_event_from_log(&topic, &event_id, &body)?);
-    }
-    Ok((rows.len(), projection::fold(source, events)))
 }

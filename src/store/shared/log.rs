@@ -1,0 +1,223 @@
+//! The quarantine, enrollment and event-log queries of [`crate::store::Store`]
+//! written once for both backends (see [`super`]). Which connection a query
+//! runs on stays the backend's choice (SQLite reads the quarantine on its
+//! write connection, PostgreSQL on its reader pool), and so do the columns an
+//! event is read with (PostgreSQL adds its commit-order position).
+
+use chrono::{DateTime, Utc};
+use sqlx::{Pool, QueryBuilder};
+
+use crate::projection::Enrollment;
+use crate::store::dialect::{Binds, Cols, Dialect};
+use crate::store::rows::*;
+use crate::store::shared::fetch_mapped;
+use crate::store::*;
+
+/// Stores a rejected delivery and returns its id.
+pub(crate) async fn insert_quarantine<DB: Dialect>(
+    conn: &mut DB::Connection,
+    r: &NewQuarantine,
+) -> Result<i64>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+    Vec<u8>: Binds<DB>,
+{
+    let (body, body_size, source, reason_code, reason) = r.to_store();
+    let mut q = QueryBuilder::<DB>::new(
+        "INSERT INTO quarantine (source, received_at, reason_code, reason, headers, body, body_size)
+         VALUES (",
+    );
+    q.separated(", ")
+        .push_bind(source)
+        .push_bind(DB::time(r.received_at))
+        .push_bind(reason_code)
+        .push_bind(reason)
+        .push_bind(DB::json(&r.headers))
+        .push_bind(body.to_vec())
+        .push_bind(body_size);
+    q.push(") RETURNING id");
+    q.build().fetch_one(DB::on(conn)).await?.int("id")
+}
+
+/// Imports a quarantine record unless one with the same source, arrival,
+/// reason and body is there; tells whether it was inserted.
+pub(crate) async fn import_quarantine<DB: Dialect>(
+    conn: &mut DB::Connection,
+    r: &QuarantineRecord,
+) -> Result<bool>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+    Option<String>: Binds<DB>,
+    Vec<u8>: Binds<DB>,
+{
+    let source = without_nul(&r.source).into_owned();
+    let reason_code = without_nul(&r.reason_code).into_owned();
+    let mut q = QueryBuilder::<DB>::new(
+        "INSERT INTO quarantine (source, received_at, reason_code, reason, headers, body,
+            body_size, resolved_at, resolution) SELECT ",
+    );
+    q.separated(", ")
+        .push_bind(source.clone())
+        .push_bind(DB::time(r.received_at))
+        .push_bind(reason_code.clone())
+        .push_bind(without_nul(&r.reason).into_owned())
+        .push_bind(DB::json(&r.headers))
+        .push_bind(r.body.clone())
+        .push_bind(r.body_size)
+        .push_bind(DB::opt_time(r.resolved_at))
+        .push_bind(r.resolution.clone());
+    q.push(" WHERE NOT EXISTS (SELECT 1 FROM quarantine WHERE source = ")
+        .push_bind(source)
+        .push(" AND received_at = ")
+        .push_bind(DB::time(r.received_at))
+        .push(" AND reason_code = ")
+        .push_bind(reason_code)
+        .push(" AND body = ")
+        .push_bind(r.body.clone())
+        .push(") RETURNING id");
+    Ok(q.build().fetch_optional(DB::on(conn)).await?.is_some())
+}
+
+/// Deletes the oldest quarantine records beyond both bounds (see [`sql::quarantine_prune`]).
+pub(crate) async fn prune_quarantine<DB: Dialect>(
+    conn: &mut DB::Connection,
+    keep: u64,
+    max_bytes: u64,
+) -> Result<u64>
+where
+    i64: Binds<DB>,
+{
+    let done = sql::quarantine_prune::<DB>(keep, max_bytes)
+        .build()
+        .execute(DB::on(conn))
+        .await?;
+    Ok(DB::rows_affected(&done))
+}
+
+pub(crate) async fn list_quarantine<DB: Dialect>(
+    pool: &Pool<DB>,
+    source: Option<&str>,
+    page: &PageRequest,
+) -> Result<Page<QuarantineRecord>>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+{
+    let q = sql::quarantine_query::<DB>(source, page)?;
+    let items = fetch_mapped(pool, q, quarantine_from_row).await?;
+    Ok(page_of(items, page.limit, |r| r.id))
+}
+
+pub(crate) async fn get_quarantine<DB: Dialect>(
+    conn: &mut DB::Connection,
+    id: i64,
+) -> Result<Option<QuarantineRecord>>
+where
+    i64: Binds<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new("SELECT * FROM quarantine WHERE id = ");
+    q.push_bind(id);
+    let row = q.build().fetch_optional(DB::on(conn)).await?;
+    row.as_ref().map(quarantine_from_row).transpose()
+}
+
+pub(crate) async fn resolve_quarantine<DB: Dialect>(
+    conn: &mut DB::Connection,
+    id: i64,
+    resolution: &str,
+    now: DateTime<Utc>,
+) -> Result<()>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new("UPDATE quarantine SET resolved_at = ");
+    q.push_bind(DB::time(now))
+        .push(", resolution = ")
+        .push_bind(resolution.to_owned())
+        .push(" WHERE id = ")
+        .push_bind(id);
+    q.build().execute(DB::on(conn)).await?;
+    Ok(())
+}
+
+pub(crate) async fn list_enrollments<DB: Dialect>(
+    pool: &Pool<DB>,
+    f: &EnrollmentFilter,
+    page: &PageRequest,
+    now: DateTime<Utc>,
+) -> Result<Page<Enrollment>>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+    bool: Binds<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(format!(
+        "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE 1 = 1"
+    ));
+    sql::push_enrollment_query(&mut q, f, page, now, DB::time)?;
+    let items = fetch_mapped(pool, q, enrollment_from_row).await?;
+    Ok(sql::page_by(items, page.limit, sql::enrollment_cursor))
+}
+
+/// One projected enrollment, as stored.
+pub(crate) async fn load_enrollment<DB: Dialect>(
+    conn: &mut DB::Connection,
+    source: &str,
+    enrollment_id: i64,
+) -> Result<Option<Enrollment>>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(format!(
+        "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE source = "
+    ));
+    q.push_bind(source.to_owned())
+        .push(" AND enrollment_id = ")
+        .push_bind(enrollment_id);
+    let row = q.build().fetch_optional(DB::on(conn)).await?;
+    row.as_ref().map(enrollment_from_row).transpose()
+}
+
+/// The logged events of one enrollment, in log order, read with `event_columns`.
+pub(crate) async fn enrollment_events<DB: Dialect>(
+    pool: &Pool<DB>,
+    event_columns: &str,
+    source: &str,
+    enrollment_id: i64,
+) -> Result<Vec<StoredEvent>>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(format!(
+        "SELECT {event_columns} FROM events WHERE source = "
+    ));
+    q.push_bind(source.to_owned())
+        .push(" AND enrollment_id = ")
+        .push_bind(enrollment_id)
+        .push(" ORDER BY seq");
+    fetch_mapped(pool, q, event_from_row).await
+}
+
+/// One logged event by its identity, read with `event_columns`.
+pub(crate) async fn get_event<DB: Dialect>(
+    pool: &Pool<DB>,
+    event_columns: &str,
+    source: &str,
+    event_id: &str,
+) -> Result<Option<StoredEvent>>
+where
+    String: Binds<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(format!(
+        "SELECT {event_columns} FROM events WHERE source = "
+    ));
+    q.push_bind(source.to_owned())
+        .push(" AND event_id = ")
+        .push_bind(event_id.to_owned());
+    Ok(fetch_mapped(pool, q, event_from_row).await?.pop())
+}
