@@ -1,5 +1,6 @@
-//! Names that come from outside and are checked once, when they are built:
-//! after that, a value of these types is known to be valid everywhere.
+//! Values that come from outside and are checked once, when they are built:
+//! after that, a value of these types is known to be valid everywhere. Kept
+//! free of other modules' types, so that every layer can use them.
 
 use std::fmt;
 use std::ops::Deref;
@@ -100,6 +101,30 @@ impl PartialEq<str> for SourceName {
 impl PartialEq<&str> for SourceName {
     fn eq(&self, other: &&str) -> bool {
         self.0 == *other
+    }
+}
+
+/// A secret (webhook key or API token). Never printed: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Empty or only whitespace: never a usable key or token.
+    pub fn is_blank(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
     }
 }
 

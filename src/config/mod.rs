@@ -13,8 +13,7 @@ mod resolve;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use serde::Deserialize;
-
+pub use crate::ids::Secret;
 use crate::ids::SourceName;
 
 pub use file::{ByteSize, FileConfig, SourceConfig};
@@ -29,30 +28,6 @@ pub const DEFAULT_CONFIG_FILE: &str = "enrollhook.toml";
 pub const DEFAULT_MAX_QUARANTINE: u64 = 100_000;
 /// The quarantine's bound in kept body bytes (issue #15, item 3): 256 MiB.
 pub const DEFAULT_MAX_QUARANTINE_BYTES: u64 = 256 * 1024 * 1024;
-
-/// A secret (webhook key or API token). Never printed: `Debug` shows `***`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// Empty or only whitespace: never a usable key or token.
-    pub fn is_blank(&self) -> bool {
-        self.0.trim().is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// The sources deliveries are accepted for, by name.
 #[derive(Debug, Clone, Default)]

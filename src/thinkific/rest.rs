@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::config::Secret;
+use crate::ids::Secret;
 
 pub const DEFAULT_API_BASE: &str = "https://api.thinkific.com";
 /// The most enrollments Thinkific returns per page.

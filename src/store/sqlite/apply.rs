@@ -10,8 +10,7 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::batch::write_error;
-use super::codec::{ENROLLMENT_UPSERT_ON_CONFLICT, ts};
+use super::codec::{ENROLLMENT_UPSERT_ON_CONFLICT, ts, write_error};
 use super::courses::{self, ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
 use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
 use crate::store::*;

@@ -23,7 +23,7 @@ use sqlx::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
 use super::apply::StoredForProjection;
-use super::codec::{fmt_ts, ts};
+use super::codec::{fmt_ts, ts, write_error};
 use super::projector::Projector;
 use crate::forward::subscription::Subscription;
 use crate::store::*;
@@ -132,11 +132,6 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, lock: WriteLock, projec
         }
         let _ = reply.send(result);
     }
-}
-
-/// A rusqlite error as the store reports it (both SQLite threads use it).
-pub(super) fn write_error(e: rusqlite::Error) -> StoreError {
-    StoreError::Write(e.to_string())
 }
 
 /// The same settings as the sqlx connections: WAL, `synchronous=FULL` (a

@@ -107,6 +107,12 @@ impl Cols for SqliteRow {
     }
 }
 
+/// A rusqlite error as the store reports it (the log writer's and the
+/// projector's threads both use rusqlite): the database is unavailable.
+pub(super) fn write_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Write(e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

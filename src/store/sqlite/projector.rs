@@ -29,7 +29,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::apply::{StoredForProjection, project_in_tx};
-use super::batch::write_error;
+use super::codec::write_error;
 use crate::store::*;
 
 /// Project once this many stored events wait...
