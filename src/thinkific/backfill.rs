@@ -166,9 +166,7 @@ pub async fn backfill(
     let started = Instant::now();
     let started_at = Utc::now();
     let mut report = BackfillReport::default();
-    let updated_after = opts
-        .updated_after
-        .map(|t| updated_after_param(&t));
+    let updated_after = opts.updated_after.map(|t| updated_after_param(&t));
     let page_size = opts.page_size.clamp(1, MAX_PAGE_SIZE);
     let mut page = 1;
     loop {

@@ -316,7 +316,11 @@ impl RestClient {
                     .into(),
             ));
         }
-        if credentials.access_token.as_ref().is_some_and(Secret::is_blank) {
+        if credentials
+            .access_token
+            .as_ref()
+            .is_some_and(Secret::is_blank)
+        {
             return Err(RestError::Config(
                 "the Thinkific access token is empty: pass --access-token or \
                  ENROLLHOOK_THINKIFIC_ACCESS_TOKEN (Settings → Code & analytics → API Access Tokens)"
@@ -385,9 +389,12 @@ impl RestClient {
                     }
                 }
                 (Auth::Bearer, Some(key), None) => request.bearer_auth(key.expose()),
-                (Auth::ApiKey, Some(key), _) => request
-                    .header("X-Auth-API-Key", key.expose())
-                    .header("X-Auth-Subdomain", self.subdomain.as_deref().unwrap_or_default()),
+                (Auth::ApiKey, Some(key), _) => {
+                    request.header("X-Auth-API-Key", key.expose()).header(
+                        "X-Auth-Subdomain",
+                        self.subdomain.as_deref().unwrap_or_default(),
+                    )
+                }
                 (_, None, None) => unreachable!("checked in with_credentials"),
             };
             let response = match request.send().await {
@@ -557,7 +564,10 @@ impl RestClient {
             let meta = list.meta;
             let next = next_webhooks_page(
                 meta.as_ref().and_then(|m| m.page.as_ref()),
-                &meta.as_ref().map(|m| m.pagination.clone()).unwrap_or_default(),
+                &meta
+                    .as_ref()
+                    .map(|m| m.pagination.clone())
+                    .unwrap_or_default(),
                 page,
                 all.len(),
             );
@@ -570,7 +580,11 @@ impl RestClient {
                             why: format!(
                                 "the listing says there is more (next page `{c}`) but {}; \
                                  {} webhooks were read, the list is incomplete",
-                                if empty { "this page was empty" } else { "it repeats a page" },
+                                if empty {
+                                    "this page was empty"
+                                } else {
+                                    "it repeats a page"
+                                },
                                 all.len()
                             ),
                         });
@@ -746,15 +760,20 @@ mod tests {
         let p = RetryPolicy::default();
         assert_eq!(rate_limit_wait(&p, Some("3")), Duration::from_secs(3));
         // 3600 is read as milliseconds (a delay in seconds is never that long).
-        assert_eq!(rate_limit_wait(&p, Some("3600")), Duration::from_millis(3600));
+        assert_eq!(
+            rate_limit_wait(&p, Some("3600")),
+            Duration::from_millis(3600)
+        );
         assert_eq!(rate_limit_wait(&p, Some("3600000")), p.max_rate_limit_wait);
         let now = chrono::Utc::now();
         let ahead = now + chrono::Duration::seconds(1);
-        let (w, r) =
-            rate_limit_wait_at(&p, Some(&ahead.timestamp_millis().to_string()), now);
+        let (w, r) = rate_limit_wait_at(&p, Some(&ahead.timestamp_millis().to_string()), now);
         assert_eq!((w, r), (Duration::from_secs(1), ResetReading::EpochMillis));
         let (w, r) = rate_limit_wait_at(&p, Some(&ahead.timestamp().to_string()), now);
-        assert!(w <= Duration::from_secs(1) && r == ResetReading::EpochSeconds, "{w:?}");
+        assert!(
+            w <= Duration::from_secs(1) && r == ResetReading::EpochSeconds,
+            "{w:?}"
+        );
         let (w, _) = rate_limit_wait_at(&p, Some(&(now.timestamp() - 5).to_string()), now);
         assert_eq!(w, Duration::from_millis(100), "a reset in the past");
         let (w, _) = rate_limit_wait_at(&p, Some(&(now.timestamp() + 3600).to_string()), now);

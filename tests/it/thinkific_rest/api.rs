@@ -123,8 +123,8 @@ pub(super) async fn enrollments(
         Some(t) => {
             api.updated_after.lock().unwrap().push(t.clone());
             // Documented: "YYYY-MM-DDTHH:MM:SSZ", returned and expected.
-            let Ok(after) = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%SZ")
-                .map(|n| n.and_utc())
+            let Ok(after) =
+                chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%SZ").map(|n| n.and_utc())
             else {
                 return error(
                     StatusCode::BAD_REQUEST,

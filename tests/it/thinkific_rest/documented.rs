@@ -36,8 +36,17 @@ async fn webhook_listing_follows_the_cursor_and_the_older_forms() {
     let (api, base) = start_api(Vec::new()).await;
     add_webhooks(&api, 8);
     let args = [
-        "thinkific", "webhooks", "list", "--format", "json", "--api-base", &base,
-        "--subdomain", SUBDOMAIN, "--api-key", KEY,
+        "thinkific",
+        "webhooks",
+        "list",
+        "--format",
+        "json",
+        "--api-base",
+        &base,
+        "--subdomain",
+        SUBDOMAIN,
+        "--api-key",
+        KEY,
     ];
     let list = || cli(&args);
     for form in [Listing::Cursor, Listing::PageNumbers, Listing::Pagination] {
@@ -52,7 +61,10 @@ async fn webhook_listing_follows_the_cursor_and_the_older_forms() {
     let o = list().await;
     let (out, err) = text(&o);
     assert!(!o.status.success(), "{out}");
-    assert!(err.contains("incomplete") && err.contains("has_next"), "{err}");
+    assert!(
+        err.contains("incomplete") && err.contains("has_next"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -86,8 +98,16 @@ async fn a_401_says_the_plan_may_not_include_api_access() {
     let (_api, base) = start_api(vec![rest_enrollment(1).0]).await;
     let (_dir, url) = fresh_db();
     let o = cli(&[
-        "thinkific", "backfill", "--api-base", &base, "--subdomain", SUBDOMAIN, "--api-key",
-        "wrong-key-1234", "--database", &url,
+        "thinkific",
+        "backfill",
+        "--api-base",
+        &base,
+        "--subdomain",
+        SUBDOMAIN,
+        "--api-key",
+        "wrong-key-1234",
+        "--database",
+        &url,
     ])
     .await;
     let (_, err) = text(&o);
@@ -100,7 +120,12 @@ async fn updated_after_is_sent_in_the_documented_form_floored_to_the_second() {
     let (api, base) = start_api((1..=4).map(|i| rest_enrollment(i).0).collect()).await;
     api.faults.store(false, Ordering::Relaxed);
     let (_dir, url) = fresh_db();
-    let o = backfill(&base, &url, &["--updated-after", "2024-03-01T00:02:59.999Z"]).await;
+    let o = backfill(
+        &base,
+        &url,
+        &["--updated-after", "2024-03-01T00:02:59.999Z"],
+    )
+    .await;
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert_eq!(
@@ -119,7 +144,14 @@ async fn access_tokens_work_for_both_apis_from_flag_environment_and_file() {
     let (dir, url) = fresh_db();
     // The flag: no key, no subdomain.
     let o = cli(&[
-        "thinkific", "backfill", "--api-base", &base, "--access-token", TOKEN, "--database", &url,
+        "thinkific",
+        "backfill",
+        "--api-base",
+        &base,
+        "--access-token",
+        TOKEN,
+        "--database",
+        &url,
     ])
     .await;
     let (out, err) = text(&o);
@@ -147,7 +179,12 @@ async fn access_tokens_work_for_both_apis_from_flag_environment_and_file() {
     .unwrap();
     let o = cli_env(
         &[
-            "thinkific", "webhooks", "list", "--config", config.to_str().unwrap(), "--source",
+            "thinkific",
+            "webhooks",
+            "list",
+            "--config",
+            config.to_str().unwrap(),
+            "--source",
             "acme-academy",
         ],
         &[("ENROLLHOOK_THINKIFIC_API_BASE", &base)],
@@ -156,13 +193,68 @@ async fn access_tokens_work_for_both_apis_from_flag_environment_and_file() {
     assert!(o.status.success(), "{:?}", text(&o));
     // A blank token is refused before any request, and a wrong one says which to check.
     let before = api.requests.load(Ordering::Relaxed);
-    let o = cli(&["thinkific", "webhooks", "list", "--api-base", &base, "--access-token", " "]).await;
+    let o = cli(&[
+        "thinkific",
+        "webhooks",
+        "list",
+        "--api-base",
+        &base,
+        "--access-token",
+        " ",
+    ])
+    .await;
     let (_, err) = text(&o);
     assert!(!o.status.success());
     assert!(err.contains("blank") || err.contains("empty"), "{err}");
     assert_eq!(api.requests.load(Ordering::Relaxed), before);
-    let o = cli(&["thinkific", "webhooks", "list", "--api-base", &base, "--access-token", "nope"]).await;
+    let o = cli(&[
+        "thinkific",
+        "webhooks",
+        "list",
+        "--api-base",
+        &base,
+        "--access-token",
+        "nope",
+    ])
+    .await;
     let (_, err) = text(&o);
     assert!(!o.status.success());
     assert!(err.contains("--access-token"), "{err}");
+}
+
+#[tokio::test]
+async fn registration_targets_thinkific_refuses_are_refused_before_calling() {
+    let (api, base) = start_api(Vec::new()).await;
+    for url in [
+        "https://localhost/webhooks/thinkific",
+        "https://hooks.test/webhooks/thinkific",
+        "https://192.168.1.10/webhooks/thinkific",
+        "https://acme.thinkific.com/webhooks/thinkific",
+    ] {
+        let o = cli(&[
+            "thinkific",
+            "webhooks",
+            "register",
+            "--url",
+            url,
+            "--api-base",
+            &base,
+            "--subdomain",
+            SUBDOMAIN,
+            "--api-key",
+            KEY,
+        ])
+        .await;
+        let (_, err) = text(&o);
+        assert!(!o.status.success(), "{url}");
+        assert!(
+            err.contains("Thinkific refuses this target"),
+            "{url}: {err}"
+        );
+    }
+    assert_eq!(
+        api.requests.load(Ordering::Relaxed),
+        0,
+        "refused before asking"
+    );
 }
