@@ -671,10 +671,10 @@ impl ResetReading {
 }
 
 /// How long to wait after a 429, read from `RateLimit-Reset` by magnitude:
-/// ≥ 10¹² is epoch milliseconds (after Sept. 2001), ≥ 10⁹ epoch seconds,
-/// > 120 a delay in milliseconds (Thinkific's window is a minute, so a delay in
-/// seconds is never that long), else a delay in seconds. Bounded by
-/// `max_rate_limit_wait`; at least 100 ms so a reset in the past never hammers.
+/// from 10¹² it is epoch milliseconds (after Sept. 2001), from 10⁹ epoch
+/// seconds, above 120 a delay in milliseconds (Thinkific's window is a minute,
+/// so a delay in seconds is never that long), else a delay in seconds. Bounded
+/// by `max_rate_limit_wait`; at least 100 ms so a reset in the past never hammers.
 pub fn rate_limit_wait_at(
     policy: &RetryPolicy,
     reset: Option<&str>,
