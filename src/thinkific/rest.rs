@@ -6,6 +6,11 @@
 //! seconds (bounded) and tries again; a `5xx` or a network error is tried again
 //! a few times with growing pauses. Every other answer is final, with a message
 //! that says what to do. The API key never appears in an error or a log line.
+//!
+//! Over 600 lines on purpose (for now): the client, its retry and paging rules
+//! (the webhooks listing's three documented forms, `RateLimit-Reset` by
+//! magnitude) and their unit tests are read together; the paging and rate-limit
+//! rules are pure functions that can move to a file of their own.
 
 use std::time::Duration;
 
