@@ -221,6 +221,35 @@ pub fn plan(existing: &[Webhook], url: &str, topics: &[String]) -> Plan {
     Plan { kept, create }
 }
 
+/// `webhooks check`: for each expected topic, whether it delivers to `url`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Check {
+    /// Expected topics registered to `url`.
+    pub registered: Vec<String>,
+    /// Expected topics registered nowhere.
+    pub missing: Vec<String>,
+    /// Expected topics not registered to `url` but to another URL: (topic, that URL).
+    pub elsewhere: Vec<(String, String)>,
+}
+
+pub fn check(existing: &[Webhook], url: &str, topics: &[String]) -> Check {
+    let mut c = Check::default();
+    for topic in topics {
+        let of_topic: Vec<&Webhook> = existing
+            .iter()
+            .filter(|w| w.topic.eq_ignore_ascii_case(topic))
+            .collect();
+        if of_topic.iter().any(|w| same_url(&w.target_url, url)) {
+            c.registered.push(topic.clone());
+        } else if let Some(w) = of_topic.first() {
+            c.elsewhere.push((topic.clone(), w.target_url.clone()));
+        } else {
+            c.missing.push(topic.clone());
+        }
+    }
+    c
+}
+
 /// What `register` did.
 #[derive(Debug, Clone, Default)]
 pub struct Registered {
@@ -357,6 +386,28 @@ mod tests {
         assert!(target_url("https://h.example.org/webhooks/thinkific?x=1", false).is_err());
         assert!(target_url("ftp://h.example/webhooks/thinkific", true).is_err());
         assert!(target_url("not a url", false).is_err());
+    }
+
+    #[test]
+    fn checks_say_registered_missing_and_elsewhere() {
+        let url = "https://h.example.org/webhooks/thinkific";
+        let existing = vec![
+            hook("1", "enrollment.created", url),
+            hook("2", "enrollment.progress", "https://other.example.org/hook"),
+        ];
+        let wanted: Vec<String> = ["enrollment.created", "enrollment.progress", "order.created"]
+            .map(String::from)
+            .to_vec();
+        let c = check(&existing, url, &wanted);
+        assert_eq!(c.registered, ["enrollment.created"]);
+        assert_eq!(c.missing, ["order.created"]);
+        assert_eq!(
+            c.elsewhere,
+            [(
+                "enrollment.progress".to_string(),
+                "https://other.example.org/hook".to_string()
+            )]
+        );
     }
 
     #[test]

@@ -258,3 +258,42 @@ async fn registration_targets_thinkific_refuses_are_refused_before_calling() {
         "refused before asking"
     );
 }
+
+#[tokio::test]
+async fn webhooks_check_lists_registered_missing_and_elsewhere_and_fails_when_missing() {
+    let (api, base) = start_api(Vec::new()).await;
+    let target = "https://hooks.example.com/webhooks/thinkific";
+    {
+        let mut hooks = api.webhooks.lock().unwrap();
+        hooks.push(json!({"id": "11", "topic": "enrollment.created", "target_url": target}));
+        hooks.push(json!({"id": "12", "topic": "enrollment.progress",
+                          "target_url": "https://old.example.com/webhooks/thinkific"}));
+    }
+    let args = [
+        "thinkific",
+        "webhooks",
+        "check",
+        "--url",
+        target,
+        "--topics",
+        "enrollment.created,enrollment.progress,order.created",
+        "--api-base",
+        &base,
+        "--subdomain",
+        SUBDOMAIN,
+        "--api-key",
+        KEY,
+    ];
+    let o = cli(&args).await;
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "one is missing: {out}\n{err}");
+    assert!(out.contains("registered  enrollment.created"), "{out}");
+    assert!(out.contains("elsewhere   enrollment.progress"), "{out}");
+    assert!(out.contains("missing     order.created"), "{out}");
+    api.webhooks
+        .lock()
+        .unwrap()
+        .push(json!({"id": "13", "topic": "order.created", "target_url": target}));
+    let o = cli(&args).await;
+    assert!(o.status.success(), "{:?}", text(&o));
+}
