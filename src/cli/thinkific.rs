@@ -58,6 +58,15 @@ enum WebhooksCommand {
         #[arg(long)]
         allow_http: bool,
     },
+    /// Which expected topics are registered to --url, missing, or pointing
+    /// elsewhere; exits 1 when one is missing (`register` fixes it).
+    Check {
+        #[arg(long)]
+        url: String,
+        /// Expected topics, as for `register` [default: register's default set].
+        #[arg(long)]
+        topics: Vec<String>,
+    },
     /// Delete webhooks by id, or every webhook delivering to --url.
     Delete {
         ids: Vec<String>,
@@ -156,6 +165,34 @@ async fn webhooks(client: &rest::RestClient, cmd: WebhooksCommand) -> anyhow::Re
                 done.created.len(),
                 done.kept.len()
             );
+        }
+        WebhooksCommand::Check { url, topics } => {
+            let topics = registration::topics(&topics).map_err(anyhow::Error::msg)?;
+            let c = registration::check(&client.list_webhooks().await?, &url, &topics);
+            for t in &c.registered {
+                println!("registered  {t}");
+            }
+            for (t, elsewhere) in &c.elsewhere {
+                println!("elsewhere   {t}  (delivers to {elsewhere}, not here)");
+            }
+            for t in &c.missing {
+                println!("missing     {t}");
+            }
+            println!(
+                "{} of {} expected topics deliver to {url}: {} missing, {} pointing elsewhere{}",
+                c.registered.len(),
+                topics.len(),
+                c.missing.len(),
+                c.elsewhere.len(),
+                if c.missing.is_empty() && c.elsewhere.is_empty() {
+                    ""
+                } else {
+                    ". `enrollhook thinkific webhooks register --url …` fixes it"
+                }
+            );
+            if !c.missing.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         WebhooksCommand::Delete { ids, url } => {
             if ids.is_empty() && url.is_none() {

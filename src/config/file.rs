@@ -20,6 +20,9 @@ pub struct SourceConfig {
     /// The school's Thinkific subdomain (`acme` for acme.thinkific.com), for
     /// `enrollhook thinkific …` (the API key is `secret`).
     pub subdomain: Option<String>,
+    /// A Thinkific API Access Token (Bearer) for `enrollhook thinkific …`,
+    /// used instead of (or with) the API key.
+    pub access_token: Option<Secret>,
 }
 
 /// `enrollhook.toml`.

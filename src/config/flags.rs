@@ -129,8 +129,25 @@ pub struct ThinkificFlags {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
-    /// Where Thinkific's API is (tests, proxies).
-    #[arg(long, global = true, hide = true, default_value = crate::thinkific::rest::DEFAULT_API_BASE)]
+    /// A Thinkific "API Access Token" (Settings → Code & analytics → API Access
+    /// Tokens) or an OAuth access token, sent as `Authorization: Bearer`
+    /// [default: the source's `access_token` in enrollhook.toml].
+    #[arg(
+        long,
+        global = true,
+        env = "ENROLLHOOK_THINKIFIC_ACCESS_TOKEN",
+        hide_env_values = true
+    )]
+    pub access_token: Option<String>,
+    /// Where Thinkific's API is: the one way to point every command that calls
+    /// Thinkific at a stand-in (tests, staging, proxies).
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "ENROLLHOOK_THINKIFIC_API_BASE",
+        default_value = crate::thinkific::rest::DEFAULT_API_BASE
+    )]
     pub api_base: String,
     /// The enrollhook source (school) whose credentials are used; the backfill
     /// files its events under it.

@@ -191,35 +191,52 @@ impl Settings {
     pub fn thinkific(&self, flags: &ThinkificFlags) -> anyhow::Result<ThinkificSettings> {
         let configured = self.file.sources.iter().find(|s| s.name == flags.source);
         let is_default = flags.source == DEFAULT_SOURCE;
+        let access_token = flags
+            .access_token
+            .clone()
+            .map(Secret::new)
+            .or_else(|| configured.and_then(|s| s.access_token.clone()));
+        if access_token.as_ref().is_some_and(Secret::is_blank) {
+            anyhow::bail!(
+                "the Thinkific access token for source `{}` is blank: pass a real one with \
+                 --access-token or ENROLLHOOK_THINKIFIC_ACCESS_TOKEN, or leave it out",
+                flags.source
+            );
+        }
         let api_key = flags
             .api_key
             .clone()
             .map(Secret::new)
             .or_else(|| configured.and_then(|s| s.secret.clone()))
-            .or_else(|| is_default.then(|| self.secret()).flatten())
-            .with_context(|| {
-                format!(
-                    "no Thinkific API key for source `{}`: pass --api-key or ENROLLHOOK_THINKIFIC_API_KEY \
-                     (Settings → Code & analytics → API in your Thinkific admin)",
-                    flags.source
-                )
-            })?;
+            .or_else(|| is_default.then(|| self.secret()).flatten());
+        if api_key.is_none() && access_token.is_none() {
+            anyhow::bail!(
+                "no Thinkific API key or access token for source `{}`: pass --access-token \
+                 (ENROLLHOOK_THINKIFIC_ACCESS_TOKEN), or --api-key (ENROLLHOOK_THINKIFIC_API_KEY) \
+                 (Settings → Code & analytics → API in your Thinkific admin)",
+                flags.source
+            );
+        }
         let subdomain = flags
             .subdomain
             .clone()
             .or_else(|| configured.and_then(|s| s.subdomain.clone()))
-            .or_else(|| is_default.then(|| self.file.subdomain.clone()).flatten())
-            .with_context(|| {
-                format!(
-                    "no Thinkific subdomain for source `{}`: pass --subdomain (acme for acme.thinkific.com) \
-                     or ENROLLHOOK_THINKIFIC_SUBDOMAIN, or set `subdomain` in enrollhook.toml",
-                    flags.source
-                )
-            })?;
+            .or_else(|| is_default.then(|| self.file.subdomain.clone()).flatten());
+        if subdomain.is_none() && access_token.is_none() {
+            anyhow::bail!(
+                "no Thinkific subdomain for source `{}`: pass --subdomain (acme for acme.thinkific.com) \
+                 or ENROLLHOOK_THINKIFIC_SUBDOMAIN, or set `subdomain` in enrollhook.toml \
+                 (the API key needs it; an --access-token does not)",
+                flags.source
+            );
+        }
+        // With a token and no subdomain, the key cannot be used (it needs one).
+        let api_key = if subdomain.is_none() { None } else { api_key };
         Ok(ThinkificSettings {
             source: flags.source.clone(),
             subdomain,
             api_key,
+            access_token,
             api_base: flags.api_base.clone(),
         })
     }
@@ -230,17 +247,21 @@ impl Settings {
 pub struct ThinkificSettings {
     /// The enrollhook source the backfill files its events under.
     pub source: crate::ids::SourceName,
-    pub subdomain: String,
-    pub api_key: Secret,
+    pub subdomain: Option<String>,
+    pub api_key: Option<Secret>,
+    pub access_token: Option<Secret>,
     pub api_base: String,
 }
 
 impl ThinkificSettings {
     pub fn client(&self) -> anyhow::Result<crate::thinkific::rest::RestClient> {
-        Ok(crate::thinkific::rest::RestClient::new(
+        Ok(crate::thinkific::rest::RestClient::with_credentials(
             &self.api_base,
-            &self.subdomain,
-            self.api_key.clone(),
+            crate::thinkific::rest::Credentials {
+                subdomain: self.subdomain.clone(),
+                api_key: self.api_key.clone(),
+                access_token: self.access_token.clone(),
+            },
             crate::thinkific::rest::RetryPolicy::default(),
         )?)
     }

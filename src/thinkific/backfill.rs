@@ -147,6 +147,13 @@ pub fn resume_point(
     newest_updated_at.map_or(before_start, |t| t.min(before_start))
 }
 
+/// `query[updated_after]` in the form Thinkific documents ("returned and
+/// expected"): `YYYY-MM-DDTHH:MM:SSZ`, floored to the second. Flooring only
+/// widens the window; the resume point's overlap already tolerates that.
+pub fn updated_after_param(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// Pages through the enrollments and stores each one; `progress` is called
 /// after every page. Each page is stored in one transaction before the next is
 /// fetched, so an interrupted backfill keeps what it stored.
@@ -159,9 +166,7 @@ pub async fn backfill(
     let started = Instant::now();
     let started_at = Utc::now();
     let mut report = BackfillReport::default();
-    let updated_after = opts
-        .updated_after
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+    let updated_after = opts.updated_after.map(|t| updated_after_param(&t));
     let page_size = opts.page_size.clamp(1, MAX_PAGE_SIZE);
     let mut page = 1;
     loop {

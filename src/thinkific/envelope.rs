@@ -657,7 +657,7 @@ mod tests {
         assert_eq!(p.id, 4);
         assert_eq!(p.course_id, Some(25));
         assert_eq!(p.percentage_completed, Some(24.0));
-        assert_eq!(p.email.as_deref(), Some("[TEST] [email protected]"));
+        assert_eq!(p.email.as_deref(), Some("[TEST] john@doe.com"));
         assert_eq!(
             p.updated_at.unwrap().to_rfc3339(),
             "2014-02-01T00:20:04.019+00:00"

@@ -104,6 +104,13 @@ pub fn target_url(url: &str, allow_http: bool) -> Result<String, String> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("--url `{url}` has no host"));
     }
+    // A stand-in (--allow-http) may be local; Thinkific's own rules apply otherwise.
+    if !allow_http && let Some(why) = parsed.host().and_then(|h| refused_host(&h)) {
+        return Err(format!(
+            "--url `{url}`: Thinkific refuses this target ({why}). Register the public https \
+             address Thinkific can reach"
+        ));
+    }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(format!(
             "--url `{url}` has a query or fragment: enrollhook's webhook URL has neither"
@@ -125,6 +132,65 @@ pub fn target_url(url: &str, allow_http: bool) -> Result<String, String> {
     }
     // Compared with what Thinkific lists as is: keep the user's text, minus a trailing slash.
     Ok(url.trim().trim_end_matches('/').to_owned())
+}
+
+/// Reserved or invented top-level names (RFC 2606, RFC 6761, mDNS) Thinkific
+/// cannot deliver to.
+const RESERVED_TLDS: &[&str] = &[
+    "example",
+    "test",
+    "invalid",
+    "local",
+    "localhost",
+    "internal",
+    "lan",
+    "home",
+];
+
+/// Why Thinkific refuses a target host, if it does: localhost, an invented or
+/// reserved domain, a bare IP that is not public, thinkific.com itself.
+pub fn refused_host(host: &url::Host<&str>) -> Option<String> {
+    use std::net::IpAddr;
+    let ip_reason = |ip: IpAddr| -> Option<String> {
+        let private = match ip {
+            IpAddr::V4(v4) => {
+                v4.is_loopback()
+                    || v4.is_private()
+                    || v4.is_link_local()
+                    || v4.is_unspecified()
+                    || v4.is_broadcast()
+                    || v4.is_documentation()
+                    || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1])
+            }
+            IpAddr::V6(v6) => {
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || (v6.segments()[0] & 0xfe00) == 0xfc00
+                    || (v6.segments()[0] & 0xffc0) == 0xfe80
+                    || v6.to_ipv4_mapped().is_some()
+            }
+        };
+        private.then(|| format!("{ip} is not a public address"))
+    };
+    match host {
+        url::Host::Ipv4(ip) => ip_reason(IpAddr::V4(*ip)),
+        url::Host::Ipv6(ip) => ip_reason(IpAddr::V6(*ip)),
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            let tld = d.rsplit('.').next().unwrap_or(&d);
+            if d == "localhost" || d.ends_with(".localhost") {
+                Some("localhost is not reachable from Thinkific".into())
+            } else if RESERVED_TLDS.contains(&tld) || !d.contains('.') {
+                Some(format!(
+                    "`{d}` is not a public domain (`.{tld}` is reserved or invented)"
+                ))
+            } else if d == "thinkific.com" || d.ends_with(".thinkific.com") {
+                Some("a thinkific.com address cannot receive Thinkific's webhooks".into())
+            } else {
+                None
+            }
+        }
+    }
 }
 
 /// What registering `topics` at `url` takes, given the webhooks that exist.
@@ -153,6 +219,35 @@ pub fn plan(existing: &[Webhook], url: &str, topics: &[String]) -> Plan {
         }
     }
     Plan { kept, create }
+}
+
+/// `webhooks check`: for each expected topic, whether it delivers to `url`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Check {
+    /// Expected topics registered to `url`.
+    pub registered: Vec<String>,
+    /// Expected topics registered nowhere.
+    pub missing: Vec<String>,
+    /// Expected topics not registered to `url` but to another URL: (topic, that URL).
+    pub elsewhere: Vec<(String, String)>,
+}
+
+pub fn check(existing: &[Webhook], url: &str, topics: &[String]) -> Check {
+    let mut c = Check::default();
+    for topic in topics {
+        let of_topic: Vec<&Webhook> = existing
+            .iter()
+            .filter(|w| w.topic.eq_ignore_ascii_case(topic))
+            .collect();
+        if of_topic.iter().any(|w| same_url(&w.target_url, url)) {
+            c.registered.push(topic.clone());
+        } else if let Some(w) = of_topic.first() {
+            c.elsewhere.push((topic.clone(), w.target_url.clone()));
+        } else {
+            c.missing.push(topic.clone());
+        }
+    }
+    c
 }
 
 /// What `register` did.
@@ -257,16 +352,62 @@ mod tests {
         assert_eq!(target_url(ok, false).unwrap(), ok);
         assert_eq!(target_url(&format!("{ok}/"), false).unwrap(), ok);
         assert!(target_url(&format!("{ok}/acme-academy"), false).is_ok());
-        assert!(target_url("https://x.example/prefix/webhooks/thinkific", false).is_ok());
+        assert!(target_url("https://x.example.org/prefix/webhooks/thinkific", false).is_ok());
+        for (bad, why) in [
+            ("https://localhost/webhooks/thinkific", "localhost"),
+            ("https://hooks.test/webhooks/thinkific", "reserved"),
+            ("https://h.example/webhooks/thinkific", "reserved"),
+            ("https://x.invalid/webhooks/thinkific", "reserved"),
+            ("https://box.local/webhooks/thinkific", "reserved"),
+            (
+                "https://10.0.0.5/webhooks/thinkific",
+                "not a public address",
+            ),
+            ("https://[::1]/webhooks/thinkific", "not a public address"),
+            (
+                "https://acme.thinkific.com/webhooks/thinkific",
+                "thinkific.com",
+            ),
+        ] {
+            let e = target_url(bad, false).unwrap_err();
+            assert!(
+                e.contains(why) && e.contains("Thinkific refuses"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(target_url("https://203.0.113.7/webhooks/thinkific", false).is_err());
+        assert!(target_url("https://93.184.215.14/webhooks/thinkific", false).is_ok());
         let e = target_url("http://hooks.example.com/webhooks/thinkific", false).unwrap_err();
         assert!(e.contains("only to https"), "{e}");
         assert!(target_url("http://127.0.0.1:9/webhooks/thinkific", true).is_ok());
         let e = target_url("https://hooks.example.com/hooks", false).unwrap_err();
         assert!(e.contains("/webhooks/thinkific"), "{e}");
-        assert!(target_url("https://h.example/webhooks/thinkific/a%2Fb", false).is_err());
-        assert!(target_url("https://h.example/webhooks/thinkific?x=1", false).is_err());
+        assert!(target_url("https://h.example.org/webhooks/thinkific/a%2Fb", false).is_err());
+        assert!(target_url("https://h.example.org/webhooks/thinkific?x=1", false).is_err());
         assert!(target_url("ftp://h.example/webhooks/thinkific", true).is_err());
         assert!(target_url("not a url", false).is_err());
+    }
+
+    #[test]
+    fn checks_say_registered_missing_and_elsewhere() {
+        let url = "https://h.example.org/webhooks/thinkific";
+        let existing = vec![
+            hook("1", "enrollment.created", url),
+            hook("2", "enrollment.progress", "https://other.example.org/hook"),
+        ];
+        let wanted: Vec<String> = ["enrollment.created", "enrollment.progress", "order.created"]
+            .map(String::from)
+            .to_vec();
+        let c = check(&existing, url, &wanted);
+        assert_eq!(c.registered, ["enrollment.created"]);
+        assert_eq!(c.missing, ["order.created"]);
+        assert_eq!(
+            c.elsewhere,
+            [(
+                "enrollment.progress".to_string(),
+                "https://other.example.org/hook".to_string()
+            )]
+        );
     }
 
     #[test]

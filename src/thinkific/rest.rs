@@ -6,6 +6,11 @@
 //! seconds (bounded) and tries again; a `5xx` or a network error is tried again
 //! a few times with growing pauses. Every other answer is final, with a message
 //! that says what to do. The API key never appears in an error or a log line.
+//!
+//! Over 600 lines on purpose (for now): the client, its retry and paging rules
+//! (the webhooks listing's three documented forms, `RateLimit-Reset` by
+//! magnitude) and their unit tests are read together; the paging and rate-limit
+//! rules are pure functions that can move to a file of their own.
 
 use std::time::Duration;
 
@@ -53,8 +58,9 @@ impl Default for RetryPolicy {
 #[derive(Debug, thiserror::Error)]
 pub enum RestError {
     #[error(
-        "Thinkific refused the credentials (HTTP 401 to {what}): the API key or subdomain is wrong. \
-         Copy both from your Thinkific admin, Settings → Code & analytics → API, and pass them as \
+        "Thinkific refused the credentials (HTTP 401 to {what}): the API key or subdomain is wrong, \
+         or the school's Thinkific plan does not include API access (Thinkific answers 401 for both; \
+         check the plan under Settings → Billing). Copy both from your Thinkific admin, Settings → Code & analytics → API, and pass them as \
          --api-key and --subdomain (or ENROLLHOOK_THINKIFIC_API_KEY and ENROLLHOOK_THINKIFIC_SUBDOMAIN){hint}"
     )]
     Unauthorized { what: String, hint: &'static str },
@@ -116,6 +122,81 @@ pub struct Pagination {
 struct Meta {
     #[serde(default)]
     pagination: Pagination,
+    /// The webhooks API's documented listing meta (cursor or page form).
+    #[serde(default)]
+    page: Option<CursorPage>,
+}
+
+/// `meta.page` of the webhooks listing: `next_page` is a cursor string (`''`
+/// when none) for `?next=`; older SDKs paged with `page` + `limit` and may see a
+/// number there.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct CursorPage {
+    #[serde(default)]
+    pub has_next: Option<bool>,
+    #[serde(default)]
+    pub next_page: Option<serde_json::Value>,
+    #[serde(default)]
+    pub total_pages: Option<u64>,
+    #[serde(default)]
+    pub total_items: Option<u64>,
+}
+
+/// Where the next page of a webhooks listing is, as its meta says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextPage {
+    /// The listing is complete.
+    Done,
+    /// Ask again with `next=` (and `page=` when the value is a page number).
+    Cursor(String),
+    /// The listing says there is more but gives nothing to follow.
+    Unfollowable(String),
+}
+
+/// Reads a webhooks listing's meta (`meta.page`, either form, or
+/// `meta.pagination`) into where to go next. `seen` is how many items were read
+/// so far, `page` the 1-based number of the page just read.
+pub fn next_webhooks_page(
+    page_meta: Option<&CursorPage>,
+    pagination: &Pagination,
+    page: u32,
+    seen: usize,
+) -> NextPage {
+    if let Some(m) = page_meta {
+        let next = match &m.next_page {
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let more_by_count = m.total_items.is_some_and(|t| (seen as u64) < t)
+            || m.total_pages.is_some_and(|t| u64::from(page) < t);
+        return match (m.has_next, next) {
+            (Some(false), _) => NextPage::Done,
+            (_, Some(next)) => NextPage::Cursor(next),
+            (Some(true), None) => NextPage::Unfollowable(
+                "meta.page.has_next is true but meta.page.next_page is empty".into(),
+            ),
+            (None, None) if more_by_count => NextPage::Unfollowable(format!(
+                "meta.page says {} items in {} pages, {seen} read after page {page}, and gives no next_page",
+                m.total_items.map_or("?".into(), |t| t.to_string()),
+                m.total_pages.map_or("?".into(), |t| t.to_string()),
+            )),
+            (None, None) => NextPage::Done,
+        };
+    }
+    match (pagination.next_page, pagination.total_pages) {
+        (Some(next), _) if next > page => NextPage::Cursor(next.to_string()),
+        (Some(next), _) => NextPage::Unfollowable(format!(
+            "meta.pagination.next_page is {next} after page {page}"
+        )),
+        (None, Some(total)) if page < total => NextPage::Cursor((page + 1).to_string()),
+        (None, _) => match pagination.total_items {
+            Some(t) if (seen as u64) < t => NextPage::Unfollowable(format!(
+                "meta.pagination says {t} items, {seen} read, and gives no next_page"
+            )),
+            _ => NextPage::Done,
+        },
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,9 +238,19 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D:
 pub struct RestClient {
     http: reqwest::Client,
     base: reqwest::Url,
-    subdomain: String,
-    api_key: Secret,
+    subdomain: Option<String>,
+    api_key: Option<Secret>,
+    access_token: Option<Secret>,
     policy: RetryPolicy,
+}
+
+/// What a client authenticates with: the legacy API key (with the subdomain),
+/// a Bearer "API Access Token" (or OAuth access token), or both.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub subdomain: Option<String>,
+    pub api_key: Option<Secret>,
+    pub access_token: Option<Secret>,
 }
 
 /// A subdomain as the user may paste it (`acme`, `acme.thinkific.com`,
@@ -187,37 +278,91 @@ pub fn normalize_subdomain(s: &str) -> Result<String, RestError> {
 }
 
 impl RestClient {
+    /// A client with the legacy API key (the admin API's `X-Auth-API-Key`).
     pub fn new(
         base: &str,
         subdomain: &str,
         api_key: Secret,
         policy: RetryPolicy,
     ) -> Result<RestClient, RestError> {
+        Self::with_credentials(
+            base,
+            Credentials {
+                subdomain: Some(subdomain.to_owned()),
+                api_key: Some(api_key),
+                access_token: None,
+            },
+            policy,
+        )
+    }
+
+    /// A client with an API key, an access token, or both. The admin API gets
+    /// the key headers when there is a key (what it documents first), else the
+    /// Bearer token; the webhooks API gets the Bearer token when there is one,
+    /// else the key as a Bearer token (the legacy way).
+    pub fn with_credentials(
+        base: &str,
+        credentials: Credentials,
+        policy: RetryPolicy,
+    ) -> Result<RestClient, RestError> {
         let base = reqwest::Url::parse(base.trim_end_matches('/')).map_err(|e| {
             RestError::Config(format!(
-                "--api-base `{base}` is not a URL ({e}): the default is {DEFAULT_API_BASE}"
+                "the API base `{base}` is not a URL ({e}): the default is {DEFAULT_API_BASE}"
             ))
         })?;
         if !matches!(base.scheme(), "https" | "http") {
             return Err(RestError::Config(format!(
-                "--api-base `{base}` must be an http:// or https:// URL"
+                "the API base `{base}` must be an http:// or https:// URL"
             )));
         }
-        if api_key.expose().trim().is_empty() {
+        if credentials.api_key.as_ref().is_some_and(Secret::is_blank) {
             return Err(RestError::Config(
                 "the Thinkific API key is empty: pass --api-key or ENROLLHOOK_THINKIFIC_API_KEY"
                     .into(),
             ));
         }
+        if credentials
+            .access_token
+            .as_ref()
+            .is_some_and(Secret::is_blank)
+        {
+            return Err(RestError::Config(
+                "the Thinkific access token is empty: pass --access-token or \
+                 ENROLLHOOK_THINKIFIC_ACCESS_TOKEN (Settings → Code & analytics → API Access Tokens)"
+                    .into(),
+            ));
+        }
+        if credentials.api_key.is_none() && credentials.access_token.is_none() {
+            return Err(RestError::Config(
+                "no Thinkific credentials: pass --access-token (ENROLLHOOK_THINKIFIC_ACCESS_TOKEN) \
+                 or --api-key with --subdomain"
+                    .into(),
+            ));
+        }
+        let subdomain = match credentials.subdomain.as_deref() {
+            Some(s) => Some(normalize_subdomain(s)?),
+            None if credentials.api_key.is_some() => {
+                return Err(RestError::Config(
+                    "the API key needs the school's subdomain: pass --subdomain".into(),
+                ));
+            }
+            None => None,
+        };
         let http = crate::client::http_client(policy.timeout)
             .map_err(|e| RestError::Config(format!("cannot build an HTTP client: {e}")))?;
         Ok(RestClient {
             http,
             base,
-            subdomain: normalize_subdomain(subdomain)?,
-            api_key,
+            subdomain,
+            api_key: credentials.api_key,
+            access_token: credentials.access_token,
             policy,
         })
+    }
+
+    /// How a webhooks API request authenticates: always Bearer.
+    fn webhooks_auth(&self) -> Auth {
+        Auth::Bearer
     }
 
     fn url(&self, path: &str) -> reqwest::Url {
@@ -240,11 +385,22 @@ impl RestClient {
         loop {
             let attempts = server_failures + rate_limited + 1;
             let mut request = build(&self.http).header("accept", "application/json");
-            request = match auth {
-                Auth::Bearer => request.bearer_auth(self.api_key.expose()),
-                Auth::ApiKey => request
-                    .header("X-Auth-API-Key", self.api_key.expose())
-                    .header("X-Auth-Subdomain", &self.subdomain),
+            request = match (auth, &self.api_key, &self.access_token) {
+                (Auth::Bearer, _, Some(token)) | (Auth::ApiKey, None, Some(token)) => {
+                    let r = request.bearer_auth(token.expose());
+                    match &self.subdomain {
+                        Some(sub) => r.header("X-Auth-Subdomain", sub),
+                        None => r,
+                    }
+                }
+                (Auth::Bearer, Some(key), None) => request.bearer_auth(key.expose()),
+                (Auth::ApiKey, Some(key), _) => {
+                    request.header("X-Auth-API-Key", key.expose()).header(
+                        "X-Auth-Subdomain",
+                        self.subdomain.as_deref().unwrap_or_default(),
+                    )
+                }
+                (_, None, None) => unreachable!("checked in with_credentials"),
             };
             let response = match request.send().await {
                 Ok(r) => r,
@@ -279,13 +435,18 @@ impl RestClient {
                 401 => {
                     return Err(RestError::Unauthorized {
                         what: what.into(),
-                        hint: match auth {
-                            Auth::ApiKey => "",
-                            // Thinkific's SDKs document OAuth tokens for this API.
-                            Auth::Bearer => {
-                                ". The webhooks API takes the key as a Bearer token; if Thinkific \
-                                 refuses a key that works for `thinkific backfill`, pass a Thinkific \
-                                 app's OAuth access token as --api-key instead"
+                        hint: match (auth, self.access_token.is_some()) {
+                            (_, true) => {
+                                ". With --access-token, check that the token is still valid \
+                                 (Settings → Code & analytics → API Access Tokens)"
+                            }
+                            (Auth::ApiKey, false) => "",
+                            // Thinkific's SDKs document tokens for this API.
+                            (Auth::Bearer, false) => {
+                                ". The webhooks API documents token authentication; if Thinkific \
+                                 refuses a key that works for `thinkific backfill`, create an API \
+                                 Access Token and pass it as --access-token (or a Thinkific app's \
+                                 OAuth access token)"
                             }
                         },
                     });
@@ -297,10 +458,15 @@ impl RestClient {
                             attempts,
                         });
                     }
-                    let wait = rate_limit_wait(&self.policy, reset.as_deref());
+                    let (wait, reading) =
+                        rate_limit_wait_at(&self.policy, reset.as_deref(), chrono::Utc::now());
                     tracing::warn!(
-                        "Thinkific rate limit reached; waiting {:.1} s as it asks",
-                        wait.as_secs_f64()
+                        "Thinkific rate limit reached for {what}; waiting {:.1} s until the reset \
+                         (RateLimit-Reset: {}, read as {}; at most {} s)",
+                        wait.as_secs_f64(),
+                        reset.as_deref().unwrap_or("none"),
+                        reading.describe(),
+                        self.policy.max_rate_limit_wait.as_secs()
                     );
                     tokio::time::sleep(wait).await;
                     rate_limited += 1;
@@ -368,27 +534,78 @@ impl RestClient {
         })
     }
 
-    /// Every webhook registered for the school.
+    /// Every webhook registered for the school, following the listing's
+    /// cursor (`meta.page.next_page` → `?next=`), an older page number
+    /// (`?page=`), or `meta.pagination`. A listing that says there is more but
+    /// cannot be followed is an error, never a short list.
     pub async fn list_webhooks(&self) -> Result<Vec<Webhook>, RestError> {
         let url = self.url("/api/v2/webhooks");
         let mut all = Vec::new();
-        let mut page = 1;
+        let mut page: u32 = 1;
+        let mut cursor: Option<String> = None;
+        let mut seen_cursors = std::collections::HashSet::new();
         loop {
             let what = format!("the webhooks list (page {page})");
             let mut page_url = url.clone();
-            page_url
-                .query_pairs_mut()
-                .append_pair("page", &page.to_string())
-                .append_pair("limit", &WEBHOOK_PAGE_SIZE.to_string());
+            {
+                let mut q = page_url.query_pairs_mut();
+                q.append_pair("limit", &WEBHOOK_PAGE_SIZE.to_string());
+                if let Some(c) = &cursor {
+                    q.append_pair("next", c);
+                    // An older server pages by number: a numeric cursor is one.
+                    if c.bytes().all(|b| b.is_ascii_digit()) {
+                        q.append_pair("page", c);
+                    }
+                }
+            }
             let body = self
-                .send(&what, Auth::Bearer, |http| http.get(page_url.clone()))
+                .send(&what, self.webhooks_auth(), |http| {
+                    http.get(page_url.clone())
+                })
                 .await?;
             let list: ListResponse<Webhook> = Self::parse(&what, &body)?;
             let empty = list.items.is_empty();
             all.extend(list.items);
-            match list.meta.and_then(|m| m.pagination.next_page) {
-                Some(next) if next > page && next <= MAX_PAGES && !empty => page = next,
-                _ => return Ok(all),
+            let meta = list.meta;
+            let next = next_webhooks_page(
+                meta.as_ref().and_then(|m| m.page.as_ref()),
+                &meta
+                    .as_ref()
+                    .map(|m| m.pagination.clone())
+                    .unwrap_or_default(),
+                page,
+                all.len(),
+            );
+            match next {
+                NextPage::Done => return Ok(all),
+                NextPage::Cursor(c) => {
+                    if empty || page >= MAX_PAGES || !seen_cursors.insert(c.clone()) {
+                        return Err(RestError::Unexpected {
+                            what,
+                            why: format!(
+                                "the listing says there is more (next page `{c}`) but {}; \
+                                 {} webhooks were read, the list is incomplete",
+                                if empty {
+                                    "this page was empty"
+                                } else {
+                                    "it repeats a page"
+                                },
+                                all.len()
+                            ),
+                        });
+                    }
+                    cursor = Some(c);
+                    page += 1;
+                }
+                NextPage::Unfollowable(why) => {
+                    return Err(RestError::Unexpected {
+                        what,
+                        why: format!(
+                            "{why}: {} webhooks were read, the list is incomplete",
+                            all.len()
+                        ),
+                    });
+                }
             }
         }
     }
@@ -402,7 +619,7 @@ impl RestClient {
         let url = self.url("/api/v2/webhooks");
         let body = serde_json::json!({ "topic": topic, "target_url": target_url });
         let answer = self
-            .send(&what, Auth::Bearer, |http| {
+            .send(&what, self.webhooks_auth(), |http| {
                 http.post(url.clone()).json(&body)
             })
             .await?;
@@ -412,7 +629,7 @@ impl RestClient {
     pub async fn delete_webhook(&self, id: &str) -> Result<(), RestError> {
         let what = format!("deleting webhook {id}");
         let url = self.url(&format!("/api/v2/webhooks/{}", path_segment(id)?));
-        self.send(&what, Auth::Bearer, |http| http.delete(url.clone()))
+        self.send(&what, self.webhooks_auth(), |http| http.delete(url.clone()))
             .await?;
         Ok(())
     }
@@ -434,16 +651,64 @@ pub fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
     policy.first_backoff * 2u32.saturating_pow(failures.min(10))
 }
 
-/// How long to wait after a 429: `RateLimit-Reset` seconds (bounded), else the
-/// longest wait (Thinkific's window is a minute).
-pub fn rate_limit_wait(policy: &RetryPolicy, reset: Option<&str>) -> Duration {
-    reset
+/// How `RateLimit-Reset` was read (Thinkific's pages disagree: an epoch time,
+/// or the milliseconds until the reset; an integrator saw epoch milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReading {
+    EpochMillis,
+    EpochSeconds,
+    DelayMillis,
+    DelaySeconds,
+    /// Missing or not a number: the longest wait.
+    Unreadable,
+}
+
+impl ResetReading {
+    pub fn describe(self) -> &'static str {
+        match self {
+            ResetReading::EpochMillis => "an epoch time in milliseconds",
+            ResetReading::EpochSeconds => "an epoch time in seconds",
+            ResetReading::DelayMillis => "milliseconds until the reset",
+            ResetReading::DelaySeconds => "seconds until the reset",
+            ResetReading::Unreadable => "missing or unreadable, so the longest wait",
+        }
+    }
+}
+
+/// How long to wait after a 429, read from `RateLimit-Reset` by magnitude:
+/// from 10¹² it is epoch milliseconds (after Sept. 2001), from 10⁹ epoch
+/// seconds, above 120 a delay in milliseconds (Thinkific's window is a minute,
+/// so a delay in seconds is never that long), else a delay in seconds. Bounded
+/// by `max_rate_limit_wait`; at least 100 ms so a reset in the past never hammers.
+pub fn rate_limit_wait_at(
+    policy: &RetryPolicy,
+    reset: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Duration, ResetReading) {
+    let max = policy.max_rate_limit_wait;
+    let value = reset
         .and_then(|r| r.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s.min(policy.max_rate_limit_wait.as_secs_f64())))
-        .unwrap_or(policy.max_rate_limit_wait)
-        // Never hammer: a reset of 0 still pauses a little.
-        .max(Duration::from_millis(100))
+        .filter(|v| v.is_finite() && *v >= 0.0);
+    let Some(v) = value else {
+        return (max, ResetReading::Unreadable);
+    };
+    let now_ms = now.timestamp_millis() as f64;
+    let (wait_ms, reading) = if v >= 1e12 {
+        (v - now_ms, ResetReading::EpochMillis)
+    } else if v >= 1e9 {
+        (v * 1000.0 - now_ms, ResetReading::EpochSeconds)
+    } else if v > 120.0 {
+        (v, ResetReading::DelayMillis)
+    } else {
+        (v * 1000.0, ResetReading::DelaySeconds)
+    };
+    let wait = Duration::from_secs_f64((wait_ms.max(0.0) / 1000.0).min(max.as_secs_f64()));
+    (wait.max(Duration::from_millis(100)), reading)
+}
+
+/// [`rate_limit_wait_at`] now.
+pub fn rate_limit_wait(policy: &RetryPolicy, reset: Option<&str>) -> Duration {
+    rate_limit_wait_at(policy, reset, chrono::Utc::now()).0
 }
 
 /// An error with its causes ("error sending request: connection refused"):
@@ -499,7 +764,25 @@ mod tests {
     fn rate_limit_waits_are_bounded() {
         let p = RetryPolicy::default();
         assert_eq!(rate_limit_wait(&p, Some("3")), Duration::from_secs(3));
-        assert_eq!(rate_limit_wait(&p, Some("3600")), p.max_rate_limit_wait);
+        // 3600 is read as milliseconds (a delay in seconds is never that long).
+        assert_eq!(
+            rate_limit_wait(&p, Some("3600")),
+            Duration::from_millis(3600)
+        );
+        assert_eq!(rate_limit_wait(&p, Some("3600000")), p.max_rate_limit_wait);
+        let now = chrono::Utc::now();
+        let ahead = now + chrono::Duration::seconds(1);
+        let (w, r) = rate_limit_wait_at(&p, Some(&ahead.timestamp_millis().to_string()), now);
+        assert_eq!((w, r), (Duration::from_secs(1), ResetReading::EpochMillis));
+        let (w, r) = rate_limit_wait_at(&p, Some(&ahead.timestamp().to_string()), now);
+        assert!(
+            w <= Duration::from_secs(1) && r == ResetReading::EpochSeconds,
+            "{w:?}"
+        );
+        let (w, _) = rate_limit_wait_at(&p, Some(&(now.timestamp() - 5).to_string()), now);
+        assert_eq!(w, Duration::from_millis(100), "a reset in the past");
+        let (w, _) = rate_limit_wait_at(&p, Some(&(now.timestamp() + 3600).to_string()), now);
+        assert_eq!(w, p.max_rate_limit_wait);
         assert_eq!(rate_limit_wait(&p, None), p.max_rate_limit_wait);
         assert_eq!(rate_limit_wait(&p, Some("soon")), p.max_rate_limit_wait);
         assert_eq!(rate_limit_wait(&p, Some("0")), Duration::from_millis(100));
@@ -529,6 +812,15 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{:?}", c.api_key).contains("hunter2"));
+        let t = RestClient::with_credentials(
+            "http://127.0.0.1:9",
+            Credentials {
+                access_token: Some(Secret::new("   ")),
+                ..Credentials::default()
+            },
+            RetryPolicy::default(),
+        );
+        assert!(t.is_err(), "a blank token is refused");
         let e = RestError::Unauthorized {
             what: "x".into(),
             hint: "",

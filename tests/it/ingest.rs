@@ -43,7 +43,7 @@ async fn published_samples_end_to_end() {
         assert_eq!(e["enrollment"]["status"], status, "{e}");
         assert_eq!(e["enrollment"]["course_id"], course);
         assert_eq!(e["enrollment"]["course_name"], "[TEST] lorem ipsum");
-        assert_eq!(e["enrollment"]["email"], "[TEST] [email protected]");
+        assert_eq!(e["enrollment"]["email"], "[TEST] john@doe.com");
         assert_eq!(e["events"].as_array().unwrap().len(), 1);
     }
     let completed = enrollment(&app, 75).await;

@@ -1,6 +1,32 @@
-//! The stand-in for Thinkific's REST API: enrollments (paged), webhooks.
+//! The stand-in for Thinkific's REST API: enrollments (paged), webhooks, as
+//! Thinkific documents them: the webhooks listing pages by cursor
+//! (`?limit=&next=`, `meta.page`), a 429 carries an epoch-milliseconds
+//! `RateLimit-Reset`, a 401 answers `{"error":"Authentication Error"}`, Bearer
+//! API Access Tokens work on both APIs, `query[updated_after]` is
+//! `YYYY-MM-DDTHH:MM:SSZ`.
 
 use super::*;
+
+/// An API Access Token the stand-in accepts (Bearer) on both APIs.
+pub(super) const TOKEN: &str = "school-access-token-9c2d";
+
+/// How the stand-in answers a webhooks listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Listing {
+    /// Documented: `?next=<cursor>`, `meta.page.next_page` a string ('' when none).
+    Cursor,
+    /// Older SDKs: `?page=N`, the same `meta.page`.
+    PageNumbers,
+    /// Thinkific's general response-format page: `meta.pagination`.
+    Pagination,
+    /// Says there is more (`has_next`) but gives no cursor to follow.
+    Broken,
+}
+
+/// `RateLimit-Reset` as an integrator observed it: epoch milliseconds.
+pub(super) fn reset_in(ms: i64) -> String {
+    (Utc::now().timestamp_millis() + ms).to_string()
+}
 
 /// The stand-in's state: its data, and what it was asked.
 pub(super) struct Api {
@@ -16,6 +42,9 @@ pub(super) struct Api {
     /// Answer every enrollments request with this status (a Thinkific outage).
     pub(super) always: Mutex<Option<StatusCode>>,
     pub(super) requests: AtomicU64,
+    pub(super) listing: Mutex<Listing>,
+    /// The `query[updated_after]` of every enrollments request.
+    pub(super) updated_after: Mutex<Vec<String>>,
 }
 
 pub(super) fn error(status: StatusCode, message: &str) -> Response {
@@ -60,8 +89,10 @@ pub(super) async fn enrollments(
 ) -> Response {
     api.requests.fetch_add(1, Ordering::Relaxed);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if header("x-auth-api-key") != Some(KEY) || header("x-auth-subdomain") != Some(SUBDOMAIN) {
-        return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    let key_ok =
+        header("x-auth-api-key") == Some(KEY) && header("x-auth-subdomain") == Some(SUBDOMAIN);
+    if !key_ok && !token_ok(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "Authentication Error");
     }
     let (Some(page), Some(limit)) = (number(&q, "page", 1), number(&q, "limit", 25)) else {
         return error(StatusCode::BAD_REQUEST, "page and limit must be numbers");
@@ -71,13 +102,13 @@ pub(super) async fn enrollments(
     }
     api.pages.lock().unwrap().push((page, limit));
     if let Some(status) = *api.always.lock().unwrap() {
-        return (status, [("RateLimit-Reset", "0")], "{}").into_response();
+        return (status, [("RateLimit-Reset", reset_in(0))], "{}").into_response();
     }
     if api.faults.load(Ordering::Relaxed) {
         if page == 2 && !api.rate_limited.swap(true, Ordering::Relaxed) {
             return (
                 StatusCode::TOO_MANY_REQUESTS,
-                [("RateLimit-Reset", "1")],
+                [("RateLimit-Reset", reset_in(1000))],
                 Json(json!({"error": "Too Many Requests"})),
             )
                 .into_response();
@@ -90,8 +121,15 @@ pub(super) async fn enrollments(
     let all: Vec<Value> = match q.get("query[updated_after]") {
         None => all,
         Some(t) => {
-            let Ok(after) = DateTime::parse_from_rfc3339(t) else {
-                return error(StatusCode::BAD_REQUEST, "invalid updated_after");
+            api.updated_after.lock().unwrap().push(t.clone());
+            // Documented: "YYYY-MM-DDTHH:MM:SSZ", returned and expected.
+            let Ok(after) =
+                chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%SZ").map(|n| n.and_utc())
+            else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "updated_after must be YYYY-MM-DDTHH:MM:SSZ",
+                );
             };
             all.into_iter()
                 .filter(|e| {
@@ -103,8 +141,60 @@ pub(super) async fn enrollments(
     Json(paginate(&all, page, limit)).into_response()
 }
 
+/// The webhooks API: a Bearer API Access Token, or the legacy key as Bearer.
 pub(super) fn bearer_ok(headers: &HeaderMap) -> bool {
-    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {KEY}"))
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    auth == Some(&format!("Bearer {KEY}")) || token_ok(headers)
+}
+
+pub(super) fn token_ok(headers: &HeaderMap) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {TOKEN}"))
+}
+
+/// One page of the webhooks listing, in the stand-in's current [`Listing`] form.
+fn webhooks_page(all: &[Value], listing: Listing, q: &HashMap<String, String>) -> Response {
+    // Small pages whatever is asked, so paging is exercised.
+    let Some(limit) = number(q, "limit", 25).filter(|l| *l > 0) else {
+        return error(StatusCode::BAD_REQUEST, "invalid limit");
+    };
+    let limit = limit.min(3) as usize;
+    let total = all.len();
+    let start = match listing {
+        Listing::Cursor | Listing::Broken => match q.get("next") {
+            None => 0,
+            Some(c) => match c.strip_prefix("cur_").and_then(|o| o.parse::<usize>().ok()) {
+                Some(o) if o <= total => o,
+                _ => return error(StatusCode::BAD_REQUEST, "invalid next"),
+            },
+        },
+        Listing::PageNumbers | Listing::Pagination => match number(q, "page", 1) {
+            Some(p) if p > 0 => (p as usize - 1) * limit,
+            _ => return error(StatusCode::BAD_REQUEST, "invalid page"),
+        },
+    };
+    if listing == Listing::Pagination {
+        return Json(paginate(all, (start / limit) as u32 + 1, limit as u32)).into_response();
+    }
+    let items: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+    let end = start + items.len();
+    let has_next = end < total;
+    let next_page = match listing {
+        _ if !has_next => String::new(),
+        Listing::Cursor => format!("cur_{end}"),
+        Listing::PageNumbers => (end / limit + 1).to_string(),
+        _ => String::new(),
+    };
+    Json(json!({
+        "items": items,
+        "meta": {"page": {
+            "has_next": has_next,
+            "next_page": next_page,
+            "page_items": limit,
+            "total_items": total,
+            "total_pages": total.div_ceil(limit).max(1),
+        }}
+    }))
+    .into_response()
 }
 
 pub(super) async fn list_webhooks(
@@ -114,15 +204,10 @@ pub(super) async fn list_webhooks(
 ) -> Response {
     api.requests.fetch_add(1, Ordering::Relaxed);
     if !bearer_ok(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+        return error(StatusCode::UNAUTHORIZED, "Authentication Error");
     }
-    let (page, limit) = match (number(&q, "page", 1), number(&q, "limit", 25)) {
-        (Some(p), Some(l)) if p > 0 && l > 0 => (p, l),
-        _ => return error(StatusCode::BAD_REQUEST, "invalid page or limit"),
-    };
-    // Small pages whatever is asked, so paging is exercised.
-    let limit = limit.min(3);
-    Json(paginate(&api.webhooks.lock().unwrap(), page, limit)).into_response()
+    let listing = *api.listing.lock().unwrap();
+    webhooks_page(&api.webhooks.lock().unwrap(), listing, &q)
 }
 
 pub(super) async fn create_webhook(
@@ -132,7 +217,7 @@ pub(super) async fn create_webhook(
 ) -> Response {
     api.requests.fetch_add(1, Ordering::Relaxed);
     if !bearer_ok(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+        return error(StatusCode::UNAUTHORIZED, "Authentication Error");
     }
     let (Some(topic), Some(url)) = (body["topic"].as_str(), body["target_url"].as_str()) else {
         return error(
@@ -163,7 +248,7 @@ pub(super) async fn delete_webhook(
 ) -> Response {
     api.requests.fetch_add(1, Ordering::Relaxed);
     if !bearer_ok(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+        return error(StatusCode::UNAUTHORIZED, "Authentication Error");
     }
     let mut hooks = api.webhooks.lock().unwrap();
     let before = hooks.len();
@@ -185,6 +270,8 @@ pub(super) async fn start_api(items: Vec<Value>) -> (Arc<Api>, String) {
         failed: AtomicBool::new(false),
         always: Mutex::new(None),
         requests: AtomicU64::new(0),
+        listing: Mutex::new(Listing::Cursor),
+        updated_after: Mutex::new(Vec::new()),
     });
     let app = axum::Router::new()
         .route("/api/public/v1/enrollments", get(enrollments))

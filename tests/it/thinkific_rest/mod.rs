@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 mod api;
 mod backfill;
+mod documented;
 
 use api::*;
 
