@@ -339,24 +339,15 @@ async fn connections_over_the_cap_are_not_served_concurrently() {
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The gauge and the limit are in /metrics (this request is the one open connection).
-    let (status, metrics) = app.get("/metrics").await;
-    assert_eq!(status, 200);
-    let text = metrics.as_str().unwrap();
-    assert!(text.contains("enrollhook_max_connections 2"), "{text}");
-    let open: i64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("enrollhook_connections "))
-        .expect("enrollhook_connections in /metrics")
-        .parse()
-        .unwrap();
+    assert_eq!(metric(&app, "enrollhook_max_connections").await, 2);
+    let open = metric(&app, "enrollhook_connections").await;
     assert!((1..=2).contains(&open), "{open} open connections");
 }
 
-#[tokio::test]
-async fn forged_deliveries_do_not_use_up_the_source_budget() {
-    let app = app_with(|c| c.rate_limit = Some(10)).await;
-    let mut forged = Vec::new();
-    for i in 0..40 {
+/// Posts `n` enrollment events signed with the wrong key; their statuses.
+async fn forge(app: &TestApp, n: i64) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..n {
         let body = enrollment_event(
             &format!("forged-{i}"),
             "progress",
@@ -372,8 +363,30 @@ async fn forged_deliveries_do_not_use_up_the_source_budget() {
                 Some(&sign(b"not-the-key", &body)),
             )
             .await;
-        forged.push(status);
+        statuses.push(status);
     }
+    statuses
+}
+
+/// The value of an unlabelled metric in `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> i64 {
+    let (status, metrics) = app.get("/metrics").await;
+    assert_eq!(status, 200);
+    let prefix = format!("{name} ");
+    metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn forged_deliveries_do_not_use_up_the_source_budget() {
+    let app = app_with(|c| c.rate_limit = Some(10)).await;
+    let forged = forge(&app, 40).await;
     // The flood gets its own budget: a tenth of 10/s, so one 401, then 429s.
     let rejected = forged.iter().filter(|s| **s == 401).count();
     assert!((1..=2).contains(&rejected), "{forged:?}");
@@ -402,40 +415,14 @@ async fn forged_deliveries_do_not_use_up_the_source_budget() {
 #[tokio::test]
 async fn a_flood_of_forged_deliveries_costs_a_counter_not_disk() {
     let app = app_with(|c| c.max_quarantine_rate = 5).await;
-    let mut statuses = Vec::new();
-    for i in 0..60 {
-        let body = enrollment_event(
-            &format!("forged-{i}"),
-            "progress",
-            i,
-            1,
-            "1.0",
-            "2024-01-01T00:00:00Z",
-        );
-        let (status, _) = app
-            .deliver_to(
-                "/webhooks/thinkific",
-                &body,
-                Some(&sign(b"not-the-key", &body)),
-            )
-            .await;
-        statuses.push(status);
-    }
+    let statuses = forge(&app, 60).await;
     assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
     let (_, q) = app.get("/api/quarantine?limit=1000").await;
     let kept = q["items"].as_array().unwrap().len();
     // 5 a second (bursts of 5): the loop takes well under the seconds it would
     // need to earn more than a few refills.
     assert!((5..=20).contains(&kept), "{kept} kept");
-    let (_, metrics) = app.get("/metrics").await;
-    let dropped: usize = metrics
-        .as_str()
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("enrollhook_quarantine_dropped_total "))
-        .expect("enrollhook_quarantine_dropped_total in /metrics")
-        .parse()
-        .unwrap();
+    let dropped = metric(&app, "enrollhook_quarantine_dropped_total").await as usize;
     assert_eq!(
         kept + dropped,
         60,
