@@ -72,7 +72,10 @@ pub fn authenticate(sources: &Sources, verify: bool, d: &Delivery<'_>) -> Result
 pub fn parse(d: &Delivery<'_>) -> Result<NewEvent, Rejection> {
     let envelope = thinkific::parse_delivery(d.body)?;
     if let Some(header) = d.topic_header.map(str::trim).filter(|h| !h.is_empty())
-        && !header.eq_ignore_ascii_case(&envelope.topic.to_string())
+        && !header.split_once('.').is_some_and(|(resource, action)| {
+            resource.eq_ignore_ascii_case(&envelope.topic.resource)
+                && action.eq_ignore_ascii_case(&envelope.topic.action)
+        })
     {
         tracing::warn!(
             source = d.source,
