@@ -4,6 +4,7 @@
 //! [`worker`] drains them.
 
 pub mod address;
+pub mod filter;
 pub mod health;
 pub mod policy;
 pub mod signing;
