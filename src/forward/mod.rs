@@ -9,6 +9,7 @@ pub mod health;
 pub mod policy;
 pub mod signing;
 pub mod subscription;
+pub mod template;
 pub mod worker;
 
 pub use policy::RetrySchedule;
