@@ -22,6 +22,7 @@ mod hardening;
 mod ingest;
 mod openapi;
 mod postgres;
+mod progress_reading;
 mod properties;
 mod security;
 mod simulate;
