@@ -34,6 +34,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "long values",
         include_str!("migrations/0007_long_values.sql"),
     ),
+    (
+        10,
+        "broker destinations",
+        include_str!("migrations/0010_broker_destinations.sql"),
+    ),
 ];
 
 /// Advisory lock key serialising migrations of concurrently starting instances

@@ -15,6 +15,7 @@ use crate::thinkific::envelope::course_id_of_body;
 /// The statement that stores a new subscription.
 pub(crate) fn insert_subscription<DB: Dialect>(s: &Subscription) -> QueryBuilder<DB>
 where
+    Option<i64>: Binds<DB>,
     String: Binds<DB>,
     Option<String>: Binds<DB>,
     bool: Binds<DB>,
@@ -38,7 +39,12 @@ where
             .push_bind(s.description.clone())
             .push_bind(DB::opt_time(s.failing_since))
             .push_bind(DB::time(s.created_at))
-            .push_bind(DB::time(s.updated_at));
+            .push_bind(DB::time(s.updated_at))
+            .push_bind(s.subject.clone())
+            .push_bind(s.exchange.clone())
+            .push_bind(s.routing_key.clone())
+            .push_bind(s.stream.clone())
+            .push_bind(s.maxlen);
     });
     q
 }
@@ -47,6 +53,7 @@ where
 /// and creation time).
 pub(crate) fn update_subscription<DB: Dialect>(s: &Subscription) -> QueryBuilder<DB>
 where
+    Option<i64>: Binds<DB>,
     String: Binds<DB>,
     Option<String>: Binds<DB>,
     bool: Binds<DB>,
@@ -79,6 +86,16 @@ where
         .push_bind(DB::opt_time(s.failing_since))
         .push(", updated_at = ")
         .push_bind(DB::time(s.updated_at))
+        .push(", subject = ")
+        .push_bind(s.subject.clone())
+        .push(", exchange = ")
+        .push_bind(s.exchange.clone())
+        .push(", routing_key = ")
+        .push_bind(s.routing_key.clone())
+        .push(", stream = ")
+        .push_bind(s.stream.clone())
+        .push(", maxlen = ")
+        .push_bind(s.maxlen)
         .push(" WHERE id = ")
         .push_bind(s.id.clone());
     q

@@ -46,6 +46,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "prunable events by arrival",
         include_str!("migrations/0008_prunable_events.sql"),
     ),
+    (
+        11,
+        "broker destinations",
+        include_str!("migrations/0011_broker_destinations.sql"),
+    ),
 ];
 
 /// Brings the main file's schema up to date (with `apply`), or says how.
