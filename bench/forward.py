@@ -2,12 +2,20 @@
 """Forwarding benchmark: ingest load and forwarding at the same time.
 
 enrollhook (release, SQLite) forwards every event to 2 subscriptions pointing at
-a local destination that answers 200 at once (the bare baseline receiver). wrk
-drives ingest at 8 connections for DURATION seconds; every second we sample the
-outbox depth (pending deliveries). After wrk stops we time how long the outbox
-takes to drain. Forwarding keeps up when the depth stays bounded during the load.
+a destination: a local HTTP receiver that answers 200 at once (the bare baseline
+receiver), or a broker on its default local port (NATS JetStream 4222, RabbitMQ
+5672, Redis 6379), each with its own stream / exchange + queue / key made for
+the run and removed after. wrk (or `enrollhook simulate --rate`) drives ingest
+for DURATION seconds; every second we sample the outbox depth (pending
+deliveries). After ingest stops we time how long the outbox takes to drain.
+Forwarding keeps up when the depth stays bounded during the load.
 
-Usage: python3 bench/forward.py [--duration 20]   (bench/run.sh builds first)
+`--destinations http,nats,amqp,redis` runs each in turn in one invocation (one
+JSON line each), so the brokers are compared with HTTP on the same machine state.
+
+Usage: python3 bench/forward.py [--duration 20] [--rate 5000] [--destinations http,nats]
+       (bench/run.sh builds first, with examples/broker_place, which makes and
+       removes each broker's stream / exchange + queue / keys and counts them)
 """
 
 import argparse
@@ -35,8 +43,37 @@ def delivered(db):
         return c.execute("SELECT COUNT(*) FROM outbox WHERE state = 'delivered'").fetchone()[0]
 
 
+class Broker:
+    """A destination for one run: what a subscription needs, and setup/teardown."""
+
+    def __init__(self, kind, name, dest_port=None):
+        self.kind, self.name, self.dest_port = kind, name, dest_port
+
+    def place(self, action):
+        """examples/broker_place: create, remove or count the run's stream / exchange + queue / keys."""
+        if self.kind == "http":
+            return None
+        done = subprocess.run([str(bench.RELEASE / "examples" / "broker_place"), action, self.kind, self.name],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"broker_place {action} {self.kind}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def subscription(self, i):
+        if self.kind == "http":
+            return {"url": f"http://127.0.0.1:{self.dest_port}/webhooks/thinkific/dest{i}"}
+        if self.kind == "nats":
+            return {"url": "nats://127.0.0.1:4222", "subject": f"{self.name}.{i}.{{topic}}"}
+        if self.kind == "amqp":
+            return {"url": "amqp://guest:guest@127.0.0.1:5672/%2f", "exchange": self.name,
+                    "routing_key": f"{i}.{{topic}}"}
+        return {"url": "redis://127.0.0.1:6379", "stream": f"{self.name}:{i}", "maxlen": 1_000_000}
+
+
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--destinations", default="http",
+                   help="comma-separated, run in turn: http, nats, amqp, redis")
     p.add_argument("--duration", type=int, default=20)
     p.add_argument("--events", type=int, default=600_000)
     p.add_argument("--connections", type=int, default=8, help="wrk connections ingesting")
@@ -46,6 +83,14 @@ def main():
                    help="ingest at this many events/s with `enrollhook simulate` (64 in flight) "
                         "instead of wrk as fast as it answers")
     args = p.parse_args()
+    for kind in args.destinations.split(","):
+        if kind not in ("http", "nats", "amqp", "redis"):
+            p.error(f"unknown destination {kind}: use http, nats, amqp or redis")
+    for kind in args.destinations.split(","):
+        run_one(kind, args)
+
+
+def run_one(kind, args):
     out = bench.BENCH / "out"
     out.mkdir(exist_ok=True)
     events_file = out / f"events-v2-{args.events}.txt"
@@ -58,6 +103,8 @@ def main():
                              "--listen", f"127.0.0.1:{dest_port}", "--secret", bench.SECRET,
                              "--database", str(work / "unused.db")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = Broker(kind, f"enrollhook_bench_{int(time.time())}", dest_port)
+    broker.place("create")
     (work / "enrollhook.toml").write_text(f'[[source]]\nname = "c8"\nsecret = "{bench.SECRET}"\n')
     db = work / "enrollhook.db"
     log_path = work / "enrollhook.log"
@@ -71,8 +118,7 @@ def main():
         bench.wait_ready(server, port, log_path)
         bench.wait_ready(dest, dest_port, log_path)
         for i in range(2):
-            body = json.dumps({"url": f"http://127.0.0.1:{dest_port}/webhooks/thinkific/dest{i}",
-                               "topics": ["*"]}).encode()
+            body = json.dumps({**broker.subscription(i), "topics": ["*"]}).encode()
             req = urllib.request.Request(f"http://127.0.0.1:{port}/api/subscriptions", data=body,
                                          headers={"content-type": "application/json"})
             urllib.request.urlopen(req).read()
@@ -108,10 +154,13 @@ def main():
         stop.set()
         sampler.join()
         total = delivered(db)
+        held = broker.place("count")
         result = {
+            "destination": kind,
             "ingest_events_per_s": round(run["ok_per_s"]),
             "stored": run["ok"],
             "deliveries": total,
+            "messages_in_broker": int(held) if held is not None else None,
             "deliveries_per_s_overall": round(total / (drained - started)),
             "outbox_depth_max_during_load": max(samples[: args.duration] or [0]),
             "outbox_depth_samples": samples,
@@ -122,6 +171,7 @@ def main():
     finally:
         bench.stop(server)
         dest.kill()
+        broker.place("remove")
 
 
 if __name__ == "__main__":

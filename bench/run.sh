@@ -12,5 +12,5 @@ if ! python3 -c 'import flask, gunicorn' 2>/dev/null; then
     python3 -m pip install --quiet flask gunicorn
 fi
 
-cargo build --release --bin enrollhook --example bench_baseline
+cargo build --release --bin enrollhook --example bench_baseline --example broker_place
 exec python3 bench/bench.py "$@"

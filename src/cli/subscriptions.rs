@@ -17,7 +17,8 @@ use crate::views;
 
 #[derive(Subcommand)]
 pub enum SubscriptionsCommand {
-    /// Forward matching events to a URL.
+    /// Forward matching events to a URL: https:// (a webhook), nats:// (with
+    /// --subject), amqp:// (with --exchange) or redis:// (with --stream).
     Add {
         #[arg(long)]
         url: String,
@@ -95,6 +96,21 @@ pub struct SubscriptionFields {
     filter: Option<String>,
     #[arg(long)]
     description: Option<String>,
+    /// nats:// destinations: the subject to publish to, e.g. `thinkific.{source}.{topic}`.
+    #[arg(long)]
+    subject: Option<String>,
+    /// amqp:// destinations: the exchange to publish to (`""`: the default exchange).
+    #[arg(long)]
+    exchange: Option<String>,
+    /// amqp:// destinations: the routing key [default: `{topic}`].
+    #[arg(long)]
+    routing_key: Option<String>,
+    /// redis:// destinations: the stream key to XADD to, e.g. `thinkific:{source}`.
+    #[arg(long)]
+    stream: Option<String>,
+    /// redis:// destinations: trim the stream to about this many entries (`MAXLEN ~`).
+    #[arg(long)]
+    maxlen: Option<i64>,
 }
 
 impl SubscriptionFields {
@@ -138,6 +154,11 @@ impl SubscriptionFields {
             ordered: self.ordered,
             headers,
             description: self.description.map(Some),
+            subject: self.subject.map(Some),
+            exchange: self.exchange.map(Some),
+            routing_key: self.routing_key.map(Some),
+            stream: self.stream.map(Some),
+            maxlen: self.maxlen.map(Some),
         })
     }
 }
@@ -214,7 +235,7 @@ pub async fn subscriptions(
                 vec![
                     s.id.clone(),
                     s.enabled.to_string(),
-                    s.url.clone(),
+                    crate::redact::url(&s.url),
                     s.topics.join(","),
                     s.course_ids
                         .as_ref()

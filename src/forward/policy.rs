@@ -65,6 +65,9 @@ pub enum AttemptResult {
     },
     /// No answer: connection refused, timeout, TLS failure, refused address…
     Failed { error: String },
+    /// A broker confirmed it holds the message (JetStream ack, AMQP publisher
+    /// confirm of a routed message, Redis entry id).
+    Accepted,
 }
 
 /// What to do with the delivery next.
@@ -95,6 +98,7 @@ pub fn next_step(
         AttemptResult::Response { status, .. } if (200..300).contains(status) => {
             return Next::Delivered;
         }
+        AttemptResult::Accepted => return Next::Delivered,
         AttemptResult::Response { status: 410, .. } => return Next::Gone,
         // Retry-After is honoured on 429 and 503 only.
         AttemptResult::Response {
@@ -128,6 +132,7 @@ pub fn describe(result: &AttemptResult) -> String {
         }
         AttemptResult::Response { status, .. } => format!("HTTP {status}"),
         AttemptResult::Failed { error } => error.clone(),
+        AttemptResult::Accepted => "accepted by the broker".to_owned(),
     }
 }
 
@@ -161,6 +166,10 @@ mod tests {
         assert_eq!(next_step(&resp(200), 1, &s, now, 0.0), Next::Delivered);
         assert_eq!(next_step(&resp(204), 3, &s, now, 0.0), Next::Delivered);
         assert_eq!(next_step(&resp(410), 1, &s, now, 0.0), Next::Gone);
+        assert_eq!(
+            next_step(&AttemptResult::Accepted, 1, &s, now, 0.0),
+            Next::Delivered
+        );
         for status in [301, 302, 400, 404, 500] {
             assert_eq!(
                 next_step(&resp(status), 1, &s, now, 0.0),

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::address::non_public_reason;
+use super::destinations::{self, Kind};
 use super::filter::Filter;
 use super::signing;
 use crate::thinkific::Topic;
@@ -14,7 +15,25 @@ use crate::thinkific::Topic;
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Subscription {
     pub id: String,
+    /// Where to: `https://…` (HTTP POST), `nats://…` (NATS JetStream),
+    /// `amqp://…` (RabbitMQ) or `redis://…` (Redis Streams). Shown with its
+    /// password replaced by `***`.
     pub url: String,
+    /// NATS: the subject to publish to; `{source}` and `{topic}` are replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// AMQP: the exchange to publish to (`""` is the default exchange).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
+    /// AMQP: the routing key; `{source}` and `{topic}` are replaced. Default `{topic}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
+    /// Redis: the stream key to `XADD` to; `{source}` and `{topic}` are replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Redis: `XADD … MAXLEN ~ n`, trimming the stream to about n entries. None = never trimmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxlen: Option<i64>,
     /// `*`, `enrollment.*`, or exact topics like `enrollment.completed`.
     pub topics: Vec<String>,
     /// Only events of these courses (events without a course never match). None = any.
@@ -180,6 +199,16 @@ pub fn topic_matches(pattern: &str, topic: &str) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
     pub url: Option<String>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub subject: Option<Option<String>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub exchange: Option<Option<String>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub routing_key: Option<Option<String>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub stream: Option<Option<String>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    pub maxlen: Option<Option<i64>>,
     pub topics: Option<Vec<String>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub course_ids: Option<Option<Vec<i64>>>,
@@ -227,13 +256,18 @@ impl SubscriptionInput {
         now: DateTime<Utc>,
         allow_private: bool,
     ) -> Result<Subscription, InvalidSubscription> {
-        let url = self
-            .url
-            .clone()
-            .ok_or_else(|| InvalidSubscription("`url` is required".into()))?;
+        if self.url.is_none() {
+            return Err(InvalidSubscription("`url` is required".into()));
+        }
         let base = Subscription {
             id,
-            url,
+            // Empty until `apply` validates the given one.
+            url: String::new(),
+            subject: None,
+            exchange: None,
+            routing_key: None,
+            stream: None,
+            maxlen: None,
             topics: vec!["*".into()],
             course_ids: None,
             sources: None,
@@ -265,8 +299,27 @@ impl SubscriptionInput {
         allow_private: bool,
     ) -> Result<Subscription, InvalidSubscription> {
         if let Some(url) = self.url {
-            s.url = validate_url(&url, allow_private)?;
+            // A URL as shown (password `***`) sent back unchanged keeps the stored one.
+            if url != crate::redact::url(&s.url) || s.url.is_empty() {
+                s.url = validate_url(&url, allow_private)?;
+            }
         }
+        if let Some(subject) = self.subject {
+            s.subject = subject;
+        }
+        if let Some(exchange) = self.exchange {
+            s.exchange = exchange;
+        }
+        if let Some(routing_key) = self.routing_key {
+            s.routing_key = routing_key;
+        }
+        if let Some(stream) = self.stream {
+            s.stream = stream;
+        }
+        if let Some(maxlen) = self.maxlen {
+            s.maxlen = maxlen;
+        }
+        destinations::validate(&s).map_err(InvalidSubscription)?;
         if let Some(topics) = self.topics {
             if topics.is_empty() {
                 return Err(InvalidSubscription(
@@ -351,10 +404,11 @@ fn validate_topic_pattern(p: &str) -> Result<(), InvalidSubscription> {
 fn validate_url(url: &str, allow_private: bool) -> Result<String, InvalidSubscription> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| InvalidSubscription(format!("`url` is not a valid URL ({e})")))?;
-    if !matches!(parsed.scheme(), "https" | "http") {
-        return Err(InvalidSubscription(
-            "`url` must be http:// or https://".into(),
-        ));
+    if Kind::of_scheme(parsed.scheme()).is_none() {
+        return Err(InvalidSubscription(format!(
+            "`url` must be {}",
+            destinations::SCHEMES
+        )));
     }
     let Some(host) = parsed.host() else {
         return Err(InvalidSubscription("`url` has no host".into()));
@@ -367,7 +421,8 @@ fn validate_url(url: &str, allow_private: bool) -> Result<String, InvalidSubscri
             {
                 Some("loopback")
             }
-            url::Host::Domain(_) => None,
+            // Non-special schemes (nats://, amqp://, redis://) leave IPv4 hosts as names.
+            url::Host::Domain(d) => d.parse::<IpAddr>().ok().and_then(non_public_reason),
             url::Host::Ipv4(ip) => non_public_reason(IpAddr::V4(ip)),
             url::Host::Ipv6(ip) => non_public_reason(IpAddr::V6(ip)),
         };
@@ -485,6 +540,24 @@ mod tests {
                 .create("s".into(), now, true)
                 .is_ok()
         );
+        // Broker URLs follow the same rule.
+        for bad in [
+            "nats://127.0.0.1:4222",
+            "amqp://guest:guest@10.0.0.5:5672/%2f",
+            "redis://localhost:6379",
+            "redis://[::1]:6379",
+            "kafka://k.example.com:9092",
+        ] {
+            let mut i = input(bad);
+            i.subject = Some(Some("x".into()));
+            i.exchange = Some(Some("x".into()));
+            i.stream = Some(Some("x".into()));
+            let e = i.create("s".into(), now, false).unwrap_err();
+            assert!(
+                e.0.contains("non-public") || e.0.contains("must be http://"),
+                "{bad}: {e}"
+            );
+        }
         let mut i = input("https://a.example.com");
         i.headers = Some([("Webhook-Signature".to_string(), "x".to_string())].into());
         assert!(i.create("s".into(), now, false).is_err());

@@ -2,7 +2,6 @@
 //! never have one delivery in flight twice), sends them concurrently, and
 //! records results in batches.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use chrono::Utc;
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::address::is_public;
+use super::destinations::{self, Destinations, Message, Sent};
 use super::policy::{self, AttemptResult, RetrySchedule};
 use super::signing;
 use crate::store::{ClaimedDelivery, FinishedAttempt, Store};
@@ -42,9 +41,6 @@ impl Default for ForwardConfig {
     }
 }
 
-/// Bytes of a destination's response kept with each attempt.
-const RESPONSE_SNIPPET: usize = 1024;
-
 pub struct Forwarder {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -52,9 +48,9 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn start(store: Arc<dyn Store>, config: ForwardConfig) -> anyhow::Result<Forwarder> {
-        let client = destination_client(&config)?;
+        let destinations = Arc::new(Destinations::new(&config)?);
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(store, config, client, stopped));
+        let task = tokio::spawn(run(store, config, destinations, stopped));
         Ok(Forwarder { stop, task })
     }
 
@@ -65,48 +61,10 @@ impl Forwarder {
     }
 }
 
-fn destination_client(config: &ForwardConfig) -> anyhow::Result<reqwest::Client> {
-    crate::client::install_crypto_provider();
-    let mut builder = reqwest::Client::builder()
-        .timeout(config.timeout)
-        .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-        // 3xx is a failure: never follow a redirect with a signed body.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("enrollhook/", env!("CARGO_PKG_VERSION")))
-        .pool_max_idle_per_host(config.concurrency);
-    if !config.allow_private_destinations {
-        builder = builder.dns_resolver(PublicOnlyResolver);
-    }
-    Ok(builder.build()?)
-}
-
-/// Resolves names to public addresses only: a destination that resolves to a
-/// private, loopback or link-local address (a DNS-rebinding attempt on the
-/// cloud metadata service, say) is refused at connect time.
-struct PublicOnlyResolver;
-
-impl reqwest::dns::Resolve for PublicOnlyResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<SocketAddr> = addrs.into_iter().filter(|a| is_public(a.ip())).collect();
-            if public.is_empty() {
-                return Err(format!(
-                    "{host} resolves only to private, loopback or link-local addresses (refused; see --allow-private-destinations)"
-                )
-                .into());
-            }
-            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 async fn run(
     store: Arc<dyn Store>,
     config: ForwardConfig,
-    client: reqwest::Client,
+    destinations: Arc<Destinations>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let config = Arc::new(config);
@@ -150,9 +108,10 @@ async fn run(
                 Some(p) => p,
                 None => permits.clone().acquire_owned().await.expect("never closed"),
             };
-            let (client, config, results) = (client.clone(), config.clone(), results.clone());
+            let (destinations, config, results) =
+                (destinations.clone(), config.clone(), results.clone());
             tokio::spawn(async move {
-                let finished = attempt(&client, &config, delivery).await;
+                let finished = attempt(&destinations, &config, delivery).await;
                 let _ = results.send(finished).await;
                 drop(permit);
             });
@@ -242,14 +201,14 @@ pub fn message_id(source: &str, event_id: &str, topic: &str, id_taken: bool) -> 
 }
 
 async fn attempt(
-    client: &reqwest::Client,
+    destinations: &Destinations,
     config: &ForwardConfig,
     d: ClaimedDelivery,
 ) -> FinishedAttempt {
     let started = Instant::now();
     let attempted_at = Utc::now();
     let number = d.attempts + 1;
-    let (result, response) = send(client, config, &d, attempted_at).await;
+    let Sent { result, response } = send(destinations, &d, attempted_at).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let jitter = rand::rng().random_range(-1.0..=1.0);
     let next = policy::next_step(&result, number, &config.schedule, Utc::now(), jitter);
@@ -259,6 +218,7 @@ async fn attempt(
             (!(200..300).contains(status)).then(|| policy::describe(&result)),
         ),
         AttemptResult::Failed { error } => (None, Some(error.clone())),
+        AttemptResult::Accepted => (None, None),
     };
     tracing::info!(
         subscription = %d.subscription.id,
@@ -284,100 +244,42 @@ async fn attempt(
     }
 }
 
+/// Signs the event and hands it to the subscription's destination.
 async fn send(
-    client: &reqwest::Client,
-    config: &ForwardConfig,
+    destinations: &Destinations,
     d: &ClaimedDelivery,
     now: chrono::DateTime<Utc>,
-) -> (AttemptResult, Option<String>) {
-    let failed = |error: String| (AttemptResult::Failed { error }, None);
+) -> Sent {
     let s = &d.subscription;
-    if !config.allow_private_destinations
-        && let Ok(url) = reqwest::Url::parse(&s.url)
-        && let Some(ip) = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        }
-        && !is_public(ip)
-    {
-        return failed(format!(
-            "destination {ip} is a private, loopback or link-local address (refused; see --allow-private-destinations)"
+    let Some(destination) = destinations.for_url(&s.url) else {
+        return Sent::failed(format!(
+            "the URL's scheme is not one enrollhook sends to: use {}",
+            destinations::SCHEMES
         ));
-    }
-    let msg_id = message_id(
+    };
+    let id = message_id(
         &d.event.source,
         &d.event.event_id,
         &d.event.topic,
         d.event.id_taken,
     );
     let timestamp = now.timestamp();
-    let signature = match signing::signature_header(
-        &s.signing_secrets(now),
-        &msg_id,
-        timestamp,
-        d.event.body.as_bytes(),
-    ) {
+    let body = d.event.body.as_bytes();
+    let signature = match signing::signature_header(&s.signing_secrets(now), &id, timestamp, body) {
         Ok(sig) => sig,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return Sent::failed(e.to_string()),
     };
-    let mut request = client
-        .post(&s.url)
-        .header("content-type", "application/json")
-        .header("webhook-id", &msg_id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .header("x-enrollhook-topic", &d.event.topic)
-        .header("x-enrollhook-source", &d.event.source)
-        .body(d.event.body.clone());
-    for (name, value) in &s.headers {
-        request = request.header(name, value);
-    }
-    let mut response = match request.send().await {
-        Ok(r) => r,
-        Err(e) => return failed(describe_error(&e)),
+    let message = Message {
+        id: &id,
+        topic: &d.event.topic,
+        source: &d.event.source,
+        event_time: d.event.created_at.unwrap_or(d.event.received_at),
+        timestamp,
+        signature: &signature,
+        body,
+        headers: &s.headers,
     };
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| policy::parse_retry_after(v, Utc::now()));
-    // Keep the first bytes of the answer; do not wait for (or store) a huge body.
-    let mut snippet = Vec::new();
-    while snippet.len() < RESPONSE_SNIPPET {
-        match response.chunk().await {
-            Ok(Some(chunk)) => snippet.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    snippet.truncate(RESPONSE_SNIPPET);
-    let body = String::from_utf8_lossy(&snippet).into_owned();
-    (
-        AttemptResult::Response {
-            status,
-            retry_after,
-        },
-        (!body.is_empty()).then_some(body),
-    )
-}
-
-fn describe_error(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut text = if e.is_timeout() {
-        "timed out".to_owned()
-    } else if e.is_connect() {
-        "could not connect".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    destination.send(s, &message).await
 }
 
 #[cfg(test)]

@@ -75,11 +75,14 @@ pub fn new_subscription_id() -> String {
     format!("sub_{suffix}")
 }
 
-/// A subscription as shown: everything, the secret only when asked for.
+/// A subscription as shown: everything, the secret only when asked for, the
+/// URL's password (a broker's credentials) never.
 pub fn subscription_view(s: &Subscription, with_secret: bool) -> Value {
     let mut v = serde_json::to_value(s).expect("plain data");
+    let object = v.as_object_mut().expect("object");
+    object.insert("url".into(), Value::String(crate::redact::url(&s.url)));
     if !with_secret {
-        v.as_object_mut().expect("object").remove("secret");
+        object.remove("secret");
     }
     v
 }
@@ -176,8 +179,12 @@ pub(super) async fn replace(
     Path(id): Path<String>,
     body: Result<Json<SubscriptionInput>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let input = json_body(body)?;
+    let mut input = json_body(body)?;
     let existing = load(&app, &id).await?;
+    // The URL as shown (password `***`) sent back keeps the stored password.
+    if input.url.as_deref() == Some(crate::redact::url(&existing.url).as_str()) {
+        input.url = Some(existing.url.clone());
+    }
     let mut s = input
         .create(id.clone(), Utc::now(), app.allow_private_destinations)
         .map_err(invalid)?;

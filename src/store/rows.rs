@@ -19,7 +19,7 @@ pub(crate) const ENROLLMENT_COLUMNS: &str = "source, enrollment_id, user_id, ema
 
 pub(crate) const SUBSCRIPTION_COLUMNS: &str = "id, url, topics, course_ids, sources, secret, previous_secret, \
     previous_secret_until, enabled, disabled_reason, ordered, headers, description, failing_since, \
-    created_at, updated_at, filter";
+    created_at, updated_at, subject, exchange, routing_key, stream, maxlen, filter";
 
 pub(crate) fn enrollment_from_row(row: &impl Cols) -> Result<Enrollment> {
     Ok(Enrollment {
@@ -108,6 +108,11 @@ pub(crate) fn subscription_from_row(row: &impl Cols) -> Result<Subscription> {
         failing_since: row.opt_time("failing_since")?,
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,
+        subject: row.opt_text("subject")?,
+        exchange: row.opt_text("exchange")?,
+        routing_key: row.opt_text("routing_key")?,
+        stream: row.opt_text("stream")?,
+        maxlen: row.opt_int("maxlen")?,
     })
 }
 

@@ -40,6 +40,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         include_str!("migrations/0008_topic_in_event_identity.sql"),
     ),
     (
+        10,
+        "broker destinations",
+        include_str!("migrations/0010_broker_destinations.sql"),
+    ),
+    (
         11,
         "subscription filter",
         include_str!("migrations/0011_subscription_filter.sql"),

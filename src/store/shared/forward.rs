@@ -15,6 +15,7 @@ use crate::thinkific::envelope::course_id_of_body;
 /// The statement that stores a new subscription.
 pub(crate) fn insert_subscription<DB: Dialect>(s: &Subscription) -> QueryBuilder<DB>
 where
+    Option<i64>: Binds<DB>,
     String: Binds<DB>,
     Option<String>: Binds<DB>,
     bool: Binds<DB>,
@@ -39,6 +40,11 @@ where
             .push_bind(DB::opt_time(s.failing_since))
             .push_bind(DB::time(s.created_at))
             .push_bind(DB::time(s.updated_at))
+            .push_bind(s.subject.clone())
+            .push_bind(s.exchange.clone())
+            .push_bind(s.routing_key.clone())
+            .push_bind(s.stream.clone())
+            .push_bind(s.maxlen)
             .push_bind(DB::opt_json(s.filter.as_ref().map(EventFilter::json)));
     });
     q
@@ -48,6 +54,7 @@ where
 /// and creation time).
 pub(crate) fn update_subscription<DB: Dialect>(s: &Subscription) -> QueryBuilder<DB>
 where
+    Option<i64>: Binds<DB>,
     String: Binds<DB>,
     Option<String>: Binds<DB>,
     bool: Binds<DB>,
@@ -82,6 +89,16 @@ where
         .push_bind(DB::opt_time(s.failing_since))
         .push(", updated_at = ")
         .push_bind(DB::time(s.updated_at))
+        .push(", subject = ")
+        .push_bind(s.subject.clone())
+        .push(", exchange = ")
+        .push_bind(s.exchange.clone())
+        .push(", routing_key = ")
+        .push_bind(s.routing_key.clone())
+        .push(", stream = ")
+        .push_bind(s.stream.clone())
+        .push(", maxlen = ")
+        .push_bind(s.maxlen)
         .push(" WHERE id = ")
         .push_bind(s.id.clone());
     q

@@ -52,6 +52,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         include_str!("migrations/0009_topic_in_event_identity.sql"),
     ),
     (
+        11,
+        "broker destinations",
+        include_str!("migrations/0011_broker_destinations.sql"),
+    ),
+    (
         12,
         "subscription filter",
         include_str!("migrations/0012_subscription_filter.sql"),

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod destination;
 pub mod pg;
 pub mod process;
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::time::Duration;

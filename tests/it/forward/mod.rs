@@ -78,6 +78,7 @@ fn verify_standard_webhook(secret: &str, r: &destination::Received) {
 
 use common::destination;
 
+mod brokers;
 mod ids;
 mod resilience;
 
