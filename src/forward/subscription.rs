@@ -198,15 +198,23 @@ pub fn topic_matches(pattern: &str, topic: &str) -> bool {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
+    /// `https://…`, or a broker: `nats://` / `tls://` (needs `subject`),
+    /// `amqp://` / `amqps://` (needs `exchange`), `redis://` / `rediss://`
+    /// (needs `stream`). A URL as shown (password `***`) keeps the stored password.
     pub url: Option<String>,
+    /// NATS subject; `{source}` and `{topic}` are replaced, e.g. `thinkific.{source}.{topic}`.
     #[serde(default, deserialize_with = "explicit_null")]
     pub subject: Option<Option<String>>,
+    /// AMQP exchange (`""`: the default exchange).
     #[serde(default, deserialize_with = "explicit_null")]
     pub exchange: Option<Option<String>>,
+    /// AMQP routing key with placeholders; default `{topic}`.
     #[serde(default, deserialize_with = "explicit_null")]
     pub routing_key: Option<Option<String>>,
+    /// Redis stream key with placeholders, e.g. `thinkific:{source}`.
     #[serde(default, deserialize_with = "explicit_null")]
     pub stream: Option<Option<String>>,
+    /// Redis `XADD … MAXLEN ~ n` (at least 1); absent or null: never trimmed.
     #[serde(default, deserialize_with = "explicit_null")]
     pub maxlen: Option<Option<i64>>,
     pub topics: Option<Vec<String>>,

@@ -260,3 +260,112 @@ fn subscriptions_from_the_cli() {
     let o = run(&["subscriptions", "remove", id, "--database", &url]);
     assert!(!o.status.success());
 }
+
+#[test]
+fn broker_subscriptions_from_the_cli() {
+    let (_dir, url) = fresh_db();
+    assert!(run(&["migrate", "--database", &url]).status.success());
+    let add = |extra: &[&str]| {
+        let mut args = vec![
+            "subscriptions",
+            "add",
+            "--database",
+            &url,
+            "--allow-private",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = add(&[
+        "--url",
+        "nats://127.0.0.1:4222",
+        "--subject",
+        "thinkific.{source}.{topic}",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let nats: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(nats["subject"], "thinkific.{source}.{topic}");
+    let o = add(&[
+        "--url",
+        "amqp://guest:S3cretPass@127.0.0.1:5672/%2f",
+        "--exchange",
+        "thinkific",
+        "--routing-key",
+        "{source}.{topic}",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let amqp: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(amqp["url"], "amqp://guest:***@127.0.0.1:5672/%2f");
+    assert_eq!(amqp["exchange"], "thinkific");
+    assert_eq!(amqp["routing_key"], "{source}.{topic}");
+    let o = add(&[
+        "--url",
+        "redis://127.0.0.1:6379/0",
+        "--stream",
+        "thinkific:{source}",
+        "--maxlen",
+        "1000",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let redis: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (&redis["stream"], &redis["maxlen"]),
+        (&"thinkific:{source}".into(), &1000.into())
+    );
+
+    // The password is in no listing.
+    for format in ["table", "json"] {
+        let o = run(&[
+            "subscriptions",
+            "list",
+            "--database",
+            &url,
+            "--format",
+            format,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!stdout(&o).contains("S3cretPass"), "{}", stdout(&o));
+    }
+    // A change keeps what it does not name.
+    let id = nats["id"].as_str().unwrap();
+    let o = run(&[
+        "subscriptions",
+        "update",
+        id,
+        "--database",
+        &url,
+        "--subject",
+        "crm.{topic}",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let updated: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(updated["subject"], "crm.{topic}");
+    assert_eq!(updated["url"], "nats://127.0.0.1:4222");
+
+    // Mistakes say what to do.
+    let o = add(&["--url", "nats://127.0.0.1:4222"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("needs a `subject`"), "{}", stderr(&o));
+    let o = add(&["--url", "https://crm.example.com/h", "--stream", "x"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("redis:// destinations only"),
+        "{}",
+        stderr(&o)
+    );
+    let o = add(&["--url", "kafka://127.0.0.1:9092"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nats://"), "{}", stderr(&o));
+    let o = run(&[
+        "subscriptions",
+        "add",
+        "--database",
+        &url,
+        "--url",
+        "redis://127.0.0.1:6379",
+        "--stream",
+        "x",
+    ]);
+    assert!(!o.status.success(), "private without --allow-private");
+    assert!(stderr(&o).contains("non-public"), "{}", stderr(&o));
+}

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -331,10 +332,20 @@ pub(crate) fn scrub(error: String, url: &str) -> String {
 
 /// Broker connections by URL: one per URL, made by the first delivery that
 /// needs it (others wait for it rather than connect too), shared by all
-/// deliveries, dropped after a failure so that the next one reconnects.
+/// deliveries, dropped after a failure so that the next one reconnects, and
+/// dropped when unused for [`IDLE`] (a URL no subscription names any more).
 pub(crate) struct Pool<C> {
-    slots: std::sync::Mutex<HashMap<String, Slot<C>>>,
+    slots: std::sync::Mutex<Slots<C>>,
     generation: AtomicU64,
+    idle: Duration,
+}
+
+/// How long an unused connection is kept.
+const IDLE: Duration = Duration::from_secs(600);
+
+struct Slots<C> {
+    by_url: HashMap<String, (Slot<C>, Instant)>,
+    swept: Instant,
 }
 
 /// A URL's connection (with its generation) once made; locked while connecting.
@@ -342,15 +353,38 @@ type Slot<C> = Arc<tokio::sync::Mutex<Option<(u64, C)>>>;
 
 impl<C: Clone> Pool<C> {
     pub fn new() -> Pool<C> {
+        Pool::with_idle(IDLE)
+    }
+
+    fn with_idle(idle: Duration) -> Pool<C> {
         Pool {
-            slots: std::sync::Mutex::new(HashMap::new()),
+            slots: std::sync::Mutex::new(Slots {
+                by_url: HashMap::new(),
+                swept: Instant::now(),
+            }),
             generation: AtomicU64::new(0),
+            idle,
         }
     }
 
     fn slot(&self, url: &str) -> Slot<C> {
+        let now = Instant::now();
         let mut slots = self.slots.lock().expect("never poisoned");
-        slots.entry(url.to_owned()).or_default().clone()
+        // Now and then, forget connections nobody used for a while; one in
+        // use elsewhere lives on in its holders until they are done.
+        if now.duration_since(slots.swept) >= self.idle / 10 {
+            let idle = self.idle;
+            slots
+                .by_url
+                .retain(|_, (_, used)| now.duration_since(*used) < idle);
+            slots.swept = now;
+        }
+        let (slot, used) = slots
+            .by_url
+            .entry(url.to_owned())
+            .or_insert_with(|| (Slot::default(), now));
+        *used = now;
+        slot.clone()
     }
 
     /// The connection for `url` and its generation, connecting when there is none.
@@ -476,6 +510,43 @@ mod tests {
             "ACCESS_REFUSED for guest:***"
         );
         assert_eq!(scrub("x".into(), "redis://h"), "x");
+    }
+
+    #[tokio::test]
+    async fn the_pool_connects_once_per_url_and_again_after_a_failure() {
+        let pool: Pool<u32> = Pool::new();
+        let connects = AtomicU64::new(0);
+        let connect = || async { Ok(connects.fetch_add(1, Ordering::SeqCst) as u32) };
+        let (a, b) = tokio::join!(pool.get("nats://a", connect), pool.get("nats://a", connect));
+        assert_eq!(a, b, "waiters share the first connection");
+        assert_eq!(connects.load(Ordering::SeqCst), 1);
+        let (stale, _) = a.unwrap();
+        let (fresh, _) = {
+            pool.drop_failed("nats://a", stale).await;
+            pool.get("nats://a", connect).await.unwrap()
+        };
+        assert_ne!(fresh, stale);
+        assert_eq!(connects.load(Ordering::SeqCst), 2);
+        // A late failure report of the old connection leaves the new one.
+        pool.drop_failed("nats://a", stale).await;
+        assert_eq!(pool.get("nats://a", connect).await.unwrap().0, fresh);
+        let e = pool
+            .get("nats://b", || async { Err("refused".to_owned()) })
+            .await
+            .unwrap_err();
+        assert_eq!(e, "refused");
+    }
+
+    #[tokio::test]
+    async fn the_pool_forgets_unused_urls() {
+        let pool: Pool<u32> = Pool::with_idle(Duration::ZERO);
+        let connects = AtomicU64::new(0);
+        let connect = || async { Ok(connects.fetch_add(1, Ordering::SeqCst) as u32) };
+        pool.get("redis://a", connect).await.unwrap();
+        pool.get("redis://b", connect).await.unwrap();
+        assert_eq!(pool.slots.lock().unwrap().by_url.len(), 1, "a was swept");
+        pool.get("redis://a", connect).await.unwrap();
+        assert_eq!(connects.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

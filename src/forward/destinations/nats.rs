@@ -1,7 +1,10 @@
 //! NATS JetStream: publish to the subscription's subject and wait for the
-//! stream's ack. `Nats-Msg-Id` is the stable delivery id, so a republish
-//! (a retry after a lost ack, a replay) inside the stream's duplicate window
-//! is dropped by the server and acked as a duplicate.
+//! stream's ack. `Nats-Msg-Id` is the stable id of the delivery (the event's
+//! `webhook-id` and the subscription's id), so a republish (a retry after a
+//! lost ack, a replay) inside the stream's duplicate window is dropped by the
+//! server and acked as a duplicate. The subscription is part of it because
+//! JetStream de-duplicates across a whole stream: two subscriptions publishing
+//! one event into one stream (on different subjects) must not drop each other.
 
 use std::time::Duration;
 
@@ -59,7 +62,7 @@ impl Destination for Nats {
             Err(e) => return Sent::failed(scrub(e, &s.url)),
         };
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", m.id);
+        headers.insert("Nats-Msg-Id", format!("{}:{}", m.id, s.id).as_str());
         for (name, value) in m.properties() {
             headers.insert(name, value.as_str());
         }

@@ -686,7 +686,8 @@ async function forwardingView(root) {
       h('td', null, fmtTime(a.attempted_at)),
       h('td', { class: 'num' }, a.event_seq),
       h('td', { class: 'num' }, a.attempt),
-      h('td', null, a.status === null ? badge('no answer', 'bad') : badge(String(a.status), a.status >= 200 && a.status < 300 ? 'ok' : 'bad')),
+      // No HTTP status: a broker's attempt (accepted when it has no error) or no answer.
+      h('td', null, a.status === null ? (a.error ? badge('no answer', 'bad') : badge('accepted', 'ok')) : badge(String(a.status), a.status >= 200 && a.status < 300 ? 'ok' : 'bad')),
       h('td', { class: 'num' }, `${Math.round(a.latency_ms)} ms`),
       h('td', { class: 'small' }, a.error || '')));
     root.append(h('div', { class: 'panel' },
