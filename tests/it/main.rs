@@ -19,6 +19,7 @@ mod faults;
 mod forward;
 mod hardening;
 mod ingest;
+mod live;
 mod openapi;
 mod postgres;
 mod properties;
