@@ -651,7 +651,7 @@ async fn the_dashboard_works_in_chromium_for_the_admin(db: TestDatabase) {
     }
 }
 
-/// 6. With a school's token, the other school's data and the forwarding
+/// Check 6: with a school's token, the other school's data and the forwarding
 /// controls are absent.
 async fn a_school_sees_only_its_own_in_chromium(db: TestDatabase) {
     if !installed() {
