@@ -126,6 +126,10 @@ pub struct ReplayArgs {
     /// One event: SOURCE/EVENT_ID (to every matching subscription, or to --subscription).
     #[arg(long, conflicts_with_all = ["dead", "since"])]
     event: Option<String>,
+    /// The --event's topic, needed when its id names events of several topics
+    /// (Thinkific gives `lesson.completed` and `quiz.attempted` one id).
+    #[arg(long, requires = "event")]
+    topic: Option<String>,
     #[arg(long)]
     subscription: Option<String>,
     /// Every dead delivery of --subscription.
@@ -295,6 +299,7 @@ pub async fn replay(settings: &Settings, a: ReplayArgs) -> anyhow::Result<ExitCo
             ReplayScope::Event {
                 source: source.into(),
                 event_id: event_id.into(),
+                topic: a.topic,
                 subscription_id,
             }
         }

@@ -4,10 +4,12 @@
 //! [`worker`] drains them.
 
 pub mod address;
+pub mod filter;
 pub mod health;
 pub mod policy;
 pub mod signing;
 pub mod subscription;
+pub mod template;
 pub mod worker;
 
 pub use policy::RetrySchedule;

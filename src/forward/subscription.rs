@@ -100,7 +100,8 @@ pub fn topic_matches(pattern: &str, topic: &str) -> bool {
     match pattern.strip_suffix(".*") {
         _ if pattern == "*" => true,
         Some(resource) => topic.split_once('.').is_some_and(|(r, _)| r == resource),
-        None => pattern == topic,
+        // Stored topics are canonical; a pattern saved before may not be.
+        None => crate::thinkific::canonical_topic(pattern) == topic,
     }
 }
 
@@ -200,7 +201,11 @@ impl SubscriptionInput {
             for t in &topics {
                 validate_topic_pattern(t)?;
             }
-            s.topics = topics;
+            // Stored in the spelling events are stored in (`*.cancelled`).
+            s.topics = topics
+                .iter()
+                .map(|t| crate::thinkific::canonical_topic(t).into_owned())
+                .collect();
         }
         if let Some(c) = self.course_ids {
             s.course_ids = c;
@@ -310,6 +315,15 @@ mod tests {
 
     #[test]
     fn topic_patterns() {
+        // Topics are stored canonical; a pattern in either spelling matches.
+        assert!(topic_matches(
+            "subscription.canceled",
+            "subscription.cancelled"
+        ));
+        assert!(topic_matches(
+            "subscription.cancelled",
+            "subscription.cancelled"
+        ));
         assert!(topic_matches("*", "order.created"));
         assert!(topic_matches("enrollment.*", "enrollment.progress"));
         assert!(!topic_matches("enrollment.*", "enrollments.progress"));

@@ -210,7 +210,7 @@ async fn record(
 }
 
 /// The `webhook-id` of an event: stable across retries and replays, and
-/// different for every (source, event id), so a receiver can de-duplicate on it.
+/// different for every stored event, so a receiver can de-duplicate on it.
 ///
 /// Source names may contain `_`, so `evt_{source}_{id}` alone is ambiguous
 /// (`acme` + `x_1` and `acme_x` + `1` both give `evt_acme_x_1`). For a source
@@ -219,8 +219,22 @@ async fn record(
 /// source is `default`) keep every id they had. A source with `_` gets
 /// `evs_{length}_{source}_{id}`: the length makes it unambiguous, and no `evt_`
 /// id starts with `evs_`.
-pub fn message_id(source: &str, event_id: &str) -> String {
-    if source.contains('_') {
+///
+/// Thinkific gives events of two topics one envelope id (its published
+/// `lesson.completed` and `quiz.attempted`). The first event stored with an
+/// id keeps the form above (so every event forwarded before the log was
+/// keyed by topic keeps its id); a later one of another topic (`id_taken`,
+/// decided when it was stored) gets `evq_{source length}_{source}_{topic
+/// length}_{topic}_{id}`, unambiguous by its lengths and unlike any `evt_` or
+/// `evs_` id.
+pub fn message_id(source: &str, event_id: &str, topic: &str, id_taken: bool) -> String {
+    if id_taken {
+        format!(
+            "evq_{}_{source}_{}_{topic}_{event_id}",
+            source.len(),
+            topic.len()
+        )
+    } else if source.contains('_') {
         format!("evs_{}_{source}_{event_id}", source.len())
     } else {
         format!("evt_{source}_{event_id}")
@@ -281,6 +295,7 @@ pub async fn send_test(
             body: body.to_string(),
             pruned_at: None,
             position: String::new(),
+            id_taken: false,
         },
     };
     let started = Instant::now();
@@ -299,7 +314,7 @@ pub async fn send_test(
         latency_ms,
         error,
         response,
-        webhook_id: message_id("enrollhook", &event_id),
+        webhook_id: message_id("enrollhook", &event_id, TEST_TOPIC, false),
     })
 }
 
@@ -367,7 +382,12 @@ async fn send(
             "destination {ip} is a private, loopback or link-local address (refused; see --allow-private-destinations)"
         ));
     }
-    let msg_id = message_id(&d.event.source, &d.event.event_id);
+    let msg_id = message_id(
+        &d.event.source,
+        &d.event.event_id,
+        &d.event.topic,
+        d.event.id_taken,
+    );
     let timestamp = now.timestamp();
     let signature = match signing::signature_header(
         &s.signing_secrets(now),
@@ -453,11 +473,45 @@ mod tests {
             ("acme__x", "1"),
             ("default", "20190131192004041953291"),
         ];
-        let ids: std::collections::HashSet<String> =
-            pairs.iter().map(|(s, e)| message_id(s, e)).collect();
+        let ids: std::collections::HashSet<String> = pairs
+            .iter()
+            .map(|(s, e)| message_id(s, e, "order.created", false))
+            .collect();
         assert_eq!(ids.len(), pairs.len(), "{ids:?}");
         // Sources without `_` keep the ids they always had.
-        assert_eq!(message_id("default", "42"), "evt_default_42");
-        assert_eq!(message_id("acme_x", "1"), "evs_6_acme_x_1");
+        assert_eq!(
+            message_id("default", "42", "order.created", false),
+            "evt_default_42"
+        );
+        assert_eq!(
+            message_id("acme_x", "1", "order.created", false),
+            "evs_6_acme_x_1"
+        );
+    }
+
+    #[test]
+    fn an_id_shared_by_two_topics_gives_two_message_ids() {
+        // Thinkific's published lesson.completed and quiz.attempted share this id.
+        let id = "20190131192004041953291";
+        let first = message_id("default", id, "lesson.completed", false);
+        let second = message_id("default", id, "quiz.attempted", true);
+        assert_eq!(first, format!("evt_default_{id}"), "the first keeps its id");
+        assert_eq!(second, format!("evq_7_default_14_quiz.attempted_{id}"));
+        // The taken form is injective and never equals an untaken one, even
+        // for ids and names built to look alike.
+        let cases = [
+            ("a", "b_1", "x.y", true),
+            ("a_1", "b", "x.y", true),
+            ("a", "1", "b.c_x.y", true),
+            ("a", "x.y_1", "b.c", true),
+            ("evq_1_a_3_x.y", "1", "t.t", false),
+            ("a", "3_x.y_1", "t.t", false),
+            ("a_3", "x.y_1", "t.t", false),
+        ];
+        let ids: std::collections::HashSet<String> = cases
+            .iter()
+            .map(|(s, e, t, taken)| message_id(s, e, t, *taken))
+            .collect();
+        assert_eq!(ids.len(), cases.len(), "{ids:?}");
     }
 }

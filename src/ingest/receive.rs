@@ -74,7 +74,7 @@ pub fn parse(d: &Delivery<'_>) -> Result<NewEvent, Rejection> {
     if let Some(header) = d.topic_header.map(str::trim).filter(|h| !h.is_empty())
         && !header.split_once('.').is_some_and(|(resource, action)| {
             resource.eq_ignore_ascii_case(&envelope.topic.resource)
-                && action.eq_ignore_ascii_case(&envelope.topic.action)
+                && thinkific::canonical_action(action).eq_ignore_ascii_case(&envelope.topic.action)
         })
     {
         tracing::warn!(

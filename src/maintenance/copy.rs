@@ -2,7 +2,7 @@
 //! PostgreSQL, or back) without losing or duplicating anything.
 //!
 //! Events are re-appended in log order through [`Store::append_batch`], so the
-//! target dedupes them by (source, event id) and derives its projection with
+//! target dedupes them by (source, event id, topic) and derives its projection with
 //! the same fold as live deliveries: nothing of the source's projection is
 //! trusted, and running the copy twice adds nothing. Events that retention
 //! pruned are copied as pruned ([`Store::append_pruned`]). Quarantined deliveries are

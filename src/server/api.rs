@@ -342,7 +342,8 @@ pub(super) async fn activity(
 #[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
     source: Option<String>,
-    /// Exact topic (`enrollment.progress`) or a resource (`enrollment.*`).
+    /// Exact topic (`enrollment.progress`) or a resource (`enrollment.*`);
+    /// `subscription.canceled` and `subscription.cancelled` are one topic.
     topic: Option<String>,
     /// Log position: only events stored after it.
     after: Option<i64>,
@@ -366,7 +367,10 @@ pub(super) async fn list_events(
     let format = export::format(q.format.as_deref(), &headers)?;
     let filter = EventFilter {
         source: scope.restrict(q.source)?,
-        topic: q.topic,
+        // Stored topics are canonical (`*.cancelled`): so is the query.
+        topic: q
+            .topic
+            .map(|t| crate::thinkific::canonical_topic(&t).into_owned()),
         after_seq: q.after,
     };
     let views = |page: crate::store::Page<StoredEvent>| Page {
@@ -399,18 +403,32 @@ pub(super) async fn list_events(
     Ok(Json(views(page)).into_response())
 }
 
+/// Which event an envelope id names: Thinkific gives events of two topics one
+/// id (its `lesson.completed` and `quiz.attempted`); such an id is answered
+/// 409, listing the topics, unless `topic` names one.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EventQuery {
+    /// The event's topic (`subscription.canceled` is `subscription.cancelled`).
+    topic: Option<String>,
+}
+
 #[utoipa::path(get, path = "/api/events/{source}/{event_id}", tag = "events",
-    params(("source" = String, Path), ("event_id" = String, Path)),
-    responses((status = 200, body = EventView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("source" = String, Path), ("event_id" = String, Path), EventQuery),
+    responses((status = 200, body = EventView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the id names events of several topics: add ?topic=")))]
 pub(super) async fn get_event(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
     Path((source, event_id)): Path<(String, String)>,
+    q: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<EventView>, ApiError> {
     scope.check(&source)?;
+    let q = query(q)?;
     let event: StoredEvent = app
         .store
-        .get_event(&source, &event_id)
+        .get_event(&source, &event_id, q.topic.as_deref())
         .await?
         .ok_or_else(|| {
             ApiError::not_found(format!("no event `{event_id}` from source `{source}`"))
@@ -422,19 +440,22 @@ pub(super) async fn get_event(
 /// re-serializes it: keys sorted, large integers as floats): what to re-verify
 /// `X-Thinkific-Hmac-Sha256` against.
 #[utoipa::path(get, path = "/api/events/{source}/{event_id}/raw", tag = "events",
-    params(("source" = String, Path), ("event_id" = String, Path)),
+    params(("source" = String, Path), ("event_id" = String, Path), EventQuery),
     responses((status = 200, description = "the body as received", content_type = "application/json", body = String),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the id names events of several topics: add ?topic="),
         (status = 410, body = ErrorBody, description = "the body was dropped by retention (--retain-events)")))]
 pub(super) async fn get_event_raw(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
     Path((source, event_id)): Path<(String, String)>,
+    q: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     scope.check(&source)?;
+    let q = query(q)?;
     let event: StoredEvent = app
         .store
-        .get_event(&source, &event_id)
+        .get_event(&source, &event_id, q.topic.as_deref())
         .await?
         .ok_or_else(|| {
             ApiError::not_found(format!("no event `{event_id}` from source `{source}`"))

@@ -35,6 +35,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::NotFound(m) => ApiError::not_found(m),
+            StoreError::Ambiguous { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "ambiguous_event", e.to_string())
+            }
             StoreError::Rejected(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "store_rejected", e.to_string())
             }

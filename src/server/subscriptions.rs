@@ -291,15 +291,45 @@ pub(super) struct AttemptsQuery {
     format: Option<String>,
 }
 
+/// An event's delivery attempts; `topic` names the event when its id is
+/// shared by events of several topics (answered 409 without it).
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EventAttemptsQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    /// `asc` (the default: in the order they were made) or `desc` (newest first).
+    order: Option<String>,
+    /// The event's topic, needed when its id names events of several topics.
+    topic: Option<String>,
+}
+
+/// An event's deliveries; `topic` as in [`EventAttemptsQuery`].
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EventDeliveriesQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    state: Option<String>,
+    /// The event's topic, needed when its id names events of several topics.
+    topic: Option<String>,
+}
+
 impl AttemptsQuery {
     fn newest_first(&self) -> Result<bool, ApiError> {
-        match self.order.as_deref() {
-            None | Some("asc") => Ok(false),
-            Some("desc") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "order must be asc (oldest first) or desc (newest first), got `{other}`"
-            ))),
-        }
+        newest_first(self.order.as_deref())
+    }
+}
+
+fn newest_first(order: Option<&str>) -> Result<bool, ApiError> {
+    match order {
+        None | Some("asc") => Ok(false),
+        Some("desc") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "order must be asc (oldest first) or desc (newest first), got `{other}`"
+        ))),
     }
 }
 
@@ -435,10 +465,15 @@ pub(super) async fn subscription_deliveries(
     deliveries(&app, filter, q, &headers).await
 }
 
-async fn event_seq(app: &AppState, source: &str, event_id: &str) -> Result<i64, ApiError> {
+async fn event_seq(
+    app: &AppState,
+    source: &str,
+    event_id: &str,
+    topic: Option<&str>,
+) -> Result<i64, ApiError> {
     Ok(app
         .store
-        .get_event(source, event_id)
+        .get_event(source, event_id, topic)
         .await?
         .ok_or_else(|| {
             ApiError::not_found(format!("no event `{event_id}` from source `{source}`"))
@@ -446,33 +481,44 @@ async fn event_seq(app: &AppState, source: &str, event_id: &str) -> Result<i64, 
         .seq)
 }
 
-#[utoipa::path(get, path = "/api/events/{source}/{event_id}/attempts", tag = "events", params(("source" = String, Path), ("event_id" = String, Path), AttemptsQuery), responses((status = 200, content((Page<DeliveryAttempt> = "application/json"), (String = "text/csv"))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/events/{source}/{event_id}/attempts", tag = "events", params(("source" = String, Path), ("event_id" = String, Path), EventAttemptsQuery), responses((status = 200, body = Page<DeliveryAttempt>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the id names events of several topics: add ?topic=")))]
 pub(super) async fn event_attempts(
     State(app): State<AppState>,
     Path((source, event_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    q: Result<Query<AttemptsQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
+    q: Result<Query<EventAttemptsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
-    let seq = event_seq(&app, &source, &event_id).await?;
-    attempts(&app, None, Some(seq), q, &headers).await
+    let newest_first = newest_first(q.order.as_deref())?;
+    let seq = event_seq(&app, &source, &event_id, q.topic.as_deref()).await?;
+    let page = app
+        .store
+        .list_attempts(None, Some(seq), &page(q.limit, q.cursor)?, newest_first)
+        .await?;
+    Ok(Json(
+        json!({"items": page.items, "next_cursor": page.next_cursor}),
+    ))
 }
 
-#[utoipa::path(get, path = "/api/events/{source}/{event_id}/deliveries", tag = "events", params(("source" = String, Path), ("event_id" = String, Path), ListQuery), responses((status = 200, content((Page<OutboxEntry> = "application/json"), (String = "text/csv"))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/events/{source}/{event_id}/deliveries", tag = "events", params(("source" = String, Path), ("event_id" = String, Path), EventDeliveriesQuery), responses((status = 200, body = Page<OutboxEntry>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the id names events of several topics: add ?topic=")))]
 pub(super) async fn event_deliveries(
     State(app): State<AppState>,
     Path((source, event_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
+    q: Result<Query<EventDeliveriesQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
-    let seq = event_seq(&app, &source, &event_id).await?;
+    let seq = event_seq(&app, &source, &event_id, q.topic.as_deref()).await?;
     let filter = DeliveryFilter {
         subscription_id: None,
         event_seq: Some(seq),
         state: state_param(q.state.clone())?,
     };
-    deliveries(&app, filter, q, &headers).await
+    let page = app
+        .store
+        .list_deliveries(&filter, &page(q.limit, q.cursor)?)
+        .await?;
+    Ok(Json(
+        json!({"items": page.items, "next_cursor": page.next_cursor}),
+    ))
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -516,9 +562,11 @@ pub(super) async fn replay_subscription(
 #[serde(deny_unknown_fields)]
 pub(super) struct ReplayEventInput {
     subscription_id: Option<String>,
+    /// The event's topic, needed when its id names events of several topics.
+    topic: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/events/{source}/{event_id}/replay", tag = "events", params(("source" = String, Path), ("event_id" = String, Path)), request_body(content = Option<ReplayEventInput>), responses((status = 200, body = Replayed), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/events/{source}/{event_id}/replay", tag = "events", params(("source" = String, Path), ("event_id" = String, Path)), request_body(content = Option<ReplayEventInput>), responses((status = 200, body = Replayed), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the id names events of several topics: name `topic`")))]
 pub(super) async fn replay_event(
     State(app): State<AppState>,
     Path((source, event_id)): Path<(String, String)>,
@@ -528,6 +576,7 @@ pub(super) async fn replay_event(
     let scope = ReplayScope::Event {
         source,
         event_id,
+        topic: input.topic,
         subscription_id: input.subscription_id,
     };
     let replayed = app.store.replay(&scope, Utc::now()).await?;

@@ -110,6 +110,8 @@ pub enum ReplayScope {
     Event {
         source: String,
         event_id: String,
+        /// Needed when the id names events of several topics.
+        topic: Option<String>,
         subscription_id: Option<String>,
     },
     /// Every dead delivery of a subscription.

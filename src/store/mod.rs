@@ -1,7 +1,7 @@
 //! Storage: one [`Store`] trait, one implementation per database.
 //!
-//! [`Store::append_batch`] writes a delivery's event (exactly once per source
-//! and envelope id) and its outbox rows in one transaction. On PostgreSQL the
+//! [`Store::append_batch`] writes a delivery's event (exactly once per source,
+//! envelope id and topic) and its outbox rows in one transaction. On PostgreSQL the
 //! projection change commits in that transaction too; on SQLite the projection
 //! always follows a few milliseconds behind, in a file and on a thread of its
 //! own (see `sqlite::projector`). Every projection read catches it up first, so
@@ -89,6 +89,20 @@ pub enum StoreError {
     Corrupt(String),
     #[error("migration failed: {0}")]
     Migrate(String),
+    /// An envelope id that names events of several topics, asked for without
+    /// a topic: the caller names one (`?topic=`).
+    #[error(
+        "event `{event_id}` of source `{event_source}` exists under {} topics ({}): name one with \
+         ?topic= (e.g. ?topic={})",
+        topics.len(),
+        topics.join(", "),
+        topics[0]
+    )]
+    Ambiguous {
+        event_source: String,
+        event_id: String,
+        topics: Vec<String>,
+    },
     /// The database refused this one event's data (a value it cannot hold):
     /// retrying cannot help, so the delivery is answered 400 and quarantined
     /// (reason code `store_rejected`), never 503. See [`append_isolating`].
@@ -241,6 +255,10 @@ pub struct StoredEvent {
     /// Empty once retention pruned the event (see [`Store::prune_events`]).
     pub body: String,
     pub pruned_at: Option<DateTime<Utc>>,
+    /// Another event of this source (of another topic) was stored with the
+    /// same envelope id before this one: forwarding gives it a `webhook-id` of
+    /// its own (see [`crate::forward::worker::message_id`]).
+    pub id_taken: bool,
     /// Where this event is in the feed, as a `list_events` cursor: what follows
     /// it is read by passing it. (On PostgreSQL the feed is in the order of
     /// the writing transactions, which with several writers can differ from
@@ -264,6 +282,29 @@ pub(crate) fn enrollment_event_from_log(
         .map_err(|e| StoreError::Corrupt(format!("event {event_id} no longer parses: {e}")))?;
     let new = NewEvent::from_envelope("", &envelope, String::new(), Utc::now());
     Ok(new.enrollment)
+}
+
+/// The one event of `found` (the events with one envelope id, in log order)
+/// that has `topic`, or the only one when no topic is given; several without a
+/// topic are [`StoreError::Ambiguous`].
+pub(crate) fn one_event(
+    mut found: Vec<StoredEvent>,
+    source: &str,
+    event_id: &str,
+    topic: Option<&str>,
+) -> Result<Option<StoredEvent>> {
+    if let Some(topic) = topic {
+        let topic = thinkific::canonical_topic(topic);
+        found.retain(|e| e.topic == topic);
+    }
+    if found.len() > 1 {
+        return Err(StoreError::Ambiguous {
+            event_source: source.to_owned(),
+            event_id: event_id.to_owned(),
+            topics: found.into_iter().map(|e| e.topic).collect(),
+        });
+    }
+    Ok(found.pop())
 }
 
 /// What one retention run removed.
@@ -387,7 +428,7 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     }
 
     /// Stores a batch in ONE transaction: each event exactly once per (source,
-    /// event id), with its outbox rows and (but for SQLite, which projects behind, see the
+    /// event id, topic), with its outbox rows and (but for SQLite, which projects behind, see the
     /// module docs) its projection change. Outcomes are in input order.
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>>;
 
@@ -413,7 +454,7 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     /// as they are there: row, ids, empty body and `pruned_at`, so that a
     /// redelivery stays a duplicate. They have no projection (enrollment
     /// events are never pruned) and nothing to forward. Outcomes are in input
-    /// order, each event once per (source, event id) as in [`Store::append_batch`].
+    /// order, each event once per (source, event id, topic) as in [`Store::append_batch`].
     async fn append_pruned(&self, events: &[StoredEvent]) -> Result<Vec<AppendOutcome>>;
 
     async fn quarantine(&self, record: NewQuarantine) -> Result<i64>;
@@ -462,7 +503,16 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
         filter: &EventFilter,
         page: &PageRequest,
     ) -> Result<Page<StoredEvent>>;
-    async fn get_event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>>;
+    /// The event with this envelope id (and topic, in either spelling of
+    /// `cancelled`): [`StoreError::Ambiguous`] when, without a topic, the id
+    /// names events of several topics (Thinkific gives `lesson.completed` and
+    /// `quiz.attempted` one id).
+    async fn get_event(
+        &self,
+        source: &str,
+        event_id: &str,
+        topic: Option<&str>,
+    ) -> Result<Option<StoredEvent>>;
     /// The feed's end now: the `list_events` cursor after the last event a
     /// reader can see (None when the feed is empty). Everything read from it
     /// later is stored after this call's view: where a live stream starts.

@@ -62,6 +62,7 @@ pub(crate) fn event_from_row(row: &impl Cols) -> Result<StoredEvent> {
         enrollment_id: row.opt_int("enrollment_id")?,
         body: row.text("body")?,
         pruned_at: row.opt_time("pruned_at")?,
+        id_taken: row.flag("id_taken")?,
         position: row.event_position(seq)?,
     })
 }

@@ -60,12 +60,39 @@ pub struct Topic {
 }
 
 impl Topic {
+    /// A topic in its one spelling (see [`canonical_action`]).
     pub fn parse(s: &str) -> Option<Topic> {
         let (resource, action) = s.split_once('.')?;
         (valid_word(resource) && valid_word(action)).then(|| Topic {
             resource: resource.to_owned(),
-            action: action.to_owned(),
+            action: canonical_action(action).to_owned(),
         })
+    }
+}
+
+/// The spelling of "cancelled" every topic is stored, matched and queried in.
+/// Thinkific lists the topic as `subscription.cancelled`, while the sample of
+/// that webhook says `"action": "canceled"`: both mean one topic. The listed
+/// spelling wins, since it is the one registrations use.
+pub const CANCELLED: &str = "cancelled";
+
+/// An action in its one spelling: `canceled` (any case) is `cancelled`.
+pub fn canonical_action(action: &str) -> &str {
+    if action.eq_ignore_ascii_case("canceled") {
+        CANCELLED
+    } else {
+        action
+    }
+}
+
+/// A topic (or topic pattern) in its one spelling: `x.canceled` is
+/// `x.cancelled`; anything else is returned as it is, without allocating.
+pub fn canonical_topic(topic: &str) -> std::borrow::Cow<'_, str> {
+    match topic.split_once('.') {
+        Some((resource, action)) if canonical_action(action) != action => {
+            std::borrow::Cow::Owned(format!("{resource}.{CANCELLED}"))
+        }
+        _ => std::borrow::Cow::Borrowed(topic),
     }
 }
 
@@ -667,6 +694,36 @@ mod tests {
         assert_eq!(c.enrollment.unwrap().percentage_completed, Some(100.0));
         let n = parse(samples::CREATED.as_bytes(), None).unwrap();
         assert_eq!(n.enrollment.unwrap().percentage_completed, Some(0.0));
+    }
+
+    #[test]
+    fn canceled_and_cancelled_are_one_topic() {
+        assert_eq!(
+            canonical_topic("subscription.canceled"),
+            "subscription.cancelled"
+        );
+        assert_eq!(
+            canonical_topic("subscription.CANCELED"),
+            "subscription.cancelled"
+        );
+        assert_eq!(
+            canonical_topic("subscription.cancelled"),
+            "subscription.cancelled"
+        );
+        assert!(matches!(
+            canonical_topic("order.created"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(canonical_topic("subscription.*"), "subscription.*");
+        assert_eq!(
+            canonical_topic("canceled"),
+            "canceled",
+            "not a topic: as it is"
+        );
+        // The sample's spelling is parsed into the listed one; the body is not touched.
+        let body = br#"{"id":"1","resource":"subscription","action":"canceled","payload":{}}"#;
+        let e = parse_delivery(body).unwrap();
+        assert_eq!(e.topic.to_string(), "subscription.cancelled");
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub fn topics(given: &[String]) -> Result<Vec<String>, String> {
     }
     let mut out: Vec<String> = Vec::new();
     for t in named {
-        let t = t.to_ascii_lowercase();
+        let t = crate::thinkific::canonical_topic(&t.to_ascii_lowercase()).into_owned();
         if !DOCUMENTED_TOPICS.contains(&t.as_str()) {
             return Err(format!(
                 "`{t}` is not a topic Thinkific documents. Use `all`, or some of: {}",
@@ -202,6 +202,14 @@ pub struct Plan {
     pub create: Vec<String>,
 }
 
+/// Whether two topic names are one topic: case aside, and `canceled` is
+/// `cancelled` (Thinkific spells the subscription topic both ways).
+pub fn same_topic(a: &str, b: &str) -> bool {
+    let a = crate::thinkific::canonical_topic(a.trim()).to_ascii_lowercase();
+    let b = crate::thinkific::canonical_topic(b.trim()).to_ascii_lowercase();
+    a == b
+}
+
 pub fn same_url(a: &str, b: &str) -> bool {
     a.trim().trim_end_matches('/') == b.trim().trim_end_matches('/')
 }
@@ -212,7 +220,7 @@ pub fn plan(existing: &[Webhook], url: &str, topics: &[String]) -> Plan {
     for topic in topics {
         match existing
             .iter()
-            .find(|w| same_url(&w.target_url, url) && w.topic.eq_ignore_ascii_case(topic))
+            .find(|w| same_url(&w.target_url, url) && same_topic(&w.topic, topic))
         {
             Some(w) => kept.push(w.clone()),
             None => create.push(topic.clone()),
@@ -237,7 +245,7 @@ pub fn check(existing: &[Webhook], url: &str, topics: &[String]) -> Check {
     for topic in topics {
         let of_topic: Vec<&Webhook> = existing
             .iter()
-            .filter(|w| w.topic.eq_ignore_ascii_case(topic))
+            .filter(|w| same_topic(&w.topic, topic))
             .collect();
         if of_topic.iter().any(|w| same_url(&w.target_url, url)) {
             c.registered.push(topic.clone());
@@ -309,6 +317,19 @@ mod tests {
             status: Some("active".into()),
             created_at: None,
         }
+    }
+
+    #[test]
+    fn either_spelling_of_cancelled_is_the_documented_topic() {
+        assert_eq!(
+            topics(&["subscription.canceled".into()]).unwrap(),
+            ["subscription.cancelled"]
+        );
+        let url = "https://hooks.example.com/webhooks/thinkific";
+        let existing = [hook("1", "subscription.canceled", url)];
+        let wanted = ["subscription.cancelled".to_owned()];
+        assert_eq!(plan(&existing, url, &wanted).create, Vec::<String>::new());
+        assert_eq!(check(&existing, url, &wanted).registered, wanted);
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod config;
 mod course_stats;
 mod crash;
 mod dashboard;
+mod event_identity;
 mod faults;
 mod forward;
 mod hardening;

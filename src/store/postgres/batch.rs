@@ -36,23 +36,54 @@ pub(super) fn is_retryable(e: &StoreError) -> bool {
     }
 }
 
+/// The advisory lock of one envelope id of a source (the one-bigint key
+/// space, apart from the enrollments' two-int keys): transactions storing
+/// events with one id take turns, so each sees whether another already has
+/// it (`id_taken`, which forwarding's `webhook-id` depends on). FNV-1a, 64
+/// bits; stable across versions, like [`enrollment_lock`].
+fn event_id_lock(source: &str, event_id: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in source.bytes().chain([0xff]).chain(event_id.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
 /// One batch, one transaction (see the module comment for the locking order).
 pub(super) async fn append_on(
     conn: &mut PgConnection,
     events: &[NewEvent],
 ) -> Result<Vec<AppendOutcome>> {
     let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
-    // The first occurrence of each (source, event id) is the one inserted, in
-    // sorted order; later occurrences in the batch are duplicates.
+    let key = |i: usize| (&events[i].source, &events[i].event_id, &events[i].topic);
+    // The first occurrence of each (source, event id, topic) is the one
+    // inserted, in sorted order; later occurrences in the batch are duplicates.
     let mut order: Vec<usize> = (0..events.len()).collect();
-    order.sort_by(|&a, &b| {
-        (&events[a].source, &events[a].event_id).cmp(&(&events[b].source, &events[b].event_id))
-    });
-    order.dedup_by(|b, a| {
-        events[*a].source == events[*b].source && events[*a].event_id == events[*b].event_id
-    });
+    order.sort_by(|&a, &b| key(a).cmp(&key(b)).then(a.cmp(&b)));
+    order.dedup_by(|b, a| key(*a) == key(*b));
+    // An id an earlier event of this batch (another topic) has is taken; one
+    // the log already has is found by the insert itself.
+    let mut first_topic: HashMap<(&str, &str), &str> = HashMap::new();
+    let mut taken_in_batch = vec![false; events.len()];
+    for (i, ev) in events.iter().enumerate() {
+        let first = first_topic
+            .entry((ev.source.as_str(), ev.event_id.as_str()))
+            .or_insert(ev.topic.as_str());
+        taken_in_batch[i] = *first != ev.topic;
+    }
 
     let mut tx = conn.begin().await?;
+    let mut id_locks: Vec<i64> = order
+        .iter()
+        .map(|&i| event_id_lock(&events[i].source, &events[i].event_id))
+        .collect();
+    id_locks.sort_unstable();
+    id_locks.dedup();
+    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k ORDER BY k")
+        .bind(&id_locks)
+        .execute(&mut *tx)
+        .await?;
     let sources: Vec<String> = order.iter().map(|&i| events[i].source.clone()).collect();
     let ids: Vec<String> = order.iter().map(|&i| events[i].event_id.clone()).collect();
     let topics: Vec<String> = order.iter().map(|&i| events[i].topic.clone()).collect();
@@ -65,21 +96,27 @@ pub(super) async fn append_on(
         order.iter().map(|&i| events[i].enrollment_id()).collect();
     let bodies: Vec<&str> = order.iter().map(|&i| events[i].body.as_str()).collect();
     let positions: Vec<i32> = order.iter().map(|&i| i as i32).collect();
+    let taken: Vec<bool> = order.iter().map(|&i| taken_in_batch[i]).collect();
     // Sequence numbers follow the input (arrival) order; rows are inserted in
     // key order, so concurrent batches wait on each other's keys in one order.
-    let inserted: Vec<(String, String, i64)> = sqlx::query_as(
+    let inserted: Vec<(String, String, String, i64)> = sqlx::query_as(
         "WITH input AS (
              SELECT nextval('events_seq_seq') AS seq, source, event_id, topic, created_at,
-                    received_at, enrollment_id, body
+                    received_at, enrollment_id, body, taken
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                         $5::timestamptz[], $6::bigint[], $7::text[], $8::int4[])
-                  AS u(source, event_id, topic, created_at, received_at, enrollment_id, body, pos)
+                         $5::timestamptz[], $6::bigint[], $7::text[], $8::int4[], $9::bool[])
+                  AS u(source, event_id, topic, created_at, received_at, enrollment_id, body, pos,
+                       taken)
              ORDER BY pos)
-         INSERT INTO events (seq, source, event_id, topic, created_at, received_at, enrollment_id, body)
+         INSERT INTO events (seq, source, event_id, topic, created_at, received_at, enrollment_id,
+                             body, id_taken)
          OVERRIDING SYSTEM VALUE
-         SELECT * FROM input ORDER BY source, event_id
-         ON CONFLICT (source, event_id) DO NOTHING
-         RETURNING source, event_id, seq",
+         SELECT seq, source, event_id, topic, created_at, received_at, enrollment_id, body,
+                taken OR EXISTS (SELECT 1 FROM events AS e
+                                 WHERE e.source = input.source AND e.event_id = input.event_id)
+         FROM input ORDER BY source, event_id, topic
+         ON CONFLICT (source, event_id, topic) DO NOTHING
+         RETURNING source, event_id, topic, seq",
     )
     .bind(&sources)
     .bind(&ids)
@@ -89,18 +126,20 @@ pub(super) async fn append_on(
     .bind(&enrollment_ids)
     .bind(&bodies)
     .bind(&positions)
+    .bind(&taken)
     .fetch_all(&mut *tx)
     .await?;
-    let seqs: HashMap<(String, String), i64> = inserted
+    let seqs: HashMap<(String, String, String), i64> = inserted
         .into_iter()
-        .map(|(source, event_id, seq)| ((source, event_id), seq))
+        .map(|(source, event_id, topic, seq)| ((source, event_id, topic), seq))
         .collect();
 
     // New enrollment events, grouped by enrollment in sorted order.
     let mut touched: BTreeMap<(&str, i64), Vec<&EnrollmentEvent>> = BTreeMap::new();
     for &i in &order {
         let ev = &events[i];
-        let Some(&seq) = seqs.get(&(ev.source.clone(), ev.event_id.clone())) else {
+        let Some(&seq) = seqs.get(&(ev.source.clone(), ev.event_id.clone(), ev.topic.clone()))
+        else {
             continue;
         };
         outcomes[i] = AppendOutcome::Stored { seq };

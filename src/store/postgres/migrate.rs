@@ -34,6 +34,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "long values",
         include_str!("migrations/0007_long_values.sql"),
     ),
+    (
+        8,
+        "topic in the event identity",
+        include_str!("migrations/0008_topic_in_event_identity.sql"),
+    ),
 ];
 
 /// Advisory lock key serialising migrations of concurrently starting instances

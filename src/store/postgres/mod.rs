@@ -2,14 +2,16 @@
 //! instances.
 //!
 //! The guarantees of the embedded store hold across instances:
-//! - exactly once: `INSERT … ON CONFLICT (source, event_id) DO NOTHING`; when two
-//!   instances insert the same new event at once, the second waits on the unique
-//!   index and then sees the conflict, so only the winner applies the projection;
+//! - exactly once: `INSERT … ON CONFLICT (source, event_id, topic) DO NOTHING`;
+//!   a batch first takes a transaction-scoped advisory lock per (source, event
+//!   id), in sorted order, so that batches storing one id take turns: the later
+//!   one sees the earlier's row (a duplicate, or an id already taken by another
+//!   topic, see `id_taken`), and only the winner applies the projection;
 //! - newest state: before reading an enrollment, a batch takes a transaction-scoped
 //!   advisory lock per (source, enrollment id) (rows that do not exist yet cannot be
 //!   row-locked), in sorted order so that batches of different instances never
-//!   deadlock; events are inserted in sorted (source, event_id) order for the same
-//!   reason. Deadlocks and serialization failures that still happen are retried.
+//!   deadlock; events are inserted in sorted (source, event_id, topic) order for the
+//!   same reason. Deadlocks and serialization failures that still happen are retried.
 //!
 //! Several writers (see [`Store::writers`]) each commit whole batches; every
 //! batch costs a handful of round trips whatever its size (arrays + `unnest`).
@@ -349,8 +351,13 @@ impl Store for PostgresStore {
         Ok(sql::page_by(items, page.limit, |e| e.position.clone()))
     }
 
-    async fn get_event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>> {
-        log::get_event(&self.reader, EVENT_COLUMNS, source, event_id).await
+    async fn get_event(
+        &self,
+        source: &str,
+        event_id: &str,
+        topic: Option<&str>,
+    ) -> Result<Option<StoredEvent>> {
+        log::get_event(&self.reader, EVENT_COLUMNS, source, event_id, topic).await
     }
 
     async fn feed_end(&self) -> Result<Option<String>> {

@@ -325,6 +325,7 @@ where
         ReplayScope::Event {
             source,
             event_id,
+            topic,
             subscription_id,
         } => {
             let mut q = QueryBuilder::<DB>::new(format!(
@@ -332,15 +333,16 @@ where
             ));
             q.push_bind(source.clone())
                 .push(" AND event_id = ")
-                .push_bind(event_id.clone());
-            let row = q
-                .build()
-                .fetch_optional(DB::on(conn))
-                .await?
-                .ok_or_else(|| {
-                    StoreError::NotFound(format!("no event `{event_id}` from source `{source}`"))
-                })?;
-            let event = event_from_row(&row)?;
+                .push_bind(event_id.clone())
+                .push(" ORDER BY seq");
+            let rows = q.build().fetch_all(DB::on(conn)).await?;
+            let found = rows
+                .iter()
+                .map(event_from_row)
+                .collect::<Result<Vec<_>>>()?;
+            let event = one_event(found, source, event_id, topic.as_deref())?.ok_or_else(|| {
+                StoreError::NotFound(format!("no event `{event_id}` from source `{source}`"))
+            })?;
             let course = course_id_of_body(&event.body);
             let targets: Vec<Subscription> = match subscription_id {
                 Some(id) => vec![subscription_in::<DB>(conn, id).await?],

@@ -220,12 +220,14 @@ where
     fetch_mapped(pool, q, event_from_row).await
 }
 
-/// One logged event by its identity, read with `event_columns`.
+/// One logged event by its identity, read with `event_columns` (see
+/// [`Store::get_event`]).
 pub(crate) async fn get_event<DB: Dialect>(
     pool: &Pool<DB>,
     event_columns: &str,
     source: &str,
     event_id: &str,
+    topic: Option<&str>,
 ) -> Result<Option<StoredEvent>>
 where
     String: Binds<DB>,
@@ -235,6 +237,8 @@ where
     ));
     q.push_bind(source.to_owned())
         .push(" AND event_id = ")
-        .push_bind(event_id.to_owned());
-    Ok(fetch_mapped(pool, q, event_from_row).await?.pop())
+        .push_bind(event_id.to_owned())
+        .push(" ORDER BY seq");
+    let found = fetch_mapped(pool, q, event_from_row).await?;
+    one_event(found, source, event_id, topic)
 }

@@ -94,7 +94,7 @@ where
     for e in events {
         let mut q = QueryBuilder::<DB>::new(
             "INSERT INTO events (source, event_id, topic, created_at, received_at,
-                enrollment_id, body, pruned_at) VALUES (",
+                enrollment_id, body, pruned_at, id_taken) VALUES (",
         );
         q.separated(", ")
             .push_bind(e.source.clone())
@@ -105,7 +105,13 @@ where
             .push_bind(e.enrollment_id)
             .push_unseparated(", ''")
             .push_bind(DB::opt_time(e.pruned_at));
-        q.push(") ON CONFLICT (source, event_id) DO NOTHING RETURNING seq");
+        // As in the batch writers: an id an earlier event already has is taken.
+        q.push(", EXISTS (SELECT 1 FROM events WHERE source = ")
+            .push_bind(e.source.clone())
+            .push(" AND event_id = ")
+            .push_bind(e.event_id.clone())
+            .push(")");
+        q.push(") ON CONFLICT (source, event_id, topic) DO NOTHING RETURNING seq");
         let row = q.build().fetch_optional(DB::on(conn)).await?;
         outcomes.push(match row {
             Some(row) => AppendOutcome::Stored {

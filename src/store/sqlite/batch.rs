@@ -193,15 +193,19 @@ fn append(conn: &mut Connection, events: &[NewEvent], subs: &Subscriptions) -> R
     Ok(Batch::Committed(outcomes))
 }
 
-/// Inserts each (source, event id) once: a later copy, in the log or earlier
-/// in the batch, is a duplicate.
+/// Inserts each (source, event id, topic) once: a later copy, in the log or
+/// earlier in the batch, is a duplicate. An event whose id an earlier event
+/// of another topic already has is marked `id_taken` (one writer: the rows
+/// before it, in the log and in this batch, are all visible).
 fn insert_events(conn: &Connection, events: &[NewEvent]) -> rusqlite::Result<Vec<AppendOutcome>> {
     // No RETURNING: SQLite collects RETURNING rows in a temporary table per
     // execution; whether a row went in, and its rowid, are known anyway.
     let mut insert = conn.prepare_cached(
-        "INSERT INTO events (source, event_id, topic, created_at, received_at, enrollment_id, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (source, event_id) DO NOTHING",
+        "INSERT INTO events (source, event_id, topic, created_at, received_at, enrollment_id, body,
+            id_taken)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
+            EXISTS (SELECT 1 FROM events WHERE source = ?1 AND event_id = ?2))
+         ON CONFLICT (source, event_id, topic) DO NOTHING",
     )?;
     events
         .iter()

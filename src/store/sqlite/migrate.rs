@@ -46,6 +46,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "prunable events by arrival",
         include_str!("migrations/0008_prunable_events.sql"),
     ),
+    (
+        9,
+        "topic in the event identity",
+        include_str!("migrations/0009_topic_in_event_identity.sql"),
+    ),
 ];
 
 /// Brings the main file's schema up to date (with `apply`), or says how.

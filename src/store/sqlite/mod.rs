@@ -370,8 +370,13 @@ impl Store for SqliteStore {
         Ok(sql::page_by(items, page.limit, |e| e.position.clone()))
     }
 
-    async fn get_event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>> {
-        log::get_event(&self.reader, EVENT_COLUMNS, source, event_id).await
+    async fn get_event(
+        &self,
+        source: &str,
+        event_id: &str,
+        topic: Option<&str>,
+    ) -> Result<Option<StoredEvent>> {
+        log::get_event(&self.reader, EVENT_COLUMNS, source, event_id, topic).await
     }
 
     async fn feed_end(&self) -> Result<Option<String>> {

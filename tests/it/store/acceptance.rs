@@ -88,7 +88,12 @@ async fn nul_characters_and_long_values_are_stored_alike(fx: Fixture) {
     assert_eq!(nul.last_name.as_deref(), Some("L\u{FFFD}st"));
     assert_eq!(nul.course_name.as_deref(), Some("C\u{FFFD}"));
     // The raw body stays byte for byte, escape included.
-    let stored = fx.store.get_event("default", "nul").await.unwrap().unwrap();
+    let stored = fx
+        .store
+        .get_event("default", "nul", None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.body, bodies[0]);
 
     let email = long_email.trim_matches('"').to_owned();

@@ -86,7 +86,7 @@ async fn bodies_round_trip_byte_for_byte(f: Fixture) {
     f.store.append_batch(&[ev]).await.unwrap();
     let stored = f
         .store
-        .get_event("default", "20190131192004041953291")
+        .get_event("default", "20190131192004041953291", None)
         .await
         .unwrap()
         .unwrap();
@@ -236,8 +236,8 @@ async fn events_filter_and_paginate(f: Fixture) {
         tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
         every[21..].iter().map(|e| e.seq).collect::<Vec<_>>()
     );
-    assert!(s.get_event("school-a", "o2").await.unwrap().is_some());
-    assert!(s.get_event("school_b", "o2").await.unwrap().is_none());
+    assert!(s.get_event("school-a", "o2", None).await.unwrap().is_some());
+    assert!(s.get_event("school_b", "o2", None).await.unwrap().is_none());
     assert_eq!(s.enrollment_events("school-a", 1).await.unwrap().len(), 1);
 }
 

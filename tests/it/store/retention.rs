@@ -41,13 +41,18 @@ async fn retention_drops_only_bodies_older_than_the_cutoff(f: Fixture) {
     assert_eq!(report.events, 1, "only the old event is pruned");
     let recent = f
         .store
-        .get_event("default", "recent")
+        .get_event("default", "recent", None)
         .await
         .unwrap()
         .unwrap();
     assert!(recent.pruned_at.is_none(), "a recent body is kept");
     assert!(!recent.body.is_empty());
-    let old = f.store.get_event("default", "old").await.unwrap().unwrap();
+    let old = f
+        .store
+        .get_event("default", "old", None)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(old.pruned_at.is_some());
     assert!(old.body.is_empty());
     // A second run finds nothing more.
@@ -78,12 +83,17 @@ async fn copy_keeps_pruned_events_pruned(from: Fixture) {
         .expect("a pruned log copies");
     assert_eq!((report.events, report.events_added), (2, 2));
 
-    let old = to.store.get_event("default", "old").await.unwrap().unwrap();
+    let old = to
+        .store
+        .get_event("default", "old", None)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(old.pruned_at.is_some(), "copied as pruned");
     assert!(old.body.is_empty());
     let recent = to
         .store
-        .get_event("default", "recent")
+        .get_event("default", "recent", None)
         .await
         .unwrap()
         .unwrap();

@@ -70,6 +70,7 @@ async fn a_replay_during_an_attempt_is_not_recorded_over(f: Fixture) {
     let replay = ReplayScope::Event {
         source: "default".into(),
         event_id: "e1".into(),
+        topic: None,
         subscription_id: None,
     };
     assert_eq!(s.replay(&replay, now).await.unwrap(), 1);

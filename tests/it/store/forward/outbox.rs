@@ -44,7 +44,7 @@ async fn a_claim_leases_due_deliveries_until_the_lease_ends(f: Fixture) {
     let d = &second[0];
     assert_eq!((d.attempts, d.subscription.id.as_str()), (0, "sub_1"));
     let stored = s
-        .get_event("default", &d.event.event_id)
+        .get_event("default", &d.event.event_id, None)
         .await
         .unwrap()
         .unwrap();
@@ -234,6 +234,7 @@ async fn dead_letters_and_past_events_can_be_replayed(f: Fixture) {
     let one_event = |subscription_id: Option<&str>| ReplayScope::Event {
         source: "default".into(),
         event_id: "e1".into(),
+        topic: None,
         subscription_id: subscription_id.map(str::to_owned),
     };
     assert_eq!(s.replay(&one_event(None), now).await.unwrap(), 2);
@@ -242,6 +243,7 @@ async fn dead_letters_and_past_events_can_be_replayed(f: Fixture) {
     let missing = ReplayScope::Event {
         source: "default".into(),
         event_id: "nope".into(),
+        topic: None,
         subscription_id: None,
     };
     assert!(
