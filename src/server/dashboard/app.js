@@ -442,10 +442,14 @@ function courseTable(items) {
       if (y === null || y === undefined) return -1;
       return (x < y ? -1 : 1) * (sort.asc ? 1 : -1);
     });
+    const sortBy = (c) => { sort = { key: c.key, asc: c.key === sort.key ? !sort.asc : !c.num }; draw(); };
+    // Sortable by keyboard too: each header is a focusable control.
     const head = h('tr', null, columns.map((c) => h('th', {
       class: `sortable${c.num ? ' num' : ''}${c.key === sort.key ? ' sorted' + (sort.asc ? ' asc' : '') : ''}`,
-      scope: 'col',
-      onclick: () => { sort = { key: c.key, asc: c.key === sort.key ? !sort.asc : !c.num }; draw(); },
+      scope: 'col', tabindex: 0,
+      'aria-sort': c.key === sort.key ? (sort.asc ? 'ascending' : 'descending') : 'none',
+      onclick: () => sortBy(c),
+      onkeydown: (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); sortBy(c); } },
     }, c.label)));
     const body = rows.map((c) => {
       const href = `#/courses/${encodeURIComponent(c.source)}/${c.course_id}`;
