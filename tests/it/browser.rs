@@ -14,7 +14,7 @@ use crate::common;
 
 use common::backend::{TestDatabase, on_both_backends};
 use common::destination::{Destination, Reply};
-use common::process::{Server, free_port, start_server};
+use common::process::{Server, free_port, start_server_on};
 use enrollhook::thinkific::sign;
 use serde_json::{Value, json};
 
@@ -258,8 +258,8 @@ fn screenshots_dir(backend: &str) -> PathBuf {
 }
 
 /// Two schools with their own tokens, the admin token, and deliveries
-/// forwarded to loopback stand-ins with quick retries.
-fn start(db: &TestDatabase, dir: &Path) -> Server {
+/// forwarded to loopback stand-ins with quick retries; on `listen`.
+fn start(db: &TestDatabase, dir: &Path, listen: &str) -> Server {
     let config = dir.join("enrollhook.toml");
     std::fs::write(
         &config,
@@ -275,7 +275,8 @@ fn start(db: &TestDatabase, dir: &Path) -> Server {
         "#,
     )
     .unwrap();
-    start_server(
+    start_server_on(
+        listen,
         &db.url,
         "default-key",
         &[
@@ -404,7 +405,8 @@ async fn the_dashboard_works_in_chromium_for_the_admin(db: TestDatabase) {
         common::backend::Backend::Postgres => "postgres",
     });
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&db, dir.path());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut server = start(&db, dir.path(), &listen);
     let http = enrollhook::client::http_client(Duration::from_secs(30)).unwrap();
     seed(&http, &server).await;
     let browser = Browser::start().await;
@@ -454,6 +456,61 @@ async fn the_dashboard_works_in_chromium_for_the_admin(db: TestDatabase) {
         )
         .await;
     assert!(posted.elapsed() <= Duration::from_secs(2));
+
+    // The page notices a restart, reconnects, and is live again.
+    server.kill();
+    browser
+        .until(
+            "the indicator to say it reconnects",
+            "return document.getElementById('live').dataset.state === 'retry';",
+            WAIT,
+        )
+        .await;
+    let server = start(&db, dir.path(), &listen);
+    browser
+        .until(
+            "live again",
+            "return document.getElementById('live').dataset.state === 'on';",
+            WAIT,
+        )
+        .await;
+    let body = enrollment("a7", 7, 11, "5.0", "Biology");
+    deliver(&http, &server, "school-a", "key-a", body).await;
+    browser
+        .until(
+            "a delivery after the restart",
+            "const c = [...document.querySelectorAll('.card')].find((c) => c.querySelector('.label').textContent === 'Enrollments');
+             return c && c.querySelector('.value').textContent.replace(/\\D/g, '') === '8';",
+            Duration::from_secs(2),
+        )
+        .await;
+
+    // An open student page shows a new event of its enrollment.
+    browser
+        .goto(&format!(
+            "{}/dashboard#/enrollments/school-a/1",
+            server.base
+        ))
+        .await;
+    browser
+        .until(
+            "the student page",
+            "const h = [...document.querySelectorAll('#view h2')].find((h) => h.textContent.startsWith('Timeline'));
+             return h && h.textContent === 'Timeline (1 event)';",
+            WAIT,
+        )
+        .await;
+    let progress =
+        common::enrollment_event("a1p", "progress", 1, 10, "60.0", "2024-05-03T00:00:00Z");
+    deliver(&http, &server, "school-a", "key-a", progress).await;
+    browser
+        .until(
+            "the new event on the student page",
+            "const h = [...document.querySelectorAll('#view h2')].find((h) => h.textContent.startsWith('Timeline'));
+             return h && h.textContent === 'Timeline (2 events)';",
+            Duration::from_secs(2),
+        )
+        .await;
 
     // 3. The CSV download of the enrollment list is the API's list.
     browser
@@ -658,7 +715,7 @@ async fn a_school_sees_only_its_own_in_chromium(db: TestDatabase) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&db, dir.path());
+    let server = start(&db, dir.path(), "127.0.0.1:0");
     let http = enrollhook::client::http_client(Duration::from_secs(30)).unwrap();
     seed(&http, &server).await;
     let browser = Browser::start().await;
