@@ -433,7 +433,22 @@ async fn a_test_delivery_reports_the_destinations_answer(db: TestDatabase) {
     assert_eq!(status, 404);
 }
 
+/// Open streams end when the server stops: a graceful stop does not wait
+/// for them (it would wait 30 s, then cut them).
+async fn open_streams_do_not_hold_up_a_graceful_stop(db: TestDatabase) {
+    let mut app = db.serve(|_| {}).await;
+    let mut stream = Stream::connect(&app, None, None).await;
+    tokio::time::timeout(Duration::from_secs(5), app.stop())
+        .await
+        .expect("the server stopped with a stream open");
+    // What was sent before comes out, then the end (not a 3 s wait).
+    let started = std::time::Instant::now();
+    stream.drain(WAIT).await;
+    assert!(started.elapsed() < WAIT, "the stream did not end");
+}
+
 on_both_backends!(
+    open_streams_do_not_hold_up_a_graceful_stop,
     stream_resumes_after_last_event_id_without_gaps_or_repeats,
     a_school_streams_its_own_deliveries_only,
     streams_are_capped_and_counted,
