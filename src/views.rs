@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use crate::projection::{Enrollment, Status};
 use crate::store::{QuarantineRecord, StoredEvent};
+use crate::thinkific::PercentageReading;
 
 /// One enrollment as the API and CLI show it: flat, with its derived status.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -90,6 +91,11 @@ pub struct EventView {
     /// Opaque feed position: `GET /api/events?cursor=<position>` reads the
     /// events stored after this one. Keep the last one seen to tail the log.
     pub position: String,
+    /// For enrollment events with a `percentage_completed`: how it was read
+    /// (`percent_text` "24.0", `percent_number` 24 or 0.5 in a webhook,
+    /// `fraction` 0.24 from the REST API, `ignored` when no reading fits and
+    /// the value was left out of the projection).
+    pub progress_reading: Option<PercentageReading>,
 }
 
 pub fn event_view(e: &StoredEvent) -> EventView {
@@ -108,7 +114,20 @@ pub fn event_view(e: &StoredEvent) -> EventView {
         },
         pruned_at: opt(e.pruned_at),
         position: e.position.clone(),
+        progress_reading: progress_reading(e),
     }
+}
+
+/// How the event's `percentage_completed` was read: by the same parser that
+/// read it for the projection (only enrollment events carry one).
+fn progress_reading(e: &StoredEvent) -> Option<PercentageReading> {
+    if e.enrollment_id.is_none() || e.body.is_empty() {
+        return None;
+    }
+    crate::thinkific::parse(e.body.as_bytes(), Some(&e.topic))
+        .ok()?
+        .enrollment?
+        .percentage_reading
 }
 
 /// A rejected delivery, kept with its reason.

@@ -89,6 +89,10 @@ pub struct SubscriptionFields {
     /// Deliver the events of one enrollment in order, one at a time.
     #[arg(long)]
     ordered: Option<bool>,
+    /// Only events this filter accepts, as JSON, e.g.
+    /// `{"payload.course.id": {"$in": [68, 71]}}`; `none` removes it (README: Filters).
+    #[arg(long)]
+    filter: Option<String>,
     #[arg(long)]
     description: Option<String>,
 }
@@ -107,8 +111,25 @@ impl SubscriptionFields {
             }
             Some(map)
         };
+        let filter = match self.filter.as_deref().map(str::trim) {
+            None => None,
+            Some("none") => Some(None),
+            Some(text) => {
+                // Parsed here for a message with the line and column; the
+                // server checks the operators.
+                let json = serde_json::from_str(text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--filter is not valid JSON at line {} column {}: {e}",
+                        e.line(),
+                        e.column()
+                    )
+                })?;
+                Some(Some(json))
+            }
+        };
         Ok(SubscriptionInput {
             url,
+            filter,
             topics: (!self.topics.is_empty()).then_some(self.topics),
             course_ids: (!self.course_ids.is_empty()).then_some(Some(self.course_ids)),
             sources: (!self.sources.is_empty()).then_some(Some(self.sources)),

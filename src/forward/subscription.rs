@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::address::non_public_reason;
+use super::filter::Filter;
 use super::signing;
 use crate::thinkific::Topic;
 
@@ -30,6 +31,9 @@ pub struct Subscription {
     /// Deliver the events of one enrollment one after the other, in log order.
     pub ordered: bool,
     pub headers: BTreeMap<String, String>,
+    /// Only events this filter accepts (see `forward::filter`; README "Filters").
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<EventFilter>,
     pub description: Option<String>,
     /// Set at the first failure after a success; too old a date disables the subscription.
     pub failing_since: Option<DateTime<Utc>>,
@@ -37,17 +41,83 @@ pub struct Subscription {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A subscription's filter: the JSON its owner gave (shown back as given)
+/// and the parsed form that is evaluated.
+#[derive(Debug, Clone)]
+pub struct EventFilter {
+    json: serde_json::Value,
+    parsed: Filter,
+}
+
+impl EventFilter {
+    pub fn new(json: serde_json::Value) -> Result<EventFilter, InvalidSubscription> {
+        let parsed = Filter::from_value(&json)
+            .map_err(|e| InvalidSubscription(format!("`filter` {}: {}", e.at, e.reason)))?;
+        Ok(EventFilter { json, parsed })
+    }
+
+    pub fn json(&self) -> &serde_json::Value {
+        &self.json
+    }
+}
+
+impl PartialEq for EventFilter {
+    fn eq(&self, other: &Self) -> bool {
+        self.json == other.json
+    }
+}
+
+impl Serialize for EventFilter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(s)
+    }
+}
+
+/// One event as subscriptions look at it; its body is parsed once, and only
+/// if a subscription with a filter gets that far.
+pub struct EventToMatch<'a> {
+    pub source: &'a str,
+    pub topic: &'a str,
+    pub course_id: Option<i64>,
+    pub body: &'a str,
+    parsed: std::cell::OnceCell<serde_json::Value>,
+}
+
+impl<'a> EventToMatch<'a> {
+    pub fn new(source: &'a str, topic: &'a str, course_id: Option<i64>, body: &'a str) -> Self {
+        EventToMatch {
+            source,
+            topic,
+            course_id,
+            body,
+            parsed: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn json(&self) -> &serde_json::Value {
+        // Stored bodies are valid JSON; a pruned (empty) one is matched as null.
+        self.parsed
+            .get_or_init(|| serde_json::from_str(self.body).unwrap_or(serde_json::Value::Null))
+    }
+}
+
 impl Subscription {
-    pub fn matches(&self, source: &str, topic: &str, course_id: Option<i64>) -> bool {
-        self.topics.iter().any(|p| topic_matches(p, topic))
+    /// Whether this subscription takes the event: its topics, sources and
+    /// courses, then its filter.
+    pub fn matches(&self, event: &EventToMatch<'_>) -> bool {
+        self.topics.iter().any(|p| topic_matches(p, event.topic))
             && self
                 .sources
                 .as_ref()
-                .is_none_or(|s| s.iter().any(|s| s == source))
+                .is_none_or(|s| s.iter().any(|s| s == event.source))
             && self
                 .course_ids
                 .as_ref()
-                .is_none_or(|ids| course_id.is_some_and(|c| ids.contains(&c)))
+                .is_none_or(|ids| event.course_id.is_some_and(|c| ids.contains(&c)))
+            && self
+                .filter
+                .as_ref()
+                .is_none_or(|f| f.parsed.matches(event.json()))
     }
 
     /// The secrets that sign a delivery now: the current one, and the previous
@@ -119,6 +189,10 @@ pub struct SubscriptionInput {
     pub enabled: Option<bool>,
     pub ordered: Option<bool>,
     pub headers: Option<BTreeMap<String, String>>,
+    /// A filter over the event (`null` removes it); see the README's "Filters".
+    #[serde(default, deserialize_with = "explicit_null")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Option<serde_json::Value>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub description: Option<Option<String>>,
 }
@@ -170,6 +244,7 @@ impl SubscriptionInput {
             disabled_reason: None,
             ordered: false,
             headers: BTreeMap::new(),
+            filter: None,
             description: None,
             failing_since: None,
             created_at: now,
@@ -247,6 +322,9 @@ impl SubscriptionInput {
                 }
             }
             s.headers = headers;
+        }
+        if let Some(filter) = self.filter {
+            s.filter = filter.map(EventFilter::new).transpose()?;
         }
         if let Some(d) = self.description {
             s.description = d;
@@ -347,15 +425,40 @@ mod tests {
         let mut s = input("https://crm.example.com/hook")
             .create("s1".into(), now, false)
             .unwrap();
-        assert!(s.matches("default", "order.created", None));
+        let ev = |source, topic, course| EventToMatch::new(source, topic, course, "{}");
+        assert!(s.matches(&ev("default", "order.created", None)));
         s.topics = vec!["enrollment.*".into()];
         s.course_ids = Some(vec![68]);
-        assert!(s.matches("a", "enrollment.created", Some(68)));
-        assert!(!s.matches("a", "enrollment.created", Some(25)));
-        assert!(!s.matches("a", "enrollment.created", None));
-        assert!(!s.matches("a", "order.created", Some(68)));
+        assert!(s.matches(&ev("a", "enrollment.created", Some(68))));
+        assert!(!s.matches(&ev("a", "enrollment.created", Some(25))));
+        assert!(!s.matches(&ev("a", "enrollment.created", None)));
+        assert!(!s.matches(&ev("a", "order.created", Some(68))));
         s.sources = Some(vec!["b".into()]);
-        assert!(!s.matches("a", "enrollment.created", Some(68)));
+        assert!(!s.matches(&ev("a", "enrollment.created", Some(68))));
+    }
+
+    #[test]
+    fn a_filter_looks_into_the_body() {
+        let now = Utc::now();
+        let mut i = input("https://crm.example.com/hook");
+        i.filter = Some(Some(serde_json::json!({"payload.free_trial": false})));
+        let s = i.create("s".into(), now, false).unwrap();
+        // The published sample is not a free trial.
+        let body = crate::thinkific::samples::CREATED;
+        let e = EventToMatch::new("default", "enrollment.created", Some(1), body);
+        assert!(s.matches(&e));
+        let mut trials_only = s.clone();
+        trials_only.filter =
+            Some(EventFilter::new(serde_json::json!({"payload.free_trial": true})).unwrap());
+        assert!(!trials_only.matches(&e));
+        let e = EventToMatch::new("default", "enrollment.created", Some(1), "");
+        assert!(!s.matches(&e), "a pruned body has no fields to match");
+
+        let mut i = input("https://crm.example.com/hook");
+        i.filter = Some(Some(serde_json::json!({"payload.course.id": {"$in": 68}})));
+        let e = i.create("s".into(), now, false).unwrap_err();
+        assert!(e.0.contains(r#"$["payload.course.id"]["$in"]"#), "{e}");
+        assert!(e.0.contains("array"), "{e}");
     }
 
     #[test]

@@ -124,6 +124,7 @@ enum Step {
     },
     Lesson {
         course: usize,
+        enrollment: usize,
         lesson: u32,
     },
 }
@@ -374,7 +375,14 @@ impl School {
                     self.buy(&mut steps, &mut t, course, enrollment, &c, pct);
                 }
                 t += Duration::milliseconds(self.exp(86_400_000.0) as i64 + 60_000);
-                steps.push((t, Step::Lesson { course, lesson }));
+                steps.push((
+                    t,
+                    Step::Lesson {
+                        course,
+                        enrollment,
+                        lesson,
+                    },
+                ));
                 t += Duration::milliseconds(self.rng.random_range(200..3000));
                 steps.push((
                     t,
@@ -445,14 +453,15 @@ impl School {
         ));
     }
 
-    /// Thinkific-style envelope id: UTC time to the millisecond, then a
-    /// sequence number, so ids are unique and grow with time.
+    /// Thinkific-style envelope id, 23 digits like the published ones: UTC
+    /// time to the millisecond, then a six-digit sequence number, so ids are
+    /// unique (below a million events a millisecond) and grow with time.
     fn event_id(&mut self, at: DateTime<Utc>) -> String {
         self.emitted += 1;
         format!(
-            "{}{:07}",
+            "{}{:06}",
             at.format("%Y%m%d%H%M%S%3f"),
-            self.emitted % 10_000_000
+            self.emitted % 1_000_000
         )
     }
 
@@ -477,41 +486,59 @@ impl School {
                     "created_at": ts(at),
                 }),
             ),
+            // As Thinkific publishes it: `amount_dollars` a number, `status`
+            // "Complete", `coupon` an object or null, `items[]`.
             Step::Order { course, order_id } => {
                 let c = &self.courses[course];
+                let dollars = c.price_cents as f64 / 100.0;
+                let coupon = (order_id % 4 == 0).then(|| {
+                    json!({"id": 9_000_000 + order_id, "code": format!("SAVE{order_id}"),
+                           "promotion_id": 700_000 + order_id % 10})
+                });
                 (
                     "order",
                     "created",
                     json!({
-                        "id": order_id,
+                        "affiliate_referral_code": null,
                         "amount_cents": c.price_cents,
-                        "amount_dollars": format!("{:.2}", c.price_cents as f64 / 100.0),
+                        "amount_dollars": dollars,
                         "billing_name": format!("{} {}", s.first_name, s.last_name),
-                        "coupon_code": null, "coupon_id": null,
+                        "coupon": coupon,
                         "created_at": ts(at),
+                        "id": order_id,
+                        "order_number": 1000 + order_id,
                         "payment_type": "one-time",
                         "product_id": c.id + 5000,
                         "product_name": c.name,
-                        "status": "complete",
-                        "user": user,
+                        "status": "Complete",
                         "items": [{"product_id": c.id + 5000, "product_name": c.name,
-                                   "amount_cents": c.price_cents, "quantity": 1}],
+                                   "amount_dollars": dollars, "amount_cents": c.price_cents}],
+                        "user": user,
                     }),
                 )
             }
-            Step::Lesson { course, lesson } => {
+            // As Thinkific publishes it: the enrollment's id (the join key),
+            // the chapter, the lesson's position and type; no completion time.
+            Step::Lesson {
+                course,
+                enrollment,
+                lesson,
+            } => {
                 let c = &self.courses[course];
+                let e = &plan.enrollments[enrollment];
                 (
                     "lesson",
                     "completed",
                     json!({
-                        "course": {"id": c.id, "name": c.name},
                         "chapter": {"id": c.id * 100 + i64::from((lesson - 1) / 5),
                                     "name": format!("Chapter {}", (lesson - 1) / 5 + 1)},
+                        "course": {"id": c.id, "name": c.name},
+                        "enrollment": {"id": e.id},
                         "lesson": {"id": c.id * 1000 + i64::from(lesson),
-                                   "name": format!("Lesson {lesson}"), "type": "text"},
+                                   "name": format!("Lesson {lesson}"),
+                                   "position": lesson - 1,
+                                   "type": if lesson % 3 == 0 { "Text" } else { "Video" }},
                         "user": user,
-                        "completed_at": ts(at),
                     }),
                 )
             }
@@ -640,7 +667,59 @@ mod tests {
         assert!(
             events
                 .iter()
-                .all(|e| e.id.len() == 24 && e.id.bytes().all(|b| b.is_ascii_digit()))
+                .all(|e| e.id.len() == 23 && e.id.bytes().all(|b| b.is_ascii_digit()))
+        );
+    }
+
+    #[test]
+    fn lessons_and_orders_have_the_published_shapes() {
+        let published = |sample: &str| -> serde_json::Value {
+            serde_json::from_str::<serde_json::Value>(sample).unwrap()["payload"].clone()
+        };
+        let keys = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let lesson = published(crate::thinkific::samples::LESSON_COMPLETED);
+        let order = published(crate::thinkific::samples::ORDER_CREATED);
+        let (mut lessons, mut orders, mut coupons) = (0, 0, [0, 0]);
+        let mut enrollment_ids = std::collections::HashSet::new();
+        for e in School::new(SchoolConfig::default()) {
+            match e.topic().as_str() {
+                "enrollment.created" | "enrollment.trial" => {
+                    enrollment_ids.insert(e.payload["id"].as_i64().unwrap());
+                }
+                "lesson.completed" => {
+                    lessons += 1;
+                    assert_eq!(keys(&e.payload), keys(&lesson));
+                    assert_eq!(keys(&e.payload["lesson"]), keys(&lesson["lesson"]));
+                    assert!(e.payload["lesson"]["position"].is_u64());
+                    let id = e.payload["enrollment"]["id"].as_i64().unwrap();
+                    assert!(
+                        enrollment_ids.contains(&id),
+                        "joins an enrollment sent before"
+                    );
+                }
+                "order.created" => {
+                    orders += 1;
+                    assert_eq!(keys(&e.payload), keys(&order));
+                    assert!(e.payload["amount_dollars"].is_number());
+                    assert_eq!(e.payload["status"], "Complete");
+                    assert_eq!(keys(&e.payload["items"][0]), keys(&order["items"][0]));
+                    match &e.payload["coupon"] {
+                        serde_json::Value::Null => coupons[0] += 1,
+                        c => {
+                            assert_eq!(keys(c), keys(&order["coupon"]));
+                            coupons[1] += 1
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(lessons > 0 && orders > 0);
+        assert!(
+            coupons[0] > 0 && coupons[1] > 0,
+            "with and without a coupon"
         );
     }
 

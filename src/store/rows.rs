@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::forward::subscription::Subscription;
+use crate::forward::subscription::{EventFilter, Subscription};
 use crate::projection::{Enrollment, Version};
 use crate::store::dialect::Cols;
 use crate::store::{
@@ -19,7 +19,7 @@ pub(crate) const ENROLLMENT_COLUMNS: &str = "source, enrollment_id, user_id, ema
 
 pub(crate) const SUBSCRIPTION_COLUMNS: &str = "id, url, topics, course_ids, sources, secret, previous_secret, \
     previous_secret_until, enabled, disabled_reason, ordered, headers, description, failing_since, \
-    created_at, updated_at";
+    created_at, updated_at, filter";
 
 pub(crate) fn enrollment_from_row(row: &impl Cols) -> Result<Enrollment> {
     Ok(Enrollment {
@@ -99,6 +99,11 @@ pub(crate) fn subscription_from_row(row: &impl Cols) -> Result<Subscription> {
         disabled_reason: row.opt_text("disabled_reason")?,
         ordered: row.flag("ordered")?,
         headers: row.json::<BTreeMap<String, String>>("headers", "subscriptions.headers")?,
+        filter: row
+            .opt_json::<serde_json::Value>("filter", "subscriptions.filter")?
+            .map(EventFilter::new)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("subscriptions.filter: {e}")))?,
         description: row.opt_text("description")?,
         failing_since: row.opt_time("failing_since")?,
         created_at: row.time("created_at")?,

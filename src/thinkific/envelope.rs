@@ -1,7 +1,8 @@
 //! The Thinkific webhook envelope and the typed enrollment payload.
 //!
 //! Parsing is lenient exactly where Thinkific is inconsistent (ids as strings or
-//! numbers, `percentage_completed` as a 0–100 string or a 0.0–1.0 number, null
+//! numbers, `percentage_completed` as a 0–100 string or number in webhooks and a
+//! 0.0–1.0 number from the REST API (see [`webhook_percentage`]), null
 //! timestamps, odd e-mail addresses, unknown extra fields) and strict elsewhere
 //! (the body must be a JSON object with an id, a topic and a payload object).
 //!
@@ -174,6 +175,8 @@ pub struct EnrollmentPayload {
     pub last_name: Option<String>,
     /// 0–100.
     pub percentage_completed: Option<f64>,
+    /// How `percentage_completed` was read (None when there was none).
+    pub percentage_reading: Option<PercentageReading>,
     pub free_trial: Option<bool>,
     /// The REST API's `completed` (webhooks do not send it).
     pub completed: Option<bool>,
@@ -488,9 +491,13 @@ fn parse_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError> {
         Some(id) => Some(id),
         None => opt_i64("course.id", course.as_ref().and_then(|c| c.id))?,
     };
-    let percentage_completed = match value(p.percentage_completed) {
-        None => None,
-        Some(v) => Some(percentage(&v).map_err(|why| invalid("percentage_completed", &why))?),
+    // Never a reason to refuse a delivery: an unreadable value is not projected.
+    let (percentage_completed, percentage_reading) = match value(p.percentage_completed) {
+        None => (None, None),
+        Some(v) => {
+            let (pct, reading) = webhook_percentage(&v);
+            (pct, Some(reading))
+        }
     };
 
     Ok(EnrollmentPayload {
@@ -502,6 +509,7 @@ fn parse_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError> {
         first_name: opt_str("user.first_name", user.as_ref().and_then(|u| u.first_name))?,
         last_name: opt_str("user.last_name", user.as_ref().and_then(|u| u.last_name))?,
         percentage_completed,
+        percentage_reading,
         free_trial: opt_bool("free_trial", p.free_trial)?,
         completed: None,
         activated_at: opt_time("activated_at", p.activated_at)?,
@@ -534,6 +542,7 @@ fn parse_rest_enrollment(p: &RawPayload) -> Result<EnrollmentPayload, ParseError
         email: opt_str("user_email", p.user_email)?,
         first_name,
         last_name,
+        percentage_reading: percentage_completed.map(|_| PercentageReading::Fraction),
         percentage_completed,
         free_trial: opt_bool("is_free_trial", p.is_free_trial)?,
         completed: opt_bool("completed", p.completed)?,
@@ -595,22 +604,45 @@ fn lenient_i64(v: &Value) -> Option<i64> {
     }
 }
 
-/// Webhooks send `"24.0"` (0–100 as a string); the REST API sends `0.24`
-/// (0.0–1.0 as a number). Both become 24.0.
-pub fn percentage(v: &Value) -> Result<f64, String> {
-    let pct = match v {
-        Value::String(s) => s
-            .trim()
-            .trim_end_matches('%')
-            .parse::<f64>()
-            .map_err(|_| format!("`{s}` is not a number"))?,
-        Value::Number(n) => n.as_f64().ok_or("not a finite number")? * 100.0,
-        _ => return Err("expected a string like \"24.0\" or a number like 0.24".into()),
+/// How a `percentage_completed` was read: shown with the event
+/// (`progress_reading` in `GET /api/events`), so a surprising progress can be
+/// traced to the value and the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PercentageReading {
+    /// A webhook's string (`"24.0"`, what Thinkific documents): percent.
+    PercentText,
+    /// A webhook's number (`24`, or `0.5`): percent, the webhook's scale.
+    PercentNumber,
+    /// The REST API's number (`0.24`): a fraction of 1.
+    Fraction,
+    /// Not readable as 0–100 (text, negative, over 100): not projected; the
+    /// event is stored all the same, its body as received.
+    Ignored,
+}
+
+/// A webhook's `percentage_completed`, on a 0–100 scale, and how it was read.
+///
+/// Webhooks document a percent string (`"24.0"`); numbers have been seen too,
+/// on the same scale (`24`: reading it as the REST API's fraction made 2400 %
+/// and refused the delivery). A number of at most 1 could be either scale: it
+/// is read as percent, the webhook's scale, so `0.5` is 0.5 % and `1` is 1 %
+/// (a completion is known from `enrollment.completed` anyway, whatever the
+/// number says). Nothing here refuses a delivery: a value that fits no
+/// reading is [`PercentageReading::Ignored`].
+pub fn webhook_percentage(v: &Value) -> (Option<f64>, PercentageReading) {
+    let (pct, reading) = match v {
+        Value::String(s) => (
+            s.trim().trim_end_matches('%').trim().parse::<f64>().ok(),
+            PercentageReading::PercentText,
+        ),
+        Value::Number(n) => (n.as_f64(), PercentageReading::PercentNumber),
+        _ => (None, PercentageReading::Ignored),
     };
-    if !pct.is_finite() || !(0.0..=100.0).contains(&pct) {
-        return Err(format!("{pct} is outside 0–100 %"));
+    match pct {
+        Some(p) if p.is_finite() && (0.0..=100.0).contains(&p) => (Some(p), reading),
+        _ => (None, PercentageReading::Ignored),
     }
-    Ok(pct)
 }
 
 /// The REST API's progress: a fraction 0.0–1.0, as a number or (leniently) a
@@ -738,7 +770,9 @@ mod tests {
         assert_eq!(e.tenant_id.as_deref(), Some("59"));
         let p = e.enrollment.unwrap();
         assert_eq!((p.id, p.course_id), (7, Some(3)));
-        assert_eq!(p.percentage_completed, Some(50.0));
+        // A number in a webhook is percent (see `webhook_percentage`).
+        assert_eq!(p.percentage_completed, Some(0.5));
+        assert_eq!(p.percentage_reading, Some(PercentageReading::PercentNumber));
         assert_eq!(p.started_at, None);
         assert!(p.updated_at.is_some());
         assert_eq!(e.course_id, Some(3));
@@ -815,10 +849,11 @@ mod tests {
             parse(br#"{"id":"1","resource":"enrollment","action":"progress","payload":{"course_id":1}}"#, None),
             Err(ParseError::Payload { .. })
         ));
-        assert!(matches!(
-            parse(br#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":1,"percentage_completed":"250"}}"#, None),
-            Err(ParseError::Payload { .. })
-        ));
+        // An unreadable percentage does not refuse the delivery; it is left out.
+        let odd = parse(br#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":1,"percentage_completed":"250"}}"#, None).unwrap();
+        let p = odd.enrollment.unwrap();
+        assert_eq!(p.percentage_completed, None);
+        assert_eq!(p.percentage_reading, Some(PercentageReading::Ignored));
         assert!(matches!(
             parse(
                 br#"{"id":"1","created_at":"yesterday","resource":"a","action":"b","payload":{}}"#,
@@ -893,16 +928,43 @@ mod tests {
     }
 
     #[test]
-    fn percentages_normalise_to_0_100() {
+    fn webhook_percentages_are_percent_and_never_refused() {
+        use PercentageReading::*;
         use serde_json::json;
-        assert_eq!(percentage(&json!("0")), Ok(0.0));
-        assert_eq!(percentage(&json!("24.0")), Ok(24.0));
-        assert_eq!(percentage(&json!("100.0")), Ok(100.0));
-        assert_eq!(percentage(&json!(0.24)), Ok(24.0));
-        assert_eq!(percentage(&json!(1)), Ok(100.0));
-        assert!(percentage(&json!("NaN")).is_err());
-        assert!(percentage(&json!(-0.1)).is_err());
-        assert!(percentage(&json!(true)).is_err());
+        let read = |v: Value| webhook_percentage(&v);
+        assert_eq!(read(json!("0")), (Some(0.0), PercentText));
+        assert_eq!(read(json!("24.0")), (Some(24.0), PercentText));
+        assert_eq!(read(json!(" 24 % ")), (Some(24.0), PercentText));
+        assert_eq!(read(json!("100.0")), (Some(100.0), PercentText));
+        // A number is on the webhook's scale: 24 is 24 %, not 2400 %.
+        assert_eq!(read(json!(24)), (Some(24.0), PercentNumber));
+        assert_eq!(read(json!(24.5)), (Some(24.5), PercentNumber));
+        assert_eq!(read(json!(100)), (Some(100.0), PercentNumber));
+        // At most 1: either scale would do; the webhook's (percent) is taken.
+        assert_eq!(read(json!(0.5)), (Some(0.5), PercentNumber));
+        assert_eq!(read(json!(1)), (Some(1.0), PercentNumber));
+        // What fits no reading is left out, never refused.
+        for v in [
+            json!("NaN"),
+            json!("abc"),
+            json!(-0.1),
+            json!(250),
+            json!("250"),
+            json!(true),
+            json!([]),
+        ] {
+            assert_eq!(read(v.clone()), (None, Ignored), "{v}");
+        }
+    }
+
+    #[test]
+    fn rest_percentages_are_fractions() {
+        use serde_json::json;
+        assert_eq!(rest_percentage(&json!(0.24)), Ok(24.0));
+        assert_eq!(rest_percentage(&json!(0.29)), Ok(29.0));
+        assert_eq!(rest_percentage(&json!(1)), Ok(100.0));
+        assert_eq!(rest_percentage(&json!("0.5")), Ok(50.0));
+        assert!(rest_percentage(&json!(24)).is_err());
     }
 
     #[test]

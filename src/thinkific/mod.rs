@@ -11,8 +11,8 @@ pub mod samples;
 pub mod signature;
 
 pub use envelope::{
-    BACKFILL_TOPIC, EnrollmentPayload, EnrollmentTopic, Envelope, ParseError, Topic,
-    canonical_action, canonical_topic, parse, parse_delivery,
+    BACKFILL_TOPIC, EnrollmentPayload, EnrollmentTopic, Envelope, ParseError, PercentageReading,
+    Topic, canonical_action, canonical_topic, parse, parse_delivery,
 };
 pub use signature::{SIGNATURE_HEADER, SignatureError, sign, verify};
 

@@ -24,6 +24,7 @@ mod ingest;
 mod live;
 mod openapi;
 mod postgres;
+mod progress_reading;
 mod properties;
 mod security;
 mod simulate;

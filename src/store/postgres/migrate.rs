@@ -39,6 +39,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "topic in the event identity",
         include_str!("migrations/0008_topic_in_event_identity.sql"),
     ),
+    (
+        11,
+        "subscription filter",
+        include_str!("migrations/0011_subscription_filter.sql"),
+    ),
 ];
 
 /// Advisory lock key serialising migrations of concurrently starting instances

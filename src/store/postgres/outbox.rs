@@ -3,7 +3,7 @@
 
 use sqlx::postgres::PgConnection;
 
-use crate::forward::subscription::Subscription;
+use crate::forward::subscription::{EventToMatch, Subscription};
 use crate::store::*;
 
 /// Puts freshly stored events in the outbox of every matching subscription
@@ -18,10 +18,8 @@ pub(super) async fn enqueue(
     }
     let (mut subs, mut seqs, mut keys, mut at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (ev, seq) in stored {
-        for s in subscriptions
-            .iter()
-            .filter(|s| s.matches(&ev.source, &ev.topic, ev.course_id))
-        {
+        let event = EventToMatch::new(&ev.source, &ev.topic, ev.course_id, &ev.body);
+        for s in subscriptions.iter().filter(|s| s.matches(&event)) {
             subs.push(s.id.clone());
             seqs.push(*seq);
             keys.push(ev.order_key());

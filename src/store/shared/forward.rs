@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{Pool, QueryBuilder};
 
-use crate::forward::subscription::Subscription;
+use crate::forward::subscription::{EventFilter, EventToMatch, Subscription};
 use crate::store::dialect::{Binds, Cols, Dialect};
 use crate::store::rows::*;
 use crate::store::shared::fetch_mapped;
@@ -38,7 +38,8 @@ where
             .push_bind(s.description.clone())
             .push_bind(DB::opt_time(s.failing_since))
             .push_bind(DB::time(s.created_at))
-            .push_bind(DB::time(s.updated_at));
+            .push_bind(DB::time(s.updated_at))
+            .push_bind(DB::opt_json(s.filter.as_ref().map(EventFilter::json)));
     });
     q
 }
@@ -73,6 +74,8 @@ where
         .push_bind(s.ordered)
         .push(", headers = ")
         .push_bind(DB::json(&s.headers))
+        .push(", filter = ")
+        .push_bind(DB::opt_json(s.filter.as_ref().map(EventFilter::json)))
         .push(", description = ")
         .push_bind(s.description.clone())
         .push(", failing_since = ")
@@ -344,12 +347,13 @@ where
                 StoreError::NotFound(format!("no event `{event_id}` from source `{source}`"))
             })?;
             let course = course_id_of_body(&event.body);
+            let to_match = EventToMatch::new(&event.source, &event.topic, course, &event.body);
             let targets: Vec<Subscription> = match subscription_id {
                 Some(id) => vec![subscription_in::<DB>(conn, id).await?],
                 None => enabled_subscriptions::<DB>(conn)
                     .await?
                     .into_iter()
-                    .filter(|s| s.matches(&event.source, &event.topic, course))
+                    .filter(|s| s.matches(&to_match))
                     .collect(),
             };
             for s in targets {
@@ -390,7 +394,8 @@ where
                 after = last.int("seq")?;
                 for row in &rows {
                     let e = event_from_row(row)?;
-                    if s.matches(&e.source, &e.topic, course_id_of_body(&e.body)) {
+                    let course = course_id_of_body(&e.body);
+                    if s.matches(&EventToMatch::new(&e.source, &e.topic, course, &e.body)) {
                         upsert_outbox::<DB>(conn, &s.id, &e, now).await?;
                         count += 1;
                     }

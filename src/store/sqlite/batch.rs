@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use super::apply::StoredForProjection;
 use super::codec::{fmt_ts, ts, write_error};
 use super::projector::Projector;
-use crate::forward::subscription::Subscription;
+use crate::forward::subscription::{EventToMatch, Subscription};
 use crate::store::*;
 
 /// WAL pages after which a commit checkpoints by itself. Only a backstop: the
@@ -178,11 +178,8 @@ fn append(conn: &mut Connection, events: &[NewEvent], subs: &Subscriptions) -> R
             )
             .map_err(write_error)?;
         for (ev, seq) in stored() {
-            for s in subs
-                .enabled
-                .iter()
-                .filter(|s| s.matches(&ev.source, &ev.topic, ev.course_id))
-            {
+            let event = EventToMatch::new(&ev.source, &ev.topic, ev.course_id, &ev.body);
+            for s in subs.enabled.iter().filter(|s| s.matches(&event)) {
                 enqueue
                     .execute(params![s.id, seq, ev.order_key(), fmt_ts(&ev.received_at)])
                     .map_err(write_error)?;

@@ -51,6 +51,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "topic in the event identity",
         include_str!("migrations/0009_topic_in_event_identity.sql"),
     ),
+    (
+        12,
+        "subscription filter",
+        include_str!("migrations/0012_subscription_filter.sql"),
+    ),
 ];
 
 /// Brings the main file's schema up to date (with `apply`), or says how.

@@ -84,6 +84,7 @@ mod resilience;
 on_both_backends!(
     every_event_arrives_through_failures_timeouts_and_429,
     filters_choose_what_is_forwarded,
+    payload_filters_choose_what_is_forwarded_and_bad_ones_are_refused,
     gone_disables_the_subscription,
     exhausted_deliveries_go_dead_and_can_be_replayed,
     ordered_subscriptions_deliver_an_enrollment_in_order,
@@ -223,6 +224,43 @@ async fn filters_choose_what_is_forwarded(db: TestDatabase) {
         ids,
         vec!["evt_default_20190131192005552012814", "evt_default_o1"]
     );
+}
+
+async fn payload_filters_choose_what_is_forwarded_and_bad_ones_are_refused(db: TestDatabase) {
+    let dest = Destination::start().await;
+    let app = spawn_forwarding_on(db, "50ms").await;
+    // Only paying students past a quarter of the course (Thinkific sends "24.0").
+    subscribe(
+        &app,
+        json!({"url": dest.url, "topics": ["enrollment.*"],
+               "filter": {"payload.free_trial": false, "payload.percentage_completed": {"$gt": 24}}}),
+    )
+    .await;
+    for s in [samples::CREATED, samples::PROGRESS, samples::COMPLETED] {
+        assert_eq!(app.deliver(s.as_bytes()).await.0, 200);
+    }
+    dest.wait_for(1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let topics: Vec<String> = dest
+        .received()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["action"].to_string())
+        .collect();
+    assert_eq!(topics, vec!["\"completed\""], "progress 24.0 is not > 24");
+
+    let (status, error) = post_json(
+        &app,
+        "/api/subscriptions",
+        json!({"url": dest.url, "filter": {"payload.course.id": {"$between": [1, 2]}}}),
+    )
+    .await;
+    assert_eq!(status, 422, "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains(r#"$["payload.course.id"]["$between"]"#),
+        "{message}"
+    );
+    assert!(message.contains("$gte"), "says what is allowed: {message}");
 }
 
 async fn gone_disables_the_subscription(db: TestDatabase) {

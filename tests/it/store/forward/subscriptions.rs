@@ -18,6 +18,7 @@ on_both_backends!(
     only_matching_enabled_subscriptions_get_deliveries,
     failing_subscriptions_are_disabled_and_deliveries_clear_the_failure,
     gone_disables_a_subscription_at_once,
+    a_filter_decides_which_events_get_deliveries,
 );
 
 async fn subscriptions_round_trip_and_delete_with_their_pending_deliveries(f: Fixture) {
@@ -27,7 +28,8 @@ async fn subscriptions_round_trip_and_delete_with_their_pending_deliveries(f: Fi
         serde_json::json!({
             "url": "https://crm.example.com/hook", "topics": ["enrollment.*", "order.created"],
             "course_ids": [7, 8], "sources": ["default"], "ordered": true,
-            "headers": {"X-Team": "crm"}, "description": "the CRM"
+            "headers": {"X-Team": "crm"}, "description": "the CRM",
+            "filter": {"$or": [{"payload.course.id": {"$in": [7, 8]}}, {"resource": "order"}]}
         }),
     );
     sub.rotate_secret(None, std::time::Duration::from_secs(3600), at(1))
@@ -223,4 +225,47 @@ async fn gone_disables_a_subscription_at_once(f: Fixture) {
     );
     let dead = deliveries(s, Some(DeliveryState::Dead)).await;
     assert_eq!((dead.len(), dead[0].last_status), (1, Some(410)));
+}
+
+async fn a_filter_decides_which_events_get_deliveries(f: Fixture) {
+    let s = &f.store;
+    // Thinkific sends progress as a string ("10"); the filter compares it as a number.
+    subscribe(
+        s,
+        "sub_halfway",
+        serde_json::json!({"url": "https://a.example.com/x",
+                           "filter": {"payload.percentage_completed": {"$gte": 50}}}),
+    )
+    .await;
+    subscribe(
+        s,
+        "sub_course_7_not_10",
+        serde_json::json!({"url": "https://a.example.com/x",
+                           "filter": {"payload.course.id": 7, "$not": {"payload.percentage_completed": "10"}}}),
+    )
+    .await;
+    let events = [
+        crate::store::enrollment("default", "e1", "progress", 1, 7, "10", 1),
+        crate::store::enrollment("default", "e2", "progress", 1, 7, "60", 2),
+        crate::store::enrollment("default", "e3", "progress", 2, 9, "75", 3),
+    ];
+    s.append_batch(&events).await.unwrap();
+    let delivered = |id: &'static str| async move {
+        let filter = DeliveryFilter {
+            subscription_id: Some(id.into()),
+            ..Default::default()
+        };
+        let mut ids: Vec<String> = s
+            .list_deliveries(&filter, &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|d| d.event_id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(delivered("sub_halfway").await, ["e2", "e3"]);
+    assert_eq!(delivered("sub_course_7_not_10").await, ["e2"]);
 }
