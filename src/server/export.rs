@@ -282,6 +282,7 @@ pub mod columns {
         "topics",
         "course_ids",
         "sources",
+        "filter",
         "enabled",
         "disabled_reason",
         "ordered",

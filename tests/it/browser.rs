@@ -577,8 +577,9 @@ async fn the_dashboard_works_in_chromium_for_the_admin(db: TestDatabase) {
         .run(
             "document.getElementById('sub-url').value = arguments[0];
              document.getElementById('sub-topics').value = 'enrollment.*';
+             document.getElementById('sub-filter').value = arguments[1];
              document.querySelector('form.sub-form button[type=submit]').click();",
-            json!([receiver.url]),
+            json!([receiver.url, r#"{"payload.course.id": {"$in": [10, 11]}}"#]),
         )
         .await;
     let created = browser
@@ -595,6 +596,10 @@ async fn the_dashboard_works_in_chromium_for_the_admin(db: TestDatabase) {
     let subs = api(&http, &server, "/api/subscriptions", ADMIN).await;
     let sub = subs["items"][0].clone();
     assert_eq!(sub["url"], receiver.url.as_str());
+    assert_eq!(
+        sub["filter"],
+        json!({"payload.course.id": {"$in": [10, 11]}})
+    );
     let panel = format!(".subscription[data-id='{}']", sub["id"].as_str().unwrap());
     browser
         .until(

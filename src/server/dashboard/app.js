@@ -840,6 +840,12 @@ const SUBSCRIPTION_FIELDS = [
       if (!ids.every((x) => /^\d+$/.test(x))) throw new Error('Courses must be course ids (numbers), separated by commas.');
       return ids.map(Number);
     } },
+  { name: 'filter', label: 'Filter (optional, JSON)', wide: true, placeholder: '{"payload.free_trial": false}',
+    hint: 'Only events it accepts are sent: dotted paths, values or operators ($in, $gt…); see the README, "Filters".',
+    value: (v) => {
+      if (!v.trim()) return undefined;
+      try { return JSON.parse(v); } catch (_) { throw new Error('The filter must be JSON, like {"payload.free_trial": false}.'); }
+    } },
   { name: 'description', label: 'Description (optional)', placeholder: 'Who receives this', value: (v) => v.trim() || undefined },
 ];
 
@@ -901,6 +907,7 @@ async function subscriptionPanel(sub, refresh) {
     sub.course_ids ? `courses ${sub.course_ids.join(', ')}` : null,
     sub.sources ? `schools ${sub.sources.join(', ')}` : null,
     sub.ordered ? 'ordered' : null,
+    sub.filter ? `filter ${JSON.stringify(sub.filter)}` : null,
   ].filter(Boolean).join(' · ');
   const result = h('div', { 'aria-live': 'polite' });
   const act = async (work) => {
