@@ -1,5 +1,6 @@
 //! Prometheus metrics: deliveries by outcome, delivery latency, batch sizes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -26,6 +27,19 @@ pub struct Metrics {
     /// Open client connections, and the cap (`--max-connections`).
     connections: Gauge,
     max_connections: Gauge,
+    /// Live dashboard streams open now, and the cap (`--max-streams`).
+    streams: Gauge,
+    max_streams: Gauge,
+    /// Deliveries stored, duplicate and rejected: what live streams show.
+    totals: [AtomicU64; 3],
+}
+
+/// Deliveries since this instance started, by kind (see [`Metrics::delivery_totals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DeliveryTotals {
+    pub stored: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
 }
 
 impl Default for Metrics {
@@ -86,8 +100,23 @@ impl Metrics {
             "Most client connections served at once (--max-connections); more wait in the kernel's backlog",
             max_connections.clone(),
         );
+        let streams = Gauge::default();
+        registry.register(
+            "streams",
+            "Live dashboard streams (/api/stream) open now",
+            streams.clone(),
+        );
+        let max_streams = Gauge::default();
+        registry.register(
+            "max_streams",
+            "Most live streams served at once (--max-streams); more are refused with 503",
+            max_streams.clone(),
+        );
         Metrics {
             registry,
+            streams,
+            max_streams,
+            totals: Default::default(),
             connections,
             max_connections,
             deliveries,
@@ -103,7 +132,29 @@ impl Metrics {
         self.deliveries
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+        let kind = match outcome {
+            "stored" => 0,
+            "duplicate" => 1,
+            _ => 2,
+        };
+        self.totals[kind].fetch_add(1, Ordering::Relaxed);
         self.delivery_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Deliveries this instance answered since it started.
+    pub fn delivery_totals(&self) -> DeliveryTotals {
+        let [stored, duplicate, rejected] = &self.totals;
+        DeliveryTotals {
+            stored: stored.load(Ordering::Relaxed),
+            duplicate: duplicate.load(Ordering::Relaxed),
+            rejected: rejected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The open-streams gauge, kept by the stream slots; and records the cap.
+    pub fn streams(&self, max: usize) -> Gauge {
+        self.max_streams.set(max as i64);
+        self.streams.clone()
     }
 
     pub fn quarantine_dropped(&self) {

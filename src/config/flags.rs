@@ -112,6 +112,10 @@ pub struct ServeFlags {
     /// Most client connections served at once; more wait in the kernel's backlog.
     #[arg(long, env = "ENROLLHOOK_MAX_CONNECTIONS", default_value_t = super::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Most live dashboard streams (/api/stream) open at once; more are
+    /// refused with 503 (each holds a connection; keep it below --max-connections).
+    #[arg(long, env = "ENROLLHOOK_MAX_STREAMS", default_value_t = super::DEFAULT_MAX_STREAMS)]
+    pub max_streams: usize,
 }
 
 /// `thinkific …`'s flags: whose REST API, with which credentials.

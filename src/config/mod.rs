@@ -146,10 +146,14 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     /// Most client connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Most live streams (`/api/stream`) open at once; more are refused with 503.
+    pub max_streams: usize,
 }
 
 /// `--max-connections` by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// `--max-streams` by default: dashboards kept open, a few per school.
+pub const DEFAULT_MAX_STREAMS: usize = 64;
 
 impl ServeConfig {
     /// Settings for tests and embedding: a database, one default source.
@@ -179,6 +183,7 @@ impl ServeConfig {
             retain_events: None,
             allowed_hosts: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 

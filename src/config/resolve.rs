@@ -179,6 +179,7 @@ impl Settings {
             retain_events: flags.retain_events,
             allowed_hosts: flags.allowed_hosts,
             max_connections: flags.max_connections.max(1),
+            max_streams: flags.max_streams,
         };
         config.validate()?;
         Ok(config)

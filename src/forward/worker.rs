@@ -200,6 +200,85 @@ pub fn message_id(source: &str, event_id: &str, topic: &str, id_taken: bool) -> 
     }
 }
 
+/// What a test delivery got back (nothing is recorded: no event happened).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct TestDelivery {
+    /// The destination answered 2xx (a broker: confirmed it holds the message).
+    pub ok: bool,
+    /// The HTTP status, absent when there was no answer or the destination is a broker.
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    /// Why it failed (the status, or what went wrong on the way).
+    pub error: Option<String>,
+    /// The first KiB of the answer's body.
+    pub response: Option<String>,
+    /// The `webhook-id` it was sent with.
+    pub webhook_id: String,
+}
+
+/// The topic of a test delivery; no subscription filter applies to it.
+pub const TEST_TOPIC: &str = "enrollhook.test";
+
+/// Sends one signed test event to `subscription` as the worker would send a
+/// real one (same headers, signature, timeouts and address rules), and says
+/// what came back.
+pub async fn send_test(
+    config: &ForwardConfig,
+    subscription: &crate::forward::subscription::Subscription,
+) -> anyhow::Result<TestDelivery> {
+    // Its own connections: a test must not wait behind, or disturb, the worker's.
+    let destinations = Destinations::new(config)?;
+    let now = Utc::now();
+    let event_id = format!("test_{}", now.timestamp_micros());
+    let body = serde_json::json!({
+        "id": event_id,
+        "resource": "enrollhook",
+        "action": "test",
+        "created_at": crate::views::rfc3339(&now),
+        "payload": {
+            "message": "A test delivery from enrollhook: no Thinkific event happened.",
+            "subscription_id": subscription.id,
+        },
+    });
+    let delivery = ClaimedDelivery {
+        outbox_id: 0,
+        attempts: 0,
+        subscription: subscription.clone(),
+        event: crate::store::StoredEvent {
+            seq: 0,
+            source: "enrollhook".into(),
+            event_id: event_id.clone(),
+            topic: TEST_TOPIC.into(),
+            created_at: Some(now),
+            received_at: now,
+            enrollment_id: None,
+            body: body.to_string(),
+            pruned_at: None,
+            position: String::new(),
+            id_taken: false,
+        },
+    };
+    let started = Instant::now();
+    let Sent { result, response } = send(&destinations, &delivery, now).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (status, error) = match &result {
+        AttemptResult::Response { status, .. } => (
+            Some(*status),
+            (!(200..300).contains(status)).then(|| policy::describe(&result)),
+        ),
+        AttemptResult::Failed { error } => (None, Some(error.clone())),
+        AttemptResult::Accepted => (None, None),
+    };
+    Ok(TestDelivery {
+        ok: error.is_none(),
+        status,
+        latency_ms,
+        error,
+        response,
+        webhook_id: message_id("enrollhook", &event_id, TEST_TOPIC, false),
+    })
+}
+
 async fn attempt(
     destinations: &Destinations,
     config: &ForwardConfig,

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::store::{AppendOutcome, NewEvent, Store, StoreError};
@@ -29,6 +29,10 @@ struct Job {
 #[derive(Clone)]
 pub struct Ingestor {
     queue: mpsc::Sender<Job>,
+    /// Bumped after every commit that stored something, and by
+    /// [`Ingestor::notify_change`]: wakes this instance's live streams at once
+    /// (other instances' commits are found by their streams' short poll).
+    changes: Arc<watch::Sender<u64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,7 @@ impl Ingestor {
     ) -> (Ingestor, tokio::task::JoinSet<()>) {
         let (tx, rx) = mpsc::channel::<Job>(max_batch * 4);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let changes = Arc::new(watch::Sender::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..writers.max(1) {
             tasks.spawn(writer(
@@ -57,9 +62,22 @@ impl Ingestor {
                 metrics.clone(),
                 rx.clone(),
                 max_batch,
+                changes.clone(),
             ));
         }
-        (Ingestor { queue: tx }, tasks)
+        (Ingestor { queue: tx, changes }, tasks)
+    }
+
+    /// A receiver that sees a change whenever this instance stores events or
+    /// calls [`Ingestor::notify_change`].
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Tells live streams that something they show changed besides the event
+    /// log (a delivery quarantined, a quarantined one re-admitted).
+    pub fn notify_change(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Stores one event; returns once it is committed (or known to be a duplicate).
@@ -81,6 +99,7 @@ async fn writer(
     metrics: Arc<Metrics>,
     queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     max_batch: usize,
+    changes: Arc<watch::Sender<u64>>,
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
     loop {
@@ -102,6 +121,12 @@ async fn writer(
                 .is_err_and(|e| !matches!(**e, StoreError::Rejected(_)))
         }) {
             tracing::error!(error = %e, batch = events.len(), "storing a batch failed; answering 503");
+        }
+        if results
+            .iter()
+            .any(|r| matches!(r, Ok(AppendOutcome::Stored { .. })))
+        {
+            changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         for (reply, result) in replies.into_iter().zip(results) {
             // The requester may have gone away; a stored event is stored regardless.

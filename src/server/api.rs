@@ -5,7 +5,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Scope;
 use super::error::ErrorBody;
+use super::export::{self, Format, columns};
 use super::{ApiError, AppState};
 use crate::ingest::quarantine::{self, RetryError};
 use crate::store::{ActivityQuery, CourseStats, DayActivity};
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/courses", get(courses))
         .route("/api/activity", get(activity))
         .route("/api/events", get(list_events))
+        .route("/api/stream", get(super::stream::stream))
         .route("/api/events/{source}/{event_id}", get(get_event))
         .route("/api/events/{source}/{event_id}/raw", get(get_event_raw))
         .route("/api/quarantine", get(list_quarantine))
@@ -85,12 +87,37 @@ pub(super) fn timestamp_param(
         .transpose()
 }
 
+/// With CSV, `limit` caps the rows of the whole download (any positive number).
+pub(super) fn csv_rows(limit: Option<u32>) -> Result<Option<u64>, ApiError> {
+    match limit {
+        Some(0) => Err(ApiError::bad_request("limit must be at least 1")),
+        l => Ok(l.map(u64::from)),
+    }
+}
+
+/// The page a CSV export reads at a time: the largest.
+pub(super) fn csv_page(cursor: Option<String>) -> PageRequest {
+    PageRequest {
+        limit: MAX_PAGE,
+        cursor: cursor.filter(|c| !c.is_empty()),
+    }
+}
+
 /// A page of a list; pass `next_cursor` back as `cursor` for the next one.
 #[derive(Serialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Absent (null) on the last page.
     pub next_cursor: Option<String>,
+}
+
+impl<T> From<Page<T>> for crate::store::Page<T> {
+    fn from(p: Page<T>) -> Self {
+        crate::store::Page {
+            items: p.items,
+            next_cursor: p.next_cursor,
+        }
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -105,20 +132,25 @@ pub(super) struct EnrollmentQuery {
     status: Option<String>,
     /// RFC 3339: only enrollments whose Thinkific `updated_at` is later.
     updated_after: Option<String>,
-    /// 1–1000, default 100.
+    /// 1–1000, default 100 (with CSV: the most rows of the download, default all).
     limit: Option<u32>,
     cursor: Option<String>,
+    /// `json` (default) or `csv` (also chosen by `Accept: text/csv`): every
+    /// matching enrollment from `cursor` on, streamed, formula-safe.
+    format: Option<String>,
 }
 
 /// Enrollments, filtered, in (source, enrollment id) order.
 #[utoipa::path(get, path = "/api/enrollments", tag = "enrollments", params(EnrollmentQuery),
-    responses((status = 200, body = Page<EnrollmentView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, content((Page<EnrollmentView> = "application/json"), (String = "text/csv"))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn list_enrollments(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
+    headers: HeaderMap,
     q: Result<Query<EnrollmentQuery>, QueryRejection>,
-) -> Result<Json<Page<EnrollmentView>>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
+    let format = export::format(q.format.as_deref(), &headers)?;
     let source = scope.restrict(q.source)?;
     let status = q
         .status
@@ -133,18 +165,43 @@ pub(super) async fn list_enrollments(
         updated_after: timestamp_param("updated_after", q.updated_after)?,
     };
     let now = Utc::now();
-    let page = app
-        .store
-        .list_enrollments(&filter, &page(q.limit, q.cursor)?, now)
-        .await?;
-    Ok(Json(Page {
+    let views = move |page: crate::store::Page<crate::projection::Enrollment>| Page {
         items: page
             .items
             .iter()
             .map(|e| EnrollmentView::new(e, now))
             .collect(),
         next_cursor: page.next_cursor,
-    }))
+    };
+    if format == Format::Csv {
+        let rows = csv_rows(q.limit)?;
+        let first = app
+            .store
+            .list_enrollments(&filter, &csv_page(q.cursor), now)
+            .await?;
+        let store = app.store.clone();
+        let next = move |cursor| {
+            let (store, filter) = (store.clone(), filter.clone());
+            async move {
+                let page = store
+                    .list_enrollments(&filter, &csv_page(Some(cursor)), now)
+                    .await?;
+                Ok(views(page).into())
+            }
+        };
+        return Ok(export::paged(
+            "enrollments",
+            columns::ENROLLMENTS,
+            views(first).into(),
+            rows,
+            next,
+        ));
+    }
+    let page = app
+        .store
+        .list_enrollments(&filter, &page(q.limit, q.cursor)?, now)
+        .await?;
+    Ok(Json(views(page)).into_response())
 }
 
 /// One enrollment with its event timeline.
@@ -186,6 +243,8 @@ pub(super) async fn get_enrollment(
 #[into_params(parameter_in = Query)]
 pub(super) struct CoursesQuery {
     source: Option<String>,
+    /// `json` (default) or `csv` (also chosen by `Accept: text/csv`).
+    format: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -195,19 +254,24 @@ pub struct CourseList {
 
 /// Per-course statistics.
 #[utoipa::path(get, path = "/api/courses", tag = "courses", params(CoursesQuery),
-    responses((status = 200, body = CourseList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, content((CourseList = "application/json"), (String = "text/csv"))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn courses(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
+    headers: HeaderMap,
     q: Result<Query<CoursesQuery>, QueryRejection>,
-) -> Result<Json<CourseList>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
+    let format = export::format(q.format.as_deref(), &headers)?;
     let source = scope.restrict(q.source)?;
     let items = app
         .store
         .course_stats(source.as_deref(), Utc::now())
         .await?;
-    Ok(Json(CourseList { items }))
+    Ok(match format {
+        Format::Csv => export::table("courses", columns::COURSES, &items),
+        Format::Json => Json(CourseList { items }).into_response(),
+    })
 }
 
 /// The longest activity range: ten years of days.
@@ -221,6 +285,8 @@ pub(super) struct ActivityParams {
     days: Option<i64>,
     source: Option<String>,
     course_id: Option<i64>,
+    /// `json` (default) or `csv` (also chosen by `Accept: text/csv`).
+    format: Option<String>,
 }
 
 /// New enrollments and completions per UTC day.
@@ -234,13 +300,15 @@ pub struct Activity {
 /// `activated_at`, else `started_at`) and completions (by the day of its first
 /// `completed_at`) per UTC day, for the last `days` days including today.
 #[utoipa::path(get, path = "/api/activity", tag = "courses", params(ActivityParams),
-    responses((status = 200, body = Activity), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, content((Activity = "application/json"), (String = "text/csv"))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn activity(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
+    headers: HeaderMap,
     q: Result<Query<ActivityParams>, QueryRejection>,
-) -> Result<Json<Activity>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
+    let format = export::format(q.format.as_deref(), &headers)?;
     let days = q.days.unwrap_or(30);
     if !(1..=MAX_ACTIVITY_DAYS).contains(&days) {
         return Err(ApiError::bad_request(format!(
@@ -263,7 +331,10 @@ pub(super) async fn activity(
             to,
         })
         .await?;
-    Ok(Json(Activity { days }))
+    Ok(match format {
+        Format::Csv => export::table("activity", columns::ACTIVITY, &days),
+        Format::Json => Json(Activity { days }).into_response(),
+    })
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -276,19 +347,24 @@ pub(super) struct EventsQuery {
     topic: Option<String>,
     /// Log position: only events stored after it.
     after: Option<i64>,
+    /// 1–1000, default 100 (with CSV: the most rows of the download, default all).
     limit: Option<u32>,
     cursor: Option<String>,
+    /// `json` (default) or `csv` (also chosen by `Accept: text/csv`; without bodies).
+    format: Option<String>,
 }
 
 /// The event log, in order.
 #[utoipa::path(get, path = "/api/events", tag = "events", params(EventsQuery),
-    responses((status = 200, body = Page<EventView>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, content((Page<EventView> = "application/json"), (String = "text/csv"))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn list_events(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
+    headers: HeaderMap,
     q: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<Json<Page<EventView>>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
+    let format = export::format(q.format.as_deref(), &headers)?;
     let filter = EventFilter {
         source: scope.restrict(q.source)?,
         // Stored topics are canonical (`*.cancelled`): so is the query.
@@ -297,14 +373,34 @@ pub(super) async fn list_events(
             .map(|t| crate::thinkific::canonical_topic(&t).into_owned()),
         after_seq: q.after,
     };
+    let views = |page: crate::store::Page<StoredEvent>| Page {
+        items: page.items.iter().map(event_view).collect(),
+        next_cursor: page.next_cursor,
+    };
+    if format == Format::Csv {
+        let rows = csv_rows(q.limit)?;
+        let first = app.store.list_events(&filter, &csv_page(q.cursor)).await?;
+        let store = app.store.clone();
+        let next = move |cursor| {
+            let (store, filter) = (store.clone(), filter.clone());
+            async move {
+                let page = store.list_events(&filter, &csv_page(Some(cursor))).await?;
+                Ok(views(page).into())
+            }
+        };
+        return Ok(export::paged(
+            "events",
+            columns::EVENTS,
+            views(first).into(),
+            rows,
+            next,
+        ));
+    }
     let page = app
         .store
         .list_events(&filter, &page(q.limit, q.cursor)?)
         .await?;
-    Ok(Json(Page {
-        items: page.items.iter().map(event_view).collect(),
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(views(page)).into_response())
 }
 
 /// Which event an envelope id names: Thinkific gives events of two topics one
@@ -379,32 +475,62 @@ pub(super) async fn get_event_raw(
 #[into_params(parameter_in = Query)]
 pub(super) struct QuarantineQuery {
     source: Option<String>,
+    /// 1–1000, default 100 (with CSV: the most rows of the download, default all).
     limit: Option<u32>,
     cursor: Option<String>,
+    /// `json` (default) or `csv` (also chosen by `Accept: text/csv`; without bodies).
+    format: Option<String>,
 }
 
 /// Rejected deliveries, newest first.
 #[utoipa::path(get, path = "/api/quarantine", tag = "quarantine", params(QuarantineQuery),
-    responses((status = 200, body = Page<QuarantineView>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, content((Page<QuarantineView> = "application/json"), (String = "text/csv"))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn list_quarantine(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
+    headers: HeaderMap,
     q: Result<Query<QuarantineQuery>, QueryRejection>,
-) -> Result<Json<Page<QuarantineView>>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
+    let format = export::format(q.format.as_deref(), &headers)?;
     let source = scope.restrict(q.source)?;
-    let page = app
-        .store
-        .list_quarantine(source.as_deref(), &page(q.limit, q.cursor)?)
-        .await?;
-    Ok(Json(Page {
+    let views = |page: crate::store::Page<QuarantineRecord>| Page {
         items: page
             .items
             .iter()
             .map(|r| quarantine_view(r, false))
             .collect(),
         next_cursor: page.next_cursor,
-    }))
+    };
+    if format == Format::Csv {
+        let rows = csv_rows(q.limit)?;
+        let first = app
+            .store
+            .list_quarantine(source.as_deref(), &csv_page(q.cursor))
+            .await?;
+        let store = app.store.clone();
+        let next = move |cursor| {
+            let (store, source) = (store.clone(), source.clone());
+            async move {
+                let page = store
+                    .list_quarantine(source.as_deref(), &csv_page(Some(cursor)))
+                    .await?;
+                Ok(views(page).into())
+            }
+        };
+        return Ok(export::paged(
+            "quarantine",
+            columns::QUARANTINE,
+            views(first).into(),
+            rows,
+            next,
+        ));
+    }
+    let page = app
+        .store
+        .list_quarantine(source.as_deref(), &page(q.limit, q.cursor)?)
+        .await?;
+    Ok(Json(views(page)).into_response())
 }
 
 async fn load_quarantined(
@@ -475,6 +601,7 @@ pub(super) async fn retry_quarantine(
         ),
         RetryError::Store(e) => e.into(),
     })?;
+    app.ingestor.notify_change();
     let status = match admitted.outcome {
         AppendOutcome::Stored { .. } => "stored",
         AppendOutcome::Duplicate => "duplicate",

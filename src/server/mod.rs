@@ -6,10 +6,12 @@ mod dashboard;
 mod deadline;
 mod delivery_log;
 mod error;
+pub mod export;
 pub mod limits;
 pub mod listen;
 pub mod openapi;
 pub mod origin;
+mod stream;
 mod subscriptions;
 mod webhooks;
 
@@ -40,6 +42,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_body: usize,
     pub allow_private_destinations: bool,
+    /// How deliveries are sent (for a subscription's test delivery).
+    pub forward: Arc<crate::forward::ForwardConfig>,
     pub read_timeout: std::time::Duration,
     pub limits: Arc<limits::RateLimits>,
     pub max_quarantine: u64,
@@ -48,6 +52,11 @@ pub struct AppState {
     pub delivery_log: Arc<delivery_log::DeliveryLog>,
     /// The Host names the API and dashboard answer to without a token.
     pub hosts: Arc<origin::HostPolicy>,
+    /// Live streams open, against `--max-streams`.
+    pub streams: Arc<stream::StreamSlots>,
+    /// Turns true when the server begins to stop: live streams end then, so
+    /// the graceful shutdown does not wait for them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -112,7 +121,13 @@ pub async fn start(
         writer_count,
         config.max_batch,
     );
+    let (stop_streams, stopping) = tokio::sync::watch::channel(false);
     let state = AppState {
+        stopping,
+        streams: Arc::new(stream::StreamSlots::new(
+            config.max_streams,
+            metrics.streams(config.max_streams),
+        )),
         store: store.clone(),
         ingestor,
         sources: Arc::new(config.sources.clone()),
@@ -121,6 +136,7 @@ pub async fn start(
         metrics,
         max_body: config.max_body,
         allow_private_destinations: config.forward.allow_private_destinations,
+        forward: Arc::new(config.forward.clone()),
         read_timeout: config.read_timeout,
         limits: Arc::new(limits::RateLimits::new(
             config.rate_limit,
@@ -162,6 +178,7 @@ pub async fn start(
                 let _ = rx.await;
             }
             tracing::info!("shutting down: finishing in-flight deliveries");
+            let _ = stop_streams.send(true);
         };
         listen::serve(listener, app, listen_options, stop).await;
         // The router (and with it every Ingestor handle) is gone: the writers

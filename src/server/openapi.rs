@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{api, error, subscriptions, webhooks};
+use super::{api, error, stream, subscriptions, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,7 @@ use super::{api, error, subscriptions, webhooks};
         api::courses,
         api::activity,
         api::list_events,
+        stream::stream,
         api::get_event,
         api::get_event_raw,
         api::list_quarantine,
@@ -38,6 +39,7 @@ use super::{api, error, subscriptions, webhooks};
         subscriptions::replace,
         subscriptions::remove,
         subscriptions::rotate_secret,
+        subscriptions::test,
         subscriptions::subscription_attempts,
         subscriptions::subscription_deliveries,
         subscriptions::replay_subscription,

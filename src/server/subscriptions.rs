@@ -5,7 +5,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,11 +14,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::api::Page;
-use super::api::{page, query, timestamp_param};
+use super::api::{csv_page, csv_rows, page, query, timestamp_param};
 use super::auth::{Scope, require_auth};
 use super::error::ErrorBody;
+use super::export::{self, Format, columns};
 use super::{ApiError, AppState};
 use crate::forward::subscription::{Subscription, SubscriptionInput};
+use crate::forward::worker::TestDelivery;
 use crate::store::{DeliveryAttempt, OutboxEntry};
 use crate::store::{DeliveryFilter, DeliveryState, ReplayScope};
 use utoipa::{IntoParams, ToSchema};
@@ -31,6 +33,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(show).patch(update).put(replace).delete(remove),
         )
         .route("/api/subscriptions/{id}/rotate-secret", post(rotate_secret))
+        .route("/api/subscriptions/{id}/test", post(test))
         .route(
             "/api/subscriptions/{id}/attempts",
             get(subscription_attempts),
@@ -119,11 +122,27 @@ async fn load(app: &AppState, id: &str) -> Result<Subscription, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no subscription `{id}`")))
 }
 
-#[utoipa::path(get, path = "/api/subscriptions", tag = "subscriptions", responses((status = 200, body = SubscriptionList, description = "secrets are left out of lists"), (status = 403, body = ErrorBody)))]
-pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct FormatQuery {
+    /// `json` (default) or `csv` (also chosen by `Accept: text/csv`).
+    format: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/subscriptions", tag = "subscriptions", params(FormatQuery), responses((status = 200, content((SubscriptionList = "application/json"), (String = "text/csv")), description = "secrets are left out of lists"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<FormatQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let format = export::format(query(q)?.format.as_deref(), &headers)?;
     let subs = app.store.list_subscriptions().await?;
     let items: Vec<Value> = subs.iter().map(|s| subscription_view(s, false)).collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(match format {
+        Format::Csv => export::table("subscriptions", columns::SUBSCRIPTIONS, &items),
+        Format::Json => Json(json!({ "items": items })).into_response(),
+    })
 }
 
 #[utoipa::path(post, path = "/api/subscriptions", tag = "subscriptions", request_body = SubscriptionInput, responses((status = 201, body = Subscription), (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -231,13 +250,38 @@ pub(super) async fn rotate_secret(
     Ok(Json(subscription_view(&s, true)))
 }
 
+/// Sends a signed test event (topic `enrollhook.test`) to the subscription's
+/// URL now, as a real delivery is sent, and answers what came back. Nothing
+/// is queued or recorded; a paused subscription can be tested too.
+#[utoipa::path(post, path = "/api/subscriptions/{id}/test", tag = "subscriptions", params(("id" = String, Path)), responses((status = 200, body = TestDelivery, description = "sent; `ok` says whether the destination answered 2xx"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn test(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TestDelivery>, ApiError> {
+    let s = load(&app, &id).await?;
+    let result = crate::forward::worker::send_test(&app.forward, &s)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "test_failed",
+                format!("could not prepare the test delivery: {e}"),
+            )
+        })?;
+    tracing::info!(subscription = %s.id, url = %crate::redact::url(&s.url), status = result.status, ok = result.ok, "test delivery sent");
+    Ok(Json(result))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// 1–1000, default 100 (with CSV: the most rows of the download, default all).
     limit: Option<u32>,
     cursor: Option<String>,
     state: Option<String>,
+    /// `json` (default) or `csv` (also chosen by `Accept: text/csv`).
+    format: Option<String>,
 }
 
 /// Paging through delivery attempts: `order=desc` lists the newest first.
@@ -245,10 +289,13 @@ pub(super) struct ListQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct AttemptsQuery {
+    /// 1–1000, default 100 (with CSV: the most rows of the download, default all).
     limit: Option<u32>,
     cursor: Option<String>,
     /// `asc` (the default: in the order they were made) or `desc` (newest first).
     order: Option<String>,
+    /// `json` (default) or `csv` (also chosen by `Accept: text/csv`).
+    format: Option<String>,
 }
 
 /// An event's delivery attempts; `topic` names the event when its id is
@@ -305,44 +352,124 @@ fn state_param(state: Option<String>) -> Result<Option<DeliveryState>, ApiError>
         .transpose()
 }
 
-#[utoipa::path(get, path = "/api/subscriptions/{id}/attempts", tag = "subscriptions", params(("id" = String, Path), AttemptsQuery), responses((status = 200, body = Page<DeliveryAttempt>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/subscriptions/{id}/attempts", tag = "subscriptions", params(("id" = String, Path), AttemptsQuery), responses((status = 200, content((Page<DeliveryAttempt> = "application/json"), (String = "text/csv"))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn subscription_attempts(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     q: Result<Query<AttemptsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let newest_first = q.newest_first()?;
     load(&app, &id).await?;
-    let page = app
+    attempts(&app, Some(id), None, q, &headers).await
+}
+
+/// Attempts of a subscription or an event, as JSON or streamed CSV.
+async fn attempts(
+    app: &AppState,
+    subscription: Option<String>,
+    seq: Option<i64>,
+    q: AttemptsQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let newest_first = q.newest_first()?;
+    if export::format(q.format.as_deref(), headers)? == Format::Json {
+        let page = app
+            .store
+            .list_attempts(
+                subscription.as_deref(),
+                seq,
+                &page(q.limit, q.cursor)?,
+                newest_first,
+            )
+            .await?;
+        return Ok(
+            Json(json!({"items": page.items, "next_cursor": page.next_cursor})).into_response(),
+        );
+    }
+    let rows = csv_rows(q.limit)?;
+    let first = app
         .store
-        .list_attempts(Some(&id), None, &page(q.limit, q.cursor)?, newest_first)
+        .list_attempts(
+            subscription.as_deref(),
+            seq,
+            &csv_page(q.cursor),
+            newest_first,
+        )
         .await?;
-    Ok(Json(
-        json!({"items": page.items, "next_cursor": page.next_cursor}),
+    let store = app.store.clone();
+    let next = move |cursor| {
+        let (store, subscription) = (store.clone(), subscription.clone());
+        async move {
+            let request = csv_page(Some(cursor));
+            store
+                .list_attempts(subscription.as_deref(), seq, &request, newest_first)
+                .await
+        }
+    };
+    Ok(export::paged(
+        "attempts",
+        columns::ATTEMPTS,
+        first,
+        rows,
+        next,
     ))
 }
 
-#[utoipa::path(get, path = "/api/subscriptions/{id}/deliveries", tag = "subscriptions", params(("id" = String, Path), ListQuery), responses((status = 200, body = Page<OutboxEntry>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+/// Outbox deliveries, as JSON or streamed CSV.
+async fn deliveries(
+    app: &AppState,
+    filter: DeliveryFilter,
+    q: ListQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if export::format(q.format.as_deref(), headers)? == Format::Json {
+        let page = app
+            .store
+            .list_deliveries(&filter, &page(q.limit, q.cursor)?)
+            .await?;
+        return Ok(
+            Json(json!({"items": page.items, "next_cursor": page.next_cursor})).into_response(),
+        );
+    }
+    let rows = csv_rows(q.limit)?;
+    let first = app
+        .store
+        .list_deliveries(&filter, &csv_page(q.cursor))
+        .await?;
+    let store = app.store.clone();
+    let next = move |cursor| {
+        let (store, filter) = (store.clone(), filter.clone());
+        async move {
+            store
+                .list_deliveries(&filter, &csv_page(Some(cursor)))
+                .await
+        }
+    };
+    Ok(export::paged(
+        "deliveries",
+        columns::DELIVERIES,
+        first,
+        rows,
+        next,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/subscriptions/{id}/deliveries", tag = "subscriptions", params(("id" = String, Path), ListQuery), responses((status = 200, content((Page<OutboxEntry> = "application/json"), (String = "text/csv"))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn subscription_deliveries(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
     load(&app, &id).await?;
     let filter = DeliveryFilter {
         subscription_id: Some(id),
         event_seq: None,
-        state: state_param(q.state)?,
+        state: state_param(q.state.clone())?,
     };
-    let page = app
-        .store
-        .list_deliveries(&filter, &page(q.limit, q.cursor)?)
-        .await?;
-    Ok(Json(
-        json!({"items": page.items, "next_cursor": page.next_cursor}),
-    ))
+    deliveries(&app, filter, q, &headers).await
 }
 
 async fn event_seq(
@@ -390,7 +517,7 @@ pub(super) async fn event_deliveries(
     let filter = DeliveryFilter {
         subscription_id: None,
         event_seq: Some(seq),
-        state: state_param(q.state)?,
+        state: state_param(q.state.clone())?,
     };
     let page = app
         .store

@@ -274,6 +274,7 @@ async fn keep_in_quarantine(app: &AppState, record: NewQuarantine, message: &mut
     match app.store.quarantine(record).await {
         Ok(id) => {
             message.push_str(&format!(" (kept in quarantine as #{id})"));
+            app.ingestor.notify_change();
             // Bounded: a flood of bad deliveries cannot fill the disk.
             // Amortised: one prune per `prune_quarantine_every` inserts.
             let (keep, bytes) = (app.max_quarantine, app.max_quarantine_bytes);

@@ -470,6 +470,9 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
         page: &PageRequest,
     ) -> Result<Page<QuarantineRecord>>;
     async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>>;
+    /// The id of the newest quarantined delivery (of `source`): cheap, for
+    /// live streams to notice new rejections.
+    async fn newest_quarantine(&self, source: Option<&str>) -> Result<Option<i64>>;
     async fn resolve_quarantine(&self, id: i64, resolution: &str) -> Result<()>;
     /// Copies a record from another database, keeping its resolution, unless a
     /// record with the same source, arrival time, reason code and body is
@@ -510,6 +513,10 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
         event_id: &str,
         topic: Option<&str>,
     ) -> Result<Option<StoredEvent>>;
+    /// The feed's end now: the `list_events` cursor after the last event a
+    /// reader can see (None when the feed is empty). Everything read from it
+    /// later is stored after this call's view: where a live stream starts.
+    async fn feed_end(&self) -> Result<Option<String>>;
 
     /// Re-derives the projection from the event log. With `dry_run` nothing is
     /// written; the report says how the stored projection differs.

@@ -10,6 +10,7 @@
 
 mod common;
 
+mod browser;
 mod cli;
 mod config;
 mod course_stats;
@@ -20,6 +21,7 @@ mod faults;
 mod forward;
 mod hardening;
 mod ingest;
+mod live;
 mod openapi;
 mod postgres;
 mod progress_reading;

@@ -11,8 +11,13 @@ const API = {
   quarantine: '/api/quarantine',
   retry: '/api/quarantine/{id}/retry',
   subscriptions: '/api/subscriptions',
+  subscription: '/api/subscriptions/{id}',
   attempts: '/api/subscriptions/{id}/attempts',
   deliveries: '/api/subscriptions/{id}/deliveries',
+  test: '/api/subscriptions/{id}/test',
+  rotate: '/api/subscriptions/{id}/rotate-secret',
+  replay: '/api/subscriptions/{id}/replay',
+  stream: '/api/stream',
   metrics: '/metrics',
 };
 
@@ -37,17 +42,33 @@ function fill(template, values) {
   return template.replace(/\{(\w+)\}/g, (_, k) => encodeURIComponent(values[k]));
 }
 
-async function api(path, params = {}, method = 'GET') {
-  const url = new URL(path, location.origin);
-  for (const [k, v] of Object.entries(params)) {
-    if (v !== undefined && v !== null && v !== '') url.searchParams.set(k, v);
-  }
-  const headers = { Accept: 'application/json' };
+function authHeaders(accept) {
+  const headers = { Accept: accept };
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = 'Bearer ' + token;
+  return headers;
+}
+
+function apiUrl(path, params) {
+  const url = new URL(path, location.origin);
+  for (const [k, v] of Object.entries(params || {})) {
+    if (v !== undefined && v !== null && v !== '') url.searchParams.set(k, v);
+  }
+  return url;
+}
+
+async function api(path, params = {}, method = 'GET', payload) {
+  const url = apiUrl(path, params);
+  const headers = authHeaders('application/json');
+  const token = sessionStorage.getItem(TOKEN_KEY);
   let res;
   try {
-    res = await fetch(url, { method, headers, credentials: 'omit', cache: 'no-store' });
+    const init = { method, headers, credentials: 'omit', cache: 'no-store' };
+    if (payload !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(payload);
+    }
+    res = await fetch(url, init);
   } catch (e) {
     throw new ApiError(0, { message: 'enrollhook does not answer (is it running?)' });
   }
@@ -69,6 +90,128 @@ async function optional(promise) {
     if (e instanceof ApiError && e.status === 403) return null;
     throw e;
   }
+}
+
+// The list at `path` as CSV (the API streams it), saved as `name`.csv.
+async function downloadCsv(path, params, name, status) {
+  if (status) status.textContent = 'Preparing the CSV…';
+  try {
+    const res = await fetch(apiUrl(path, { ...params, format: 'csv' }),
+      { headers: authHeaders('text/csv'), credentials: 'omit', cache: 'no-store' });
+    if (!res.ok) {
+      const body = await res.json().catch(() => null);
+      throw new ApiError(res.status, body);
+    }
+    const blob = await res.blob();
+    const link = h('a', { href: URL.createObjectURL(blob), download: `${name}.csv` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    if (status) status.textContent = `Downloaded ${name}.csv`;
+  } catch (e) {
+    if (status) status.textContent = `Could not download: ${e.message}`;
+  }
+}
+
+function csvButton(path, params, name) {
+  const status = h('span', { class: 'muted small', role: 'status' });
+  const button = h('button', { type: 'button', class: 'secondary small-button', 'data-csv': name,
+    onclick: () => downloadCsv(path, params, name, status) }, 'Download CSV');
+  return h('span', { class: 'csv' }, button, ' ', status);
+}
+
+// ---------------------------------------------------------------- live updates
+
+// Reads /api/stream with fetch (EventSource cannot send the token), resumes
+// with Last-Event-ID after a drop or a server restart, and asks the view on
+// screen to refresh when something it shows changed.
+const live = {
+  lastId: null,
+  controller: null,
+  state: 'off',
+  timer: null,
+  pending: false,
+  started: false,
+};
+
+function setLive(state, text) {
+  live.state = state;
+  const el = document.getElementById('live');
+  el.className = `live ${state}`;
+  el.dataset.state = state;
+  el.querySelector('.live-text').textContent = text;
+}
+
+async function connectLive() {
+  if (live.controller) live.controller.abort();
+  const controller = new AbortController();
+  live.controller = controller;
+  const headers = authHeaders('text/event-stream');
+  if (live.lastId) headers['Last-Event-ID'] = live.lastId;
+  let retryIn = 2000;
+  try {
+    const res = await fetch(apiUrl(API.stream), { headers, credentials: 'omit', cache: 'no-store', signal: controller.signal });
+    if (res.status === 401 || res.status === 403) { setLive('off', 'Not live'); return; }
+    if (!res.ok || !res.body) throw new Error(`the server answered ${res.status}`);
+    setLive('on', 'Live');
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        onLiveMessage(block);
+      }
+    }
+  } catch (e) {
+    if (controller.signal.aborted) return;
+    retryIn = 2000;
+  }
+  if (controller.signal.aborted) return;
+  setLive('retry', 'Reconnecting…');
+  setTimeout(() => { if (live.controller === controller) connectLive(); }, retryIn);
+}
+
+function onLiveMessage(block) {
+  let event = 'message', id = null, data = '';
+  for (const line of block.split('\n')) {
+    if (line.startsWith('event:')) event = line.slice(6).trim();
+    else if (line.startsWith('id:')) id = line.slice(3).trim();
+    else if (line.startsWith('data:')) data += line.slice(5).trim();
+  }
+  if (!data) return; // keep-alive
+  if (id) live.lastId = id;
+  let message;
+  try { message = JSON.parse(data); } catch (_) { return; }
+  const { parts } = parseHash();
+  const page = parts[0] || 'overview';
+  const shows = {
+    delivery: () => page === 'overview' || page === 'courses'
+      || (page === 'enrollments' && (parts.length < 3 || (parts[1] === message.source && parts[2] === String(message.enrollment_id)))),
+    quarantine: () => page === 'overview' || page === 'quarantine',
+    counters: () => page === 'overview',
+  };
+  if (shows[event] && shows[event]()) scheduleRefresh();
+}
+
+// At most one refresh every 700 ms, and none while the user types in the view.
+function scheduleRefresh() {
+  live.pending = true;
+  if (live.timer) return;
+  live.timer = setTimeout(() => {
+    live.timer = null;
+    const active = document.activeElement;
+    if (active && active.closest('#view') && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName)) {
+      scheduleRefresh();
+      return;
+    }
+    if (live.pending) { live.pending = false; render({ quiet: true }); }
+  }, 700);
 }
 
 // ---------------------------------------------------------------- DOM helpers
@@ -167,7 +310,7 @@ function go(path, params) {
   location.hash = '#' + path + (q ? '?' + q : '');
 }
 
-async function render() {
+async function render(options = {}) {
   const mine = ++generation;
   const { parts, params } = parseHash();
   const view = document.getElementById('view');
@@ -190,7 +333,11 @@ async function render() {
     content.replaceChildren(errorPanel(e));
   }
   if (mine !== generation) return;
+  // A live refresh keeps the reader where they were.
+  const y = window.scrollY;
   view.replaceChildren(content);
+  if (options.quiet) window.scrollTo(0, y);
+  if (!live.started) { live.started = true; connectLive(); }
 }
 
 function errorPanel(e) {
@@ -234,9 +381,13 @@ async function overview(root) {
     card('Expired', fmtInt(sum('expired')), 'expired'),
     card('Completion rate', fmtPct(sum('completed') / Math.max(1, total)), 'completed'),
   ));
+  // Status lines of other parts (the last reconciliation, …) go in here.
+  root.append(h('div', { id: 'overview-status' }));
   root.append(await activityPanel({}));
   root.append(deliveryCards(metrics, quarantine));
-  root.append(h('div', { class: 'panel' }, h('h2', null, 'Courses'), courseTable(items)));
+  root.append(h('div', { class: 'panel' },
+    h('div', { class: 'sub-head' }, h('h2', null, 'Courses'), csvButton(API.courses, {}, 'courses')),
+    courseTable(items)));
 }
 
 // Counts from /metrics (admin only; since the server started) and the quarantine.
@@ -291,10 +442,14 @@ function courseTable(items) {
       if (y === null || y === undefined) return -1;
       return (x < y ? -1 : 1) * (sort.asc ? 1 : -1);
     });
+    const sortBy = (c) => { sort = { key: c.key, asc: c.key === sort.key ? !sort.asc : !c.num }; draw(); };
+    // Sortable by keyboard too: each header is a focusable control.
     const head = h('tr', null, columns.map((c) => h('th', {
       class: `sortable${c.num ? ' num' : ''}${c.key === sort.key ? ' sorted' + (sort.asc ? ' asc' : '') : ''}`,
-      scope: 'col',
-      onclick: () => { sort = { key: c.key, asc: c.key === sort.key ? !sort.asc : !c.num }; draw(); },
+      scope: 'col', tabindex: 0,
+      'aria-sort': c.key === sort.key ? (sort.asc ? 'ascending' : 'descending') : 'none',
+      onclick: () => sortBy(c),
+      onkeydown: (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); sortBy(c); } },
     }, c.label)));
     const body = rows.map((c) => {
       const href = `#/courses/${encodeURIComponent(c.source)}/${c.course_id}`;
@@ -326,6 +481,7 @@ async function activityPanel(filter) {
   const stored = Number(sessionStorage.getItem(RANGE_KEY));
   let days = RANGES.includes(stored) ? stored : 30;
   const chart = h('div');
+  const dataTable = h('div', { class: 'table-wrap' });
   const title = h('h2');
   const buttons = RANGES.map((n) => h('button', {
     type: 'button',
@@ -340,6 +496,12 @@ async function activityPanel(filter) {
       title.replaceChildren(`Activity, last ${days} days: `, h('span', { class: 'muted' },
         `${fmtInt(enrolled)} new enrollment${enrolled === 1 ? '' : 's'}, ${fmtInt(completed)} completion${completed === 1 ? '' : 's'}`));
       chart.replaceChildren(activityChart(data.days));
+      // The chart's numbers as text, for screen readers and copying.
+      dataTable.replaceChildren(h('table', null,
+        h('caption', { class: 'muted small' }, `New enrollments and completions per UTC day, last ${days} days`),
+        h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Day'), h('th', { scope: 'col', class: 'num' }, 'New enrollments'), h('th', { scope: 'col', class: 'num' }, 'Completions'))),
+        h('tbody', null, [...data.days].reverse().map((d) => h('tr', null,
+          h('td', null, d.date), h('td', { class: 'num' }, fmtInt(d.enrolled)), h('td', { class: 'num' }, fmtInt(d.completed)))))));
     } catch (e) {
       if (e instanceof AuthNeeded) return askForToken(e.message);
       chart.replaceChildren(h('p', { class: 'muted' }, `Could not load the activity: ${e.message}`));
@@ -352,7 +514,10 @@ async function activityPanel(filter) {
       h('div', { class: 'legend' },
         h('span', { class: 'enrolled' }, h('i'), 'New enrollments (by the day the enrollment was created)'),
         h('span', { class: 'completed' }, h('i'), 'Completions (by completed_at)')),
-      h('span', { class: 'muted small' }, 'UTC days')));
+      h('span', { class: 'muted small' }, 'UTC days')),
+    h('details', { class: 'data' }, h('summary', null, 'Show the numbers as a table'),
+      h('div', { class: 'toolbar' }, h('span'), csvButton(API.activity, { ...filter, get days() { return days; } }, 'activity')),
+      dataTable));
   await load();
   return panel;
 }
@@ -500,7 +665,7 @@ async function enrollmentList(filter, { showCourse, showSource }) {
     const filtered = Object.values(filter).some(Boolean);
     return filtered ? emptyState('No enrollment matches these filters.') : emptyState(...SEND_HINT);
   }
-  wrap.append(h('div', { class: 'sub-head' }, h('h2', null, 'Enrollments'), count),
+  wrap.append(h('div', { class: 'sub-head' }, h('h2', null, 'Enrollments'), count, csvButton(API.enrollments, filter, 'enrollments')),
     h('div', { class: 'table-wrap' }, h('table', null,
       h('thead', null, h('tr', null, h('th', null, 'Student'), showSource ? h('th', null, 'School') : null, showCourse ? h('th', null, 'Course') : null,
         h('th', null, 'Status'), h('th', null, 'Progress'), h('th', null, 'Updated'), h('th', { class: 'num' }, 'Events'))),
@@ -584,7 +749,8 @@ async function courseDetail(root, source, courseId, params) {
 
 async function quarantineView(root) {
   root.append(h('div', { class: 'head' }, h('h1', null, 'Quarantine'),
-    h('span', { class: 'muted small' }, 'Rejected deliveries, newest first. Retry re-checks one with the current configuration (say, after fixing a secret).')));
+    h('span', { class: 'muted small' }, 'Rejected deliveries, newest first. Retry re-checks one with the current configuration (say, after fixing a secret).'),
+    csvButton(API.quarantine, {}, 'quarantine')));
   const tbody = h('tbody');
   const more = h('button', { type: 'button', class: 'secondary' }, 'Load more');
   let cursor = null, shown = 0;
@@ -653,7 +819,160 @@ async function newestAttempts(id, n) {
 
 async function deliveryCount(id, state) {
   const page = await api(fill(API.deliveries, { id }), { state, limit: 1000 });
-  return fmtInt(page.items.length) + (page.next_cursor ? '+' : '');
+  return { n: page.items.length, text: fmtInt(page.items.length) + (page.next_cursor ? '+' : '') };
+}
+
+const splitList = (v) => v.split(',').map((x) => x.trim()).filter(Boolean);
+
+// The fields of a new subscription. Each turns its input into the API's field
+// (undefined: left out); add one here and the form and request follow.
+const SUBSCRIPTION_FIELDS = [
+  { name: 'url', label: 'Destination URL', type: 'url', required: true, wide: true,
+    placeholder: 'https://crm.example.com/hooks/thinkific',
+    hint: 'Receives each event as a signed POST (Standard Webhooks).', value: (v) => v.trim() },
+  { name: 'topics', label: 'Topics', value: (v) => splitList(v), initial: 'enrollment.*',
+    hint: 'Comma-separated: *, enrollment.*, enrollment.completed…' },
+  { name: 'course_ids', label: 'Courses (optional)', placeholder: 'e.g. 1234, 5678',
+    hint: 'Comma-separated course ids; empty: every course.',
+    value: (v) => {
+      const ids = splitList(v);
+      if (!ids.length) return undefined;
+      if (!ids.every((x) => /^\d+$/.test(x))) throw new Error('Courses must be course ids (numbers), separated by commas.');
+      return ids.map(Number);
+    } },
+  { name: 'filter', label: 'Filter (optional, JSON)', wide: true, placeholder: '{"payload.free_trial": false}',
+    hint: 'Only events it accepts are sent: dotted paths, values or operators ($in, $gt…); see the README, "Filters".',
+    value: (v) => {
+      if (!v.trim()) return undefined;
+      try { return JSON.parse(v); } catch (_) { throw new Error('The filter must be JSON, like {"payload.free_trial": false}.'); }
+    } },
+  { name: 'description', label: 'Description (optional)', placeholder: 'Who receives this', value: (v) => v.trim() || undefined },
+];
+
+function notice(kind, ...content) { return h('div', { class: `notice ${kind}`, role: kind === 'bad' ? 'alert' : 'status' }, ...content); }
+
+// A button that asks before it acts: the question and Yes/Cancel in its place.
+function confirmButton(label, question, yes, action, danger) {
+  const slot = h('span');
+  const button = h('button', { type: 'button', class: 'secondary', onclick: () => {
+    const go = h('button', { type: 'button', class: danger ? 'danger' : '', onclick: async () => { slot.replaceChildren(button); await action(); } }, yes);
+    const cancel = h('button', { type: 'button', class: 'secondary', onclick: () => { slot.replaceChildren(button); button.focus(); } }, 'Cancel');
+    slot.replaceChildren(h('span', { class: 'confirm', role: 'group', 'aria-label': question }, question, ' ', go, cancel));
+    go.focus();
+  } }, label);
+  slot.append(button);
+  return slot;
+}
+
+function secretShownOnce(title, secret) {
+  return notice('ok', h('strong', null, title), h('br'),
+    'The signing secret — copy it now, it is not shown again:', h('code', { class: 'secret' }, secret));
+}
+
+function subscriptionForm(onCreated) {
+  const result = h('div');
+  const inputs = SUBSCRIPTION_FIELDS.map((f) => ({ f, input: h('input', {
+    name: f.name, id: `sub-${f.name}`, type: f.type || 'text', required: f.required, placeholder: f.placeholder,
+    value: f.initial, spellcheck: 'false', autocomplete: 'off' }) }));
+  const form = h('form', { class: 'sub-form', onsubmit: async (ev) => {
+    ev.preventDefault();
+    const body = {};
+    try {
+      for (const { f, input } of inputs) {
+        const v = f.value(input.value);
+        if (v !== undefined) body[f.name] = v;
+      }
+    } catch (e) { result.replaceChildren(notice('bad', e.message)); return; }
+    try {
+      const created = await api(API.subscriptions, {}, 'POST', body);
+      form.reset();
+      result.replaceChildren(secretShownOnce(`Subscription ${created.id} created for ${created.url}.`, created.secret));
+      await onCreated();
+    } catch (e) {
+      if (e instanceof AuthNeeded) return askForToken(e.message);
+      result.replaceChildren(notice('bad', 'Not created: ', e.message));
+    }
+  } },
+  inputs.map(({ f, input }) => h('label', { for: input.id, class: f.wide ? 'wide' : null }, f.label, input,
+    f.hint ? h('span', { class: 'hint muted' }, f.hint) : null)),
+  h('div', null, h('button', { type: 'submit' }, 'Create subscription')));
+  return h('div', { class: 'panel' }, h('h2', null, 'New subscription'), form, result);
+}
+
+async function subscriptionPanel(sub, refresh) {
+  const [attempts, pending, dead] = await Promise.all([
+    newestAttempts(sub.id, 10), deliveryCount(sub.id, 'pending'), deliveryCount(sub.id, 'dead')]);
+  const facts = [
+    `topics ${sub.topics.join(', ')}`,
+    sub.course_ids ? `courses ${sub.course_ids.join(', ')}` : null,
+    sub.sources ? `schools ${sub.sources.join(', ')}` : null,
+    sub.ordered ? 'ordered' : null,
+    sub.filter ? `filter ${JSON.stringify(sub.filter)}` : null,
+  ].filter(Boolean).join(' · ');
+  const result = h('div', { 'aria-live': 'polite' });
+  const act = async (work) => {
+    try { result.replaceChildren(await work()); } catch (e) {
+      if (e instanceof AuthNeeded) return askForToken(e.message);
+      result.replaceChildren(notice('bad', e.message));
+    }
+  };
+  const id = { id: sub.id };
+  const test = h('button', { type: 'button', class: 'secondary', onclick: () => act(async () => {
+    test.disabled = true;
+    try {
+      const r = await api(fill(API.test, id), {}, 'POST');
+      return r.ok
+        ? notice('ok', `Test delivered: the destination answered ${r.status} in ${Math.round(r.latency_ms)} ms.`)
+        : notice('bad', `Test failed: ${r.error || 'no answer'}`, r.response ? h('pre', null, r.response) : null);
+    } finally { test.disabled = false; }
+  }) }, 'Send test');
+  const pause = sub.enabled
+    ? confirmButton('Pause', 'Pause deliveries to this URL? Events keep being stored and queued.', 'Pause', () => act(async () => {
+      await api(fill(API.subscription, id), {}, 'PATCH', { enabled: false });
+      await refresh();
+      return notice('ok', 'Paused.');
+    }))
+    : h('button', { type: 'button', class: 'secondary', onclick: () => act(async () => {
+      await api(fill(API.subscription, id), {}, 'PATCH', { enabled: true });
+      await refresh();
+      return notice('ok', 'Resumed.');
+    }) }, 'Resume');
+  const rotate = confirmButton('Rotate secret', 'Make a new signing secret? The old one keeps signing too for 24 hours.', 'Rotate', () => act(async () => {
+    const r = await api(fill(API.rotate, id), {}, 'POST');
+    return secretShownOnce('New secret made; the old one also signs for 24 hours.', r.secret);
+  }));
+  const replay = dead.n === 0 ? null : confirmButton(`Replay dead (${dead.text})`, `Send the ${dead.text} dead deliveries again?`, 'Replay', () => act(async () => {
+    const r = await api(fill(API.replay, id), {}, 'POST', { dead: true });
+    return notice('ok', `${fmtInt(r.replayed)} dead deliver${r.replayed === 1 ? 'y' : 'ies'} queued again.`);
+  }));
+  const remove = confirmButton('Delete', 'Delete this subscription and its pending deliveries?', 'Delete', () => act(async () => {
+    await api(fill(API.subscription, id), {}, 'DELETE');
+    await refresh();
+    return notice('ok', 'Deleted.');
+  }), true);
+  const rows = attempts.map((a) => h('tr', null,
+    h('td', null, fmtTime(a.attempted_at)),
+    h('td', { class: 'num' }, a.event_seq),
+    h('td', { class: 'num' }, a.attempt),
+    // No HTTP status: a broker's attempt (accepted when it has no error) or no answer.
+    h('td', null, a.status === null ? (a.error ? badge('no answer', 'bad') : badge('accepted', 'ok')) : badge(String(a.status), a.status >= 200 && a.status < 300 ? 'ok' : 'bad')),
+    h('td', { class: 'num' }, `${Math.round(a.latency_ms)} ms`),
+    h('td', { class: 'small' }, a.error || '', a.response ? h('details', null, h('summary', null, 'answer'), h('pre', null, a.response)) : null)));
+  return h('div', { class: 'panel subscription', 'data-id': sub.id },
+    h('div', { class: 'sub-head' },
+      h('div', null, h('div', { class: 'url' }, sub.url), h('div', { class: 'muted small' }, sub.description ? `${sub.description} · ` : '', facts, ` · ${sub.id}`)),
+      sub.enabled ? badge('enabled', 'ok') : badge(sub.disabled_reason ? 'disabled' : 'paused', 'bad')),
+    sub.disabled_reason ? h('p', { class: 'small' }, 'Disabled: ', sub.disabled_reason) : null,
+    sub.failing_since ? h('p', { class: 'small' }, 'Failing since ', fmtTime(sub.failing_since)) : null,
+    h('div', { class: 'cards' }, card('Pending deliveries', pending.text), card('Dead deliveries', dead.text, dead.n ? 'bad' : '')),
+    h('div', { class: 'actions' }, test, pause, replay, rotate, remove),
+    result,
+    h('div', { class: 'sub-head' }, h('h2', null, 'Recent attempts'), rows.length ? csvButton(fill(API.attempts, id), { order: 'desc' }, `attempts-${sub.id}`) : null),
+    rows.length ? h('div', { class: 'table-wrap' }, h('table', null,
+      h('thead', null, h('tr', null, h('th', null, 'When'), h('th', { class: 'num' }, 'Event seq'), h('th', { class: 'num' }, 'Attempt'),
+        h('th', null, 'Answer'), h('th', { class: 'num' }, 'Latency'), h('th', null, 'Error and answer'))),
+      h('tbody', null, rows))) : h('p', { class: 'muted' }, 'No delivery attempts yet.'),
+    rows.length ? h('p', { class: 'muted small' }, 'The latest 10; the CSV has them all.') : null);
 }
 
 async function forwardingView(root) {
@@ -667,44 +986,15 @@ async function forwardingView(root) {
     root.append(emptyState('Subscriptions are managed with the admin token (--api-token); this token reads one school only.'));
     return;
   }
-  if (subs.items.length === 0) {
-    root.append(emptyState('No subscriptions yet. Add one with ',
-      h('code', null, "enrollhook subscriptions add --url https://crm.example.com/hooks --topic 'enrollment.*'"),
-      ' or POST /api/subscriptions.'));
-    return;
-  }
-  for (const sub of subs.items) {
-    const [attempts, pending, dead] = await Promise.all([
-      newestAttempts(sub.id, 10), deliveryCount(sub.id, 'pending'), deliveryCount(sub.id, 'dead')]);
-    const facts = [
-      `topics ${sub.topics.join(', ')}`,
-      sub.course_ids ? `courses ${sub.course_ids.join(', ')}` : null,
-      sub.sources ? `schools ${sub.sources.join(', ')}` : null,
-      sub.ordered ? 'ordered' : null,
-    ].filter(Boolean).join(' · ');
-    const rows = attempts.map((a) => h('tr', null,
-      h('td', null, fmtTime(a.attempted_at)),
-      h('td', { class: 'num' }, a.event_seq),
-      h('td', { class: 'num' }, a.attempt),
-      // No HTTP status: a broker's attempt (accepted when it has no error) or no answer.
-      h('td', null, a.status === null ? (a.error ? badge('no answer', 'bad') : badge('accepted', 'ok')) : badge(String(a.status), a.status >= 200 && a.status < 300 ? 'ok' : 'bad')),
-      h('td', { class: 'num' }, `${Math.round(a.latency_ms)} ms`),
-      h('td', { class: 'small' }, a.error || '')));
-    root.append(h('div', { class: 'panel' },
-      h('div', { class: 'sub-head' },
-        h('div', null, h('div', { class: 'url' }, sub.url), h('div', { class: 'muted small' }, sub.description ? `${sub.description} · ` : '', facts, ` · ${sub.id}`)),
-        sub.enabled ? badge('enabled', 'ok') : badge('disabled', 'bad')),
-      sub.disabled_reason ? h('p', { class: 'small' }, 'Disabled: ', sub.disabled_reason) : null,
-      sub.failing_since ? h('p', { class: 'small' }, 'Failing since ', fmtTime(sub.failing_since)) : null,
-      h('div', { class: 'cards' }, card('Pending deliveries', pending), card('Dead deliveries', dead, dead === '0' ? '' : 'bad')),
-      h('h2', null, 'Recent attempts'),
-      rows.length ? h('div', { class: 'table-wrap' }, h('table', null,
-        h('thead', null, h('tr', null, h('th', null, 'When'), h('th', { class: 'num' }, 'Event seq'), h('th', { class: 'num' }, 'Attempt'),
-          h('th', null, 'Answer'), h('th', { class: 'num' }, 'Latency'), h('th', null, 'Error'))),
-        h('tbody', null, rows))) : h('p', { class: 'muted' }, 'No delivery attempts yet.'),
-      rows.length ? h('p', { class: 'muted small' }, 'The latest 10; ',
-        h('code', null, `enrollhook subscriptions attempts ${sub.id} --newest-first --limit 1000`), ' lists more.') : null));
-  }
+  const list = h('div');
+  const refresh = async () => {
+    const now = (await api(API.subscriptions)).items;
+    const panels = await Promise.all(now.map((sub) => subscriptionPanel(sub, refresh)));
+    list.replaceChildren(...(panels.length ? panels : [emptyState('No subscriptions yet: create one above, or with ',
+      h('code', null, "enrollhook subscriptions add --url https://crm.example.com/hooks --topic 'enrollment.*'"), '.')]));
+  };
+  root.append(subscriptionForm(refresh), list);
+  await refresh();
 }
 
 // ---------------------------------------------------------------- start
@@ -717,10 +1007,16 @@ document.addEventListener('DOMContentLoaded', () => {
     if (!token) return;
     sessionStorage.setItem(TOKEN_KEY, token);
     input.value = '';
+    live.lastId = null;
+    live.started = false;
     render();
   });
   document.getElementById('forget-token').addEventListener('click', () => {
     sessionStorage.removeItem(TOKEN_KEY);
+    if (live.controller) live.controller.abort();
+    setLive('off', 'Not live');
+    live.lastId = null;
+    live.started = false;
     render();
   });
   window.addEventListener('hashchange', render);

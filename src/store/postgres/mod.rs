@@ -175,6 +175,10 @@ impl Store for PostgresStore {
         log::list_quarantine(&self.reader, source, page).await
     }
 
+    async fn newest_quarantine(&self, source: Option<&str>) -> Result<Option<i64>> {
+        log::newest_quarantine(&self.reader, source).await
+    }
+
     async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>> {
         log::get_quarantine::<Postgres>(&mut *self.reader.acquire().await?, id).await
     }
@@ -354,6 +358,18 @@ impl Store for PostgresStore {
         topic: Option<&str>,
     ) -> Result<Option<StoredEvent>> {
         log::get_event(&self.reader, EVENT_COLUMNS, source, event_id, topic).await
+    }
+
+    async fn feed_end(&self) -> Result<Option<String>> {
+        // The newest row below the horizon: whatever commits later has a
+        // txid at or above it, so it comes after this position.
+        let last: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT txid::text, seq FROM events WHERE true {} ORDER BY txid DESC, seq DESC LIMIT 1",
+            Self::FEED_HORIZON
+        )))
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(last.map(|(txid, seq)| encode_cursor(&[&txid, &seq.to_string()])))
     }
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {

@@ -110,6 +110,23 @@ where
     Ok(page_of(items, page.limit, |r| r.id))
 }
 
+/// The id of the newest quarantined delivery (of `source`), if any.
+pub(crate) async fn newest_quarantine<DB: Dialect>(
+    pool: &Pool<DB>,
+    source: Option<&str>,
+) -> Result<Option<i64>>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new("SELECT id FROM quarantine");
+    if let Some(s) = source {
+        q.push(" WHERE source = ").push_bind(s.to_owned());
+    }
+    q.push(" ORDER BY id DESC LIMIT 1");
+    Ok(fetch_mapped(pool, q, |row| row.int("id")).await?.pop())
+}
+
 pub(crate) async fn get_quarantine<DB: Dialect>(
     conn: &mut DB::Connection,
     id: i64,

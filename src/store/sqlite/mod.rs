@@ -268,6 +268,10 @@ impl Store for SqliteStore {
         log::list_quarantine(&self.reader, source, page).await
     }
 
+    async fn newest_quarantine(&self, source: Option<&str>) -> Result<Option<i64>> {
+        log::newest_quarantine(&self.reader, source).await
+    }
+
     async fn get_quarantine(&self, id: i64) -> Result<Option<QuarantineRecord>> {
         log::get_quarantine::<Sqlite>(&mut *self.writer.lock().await?, id).await
     }
@@ -373,6 +377,14 @@ impl Store for SqliteStore {
         topic: Option<&str>,
     ) -> Result<Option<StoredEvent>> {
         log::get_event(&self.reader, EVENT_COLUMNS, source, event_id, topic).await
+    }
+
+    async fn feed_end(&self) -> Result<Option<String>> {
+        // One writer: seq order is commit order.
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM events")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(last.map(|seq| encode_cursor(&[&seq.to_string()])))
     }
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {
