@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 mod api;
 mod backfill;
 mod documented;
+mod reconcile;
 
 use api::*;
 
