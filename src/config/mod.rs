@@ -146,6 +146,17 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     /// Most client connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Reconcile with Thinkific this often (None: never), for these sources.
+    pub reconcile_every: Option<std::time::Duration>,
+    pub reconcile: Vec<ReconcileSource>,
+}
+
+/// A source a scheduled reconciliation covers: its Thinkific credentials, and
+/// the URL its webhooks should deliver to, when the public URL is known.
+#[derive(Debug, Clone)]
+pub struct ReconcileSource {
+    pub thinkific: resolve::ThinkificSettings,
+    pub webhook_url: Option<String>,
 }
 
 /// `--max-connections` by default.
@@ -179,6 +190,8 @@ impl ServeConfig {
             retain_events: None,
             allowed_hosts: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            reconcile_every: None,
+            reconcile: Vec::new(),
         }
     }
 

@@ -25,6 +25,7 @@ use super::{api, error, subscriptions, webhooks};
         api::list_events,
         api::get_event,
         api::get_event_raw,
+        api::list_reconciliations,
         api::list_quarantine,
         api::get_quarantine,
         api::retry_quarantine,

@@ -26,6 +26,7 @@ mod api;
 mod backfill;
 mod documented;
 mod reconcile;
+mod scheduled;
 
 use api::*;
 
