@@ -10,7 +10,10 @@ use enrollhook::maintenance::reconcile::{self, Round, Target};
 
 use super::*;
 
-on_both_backends!(multi_thread: a_scheduled_reconciliation_runs_resumes_and_is_shown);
+on_both_backends!(
+    multi_thread: a_scheduled_reconciliation_runs_resumes_and_is_shown,
+    a_school_token_sees_its_schools_reconciliations_only,
+);
 
 const HOOK_URL: &str = "https://hooks.example.com/webhooks/thinkific";
 
@@ -177,5 +180,111 @@ async fn one_reconciliation_at_a_time_across_instances() {
             .items
             .len(),
         1
+    );
+}
+
+async fn a_school_token_sees_its_schools_reconciliations_only(db: TestDatabase) {
+    let file = enrollhook::config::FileConfig::parse(
+        r#"
+        [[source]]
+        name = "school-a"
+        secret = "key-a-0123456789"
+        api_token = "token-a-0123456789"
+        [[source]]
+        name = "school-b"
+        secret = "key-b-0123456789"
+        api_token = "token-b-0123456789"
+        "#,
+    )
+    .unwrap();
+    let app = db
+        .serve(|c| {
+            c.sources = enrollhook::config::Sources::resolve(None, &file);
+            c.api_token = Some(Secret::new("admin-token-0123456789"));
+        })
+        .await;
+    let store = app.store();
+    for source in ["school-a", "school-b", "school-a"] {
+        store
+            .insert_reconciliation(&enrollhook::store::NewReconciliation {
+                source: source.into(),
+                started_at: Utc::now(),
+                finished_at: Utc::now(),
+                resume_from: Some(t0()),
+                report: json!({"summary": format!("{source} checked")}),
+                error: None,
+            })
+            .await
+            .unwrap();
+    }
+    let get = |token: &'static str, query: &'static str| {
+        let (client, base) = (app.client.clone(), app.base.clone());
+        async move {
+            let r = client
+                .get(format!("{base}/api/reconciliations{query}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let sources = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["source"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (code, page) = get("admin-token-0123456789", "").await;
+    assert_eq!(code, 200);
+    assert_eq!(sources(&page), ["school-a", "school-b", "school-a"]);
+    let (code, page) = get("token-a-0123456789", "").await;
+    assert_eq!(
+        (code, sources(&page)),
+        (200, vec!["school-a".to_owned(); 2])
+    );
+    let (code, _) = get("token-a-0123456789", "?source=school-b").await;
+    assert_eq!(code, 403, "a school cannot ask for another's");
+    let (code, page) = get("admin-token-0123456789", "?source=school-b&limit=1").await;
+    assert_eq!((code, sources(&page)), (200, vec!["school-b".to_owned()]));
+    // Pages follow the cursor, newest first.
+    let first = store
+        .list_reconciliations(
+            None,
+            &PageRequest {
+                limit: 2,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
+    let rest = store
+        .list_reconciliations(
+            None,
+            &PageRequest {
+                limit: 2,
+                cursor: first.next_cursor.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    let ids: Vec<i64> = first
+        .items
+        .iter()
+        .chain(&rest.items)
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+    assert!(rest.next_cursor.is_none());
+    assert_eq!(
+        store.reconciliation_resume_point("school-b").await.unwrap(),
+        Some(t0())
+    );
+    assert_eq!(
+        store.reconciliation_resume_point("school-c").await.unwrap(),
+        None
     );
 }
