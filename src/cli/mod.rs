@@ -51,6 +51,8 @@ enum Command {
     Courses(query::CoursesArgs),
     /// List stored events (the event log).
     Events(query::EventsArgs),
+    /// The scheduled reconciliations' runs (`serve --reconcile-every`), newest first.
+    Reconciliations(query::ReconciliationsArgs),
     /// Inspect and re-admit rejected deliveries.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
@@ -140,6 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enrollments(args) => query::enrollments(&settings, args).await,
         Command::Courses(args) => query::courses(&settings, args).await,
         Command::Events(args) => query::events(&settings, args).await,
+        Command::Reconciliations(args) => query::reconciliations(&settings, args).await,
         Command::Quarantine(cmd) => quarantine::quarantine(&settings, cmd).await,
         Command::Subscriptions(cmd) => subscriptions::subscriptions(&settings, cmd).await,
         Command::Replay(args) => subscriptions::replay(&settings, args).await,

@@ -1,4 +1,5 @@
-//! `enrollments`, `courses`, `events`: reading the projection and the event log.
+//! `enrollments`, `courses`, `events`, `reconciliations`: reading the
+//! projection, the event log and the reconciliations' reports.
 
 use std::process::ExitCode;
 
@@ -57,6 +58,56 @@ pub struct EventsArgs {
     limit: usize,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+}
+
+#[derive(Args)]
+pub struct ReconciliationsArgs {
+    #[arg(long)]
+    source: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// The newest runs: when, which source, what they found (the report's
+/// summary and webhook check), or why they failed.
+pub async fn reconciliations(
+    settings: &Settings,
+    a: ReconciliationsArgs,
+) -> anyhow::Result<ExitCode> {
+    let store = open_existing(&settings.database_url).await?;
+    let page = store
+        .list_reconciliations(
+            a.source.as_deref(),
+            &PageRequest {
+                limit: a.limit.clamp(1, store::MAX_PAGE),
+                cursor: None,
+            },
+        )
+        .await?;
+    let header = ["id", "source", "finished_at", "found", "webhooks"];
+    output(a.format, &header, &page.items, |r| {
+        let webhooks = &r.report["webhooks"];
+        let missing = webhooks["missing"].as_array().map_or(0, Vec::len);
+        vec![
+            r.id.to_string(),
+            r.source.clone(),
+            views::rfc3339(&r.finished_at),
+            match &r.error {
+                Some(e) => format!("failed: {e}"),
+                None => r.report["summary"].as_str().unwrap_or_default().to_owned(),
+            },
+            if webhooks.is_null() {
+                String::new()
+            } else if missing == 0 {
+                "all registered".to_owned()
+            } else {
+                format!("{missing} topics missing")
+            },
+        ]
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn enrollments(settings: &Settings, a: EnrollmentsArgs) -> anyhow::Result<ExitCode> {
@@ -165,7 +216,9 @@ pub async fn events(settings: &Settings, a: EventsArgs) -> anyhow::Result<ExitCo
     let store = open_existing(&settings.database_url).await?;
     let filter = EventFilter {
         source: a.source,
-        topic: a.topic,
+        topic: a
+            .topic
+            .map(|t| crate::thinkific::canonical_topic(&t).into_owned()),
         after_seq: a.after,
     };
     let mut items = Vec::new();

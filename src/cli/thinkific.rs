@@ -35,6 +35,9 @@ enum ThinkificCommand {
         /// Enrollments per request (at most 250).
         #[arg(long, default_value_t = rest::MAX_PAGE_SIZE, hide = true)]
         page_size: u32,
+        /// The reconciliation report as a table per course, or as JSON.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
 }
 
@@ -83,6 +86,7 @@ pub async fn thinkific(settings: &Settings, a: ThinkificArgs) -> anyhow::Result<
         ThinkificCommand::Backfill {
             updated_after,
             page_size,
+            format,
         } => {
             let updated_after = updated_after
                 .map(|t| {
@@ -112,7 +116,7 @@ pub async fn thinkific(settings: &Settings, a: ThinkificArgs) -> anyhow::Result<
                 .resume_from
                 .map(|t| format!("; next time: --updated-after {}", views::rfc3339(&t)))
                 .unwrap_or_default();
-            println!(
+            let done = format!(
                 "backfill done: {} enrollments in {} pages in {:.1} s: {} stored, {} already known, {} unusable{resume}",
                 report.read,
                 report.pages,
@@ -121,6 +125,13 @@ pub async fn thinkific(settings: &Settings, a: ThinkificArgs) -> anyhow::Result<
                 report.known,
                 report.unusable
             );
+            // Standard output holds only the JSON document when one is asked for.
+            if format == Format::Json {
+                eprintln!("{done}");
+            } else {
+                println!("{done}");
+            }
+            print_reconciliation(&report, format)?;
             Ok(if report.unusable > 0 {
                 ExitCode::FAILURE
             } else {
@@ -208,4 +219,55 @@ async fn webhooks(client: &rest::RestClient, cmd: WebhooksCommand) -> anyhow::Re
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The backfill's reconciliation: one line per course and the total (a
+/// table or CSV), or the whole report as one JSON document.
+fn print_reconciliation(report: &backfill::BackfillReport, format: Format) -> anyhow::Result<()> {
+    let r = &report.reconciliation;
+    if format == Format::Json {
+        let doc = serde_json::json!({
+            "read": report.read,
+            "stored": report.stored,
+            "already_known": report.known,
+            "unusable": report.unusable,
+            "resume_from": report.resume_from.as_ref().map(views::rfc3339),
+            "reconciliation": r,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let header = [
+        "course_id",
+        "course",
+        "missing",
+        "behind",
+        "behind_points",
+        "behind_max",
+        "agree",
+        "ahead",
+    ];
+    let total = thinkific::reconcile::CourseCounts {
+        course_id: None,
+        course_name: Some("TOTAL".into()),
+        counts: r.total.clone(),
+    };
+    let rows: Vec<&thinkific::reconcile::CourseCounts> =
+        r.courses.iter().chain(std::iter::once(&total)).collect();
+    output(format, &header, &rows, |c| {
+        vec![
+            c.course_id.map(|id| id.to_string()).unwrap_or_default(),
+            c.course_name.clone().unwrap_or_default(),
+            c.counts.missing.to_string(),
+            c.counts.behind.to_string(),
+            format!("{:.1}", c.counts.behind_progress_points),
+            format!("{:.1}", c.counts.behind_progress_max),
+            c.counts.agree.to_string(),
+            c.counts.ahead.to_string(),
+        ]
+    })?;
+    if format == Format::Table {
+        println!("{}", r.summary());
+    }
+    Ok(())
 }

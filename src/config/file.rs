@@ -38,6 +38,10 @@ pub struct FileConfig {
     pub max_quarantine_bytes: Option<ByteSize>,
     /// The default source's Thinkific subdomain, for `enrollhook thinkific …`.
     pub subdomain: Option<String>,
+    /// `--reconcile-every`, e.g. "24h".
+    pub reconcile_every: Option<String>,
+    /// `--public-url`.
+    pub public_url: Option<String>,
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
 }

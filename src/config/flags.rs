@@ -99,6 +99,25 @@ pub struct ServeFlags {
     /// kept; see the README) [default: keep everything].
     #[arg(long, env = "ENROLLHOOK_RETAIN_EVENTS", value_parser = parse_duration)]
     pub retain_events: Option<Duration>,
+    /// Reconcile with Thinkific's REST API this often, e.g. 24h: the backfill
+    /// for every source with API credentials, resuming where the last run
+    /// ended, each run's report kept (`GET /api/reconciliations`) [default:
+    /// never; `reconcile_every` in enrollhook.toml].
+    #[arg(long, env = "ENROLLHOOK_RECONCILE_EVERY", value_parser = parse_duration)]
+    pub reconcile_every: Option<Duration>,
+    /// This server's public base URL, e.g. https://hooks.example.com: a
+    /// reconciliation also checks that Thinkific's webhooks deliver to
+    /// `…/webhooks/thinkific/SOURCE` [default: `public_url` in enrollhook.toml].
+    #[arg(long, env = "ENROLLHOOK_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Where Thinkific's API is, for the reconciliation (tests, staging).
+    #[arg(
+        long,
+        hide = true,
+        env = "ENROLLHOOK_THINKIFIC_API_BASE",
+        default_value = crate::thinkific::rest::DEFAULT_API_BASE
+    )]
+    pub thinkific_api_base: String,
     /// Disable a subscription whose deliveries have all failed for this long.
     #[arg(long, default_value = "5d", value_parser = parse_duration)]
     pub disable_failing_after: Duration,

@@ -148,6 +148,17 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Most live streams (`/api/stream`) open at once; more are refused with 503.
     pub max_streams: usize,
+    /// Reconcile with Thinkific this often (None: never), for these sources.
+    pub reconcile_every: Option<std::time::Duration>,
+    pub reconcile: Vec<ReconcileSource>,
+}
+
+/// A source a scheduled reconciliation covers: its Thinkific credentials, and
+/// the URL its webhooks should deliver to, when the public URL is known.
+#[derive(Debug, Clone)]
+pub struct ReconcileSource {
+    pub thinkific: resolve::ThinkificSettings,
+    pub webhook_url: Option<String>,
 }
 
 /// `--max-connections` by default.
@@ -184,6 +195,8 @@ impl ServeConfig {
             allowed_hosts: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams: DEFAULT_MAX_STREAMS,
+            reconcile_every: None,
+            reconcile: Vec::new(),
         }
     }
 

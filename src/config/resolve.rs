@@ -145,6 +145,12 @@ impl Settings {
         if flags.insecure_skip_verification && sources.is_empty() {
             sources = Sources::insecure_default();
         }
+        let (reconcile_every, reconcile) = self.reconcile(
+            flags.reconcile_every,
+            flags.public_url.clone(),
+            &flags.thinkific_api_base,
+            &sources,
+        )?;
         let config = ServeConfig {
             listen,
             database_url: self.database_url.clone(),
@@ -180,9 +186,76 @@ impl Settings {
             allowed_hosts: flags.allowed_hosts,
             max_connections: flags.max_connections.max(1),
             max_streams: flags.max_streams,
+            reconcile_every,
+            reconcile,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// `--reconcile-every` (flag, environment, else the file's
+    /// `reconcile_every`) and the sources it covers: every source whose
+    /// Thinkific credentials resolve as for `thinkific …` (a subdomain with its
+    /// secret, or an access token), with its webhook URL under `--public-url`.
+    fn reconcile(
+        &self,
+        every_flag: Option<std::time::Duration>,
+        public_url: Option<String>,
+        api_base: &str,
+        sources: &Sources,
+    ) -> anyhow::Result<(Option<std::time::Duration>, Vec<super::ReconcileSource>)> {
+        let every = match (every_flag, &self.file.reconcile_every) {
+            (Some(d), _) => Some(d),
+            (None, Some(text)) => Some(
+                crate::forward::policy::parse_duration(text)
+                    .map_err(|e| anyhow::anyhow!("reconcile_every in {}: {e}", self.file_name()))?,
+            ),
+            (None, None) => None,
+        };
+        let Some(every) = every else {
+            return Ok((None, Vec::new()));
+        };
+        anyhow::ensure!(
+            every >= std::time::Duration::from_secs(60),
+            "--reconcile-every must be at least 1m (Thinkific allows 120 requests a minute); e.g. 24h"
+        );
+        let public_url = public_url.or(self.file.public_url.clone());
+        let mut covered = Vec::new();
+        for name in sources.names() {
+            let Ok(source) = name.parse::<crate::ids::SourceName>() else {
+                continue;
+            };
+            let thinkific = ThinkificFlags {
+                subdomain: None,
+                api_key: None,
+                access_token: None,
+                api_base: api_base.to_owned(),
+                source: source.clone(),
+            };
+            // A source without credentials is not covered (it may have none).
+            let Ok(thinkific) = self.thinkific(&thinkific) else {
+                continue;
+            };
+            let webhook_url = public_url.as_deref().map(|base| {
+                let base = base.trim_end_matches('/');
+                if source.as_str() == DEFAULT_SOURCE {
+                    format!("{base}/webhooks/thinkific")
+                } else {
+                    format!("{base}/webhooks/thinkific/{source}")
+                }
+            });
+            covered.push(super::ReconcileSource {
+                thinkific,
+                webhook_url,
+            });
+        }
+        anyhow::ensure!(
+            !covered.is_empty(),
+            "--reconcile-every needs a source with Thinkific API credentials: set `subdomain` \
+             (the secret is the API key) or `access_token` for a [[source]] in enrollhook.toml, \
+             or the top-level `subdomain` for the default source"
+        );
+        Ok((Some(every), covered))
     }
 
     /// `thinkific …`'s credentials for `--source`: flags and environment first,

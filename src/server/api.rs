@@ -19,7 +19,7 @@ use super::error::ErrorBody;
 use super::export::{self, Format, columns};
 use super::{ApiError, AppState};
 use crate::ingest::quarantine::{self, RetryError};
-use crate::store::{ActivityQuery, CourseStats, DayActivity};
+use crate::store::{ActivityQuery, CourseStats, DayActivity, ReconciliationRecord};
 use crate::store::{
     AppendOutcome, EnrollmentFilter, EventFilter, MAX_PAGE, PageRequest, QuarantineRecord,
     StoredEvent,
@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/stream", get(super::stream::stream))
         .route("/api/events/{source}/{event_id}", get(get_event))
         .route("/api/events/{source}/{event_id}/raw", get(get_event_raw))
+        .route("/api/reconciliations", get(list_reconciliations))
         .route("/api/quarantine", get(list_quarantine))
         .route("/api/quarantine/{id}", get(get_quarantine))
         .route("/api/quarantine/{id}/retry", post(retry_quarantine))
@@ -468,6 +469,37 @@ pub(super) async fn get_event_raw(
         ));
     }
     Ok(([(header::CONTENT_TYPE, "application/json")], event.body).into_response())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ReconciliationsQuery {
+    source: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// The scheduled reconciliations' runs (`serve --reconcile-every`), newest
+/// first: per source, what the webhooks had missed or had behind, and whether
+/// the school's webhooks deliver here. A per-school token sees its school's only.
+#[utoipa::path(get, path = "/api/reconciliations", tag = "thinkific", params(ReconciliationsQuery),
+    responses((status = 200, body = Page<ReconciliationRecord>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_reconciliations(
+    State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
+    q: Result<Query<ReconciliationsQuery>, QueryRejection>,
+) -> Result<Json<Page<ReconciliationRecord>>, ApiError> {
+    let q = query(q)?;
+    let source = scope.restrict(q.source)?;
+    let page = app
+        .store
+        .list_reconciliations(source.as_deref(), &page(q.limit, q.cursor)?)
+        .await?;
+    Ok(Json(Page {
+        items: page.items,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -164,6 +164,24 @@ pub async fn start(
     let retention = config
         .retain_events
         .map(|retain| retention::spawn(store.clone(), retain, retention::EVERY));
+    let reconciler = match config.reconcile_every {
+        Some(every) => {
+            let mut targets = Vec::with_capacity(config.reconcile.len());
+            for r in &config.reconcile {
+                targets.push(crate::maintenance::reconcile::Target {
+                    source: r.thinkific.source.clone(),
+                    client: r.thinkific.client()?,
+                    webhook_url: r.webhook_url.clone(),
+                });
+            }
+            Some(crate::maintenance::reconcile::spawn(
+                store.clone(),
+                targets,
+                every,
+            ))
+        }
+        None => None,
+    };
     let app = router(state);
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -187,6 +205,9 @@ pub async fn start(
         forwarder.stop().await;
         if let Some(retention) = retention {
             retention.abort();
+        }
+        if let Some(reconciler) = reconciler {
+            reconciler.abort();
         }
         tracing::info!("stopped");
         Ok(())

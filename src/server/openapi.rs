@@ -26,6 +26,7 @@ use super::{api, error, stream, subscriptions, webhooks};
         stream::stream,
         api::get_event,
         api::get_event_raw,
+        api::list_reconciliations,
         api::list_quarantine,
         api::get_quarantine,
         api::retry_quarantine,

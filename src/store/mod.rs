@@ -43,6 +43,7 @@ mod isolate;
 mod migrate;
 pub mod postgres;
 mod quarantine;
+mod reconciliations;
 mod rows;
 mod shared;
 mod sql;
@@ -61,6 +62,7 @@ pub use forward::*;
 pub use isolate::{append_isolating, refusal_reason};
 pub use postgres::PostgresStore;
 pub use quarantine::*;
+pub use reconciliations::{NewReconciliation, ReconciliationRecord};
 pub use sqlite::SqliteStore;
 /// The projection file's path and schema (kept at its old path for callers).
 pub use sqlite::projector as sqlite_projector;
@@ -517,6 +519,25 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     /// reader can see (None when the feed is empty). Everything read from it
     /// later is stored after this call's view: where a live stream starts.
     async fn feed_end(&self) -> Result<Option<String>>;
+
+    /// Records a scheduled reconciliation's run; returns its id.
+    async fn insert_reconciliation(&self, run: &NewReconciliation) -> Result<i64>;
+    /// Reconciliation runs, newest first, of one source or all.
+    async fn list_reconciliations(
+        &self,
+        source: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<ReconciliationRecord>>;
+    /// Where the next reconciliation of `source` starts (None: from the beginning).
+    async fn reconciliation_resume_point(&self, source: &str) -> Result<Option<DateTime<Utc>>>;
+    /// One reconciliation at a time across every instance sharing the
+    /// database: `Some(guard)` to run (the turn lasts while the guard lives),
+    /// `None` when another has it now. PostgreSQL: a session advisory lock on
+    /// a connection of its own, closed with the guard (so a crash cannot leave
+    /// it held). SQLite: a database file has one server.
+    async fn reconciliation_turn(&self) -> Result<Option<Box<dyn std::any::Any + Send>>> {
+        Ok(Some(Box::new(())))
+    }
 
     /// Re-derives the projection from the event log. With `dry_run` nothing is
     /// written; the report says how the stored projection differs.

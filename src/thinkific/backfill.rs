@@ -19,7 +19,10 @@
 //! - it is stored through `Store::append_batch` like every delivery, on SQLite
 //!   and PostgreSQL alike, so `rebuild` derives the same projection;
 //! - it is not forwarded to `*` or `enrollment.*` subscriptions, only to those
-//!   naming `enrollment.backfill` (see `forward::subscription::topic_matches`).
+//!   naming `enrollment.backfill` (see `forward::subscription::topic_matches`);
+//! - each enrollment is compared with what the projection held before it was
+//!   stored (see [`crate::thinkific::reconcile`]): the run's report says which
+//!   the webhooks missed, which they had behind, and which agree.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,7 @@ use serde_json::value::RawValue;
 use sha2::Digest;
 
 use crate::store::{AppendOutcome, NewEvent, Store};
+use crate::thinkific::reconcile::{self, Reconciliation};
 use crate::thinkific::rest::{MAX_PAGE_SIZE, RestClient};
 use crate::thinkific::{self, BACKFILL_TOPIC};
 
@@ -130,6 +134,8 @@ pub struct BackfillReport {
     /// The `--updated-after` for the next run (see [`resume_point`]).
     pub resume_from: Option<DateTime<Utc>>,
     pub elapsed: Duration,
+    /// What the webhooks had told us, against what the API listed.
+    pub reconciliation: Reconciliation,
 }
 
 /// Margin for the difference between our clock and Thinkific's.
@@ -192,6 +198,16 @@ pub async fn backfill(
             }
         }
         if !events.is_empty() {
+            // What we knew of each before storing the API's copy.
+            for event in &events {
+                let Some(api) = event.enrollment.as_ref().map(|e| &e.payload) else {
+                    continue;
+                };
+                let known = store.get_enrollment(&opts.source, api.id).await?;
+                report
+                    .reconciliation
+                    .add(api, reconcile::compare(known.as_ref(), api));
+            }
             let outcomes = store.append_batch(&events).await.map_err(|e| {
                 anyhow::anyhow!(
                     "storing page {page} failed after {} enrollments were stored: {e}. \

@@ -5,6 +5,7 @@
 
 pub mod backfill;
 pub mod envelope;
+pub mod reconcile;
 pub mod registration;
 pub mod rest;
 pub mod samples;

@@ -169,3 +169,22 @@ fn help_does_not_print_secret_environment_values() {
         assert!(!text.contains("hunter2"), "{args:?} shows a secret: {text}");
     }
 }
+
+#[test]
+fn reconcile_every_needs_a_source_with_api_credentials() {
+    let (_dir, url) = fresh_db();
+    // A secret is the API key, but without a subdomain (or a token) nothing can call the API.
+    let err = refused(serve(
+        &["--database", &url, "--reconcile-every", "24h"],
+        &[("ENROLLHOOK_SECRET", "a-long-enough-school-api-key")],
+    ));
+    assert!(
+        err.contains("--reconcile-every needs a source with Thinkific API credentials"),
+        "{err}"
+    );
+    let err = refused(serve(
+        &["--database", &url, "--reconcile-every", "10s"],
+        &[("ENROLLHOOK_SECRET", "a-long-enough-school-api-key")],
+    ));
+    assert!(err.contains("at least 1m"), "{err}");
+}

@@ -19,6 +19,7 @@ const API = {
   replay: '/api/subscriptions/{id}/replay',
   stream: '/api/stream',
   metrics: '/metrics',
+  reconciliations: '/api/reconciliations',
 };
 
 const TOKEN_KEY = 'enrollhook.token';
@@ -366,6 +367,7 @@ async function overview(root) {
   const items = courses.items;
   root.append(h('div', { class: 'head' }, h('h1', null, 'Overview'),
     h('span', { class: 'muted small' }, 'All schools and courses this token can read')));
+  root.append(await lastReconciliation());
   if (items.length === 0) {
     root.append(emptyState(...SEND_HINT));
     root.append(await activityPanel({}));
@@ -388,6 +390,20 @@ async function overview(root) {
   root.append(h('div', { class: 'panel' },
     h('div', { class: 'sub-head' }, h('h2', null, 'Courses'), csvButton(API.courses, {}, 'courses')),
     courseTable(items)));
+}
+
+// One line on the newest scheduled reconciliation (`serve --reconcile-every`),
+// e.g. "Last checked with Thinkific …: 3 enrollments were missing, now added";
+// nothing when none ran. Text only (textContent): the report is data.
+async function lastReconciliation() {
+  const line = h('p', { class: 'muted small', id: 'last-reconciliation' });
+  const page = await optional(api(API.reconciliations, { limit: 1 }));
+  const run = page && page.items[0];
+  if (run) {
+    const found = run.error ? `failed: ${run.error}` : (run.report.summary || 'done');
+    line.textContent = `Last checked with Thinkific ${new Date(run.finished_at).toLocaleString()} (${run.source}): ${found}`;
+  }
+  return line;
 }
 
 // Counts from /metrics (admin only; since the server started) and the quarantine.

@@ -38,6 +38,10 @@ use crate::projection::Enrollment;
 use crate::store::shared::{log, rebuild, retention};
 use crate::store::*;
 
+/// The session advisory lock of a scheduled reconciliation ("reconcil" in
+/// ASCII): one run at a time across instances (see `Store::reconciliation_turn`).
+const RECONCILIATION_LOCK: i64 = 0x7265_636f_6e63_696c;
+
 /// Writer tasks by default: PostgreSQL commits several transactions in parallel.
 pub const DEFAULT_WRITERS: usize = 2;
 /// How often a batch is retried after a deadlock or serialization failure.
@@ -370,6 +374,32 @@ impl Store for PostgresStore {
         .fetch_optional(&self.reader)
         .await?;
         Ok(last.map(|(txid, seq)| encode_cursor(&[&txid, &seq.to_string()])))
+    }
+
+    async fn insert_reconciliation(&self, run: &NewReconciliation) -> Result<i64> {
+        log::insert_reconciliation::<Postgres>(&mut *self.writer.acquire().await?, run).await
+    }
+
+    async fn list_reconciliations(
+        &self,
+        source: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<ReconciliationRecord>> {
+        log::list_reconciliations(&self.reader, source, page).await
+    }
+
+    async fn reconciliation_resume_point(&self, source: &str) -> Result<Option<DateTime<Utc>>> {
+        log::reconciliation_resume_point(&self.reader, source).await
+    }
+
+    async fn reconciliation_turn(&self) -> Result<Option<Box<dyn std::any::Any + Send>>> {
+        // A connection of its own, out of the pool: closing it ends the lock.
+        let mut conn = self.writer.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RECONCILIATION_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(got.then(|| Box::new(conn) as Box<dyn std::any::Any + Send>))
     }
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {

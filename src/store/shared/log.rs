@@ -242,3 +242,80 @@ where
     let found = fetch_mapped(pool, q, event_from_row).await?;
     one_event(found, source, event_id, topic)
 }
+
+/// Records a reconciliation run; returns its id.
+pub(crate) async fn insert_reconciliation<DB: Dialect>(
+    conn: &mut DB::Connection,
+    r: &NewReconciliation,
+) -> Result<i64>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+    Option<String>: Binds<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(
+        "INSERT INTO reconciliations (source, started_at, finished_at, resume_from, report, error)
+         VALUES (",
+    );
+    q.separated(", ")
+        .push_bind(r.source.clone())
+        .push_bind(DB::time(r.started_at))
+        .push_bind(DB::time(r.finished_at))
+        .push_bind(DB::opt_time(r.resume_from))
+        .push_bind(DB::json(&r.report))
+        .push_bind(r.error.clone());
+    q.push(") RETURNING id");
+    q.build().fetch_one(DB::on(conn)).await?.int("id")
+}
+
+/// Reconciliation runs, newest first, of one source or all.
+pub(crate) async fn list_reconciliations<DB: Dialect>(
+    pool: &Pool<DB>,
+    source: Option<&str>,
+    page: &PageRequest,
+) -> Result<Page<ReconciliationRecord>>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new("SELECT * FROM reconciliations WHERE 1 = 1");
+    if let Some(s) = source {
+        q.push(" AND source = ").push_bind(s.to_owned());
+    }
+    if page.cursor.is_some() {
+        q.push(" AND id < ").push_bind(page_after(&page.cursor)?);
+    }
+    q.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(page.limit) + 1);
+    let items = fetch_mapped(pool, q, |row| {
+        Ok(ReconciliationRecord {
+            id: row.int("id")?,
+            source: row.text("source")?,
+            started_at: row.time("started_at")?,
+            finished_at: row.time("finished_at")?,
+            resume_from: row.opt_time("resume_from")?,
+            report: row.json("report", "reconciliation report")?,
+            error: row.opt_text("error")?,
+        })
+    })
+    .await?;
+    Ok(page_of(items, page.limit, |r| r.id))
+}
+
+/// Where the next reconciliation of `source` starts: the newest run's
+/// resume point (a failed run has none, so the one before it counts).
+pub(crate) async fn reconciliation_resume_point<DB: Dialect>(
+    pool: &Pool<DB>,
+    source: &str,
+) -> Result<Option<DateTime<Utc>>>
+where
+    String: Binds<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(
+        "SELECT resume_from FROM reconciliations WHERE resume_from IS NOT NULL AND source = ",
+    );
+    q.push_bind(source.to_owned())
+        .push(" ORDER BY id DESC LIMIT 1");
+    let found = fetch_mapped(pool, q, |row| row.opt_time("resume_from")).await?;
+    Ok(found.into_iter().next().flatten())
+}

@@ -387,6 +387,22 @@ impl Store for SqliteStore {
         Ok(last.map(|seq| encode_cursor(&[&seq.to_string()])))
     }
 
+    async fn insert_reconciliation(&self, run: &NewReconciliation) -> Result<i64> {
+        log::insert_reconciliation::<Sqlite>(&mut *self.writer.lock().await?, run).await
+    }
+
+    async fn list_reconciliations(
+        &self,
+        source: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<ReconciliationRecord>> {
+        log::list_reconciliations(&self.reader, source, page).await
+    }
+
+    async fn reconciliation_resume_point(&self, source: &str) -> Result<Option<DateTime<Utc>>> {
+        log::reconciliation_resume_point(&self.reader, source).await
+    }
+
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {
         self.rebuild(dry_run).await
     }

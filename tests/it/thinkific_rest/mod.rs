@@ -25,6 +25,8 @@ use serde_json::{Value, json};
 mod api;
 mod backfill;
 mod documented;
+mod reconcile;
+mod scheduled;
 
 use api::*;
 

@@ -15,3 +15,16 @@ UPDATE events SET topic = left(topic, -8) || 'cancelled' WHERE topic LIKE '%.can
 ALTER TABLE events ADD COLUMN id_taken boolean NOT NULL DEFAULT false;
 ALTER TABLE events DROP CONSTRAINT events_source_event_id_key;
 ALTER TABLE events ADD CONSTRAINT events_source_event_id_topic_key UNIQUE (source, event_id, topic);
+
+-- Scheduled reconciliation (`serve --reconcile-every`): each run's report, per
+-- source; the newest `resume_from` is where the next run starts.
+CREATE TABLE reconciliations (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source        text COLLATE "C" NOT NULL,
+    started_at    timestamptz NOT NULL,
+    finished_at   timestamptz NOT NULL,
+    resume_from   timestamptz,
+    report        jsonb       NOT NULL,
+    error         text
+);
+CREATE INDEX reconciliations_by_source ON reconciliations (source, id);

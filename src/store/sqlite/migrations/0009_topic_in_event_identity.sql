@@ -50,3 +50,16 @@ ALTER TABLE events_new RENAME TO events;
 CREATE INDEX events_by_enrollment ON events (source, enrollment_id) WHERE enrollment_id IS NOT NULL;
 CREATE INDEX events_prunable ON events (received_at)
     WHERE enrollment_id IS NULL AND pruned_at IS NULL;
+
+-- Scheduled reconciliation (`serve --reconcile-every`): each run's report, per
+-- source; the newest `resume_from` is where the next run starts.
+CREATE TABLE reconciliations (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    source        TEXT    NOT NULL,
+    started_at    TEXT    NOT NULL,
+    finished_at   TEXT    NOT NULL,
+    resume_from   TEXT,
+    report        TEXT    NOT NULL,  -- JSON: thinkific::reconcile::Reconciliation and counts
+    error         TEXT
+);
+CREATE INDEX reconciliations_by_source ON reconciliations (source, id);
