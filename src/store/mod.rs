@@ -54,6 +54,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::projection::learning::LearningEvent;
 use crate::projection::{Enrollment, EnrollmentEvent, Status};
 use crate::thinkific;
 
@@ -148,6 +149,11 @@ pub struct NewEvent {
     pub body: String,
     /// Set for the enrollment topics: what the projection needs.
     pub enrollment: Option<EnrollmentEvent>,
+    /// Set for `lesson.completed` and `quiz.attempted` when their payload
+    /// names what the learning projection needs.
+    pub learning: Option<LearningEvent>,
+    /// The student the event is about, if it names one (for their timeline).
+    pub user_id: Option<i64>,
     /// The course the event is about, if any (for forwarding filters).
     pub course_id: Option<i64>,
 }
@@ -182,16 +188,40 @@ impl NewEvent {
                     payload,
                 }
             });
+        let topic = envelope.topic.to_string();
+        let (learning, user_id) = match &enrollment {
+            Some(e) => (None, e.payload.user_id),
+            None => thinkific::learning::read(&topic, &envelope.id, envelope.created_at, &body),
+        };
         NewEvent {
             source: source.to_owned(),
             event_id: envelope.id.clone(),
-            topic: envelope.topic.to_string(),
+            topic,
             created_at: envelope.created_at,
             received_at,
             body,
             enrollment,
+            learning,
+            user_id,
             course_id: envelope.course_id,
         }
+    }
+
+    /// The event as the projection reads it back from the log (enrollment,
+    /// learning event and student), or what makes the stored body unreadable.
+    pub fn from_log(
+        source: &str,
+        topic: &str,
+        event_id: &str,
+        body: &str,
+        received_at: DateTime<Utc>,
+    ) -> Result<NewEvent> {
+        let envelope = thinkific::parse(body.as_bytes(), Some(topic))
+            .map_err(|e| StoreError::Corrupt(format!("event {event_id} no longer parses: {e}")))?;
+        let mut new = NewEvent::from_envelope(source, &envelope, body.to_owned(), received_at);
+        // The row's topic is the one stored (see `thinkific::parse`).
+        new.topic = topic.to_owned();
+        Ok(new)
     }
 
     pub fn enrollment_id(&self) -> Option<i64> {
@@ -370,9 +400,12 @@ pub struct RebuildReport {
     pub changed: u64,
     /// Stored rows that no event supports any more.
     pub removed: u64,
-    /// Rows of a derived index of the log (SQLite's `event_topics`) that
-    /// were missing, wrong or had no event.
+    /// Rows of a derived index of the log (SQLite's `event_topics`, the
+    /// student index `event_users`) that were missing, wrong or had no event.
     pub index_rows: u64,
+    /// Rows of the learning projection (lesson completions, course lessons,
+    /// learners, quiz results) that differed (added, changed or removed).
+    pub learning: u64,
 }
 
 #[async_trait]

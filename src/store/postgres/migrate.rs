@@ -34,6 +34,8 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "long values",
         include_str!("migrations/0007_long_values.sql"),
     ),
+    // 8 is the log's uniqueness by (source, topic, id) (issue #17's sibling).
+    (9, "learning", include_str!("migrations/0009_learning.sql")),
 ];
 
 /// Advisory lock key serialising migrations of concurrently starting instances

@@ -33,7 +33,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use self::batch::{append_on, is_retryable, upsert_enrollments};
 use self::codec::*;
 use crate::projection::Enrollment;
-use crate::store::shared::{log, rebuild, retention};
+use crate::store::shared::{learning, log, rebuild, retention};
 use crate::store::*;
 
 /// Writer tasks by default: PostgreSQL commits several transactions in parallel.
@@ -359,18 +359,28 @@ impl Store for PostgresStore {
         } else {
             // Deliveries of every instance wait (they do not fail) while it runs:
             // their `SELECT … FOR UPDATE` conflicts with this lock; readers do not.
-            sqlx::query("LOCK TABLE enrollments IN EXCLUSIVE MODE")
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "LOCK TABLE enrollments, lesson_completions, course_lessons, learners,
+                 quiz_results, event_users IN EXCLUSIVE MODE",
+            )
+            .execute(&mut *tx)
+            .await?;
         }
-        let report = rebuild::refold_all::<Postgres>(&mut tx, None, dry_run, async |conn, rows| {
-            upsert_enrollments(conn, &rows).await
-        })
-        .await?;
+        let mut report =
+            rebuild::refold_all::<Postgres>(&mut tx, None, dry_run, async |conn, rows| {
+                upsert_enrollments(conn, &rows).await
+            })
+            .await?;
+        if !dry_run {
+            rebuild::delete_orphans::<Postgres>(&mut tx).await?;
+        }
+        // After the enrollments, which the learners copy.
+        let learning = learning::rebuild::<Postgres>(&mut tx, None, dry_run).await?;
+        report.learning = learning.rows;
+        report.index_rows = learning.index_rows;
         if dry_run {
             tx.rollback().await?;
         } else {
-            rebuild::delete_orphans::<Postgres>(&mut tx).await?;
             tx.commit().await?;
         }
         Ok(report)

@@ -46,6 +46,12 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "prunable events by arrival",
         include_str!("migrations/0008_prunable_events.sql"),
     ),
+    // 9 is the log's uniqueness by (source, topic, id) (issue #17's sibling).
+    (
+        10,
+        "learning events kept by retention",
+        include_str!("migrations/0010_prunable_learning.sql"),
+    ),
 ];
 
 /// Brings the main file's schema up to date (with `apply`), or says how.

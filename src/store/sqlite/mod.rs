@@ -30,6 +30,7 @@ mod batch;
 mod codec;
 mod courses;
 mod forward;
+mod learning;
 mod migrate;
 pub mod projector;
 mod rebuild;
