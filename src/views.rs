@@ -32,6 +32,38 @@ pub struct EnrollmentView {
     pub updated_at: Option<String>,
     pub days_to_complete: Option<f64>,
     pub event_count: i64,
+    /// Lessons and activity: in stalled listings and an enrollment's detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learning: Option<LearningView>,
+}
+
+/// A student's lessons and activity in a course.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LearningView {
+    pub lessons_completed: i64,
+    pub last_lesson_id: Option<i64>,
+    pub last_lesson_name: Option<String>,
+    pub last_lesson_at: Option<String>,
+    /// The newest enrollment, lesson or quiz event of the student in the course.
+    pub last_activity_at: Option<String>,
+    /// Whole and fractional days since `last_activity_at` (3 decimals).
+    pub days_inactive: Option<f64>,
+}
+
+impl LearningView {
+    pub fn new(l: &crate::store::LearnerRow, now: DateTime<Utc>) -> LearningView {
+        LearningView {
+            lessons_completed: l.lessons_completed,
+            last_lesson_id: l.last_lesson_id,
+            last_lesson_name: l.last_lesson_name.clone(),
+            last_lesson_at: opt(l.last_lesson_at),
+            last_activity_at: opt(l.last_activity_at),
+            days_inactive: l.last_activity_at.map(|t| {
+                let days = (now - t).num_milliseconds() as f64 / 86_400_000.0;
+                (days.max(0.0) * 1000.0).round() / 1000.0
+            }),
+        }
+    }
 }
 
 pub fn rfc3339(t: &DateTime<Utc>) -> String {
@@ -65,6 +97,7 @@ impl EnrollmentView {
             updated_at: opt(e.updated_at),
             days_to_complete: e.days_to_complete().map(|d| (d * 1000.0).round() / 1000.0),
             event_count: e.event_count,
+            learning: None,
         }
     }
 }

@@ -6,6 +6,7 @@ mod dashboard;
 mod deadline;
 mod delivery_log;
 mod error;
+mod learning;
 pub mod limits;
 pub mod listen;
 pub mod openapi;

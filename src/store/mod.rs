@@ -40,6 +40,7 @@ macro_rules! enrollment_upsert_on_conflict {
 mod dialect;
 pub mod forward;
 mod isolate;
+pub mod learning;
 mod migrate;
 pub mod postgres;
 mod quarantine;
@@ -60,6 +61,7 @@ use crate::thinkific;
 
 pub use forward::*;
 pub use isolate::{append_isolating, refusal_reason};
+pub use learning::*;
 pub use postgres::PostgresStore;
 pub use quarantine::*;
 pub use sqlite::SqliteStore;
@@ -493,6 +495,42 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
         page: &PageRequest,
     ) -> Result<Page<StoredEvent>>;
     async fn get_event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>>;
+
+    /// A course's lesson funnel; `None` when nothing is known of the course.
+    async fn course_funnel(
+        &self,
+        source: &str,
+        course_id: i64,
+        stalled: &Stalled,
+    ) -> Result<Option<Funnel>>;
+    /// A page of stalled students (see [`Stalled`]), by days inactive.
+    async fn stalled_learners(
+        &self,
+        filter: &StalledFilter,
+        page: &PageRequest,
+    ) -> Result<Page<(Enrollment, LearnerRow)>>;
+    /// One student: their courses, lessons, quiz results and (the newest
+    /// `events`) events naming them.
+    async fn student(&self, source: &str, user_id: i64, events: i64) -> Result<StudentRecord>;
+    /// The lessons a student completed (in one course, or all).
+    async fn lessons_of(
+        &self,
+        source: &str,
+        user_id: i64,
+        course_id: Option<i64>,
+    ) -> Result<Vec<LessonDone>>;
+    /// Per quiz: students, attempts, average and median best grade.
+    async fn quiz_stats(
+        &self,
+        source: Option<&str>,
+        course_id: Option<i64>,
+    ) -> Result<Vec<QuizStats>>;
+    /// Per course: lessons seen and students stalled.
+    async fn course_learning(
+        &self,
+        source: Option<&str>,
+        stalled: &Stalled,
+    ) -> Result<Vec<CourseLearning>>;
 
     /// Re-derives the projection from the event log. With `dry_run` nothing is
     /// written; the report says how the stored projection differs.

@@ -19,6 +19,7 @@ mod faults;
 mod forward;
 mod hardening;
 mod ingest;
+mod learning;
 mod openapi;
 mod postgres;
 mod properties;

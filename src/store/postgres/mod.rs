@@ -33,6 +33,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use self::batch::{append_on, is_retryable, upsert_enrollments};
 use self::codec::*;
 use crate::projection::Enrollment;
+use crate::store::shared::learning_reads;
 use crate::store::shared::{learning, log, rebuild, retention};
 use crate::store::*;
 
@@ -347,6 +348,52 @@ impl Store for PostgresStore {
 
     async fn get_event(&self, source: &str, event_id: &str) -> Result<Option<StoredEvent>> {
         log::get_event(&self.reader, EVENT_COLUMNS, source, event_id).await
+    }
+
+    async fn course_funnel(
+        &self,
+        source: &str,
+        course_id: i64,
+        stalled: &Stalled,
+    ) -> Result<Option<Funnel>> {
+        learning_reads::funnel(&self.reader, source, course_id, stalled).await
+    }
+
+    async fn stalled_learners(
+        &self,
+        filter: &StalledFilter,
+        page: &PageRequest,
+    ) -> Result<Page<(Enrollment, LearnerRow)>> {
+        learning_reads::stalled(&self.reader, filter, page).await
+    }
+
+    async fn student(&self, source: &str, user_id: i64, events: i64) -> Result<StudentRecord> {
+        learning_reads::student(&self.reader, EVENT_COLUMNS, source, user_id, events).await
+    }
+
+    async fn lessons_of(
+        &self,
+        source: &str,
+        user_id: i64,
+        course_id: Option<i64>,
+    ) -> Result<Vec<LessonDone>> {
+        learning_reads::lessons_of(&self.reader, source, user_id, course_id).await
+    }
+
+    async fn quiz_stats(
+        &self,
+        source: Option<&str>,
+        course_id: Option<i64>,
+    ) -> Result<Vec<QuizStats>> {
+        learning_reads::quiz_stats(&self.reader, source, course_id).await
+    }
+
+    async fn course_learning(
+        &self,
+        source: Option<&str>,
+        stalled: &Stalled,
+    ) -> Result<Vec<CourseLearning>> {
+        learning_reads::course_learning(&self.reader, source, stalled).await
     }
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {

@@ -5,6 +5,7 @@
 
 pub(crate) mod forward;
 pub(crate) mod learning;
+pub(crate) mod learning_reads;
 pub(crate) mod log;
 pub(crate) mod rebuild;
 pub(crate) mod retention;
