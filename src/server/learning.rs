@@ -13,8 +13,8 @@ use super::api::query;
 use super::auth::Scope;
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::store::{Funnel, LessonDone, QuizAttempts, QuizStats, Stalled};
-use crate::views::{EnrollmentView, EventView, LearningView, event_view};
+use crate::store::{Funnel, QuizStats, Stalled};
+use crate::views::{StudentView, student_view};
 
 /// Days without activity after which a student counts as stalled, by default.
 pub const DEFAULT_STALLED_DAYS: u32 = 14;
@@ -89,38 +89,6 @@ pub(super) async fn funnel(
     }))
 }
 
-/// One of a student's enrollments, with its lessons and activity.
-#[derive(Serialize, ToSchema)]
-pub struct StudentEnrollment {
-    pub enrollment: EnrollmentView,
-    /// Lessons completed in its course, in completion order.
-    pub lessons: Vec<LessonDone>,
-}
-
-/// A course a student completed lessons in without an enrollment event (yet).
-#[derive(Serialize, ToSchema)]
-pub struct StudentCourse {
-    pub course_id: i64,
-    pub learning: LearningView,
-    pub lessons: Vec<LessonDone>,
-}
-
-/// One student.
-#[derive(Serialize, ToSchema)]
-pub struct StudentView {
-    pub source: String,
-    pub user_id: i64,
-    pub email: Option<String>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub enrollments: Vec<StudentEnrollment>,
-    pub courses_without_enrollment: Vec<StudentCourse>,
-    pub quizzes: Vec<QuizAttempts>,
-    /// The newest 500 events naming the student (enrollment, lesson, quiz,
-    /// order, user topics), oldest first.
-    pub timeline: Vec<EventView>,
-}
-
 /// One student: enrollments with progress and lessons, quiz results, and a
 /// timeline of the events about them.
 #[utoipa::path(get, path = "/api/students/{source}/{user_id}", tag = "learning",
@@ -143,59 +111,7 @@ pub(super) async fn student(
             "no event from source `{source}` names user {user_id}"
         )));
     }
-    let now = Utc::now();
-    let lessons_in = |course_id: Option<i64>| -> Vec<LessonDone> {
-        record
-            .lessons
-            .iter()
-            .filter(|l| Some(l.course_id) == course_id)
-            .cloned()
-            .collect()
-    };
-    let learner = |course_id: Option<i64>| {
-        record
-            .courses
-            .iter()
-            .find(|c| Some(c.course_id) == course_id)
-    };
-    let enrollments: Vec<StudentEnrollment> = record
-        .enrollments
-        .iter()
-        .map(|e| {
-            let mut view = EnrollmentView::new(e, now);
-            view.learning = learner(e.course_id).map(|l| LearningView::new(l, now));
-            StudentEnrollment {
-                enrollment: view,
-                lessons: lessons_in(e.course_id),
-            }
-        })
-        .collect();
-    let courses_without_enrollment = record
-        .courses
-        .iter()
-        .filter(|c| c.enrollment_id.is_none())
-        .map(|c| StudentCourse {
-            course_id: c.course_id,
-            learning: LearningView::new(c, now),
-            lessons: lessons_in(Some(c.course_id)),
-        })
-        .collect();
-    // The newest enrollment names them.
-    let named = record
-        .enrollments
-        .iter()
-        .max_by(|a, b| a.version.cmp(&b.version));
-    Ok(Json(StudentView {
-        source,
-        user_id,
-        email: named.and_then(|e| e.email.clone()),
-        first_name: named.and_then(|e| e.first_name.clone()),
-        last_name: named.and_then(|e| e.last_name.clone()),
-        enrollments,
-        courses_without_enrollment,
-        quizzes: record.quizzes,
-        timeline: record.events.iter().map(event_view).collect(),
-    }))
+    Ok(Json(student_view(source, user_id, record, Utc::now())))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -15,6 +15,7 @@ on_both_backends!(
     quizzes_without_a_course,
     any_arrival_order_with_duplicates_gives_the_same_learning,
     bad_parameters_are_answered_400,
+    the_cli_shows_funnel_stalled_and_student,
 );
 
 fn lesson(
@@ -409,5 +410,113 @@ async fn bad_parameters_are_answered_400(db: TestDatabase) {
     for path in ["/api/courses/default/99/funnel", "/api/students/default/42"] {
         let (status, body) = app.get(path).await;
         assert_eq!(status, 404, "{path}: {body}");
+    }
+}
+
+fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
+    let o = std::process::Command::new(crate::common::process::BIN)
+        .args(args)
+        .args(["--database", url])
+        .env_remove("ENROLLHOOK_DATABASE_URL")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+async fn the_cli_shows_funnel_stalled_and_student(db: TestDatabase) {
+    let url = db.url.clone();
+    let app = db.serve(|_| {}).await;
+    deliver_all(&app, &course_five()).await;
+    app.store().sync_projection().await.unwrap();
+
+    let (ok, out, err) = cli(&url, &["funnel", "--course", "5", "--format", "json"]);
+    assert!(ok, "{err}");
+    let funnel: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(funnel["stalled"], 1);
+    assert_eq!(funnel["lessons"][1]["stalled_here"], 1);
+    let (ok, out, err) = cli(&url, &["funnel", "--course", "5", "--format", "csv"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().next(),
+        Some("lesson_id,name,chapter,position,type,completed,stalled_here")
+    );
+    assert_eq!(
+        out.lines().nth(2),
+        Some("11,Lesson 11,Chapter 1,1,Video,2,1")
+    );
+    let (ok, out, err) = cli(&url, &["funnel", "--course", "5"]);
+    assert!(
+        ok && out.contains("3 enrolled, 1 stalled (14 days)"),
+        "{out}{err}"
+    );
+
+    let (ok, out, err) = cli(&url, &["stalled", "--days", "2", "--format", "csv"]);
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(
+        rows[1]
+            .starts_with("default,2,5,1002,s2@example.com,60.0,2,Lesson 11,2024-03-01T10:00:00Z,"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&url, &["stalled", "--format", "json"]);
+    assert!(ok, "{err}");
+    let stalled: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stalled.as_array().unwrap().len(), 1);
+    assert_eq!(stalled[0]["last_lesson_id"], 11);
+    let (ok, _, err) = cli(&url, &["stalled", "--days", "0"]);
+    assert!(
+        !ok && err.contains("--days must be between 1 and 3660"),
+        "{err}"
+    );
+
+    let (ok, out, err) = cli(&url, &["student", "default", "1002"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("user 1002 of default: Stu Dent <s2@example.com>"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Lesson 11") && out.contains("order.created"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&url, &["student", "default", "1002", "--format", "json"]);
+    assert!(ok, "{err}");
+    let student: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        student,
+        get_ok(&app, "/api/students/default/1002")
+            .await
+            .tap_days_inactive(&student)
+    );
+    let (ok, _, err) = cli(&url, &["student", "default", "42"]);
+    assert!(
+        !ok && err.contains("no event from source `default` names user 42"),
+        "{err}"
+    );
+}
+
+/// The API's answer with `days_inactive` as the CLI computed it a moment earlier.
+trait TapDaysInactive {
+    fn tap_days_inactive(self, like: &Value) -> Value;
+}
+
+impl TapDaysInactive for Value {
+    fn tap_days_inactive(mut self, like: &Value) -> Value {
+        for (mine, theirs) in self["enrollments"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .zip(like["enrollments"].as_array().unwrap())
+        {
+            mine["enrollment"]["learning"]["days_inactive"] =
+                theirs["enrollment"]["learning"]["days_inactive"].clone();
+        }
+        self
     }
 }
