@@ -520,3 +520,83 @@ impl TapDaysInactive for Value {
         self
     }
 }
+
+#[tokio::test]
+async fn a_school_token_sees_only_its_school() {
+    use enrollhook::config::{FileConfig, Secret, ServeConfig, Sources};
+    let (dir, url) = crate::common::fresh_db();
+    let file = FileConfig::parse(
+        r#"
+        [[source]]
+        name = "school-a"
+        secret = "key-a"
+        api_token = "token-a"
+        [[source]]
+        name = "school-b"
+        secret = "key-b"
+        api_token = "token-b"
+        "#,
+    )
+    .unwrap();
+    let mut config = ServeConfig::new(url, None);
+    config.sources = Sources::resolve(None, &file);
+    config.api_token = Some(Secret::new("admin-token"));
+    let app = crate::common::spawn_with(dir, config).await;
+    for (school, key) in [("school-a", "key-a"), ("school-b", "key-b")] {
+        let mut bodies = course_five();
+        bodies.push(quiz("q1", 1002, 40.0, 1, "2024-02-01T10:00:00Z"));
+        for body in bodies {
+            let (status, reply) = app
+                .deliver_to(
+                    &format!("/webhooks/thinkific/{school}"),
+                    &body,
+                    Some(&enrollhook::thinkific::sign(key.as_bytes(), &body)),
+                )
+                .await;
+            assert_eq!(status, 200, "{reply}");
+        }
+    }
+    let get = |path: &str| {
+        let req = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .bearer_auth("token-a");
+        async move {
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    for path in [
+        "/api/courses/school-b/5/funnel",
+        "/api/students/school-b/1002",
+        "/api/enrollments?stalled_days=2&source=school-b",
+        "/api/quizzes?source=school-b",
+    ] {
+        let (status, body) = get(path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    let (status, funnel) = get("/api/courses/school-a/5/funnel").await;
+    assert_eq!((status, funnel["enrolled"].as_i64()), (200, Some(3)));
+    let (_, stalled) = get("/api/enrollments?stalled_days=2").await;
+    let sources: Vec<&str> = stalled["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, vec!["school-a", "school-a"]);
+    let (_, quizzes) = get("/api/quizzes").await;
+    assert_eq!(quizzes["items"].as_array().unwrap().len(), 1);
+    assert_eq!(quizzes["items"][0]["source"], "school-a");
+    let (_, courses) = get("/api/courses").await;
+    assert!(
+        courses["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["source"] == "school-a")
+    );
+}
