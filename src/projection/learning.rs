@@ -658,4 +658,156 @@ mod tests {
         let ids: Vec<i64> = lessons.iter().map(|l| l.0.lesson_id).collect();
         assert_eq!(ids, vec![4, 3, 2, 5, 1]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_event() -> impl Strategy<Value = LearningEvent> {
+            prop_oneof![
+                (
+                    0u32..40,
+                    1i64..4,
+                    1i64..3,
+                    0i64..5,
+                    1u32..20,
+                    prop::option::of(100i64..103)
+                )
+                    .prop_map(|(id, user, course, lesson, day, enrollment)| {
+                        LearningEvent::Lesson(LessonEvent {
+                            event_id: format!("{id}"),
+                            at: at(day),
+                            user_id: user,
+                            course_id: course,
+                            enrollment_id: enrollment,
+                            lesson: LessonInfo {
+                                lesson_id: lesson,
+                                name: Some(format!("L{lesson}-{day}")),
+                                position: Some(lesson),
+                                ..Default::default()
+                            },
+                        })
+                    }),
+                (
+                    40u32..60,
+                    1i64..4,
+                    0u32..100,
+                    1u32..20,
+                    prop::option::of(1i64..3)
+                )
+                    .prop_map(|(id, user, grade, day, course)| {
+                        LearningEvent::Quiz(QuizEvent {
+                            event_id: format!("{id}"),
+                            at: at(day),
+                            user_id: user,
+                            quiz_id: 7,
+                            quiz_name: Some(format!("Q{day}")),
+                            grade: Some(f64::from(grade)),
+                            attempts: None,
+                            correct_count: None,
+                            incorrect_count: None,
+                            course_id: course,
+                            enrollment_id: None,
+                        })
+                    }),
+            ]
+        }
+
+        /// Applies `events` in batches as a store does: each batch loads only
+        /// the rows it needs from `db` and writes back only what changed.
+        fn in_batches(
+            events: &[LearningEvent],
+            enrollments: &[Enrollment],
+            size: usize,
+        ) -> Learning {
+            let mut db = Learning::default();
+            let mut seen = BTreeSet::new();
+            let events: Vec<&LearningEvent> = events
+                .iter()
+                .filter(|e| seen.insert(e.event_id().to_owned()))
+                .collect();
+            let mut enrollments = enrollments.iter();
+            for batch in events.chunks(size.max(1)) {
+                let enrolled: Vec<&Enrollment> = enrollments.next().into_iter().collect();
+                let needs =
+                    Learning::needs(batch.iter().map(|e| ("s", *e)), enrolled.iter().copied());
+                let mut state = Learning::default();
+                for k in &needs.completions {
+                    if let Some(r) = db.completions.get(k) {
+                        state.completions.insert(k.clone(), r.clone());
+                    }
+                }
+                for k in &needs.lessons {
+                    if let Some(r) = db.lessons.get(k) {
+                        state.lessons.insert(k.clone(), r.clone());
+                    }
+                }
+                for k in &needs.learners {
+                    if let Some(r) = db.learners.get(k) {
+                        state.learners.insert(k.clone(), r.clone());
+                    }
+                }
+                for k in &needs.quizzes {
+                    if let Some(r) = db.quizzes.get(k) {
+                        state.quizzes.insert(k.clone(), r.clone());
+                    }
+                }
+                for e in batch {
+                    state.apply("s", e);
+                }
+                for e in enrolled {
+                    state.enrollment(e);
+                }
+                for k in &state.changed.completions {
+                    db.completions
+                        .insert(k.clone(), state.completions[k].clone());
+                }
+                for k in &state.changed.lessons {
+                    db.lessons.insert(k.clone(), state.lessons[k].clone());
+                }
+                for k in &state.changed.learners {
+                    db.learners.insert(k.clone(), state.learners[k].clone());
+                }
+                for k in &state.changed.quizzes {
+                    db.quizzes.insert(k.clone(), state.quizzes[k].clone());
+                }
+            }
+            for e in enrollments {
+                db.enrollment(e);
+            }
+            db
+        }
+
+        proptest! {
+            /// What the stores do (batches that load what they touch and
+            /// write what changed), in any order with redeliveries, is the
+            /// fold of the whole log.
+            #[test]
+            fn any_order_any_batches_and_duplicates_give_the_fold(
+                events in prop::collection::vec(arb_event(), 1..40),
+                order in any::<prop::sample::Index>(),
+                size in 1usize..6,
+                dupes in prop::collection::vec(any::<prop::sample::Index>(), 0..5),
+            ) {
+                // Distinct events have distinct ids (the log keeps one per id).
+                let mut ids = BTreeSet::new();
+                let events: Vec<LearningEvent> =
+                    events.into_iter().filter(|e| ids.insert(e.event_id().to_owned())).collect();
+                let enrollments = [enrollment(101, 1, 3, false), enrollment(102, 2, 9, true)];
+                let expected = Learning::fold(&enrollments, events.iter().map(|e| ("s", e)));
+                let mut shuffled = events.clone();
+                shuffled.rotate_left(order.index(events.len()));
+                shuffled.reverse();
+                for d in &dupes {
+                    shuffled.push(events[d.index(events.len())].clone());
+                }
+                let folded =
+                    Learning::fold(enrollments.iter().rev(), shuffled.iter().map(|e| ("s", e)));
+                prop_assert_eq!(&folded, &expected);
+                let mut batched = in_batches(&shuffled, &enrollments, size);
+                batched.changed = Changed::default();
+                prop_assert_eq!(&batched, &expected);
+            }
+        }
+    }
 }
