@@ -473,7 +473,7 @@ where
     let mut after = 0i64;
     loop {
         let mut q = QueryBuilder::<DB>::new(
-            "SELECT seq, source, topic, event_id, body, received_at FROM events
+            "SELECT seq, source, topic, event_id, body, received_at, enrollment_id FROM events
              WHERE pruned_at IS NULL AND seq > ",
         );
         q.push_bind(after);
@@ -492,7 +492,13 @@ where
                 r.text("body")?,
             );
             let new =
-                NewEvent::from_log(&source, &topic, &event_id, &body, r.time("received_at")?)?;
+                match NewEvent::from_log(&source, &topic, &event_id, &body, r.time("received_at")?)
+                {
+                    Ok(new) => new,
+                    // As the projector does: only enrollment rows must parse.
+                    Err(_) if r.opt_int("enrollment_id")?.is_none() => continue,
+                    Err(e) => return Err(e),
+                };
             if let Some(user) = new.user_id {
                 users.insert((source.clone(), user, r.int("seq")?));
             }

@@ -149,7 +149,7 @@ pub(super) const INDEX_TOPICS_FROM_LOG: &str = concat!(
 fn logged_events(conn: &Connection, after: i64, upto: i64) -> Result<Vec<StoredForProjection>> {
     let mut select = conn
         .prepare_cached(
-            "SELECT seq, source, topic, event_id, body, received_at FROM events
+            "SELECT seq, source, topic, event_id, body, received_at, enrollment_id FROM events
              WHERE seq > ?1 AND seq <= ?2 AND pruned_at IS NULL ORDER BY seq",
         )
         .map_err(write_error)?;
@@ -162,26 +162,39 @@ fn logged_events(conn: &Connection, after: i64, upto: i64) -> Result<Vec<StoredF
                 r.get::<_, String>(3)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
+                r.get::<_, Option<i64>>(6)?,
             ))
         })
         .map_err(write_error)?;
     let mut events = Vec::new();
     for row in rows {
-        let (seq, source, topic, event_id, body, received_at) = row.map_err(write_error)?;
-        let new = NewEvent::from_log(
+        let (seq, source, topic, event_id, body, received_at, enrollment_id) =
+            row.map_err(write_error)?;
+        let received_at = super::codec::req_ts(received_at)?;
+        let (enrollment, learning, user_id) = match NewEvent::from_log(
             &source,
             &topic,
             &event_id,
             &body,
-            super::codec::req_ts(received_at)?,
-        )?;
+            received_at,
+        ) {
+            Ok(new) => (new.enrollment, new.learning, new.user_id),
+            // Only enrollment rows must parse (as before learning): any other
+            // body that no longer does is left out of lessons and the student
+            // index, not allowed to stop the projection.
+            Err(e) if enrollment_id.is_none() => {
+                tracing::warn!(seq, error = %e, "a stored event no longer parses; left out of the learning projection");
+                (None, None, None)
+            }
+            Err(e) => return Err(e),
+        };
         events.push(StoredForProjection {
             seq,
             source,
             topic,
-            enrollment: new.enrollment,
-            learning: new.learning,
-            user_id: new.user_id,
+            enrollment,
+            learning,
+            user_id,
         });
     }
     Ok(events)
