@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::common::backend::{TestDatabase, on_both_backends};
 use crate::common::{TestApp, enrollment_event};
+use enrollhook::store::Stalled;
 
 on_both_backends!(
     the_published_lesson_sample_is_linked_when_its_enrollment_arrives,
@@ -599,4 +600,47 @@ async fn a_school_token_sees_only_its_school() {
             .iter()
             .all(|c| c["source"] == "school-a")
     );
+}
+
+/// SQLite's projection file re-derived from the log (deleted, or of an older
+/// schema after an upgrade) holds the same lessons, learners and student index.
+#[tokio::test]
+async fn a_re_derived_sqlite_projection_has_the_same_learning() {
+    use enrollhook::store::{NewEvent, SqliteStore, Store};
+    let (dir, url) = crate::common::fresh_db();
+    let path = dir.path().join("enrollhook.db");
+    let events: Vec<NewEvent> = course_five()
+        .iter()
+        .map(|b| {
+            let envelope = enrollhook::thinkific::parse(b, None).unwrap();
+            NewEvent::from_envelope(
+                "default",
+                &envelope,
+                String::from_utf8(b.clone()).unwrap(),
+                Utc::now(),
+            )
+        })
+        .collect();
+    let answers = |store: std::sync::Arc<SqliteStore>| async move {
+        let stalled = Stalled::days(2, Utc::now());
+        let funnel = store.course_funnel("default", 5, &stalled).await.unwrap();
+        let student = store.student("default", 1002, 100).await.unwrap();
+        let seqs: Vec<i64> = student.events.iter().map(|e| e.seq).collect();
+        (funnel, student.lessons, student.quizzes, seqs)
+    };
+    let store = std::sync::Arc::new(SqliteStore::open(&url, true).await.unwrap());
+    store.append_batch(&events).await.unwrap();
+    let before = answers(store.clone()).await;
+    assert_eq!(before.3.len(), 5, "{before:?}");
+    drop(store);
+    let projection = enrollhook::store::sqlite_projector::projection_path(&path);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = projection.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let store = std::sync::Arc::new(SqliteStore::open(&url, true).await.unwrap());
+    assert_eq!(answers(store.clone()).await, before);
+    let check = store.rebuild_projection(true).await.unwrap();
+    assert_eq!((check.learning, check.index_rows), (0, 0), "{check:?}");
 }
