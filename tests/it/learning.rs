@@ -644,3 +644,54 @@ async fn a_re_derived_sqlite_projection_has_the_same_learning() {
     let check = store.rebuild_projection(true).await.unwrap();
     assert_eq!((check.learning, check.index_rows), (0, 0), "{check:?}");
 }
+
+/// A PostgreSQL database of an earlier enrollhook (before migration 9) that
+/// already holds lesson and quiz events: the migration derives them.
+#[tokio::test]
+async fn postgres_migration_9_derives_the_events_already_received() {
+    use enrollhook::store::{NewEvent, PostgresStore, Store};
+    let db = crate::common::pg::TestDb::create().await;
+    let mut bodies = course_five();
+    bodies.push(quiz("q1", 1002, 40.0, 1, "2024-02-01T10:00:00Z"));
+    let events: Vec<NewEvent> = bodies
+        .iter()
+        .map(|b| {
+            let envelope = enrollhook::thinkific::parse(b, None).unwrap();
+            let body = String::from_utf8(b.clone()).unwrap();
+            NewEvent::from_envelope("default", &envelope, body, Utc::now())
+        })
+        .collect();
+    let store = PostgresStore::open(&db.url, true).await.unwrap();
+    store.append_batch(&events).await.unwrap();
+    let stalled = Stalled::days(2, Utc::now());
+    let funnel = store.course_funnel("default", 5, &stalled).await.unwrap();
+    let quizzes = store.quiz_stats(None, None).await.unwrap();
+    assert_eq!(quizzes.len(), 1);
+    drop(store);
+    // Back to schema 8, events kept.
+    let mut conn = db.connect().await;
+    sqlx::raw_sql(
+        "DROP TABLE lesson_completions, course_lessons, learners, quiz_results, event_users;
+         DELETE FROM enrollhook_migrations WHERE version = 9;",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let store = PostgresStore::open(&db.url, true).await.unwrap();
+    assert_eq!(
+        store.course_funnel("default", 5, &stalled).await.unwrap(),
+        funnel
+    );
+    assert_eq!(store.quiz_stats(None, None).await.unwrap(), quizzes);
+    assert_eq!(
+        store
+            .student("default", 1002, 100)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        6
+    );
+    let check = store.rebuild_projection(true).await.unwrap();
+    assert_eq!((check.learning, check.index_rows), (0, 0), "{check:?}");
+}

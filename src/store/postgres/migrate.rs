@@ -38,6 +38,9 @@ const MIGRATIONS: &[migrate::Migration] = &[
     (9, "learning", include_str!("migrations/0009_learning.sql")),
 ];
 
+/// The migration that adds the learning projection.
+const LEARNING: i64 = 9;
+
 /// Advisory lock key serialising migrations of concurrently starting instances
 /// ("enrollhk" in ASCII). Enrollment lock keys use the two-int form, so they
 /// never collide with this one.
@@ -87,6 +90,12 @@ pub(super) async fn migrate(pool: &PgPool, apply: bool) -> Result<()> {
         .execute(&mut *tx)
         .await?;
         tracing::info!(version = m.0, name = m.1, "applying PostgreSQL migration");
+    }
+    if current > 0 && pending.iter().any(|m| m.0 == LEARNING) {
+        // The learning tables are new: derive them from the events already
+        // received, in the migration's transaction (other instances wait).
+        tracing::info!("deriving lessons and quizzes from the event log (once, after migration 9)");
+        crate::store::shared::learning::rebuild::<sqlx::Postgres>(&mut tx, None, false).await?;
     }
     tx.commit().await?;
     Ok(())

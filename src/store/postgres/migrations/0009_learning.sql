@@ -1,7 +1,7 @@
 -- Learning (issue #17): lessons and quizzes, derived from `lesson.completed`
 -- and `quiz.attempted` events like the enrollments from theirs (see
--- `projection::learning`). Filled by `rebuild`, which starts run once after
--- this migration so that events received before it are projected.
+-- `projection::learning`). The migration runner derives them from the events
+-- already received right after this (see `postgres::migrate`).
 
 -- One row per lesson a student completed in a course.
 CREATE TABLE lesson_completions (
