@@ -91,11 +91,17 @@ where
     .await?
     .pop()
     .unwrap_or(0);
-    let mut q =
-        QueryBuilder::<DB>::new("SELECT MAX(course_name) AS name FROM enrollments WHERE source = ");
+    // The name one of its enrollments gives (one row: a scan of the course's
+    // enrollments for MAX would cost more than the whole funnel).
+    let mut q = QueryBuilder::<DB>::new(
+        "SELECT e.course_name AS name FROM learners AS l
+         JOIN enrollments AS e ON e.source = l.source AND e.enrollment_id = l.enrollment_id
+         WHERE l.source = ",
+    );
     q.push_bind(source.to_owned())
-        .push(" AND course_id = ")
-        .push_bind(course_id);
+        .push(" AND l.course_id = ")
+        .push_bind(course_id)
+        .push(" AND l.enrollment_id IS NOT NULL AND e.course_name IS NOT NULL LIMIT 1");
     let course_name = fetch_mapped(pool, q, |r| r.opt_text("name"))
         .await?
         .pop()
@@ -271,9 +277,11 @@ where
     q.push(" AND l.source = ")
         .push_bind(source.to_owned())
         .push(" AND l.user_id = ")
-        .push_bind(user_id)
-        .push(" ORDER BY l.course_id");
-    fetch_mapped(pool, q, learner_row).await
+        .push_bind(user_id);
+    // Sorted here: an ORDER BY made SQLite scan the school by its primary key.
+    let mut rows = fetch_mapped(pool, q, learner_row).await?;
+    rows.sort_by_key(|l| l.course_id);
+    Ok(rows)
 }
 
 /// The lessons a student completed, in one course or all, in completion order.
@@ -301,8 +309,8 @@ where
     if let Some(course_id) = course_id {
         q.push(" AND c.course_id = ").push_bind(course_id);
     }
-    q.push(" ORDER BY c.course_id, c.completed_at, c.lesson_id");
-    fetch_mapped(pool, q, |r| {
+    // Sorted below: an ORDER BY made SQLite scan the school by its primary key.
+    let mut lessons = fetch_mapped(pool, q, |r| {
         Ok(LessonDone {
             course_id: r.int("course_id")?,
             lesson: lesson_info_from_row(r)?,
@@ -310,7 +318,15 @@ where
             enrollment_id: r.opt_int("enrollment_id")?,
         })
     })
-    .await
+    .await?;
+    lessons.sort_by(|a, b| {
+        (a.course_id, a.completed_at, a.lesson.lesson_id).cmp(&(
+            b.course_id,
+            b.completed_at,
+            b.lesson.lesson_id,
+        ))
+    });
+    Ok(lessons)
 }
 
 fn attempts_view(q: crate::projection::learning::QuizResult) -> QuizAttempts {
@@ -345,13 +361,10 @@ where
     ));
     q.push_bind(source.to_owned())
         .push(" AND user_id = ")
-        .push_bind(user_id)
-        .push(" ORDER BY quiz_id");
-    Ok(fetch_mapped(pool, q, quiz_from_row)
-        .await?
-        .into_iter()
-        .map(attempts_view)
-        .collect())
+        .push_bind(user_id);
+    let mut rows = fetch_mapped(pool, q, quiz_from_row).await?;
+    rows.sort_by_key(|q| q.quiz_id);
+    Ok(rows.into_iter().map(attempts_view).collect())
 }
 
 /// The newest `limit` events naming a student, oldest first.

@@ -13,7 +13,7 @@ CREATE TABLE lesson_completions (
     completed_at  timestamptz,
     PRIMARY KEY (source, course_id, user_id, lesson_id)
 );
-CREATE INDEX lesson_completions_by_user ON lesson_completions (source, user_id);
+CREATE INDEX lesson_completions_by_user ON lesson_completions (user_id);
 
 -- Every lesson seen in a course, as the newest event described it.
 CREATE TABLE course_lessons (
@@ -29,6 +29,10 @@ CREATE TABLE course_lessons (
     version          text COLLATE "C" NOT NULL,
     PRIMARY KEY (source, course_id, lesson_id)
 );
+
+-- (`*_by_user`: by user id alone, as `enrollments_by_user`: with (source,
+-- user_id) SQLite's planner, lacking statistics, preferred the primary key's
+-- `source` prefix, a scan of the whole school.)
 
 -- A student in a course: lessons, activity, and a copy of the enrollment's
 -- state, so that stalled students are one range of one index
@@ -49,7 +53,7 @@ CREATE TABLE learners (
     last_activity       timestamptz,
     PRIMARY KEY (source, course_id, user_id)
 );
-CREATE INDEX learners_by_user ON learners (source, user_id);
+CREATE INDEX learners_by_user ON learners (user_id);
 CREATE INDEX learners_open ON learners (last_activity, source, course_id, user_id)
     WHERE enrollment_id IS NOT NULL AND NOT completed;
 CREATE INDEX learners_open_by_course ON learners (course_id, last_activity, source, user_id)
@@ -73,7 +77,7 @@ CREATE TABLE quiz_results (
     version         text COLLATE "C" NOT NULL,
     PRIMARY KEY (source, quiz_id, user_id)
 );
-CREATE INDEX quiz_results_by_user ON quiz_results (source, user_id);
+CREATE INDEX quiz_results_by_user ON quiz_results (user_id);
 CREATE INDEX quiz_results_by_course ON quiz_results (course_id) WHERE course_id IS NOT NULL;
 
 -- The log's events by the student they name, for a student's timeline.

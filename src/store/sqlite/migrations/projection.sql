@@ -107,7 +107,7 @@ CREATE TABLE lesson_completions (
     completed_at  TEXT,
     PRIMARY KEY (source, course_id, user_id, lesson_id)
 ) WITHOUT ROWID;
-CREATE INDEX lesson_completions_by_user ON lesson_completions (source, user_id);
+CREATE INDEX lesson_completions_by_user ON lesson_completions (user_id);
 
 CREATE TABLE course_lessons (
     source           TEXT    NOT NULL,
@@ -139,7 +139,7 @@ CREATE TABLE learners (
     last_activity       TEXT,
     PRIMARY KEY (source, course_id, user_id)
 ) WITHOUT ROWID;
-CREATE INDEX learners_by_user ON learners (source, user_id);
+CREATE INDEX learners_by_user ON learners (user_id);
 CREATE INDEX learners_open ON learners (last_activity, source, course_id, user_id)
     WHERE enrollment_id IS NOT NULL AND NOT completed;
 CREATE INDEX learners_open_by_course ON learners (course_id, last_activity, source, user_id)
@@ -162,7 +162,7 @@ CREATE TABLE quiz_results (
     version         TEXT    NOT NULL,
     PRIMARY KEY (source, quiz_id, user_id)
 ) WITHOUT ROWID;
-CREATE INDEX quiz_results_by_user ON quiz_results (source, user_id);
+CREATE INDEX quiz_results_by_user ON quiz_results (user_id);
 CREATE INDEX quiz_results_by_course ON quiz_results (course_id) WHERE course_id IS NOT NULL;
 
 -- The log's events by the student they name, for a student's timeline.
