@@ -7,7 +7,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::projection::{Enrollment, Status};
-use crate::store::{QuarantineRecord, StoredEvent};
+use crate::store::{LessonDone, QuarantineRecord, QuizAttempts, StoredEvent};
 use crate::thinkific::PercentageReading;
 
 /// One enrollment as the API and CLI show it: flat, with its derived status.
@@ -33,6 +33,38 @@ pub struct EnrollmentView {
     pub updated_at: Option<String>,
     pub days_to_complete: Option<f64>,
     pub event_count: i64,
+    /// Lessons and activity: in stalled listings and an enrollment's detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learning: Option<LearningView>,
+}
+
+/// A student's lessons and activity in a course.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LearningView {
+    pub lessons_completed: i64,
+    pub last_lesson_id: Option<i64>,
+    pub last_lesson_name: Option<String>,
+    pub last_lesson_at: Option<String>,
+    /// The newest enrollment, lesson or quiz event of the student in the course.
+    pub last_activity_at: Option<String>,
+    /// Whole and fractional days since `last_activity_at` (3 decimals).
+    pub days_inactive: Option<f64>,
+}
+
+impl LearningView {
+    pub fn new(l: &crate::store::LearnerRow, now: DateTime<Utc>) -> LearningView {
+        LearningView {
+            lessons_completed: l.lessons_completed,
+            last_lesson_id: l.last_lesson_id,
+            last_lesson_name: l.last_lesson_name.clone(),
+            last_lesson_at: opt(l.last_lesson_at),
+            last_activity_at: opt(l.last_activity_at),
+            days_inactive: l.last_activity_at.map(|t| {
+                let days = (now - t).num_milliseconds() as f64 / 86_400_000.0;
+                (days.max(0.0) * 1000.0).round() / 1000.0
+            }),
+        }
+    }
 }
 
 pub fn rfc3339(t: &DateTime<Utc>) -> String {
@@ -66,6 +98,7 @@ impl EnrollmentView {
             updated_at: opt(e.updated_at),
             days_to_complete: e.days_to_complete().map(|d| (d * 1000.0).round() / 1000.0),
             event_count: e.event_count,
+            learning: None,
         }
     }
 }
@@ -180,5 +213,98 @@ pub fn quarantine_view(r: &QuarantineRecord, with_body: bool) -> QuarantineView 
         resolution: r.resolution.clone(),
         body,
         body_encoding,
+    }
+}
+
+/// One of a student's enrollments, with its lessons and activity.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StudentEnrollment {
+    pub enrollment: EnrollmentView,
+    /// Lessons completed in its course, in completion order.
+    pub lessons: Vec<LessonDone>,
+}
+
+/// A course a student completed lessons in without an enrollment event (yet).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StudentCourse {
+    pub course_id: i64,
+    pub learning: LearningView,
+    pub lessons: Vec<LessonDone>,
+}
+
+/// One student.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StudentView {
+    pub source: String,
+    pub user_id: i64,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub enrollments: Vec<StudentEnrollment>,
+    pub courses_without_enrollment: Vec<StudentCourse>,
+    pub quizzes: Vec<QuizAttempts>,
+    /// The newest 500 events naming the student (enrollment, lesson, quiz,
+    /// order, user topics), oldest first.
+    pub timeline: Vec<EventView>,
+}
+
+/// A student's page from what is stored about them.
+pub fn student_view(
+    source: String,
+    user_id: i64,
+    record: crate::store::StudentRecord,
+    now: DateTime<Utc>,
+) -> StudentView {
+    let lessons_in = |course_id: Option<i64>| -> Vec<LessonDone> {
+        record
+            .lessons
+            .iter()
+            .filter(|l| Some(l.course_id) == course_id)
+            .cloned()
+            .collect()
+    };
+    let learner = |course_id: Option<i64>| {
+        record
+            .courses
+            .iter()
+            .find(|c| Some(c.course_id) == course_id)
+    };
+    let enrollments: Vec<StudentEnrollment> = record
+        .enrollments
+        .iter()
+        .map(|e| {
+            let mut view = EnrollmentView::new(e, now);
+            view.learning = learner(e.course_id).map(|l| LearningView::new(l, now));
+            StudentEnrollment {
+                enrollment: view,
+                lessons: lessons_in(e.course_id),
+            }
+        })
+        .collect();
+    let courses_without_enrollment = record
+        .courses
+        .iter()
+        .filter(|c| c.enrollment_id.is_none())
+        .map(|c| StudentCourse {
+            course_id: c.course_id,
+            learning: LearningView::new(c, now),
+            lessons: lessons_in(Some(c.course_id)),
+        })
+        .collect();
+    // The newest enrollment names them.
+    let named = record
+        .enrollments
+        .iter()
+        .max_by(|a, b| a.version.cmp(&b.version));
+    StudentView {
+        source,
+        user_id,
+        email: named.and_then(|e| e.email.clone()),
+        first_name: named.and_then(|e| e.first_name.clone()),
+        last_name: named.and_then(|e| e.last_name.clone()),
+        enrollments,
+        courses_without_enrollment,
+        quizzes: record.quizzes,
+        timeline: record.events.iter().map(event_view).collect(),
     }
 }

@@ -3,6 +3,7 @@
 //! Commands that read data open the database directly, so they work without a
 //! running server.
 
+mod learning;
 mod quarantine;
 mod query;
 mod serve;
@@ -49,6 +50,12 @@ enum Command {
     Enrollments(query::EnrollmentsArgs),
     /// Per-course statistics.
     Courses(query::CoursesArgs),
+    /// A course's lesson funnel: completions per lesson, where stalled students stopped.
+    Funnel(learning::FunnelArgs),
+    /// Stalled students: enrolled, not completed, not expired, inactive for --days.
+    Stalled(learning::StalledArgs),
+    /// One student: enrollments, lessons, quizzes and their events.
+    Student(learning::StudentArgs),
     /// List stored events (the event log).
     Events(query::EventsArgs),
     /// The scheduled reconciliations' runs (`serve --reconcile-every`), newest first.
@@ -141,6 +148,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sign => tools::sign(&settings),
         Command::Enrollments(args) => query::enrollments(&settings, args).await,
         Command::Courses(args) => query::courses(&settings, args).await,
+        Command::Funnel(args) => learning::funnel(&settings, args).await,
+        Command::Stalled(args) => learning::stalled(&settings, args).await,
+        Command::Student(args) => learning::student(&settings, args).await,
         Command::Events(args) => query::events(&settings, args).await,
         Command::Reconciliations(args) => query::reconciliations(&settings, args).await,
         Command::Quarantine(cmd) => quarantine::quarantine(&settings, cmd).await,

@@ -152,11 +152,22 @@ pub async fn rebuild(settings: &Settings, check: bool) -> anyhow::Result<ExitCod
     );
     if report.index_rows > 0 {
         println!(
-            "{} rows of the topic index differ from the log",
+            "{} rows of the topic and student indexes differ from the log",
             report.index_rows
         );
     }
-    if check && (report.changed > 0 || report.removed > 0 || report.index_rows > 0) {
+    if report.learning > 0 {
+        println!(
+            "{} rows of lessons, learners and quiz results differ from the log",
+            report.learning
+        );
+    }
+    if check
+        && (report.changed > 0
+            || report.removed > 0
+            || report.index_rows > 0
+            || report.learning > 0)
+    {
         return Ok(ExitCode::FAILURE);
     }
     if !check {

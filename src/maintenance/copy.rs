@@ -46,16 +46,17 @@ pub async fn copy(from: &dyn Store, to: &dyn Store) -> anyhow::Result<CopyReport
                 let batch = run
                     .iter()
                     .map(|e| {
-                        Ok(NewEvent {
-                            source: e.source.clone(),
-                            event_id: e.event_id.clone(),
-                            topic: e.topic.clone(),
-                            created_at: e.created_at,
-                            received_at: e.received_at,
-                            body: e.body.clone(),
-                            enrollment: e.enrollment_event()?,
-                            course_id: crate::thinkific::envelope::course_id_of_body(&e.body),
-                        })
+                        let mut new = NewEvent::from_log(
+                            &e.source,
+                            &e.topic,
+                            &e.event_id,
+                            &e.body,
+                            e.received_at,
+                        )?;
+                        new.created_at = e.created_at;
+                        new.event_id.clone_from(&e.event_id);
+                        new.course_id = crate::thinkific::envelope::course_id_of_body(&e.body);
+                        Ok(new)
                     })
                     .collect::<store::Result<Vec<_>>>()?;
                 to.append_batch(&batch).await?

@@ -19,13 +19,18 @@ use super::error::ErrorBody;
 use super::export::{self, Format, columns};
 use super::{ApiError, AppState};
 use crate::ingest::quarantine::{self, RetryError};
-use crate::store::{ActivityQuery, CourseStats, DayActivity, ReconciliationRecord};
+use crate::store::{
+    ActivityQuery, CourseStats, DayActivity, LessonDone, ReconciliationRecord, Stalled,
+    StalledFilter, StalledOrder,
+};
 use crate::store::{
     AppendOutcome, EnrollmentFilter, EventFilter, MAX_PAGE, PageRequest, QuarantineRecord,
     StoredEvent,
 };
 use crate::thinkific::envelope::parse_timestamp;
-use crate::views::{EnrollmentView, EventView, QuarantineView, event_view, quarantine_view};
+use crate::views::{
+    EnrollmentView, EventView, LearningView, QuarantineView, event_view, quarantine_view,
+};
 
 pub fn router(state: AppState) -> Router<AppState> {
     let api = Router::new()
@@ -35,6 +40,15 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(get_enrollment),
         )
         .route("/api/courses", get(courses))
+        .route(
+            "/api/courses/{source}/{course_id}/funnel",
+            get(super::learning::funnel),
+        )
+        .route(
+            "/api/students/{source}/{user_id}",
+            get(super::learning::student),
+        )
+        .route("/api/quizzes", get(super::learning::quizzes))
         .route("/api/activity", get(activity))
         .route("/api/events", get(list_events))
         .route("/api/stream", get(super::stream::stream))
@@ -133,6 +147,12 @@ pub(super) struct EnrollmentQuery {
     status: Option<String>,
     /// RFC 3339: only enrollments whose Thinkific `updated_at` is later.
     updated_after: Option<String>,
+    /// Only stalled students: enrolled, not completed, not expired, and no
+    /// enrollment, lesson or quiz event for this many days (1–3660). Items
+    /// then carry `learning` and are sorted by days inactive.
+    stalled_days: Option<u32>,
+    /// With `stalled_days`: `most_inactive` (default) or `least_inactive` first.
+    order: Option<String>,
     /// 1–1000, default 100 (with CSV: the most rows of the download, default all).
     limit: Option<u32>,
     cursor: Option<String>,
@@ -141,7 +161,8 @@ pub(super) struct EnrollmentQuery {
     format: Option<String>,
 }
 
-/// Enrollments, filtered, in (source, enrollment id) order.
+/// Enrollments, filtered, in (source, enrollment id) order; or, with
+/// `stalled_days`, the stalled ones by days inactive.
 #[utoipa::path(get, path = "/api/enrollments", tag = "enrollments", params(EnrollmentQuery),
     responses((status = 200, content((Page<EnrollmentView> = "application/json"), (String = "text/csv"))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn list_enrollments(
@@ -153,6 +174,64 @@ pub(super) async fn list_enrollments(
     let q = query(q)?;
     let format = export::format(q.format.as_deref(), &headers)?;
     let source = scope.restrict(q.source)?;
+    if q.stalled_days.is_some() || q.order.is_some() {
+        if q.user_id.is_some()
+            || q.email.is_some()
+            || q.status.is_some()
+            || q.updated_after.is_some()
+        {
+            return Err(ApiError::bad_request(
+                "with stalled_days only source, course_id, order, limit and cursor apply",
+            ));
+        }
+        let order = match q.order.as_deref() {
+            None | Some("most_inactive") => StalledOrder::MostInactive,
+            Some("least_inactive") => StalledOrder::LeastInactive,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "order must be most_inactive or least_inactive, got `{other}`"
+                )));
+            }
+        };
+        let now = Utc::now();
+        let filter = StalledFilter {
+            source,
+            course_id: q.course_id,
+            stalled: Stalled::days(super::learning::stalled_days(q.stalled_days)?, now),
+            order,
+        };
+        let page = app
+            .store
+            .stalled_learners(&filter, &page(q.limit, q.cursor)?)
+            .await?;
+        let items: Vec<EnrollmentView> = page
+            .items
+            .iter()
+            .map(|(e, l)| {
+                let mut view = EnrollmentView::new(e, now);
+                view.learning = Some(LearningView::new(l, now));
+                view
+            })
+            .collect();
+        return Ok(match format {
+            // One page (up to `limit`, 1000 at most), each row with its learning.
+            Format::Csv => {
+                let rows: Vec<StalledRow<'_>> = items
+                    .iter()
+                    .map(|view| StalledRow {
+                        enrollment: view,
+                        learning: view.learning.as_ref(),
+                    })
+                    .collect();
+                export::table("stalled", &columns::stalled(), &rows)
+            }
+            Format::Json => Json(Page {
+                items,
+                next_cursor: page.next_cursor,
+            })
+            .into_response(),
+        });
+    }
     let status = q
         .status
         .map(|s| s.parse().map_err(ApiError::bad_request))
@@ -205,10 +284,12 @@ pub(super) async fn list_enrollments(
     Ok(Json(views(page)).into_response())
 }
 
-/// One enrollment with its event timeline.
+/// One enrollment with its lessons and event timeline.
 #[derive(Serialize, ToSchema)]
 pub struct EnrollmentDetail {
     pub enrollment: EnrollmentView,
+    /// The lessons its student completed in its course, in completion order.
+    pub lessons: Vec<LessonDone>,
     /// Its events in the order they were stored.
     pub events: Vec<EventView>,
 }
@@ -233,8 +314,25 @@ pub(super) async fn get_enrollment(
         )));
     };
     let events = app.store.enrollment_events(&source, id).await?;
+    let now = Utc::now();
+    let mut view = EnrollmentView::new(&enrollment, now);
+    let mut lessons = Vec::new();
+    if let (Some(user_id), Some(course_id)) = (enrollment.user_id, enrollment.course_id) {
+        let student = app.store.student(&source, user_id, 0).await?;
+        view.learning = student
+            .courses
+            .iter()
+            .find(|c| c.course_id == course_id)
+            .map(|l| LearningView::new(l, now));
+        lessons = student
+            .lessons
+            .into_iter()
+            .filter(|l| l.course_id == course_id)
+            .collect();
+    }
     Ok(Json(EnrollmentDetail {
-        enrollment: EnrollmentView::new(&enrollment, Utc::now()),
+        enrollment: view,
+        lessons,
         events: events.iter().map(event_view).collect(),
     }))
 }
@@ -250,7 +348,26 @@ pub(super) struct CoursesQuery {
 
 #[derive(Serialize, ToSchema)]
 pub struct CourseList {
-    pub items: Vec<CourseStats>,
+    pub items: Vec<CourseView>,
+}
+
+/// A course's statistics, with its lessons seen and stalled students
+/// (no activity for 14 days, see `/api/courses/{source}/{course_id}/funnel`).
+#[derive(Serialize, ToSchema)]
+pub struct CourseView {
+    #[serde(flatten)]
+    pub stats: CourseStats,
+    pub lessons_seen: i64,
+    pub stalled: i64,
+}
+
+/// A stalled enrollment as one CSV row: the enrollment's columns, then its learning.
+#[derive(Serialize)]
+struct StalledRow<'a> {
+    #[serde(flatten)]
+    enrollment: &'a EnrollmentView,
+    #[serde(flatten)]
+    learning: Option<&'a LearningView>,
 }
 
 /// Per-course statistics.
@@ -265,10 +382,38 @@ pub(super) async fn courses(
     let q = query(q)?;
     let format = export::format(q.format.as_deref(), &headers)?;
     let source = scope.restrict(q.source)?;
-    let items = app
+    let now = Utc::now();
+    let stats = app.store.course_stats(source.as_deref(), now).await?;
+    let learning = app
         .store
-        .course_stats(source.as_deref(), Utc::now())
+        .course_learning(
+            source.as_deref(),
+            &Stalled::days(super::learning::DEFAULT_STALLED_DAYS, now),
+        )
         .await?;
+    let counts: std::collections::HashMap<(&str, i64), (i64, i64)> = learning
+        .iter()
+        .map(|c| {
+            (
+                (c.source.as_str(), c.course_id),
+                (c.lessons_seen, c.stalled),
+            )
+        })
+        .collect();
+    let items: Vec<CourseView> = stats
+        .into_iter()
+        .map(|stats| {
+            let (lessons_seen, stalled) = counts
+                .get(&(stats.source.as_str(), stats.course_id))
+                .copied()
+                .unwrap_or((0, 0));
+            CourseView {
+                stats,
+                lessons_seen,
+                stalled,
+            }
+        })
+        .collect();
     Ok(match format {
         Format::Csv => export::table("courses", columns::COURSES, &items),
         Format::Json => Json(CourseList { items }).into_response(),

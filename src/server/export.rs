@@ -223,8 +223,23 @@ pub mod columns {
         "completion_rate",
         "average_progress",
         "median_days_to_complete",
+        "lessons_seen",
+        "stalled",
     ];
     pub const ACTIVITY: &[&str] = &["date", "enrolled", "completed"];
+    /// A stalled student: the enrollment, then where and since when it stopped.
+    pub fn stalled() -> Vec<&'static str> {
+        let mut columns = ENROLLMENTS.to_vec();
+        columns.extend([
+            "lessons_completed",
+            "last_lesson_id",
+            "last_lesson_name",
+            "last_lesson_at",
+            "last_activity_at",
+            "days_inactive",
+        ]);
+        columns
+    }
     /// The body stays out: the JSON list and `/raw` give it.
     pub const EVENTS: &[&str] = &[
         "seq",

@@ -7,6 +7,7 @@ mod deadline;
 mod delivery_log;
 mod error;
 pub mod export;
+mod learning;
 pub mod limits;
 pub mod listen;
 pub mod openapi;

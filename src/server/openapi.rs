@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{api, error, stream, subscriptions, webhooks};
+use super::{api, error, learning, stream, subscriptions, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,9 @@ use super::{api, error, stream, subscriptions, webhooks};
         api::get_enrollment,
         api::courses,
         api::activity,
+        learning::funnel,
+        learning::student,
+        learning::quizzes,
         api::list_events,
         stream::stream,
         api::get_event,

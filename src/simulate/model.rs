@@ -127,7 +127,15 @@ enum Step {
         enrollment: usize,
         lesson: u32,
     },
+    /// The quiz that ends a chapter (every fifth lesson is one).
+    Quiz {
+        course: usize,
+        lesson: u32,
+    },
 }
+
+/// Every fifth lesson ends its chapter with a quiz.
+const QUIZ_EVERY: u32 = 5;
 
 /// The per-enrollment facts every enrollment payload repeats.
 #[derive(Debug, Clone)]
@@ -383,6 +391,14 @@ impl School {
                         lesson,
                     },
                 ));
+                if lesson % QUIZ_EVERY == 0 {
+                    // Attempted as the lesson completes (no draw from the rng:
+                    // the rest of the school stays as it was).
+                    steps.push((
+                        t + Duration::milliseconds(100),
+                        Step::Quiz { course, lesson },
+                    ));
+                }
                 t += Duration::milliseconds(self.rng.random_range(200..3000));
                 steps.push((
                     t,
@@ -538,6 +554,25 @@ impl School {
                                    "name": format!("Lesson {lesson}"),
                                    "position": lesson - 1,
                                    "type": if lesson % 3 == 0 { "Text" } else { "Video" }},
+                        "user": user,
+                    }),
+                )
+            }
+            Step::Quiz { course, lesson } => {
+                let c = &self.courses[course];
+                // A grade from the ids: 40–100, the same for the same student and quiz.
+                let correct = ((s.id * 31 + i64::from(lesson) * 7) % 7) + 4;
+                (
+                    "quiz",
+                    "attempted",
+                    json!({
+                        "attempts": 1,
+                        "correct_count": correct,
+                        "incorrect_count": 10 - correct,
+                        "grade": correct as f64 * 10.0,
+                        "result_id": c.id * 1_000_000 + s.id,
+                        "quiz": {"id": c.id * 1000 + i64::from(lesson),
+                                 "name": format!("Chapter {} quiz", lesson / QUIZ_EVERY)},
                         "user": user,
                     }),
                 )

@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::model::{School, SchoolConfig};
+use crate::projection::learning::Learning;
 use crate::projection::{self, Apply, Enrollment};
 use crate::store::NewEvent;
 use crate::thinkific::{self, SIGNATURE_HEADER, SUBDOMAIN_HEADER, TOPIC_HEADER};
@@ -100,6 +101,9 @@ pub struct TrafficConfig {
 pub struct Expected {
     pub source: String,
     pub enrollments: BTreeMap<i64, Enrollment>,
+    /// The lessons and quizzes sent, folded by the receiver's rules (the
+    /// enrollments' part is applied when compared, see `verify`).
+    pub learning: Learning,
     /// Original events generated (each must be stored exactly once).
     pub events: u64,
 }
@@ -209,7 +213,10 @@ impl Traffic {
         let envelope = thinkific::parse(body.as_bytes(), None)
             .expect("the simulator generates valid Thinkific bodies");
         let event =
-            NewEvent::from_envelope(&self.config.source, &envelope, String::new(), Utc::now());
+            NewEvent::from_envelope(&self.config.source, &envelope, body.to_owned(), Utc::now());
+        if let Some(learned) = &event.learning {
+            self.expected.learning.apply(&self.config.source, learned);
+        }
         if let Some(e) = event.enrollment {
             let current = self.expected.enrollments.get(&e.payload.id);
             match projection::apply(current, &self.config.source, &e) {

@@ -161,7 +161,106 @@ pub async fn verify(
             "course {id}: the receiver lists it, no expected enrollment is in it"
         ));
     }
+    verify_learning(&get, expected, now, &mut mismatches).await?;
     Ok(mismatches)
+}
+
+/// Enrollments whose lessons are checked one by one (the funnels check all).
+const LESSON_CHECKS: usize = 100;
+
+/// The learning projection: every course's funnel (lessons, completions,
+/// stalled students per lesson), and the lessons of the first enrollments.
+async fn verify_learning<F, Fut>(
+    get: &F,
+    expected: &Expected,
+    now: DateTime<Utc>,
+    mismatches: &mut Vec<String>,
+) -> anyhow::Result<()>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Value>>,
+{
+    let source = &expected.source;
+    let mut learning = expected.learning.clone();
+    for e in expected.enrollments.values() {
+        learning.enrollment(e);
+    }
+    let stalled = crate::store::Stalled::days(14, now);
+    // Per course: lesson -> (completed, stalled here).
+    let mut want: BTreeMap<i64, BTreeMap<i64, (i64, i64)>> = BTreeMap::new();
+    for l in learning.lessons.values() {
+        want.entry(l.course_id)
+            .or_default()
+            .insert(l.info.lesson_id, (0, 0));
+    }
+    for c in learning.completions.values() {
+        if let Some(n) = want.entry(c.course_id).or_default().get_mut(&c.lesson_id) {
+            n.0 += 1;
+        }
+    }
+    for l in learning.learners.values() {
+        if l.stalled(stalled.before, stalled.now)
+            && let Some(lesson) = l.last_lesson_id
+            && let Some(n) = want.entry(l.course_id).or_default().get_mut(&lesson)
+        {
+            n.1 += 1;
+        }
+    }
+    for (course, lessons) in &want {
+        let path = format!("/api/courses/{source}/{course}/funnel?stalled_days=14");
+        let Some(funnel) = not_found_is_none(get(path).await)? else {
+            mismatches.push(format!(
+                "course {course}: no funnel, the receiver never saw its lessons"
+            ));
+            continue;
+        };
+        let got: BTreeMap<i64, (i64, i64)> = funnel["lessons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| {
+                Some((
+                    l["lesson_id"].as_i64()?,
+                    (l["completed"].as_i64()?, l["stalled_here"].as_i64()?),
+                ))
+            })
+            .collect();
+        if &got != lessons {
+            mismatches.push(format!(
+                "course {course}: funnel (lesson: completed, stalled here) expected {lessons:?}, receiver has {got:?}"
+            ));
+        }
+    }
+    for e in expected.enrollments.values().take(LESSON_CHECKS) {
+        let (Some(user), Some(course)) = (e.user_id, e.course_id) else {
+            continue;
+        };
+        let want = learning
+            .learners
+            .get(&(source.clone(), course, user))
+            .map_or(0, |l| l.lessons_completed);
+        let path = format!("/api/enrollments/{source}/{}", e.enrollment_id);
+        let Some(detail) = not_found_is_none(get(path).await)? else {
+            continue; // reported missing above
+        };
+        let got = detail["lessons"].as_array().map_or(0, Vec::len) as i64;
+        if got != want {
+            mismatches.push(format!(
+                "enrollment {}: {want} lessons expected, receiver has {got}",
+                e.enrollment_id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A 404 from the receiver (something it never received) as `None`.
+fn not_found_is_none(answer: anyhow::Result<Value>) -> anyhow::Result<Option<Value>> {
+    match answer {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.to_string().contains(" answered 404 ") => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Equal, with floats compared to a relative 1e-9 (sums in another order).

@@ -55,6 +55,7 @@ pub(crate) trait Cols {
     fn int4(&self, col: &str) -> Result<i64>;
     fn opt_int4(&self, col: &str) -> Result<Option<i64>>;
     fn float(&self, col: &str) -> Result<f64>;
+    fn opt_float(&self, col: &str) -> Result<Option<f64>>;
     fn flag(&self, col: &str) -> Result<bool>;
     fn bytes(&self, col: &str) -> Result<Vec<u8>>;
     fn time(&self, col: &str) -> Result<DateTime<Utc>>;
@@ -84,6 +85,9 @@ macro_rules! plain_cols {
             Ok(self.try_get(col)?)
         }
         fn float(&self, col: &str) -> Result<f64> {
+            Ok(self.try_get(col)?)
+        }
+        fn opt_float(&self, col: &str) -> Result<Option<f64>> {
             Ok(self.try_get(col)?)
         }
         fn flag(&self, col: &str) -> Result<bool> {

@@ -40,6 +40,7 @@ macro_rules! enrollment_upsert_on_conflict {
 mod dialect;
 pub mod forward;
 mod isolate;
+pub mod learning;
 mod migrate;
 pub mod postgres;
 mod quarantine;
@@ -55,11 +56,13 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::projection::learning::LearningEvent;
 use crate::projection::{Enrollment, EnrollmentEvent, Status};
 use crate::thinkific;
 
 pub use forward::*;
 pub use isolate::{append_isolating, refusal_reason};
+pub use learning::*;
 pub use postgres::PostgresStore;
 pub use quarantine::*;
 pub use reconciliations::{NewReconciliation, ReconciliationRecord};
@@ -164,6 +167,11 @@ pub struct NewEvent {
     pub body: String,
     /// Set for the enrollment topics: what the projection needs.
     pub enrollment: Option<EnrollmentEvent>,
+    /// Set for `lesson.completed` and `quiz.attempted` when their payload
+    /// names what the learning projection needs.
+    pub learning: Option<LearningEvent>,
+    /// The student the event is about, if it names one (for their timeline).
+    pub user_id: Option<i64>,
     /// The course the event is about, if any (for forwarding filters).
     pub course_id: Option<i64>,
 }
@@ -198,16 +206,40 @@ impl NewEvent {
                     payload,
                 }
             });
+        let topic = envelope.topic.to_string();
+        let (learning, user_id) = match &enrollment {
+            Some(e) => (None, e.payload.user_id),
+            None => thinkific::learning::read(&topic, &envelope.id, envelope.created_at, &body),
+        };
         NewEvent {
             source: source.to_owned(),
             event_id: envelope.id.clone(),
-            topic: envelope.topic.to_string(),
+            topic,
             created_at: envelope.created_at,
             received_at,
             body,
             enrollment,
+            learning,
+            user_id,
             course_id: envelope.course_id,
         }
+    }
+
+    /// The event as the projection reads it back from the log (enrollment,
+    /// learning event and student), or what makes the stored body unreadable.
+    pub fn from_log(
+        source: &str,
+        topic: &str,
+        event_id: &str,
+        body: &str,
+        received_at: DateTime<Utc>,
+    ) -> Result<NewEvent> {
+        let envelope = thinkific::parse(body.as_bytes(), Some(topic))
+            .map_err(|e| StoreError::Corrupt(format!("event {event_id} no longer parses: {e}")))?;
+        let mut new = NewEvent::from_envelope(source, &envelope, body.to_owned(), received_at);
+        // The row's topic is the one stored (see `thinkific::parse`).
+        new.topic = topic.to_owned();
+        Ok(new)
     }
 
     pub fn enrollment_id(&self) -> Option<i64> {
@@ -413,9 +445,12 @@ pub struct RebuildReport {
     pub changed: u64,
     /// Stored rows that no event supports any more.
     pub removed: u64,
-    /// Rows of a derived index of the log (SQLite's `event_topics`) that
-    /// were missing, wrong or had no event.
+    /// Rows of a derived index of the log (SQLite's `event_topics`, the
+    /// student index `event_users`) that were missing, wrong or had no event.
     pub index_rows: u64,
+    /// Rows of the learning projection (lesson completions, course lessons,
+    /// learners, quiz results) that differed (added, changed or removed).
+    pub learning: u64,
 }
 
 #[async_trait]
@@ -538,6 +573,42 @@ pub trait Store: ForwardStore + Send + Sync + 'static {
     async fn reconciliation_turn(&self) -> Result<Option<Box<dyn std::any::Any + Send>>> {
         Ok(Some(Box::new(())))
     }
+
+    /// A course's lesson funnel; `None` when nothing is known of the course.
+    async fn course_funnel(
+        &self,
+        source: &str,
+        course_id: i64,
+        stalled: &Stalled,
+    ) -> Result<Option<Funnel>>;
+    /// A page of stalled students (see [`Stalled`]), by days inactive.
+    async fn stalled_learners(
+        &self,
+        filter: &StalledFilter,
+        page: &PageRequest,
+    ) -> Result<Page<(Enrollment, LearnerRow)>>;
+    /// One student: their courses, lessons, quiz results and (the newest
+    /// `events`) events naming them.
+    async fn student(&self, source: &str, user_id: i64, events: i64) -> Result<StudentRecord>;
+    /// The lessons a student completed (in one course, or all).
+    async fn lessons_of(
+        &self,
+        source: &str,
+        user_id: i64,
+        course_id: Option<i64>,
+    ) -> Result<Vec<LessonDone>>;
+    /// Per quiz: students, attempts, average and median best grade.
+    async fn quiz_stats(
+        &self,
+        source: Option<&str>,
+        course_id: Option<i64>,
+    ) -> Result<Vec<QuizStats>>;
+    /// Per course: lessons seen and students stalled.
+    async fn course_learning(
+        &self,
+        source: Option<&str>,
+        stalled: &Stalled,
+    ) -> Result<Vec<CourseLearning>>;
 
     /// Re-derives the projection from the event log. With `dry_run` nothing is
     /// written; the report says how the stored projection differs.

@@ -596,7 +596,7 @@ fn lenient_string(v: &Value) -> Option<String> {
     }
 }
 
-fn lenient_i64(v: &Value) -> Option<i64> {
+pub(crate) fn lenient_i64(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => s.trim().parse().ok(),

@@ -5,6 +5,7 @@
 
 pub mod backfill;
 pub mod envelope;
+pub mod learning;
 pub mod reconcile;
 pub mod registration;
 pub mod rest;

@@ -63,6 +63,7 @@ async fn direct(store: &dyn Store, now: DateTime<Utc>) -> Vec<enrollhook::store:
             .into_iter()
             .map(|e| (e.enrollment_id, e))
             .collect(),
+        learning: Default::default(),
         events: 0,
     };
     expected_courses(&expected, now)

@@ -21,6 +21,7 @@ mod faults;
 mod forward;
 mod hardening;
 mod ingest;
+mod learning;
 mod live;
 mod openapi;
 mod postgres;

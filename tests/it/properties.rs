@@ -186,6 +186,8 @@ async fn store_agrees(
         received_at: Utc::now(),
         body: body_of(e),
         enrollment: Some(e.clone()),
+        learning: None,
+        user_id: e.payload.user_id,
         course_id: e.payload.course_id,
     };
     let mut sorted = history.to_vec();

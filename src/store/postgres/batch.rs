@@ -9,7 +9,9 @@ use sqlx::postgres::PgConnection;
 
 use super::codec::*;
 use super::outbox;
+use crate::projection::learning::{Learning, LearningEvent};
 use crate::projection::{self, Enrollment, EnrollmentEvent};
+use crate::store::shared::learning::{self, Val};
 use crate::store::*;
 
 /// The advisory lock of one enrollment: `(hash of source, enrollment id folded
@@ -150,10 +152,12 @@ pub(super) async fn append_on(
                 .push(enrollment);
         }
     }
+    let mut next = Vec::new();
     if !touched.is_empty() {
-        let next = project(&mut tx, &touched).await?;
+        next = project(&mut tx, &touched).await?;
         upsert_enrollments(&mut tx, &next).await?;
     }
+    project_learning(&mut tx, events, &outcomes, &next).await?;
     // Forwarding: the outbox rows commit with their events, or not at all.
     let subscriptions =
         crate::store::shared::forward::enabled_subscriptions::<sqlx::Postgres>(&mut tx).await?;
@@ -170,6 +174,94 @@ pub(super) async fn append_on(
     }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// The learning projection's part of a batch: the stored events' lessons and
+/// quizzes, the learners of the changed enrollments, and the student index.
+async fn project_learning(
+    tx: &mut PgConnection,
+    events: &[NewEvent],
+    outcomes: &[AppendOutcome],
+    enrollments: &[Enrollment],
+) -> Result<()> {
+    let stored: Vec<(&NewEvent, i64)> = events
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(ev, o)| match o {
+            AppendOutcome::Stored { seq } => Some((ev, *seq)),
+            AppendOutcome::Duplicate => None,
+        })
+        .collect();
+    let users: Vec<Vec<Val>> = stored
+        .iter()
+        .filter_map(|(ev, seq)| {
+            Some(vec![
+                Val::Text(Some(ev.source.clone())),
+                Val::Int(Some(ev.user_id?)),
+                Val::Int(Some(*seq)),
+            ])
+        })
+        .collect();
+    learning::upsert_ignore::<sqlx::Postgres>(tx, "event_users (source, user_id, seq)", users)
+        .await?;
+    let learned: Vec<(&str, &LearningEvent)> = stored
+        .iter()
+        .filter_map(|(ev, _)| Some((ev.source.as_str(), ev.learning.as_ref()?)))
+        .collect();
+    let needs = Learning::needs(learned.iter().copied(), enrollments);
+    if needs.is_empty() {
+        return Ok(());
+    }
+    // Rows other writers may change at once: locked like enrollments (see
+    // `project`), after them, in sorted order.
+    let mut locks: Vec<(i32, i32)> = needs
+        .learners
+        .iter()
+        .map(|(s, course, user)| learning_lock(b'L', s, *course, *user))
+        .chain(
+            needs
+                .lessons
+                .iter()
+                .map(|(s, course, lesson)| learning_lock(b'C', s, *course, *lesson)),
+        )
+        .chain(
+            needs
+                .quizzes
+                .iter()
+                .map(|(s, quiz, user)| learning_lock(b'Q', s, *quiz, *user)),
+        )
+        .collect();
+    locks.sort_unstable();
+    locks.dedup();
+    let (k1, k2): (Vec<i32>, Vec<i32>) = locks.into_iter().unzip();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k1, k2)
+         FROM unnest($1::int4[], $2::int4[]) AS k(k1, k2) ORDER BY k1, k2",
+    )
+    .bind(&k1)
+    .bind(&k2)
+    .execute(&mut *tx)
+    .await?;
+    let mut state = learning::load::<sqlx::Postgres>(tx, &needs).await?;
+    for (source, event) in learned {
+        state.apply(source, event);
+    }
+    for e in enrollments {
+        state.enrollment(e);
+    }
+    learning::write::<sqlx::Postgres>(tx, &state).await
+}
+
+/// The advisory lock of a learning row: a kind tag and the source hashed,
+/// and its two ids folded (a collision only serialises two batches).
+fn learning_lock(kind: u8, source: &str, a: i64, b: i64) -> (i32, i32) {
+    let mut h: u32 = 0x811c_9dc5;
+    for byte in std::iter::once(kind).chain(source.bytes()) {
+        h ^= u32::from(byte);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let folded = (a as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (b as u64);
+    (h as i32, (folded ^ (folded >> 32)) as u32 as i32)
 }
 
 /// Locks the touched enrollments and computes their new state.

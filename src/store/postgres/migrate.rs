@@ -39,6 +39,7 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "topic in the event identity",
         include_str!("migrations/0008_topic_in_event_identity.sql"),
     ),
+    (9, "learning", include_str!("migrations/0009_learning.sql")),
     (
         10,
         "broker destinations",
@@ -50,6 +51,9 @@ const MIGRATIONS: &[migrate::Migration] = &[
         include_str!("migrations/0011_subscription_filter.sql"),
     ),
 ];
+
+/// The migration that adds the learning projection.
+const LEARNING: i64 = 9;
 
 /// Advisory lock key serialising migrations of concurrently starting instances
 /// ("enrollhk" in ASCII). Enrollment lock keys use the two-int form, so they
@@ -100,6 +104,12 @@ pub(super) async fn migrate(pool: &PgPool, apply: bool) -> Result<()> {
         .execute(&mut *tx)
         .await?;
         tracing::info!(version = m.0, name = m.1, "applying PostgreSQL migration");
+    }
+    if current > 0 && pending.iter().any(|m| m.0 == LEARNING) {
+        // The learning tables are new: derive them from the events already
+        // received, in the migration's transaction (other instances wait).
+        tracing::info!("deriving lessons and quizzes from the event log (once, after migration 9)");
+        crate::store::shared::learning::rebuild::<sqlx::Postgres>(&mut tx, None, false).await?;
     }
     tx.commit().await?;
     Ok(())

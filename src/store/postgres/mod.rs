@@ -35,7 +35,8 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use self::batch::{append_on, is_retryable, upsert_enrollments};
 use self::codec::*;
 use crate::projection::Enrollment;
-use crate::store::shared::{log, rebuild, retention};
+use crate::store::shared::learning_reads;
+use crate::store::shared::{learning, log, rebuild, retention};
 use crate::store::*;
 
 /// The session advisory lock of a scheduled reconciliation ("reconcil" in
@@ -402,6 +403,52 @@ impl Store for PostgresStore {
         Ok(got.then(|| Box::new(conn) as Box<dyn std::any::Any + Send>))
     }
 
+    async fn course_funnel(
+        &self,
+        source: &str,
+        course_id: i64,
+        stalled: &Stalled,
+    ) -> Result<Option<Funnel>> {
+        learning_reads::funnel(&self.reader, source, course_id, stalled).await
+    }
+
+    async fn stalled_learners(
+        &self,
+        filter: &StalledFilter,
+        page: &PageRequest,
+    ) -> Result<Page<(Enrollment, LearnerRow)>> {
+        learning_reads::stalled(&self.reader, filter, page).await
+    }
+
+    async fn student(&self, source: &str, user_id: i64, events: i64) -> Result<StudentRecord> {
+        learning_reads::student(&self.reader, EVENT_COLUMNS, source, user_id, events).await
+    }
+
+    async fn lessons_of(
+        &self,
+        source: &str,
+        user_id: i64,
+        course_id: Option<i64>,
+    ) -> Result<Vec<LessonDone>> {
+        learning_reads::lessons_of(&self.reader, source, user_id, course_id).await
+    }
+
+    async fn quiz_stats(
+        &self,
+        source: Option<&str>,
+        course_id: Option<i64>,
+    ) -> Result<Vec<QuizStats>> {
+        learning_reads::quiz_stats(&self.reader, source, course_id).await
+    }
+
+    async fn course_learning(
+        &self,
+        source: Option<&str>,
+        stalled: &Stalled,
+    ) -> Result<Vec<CourseLearning>> {
+        learning_reads::course_learning(&self.reader, source, stalled).await
+    }
+
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {
         let mut tx = self.writer.begin().await?;
         if dry_run {
@@ -412,18 +459,28 @@ impl Store for PostgresStore {
         } else {
             // Deliveries of every instance wait (they do not fail) while it runs:
             // their `SELECT … FOR UPDATE` conflicts with this lock; readers do not.
-            sqlx::query("LOCK TABLE enrollments IN EXCLUSIVE MODE")
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "LOCK TABLE enrollments, lesson_completions, course_lessons, learners,
+                 quiz_results, event_users IN EXCLUSIVE MODE",
+            )
+            .execute(&mut *tx)
+            .await?;
         }
-        let report = rebuild::refold_all::<Postgres>(&mut tx, None, dry_run, async |conn, rows| {
-            upsert_enrollments(conn, &rows).await
-        })
-        .await?;
+        let mut report =
+            rebuild::refold_all::<Postgres>(&mut tx, None, dry_run, async |conn, rows| {
+                upsert_enrollments(conn, &rows).await
+            })
+            .await?;
+        if !dry_run {
+            rebuild::delete_orphans::<Postgres>(&mut tx).await?;
+        }
+        // After the enrollments, which the learners copy.
+        let learning = learning::rebuild::<Postgres>(&mut tx, None, dry_run).await?;
+        report.learning = learning.rows;
+        report.index_rows = learning.index_rows;
         if dry_run {
             tx.rollback().await?;
         } else {
-            rebuild::delete_orphans::<Postgres>(&mut tx).await?;
             tx.commit().await?;
         }
         Ok(report)

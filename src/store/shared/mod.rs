@@ -4,6 +4,8 @@
 //! own SQL where the dialects differ (claims, batch inserts, the feed).
 
 pub(crate) mod forward;
+pub(crate) mod learning;
+pub(crate) mod learning_reads;
 pub(crate) mod log;
 pub(crate) mod rebuild;
 pub(crate) mod retention;

@@ -29,7 +29,8 @@ where
     // import or a re-admitted delivery can be older than the events before
     // it), in rounds of a few thousand, each its own short transaction,
     // found through the partial index of what is prunable (SQLite migration
-    // 8, PostgreSQL migration 6), which pruned events leave.
+    // 8 and 10, PostgreSQL 6 and 9), which pruned events leave. Learning
+    // events are kept whole like enrollment events: the projection reads them.
     loop {
         let mut q = QueryBuilder::<DB>::new("UPDATE events SET body = '', pruned_at = ");
         DB::push_now(&mut q);
@@ -38,7 +39,11 @@ where
                  WHERE received_at < ",
         )
         .push_bind(DB::time(cutoff))
-        .push(" AND enrollment_id IS NULL AND pruned_at IS NULL ORDER BY received_at LIMIT ")
+        .push(
+            " AND enrollment_id IS NULL AND pruned_at IS NULL
+              AND topic NOT IN ('lesson.completed', 'quiz.attempted')
+              ORDER BY received_at LIMIT ",
+        )
         .push_bind(PRUNE_EVENTS_PER_ROUND)
         .push(DB::SKIP_LOCKED)
         .push(")");

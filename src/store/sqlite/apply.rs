@@ -12,6 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::{ENROLLMENT_UPSERT_ON_CONFLICT, ts, write_error};
 use super::courses::{self, ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
+use super::learning;
+use crate::projection::learning::{Learning, LearningEvent};
 use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
 use crate::store::*;
 
@@ -25,6 +27,10 @@ pub(super) struct StoredForProjection {
     pub topic: String,
     /// The enrollment event, if it is one.
     pub enrollment: Option<EnrollmentEvent>,
+    /// The lesson or quiz event, if it is one.
+    pub learning: Option<LearningEvent>,
+    /// The student it names.
+    pub user_id: Option<i64>,
 }
 
 /// Projects the events after the cursor, inside `tx`: from memory when they
@@ -65,7 +71,16 @@ pub(super) fn project_in_tx(
             .iter()
             .filter_map(|e| Some((e.source.as_str(), e.enrollment.as_ref()?)))
             .collect::<Vec<_>>();
-        project(tx, &events, own_end)?;
+        let learned = own
+            .iter()
+            .filter_map(|e| Some((e.source.as_str(), e.learning.as_ref()?)))
+            .collect::<Vec<_>>();
+        project(tx, &events, &learned, own_end)?;
+        learning::index_users(
+            tx,
+            own.iter()
+                .filter_map(|e| Some((e.seq, e.source.clone(), e.user_id?))),
+        )?;
         let mut index = tx
             .prepare_cached("INSERT INTO event_topics (seq, resource, topic) VALUES (?1, ?2, ?3)")
             .map_err(write_error)?;
@@ -78,12 +93,22 @@ pub(super) fn project_in_tx(
     } else {
         // Another process appended too, or a crash left events unprojected.
         let upto = head.min(through + LOG_EVENTS_PER_PROJECTION);
-        let logged = logged_enrollment_events(tx, through, upto)?;
+        let logged = logged_events(tx, through, upto)?;
         let events = logged
             .iter()
-            .map(|(s, e)| (s.as_str(), e))
+            .filter_map(|e| Some((e.source.as_str(), e.enrollment.as_ref()?)))
             .collect::<Vec<_>>();
-        project(tx, &events, upto)?;
+        let learned = logged
+            .iter()
+            .filter_map(|e| Some((e.source.as_str(), e.learning.as_ref()?)))
+            .collect::<Vec<_>>();
+        project(tx, &events, &learned, upto)?;
+        learning::index_users(
+            tx,
+            logged
+                .iter()
+                .filter_map(|e| Some((e.seq, e.source.clone(), e.user_id?))),
+        )?;
         tx.prepare_cached(INDEX_TOPICS_FROM_LOG)
             .and_then(|mut s| s.execute([through, upto]))
             .map_err(write_error)?;
@@ -119,18 +144,60 @@ pub(super) const INDEX_TOPICS_FROM_LOG: &str = concat!(
     ", topic FROM events WHERE seq > ?1 AND seq <= ?2"
 );
 
-/// The enrollment events of the log with `after < seq <= upto`, in order.
-fn logged_enrollment_events(
-    conn: &Connection,
-    after: i64,
-    upto: i64,
-) -> Result<Vec<(String, EnrollmentEvent)>> {
-    enrollment_events_from_log(
-        conn,
-        "SELECT source, topic, event_id, body FROM events
-         WHERE seq > ?1 AND seq <= ?2 AND enrollment_id IS NOT NULL ORDER BY seq",
-        params![after, upto],
-    )
+/// The events of the log with `after < seq <= upto`, in order, as the
+/// projection reads them (pruned ones have nothing left to read).
+fn logged_events(conn: &Connection, after: i64, upto: i64) -> Result<Vec<StoredForProjection>> {
+    let mut select = conn
+        .prepare_cached(
+            "SELECT seq, source, topic, event_id, body, received_at, enrollment_id FROM events
+             WHERE seq > ?1 AND seq <= ?2 AND pruned_at IS NULL ORDER BY seq",
+        )
+        .map_err(write_error)?;
+    let rows = select
+        .query_map(params![after, upto], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+            ))
+        })
+        .map_err(write_error)?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (seq, source, topic, event_id, body, received_at, enrollment_id) =
+            row.map_err(write_error)?;
+        let received_at = super::codec::req_ts(received_at)?;
+        let (enrollment, learning, user_id) = match NewEvent::from_log(
+            &source,
+            &topic,
+            &event_id,
+            &body,
+            received_at,
+        ) {
+            Ok(new) => (new.enrollment, new.learning, new.user_id),
+            // Only enrollment rows must parse (as before learning): any other
+            // body that no longer does is left out of lessons and the student
+            // index, not allowed to stop the projection.
+            Err(e) if enrollment_id.is_none() => {
+                tracing::warn!(seq, error = %e, "a stored event no longer parses; left out of the learning projection");
+                (None, None, None)
+            }
+            Err(e) => return Err(e),
+        };
+        events.push(StoredForProjection {
+            seq,
+            source,
+            topic,
+            enrollment,
+            learning,
+            user_id,
+        });
+    }
+    Ok(events)
 }
 
 /// Runs `sql`, which selects (source, topic, event_id, body) from the log,
@@ -166,8 +233,13 @@ fn enrollment_events_from_log(
 /// instead, after all of these are in the log (the rules do not depend on
 /// order, so this is what one event at a time gives).
 /// `through`: the last seq being projected, which late events re-fold up to.
-fn project(conn: &Connection, updates: &[(&str, &EnrollmentEvent)], through: i64) -> Result<()> {
-    if updates.is_empty() {
+fn project(
+    conn: &Connection,
+    updates: &[(&str, &EnrollmentEvent)],
+    learned: &[(&str, &LearningEvent)],
+    through: i64,
+) -> Result<()> {
+    if updates.is_empty() && learned.is_empty() {
         return Ok(());
     }
     let mut state: HashMap<(&str, i64), Enrollment> = HashMap::new();
@@ -221,6 +293,7 @@ fn project(conn: &Connection, updates: &[(&str, &EnrollmentEvent)], through: i64
         )
     });
     let mut upsert = conn.prepare_cached(sql).map_err(write_error)?;
+    let changed_rows = rows.clone();
     for e in rows {
         upsert
             .execute(params![
@@ -248,6 +321,18 @@ fn project(conn: &Connection, updates: &[(&str, &EnrollmentEvent)], through: i64
                 e.version.event_id,
             ])
             .map_err(write_error)?;
+    }
+    // The learning projection, after the enrollments its learners copy.
+    let needs = Learning::needs(learned.iter().copied(), changed_rows.iter().copied());
+    if !needs.is_empty() {
+        let mut state = learning::load(conn, &needs)?;
+        for &(source, event) in learned {
+            state.apply(source, event);
+        }
+        for e in changed_rows {
+            state.enrollment(e);
+        }
+        learning::write(conn, &state)?;
     }
     Ok(())
 }

@@ -124,6 +124,8 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, lock: WriteLock, projec
                         source: event.source,
                         topic: event.topic,
                         enrollment: event.enrollment,
+                        learning: event.learning,
+                        user_id: event.user_id,
                     }),
                     AppendOutcome::Duplicate => None,
                 })

@@ -52,6 +52,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         include_str!("migrations/0009_topic_in_event_identity.sql"),
     ),
     (
+        10,
+        "learning events kept by retention",
+        include_str!("migrations/0010_prunable_learning.sql"),
+    ),
+    (
         11,
         "broker destinations",
         include_str!("migrations/0011_broker_destinations.sql"),

@@ -30,6 +30,7 @@ mod batch;
 mod codec;
 mod courses;
 mod forward;
+mod learning;
 mod migrate;
 pub mod projector;
 mod rebuild;
@@ -39,6 +40,7 @@ use self::batch::{Batch, BatchWriter, WAL_AUTOCHECKPOINT_BACKSTOP};
 use self::codec::*;
 use self::projector::{Projector, attach_projection};
 use crate::projection::Enrollment;
+use crate::store::shared::learning_reads;
 use crate::store::shared::log;
 use crate::store::*;
 
@@ -401,6 +403,58 @@ impl Store for SqliteStore {
 
     async fn reconciliation_resume_point(&self, source: &str) -> Result<Option<DateTime<Utc>>> {
         log::reconciliation_resume_point(&self.reader, source).await
+    }
+
+    async fn course_funnel(
+        &self,
+        source: &str,
+        course_id: i64,
+        stalled: &Stalled,
+    ) -> Result<Option<Funnel>> {
+        self.projection_current().await;
+        learning_reads::funnel(&self.reader, source, course_id, stalled).await
+    }
+
+    async fn stalled_learners(
+        &self,
+        filter: &StalledFilter,
+        page: &PageRequest,
+    ) -> Result<Page<(Enrollment, LearnerRow)>> {
+        self.projection_current().await;
+        learning_reads::stalled(&self.reader, filter, page).await
+    }
+
+    async fn student(&self, source: &str, user_id: i64, events: i64) -> Result<StudentRecord> {
+        self.projection_current().await;
+        learning_reads::student(&self.reader, EVENT_COLUMNS, source, user_id, events).await
+    }
+
+    async fn lessons_of(
+        &self,
+        source: &str,
+        user_id: i64,
+        course_id: Option<i64>,
+    ) -> Result<Vec<LessonDone>> {
+        self.projection_current().await;
+        learning_reads::lessons_of(&self.reader, source, user_id, course_id).await
+    }
+
+    async fn quiz_stats(
+        &self,
+        source: Option<&str>,
+        course_id: Option<i64>,
+    ) -> Result<Vec<QuizStats>> {
+        self.projection_current().await;
+        learning_reads::quiz_stats(&self.reader, source, course_id).await
+    }
+
+    async fn course_learning(
+        &self,
+        source: Option<&str>,
+        stalled: &Stalled,
+    ) -> Result<Vec<CourseLearning>> {
+        self.projection_current().await;
+        learning_reads::course_learning(&self.reader, source, stalled).await
     }
 
     async fn rebuild_projection(&self, dry_run: bool) -> Result<RebuildReport> {

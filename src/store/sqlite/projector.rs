@@ -51,7 +51,7 @@ const CHECKPOINT_PAGES: u32 = 4_000;
 
 /// The projection file's schema; a file with another version is re-derived.
 const SCHEMA: &str = include_str!("migrations/projection.sql");
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Where the projection of the log at `database` is kept.
 pub fn projection_path(database: &Path) -> PathBuf {
@@ -204,7 +204,9 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
         let tx = begin_projection(&mut conn)?;
         tx.execute_batch(
             "DELETE FROM enrollments; DELETE FROM course_totals; DELETE FROM course_expiries;
-             DELETE FROM event_topics; DELETE FROM activity_days;",
+             DELETE FROM event_topics; DELETE FROM activity_days;
+             DELETE FROM lesson_completions; DELETE FROM course_lessons; DELETE FROM learners;
+             DELETE FROM quiz_results; DELETE FROM event_users;",
         )?;
         tx.execute(
             "UPDATE projection_cursor SET projected_through_seq = 0, log_id = ?1",
@@ -392,6 +394,8 @@ mod tests {
                 source: "s".to_owned(),
                 topic: "user.signup".to_owned(),
                 enrollment: None,
+                learning: None,
+                user_id: None,
             })
             .collect();
         pending.waiting.fetch_add(events.len(), Ordering::AcqRel);

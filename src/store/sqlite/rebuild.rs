@@ -9,7 +9,7 @@ use super::codec::*;
 use super::courses;
 use super::projector::{attach_projection, projection_path};
 use crate::projection::Enrollment;
-use crate::store::shared::rebuild;
+use crate::store::shared::{learning, rebuild};
 use crate::store::*;
 
 impl SqliteStore {
@@ -55,11 +55,18 @@ impl SqliteStore {
         .bind(through)
         .fetch_one(&mut *tx)
         .await? as u64;
+        if !dry_run {
+            rebuild::delete_orphans::<Sqlite>(&mut tx).await?;
+        }
+        // After the enrollments, which the learners copy.
+        let learning = learning::rebuild::<Sqlite>(&mut tx, Some(through), dry_run).await?;
+        report.learning = learning.rows;
+        let topic_index_rows = report.index_rows;
+        report.index_rows += learning.index_rows;
         if dry_run {
             tx.rollback().await?;
         } else {
-            rebuild::delete_orphans::<Sqlite>(&mut tx).await?;
-            if report.index_rows > 0 {
+            if topic_index_rows > 0 {
                 sqlx::query("DELETE FROM event_topics")
                     .execute(&mut *tx)
                     .await?;

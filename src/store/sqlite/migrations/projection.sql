@@ -95,6 +95,84 @@ CREATE TABLE activity_days (
     PRIMARY KEY (day, source, course_id)
 ) WITHOUT ROWID;
 
+-- Learning (issue #17), derived from `lesson.completed` and `quiz.attempted`
+-- by the rules of `projection::learning`; the same tables as PostgreSQL's
+-- migration 9 (see there).
+CREATE TABLE lesson_completions (
+    source        TEXT    NOT NULL,
+    course_id     INTEGER NOT NULL,
+    user_id       INTEGER NOT NULL,
+    lesson_id     INTEGER NOT NULL,
+    enrollment_id INTEGER,
+    completed_at  TEXT,
+    PRIMARY KEY (source, course_id, user_id, lesson_id)
+) WITHOUT ROWID;
+CREATE INDEX lesson_completions_by_user ON lesson_completions (user_id);
+
+CREATE TABLE course_lessons (
+    source           TEXT    NOT NULL,
+    course_id        INTEGER NOT NULL,
+    lesson_id        INTEGER NOT NULL,
+    name             TEXT,
+    chapter_id       INTEGER,
+    chapter_name     TEXT,
+    chapter_position INTEGER,
+    position         INTEGER,
+    lesson_type      TEXT,
+    version          TEXT    NOT NULL,
+    PRIMARY KEY (source, course_id, lesson_id)
+) WITHOUT ROWID;
+
+CREATE TABLE learners (
+    source              TEXT    NOT NULL,
+    course_id           INTEGER NOT NULL,
+    user_id             INTEGER NOT NULL,
+    lessons_completed   INTEGER NOT NULL,
+    last_lesson_id      INTEGER,
+    last_lesson_version TEXT,
+    last_lesson_at      TEXT,
+    learning_activity   TEXT,
+    enrollment_id       INTEGER,
+    completed           INTEGER NOT NULL,
+    expiry_date         TEXT,
+    enrollment_activity TEXT,
+    last_activity       TEXT,
+    PRIMARY KEY (source, course_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX learners_by_user ON learners (user_id);
+CREATE INDEX learners_open ON learners (last_activity, source, course_id, user_id)
+    WHERE enrollment_id IS NOT NULL AND NOT completed;
+CREATE INDEX learners_open_by_course ON learners (course_id, last_activity, source, user_id)
+    WHERE enrollment_id IS NOT NULL AND NOT completed;
+
+CREATE TABLE quiz_results (
+    source          TEXT    NOT NULL,
+    quiz_id         INTEGER NOT NULL,
+    user_id         INTEGER NOT NULL,
+    quiz_name       TEXT,
+    course_id       INTEGER,
+    enrollment_id   INTEGER,
+    attempts        INTEGER NOT NULL,
+    events          INTEGER NOT NULL,
+    best_grade      REAL,
+    latest_grade    REAL,
+    correct_count   INTEGER,
+    incorrect_count INTEGER,
+    latest_at       TEXT,
+    version         TEXT    NOT NULL,
+    PRIMARY KEY (source, quiz_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX quiz_results_by_user ON quiz_results (user_id);
+CREATE INDEX quiz_results_by_course ON quiz_results (course_id) WHERE course_id IS NOT NULL;
+
+-- The log's events by the student they name, for a student's timeline.
+CREATE TABLE event_users (
+    source  TEXT    NOT NULL,
+    user_id INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    PRIMARY KEY (source, user_id, seq)
+) WITHOUT ROWID;
+
 -- Every event of the log with seq <= projected_through_seq is reflected here;
 -- log_id is the log's (log_identity.log_id) these rows were derived from.
 CREATE TABLE projection_cursor (

@@ -27,6 +27,8 @@
 //! when it is older (a late delivery) the store re-folds that enrollment's events
 //! from the log. `rebuild` is the same fold over the whole log, hence identical.
 
+pub mod learning;
+
 use std::cmp::Ordering;
 
 use chrono::{DateTime, Utc};

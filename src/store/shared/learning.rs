@@ -1,0 +1,664 @@
+//! The learning projection's rows (see [`crate::projection::learning`]),
+//! written once for both backends: their columns and values, the loading of
+//! what a batch touches, the writing of what it changed, and `rebuild`'s
+//! re-derivation. SQLite's projector thread (rusqlite) uses the same column
+//! lists and values through `sqlite::learning`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use sqlx::QueryBuilder;
+
+use crate::projection::Enrollment;
+use crate::projection::learning::{
+    CourseLesson, Learner, Learning, LearningEvent, LessonCompletion, LessonInfo, Needs, QuizResult,
+};
+use crate::store::dialect::{Binds, Cols, Dialect};
+use crate::store::rows::{ENROLLMENT_COLUMNS, enrollment_from_row};
+use crate::store::*;
+
+/// One table of the learning projection: its name, key and columns (keys first).
+pub(crate) struct Table {
+    pub name: &'static str,
+    pub keys: usize,
+    pub cols: &'static [&'static str],
+}
+
+pub(crate) const COMPLETIONS: Table = Table {
+    name: "lesson_completions",
+    keys: 4,
+    cols: &[
+        "source",
+        "course_id",
+        "user_id",
+        "lesson_id",
+        "enrollment_id",
+        "completed_at",
+    ],
+};
+pub(crate) const COURSE_LESSONS: Table = Table {
+    name: "course_lessons",
+    keys: 3,
+    cols: &[
+        "source",
+        "course_id",
+        "lesson_id",
+        "name",
+        "chapter_id",
+        "chapter_name",
+        "chapter_position",
+        "position",
+        "lesson_type",
+        "version",
+    ],
+};
+pub(crate) const LEARNERS: Table = Table {
+    name: "learners",
+    keys: 3,
+    cols: &[
+        "source",
+        "course_id",
+        "user_id",
+        "lessons_completed",
+        "last_lesson_id",
+        "last_lesson_version",
+        "last_lesson_at",
+        "learning_activity",
+        "enrollment_id",
+        "completed",
+        "expiry_date",
+        "enrollment_activity",
+        "last_activity",
+    ],
+};
+pub(crate) const QUIZZES: Table = Table {
+    name: "quiz_results",
+    keys: 3,
+    cols: &[
+        "source",
+        "quiz_id",
+        "user_id",
+        "quiz_name",
+        "course_id",
+        "enrollment_id",
+        "attempts",
+        "events",
+        "best_grade",
+        "latest_grade",
+        "correct_count",
+        "incorrect_count",
+        "latest_at",
+        "version",
+    ],
+};
+
+impl Table {
+    pub(crate) fn columns(&self) -> String {
+        self.cols.join(", ")
+    }
+
+    /// `ON CONFLICT (keys) DO UPDATE SET` every other column.
+    pub(crate) fn on_conflict(&self) -> String {
+        let (keys, rest) = self.cols.split_at(self.keys);
+        let set: Vec<String> = rest.iter().map(|c| format!("{c} = excluded.{c}")).collect();
+        format!(
+            " ON CONFLICT ({}) DO UPDATE SET {}",
+            keys.join(", "),
+            set.join(", ")
+        )
+    }
+}
+
+/// A column's value, as either driver binds it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Val {
+    Int(Option<i64>),
+    Text(Option<String>),
+    Float(Option<f64>),
+    Time(Option<DateTime<Utc>>),
+    Flag(bool),
+}
+
+fn int(v: i64) -> Val {
+    Val::Int(Some(v))
+}
+
+fn text(v: &str) -> Val {
+    Val::Text(Some(v.to_owned()))
+}
+
+pub(crate) fn completion_values(c: &LessonCompletion) -> Vec<Val> {
+    vec![
+        text(&c.source),
+        int(c.course_id),
+        int(c.user_id),
+        int(c.lesson_id),
+        Val::Int(c.enrollment_id),
+        Val::Time(c.completed_at),
+    ]
+}
+
+pub(crate) fn course_lesson_values(l: &CourseLesson) -> Vec<Val> {
+    vec![
+        text(&l.source),
+        int(l.course_id),
+        int(l.info.lesson_id),
+        Val::Text(l.info.name.clone()),
+        Val::Int(l.info.chapter_id),
+        Val::Text(l.info.chapter_name.clone()),
+        Val::Int(l.info.chapter_position),
+        Val::Int(l.info.position),
+        Val::Text(l.info.kind.clone()),
+        text(&l.version),
+    ]
+}
+
+pub(crate) fn learner_values(l: &Learner) -> Vec<Val> {
+    vec![
+        text(&l.source),
+        int(l.course_id),
+        int(l.user_id),
+        int(l.lessons_completed),
+        Val::Int(l.last_lesson_id),
+        Val::Text(l.last_lesson_version.clone()),
+        Val::Time(l.last_lesson_at),
+        Val::Time(l.learning_activity),
+        Val::Int(l.enrollment_id),
+        Val::Flag(l.completed),
+        Val::Time(l.expiry_date),
+        Val::Time(l.enrollment_activity),
+        Val::Time(l.last_activity()),
+    ]
+}
+
+pub(crate) fn quiz_values(q: &QuizResult) -> Vec<Val> {
+    vec![
+        text(&q.source),
+        int(q.quiz_id),
+        int(q.user_id),
+        Val::Text(q.quiz_name.clone()),
+        Val::Int(q.course_id),
+        Val::Int(q.enrollment_id),
+        int(q.attempts),
+        int(q.events),
+        Val::Float(q.best_grade),
+        Val::Float(q.latest_grade),
+        Val::Int(q.correct_count),
+        Val::Int(q.incorrect_count),
+        Val::Time(q.latest_at),
+        text(&q.version),
+    ]
+}
+
+pub(crate) fn completion_from_row(r: &impl Cols) -> Result<LessonCompletion> {
+    Ok(LessonCompletion {
+        source: r.text("source")?,
+        course_id: r.int("course_id")?,
+        user_id: r.int("user_id")?,
+        lesson_id: r.int("lesson_id")?,
+        enrollment_id: r.opt_int("enrollment_id")?,
+        completed_at: r.opt_time("completed_at")?,
+    })
+}
+
+pub(crate) fn lesson_info_from_row(r: &impl Cols) -> Result<LessonInfo> {
+    Ok(LessonInfo {
+        lesson_id: r.int("lesson_id")?,
+        name: r.opt_text("name")?,
+        chapter_id: r.opt_int("chapter_id")?,
+        chapter_name: r.opt_text("chapter_name")?,
+        chapter_position: r.opt_int("chapter_position")?,
+        position: r.opt_int("position")?,
+        kind: r.opt_text("lesson_type")?,
+    })
+}
+
+pub(crate) fn course_lesson_from_row(r: &impl Cols) -> Result<CourseLesson> {
+    Ok(CourseLesson {
+        source: r.text("source")?,
+        course_id: r.int("course_id")?,
+        info: lesson_info_from_row(r)?,
+        version: r.text("version")?,
+    })
+}
+
+pub(crate) fn learner_from_row(r: &impl Cols) -> Result<Learner> {
+    Ok(Learner {
+        source: r.text("source")?,
+        course_id: r.int("course_id")?,
+        user_id: r.int("user_id")?,
+        lessons_completed: r.int("lessons_completed")?,
+        last_lesson_id: r.opt_int("last_lesson_id")?,
+        last_lesson_version: r.opt_text("last_lesson_version")?,
+        last_lesson_at: r.opt_time("last_lesson_at")?,
+        learning_activity: r.opt_time("learning_activity")?,
+        enrollment_id: r.opt_int("enrollment_id")?,
+        completed: r.flag("completed")?,
+        expiry_date: r.opt_time("expiry_date")?,
+        enrollment_activity: r.opt_time("enrollment_activity")?,
+    })
+}
+
+pub(crate) fn quiz_from_row(r: &impl Cols) -> Result<QuizResult> {
+    Ok(QuizResult {
+        source: r.text("source")?,
+        quiz_id: r.int("quiz_id")?,
+        user_id: r.int("user_id")?,
+        quiz_name: r.opt_text("quiz_name")?,
+        course_id: r.opt_int("course_id")?,
+        enrollment_id: r.opt_int("enrollment_id")?,
+        attempts: r.int("attempts")?,
+        events: r.int("events")?,
+        best_grade: r.opt_float("best_grade")?,
+        latest_grade: r.opt_float("latest_grade")?,
+        correct_count: r.opt_int("correct_count")?,
+        incorrect_count: r.opt_int("incorrect_count")?,
+        latest_at: r.opt_time("latest_at")?,
+        version: r.text("version")?,
+    })
+}
+
+/// Binds one value, the backend's way.
+fn push_val<DB: Dialect>(q: &mut sqlx::query_builder::Separated<'_, DB, &'static str>, v: Val)
+where
+    Option<i64>: Binds<DB>,
+    Option<String>: Binds<DB>,
+    Option<f64>: Binds<DB>,
+    bool: Binds<DB>,
+{
+    match v {
+        Val::Int(i) => q.push_bind(i),
+        Val::Text(t) => q.push_bind(t),
+        Val::Float(f) => q.push_bind(f),
+        Val::Time(t) => q.push_bind(DB::opt_time(t)),
+        Val::Flag(b) => q.push_bind(b),
+    };
+}
+
+/// Rows per multi-row statement (SQLite allows 32,766 bound values).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Upserts rows of `table` given as their values.
+async fn upsert<DB: Dialect>(
+    conn: &mut DB::Connection,
+    table: &Table,
+    rows: Vec<Vec<Val>>,
+) -> Result<()>
+where
+    Option<i64>: Binds<DB>,
+    Option<String>: Binds<DB>,
+    Option<f64>: Binds<DB>,
+    bool: Binds<DB>,
+{
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Val>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
+        let mut q =
+            QueryBuilder::<DB>::new(format!("INSERT INTO {} ({}) ", table.name, table.columns()));
+        q.push_values(chunk, |mut b, values| {
+            for v in values {
+                push_val::<DB>(&mut b, v);
+            }
+        });
+        q.push(table.on_conflict());
+        q.build().execute(DB::on(conn)).await?;
+    }
+    Ok(())
+}
+
+/// Writes the rows `learning` changed.
+pub(crate) async fn write<DB: Dialect>(conn: &mut DB::Connection, learning: &Learning) -> Result<()>
+where
+    Option<i64>: Binds<DB>,
+    Option<String>: Binds<DB>,
+    Option<f64>: Binds<DB>,
+    bool: Binds<DB>,
+{
+    let c = &learning.changed;
+    let completions: Vec<Vec<Val>> = c
+        .completions
+        .iter()
+        .filter_map(|k| learning.completions.get(k).map(completion_values))
+        .collect();
+    let lessons: Vec<Vec<Val>> = c
+        .lessons
+        .iter()
+        .filter_map(|k| learning.lessons.get(k).map(course_lesson_values))
+        .collect();
+    let learners: Vec<Vec<Val>> = c
+        .learners
+        .iter()
+        .filter_map(|k| learning.learners.get(k).map(learner_values))
+        .collect();
+    let quizzes: Vec<Vec<Val>> = c
+        .quizzes
+        .iter()
+        .filter_map(|k| learning.quizzes.get(k).map(quiz_values))
+        .collect();
+    upsert::<DB>(conn, &COMPLETIONS, completions).await?;
+    upsert::<DB>(conn, &COURSE_LESSONS, lessons).await?;
+    upsert::<DB>(conn, &LEARNERS, learners).await?;
+    upsert::<DB>(conn, &QUIZZES, quizzes).await?;
+    Ok(())
+}
+
+/// Selects the rows of `table` whose keys are `keys`; `bind` pushes one
+/// key's values, separated by commas.
+async fn select_keys<DB: Dialect, K, T>(
+    conn: &mut DB::Connection,
+    table: &Table,
+    keys: &BTreeSet<K>,
+    bind: impl Fn(&mut QueryBuilder<DB>, &K),
+    map: impl Fn(&DB::Row) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    let keys: Vec<&K> = keys.iter().collect();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<DB>::new(format!(
+            "SELECT {} FROM {} WHERE ({}) IN (",
+            table.columns(),
+            table.name,
+            table.cols[..table.keys].join(", ")
+        ));
+        for (i, k) in chunk.iter().enumerate() {
+            q.push(if i == 0 { "(" } else { ", (" });
+            bind(&mut q, k);
+            q.push(")");
+        }
+        q.push(")");
+        for row in q.build().fetch_all(DB::on(conn)).await? {
+            out.push(map(&row)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The rows `needs` names, as stored (absent ones are new).
+pub(crate) async fn load<DB: Dialect>(conn: &mut DB::Connection, needs: &Needs) -> Result<Learning>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+{
+    let mut learning = Learning::default();
+    let key3 = |q: &mut QueryBuilder<DB>, k: &(String, i64, i64)| {
+        q.push_bind(k.0.clone())
+            .push(", ")
+            .push_bind(k.1)
+            .push(", ")
+            .push_bind(k.2);
+    };
+    let key4 = |q: &mut QueryBuilder<DB>, k: &(String, i64, i64, i64)| {
+        q.push_bind(k.0.clone())
+            .push(", ")
+            .push_bind(k.1)
+            .push(", ")
+            .push_bind(k.2)
+            .push(", ")
+            .push_bind(k.3);
+    };
+    for c in select_keys::<DB, _, _>(
+        conn,
+        &COMPLETIONS,
+        &needs.completions,
+        key4,
+        completion_from_row,
+    )
+    .await?
+    {
+        learning
+            .completions
+            .insert((c.source.clone(), c.course_id, c.user_id, c.lesson_id), c);
+    }
+    for l in select_keys::<DB, _, _>(
+        conn,
+        &COURSE_LESSONS,
+        &needs.lessons,
+        key3,
+        course_lesson_from_row,
+    )
+    .await?
+    {
+        learning
+            .lessons
+            .insert((l.source.clone(), l.course_id, l.info.lesson_id), l);
+    }
+    for l in
+        select_keys::<DB, _, _>(conn, &LEARNERS, &needs.learners, key3, learner_from_row).await?
+    {
+        learning
+            .learners
+            .insert((l.source.clone(), l.course_id, l.user_id), l);
+    }
+    for q in select_keys::<DB, _, _>(conn, &QUIZZES, &needs.quizzes, key3, quiz_from_row).await? {
+        learning
+            .quizzes
+            .insert((q.source.clone(), q.quiz_id, q.user_id), q);
+    }
+    Ok(learning)
+}
+
+/// Log events read per round of `rebuild`'s walk.
+const EVENTS_PER_PAGE: i64 = 5_000;
+
+/// What `rebuild` found about the learning projection.
+#[derive(Debug, Default)]
+pub(crate) struct LearningRebuild {
+    /// Rows of lessons, learners and quizzes added, changed or removed.
+    pub rows: u64,
+    /// `event_users` rows missing, or with no event.
+    pub index_rows: u64,
+}
+
+/// Re-derives the learning projection from the log (events up to seq
+/// `through`, if given) and the enrollment rows as they now stand in `conn`
+/// (a transaction of the caller), compares it with what is stored and,
+/// unless `dry_run`, replaces what differs. Pruned events keep their rows
+/// in `event_users` (their bodies are gone; learning events are never pruned).
+pub(crate) async fn rebuild<DB: Dialect>(
+    conn: &mut DB::Connection,
+    through: Option<i64>,
+    dry_run: bool,
+) -> Result<LearningRebuild>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+    Option<i64>: Binds<DB>,
+    Option<String>: Binds<DB>,
+    Option<f64>: Binds<DB>,
+    bool: Binds<DB>,
+{
+    // Every event, in pages by seq: its learning event and its student.
+    let mut events: Vec<(String, LearningEvent)> = Vec::new();
+    let mut users: BTreeSet<(String, i64, i64)> = BTreeSet::new();
+    let mut after = 0i64;
+    loop {
+        let mut q = QueryBuilder::<DB>::new(
+            "SELECT seq, source, topic, event_id, body, received_at, enrollment_id FROM events
+             WHERE pruned_at IS NULL AND seq > ",
+        );
+        q.push_bind(after);
+        if let Some(through) = through {
+            q.push(" AND seq <= ").push_bind(through);
+        }
+        q.push(" ORDER BY seq LIMIT ").push_bind(EVENTS_PER_PAGE);
+        let rows = q.build().fetch_all(DB::on(conn)).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.int("seq")?;
+        for r in &rows {
+            let (source, topic, event_id, body) = (
+                r.text("source")?,
+                r.text("topic")?,
+                r.text("event_id")?,
+                r.text("body")?,
+            );
+            let new =
+                match NewEvent::from_log(&source, &topic, &event_id, &body, r.time("received_at")?)
+                {
+                    Ok(new) => new,
+                    // As the projector does: only enrollment rows must parse.
+                    Err(_) if r.opt_int("enrollment_id")?.is_none() => continue,
+                    Err(e) => return Err(e),
+                };
+            if let Some(user) = new.user_id {
+                users.insert((source.clone(), user, r.int("seq")?));
+            }
+            if let Some(learning) = new.learning {
+                events.push((source, learning));
+            }
+        }
+    }
+    let enrollments =
+        QueryBuilder::<DB>::new(format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollments"))
+            .build()
+            .fetch_all(DB::on(conn))
+            .await?
+            .iter()
+            .map(enrollment_from_row)
+            .collect::<Result<Vec<Enrollment>>>()?;
+    let derived = Learning::fold(&enrollments, events.iter().map(|(s, e)| (s.as_str(), e)));
+
+    let mut report = LearningRebuild::default();
+    let stored_completions = all::<DB, _>(conn, &COMPLETIONS, completion_from_row).await?;
+    let stored_lessons = all::<DB, _>(conn, &COURSE_LESSONS, course_lesson_from_row).await?;
+    let stored_learners = all::<DB, _>(conn, &LEARNERS, learner_from_row).await?;
+    let stored_quizzes = all::<DB, _>(conn, &QUIZZES, quiz_from_row).await?;
+    let differs = [
+        diff(
+            stored_completions.iter().map(completion_values),
+            derived.completions.values().map(completion_values),
+        ),
+        diff(
+            stored_lessons.iter().map(course_lesson_values),
+            derived.lessons.values().map(course_lesson_values),
+        ),
+        diff(
+            stored_learners.iter().map(learner_values),
+            derived.learners.values().map(learner_values),
+        ),
+        diff(
+            stored_quizzes.iter().map(quiz_values),
+            derived.quizzes.values().map(quiz_values),
+        ),
+    ];
+    report.rows = differs.iter().sum();
+
+    let mut q = QueryBuilder::<DB>::new(
+        "SELECT u.source, u.user_id, u.seq FROM event_users AS u
+         WHERE NOT EXISTS (SELECT 1 FROM events AS e WHERE e.seq = u.seq AND e.pruned_at IS NOT NULL)",
+    );
+    if let Some(through) = through {
+        q.push(" AND u.seq <= ").push_bind(through);
+    }
+    let stored_users = q
+        .build()
+        .fetch_all(DB::on(conn))
+        .await?
+        .iter()
+        .map(|r| Ok((r.text("source")?, r.int("user_id")?, r.int("seq")?)))
+        .collect::<Result<BTreeSet<_>>>()?;
+    report.index_rows = stored_users.symmetric_difference(&users).count() as u64;
+
+    if dry_run {
+        return Ok(report);
+    }
+    let tables: [(&Table, Vec<Vec<Val>>); 4] = [
+        (
+            &COMPLETIONS,
+            derived
+                .completions
+                .values()
+                .map(completion_values)
+                .collect(),
+        ),
+        (
+            &COURSE_LESSONS,
+            derived.lessons.values().map(course_lesson_values).collect(),
+        ),
+        (
+            &LEARNERS,
+            derived.learners.values().map(learner_values).collect(),
+        ),
+        (
+            &QUIZZES,
+            derived.quizzes.values().map(quiz_values).collect(),
+        ),
+    ];
+    for ((table, rows), differ) in tables.into_iter().zip(differs) {
+        if differ > 0 {
+            QueryBuilder::<DB>::new(format!("DELETE FROM {}", table.name))
+                .build()
+                .execute(DB::on(conn))
+                .await?;
+            upsert::<DB>(conn, table, rows).await?;
+        }
+    }
+    if report.index_rows > 0 {
+        for (source, user, seq) in stored_users.difference(&users) {
+            let mut q = QueryBuilder::<DB>::new("DELETE FROM event_users WHERE source = ");
+            q.push_bind(source.clone())
+                .push(" AND user_id = ")
+                .push_bind(*user)
+                .push(" AND seq = ")
+                .push_bind(*seq);
+            q.build().execute(DB::on(conn)).await?;
+        }
+        let missing: Vec<Vec<Val>> = users
+            .difference(&stored_users)
+            .map(|(s, u, seq)| vec![text(s), int(*u), int(*seq)])
+            .collect();
+        upsert_ignore::<DB>(conn, "event_users (source, user_id, seq)", missing).await?;
+    }
+    Ok(report)
+}
+
+/// Inserts rows, skipping those already there.
+pub(crate) async fn upsert_ignore<DB: Dialect>(
+    conn: &mut DB::Connection,
+    into: &str,
+    rows: Vec<Vec<Val>>,
+) -> Result<()>
+where
+    Option<i64>: Binds<DB>,
+    Option<String>: Binds<DB>,
+    Option<f64>: Binds<DB>,
+    bool: Binds<DB>,
+{
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Val>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
+        let mut q = QueryBuilder::<DB>::new(format!("INSERT INTO {into} "));
+        q.push_values(chunk, |mut b, values| {
+            for v in values {
+                push_val::<DB>(&mut b, v);
+            }
+        });
+        q.push(" ON CONFLICT DO NOTHING");
+        q.build().execute(DB::on(conn)).await?;
+    }
+    Ok(())
+}
+
+async fn all<DB: Dialect, T>(
+    conn: &mut DB::Connection,
+    table: &Table,
+    map: impl Fn(&DB::Row) -> Result<T>,
+) -> Result<Vec<T>> {
+    QueryBuilder::<DB>::new(format!("SELECT {} FROM {}", table.columns(), table.name))
+        .build()
+        .fetch_all(DB::on(conn))
+        .await?
+        .iter()
+        .map(map)
+        .collect()
+}
+
+/// Rows present in one set and not the other (values compared whole; the
+/// key columns come first, so a changed row counts once).
+fn diff(stored: impl Iterator<Item = Vec<Val>>, derived: impl Iterator<Item = Vec<Val>>) -> u64 {
+    let key = |v: &Vec<Val>| format!("{v:?}");
+    let stored: BTreeMap<String, ()> = stored.map(|v| (key(&v), ())).collect();
+    let derived: BTreeMap<String, ()> = derived.map(|v| (key(&v), ())).collect();
+    let only_stored = stored.keys().filter(|k| !derived.contains_key(*k)).count();
+    let only_derived = derived.keys().filter(|k| !stored.contains_key(*k)).count();
+    only_stored.max(only_derived) as u64
+}
