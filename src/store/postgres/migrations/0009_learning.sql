@@ -36,7 +36,8 @@ CREATE TABLE course_lessons (
 
 -- A student in a course: lessons, activity, and a copy of the enrollment's
 -- state, so that stalled students are one range of one index
--- (`learners_open*`, by last activity).
+-- (`learners_open*`, by last activity; with expiry and last lesson, so that
+-- counting a course's stalled students per lesson reads the index alone).
 CREATE TABLE learners (
     source              text COLLATE "C" NOT NULL,
     course_id           bigint  NOT NULL,
@@ -54,9 +55,11 @@ CREATE TABLE learners (
     PRIMARY KEY (source, course_id, user_id)
 );
 CREATE INDEX learners_by_user ON learners (user_id);
-CREATE INDEX learners_open ON learners (last_activity, source, course_id, user_id)
+CREATE INDEX learners_open ON learners (last_activity, source, course_id, user_id,
+    expiry_date, last_lesson_id)
     WHERE enrollment_id IS NOT NULL AND NOT completed;
-CREATE INDEX learners_open_by_course ON learners (course_id, last_activity, source, user_id)
+CREATE INDEX learners_open_by_course ON learners (course_id, last_activity, source, user_id,
+    expiry_date, last_lesson_id)
     WHERE enrollment_id IS NOT NULL AND NOT completed;
 
 -- One row per quiz a student attempted.

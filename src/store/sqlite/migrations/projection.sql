@@ -140,9 +140,11 @@ CREATE TABLE learners (
     PRIMARY KEY (source, course_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX learners_by_user ON learners (user_id);
-CREATE INDEX learners_open ON learners (last_activity, source, course_id, user_id)
+CREATE INDEX learners_open ON learners (last_activity, source, course_id, user_id,
+    expiry_date, last_lesson_id)
     WHERE enrollment_id IS NOT NULL AND NOT completed;
-CREATE INDEX learners_open_by_course ON learners (course_id, last_activity, source, user_id)
+CREATE INDEX learners_open_by_course ON learners (course_id, last_activity, source, user_id,
+    expiry_date, last_lesson_id)
     WHERE enrollment_id IS NOT NULL AND NOT completed;
 
 CREATE TABLE quiz_results (
