@@ -775,7 +775,329 @@ async fn a_school_sees_only_its_own_in_chromium(db: TestDatabase) {
     assert_eq!(controls, 0);
 }
 
+/// A `lesson.completed` in the published sample's shape, for Algebra (course
+/// 10 of school-a): lesson `(id, position)` of its one chapter, by `user`.
+fn lesson(id: &str, user: i64, enrollment: i64, lesson: (i64, i64), at: &str) -> Vec<u8> {
+    let mut body: Value =
+        serde_json::from_str(enrollhook::thinkific::samples::LESSON_COMPLETED).unwrap();
+    body["id"] = json!(id);
+    body["created_at"] = json!(at);
+    let payload = &mut body["payload"];
+    payload["course"] = json!({"id": 10, "name": "Algebra"});
+    payload["enrollment"]["id"] = json!(enrollment);
+    payload["lesson"]["id"] = json!(lesson.0);
+    payload["lesson"]["name"] = json!(format!("Algebra lesson {}", lesson.1 + 1));
+    payload["lesson"]["position"] = json!(lesson.1);
+    payload["user"]["id"] = json!(user);
+    payload["user"]["email"] = json!(format!("s{}@example.com", user - 1000));
+    serde_json::to_vec(&body).unwrap()
+}
+
+fn quiz(id: &str, user: i64, grade: f64, attempts: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({"id": id, "resource": "quiz", "action": "attempted",
+        "tenant_id": "12345", "created_at": "2024-05-03T10:00:00Z", "payload": {
+            "attempts": attempts, "correct_count": 3, "incorrect_count": 1, "grade": grade,
+            "result_id": 5, "quiz": {"id": 7, "name": "Algebra checkpoint"},
+            "user": {"id": user, "email": format!("s{}@example.com", user - 1000)}}}))
+    .unwrap()
+}
+
+/// `seed`, then lessons in Algebra: enrollment 1 (user 1001) stopped after
+/// lesson 1 in May 2024, 2 completed all three, 3 did two of them yesterday
+/// (not stalled); and quiz 7 attempted by users 1001 and 1002.
+async fn seed_learning(http: &reqwest::Client, server: &Server) {
+    seed(http, server).await;
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let events = [
+        lesson("l1", 1001, 1, (501, 0), "2024-05-02T09:00:00Z"),
+        lesson("l2", 1002, 2, (501, 0), "2024-05-02T09:00:00Z"),
+        lesson("l3", 1002, 2, (502, 1), "2024-05-02T10:00:00Z"),
+        lesson("l4", 1002, 2, (503, 2), "2024-05-02T11:00:00Z"),
+        lesson("l5", 1003, 3, (501, 0), &yesterday),
+        lesson("l6", 1003, 3, (502, 1), &yesterday),
+        quiz("q1", 1001, 60.0, 1),
+        quiz("q2", 1002, 75.0, 1),
+        quiz("q3", 1002, 95.0, 2),
+    ];
+    for body in events {
+        deliver(http, server, "school-a", "key-a", body).await;
+    }
+}
+
+/// The learning views (issues #17, #20): the funnel and stalled list of a
+/// course equal the API's, a student page shows the timeline and updates
+/// live, the quizzes table and its CSV equal the API's, nothing scrolls
+/// sideways on a phone, and a school token sees only its school.
+async fn the_learning_views_work_in_chromium(db: TestDatabase) {
+    if !installed() {
+        return;
+    }
+    let shots = screenshots_dir(match db.backend {
+        common::backend::Backend::Sqlite => "sqlite",
+        common::backend::Backend::Postgres => "postgres",
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&db, dir.path(), "127.0.0.1:0");
+    let http = enrollhook::client::http_client(Duration::from_secs(30)).unwrap();
+    seed_learning(&http, &server).await;
+    let browser = Browser::start().await;
+    browser
+        .open_with_token(&server, ADMIN, "/courses/school-a/10")
+        .await;
+
+    // The funnel's numbers on the page are the API's, in course order.
+    let funnel = api(&http, &server, "/api/courses/school-a/10/funnel", ADMIN).await;
+    let expected: Vec<Value> = funnel["lessons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| json!([l["lesson_id"], l["completed"], l["stalled_here"]]))
+        .collect();
+    assert_eq!(
+        expected,
+        vec![json!([501, 3, 1]), json!([502, 2, 0]), json!([503, 1, 0])],
+        "the data set's funnel: {funnel}"
+    );
+    let shown = browser
+        .until(
+            "the funnel table",
+            "const rows = [...document.querySelectorAll('.funnel-table tbody tr')];
+             return rows.length && rows.map((r) => [Number(r.dataset.lesson),
+               Number(r.querySelector('[data-completed]').dataset.completed),
+               Number(r.querySelector('[data-stalled]').dataset.stalled)]);",
+            WAIT,
+        )
+        .await;
+    assert_eq!(shown, json!(expected));
+    let bars = browser
+        .run(
+            "return document.querySelectorAll('svg.funnel-chart rect.bar.completed').length;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(bars, 3);
+
+    // The stalled list is the API's, most inactive first.
+    let stalled = api(
+        &http,
+        &server,
+        "/api/enrollments?stalled_days=14&course_id=10&source=school-a&order=most_inactive",
+        ADMIN,
+    )
+    .await;
+    let ids: Vec<i64> = stalled["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["enrollment_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![1], "enrollment 3 was active yesterday: {stalled}");
+    let rows = browser
+        .run(
+            "return [...document.querySelectorAll('#stalled tbody tr')].map((r) => Number(r.dataset.enrollment));",
+            json!([]),
+        )
+        .await;
+    assert_eq!(rows, json!(ids));
+    let row = browser
+        .run(
+            "return document.querySelector('#stalled tbody tr').textContent;",
+            json!([]),
+        )
+        .await;
+    assert!(row.as_str().unwrap().contains("Algebra lesson 1"), "{row}");
+    browser.click("#stalled [data-csv]").await;
+    let csv = browser.downloaded("stalled-10.csv").await;
+    assert_eq!(csv.lines().count(), 2, "a header and enrollment 1: {csv}");
+    assert!(
+        csv.lines().nth(1).unwrap().starts_with("school-a,1,"),
+        "{csv}"
+    );
+    browser.screenshot(&shots.join("desktop-funnel.png")).await;
+
+    // A shorter stalled-days window counts enrollment 3 as well.
+    browser
+        .run(
+            "const i = document.getElementById('stalled-days'); i.value = '1'; i.form.requestSubmit();",
+            json!([]),
+        )
+        .await;
+    browser
+        .until(
+            "the stalled list for 1 day",
+            "const rows = [...document.querySelectorAll('#stalled tbody tr')];
+             return location.hash.includes('stalled_days=1') && rows.length === 2;",
+            WAIT,
+        )
+        .await;
+
+    // The student page from the stalled row: the timeline is the API's.
+    browser
+        .click("#stalled tbody tr[data-enrollment='1'] a")
+        .await;
+    let page = api(&http, &server, "/api/students/school-a/1001", ADMIN).await;
+    let events: Vec<Value> = page["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].clone())
+        .collect();
+    assert_eq!(events.len(), 3, "enrollment, lesson and quiz: {page}");
+    let shown = browser
+        .until(
+            "the student's timeline",
+            "const items = [...document.querySelectorAll('#student-timeline li')];
+             return location.hash === '#/students/school-a/1001' && items.length
+               && items.map((li) => li.dataset.event);",
+            WAIT,
+        )
+        .await;
+    assert_eq!(shown, json!(events));
+    let text = browser.text().await;
+    assert!(
+        text.contains("Algebra lesson 1") && text.contains("Algebra checkpoint"),
+        "{text}"
+    );
+    // It updates live: a lesson completed now shows without a reload.
+    browser
+        .until(
+            "the live indicator",
+            "return document.getElementById('live').dataset.state === 'on';",
+            WAIT,
+        )
+        .await;
+    let now = chrono::Utc::now().to_rfc3339();
+    deliver(
+        &http,
+        &server,
+        "school-a",
+        "key-a",
+        lesson("l7", 1001, 1, (502, 1), &now),
+    )
+    .await;
+    browser
+        .until(
+            "the new lesson in the timeline",
+            "return document.querySelectorAll('#student-timeline li').length === 4
+               && !!document.querySelector('#student-timeline li[data-event=l7]');",
+            Duration::from_secs(3),
+        )
+        .await;
+    browser.screenshot(&shots.join("desktop-student.png")).await;
+
+    // The quizzes table and its CSV are the API's.
+    browser
+        .goto(&format!("{}/dashboard#/quizzes", server.base))
+        .await;
+    let quizzes = api(&http, &server, "/api/quizzes", ADMIN).await;
+    let expected: Vec<Value> = quizzes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            json!([
+                q["quiz_id"],
+                q["students"],
+                q["attempts"],
+                q["average_best_grade"],
+                q["median_best_grade"]
+            ])
+        })
+        .collect();
+    assert_eq!(expected, vec![json!([7, 2, 3, 77.5, 77.5])], "{quizzes}");
+    let shown = browser
+        .until(
+            "the quizzes table",
+            "const rows = [...document.querySelectorAll('#quizzes tbody tr')];
+             const n = (r, k) => Number(r.querySelector(`[data-${k}]`).dataset[k]);
+             return rows.length && rows.map((r) => [Number(r.dataset.quiz), n(r, 'students'),
+               n(r, 'attempts'), n(r, 'average'), n(r, 'median')]);",
+            WAIT,
+        )
+        .await;
+    assert_eq!(shown, json!(expected));
+    browser.click("[data-csv=quizzes]").await;
+    let csv = browser.downloaded("quizzes.csv").await;
+    let from_api = http
+        .get(format!("{}/api/quizzes?format=csv", server.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv, from_api);
+    assert!(csv.starts_with("source,quiz_id,quiz_name,"), "{csv}");
+
+    // On a phone nothing scrolls sideways.
+    browser.resize(390, 844).await;
+    for (hash, name) in [
+        ("/courses/school-a/10", "funnel"),
+        ("/students/school-a/1001", "student"),
+        ("/quizzes", "quizzes"),
+    ] {
+        browser
+            .goto(&format!("{}/dashboard#{hash}", server.base))
+            .await;
+        browser
+            .until(
+                "the page",
+                "return document.querySelector('#view h1');",
+                WAIT,
+            )
+            .await;
+        no_sideways_scroll(&browser, name).await;
+        browser
+            .screenshot(&shots.join(format!("phone-{name}.png")))
+            .await;
+    }
+
+    // A school's token: its own funnel works, the other school's quizzes
+    // and students are not shown.
+    browser.resize(1280, 900).await;
+    let school_b = Browser::start().await;
+    school_b
+        .open_with_token(&server, "token-b", "/quizzes")
+        .await;
+    let empty = school_b
+        .until(
+            "the empty quizzes page",
+            "const e = document.querySelector('#view .empty'); return e && e.textContent;",
+            WAIT,
+        )
+        .await;
+    assert!(empty.as_str().unwrap().contains("No quiz"), "{empty}");
+    school_b
+        .goto(&format!("{}/dashboard#/courses/school-a/10", server.base))
+        .await;
+    let refused = school_b
+        .until(
+            "the refusal",
+            "const e = document.querySelector('#view .error'); return e && e.textContent;",
+            WAIT,
+        )
+        .await;
+    assert!(
+        !school_b.text().await.contains("Algebra lesson"),
+        "{refused}"
+    );
+    let school_a = Browser::start().await;
+    school_a
+        .open_with_token(&server, "token-a", "/courses/school-a/10")
+        .await;
+    let rows = school_a
+        .until(
+            "school-a's funnel",
+            "return document.querySelectorAll('.funnel-table tbody tr').length;",
+            WAIT,
+        )
+        .await;
+    assert_eq!(rows, 3);
+}
+
 on_both_backends!(
     multi_thread: the_dashboard_works_in_chromium_for_the_admin,
-    a_school_sees_only_its_own_in_chromium
+    a_school_sees_only_its_own_in_chromium,
+    the_learning_views_work_in_chromium
 );

@@ -20,12 +20,16 @@ const API = {
   stream: '/api/stream',
   metrics: '/metrics',
   reconciliations: '/api/reconciliations',
+  funnel: '/api/courses/{source}/{course_id}/funnel',
+  student: '/api/students/{source}/{user_id}',
+  quizzes: '/api/quizzes',
 };
 
 const TOKEN_KEY = 'enrollhook.token';
 const RANGE_KEY = 'enrollhook.activity-days';
 const RANGES = [30, 90, 365];
 const PAGE = 100;
+const STALLED_DAYS = 14; // the API's default
 
 // ---------------------------------------------------------------- API access
 
@@ -197,7 +201,8 @@ function onLiveMessage(block) {
     quarantine: () => page === 'overview' || page === 'quarantine',
     counters: () => page === 'overview',
   };
-  if (shows[event] && shows[event]()) scheduleRefresh();
+  const forStudent = event === 'delivery' && page === 'students' && parts[1] === message.source;
+  if (forStudent || (shows[event] && shows[event]())) scheduleRefresh();
 }
 
 // At most one refresh every 700 ms, and none while the user types in the view.
@@ -315,7 +320,7 @@ async function render(options = {}) {
   const mine = ++generation;
   const { parts, params } = parseHash();
   const view = document.getElementById('view');
-  const nav = parts[0] === 'courses' ? 'overview' : (parts[0] || 'overview');
+  const nav = parts[0] === 'courses' ? 'overview' : parts[0] === 'students' ? 'enrollments' : (parts[0] || 'overview');
   for (const a of document.querySelectorAll('[data-nav]')) a.classList.toggle('current', a.dataset.nav === nav);
   document.getElementById('forget-token').hidden = !sessionStorage.getItem(TOKEN_KEY);
   document.getElementById('token-panel').hidden = true;
@@ -325,6 +330,8 @@ async function render(options = {}) {
     else if (parts[0] === 'enrollments' && parts.length === 3) await enrollmentDetail(content, parts[1], parts[2]);
     else if (parts[0] === 'enrollments') await enrollmentsView(content, params);
     else if (parts[0] === 'courses' && parts.length === 3) await courseDetail(content, parts[1], parts[2], params);
+    else if (parts[0] === 'students' && parts.length === 3) await studentView(content, parts[1], parts[2]);
+    else if (parts[0] === 'quizzes') await quizzesView(content);
     else if (parts[0] === 'quarantine') await quarantineView(content);
     else if (parts[0] === 'forwarding') await forwardingView(content);
     else content.append(emptyState('No such page. ', h('a', { href: '#/' }, 'Back to the overview')));
@@ -441,6 +448,7 @@ const COURSE_COLUMNS = [
   { key: 'completion_rate', label: 'Completion', num: true },
   { key: 'average_progress', label: 'Avg progress', num: true },
   { key: 'median_days_to_complete', label: 'Median days', num: true },
+  { key: 'stalled', label: `Stalled (${STALLED_DAYS} d)`, num: true },
 ];
 
 function courseTable(items) {
@@ -480,6 +488,7 @@ function courseTable(items) {
         completion_rate: h('td', { class: 'num' }, fmtPct(c.completion_rate)),
         average_progress: h('td', { class: 'num' }, `${c.average_progress.toFixed(1)} %`),
         median_days_to_complete: h('td', { class: 'num' }, fmtDays(c.median_days_to_complete)),
+        stalled: h('td', { class: 'num' }, fmtInt(c.stalled ?? 0)),
       };
       return h('tr', { class: 'link', onclick: (ev) => { if (ev.target.tagName !== 'A') location.hash = href; } },
         columns.map((col) => cells[col.key]));
@@ -658,7 +667,8 @@ async function enrollmentList(filter, { showCourse, showSource }) {
     for (const e of page.items) {
       const href = `#/enrollments/${encodeURIComponent(e.source)}/${e.enrollment_id}`;
       tbody.append(h('tr', { class: 'link', onclick: (ev) => { if (ev.target.tagName !== 'A') location.hash = href; } },
-        h('td', null, h('a', { href }, studentName(e)), h('div', { class: 'muted small' }, e.email || '')),
+        h('td', null, h('a', { href }, studentName(e)), h('div', { class: 'muted small' }, e.email || '',
+          e.user_id ? [e.email ? ' · ' : '', h('a', { href: studentHref(e.source, e.user_id) }, 'student')] : null)),
         showSource ? h('td', null, e.source) : null,
         showCourse ? h('td', null, e.course_name || (e.course_id ? `Course ${e.course_id}` : '—')) : null,
         h('td', null, badge(e.status)),
@@ -704,7 +714,8 @@ async function enrollmentDetail(root, source, id) {
   root.append(h('div', { class: 'head' },
     h('div', null, h('h1', null, studentName(e)),
       h('div', { class: 'muted' }, courseHref ? h('a', { href: courseHref }, e.course_name || `Course ${e.course_id}`) : 'No course',
-        ` · enrollment ${e.enrollment_id} · ${e.source}`)),
+        ` · enrollment ${e.enrollment_id} · ${e.source}`,
+        e.user_id ? [' · ', h('a', { href: studentHref(e.source, e.user_id), 'data-student': e.user_id }, 'Student page')] : null)),
     badge(e.status)));
   const field = (label, value) => [h('dt', null, label), h('dd', null, value === null || value === undefined || value === '' ? '—' : value)];
   root.append(h('div', { class: 'panel' },
@@ -754,11 +765,211 @@ async function courseDetail(root, source, courseId, params) {
     card('Completion rate', fmtPct(c.completion_rate), 'completed'),
     card('Avg progress', `${c.average_progress.toFixed(1)} %`),
     card('Median days', fmtDays(c.median_days_to_complete), '', 'to complete')));
+  const days = stalledDaysParam(params);
+  root.append(await funnelPanel(source, courseId, days));
+  root.append(await stalledList(source, courseId, days));
   root.append(await activityPanel({ source, course_id: courseId }));
   const fixed = { source, course_id: courseId };
   const filter = { ...fixed, status: params.get('status') || '', email: params.get('email') || '' };
   root.append(h('div', { class: 'panel' }, enrollmentFilters(filter, courses, fixed)));
   root.append(await enrollmentList(filter, { showCourse: false }));
+}
+
+// ---------------------------------------------------------------- learning
+
+function studentHref(source, userId) { return `#/students/${encodeURIComponent(source)}/${userId}`; }
+
+// The `?stalled_days=` of the address, within what the API accepts.
+function stalledDaysParam(params) {
+  const n = Number(params.get('stalled_days'));
+  return Number.isInteger(n) && n >= 1 && n <= 3660 ? n : STALLED_DAYS;
+}
+
+function lessonLabel(l) { return l.name || `Lesson ${l.lesson_id}`; }
+
+// The stalled-days control: changing it re-reads the funnel and the list.
+function stalledControl(days) {
+  const input = h('input', { id: 'stalled-days', name: 'stalled_days', type: 'number', min: 1, max: 3660,
+    step: 1, value: days, required: true, inputmode: 'numeric' });
+  return h('form', { class: 'filters stalled-form', onsubmit: (ev) => {
+    ev.preventDefault();
+    const n = Number(input.value);
+    if (!Number.isInteger(n) || n < 1 || n > 3660) { input.setCustomValidity('A whole number of days, 1 to 3660.'); input.reportValidity(); return; }
+    const { parts, params } = parseHash();
+    go('/' + parts.map(encodeURIComponent).join('/'), { ...Object.fromEntries(params.entries()), stalled_days: n });
+  } },
+  h('label', { for: 'stalled-days' }, 'Stalled after (days without activity)', input),
+  h('button', { type: 'submit' }, 'Apply'));
+}
+
+async function funnelPanel(source, courseId, days) {
+  const panel = h('div', { class: 'panel', id: 'funnel' });
+  let funnel;
+  try {
+    funnel = await api(fill(API.funnel, { source, course_id: courseId }), { stalled_days: days });
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) return emptyState('No lesson events for this course yet.');
+    throw e;
+  }
+  const lessons = funnel.lessons;
+  panel.append(h('div', { class: 'toolbar' },
+    h('h2', null, 'Lesson funnel: ', h('span', { class: 'muted' },
+      `${fmtInt(funnel.enrolled)} enrolled, ${fmtInt(funnel.stalled)} stalled (no activity for ${funnel.stalled_days} days)`)),
+    stalledControl(days)));
+  if (lessons.length === 0) {
+    panel.append(h('p', { class: 'muted' }, 'No lesson completed in this course yet.'));
+    return panel;
+  }
+  panel.append(funnelChart(lessons, funnel.enrolled),
+    h('div', { class: 'legend' },
+      h('span', { class: 'completed' }, h('i'), 'Students who completed the lesson'),
+      h('span', { class: 'stalled' }, h('i'), 'Stalled students whose furthest lesson it is')),
+    funnel.stalled_before_first_lesson
+      ? h('p', { class: 'muted small' }, `${fmtInt(funnel.stalled_before_first_lesson)} stalled before their first lesson.`) : null,
+    h('details', { class: 'data' }, h('summary', null, 'Show the numbers as a table'),
+      h('div', { class: 'table-wrap' }, h('table', { class: 'funnel-table' },
+        h('caption', { class: 'muted small' }, 'Lessons in course order'),
+        h('thead', null, h('tr', null, h('th', { scope: 'col', class: 'num' }, '#'), h('th', { scope: 'col' }, 'Lesson'),
+          h('th', { scope: 'col' }, 'Chapter'), h('th', { scope: 'col', class: 'num' }, 'Completed'), h('th', { scope: 'col', class: 'num' }, 'Stalled here'))),
+        h('tbody', null, lessons.map((l, i) => h('tr', { 'data-lesson': l.lesson_id },
+          h('td', { class: 'num' }, i + 1), h('td', null, lessonLabel(l), l.type ? h('span', { class: 'muted small' }, ` · ${l.type}`) : null),
+          h('td', null, l.chapter_name || '—'),
+          h('td', { class: 'num', 'data-completed': l.completed }, fmtInt(l.completed)),
+          h('td', { class: 'num', 'data-stalled': l.stalled_here }, fmtInt(l.stalled_here)))))))));
+  return panel;
+}
+
+// Horizontal bars, one row per lesson in course order: completed, and the
+// stalled students stopped there. The SVG scales to the card's width.
+function funnelChart(lessons, enrolled) {
+  const row = 36, L = 4, R = 56, T = 4, W = 640;
+  const H = T + lessons.length * row;
+  const max = Math.max(1, enrolled, ...lessons.map((l) => l.completed));
+  const scale = (n) => (n / max) * (W - L - R);
+  const svg = s('svg', { class: 'chart funnel-chart', viewBox: `0 0 ${W} ${H}`, role: 'img',
+    'aria-label': `Lesson funnel: ${lessons.length} lessons; the table below has the numbers` });
+  lessons.forEach((l, i) => {
+    const y = T + i * row;
+    svg.append(s('g', null, s('title', null, `${lessonLabel(l)}: ${l.completed} completed, ${l.stalled_here} stalled here`),
+      s('text', { class: 'bar-label', x: L, y: y + 11 }, `${i + 1}. ${lessonLabel(l)}`),
+      s('rect', { class: 'bar completed', x: L, y: y + 15, width: Math.max(1, scale(l.completed)), height: 10, rx: 2 }),
+      s('text', { class: 'value', x: L + scale(l.completed) + 6, y: y + 24 }, fmtInt(l.completed)),
+      l.stalled_here ? s('rect', { class: 'bar stalled', x: L, y: y + 27, width: Math.max(3, scale(l.stalled_here)), height: 5, rx: 1 }) : null));
+  });
+  return svg;
+}
+
+// Stalled students of a course, most inactive first, paged like the enrollments.
+async function stalledList(source, courseId, days) {
+  const filter = { source, course_id: courseId, stalled_days: days, order: 'most_inactive' };
+  const tbody = h('tbody');
+  const more = h('button', { type: 'button', class: 'secondary' }, 'Load more');
+  const count = h('span', { class: 'muted small' });
+  let cursor = null, shown = 0;
+  const load = async () => {
+    more.disabled = true;
+    const page = await api(API.enrollments, { ...filter, limit: PAGE, cursor });
+    for (const e of page.items) {
+      const l = e.learning || {};
+      const who = e.user_id ? h('a', { href: studentHref(e.source, e.user_id) }, studentName(e))
+        : h('a', { href: `#/enrollments/${encodeURIComponent(e.source)}/${e.enrollment_id}` }, studentName(e));
+      tbody.append(h('tr', { 'data-enrollment': e.enrollment_id },
+        h('td', null, who, h('div', { class: 'muted small' }, e.email || '')),
+        h('td', null, fmtTime(l.last_activity_at)),
+        h('td', null, l.last_lesson_name || (l.last_lesson_id ? `Lesson ${l.last_lesson_id}` : 'none yet')),
+        h('td', { class: 'num', 'data-days': l.days_inactive }, fmtDays(l.days_inactive)),
+        h('td', null, progressCell(e.progress))));
+    }
+    shown += page.items.length;
+    cursor = page.next_cursor;
+    count.textContent = `${fmtInt(shown)} shown${cursor ? ', more to load' : ''}`;
+    more.hidden = !cursor;
+    more.disabled = false;
+  };
+  more.addEventListener('click', () => load().catch((e) => { more.disabled = false; count.textContent = `Could not load more: ${e.message}`; }));
+  await load();
+  const head = h('div', { class: 'sub-head' }, h('h2', null, `Stalled students (no activity for ${days} days)`), count,
+    shown ? csvButton(API.enrollments, filter, `stalled-${courseId}`) : null);
+  if (shown === 0) return h('div', { class: 'panel', id: 'stalled' }, head, h('p', { class: 'muted' }, 'Nobody is stalled in this course.'));
+  return h('div', { class: 'panel', id: 'stalled' }, head,
+    h('div', { class: 'table-wrap' }, h('table', null,
+      h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Student'), h('th', { scope: 'col' }, 'Inactive since'),
+        h('th', { scope: 'col' }, 'Furthest lesson'), h('th', { scope: 'col', class: 'num', 'aria-sort': 'descending' }, 'Days inactive'),
+        h('th', { scope: 'col' }, 'Progress'))),
+      tbody)),
+    h('div', { class: 'more' }, more));
+}
+
+function lessonList(lessons) {
+  if (!lessons.length) return h('p', { class: 'muted small' }, 'No lesson completed yet.');
+  return h('ol', { class: 'lessons' }, lessons.map((l) => h('li', null, lessonLabel(l),
+    h('span', { class: 'muted small' }, [l.chapter_name ? ` · ${l.chapter_name}` : '', ' · '], fmtTime(l.completed_at)))));
+}
+
+const fmtGrade = (g) => (g === null || g === undefined ? '—' : `${Number(g).toFixed(1)} %`);
+
+async function studentView(root, source, userId) {
+  const st = await api(fill(API.student, { source, user_id: userId }));
+  const name = [st.first_name, st.last_name].filter(Boolean).join(' ') || st.email || `User ${st.user_id}`;
+  root.append(h('div', { class: 'head' },
+    h('div', null, h('h1', null, name), h('div', { class: 'muted' }, [st.email, `user ${st.user_id}`, st.source].filter(Boolean).join(' · ')))));
+  const courses = st.enrollments.map(({ enrollment: e, lessons }) => {
+    const l = e.learning || {};
+    const href = `#/enrollments/${encodeURIComponent(e.source)}/${e.enrollment_id}`;
+    return h('div', { class: 'panel student-course', 'data-enrollment': e.enrollment_id },
+      h('div', { class: 'sub-head' }, h('h2', null, h('a', { href }, e.course_name || `Course ${e.course_id}`)), badge(e.status)),
+      h('div', { class: 'progress-cell' }, progressBar(e.progress), h('span', { class: 'pct' }, `${e.progress.toFixed(1)} %`)),
+      h('p', { class: 'muted small' }, `${fmtInt(l.lessons_completed || 0)} lesson${l.lessons_completed === 1 ? '' : 's'} completed · last activity `,
+        fmtTime(l.last_activity_at), l.days_inactive === null || l.days_inactive === undefined ? '' : ` (${fmtDays(l.days_inactive)} ago)`),
+      lessonList(lessons));
+  });
+  const loose = st.courses_without_enrollment.map((c) => h('div', { class: 'panel student-course' },
+    h('div', { class: 'sub-head' }, h('h2', null, `Course ${c.course_id}`), badge('no enrollment event', 'muted')),
+    lessonList(c.lessons)));
+  root.append(...courses, ...loose);
+  if (!courses.length && !loose.length) root.append(emptyState('No enrollment or lesson for this student yet.'));
+  root.append(h('div', { class: 'panel', id: 'student-quizzes' }, h('h2', null, 'Quiz results'),
+    st.quizzes.length ? h('div', { class: 'table-wrap' }, h('table', null,
+      h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Quiz'), h('th', { scope: 'col', class: 'num' }, 'Attempts'),
+        h('th', { scope: 'col', class: 'num' }, 'Best grade'), h('th', { scope: 'col', class: 'num' }, 'Latest grade'),
+        h('th', { scope: 'col', class: 'num' }, 'Correct / incorrect'), h('th', { scope: 'col' }, 'Latest'))),
+      h('tbody', null, st.quizzes.map((q) => h('tr', null,
+        h('td', null, q.quiz_name || `Quiz ${q.quiz_id}`), h('td', { class: 'num' }, fmtInt(q.attempts)),
+        h('td', { class: 'num' }, fmtGrade(q.best_grade)), h('td', { class: 'num' }, fmtGrade(q.latest_grade)),
+        h('td', { class: 'num' }, `${q.correct_count ?? '—'} / ${q.incorrect_count ?? '—'}`), h('td', null, fmtTime(q.latest_at)))))))
+      : h('p', { class: 'muted' }, 'No quiz attempted.')));
+  const when = (ev) => ev.created_at || ev.received_at;
+  const timeline = h('ol', { class: 'timeline', id: 'student-timeline' }, st.timeline.map((ev) => {
+    const action = ev.topic.split('.')[1] || ev.topic;
+    const p = (ev.body && ev.body.payload) || {};
+    const what = (p.lesson && p.lesson.name) || (p.quiz && p.quiz.name) || (p.course && p.course.name) || '';
+    return h('li', { class: `ev-${action}`, 'data-event': ev.event_id },
+      h('div', null, h('strong', null, ev.topic), what ? h('span', { class: 'muted' }, ` — ${what}`) : null),
+      h('div', { class: 'when' }, fmtTime(when(ev)), ` · event ${ev.event_id}`, ev.pruned_at ? ' · body pruned' : ''));
+  }));
+  root.append(h('div', { class: 'panel' }, h('h2', null, `Timeline (${st.timeline.length} event${st.timeline.length === 1 ? '' : 's'})`),
+    st.timeline.length ? timeline : h('p', { class: 'muted' }, 'No events stored about this student.')));
+}
+
+async function quizzesView(root) {
+  const { items } = await api(API.quizzes);
+  root.append(h('div', { class: 'head' }, h('h1', null, 'Quizzes'),
+    h('span', { class: 'muted small' }, 'Per quiz: students who attempted it, attempts, and their best grades.'),
+    items.length ? csvButton(API.quizzes, {}, 'quizzes') : null));
+  if (!items.length) { root.append(emptyState('No quiz attempted yet (Thinkific sends quiz.attempted).')); return; }
+  const sources = new Set(items.map((q) => q.source));
+  root.append(h('div', { class: 'panel' }, h('div', { class: 'table-wrap' }, h('table', { id: 'quizzes' },
+    h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Quiz'), sources.size > 1 ? h('th', { scope: 'col' }, 'School') : null,
+      h('th', { scope: 'col' }, 'Course'), h('th', { scope: 'col', class: 'num' }, 'Students'), h('th', { scope: 'col', class: 'num' }, 'Attempts'),
+      h('th', { scope: 'col', class: 'num' }, 'Average best grade'), h('th', { scope: 'col', class: 'num' }, 'Median best grade'))),
+    h('tbody', null, items.map((q) => h('tr', { 'data-quiz': q.quiz_id },
+      h('td', null, q.quiz_name || `Quiz ${q.quiz_id}`, h('span', { class: 'muted small' }, ` #${q.quiz_id}`)),
+      sources.size > 1 ? h('td', null, q.source) : null,
+      h('td', null, q.course_id ? h('a', { href: `#/courses/${encodeURIComponent(q.source)}/${q.course_id}` }, `#${q.course_id}`) : h('span', { class: 'muted' }, 'not named')),
+      h('td', { class: 'num', 'data-students': q.students }, fmtInt(q.students)),
+      h('td', { class: 'num', 'data-attempts': q.attempts }, fmtInt(q.attempts)),
+      h('td', { class: 'num', 'data-average': q.average_best_grade }, fmtGrade(q.average_best_grade)),
+      h('td', { class: 'num', 'data-median': q.median_best_grade }, fmtGrade(q.median_best_grade)))))))));
 }
 
 // ---------------------------------------------------------------- quarantine
