@@ -196,13 +196,14 @@ function onLiveMessage(block) {
   const { parts } = parseHash();
   const page = parts[0] || 'overview';
   const shows = {
-    delivery: () => page === 'overview' || page === 'courses'
+    delivery: () => page === 'overview' || page === 'courses' || page === 'quizzes'
+      // A delivery message names no user: an open student page re-reads itself on any of its school's.
+      || (page === 'students' && parts[1] === message.source)
       || (page === 'enrollments' && (parts.length < 3 || (parts[1] === message.source && parts[2] === String(message.enrollment_id)))),
     quarantine: () => page === 'overview' || page === 'quarantine',
     counters: () => page === 'overview',
   };
-  const forStudent = event === 'delivery' && page === 'students' && parts[1] === message.source;
-  if (forStudent || (shows[event] && shows[event]())) scheduleRefresh();
+  if (shows[event] && shows[event]()) scheduleRefresh();
 }
 
 // At most one refresh every 700 ms, and none while the user types in the view.
@@ -747,27 +748,41 @@ async function enrollmentDetail(root, source, id) {
 // ---------------------------------------------------------------- course detail
 
 async function courseDetail(root, source, courseId, params) {
-  const courses = (await api(API.courses, { source })).items;
+  const days = stalledDaysParam(params);
+  // A course is known from its enrollments (the course list) or, before any
+  // enrollment event arrived, from its lesson events alone (the funnel).
+  const [courses, funnel] = await Promise.all([
+    api(API.courses, { source }).then((r) => r.items),
+    api(fill(API.funnel, { source, course_id: courseId }), { stalled_days: days }).catch((e) => {
+      if (e instanceof ApiError && e.status === 404) return null;
+      throw e;
+    }),
+  ]);
   const c = courses.find((x) => String(x.course_id) === courseId);
-  if (!c) {
-    root.append(emptyState(`No enrollments in course ${courseId} from ${source} yet. `, h('a', { href: '#/' }, 'Back to the overview')));
+  if (!c && !funnel) {
+    root.append(emptyState(`Nothing is known of course ${courseId} from ${source} yet: no enrollment or lesson event named it. `,
+      h('a', { href: '#/' }, 'Back to the overview')));
     return;
   }
+  const name = (c && c.name) || (funnel && funnel.course_name) || `Course ${courseId}`;
   root.append(h('div', { class: 'head' },
-    h('div', null, h('h1', null, courseLabel(c)), h('div', { class: 'muted' }, `Course #${c.course_id} · ${c.source}`)),
+    h('div', null, h('h1', null, name), h('div', { class: 'muted' }, `Course #${courseId} · ${source}`)),
     h('a', { href: '#/' }, '← All courses')));
-  root.append(h('div', { class: 'cards' },
-    card('Enrollments', fmtInt(c.enrollments)),
-    card('Active', fmtInt(c.active), 'active'),
-    card('Trial', fmtInt(c.trial), 'trial'),
-    card('Completed', fmtInt(c.completed), 'completed'),
-    card('Expired', fmtInt(c.expired), 'expired'),
-    card('Completion rate', fmtPct(c.completion_rate), 'completed'),
-    card('Avg progress', `${c.average_progress.toFixed(1)} %`),
-    card('Median days', fmtDays(c.median_days_to_complete), '', 'to complete')));
-  const days = stalledDaysParam(params);
-  root.append(await funnelPanel(source, courseId, days));
+  if (c) {
+    root.append(h('div', { class: 'cards' },
+      card('Enrollments', fmtInt(c.enrollments)),
+      card('Active', fmtInt(c.active), 'active'),
+      card('Trial', fmtInt(c.trial), 'trial'),
+      card('Completed', fmtInt(c.completed), 'completed'),
+      card('Expired', fmtInt(c.expired), 'expired'),
+      card('Completion rate', fmtPct(c.completion_rate), 'completed'),
+      card('Avg progress', `${c.average_progress.toFixed(1)} %`),
+      card('Median days', fmtDays(c.median_days_to_complete), '', 'to complete')));
+  }
+  root.append(funnelPanel(funnel, c, days));
   root.append(await stalledList(source, courseId, days));
+  root.append(await quizPanel({ source, course_id: courseId }));
+  if (!c) return;
   root.append(await activityPanel({ source, course_id: courseId }));
   const fixed = { source, course_id: courseId };
   const filter = { ...fixed, status: params.get('status') || '', email: params.get('email') || '' };
@@ -776,13 +791,15 @@ async function courseDetail(root, source, courseId, params) {
 }
 
 // ---------------------------------------------------------------- learning
+// Every number here is what the learning API answered (a test holds each view
+// equal to its endpoint); the page only lays it out.
 
-function studentHref(source, userId) { return `#/students/${encodeURIComponent(source)}/${userId}`; }
+function studentHref(source, userId) { return `#/students/${encodeURIComponent(source)}/${encodeURIComponent(userId)}`; }
 
 // The `?stalled_days=` of the address, within what the API accepts.
 function stalledDaysParam(params) {
   const n = Number(params.get('stalled_days'));
-  return Number.isInteger(n) && n >= 1 && n <= 3660 ? n : STALLED_DAYS;
+  return params.has('stalled_days') && Number.isInteger(n) && n >= 1 && n <= 3660 ? n : STALLED_DAYS;
 }
 
 function lessonLabel(l) { return l.name || `Lesson ${l.lesson_id}`; }
@@ -791,10 +808,15 @@ function lessonLabel(l) { return l.name || `Lesson ${l.lesson_id}`; }
 function stalledControl(days) {
   const input = h('input', { id: 'stalled-days', name: 'stalled_days', type: 'number', min: 1, max: 3660,
     step: 1, value: days, required: true, inputmode: 'numeric' });
+  input.addEventListener('input', () => input.setCustomValidity(''));
   return h('form', { class: 'filters stalled-form', onsubmit: (ev) => {
     ev.preventDefault();
     const n = Number(input.value);
-    if (!Number.isInteger(n) || n < 1 || n > 3660) { input.setCustomValidity('A whole number of days, 1 to 3660.'); input.reportValidity(); return; }
+    if (!Number.isInteger(n) || n < 1 || n > 3660) {
+      input.setCustomValidity('A whole number of days, 1 to 3660.');
+      input.reportValidity();
+      return;
+    }
     const { parts, params } = parseHash();
     go('/' + parts.map(encodeURIComponent).join('/'), { ...Object.fromEntries(params.entries()), stalled_days: n });
   } },
@@ -802,61 +824,72 @@ function stalledControl(days) {
   h('button', { type: 'submit' }, 'Apply'));
 }
 
-async function funnelPanel(source, courseId, days) {
+// enrolled → each lesson in course order → completed the course.
+function funnelSteps(funnel, course) {
+  const steps = [{ step: 'enrolled', label: 'Enrolled', count: funnel.enrolled }];
+  funnel.lessons.forEach((l, i) => steps.push({
+    step: 'lesson', lesson: l, label: `${i + 1}. ${lessonLabel(l)}`, count: l.completed, stalled: l.stalled_here,
+  }));
+  if (course) steps.push({ step: 'completed', label: 'Completed the course', count: course.completed });
+  return steps;
+}
+
+function funnelPanel(funnel, course, days) {
   const panel = h('div', { class: 'panel', id: 'funnel' });
-  let funnel;
-  try {
-    funnel = await api(fill(API.funnel, { source, course_id: courseId }), { stalled_days: days });
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 404) return emptyState('No lesson events for this course yet.');
-    throw e;
-  }
-  const lessons = funnel.lessons;
-  panel.append(h('div', { class: 'toolbar' },
-    h('h2', null, 'Lesson funnel: ', h('span', { class: 'muted' },
-      `${fmtInt(funnel.enrolled)} enrolled, ${fmtInt(funnel.stalled)} stalled (no activity for ${funnel.stalled_days} days)`)),
-    stalledControl(days)));
-  if (lessons.length === 0) {
-    panel.append(h('p', { class: 'muted' }, 'No lesson completed in this course yet.'));
+  const head = (summary) => h('div', { class: 'toolbar' },
+    h('h2', null, 'Lesson funnel', summary ? [': ', h('span', { class: 'muted' }, summary)] : null),
+    stalledControl(days));
+  if (!funnel) {
+    panel.append(head(), h('p', { class: 'muted empty-note' }, 'No lesson events for this course yet.'));
     return panel;
   }
-  panel.append(funnelChart(lessons, funnel.enrolled),
+  panel.append(head(`${fmtInt(funnel.enrolled)} enrolled, ${fmtInt(funnel.stalled)} stalled (no activity for ${funnel.stalled_days} days)`));
+  if (funnel.lessons.length === 0) {
+    panel.append(h('p', { class: 'muted empty-note' },
+      'No lesson completed in this course yet: the funnel appears with the first lesson.completed event.'));
+    return panel;
+  }
+  const steps = funnelSteps(funnel, course);
+  panel.append(funnelChart(steps, funnel.enrolled),
     h('div', { class: 'legend' },
-      h('span', { class: 'completed' }, h('i'), 'Students who completed the lesson'),
+      h('span', { class: 'completed' }, h('i'), 'Students who got this far'),
       h('span', { class: 'stalled' }, h('i'), 'Stalled students whose furthest lesson it is')),
     funnel.stalled_before_first_lesson
-      ? h('p', { class: 'muted small' }, `${fmtInt(funnel.stalled_before_first_lesson)} stalled before their first lesson.`) : null,
+      ? h('p', { class: 'muted small', id: 'stalled-before-first' },
+        `${fmtInt(funnel.stalled_before_first_lesson)} stalled before their first lesson.`) : null,
     h('details', { class: 'data' }, h('summary', null, 'Show the numbers as a table'),
       h('div', { class: 'table-wrap' }, h('table', { class: 'funnel-table' },
-        h('caption', { class: 'muted small' }, 'Lessons in course order'),
-        h('thead', null, h('tr', null, h('th', { scope: 'col', class: 'num' }, '#'), h('th', { scope: 'col' }, 'Lesson'),
-          h('th', { scope: 'col' }, 'Chapter'), h('th', { scope: 'col', class: 'num' }, 'Completed'), h('th', { scope: 'col', class: 'num' }, 'Stalled here'))),
-        h('tbody', null, lessons.map((l, i) => h('tr', { 'data-lesson': l.lesson_id },
-          h('td', { class: 'num' }, i + 1), h('td', null, lessonLabel(l), l.type ? h('span', { class: 'muted small' }, ` · ${l.type}`) : null),
-          h('td', null, l.chapter_name || '—'),
-          h('td', { class: 'num', 'data-completed': l.completed }, fmtInt(l.completed)),
-          h('td', { class: 'num', 'data-stalled': l.stalled_here }, fmtInt(l.stalled_here)))))))));
+        h('caption', { class: 'muted small' }, 'Enrolled, lessons in course order, completed'),
+        h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Step'), h('th', { scope: 'col' }, 'Chapter'),
+          h('th', { scope: 'col', class: 'num' }, 'Students'), h('th', { scope: 'col', class: 'num' }, 'Stalled here'))),
+        h('tbody', null, steps.map((st) => h('tr', { 'data-step': st.step, 'data-lesson': st.lesson ? st.lesson.lesson_id : null },
+          h('th', { scope: 'row' }, st.label, st.lesson && st.lesson.type ? h('span', { class: 'muted small' }, ` · ${st.lesson.type}`) : null),
+          h('td', null, st.lesson ? (st.lesson.chapter_name || '—') : ''),
+          h('td', { class: 'num', 'data-count': st.count }, fmtInt(st.count)),
+          h('td', { class: 'num', 'data-stalled': st.stalled ?? null }, st.stalled === undefined ? '' : fmtInt(st.stalled)))))))));
   return panel;
 }
 
-// Horizontal bars, one row per lesson in course order: completed, and the
-// stalled students stopped there. The SVG scales to the card's width.
-function funnelChart(lessons, enrolled) {
-  const row = 36, L = 4, R = 56, T = 4, W = 640;
-  const H = T + lessons.length * row;
-  const max = Math.max(1, enrolled, ...lessons.map((l) => l.completed));
-  const scale = (n) => (n / max) * (W - L - R);
-  const svg = s('svg', { class: 'chart funnel-chart', viewBox: `0 0 ${W} ${H}`, role: 'img',
-    'aria-label': `Lesson funnel: ${lessons.length} lessons; the table below has the numbers` });
-  lessons.forEach((l, i) => {
-    const y = T + i * row;
-    svg.append(s('g', null, s('title', null, `${lessonLabel(l)}: ${l.completed} completed, ${l.stalled_here} stalled here`),
-      s('text', { class: 'bar-label', x: L, y: y + 11 }, `${i + 1}. ${lessonLabel(l)}`),
-      s('rect', { class: 'bar completed', x: L, y: y + 15, width: Math.max(1, scale(l.completed)), height: 10, rx: 2 }),
-      s('text', { class: 'value', x: L + scale(l.completed) + 6, y: y + 24 }, fmtInt(l.completed)),
-      l.stalled_here ? s('rect', { class: 'bar stalled', x: L, y: y + 27, width: Math.max(3, scale(l.stalled_here)), height: 5, rx: 1 }) : null));
-  });
-  return svg;
+const shareOf = (n, of) => (of > 0 ? ` · ${Math.round((n / of) * 100)} %` : '');
+
+// One row per step: a bar of the students who got this far (scaled to the
+// widest step) and, under lessons, a thin bar of the stalled students who
+// stopped there. HTML bars, so the chart reflows on a phone and text stays
+// readable; widths are set through the CSSOM (allowed by the CSP).
+function funnelChart(steps, enrolled) {
+  const max = Math.max(1, ...steps.map((st) => st.count));
+  const bar = (kind, n) => {
+    const b = h('span', { class: `bar ${kind}` });
+    b.style.width = `${(n / max) * 100}%`;
+    return b;
+  };
+  return h('ol', { class: 'funnel-chart', 'aria-label': `Lesson funnel of ${steps.length} steps; the table below has the numbers` },
+    steps.map((st) => h('li', { class: `step ${st.step}`, 'data-step': st.step, 'data-lesson': st.lesson ? st.lesson.lesson_id : null },
+      h('div', { class: 'step-label' }, st.label),
+      h('div', { class: 'track' }, bar(st.step === 'completed' ? 'done' : 'reached', st.count),
+        h('span', { class: 'value' }, `${fmtInt(st.count)}${shareOf(st.count, enrolled)}`)),
+      st.stalled ? h('div', { class: 'track thin' }, bar('stalled', st.stalled),
+        h('span', { class: 'value' }, `${fmtInt(st.stalled)} stalled here`)) : null)));
 }
 
 // Stalled students of a course, most inactive first, paged like the enrollments.
@@ -871,13 +904,14 @@ async function stalledList(source, courseId, days) {
     const page = await api(API.enrollments, { ...filter, limit: PAGE, cursor });
     for (const e of page.items) {
       const l = e.learning || {};
-      const who = e.user_id ? h('a', { href: studentHref(e.source, e.user_id) }, studentName(e))
-        : h('a', { href: `#/enrollments/${encodeURIComponent(e.source)}/${e.enrollment_id}` }, studentName(e));
+      const enrollmentHref = `#/enrollments/${encodeURIComponent(e.source)}/${e.enrollment_id}`;
+      const who = h('a', { href: e.user_id ? studentHref(e.source, e.user_id) : enrollmentHref, class: 'student-link' }, studentName(e));
       tbody.append(h('tr', { 'data-enrollment': e.enrollment_id },
         h('td', null, who, h('div', { class: 'muted small' }, e.email || '')),
-        h('td', null, fmtTime(l.last_activity_at)),
-        h('td', null, l.last_lesson_name || (l.last_lesson_id ? `Lesson ${l.last_lesson_id}` : 'none yet')),
         h('td', { class: 'num', 'data-days': l.days_inactive }, fmtDays(l.days_inactive)),
+        h('td', null, fmtTime(l.last_activity_at)),
+        h('td', { class: 'lesson-cell' }, l.last_lesson_name || (l.last_lesson_id ? `Lesson ${l.last_lesson_id}` : h('span', { class: 'muted' }, 'none yet'))),
+        h('td', { class: 'num' }, fmtInt(l.lessons_completed || 0)),
         h('td', null, progressCell(e.progress))));
     }
     shown += page.items.length;
@@ -888,13 +922,17 @@ async function stalledList(source, courseId, days) {
   };
   more.addEventListener('click', () => load().catch((e) => { more.disabled = false; count.textContent = `Could not load more: ${e.message}`; }));
   await load();
-  const head = h('div', { class: 'sub-head' }, h('h2', null, `Stalled students (no activity for ${days} days)`), count,
-    shown ? csvButton(API.enrollments, filter, `stalled-${courseId}`) : null);
-  if (shown === 0) return h('div', { class: 'panel', id: 'stalled' }, head, h('p', { class: 'muted' }, 'Nobody is stalled in this course.'));
-  return h('div', { class: 'panel', id: 'stalled' }, head,
+  const title = h('h2', null, `Stalled students (no activity for ${days} day${days === 1 ? '' : 's'})`);
+  if (shown === 0) {
+    return h('div', { class: 'panel', id: 'stalled' }, h('div', { class: 'sub-head' }, title),
+      h('p', { class: 'muted empty-note' }, `Nobody is stalled in this course: every student who has not completed it was active in the last ${days} day${days === 1 ? '' : 's'}.`));
+  }
+  return h('div', { class: 'panel', id: 'stalled' },
+    h('div', { class: 'sub-head' }, title, count, csvButton(API.enrollments, filter, `stalled-${courseId}`)),
     h('div', { class: 'table-wrap' }, h('table', null,
-      h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Student'), h('th', { scope: 'col' }, 'Inactive since'),
-        h('th', { scope: 'col' }, 'Furthest lesson'), h('th', { scope: 'col', class: 'num', 'aria-sort': 'descending' }, 'Days inactive'),
+      h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Student'),
+        h('th', { scope: 'col', class: 'num', 'aria-sort': 'descending' }, 'Days stalled'), h('th', { scope: 'col' }, 'Last activity'),
+        h('th', { scope: 'col' }, 'Last lesson'), h('th', { scope: 'col', class: 'num' }, 'Lessons'),
         h('th', { scope: 'col' }, 'Progress'))),
       tbody)),
     h('div', { class: 'more' }, more));
@@ -902,29 +940,54 @@ async function stalledList(source, courseId, days) {
 
 function lessonList(lessons) {
   if (!lessons.length) return h('p', { class: 'muted small' }, 'No lesson completed yet.');
-  return h('ol', { class: 'lessons' }, lessons.map((l) => h('li', null, lessonLabel(l),
-    h('span', { class: 'muted small' }, [l.chapter_name ? ` · ${l.chapter_name}` : '', ' · '], fmtTime(l.completed_at)))));
+  return h('ol', { class: 'lessons' }, lessons.map((l) => h('li', { 'data-lesson': l.lesson_id }, lessonLabel(l),
+    h('span', { class: 'muted small' }, l.chapter_name ? ` · ${l.chapter_name}` : '', ' · ', fmtTime(l.completed_at)))));
 }
 
 const fmtGrade = (g) => (g === null || g === undefined ? '—' : `${Number(g).toFixed(1)} %`);
 
+// What an event in a student's timeline was about: the lesson, quiz or course it names.
+function eventSubject(ev) {
+  const p = (ev.body && ev.body.payload) || {};
+  const name = (x) => (x && typeof x === 'object' && typeof x.name === 'string' ? x.name : '');
+  return name(p.lesson) || name(p.quiz) || name(p.course) || (typeof p.course_name === 'string' ? p.course_name : '');
+}
+
 async function studentView(root, source, userId) {
-  const st = await api(fill(API.student, { source, user_id: userId }));
+  let st;
+  try {
+    st = await api(fill(API.student, { source, user_id: userId }));
+  } catch (e) {
+    if (e instanceof ApiError && (e.status === 404 || e.status === 400)) {
+      root.append(emptyState(`No student ${userId} from ${source}: ${e.message}. `, h('a', { href: '#/enrollments' }, 'Back to the enrollments')));
+      return;
+    }
+    throw e;
+  }
   const name = [st.first_name, st.last_name].filter(Boolean).join(' ') || st.email || `User ${st.user_id}`;
   root.append(h('div', { class: 'head' },
-    h('div', null, h('h1', null, name), h('div', { class: 'muted' }, [st.email, `user ${st.user_id}`, st.source].filter(Boolean).join(' · ')))));
+    h('div', null, h('h1', { id: 'student-name' }, name),
+      h('div', { class: 'muted' }, [st.email, `user ${st.user_id}`, st.source].filter(Boolean).join(' · '))),
+    h('a', { href: '#/enrollments' }, '← Enrollments')));
   const courses = st.enrollments.map(({ enrollment: e, lessons }) => {
     const l = e.learning || {};
     const href = `#/enrollments/${encodeURIComponent(e.source)}/${e.enrollment_id}`;
+    const courseHref = e.course_id ? `#/courses/${encodeURIComponent(e.source)}/${e.course_id}` : null;
     return h('div', { class: 'panel student-course', 'data-enrollment': e.enrollment_id },
-      h('div', { class: 'sub-head' }, h('h2', null, h('a', { href }, e.course_name || `Course ${e.course_id}`)), badge(e.status)),
+      h('div', { class: 'sub-head' },
+        h('h2', null, courseHref ? h('a', { href: courseHref }, e.course_name || `Course ${e.course_id}`) : (e.course_name || 'No course')),
+        h('span', null, h('a', { href }, `enrollment ${e.enrollment_id}`), ' ', badge(e.status))),
       h('div', { class: 'progress-cell' }, progressBar(e.progress), h('span', { class: 'pct' }, `${e.progress.toFixed(1)} %`)),
-      h('p', { class: 'muted small' }, `${fmtInt(l.lessons_completed || 0)} lesson${l.lessons_completed === 1 ? '' : 's'} completed · last activity `,
-        fmtTime(l.last_activity_at), l.days_inactive === null || l.days_inactive === undefined ? '' : ` (${fmtDays(l.days_inactive)} ago)`),
+      h('p', { class: 'muted small' },
+        `${fmtInt(l.lessons_completed || 0)} lesson${l.lessons_completed === 1 ? '' : 's'} completed · last activity `,
+        fmtTime(l.last_activity_at),
+        l.days_inactive === null || l.days_inactive === undefined ? '' : ` (${fmtDays(l.days_inactive)} ago)`),
       lessonList(lessons));
   });
-  const loose = st.courses_without_enrollment.map((c) => h('div', { class: 'panel student-course' },
-    h('div', { class: 'sub-head' }, h('h2', null, `Course ${c.course_id}`), badge('no enrollment event', 'muted')),
+  const loose = st.courses_without_enrollment.map((c) => h('div', { class: 'panel student-course', 'data-course': c.course_id },
+    h('div', { class: 'sub-head' },
+      h('h2', null, h('a', { href: `#/courses/${encodeURIComponent(st.source)}/${c.course_id}` }, `Course ${c.course_id}`)),
+      badge('no enrollment event yet', 'muted')),
     lessonList(c.lessons)));
   root.append(...courses, ...loose);
   if (!courses.length && !loose.length) root.append(emptyState('No enrollment or lesson for this student yet.'));
@@ -932,44 +995,64 @@ async function studentView(root, source, userId) {
     st.quizzes.length ? h('div', { class: 'table-wrap' }, h('table', null,
       h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Quiz'), h('th', { scope: 'col', class: 'num' }, 'Attempts'),
         h('th', { scope: 'col', class: 'num' }, 'Best grade'), h('th', { scope: 'col', class: 'num' }, 'Latest grade'),
-        h('th', { scope: 'col', class: 'num' }, 'Correct / incorrect'), h('th', { scope: 'col' }, 'Latest'))),
-      h('tbody', null, st.quizzes.map((q) => h('tr', null,
-        h('td', null, q.quiz_name || `Quiz ${q.quiz_id}`), h('td', { class: 'num' }, fmtInt(q.attempts)),
-        h('td', { class: 'num' }, fmtGrade(q.best_grade)), h('td', { class: 'num' }, fmtGrade(q.latest_grade)),
+        h('th', { scope: 'col', class: 'num' }, 'Correct / incorrect'), h('th', { scope: 'col' }, 'Latest attempt'))),
+      h('tbody', null, st.quizzes.map((q) => h('tr', { 'data-quiz': q.quiz_id },
+        h('td', null, q.quiz_name || `Quiz ${q.quiz_id}`), h('td', { class: 'num', 'data-attempts': q.attempts }, fmtInt(q.attempts)),
+        h('td', { class: 'num', 'data-best': q.best_grade }, fmtGrade(q.best_grade)),
+        h('td', { class: 'num' }, fmtGrade(q.latest_grade)),
         h('td', { class: 'num' }, `${q.correct_count ?? '—'} / ${q.incorrect_count ?? '—'}`), h('td', null, fmtTime(q.latest_at)))))))
       : h('p', { class: 'muted' }, 'No quiz attempted.')));
+  // In the order things happened at Thinkific (deliveries may arrive out of
+  // order; the API lists them as they arrived).
   const when = (ev) => ev.created_at || ev.received_at;
-  const timeline = h('ol', { class: 'timeline', id: 'student-timeline' }, st.timeline.map((ev) => {
+  const ordered = [...st.timeline].sort((a, b) => (when(a) < when(b) ? -1 : when(a) > when(b) ? 1 : a.seq - b.seq));
+  const timeline = h('ol', { class: 'timeline', id: 'student-timeline' }, ordered.map((ev) => {
     const action = ev.topic.split('.')[1] || ev.topic;
-    const p = (ev.body && ev.body.payload) || {};
-    const what = (p.lesson && p.lesson.name) || (p.quiz && p.quiz.name) || (p.course && p.course.name) || '';
-    return h('li', { class: `ev-${action}`, 'data-event': ev.event_id },
-      h('div', null, h('strong', null, ev.topic), what ? h('span', { class: 'muted' }, ` — ${what}`) : null),
-      h('div', { class: 'when' }, fmtTime(when(ev)), ` · event ${ev.event_id}`, ev.pruned_at ? ' · body pruned' : ''));
+    const subject = eventSubject(ev);
+    return h('li', { class: `ev-${action}`, 'data-event': ev.event_id, 'data-topic': ev.topic },
+      h('div', null, h('strong', null, ev.topic), subject ? h('span', { class: 'muted' }, ` — ${subject}`) : null),
+      h('div', { class: 'when' }, fmtTime(when(ev)),
+        ev.created_at ? [' · received ', fmtTime(ev.received_at)] : ' (received)',
+        ` · event ${ev.event_id}`, ev.pruned_at ? ' · body pruned' : ''));
   }));
   root.append(h('div', { class: 'panel' }, h('h2', null, `Timeline (${st.timeline.length} event${st.timeline.length === 1 ? '' : 's'})`),
     st.timeline.length ? timeline : h('p', { class: 'muted' }, 'No events stored about this student.')));
 }
 
-async function quizzesView(root) {
-  const { items } = await api(API.quizzes);
-  root.append(h('div', { class: 'head' }, h('h1', null, 'Quizzes'),
-    h('span', { class: 'muted small' }, 'Per quiz: students who attempted it, attempts, and their best grades.'),
-    items.length ? csvButton(API.quizzes, {}, 'quizzes') : null));
-  if (!items.length) { root.append(emptyState('No quiz attempted yet (Thinkific sends quiz.attempted).')); return; }
+function quizTable(items) {
   const sources = new Set(items.map((q) => q.source));
-  root.append(h('div', { class: 'panel' }, h('div', { class: 'table-wrap' }, h('table', { id: 'quizzes' },
+  return h('div', { class: 'table-wrap' }, h('table', { class: 'quizzes' },
     h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Quiz'), sources.size > 1 ? h('th', { scope: 'col' }, 'School') : null,
       h('th', { scope: 'col' }, 'Course'), h('th', { scope: 'col', class: 'num' }, 'Students'), h('th', { scope: 'col', class: 'num' }, 'Attempts'),
       h('th', { scope: 'col', class: 'num' }, 'Average best grade'), h('th', { scope: 'col', class: 'num' }, 'Median best grade'))),
-    h('tbody', null, items.map((q) => h('tr', { 'data-quiz': q.quiz_id },
+    h('tbody', null, items.map((q) => h('tr', { 'data-quiz': q.quiz_id, 'data-source': q.source },
       h('td', null, q.quiz_name || `Quiz ${q.quiz_id}`, h('span', { class: 'muted small' }, ` #${q.quiz_id}`)),
       sources.size > 1 ? h('td', null, q.source) : null,
       h('td', null, q.course_id ? h('a', { href: `#/courses/${encodeURIComponent(q.source)}/${q.course_id}` }, `#${q.course_id}`) : h('span', { class: 'muted' }, 'not named')),
       h('td', { class: 'num', 'data-students': q.students }, fmtInt(q.students)),
       h('td', { class: 'num', 'data-attempts': q.attempts }, fmtInt(q.attempts)),
       h('td', { class: 'num', 'data-average': q.average_best_grade }, fmtGrade(q.average_best_grade)),
-      h('td', { class: 'num', 'data-median': q.median_best_grade }, fmtGrade(q.median_best_grade)))))))));
+      h('td', { class: 'num', 'data-median': q.median_best_grade }, fmtGrade(q.median_best_grade)))))));
+}
+
+// The quizzes whose attempts named this course. Thinkific's quiz.attempted
+// names no course, so this is often empty: say so and point at all quizzes.
+async function quizPanel(filter) {
+  const { items } = await api(API.quizzes, filter);
+  const head = h('div', { class: 'sub-head' }, h('h2', null, 'Quizzes'),
+    items.length ? csvButton(API.quizzes, filter, `quizzes-${filter.course_id}`) : null);
+  return h('div', { class: 'panel', id: 'course-quizzes' }, head, items.length ? quizTable(items)
+    : h('p', { class: 'muted empty-note' }, 'No quiz attempt named this course (Thinkific\u2019s quiz.attempted usually names none). ',
+      h('a', { href: '#/quizzes' }, 'All quizzes')));
+}
+
+async function quizzesView(root) {
+  const { items } = await api(API.quizzes);
+  root.append(h('div', { class: 'head' }, h('h1', null, 'Quizzes'),
+    h('span', { class: 'muted small' }, 'Per quiz: students who attempted it, attempts, and their best grades (Thinkific sends no pass mark).'),
+    items.length ? csvButton(API.quizzes, {}, 'quizzes') : null));
+  if (!items.length) { root.append(emptyState('No quiz attempted yet: quizzes appear here with the first quiz.attempted event.')); return; }
+  root.append(h('div', { class: 'panel', id: 'quizzes' }, quizTable(items)));
 }
 
 // ---------------------------------------------------------------- quarantine
