@@ -793,6 +793,7 @@ fn lesson(id: &str, user: i64, enrollment: i64, lesson: (i64, i64), at: &str) ->
     serde_json::to_vec(&body).unwrap()
 }
 
+/// A `quiz.attempted` of quiz 7, which (like Thinkific's) names no course.
 fn quiz(id: &str, user: i64, grade: f64, attempts: i64) -> Vec<u8> {
     serde_json::to_vec(&json!({"id": id, "resource": "quiz", "action": "attempted",
         "tenant_id": "12345", "created_at": "2024-05-03T10:00:00Z", "payload": {
@@ -802,20 +803,30 @@ fn quiz(id: &str, user: i64, grade: f64, attempts: i64) -> Vec<u8> {
     .unwrap()
 }
 
-/// `seed`, then lessons in Algebra: enrollment 1 (user 1001) stopped after
-/// lesson 1 in May 2024, 2 completed all three, 3 did two of them yesterday
-/// (not stalled); and quiz 7 attempted by users 1001 and 1002.
+/// A student name that is markup: it must show as text, never as an element.
+const MARKUP_NAME: &str = "<img src=x onerror=alert(1)>";
+
+/// `seed`, then in Algebra: enrollment 1 (user 1001) stopped after lesson 1
+/// in May 2024, 2 completed all three, 3 did two of them yesterday (not
+/// stalled), 8 (user 1008, named [`MARKUP_NAME`]) never began (stalled before
+/// its first lesson); quiz 7 attempted by users 1001 and 1002 (1001's quiz
+/// arrives before its older lesson, so arrival and Thinkific's order differ).
 async fn seed_learning(http: &reqwest::Client, server: &Server) {
     seed(http, server).await;
+    let mut stuck: Value =
+        serde_json::from_slice(&enrollment("a8", 8, 10, "0.0", "Algebra")).unwrap();
+    stuck["payload"]["user"]["first_name"] = json!(MARKUP_NAME);
+    stuck["payload"]["user"]["last_name"] = json!("");
     let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
     let events = [
+        serde_json::to_vec(&stuck).unwrap(),
+        quiz("q1", 1001, 60.0, 1),
         lesson("l1", 1001, 1, (501, 0), "2024-05-02T09:00:00Z"),
         lesson("l2", 1002, 2, (501, 0), "2024-05-02T09:00:00Z"),
         lesson("l3", 1002, 2, (502, 1), "2024-05-02T10:00:00Z"),
         lesson("l4", 1002, 2, (503, 2), "2024-05-02T11:00:00Z"),
         lesson("l5", 1003, 3, (501, 0), &yesterday),
         lesson("l6", 1003, 3, (502, 1), &yesterday),
-        quiz("q1", 1001, 60.0, 1),
         quiz("q2", 1002, 75.0, 1),
         quiz("q3", 1002, 95.0, 2),
     ];
@@ -824,18 +835,24 @@ async fn seed_learning(http: &reqwest::Client, server: &Server) {
     }
 }
 
-/// The learning views (issues #17, #20): the funnel and stalled list of a
-/// course equal the API's, a student page shows the timeline and updates
-/// live, the quizzes table and its CSV equal the API's, nothing scrolls
-/// sideways on a phone, and a school token sees only its school.
+fn backend_name(db: &TestDatabase) -> &'static str {
+    match db.backend {
+        common::backend::Backend::Sqlite => "sqlite",
+        common::backend::Backend::Postgres => "postgres",
+    }
+}
+
+/// The learning views (issues #17, #20) hold what the learning API answers:
+/// the funnel (enrolled → lessons → completed) and the stalled list of a
+/// course, the stalled-days window, a student's page with its timeline in
+/// Thinkific's order and live, the quizzes table and its CSV; empty data says
+/// so; a name that is markup shows as text; nothing scrolls sideways on a
+/// phone; a school's token sees only its school.
 async fn the_learning_views_work_in_chromium(db: TestDatabase) {
     if !installed() {
         return;
     }
-    let shots = screenshots_dir(match db.backend {
-        common::backend::Backend::Sqlite => "sqlite",
-        common::backend::Backend::Postgres => "postgres",
-    });
+    let shots = screenshots_dir(backend_name(&db));
     let dir = tempfile::tempdir().unwrap();
     let server = start(&db, dir.path(), "127.0.0.1:0");
     let http = enrollhook::client::http_client(Duration::from_secs(30)).unwrap();
@@ -845,39 +862,82 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
         .open_with_token(&server, ADMIN, "/courses/school-a/10")
         .await;
 
-    // The funnel's numbers on the page are the API's, in course order.
+    // The funnel on the page is the API's: enrolled, the lessons in course
+    // order with completions and stalled students, then the course's completions.
     let funnel = api(&http, &server, "/api/courses/school-a/10/funnel", ADMIN).await;
-    let expected: Vec<Value> = funnel["lessons"]
+    let course = api(&http, &server, "/api/courses?source=school-a", ADMIN).await["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| json!([l["lesson_id"], l["completed"], l["stalled_here"]]))
-        .collect();
+        .find(|c| c["course_id"] == 10)
+        .cloned()
+        .unwrap();
+    let mut expected = vec![json!(["enrolled", null, funnel["enrolled"], null])];
+    for l in funnel["lessons"].as_array().unwrap() {
+        expected.push(json!([
+            "lesson",
+            l["lesson_id"],
+            l["completed"],
+            l["stalled_here"]
+        ]));
+    }
+    expected.push(json!(["completed", null, course["completed"], null]));
     assert_eq!(
         expected,
-        vec![json!([501, 3, 1]), json!([502, 2, 0]), json!([503, 1, 0])],
+        vec![
+            json!(["enrolled", null, 4, null]),
+            json!(["lesson", 501, 3, 1]),
+            json!(["lesson", 502, 2, 0]),
+            json!(["lesson", 503, 1, 0]),
+            json!(["completed", null, 1, null]),
+        ],
         "the data set's funnel: {funnel}"
+    );
+    assert_eq!(
+        (funnel["stalled"].clone(), funnel["stalled_before_first_lesson"].clone()),
+        (json!(2), json!(1)),
+        "{funnel}"
     );
     let shown = browser
         .until(
             "the funnel table",
             "const rows = [...document.querySelectorAll('.funnel-table tbody tr')];
-             return rows.length && rows.map((r) => [Number(r.dataset.lesson),
-               Number(r.querySelector('[data-completed]').dataset.completed),
-               Number(r.querySelector('[data-stalled]').dataset.stalled)]);",
+             const num = (r, k) => { const c = r.querySelector(`[data-${k}]`); return c ? Number(c.dataset[k]) : null; };
+             return rows.length && rows.map((r) => [r.dataset.step,
+               r.dataset.lesson ? Number(r.dataset.lesson) : null, num(r, 'count'), num(r, 'stalled')]);",
             WAIT,
         )
         .await;
     assert_eq!(shown, json!(expected));
-    let bars = browser
+    // The chart draws the same steps in the same order, and its labels say it.
+    let chart = browser
         .run(
-            "return document.querySelectorAll('svg.funnel-chart rect.bar.completed').length;",
+            "return [...document.querySelectorAll('ol.funnel-chart > li')].map((li) =>
+               [li.dataset.step, li.querySelector('.step-label').textContent,
+                li.querySelector('.track .value').textContent]);",
             json!([]),
         )
         .await;
-    assert_eq!(bars, 3);
+    assert_eq!(
+        chart,
+        json!([
+            ["enrolled", "Enrolled", "4 · 100 %"],
+            ["lesson", "1. Algebra lesson 1", "3 · 75 %"],
+            ["lesson", "2. Algebra lesson 2", "2 · 50 %"],
+            ["lesson", "3. Algebra lesson 3", "1 · 25 %"],
+            ["completed", "Completed the course", "1 · 25 %"],
+        ])
+    );
+    let stalled_bars = browser
+        .run(
+            "return [...document.querySelectorAll('ol.funnel-chart .track.thin .value')].map((v) => v.textContent);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(stalled_bars, json!(["1 stalled here"]));
 
-    // The stalled list is the API's, most inactive first.
+    // The stalled list is the API's, most inactive first: 8 (never began,
+    // enrolled 2024-05-01) before 1 (a lesson on 2024-05-02); 3 was active.
     let stalled = api(
         &http,
         &server,
@@ -891,58 +951,160 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
         .iter()
         .map(|e| e["enrollment_id"].as_i64().unwrap())
         .collect();
-    assert_eq!(ids, vec![1], "enrollment 3 was active yesterday: {stalled}");
+    assert_eq!(ids, vec![8, 1], "{stalled}");
     let rows = browser
         .run(
-            "return [...document.querySelectorAll('#stalled tbody tr')].map((r) => Number(r.dataset.enrollment));",
+            "return [...document.querySelectorAll('#stalled tbody tr')].map((r) =>
+               [Number(r.dataset.enrollment), r.querySelector('.lesson-cell').textContent,
+                r.querySelector('a.student-link').getAttribute('href'),
+                Number(r.querySelector('[data-days]').dataset.days)]);",
             json!([]),
         )
         .await;
-    assert_eq!(rows, json!(ids));
-    let row = browser
+    let items = stalled["items"].as_array().unwrap();
+    let expected_rows: Vec<Value> = items
+        .iter()
+        .map(|e| {
+            json!([
+                e["enrollment_id"],
+                e["learning"]["last_lesson_name"]
+                    .as_str()
+                    .unwrap_or("none yet"),
+                format!("#/students/school-a/{}", e["user_id"])
+            ])
+        })
+        .collect();
+    let without_days: Vec<Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| json!(r.as_array().unwrap()[..3]))
+        .collect();
+    assert_eq!(without_days, expected_rows);
+    assert_eq!(rows[1][1], "Algebra lesson 1");
+    // Days stalled: the API's, read a moment apart (it counts to 3 decimals).
+    for (row, e) in rows.as_array().unwrap().iter().zip(items) {
+        let (page, api) = (
+            row[3].as_f64().unwrap(),
+            e["learning"]["days_inactive"].as_f64().unwrap(),
+        );
+        assert!(page > 900.0 && (page - api).abs() < 0.01, "{page} vs {api}");
+    }
+    // The markup name is text: shown literally, no element made of it.
+    let markup = browser
         .run(
-            "return document.querySelector('#stalled tbody tr').textContent;",
+            "return [document.querySelector('#stalled tr[data-enrollment=\"8\"] a.student-link').textContent,
+                     document.querySelectorAll('#view img').length];",
             json!([]),
         )
         .await;
-    assert!(row.as_str().unwrap().contains("Algebra lesson 1"), "{row}");
+    assert_eq!(markup, json!([MARKUP_NAME, 0]));
     browser.click("#stalled [data-csv]").await;
     let csv = browser.downloaded("stalled-10.csv").await;
-    assert_eq!(csv.lines().count(), 2, "a header and enrollment 1: {csv}");
-    assert!(
-        csv.lines().nth(1).unwrap().starts_with("school-a,1,"),
-        "{csv}"
-    );
+    let from_api = http
+        .get(format!(
+            "{}/api/enrollments?stalled_days=14&course_id=10&source=school-a&order=most_inactive&format=csv",
+            server.base
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv, from_api);
+    let listed: Vec<String> = csv::Reader::from_reader(csv.as_bytes())
+        .records()
+        .map(|r| r.unwrap()[1].to_owned())
+        .collect();
+    assert_eq!(listed, ["8", "1"], "{csv}");
+    browser
+        .run(
+            "document.getElementById('funnel').scrollIntoView();",
+            json!([]),
+        )
+        .await;
     browser.screenshot(&shots.join("desktop-funnel.png")).await;
 
-    // A shorter stalled-days window counts enrollment 3 as well.
+    // A shorter stalled-days window: enrollment 3 (active yesterday) too,
+    // as the API counts it, and the window stays in the address.
     browser
         .run(
             "const i = document.getElementById('stalled-days'); i.value = '1'; i.form.requestSubmit();",
             json!([]),
         )
         .await;
-    browser
-        .until(
-            "the stalled list for 1 day",
-            "const rows = [...document.querySelectorAll('#stalled tbody tr')];
-             return location.hash.includes('stalled_days=1') && rows.length === 2;",
-            WAIT,
-        )
-        .await;
-
-    // The student page from the stalled row: the timeline is the API's.
-    browser
-        .click("#stalled tbody tr[data-enrollment='1'] a")
-        .await;
-    let page = api(&http, &server, "/api/students/school-a/1001", ADMIN).await;
-    let events: Vec<Value> = page["timeline"]
+    let short = api(
+        &http,
+        &server,
+        "/api/enrollments?stalled_days=1&course_id=10&source=school-a&order=most_inactive",
+        ADMIN,
+    )
+    .await;
+    let short_ids: Vec<i64> = short["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["event_id"].clone())
+        .map(|e| e["enrollment_id"].as_i64().unwrap())
         .collect();
-    assert_eq!(events.len(), 3, "enrollment, lesson and quiz: {page}");
+    assert_eq!(short_ids, vec![8, 1, 3], "{short}");
+    let rows = browser
+        .until(
+            "the stalled list for 1 day",
+            "const rows = [...document.querySelectorAll('#stalled tbody tr')];
+             return location.hash.includes('stalled_days=1') && rows.length === 3
+               && rows.map((r) => Number(r.dataset.enrollment));",
+            WAIT,
+        )
+        .await;
+    assert_eq!(rows, json!(short_ids));
+    let short_funnel = api(
+        &http,
+        &server,
+        "/api/courses/school-a/10/funnel?stalled_days=1",
+        ADMIN,
+    )
+    .await;
+    let stalled_here = browser
+        .run(
+            "return [...document.querySelectorAll('.funnel-table tr[data-lesson] [data-stalled]')].map((c) => Number(c.dataset.stalled));",
+            json!([]),
+        )
+        .await;
+    let from_api: Vec<Value> = short_funnel["lessons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["stalled_here"].clone())
+        .collect();
+    assert_eq!(stalled_here, json!(from_api));
+    assert_eq!(from_api, [json!(1), json!(1), json!(0)]);
+
+    // The student page from the stalled row: enrollments, lessons, quizzes,
+    // and the timeline in the order things happened at Thinkific (the quiz
+    // arrived before the older lesson).
+    browser
+        .click("#stalled tbody tr[data-enrollment='1'] a.student-link")
+        .await;
+    let page = api(&http, &server, "/api/students/school-a/1001", ADMIN).await;
+    let mut timeline: Vec<(String, i64, String)> = page["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["created_at"].as_str().unwrap().to_owned(),
+                e["seq"].as_i64().unwrap(),
+                e["event_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let arrived: Vec<String> = timeline.iter().map(|e| e.2.clone()).collect();
+    assert_eq!(arrived, ["a1", "q1", "l1"], "{page}");
+    timeline.sort();
+    let happened: Vec<String> = timeline.iter().map(|e| e.2.clone()).collect();
+    assert_eq!(happened, ["a1", "l1", "q1"]);
     let shown = browser
         .until(
             "the student's timeline",
@@ -952,7 +1114,32 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
             WAIT,
         )
         .await;
-    assert_eq!(shown, json!(events));
+    assert_eq!(shown, json!(happened));
+    let student = browser
+        .run(
+            "return [document.getElementById('student-name').textContent,
+               [...document.querySelectorAll('.student-course[data-enrollment=\"1\"] ol.lessons li')].map((li) => Number(li.dataset.lesson)),
+               [...document.querySelectorAll('#student-quizzes tbody tr')].map((r) =>
+                 [Number(r.dataset.quiz), Number(r.querySelector('[data-attempts]').dataset.attempts),
+                  Number(r.querySelector('[data-best]').dataset.best)])];",
+            json!([]),
+        )
+        .await;
+    let lessons: Vec<Value> = page["enrollments"][0]["lessons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lesson_id"].clone())
+        .collect();
+    let quizzes: Vec<Value> = page["quizzes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| json!([q["quiz_id"], q["attempts"], q["best_grade"]]))
+        .collect();
+    assert_eq!(lessons, [json!(501)]);
+    assert_eq!(quizzes, [json!([7, 1, 60.0])]);
+    assert_eq!(student, json!(["Stu Dent", lessons, quizzes]));
     let text = browser.text().await;
     assert!(
         text.contains("Algebra lesson 1") && text.contains("Algebra checkpoint"),
@@ -977,13 +1164,30 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
     .await;
     browser
         .until(
-            "the new lesson in the timeline",
-            "return document.querySelectorAll('#student-timeline li').length === 4
-               && !!document.querySelector('#student-timeline li[data-event=l7]');",
+            "the new lesson in the timeline and the enrollment",
+            "const items = [...document.querySelectorAll('#student-timeline li')];
+             const lessons = document.querySelectorAll('.student-course[data-enrollment=\"1\"] ol.lessons li');
+             return items.length === 4 && items[3].dataset.event === 'l7' && lessons.length === 2;",
             Duration::from_secs(3),
         )
         .await;
     browser.screenshot(&shots.join("desktop-student.png")).await;
+
+    // The markup-named student's own page: the name is text there too.
+    browser
+        .goto(&format!(
+            "{}/dashboard#/students/school-a/1008",
+            server.base
+        ))
+        .await;
+    let heading = browser
+        .until(
+            "the markup-named student",
+            "const h = document.getElementById('student-name'); return h && [h.textContent, document.querySelectorAll('#view img').length];",
+            WAIT,
+        )
+        .await;
+    assert_eq!(heading, json!([MARKUP_NAME, 0]));
 
     // The quizzes table and its CSV are the API's.
     browser
@@ -1028,7 +1232,49 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
         .await
         .unwrap();
     assert_eq!(csv, from_api);
-    assert!(csv.starts_with("source,quiz_id,quiz_name,"), "{csv}");
+    assert!(
+        csv.starts_with("source,quiz_id,quiz_name,course_id,students,attempts,"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+
+    // Empty data says so: Biology has no lesson and no quiz; user 999 is unknown.
+    browser
+        .goto(&format!("{}/dashboard#/courses/school-a/11", server.base))
+        .await;
+    let notes = browser
+        .until(
+            "Biology's empty learning panels",
+            "const f = document.querySelector('#funnel .empty-note'), q = document.querySelector('#course-quizzes .empty-note');
+             return f && q && [f.textContent, q.textContent];",
+            WAIT,
+        )
+        .await;
+    assert!(
+        notes[0].as_str().unwrap().starts_with("No lesson completed"),
+        "{notes}"
+    );
+    assert!(
+        notes[1].as_str().unwrap().starts_with("No quiz attempt"),
+        "{notes}"
+    );
+    browser
+        .goto(&format!(
+            "{}/dashboard#/students/school-a/999",
+            server.base
+        ))
+        .await;
+    let unknown = browser
+        .until(
+            "the unknown student",
+            "const e = document.querySelector('#view .empty'); return e && e.textContent;",
+            WAIT,
+        )
+        .await;
+    assert!(
+        unknown.as_str().unwrap().contains("No student 999"),
+        "{unknown}"
+    );
 
     // On a phone nothing scrolls sideways.
     browser.resize(390, 844).await;
@@ -1048,14 +1294,21 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
             )
             .await;
         no_sideways_scroll(&browser, name).await;
+        if name == "funnel" {
+            browser
+                .run(
+                    "document.getElementById('funnel').scrollIntoView();",
+                    json!([]),
+                )
+                .await;
+        }
         browser
             .screenshot(&shots.join(format!("phone-{name}.png")))
             .await;
     }
 
-    // A school's token: its own funnel works, the other school's quizzes
-    // and students are not shown.
-    browser.resize(1280, 900).await;
+    // A school's token: its own funnel; not the other school's quizzes,
+    // course or students.
     let school_b = Browser::start().await;
     school_b
         .open_with_token(&server, "token-b", "/quizzes")
@@ -1067,21 +1320,34 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
             WAIT,
         )
         .await;
-    assert!(empty.as_str().unwrap().contains("No quiz"), "{empty}");
-    school_b
-        .goto(&format!("{}/dashboard#/courses/school-a/10", server.base))
-        .await;
-    let refused = school_b
-        .until(
-            "the refusal",
-            "const e = document.querySelector('#view .error'); return e && e.textContent;",
-            WAIT,
-        )
-        .await;
     assert!(
-        !school_b.text().await.contains("Algebra lesson"),
-        "{refused}"
+        empty.as_str().unwrap().starts_with("No quiz attempted"),
+        "{empty}"
     );
+    for hash in ["/courses/school-a/10", "/students/school-a/1001"] {
+        school_b
+            .goto(&format!("{}/dashboard#{hash}", server.base))
+            .await;
+        let refused = school_b
+            .until(
+                "the refusal",
+                "const e = document.querySelector('#view .error'); return e && e.textContent;",
+                WAIT,
+            )
+            .await;
+        assert!(
+            refused
+                .as_str()
+                .unwrap()
+                .contains("can read source `school-b` only"),
+            "{refused}"
+        );
+        let text = school_b.text().await;
+        assert!(
+            !text.contains("Algebra lesson") && !text.contains("Stu Dent"),
+            "{text}"
+        );
+    }
     let school_a = Browser::start().await;
     school_a
         .open_with_token(&server, "token-a", "/courses/school-a/10")
@@ -1089,15 +1355,71 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
     let rows = school_a
         .until(
             "school-a's funnel",
-            "return document.querySelectorAll('.funnel-table tbody tr').length;",
+            "return document.querySelectorAll('.funnel-table tbody tr[data-lesson]').length;",
             WAIT,
         )
         .await;
     assert_eq!(rows, 3);
 }
 
+/// Issue #16's line on the overview: the newest scheduled reconciliation of
+/// the schools a token reads, as `/api/reconciliations` reports it; nothing
+/// for a school that has none.
+async fn the_overview_shows_the_last_reconciliation_in_chromium(db: TestDatabase) {
+    if !installed() {
+        return;
+    }
+    crate::thinkific_rest::reconcile_from_stand_in(&db.url, "school-a", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&db, dir.path(), "127.0.0.1:0");
+    let http = enrollhook::client::http_client(Duration::from_secs(30)).unwrap();
+    let runs = api(&http, &server, "/api/reconciliations?limit=1", ADMIN).await;
+    let run = &runs["items"][0];
+    assert_eq!(run["source"], "school-a", "{runs}");
+    let summary = run["report"]["summary"].as_str().unwrap();
+    assert_eq!(summary, "3 enrollments were missing, now added; 0 agreed");
+
+    let browser = Browser::start().await;
+    browser.open_with_token(&server, ADMIN, "/").await;
+    let line = browser
+        .until(
+            "the reconciliation line",
+            "const p = document.getElementById('last-reconciliation'); return p && p.textContent;",
+            WAIT,
+        )
+        .await;
+    let line = line.as_str().unwrap();
+    assert!(
+        line.starts_with("Last checked with Thinkific ")
+            && line.ends_with(&format!("(school-a): {summary}")),
+        "{line}"
+    );
+    // The time shown is the run's end, in the browser's local form.
+    let finished = browser
+        .run(
+            "return new Date(arguments[0]).toLocaleString();",
+            json!([run["finished_at"]]),
+        )
+        .await;
+    assert!(line.contains(finished.as_str().unwrap()), "{line}");
+    // The enrollments it added are on the overview too.
+    assert_eq!(card(&browser, "Enrollments").await, 3);
+
+    // School-b's token reads no run: no line.
+    let school_b = Browser::start().await;
+    school_b.open_with_token(&server, "token-b", "/").await;
+    let line = school_b
+        .run(
+            "const p = document.getElementById('last-reconciliation'); return p && p.textContent;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(line, "");
+}
+
 on_both_backends!(
     multi_thread: the_dashboard_works_in_chromium_for_the_admin,
     a_school_sees_only_its_own_in_chromium,
-    the_learning_views_work_in_chromium
+    the_learning_views_work_in_chromium,
+    the_overview_shows_the_last_reconciliation_in_chromium
 );
