@@ -1021,7 +1021,7 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
     assert_eq!(listed, ["8", "1"], "{csv}");
     browser
         .run(
-            "document.getElementById('funnel').scrollIntoView();",
+            "document.getElementById('funnel').scrollIntoView(); window.scrollBy(0, -12);",
             json!([]),
         )
         .await;
@@ -1297,7 +1297,7 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
         if name == "funnel" {
             browser
                 .run(
-                    "document.getElementById('funnel').scrollIntoView();",
+                    "document.getElementById('funnel').scrollIntoView(); window.scrollBy(0, -12);",
                     json!([]),
                 )
                 .await;
