@@ -238,6 +238,18 @@ impl Browser {
         .await;
     }
 
+    /// Opens `hash` of the dashboard already loaded, emptying the view first
+    /// so that waiting for an element cannot find the previous page's.
+    async fn visit(&self, server: &Server, hash: &str) {
+        self.run(
+            "const v = document.getElementById('view'); if (v) v.replaceChildren();",
+            json!([]),
+        )
+        .await;
+        self.goto(&format!("{}/dashboard#{hash}", server.base))
+            .await;
+    }
+
     /// A download that has finished (Chromium writes `.crdownload` until then).
     async fn downloaded(&self, name: &str) -> String {
         let path = self.downloads.join(name);
@@ -1191,25 +1203,19 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
     browser.screenshot(&shots.join("desktop-student.png")).await;
 
     // The markup-named student's own page: the name is text there too.
-    browser
-        .goto(&format!(
-            "{}/dashboard#/students/school-a/1008",
-            server.base
-        ))
-        .await;
+    browser.visit(&server, "/students/school-a/1008").await;
     let heading = browser
         .until(
             "the markup-named student",
-            "const h = document.getElementById('student-name'); return h && [h.textContent, document.querySelectorAll('#view img').length];",
+            "const h = document.getElementById('student-name');
+             return h && h.dataset.user === '1008' && [h.textContent, document.querySelectorAll('#view img').length];",
             WAIT,
         )
         .await;
     assert_eq!(heading, json!([MARKUP_NAME, 0]));
 
     // The quizzes table and its CSV are the API's.
-    browser
-        .goto(&format!("{}/dashboard#/quizzes", server.base))
-        .await;
+    browser.visit(&server, "/quizzes").await;
     let quizzes = api(&http, &server, "/api/quizzes", ADMIN).await;
     let expected: Vec<Value> = quizzes["items"]
         .as_array()
@@ -1260,9 +1266,7 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
     assert_eq!(csv.lines().count(), 2, "{csv}");
 
     // Empty data says so: Biology has no lesson and no quiz; user 999 is unknown.
-    browser
-        .goto(&format!("{}/dashboard#/courses/school-a/11", server.base))
-        .await;
+    browser.visit(&server, "/courses/school-a/11").await;
     let notes = browser
         .until(
             "Biology's empty learning panels",
@@ -1279,16 +1283,11 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
         notes[1].as_str().unwrap().starts_with("No quiz attempt"),
         "{notes}"
     );
-    browser
-        .goto(&format!(
-            "{}/dashboard#/students/school-a/999",
-            server.base
-        ))
-        .await;
+    browser.visit(&server, "/students/school-a/999").await;
     let unknown = browser
         .until(
             "the unknown student",
-            "const e = document.querySelector('#view .empty'); return e && e.textContent;",
+            "const e = document.querySelector('#view .empty'); return e && e.textContent.includes('999') && e.textContent;",
             WAIT,
         )
         .await;
@@ -1304,13 +1303,11 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
         ("/students/school-a/1001", "student"),
         ("/quizzes", "quizzes"),
     ] {
-        browser
-            .goto(&format!("{}/dashboard#{hash}", server.base))
-            .await;
+        browser.visit(&server, hash).await;
         browser
             .until(
                 "the page",
-                "return document.querySelector('#view h1');",
+                "return document.querySelector('.funnel-table, #student-timeline, #quizzes');",
                 WAIT,
             )
             .await;
@@ -1346,9 +1343,7 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
         "{empty}"
     );
     for hash in ["/courses/school-a/10", "/students/school-a/1001"] {
-        school_b
-            .goto(&format!("{}/dashboard#{hash}", server.base))
-            .await;
+        school_b.visit(&server, hash).await;
         let refused = school_b
             .until(
                 "the refusal",

@@ -966,7 +966,7 @@ async function studentView(root, source, userId) {
   }
   const name = [st.first_name, st.last_name].filter(Boolean).join(' ') || st.email || `User ${st.user_id}`;
   root.append(h('div', { class: 'head' },
-    h('div', null, h('h1', { id: 'student-name' }, name),
+    h('div', null, h('h1', { id: 'student-name', 'data-user': st.user_id }, name),
       h('div', { class: 'muted' }, [st.email, `user ${st.user_id}`, st.source].filter(Boolean).join(' · '))),
     h('a', { href: '#/enrollments' }, '← Enrollments')));
   const courses = st.enrollments.map(({ enrollment: e, lessons }) => {
