@@ -1263,6 +1263,11 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
         csv.starts_with("source,quiz_id,quiz_name,course_id,students,attempts,"),
         "{csv}"
     );
+    assert_eq!(
+        csv.lines().nth(1),
+        Some("school-a,7,Algebra checkpoint,,2,3,77.5,77.5"),
+        "{csv}"
+    );
     assert_eq!(csv.lines().count(), 2, "{csv}");
 
     // Empty data says so: Biology has no lesson and no quiz; user 999 is unknown.
