@@ -921,7 +921,10 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
         "the data set's funnel: {funnel}"
     );
     assert_eq!(
-        (funnel["stalled"].clone(), funnel["stalled_before_first_lesson"].clone()),
+        (
+            funnel["stalled"].clone(),
+            funnel["stalled_before_first_lesson"].clone()
+        ),
         (json!(2), json!(1)),
         "{funnel}"
     );
@@ -1281,7 +1284,10 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
         )
         .await;
     assert!(
-        notes[0].as_str().unwrap().starts_with("No lesson completed"),
+        notes[0]
+            .as_str()
+            .unwrap()
+            .starts_with("No lesson completed"),
         "{notes}"
     );
     assert!(
