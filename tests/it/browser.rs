@@ -1294,6 +1294,42 @@ async fn the_learning_views_work_in_chromium(db: TestDatabase) {
         notes[1].as_str().unwrap().starts_with("No quiz attempt"),
         "{notes}"
     );
+    // A course known only from a lesson event (no enrollment event yet)
+    // still shows its funnel (named as the API names it: by an enrollment).
+    let mut orphan: Value =
+        serde_json::from_slice(&lesson("l9", 1009, 99, (901, 0), "2024-05-04T09:00:00Z")).unwrap();
+    orphan["payload"]["course"] = json!({"id": 12, "name": "Geometry"});
+    deliver(
+        &http,
+        &server,
+        "school-a",
+        "key-a",
+        serde_json::to_vec(&orphan).unwrap(),
+    )
+    .await;
+    let geometry = api(&http, &server, "/api/courses/school-a/12/funnel", ADMIN).await;
+    assert_eq!(geometry["lessons"][0]["completed"], 1, "{geometry}");
+    browser.visit(&server, "/courses/school-a/12").await;
+    let shown = browser
+        .until(
+            "the lesson-only course",
+            "const rows = [...document.querySelectorAll('.funnel-table tbody tr')];
+             return rows.length && [document.querySelector('#view h1').textContent,
+               rows.map((r) => [r.dataset.step, Number(r.querySelector('[data-count]').dataset.count)])];",
+            WAIT,
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!([
+            geometry["course_name"].as_str().unwrap_or("Course 12"),
+            [
+                ["enrolled", geometry["enrolled"]],
+                ["lesson", geometry["lessons"][0]["completed"]]
+            ]
+        ])
+    );
+
     browser.visit(&server, "/students/school-a/999").await;
     let unknown = browser
         .until(
