@@ -227,6 +227,16 @@ pub mod columns {
         "stalled",
     ];
     pub const ACTIVITY: &[&str] = &["date", "enrolled", "completed"];
+    pub const QUIZZES: &[&str] = &[
+        "source",
+        "quiz_id",
+        "quiz_name",
+        "course_id",
+        "students",
+        "attempts",
+        "average_best_grade",
+        "median_best_grade",
+    ];
     /// A stalled student: the enrollment, then where and since when it stopped.
     pub fn stalled() -> Vec<&'static str> {
         let mut columns = ENROLLMENTS.to_vec();

@@ -4,6 +4,8 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -12,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::api::query;
 use super::auth::Scope;
 use super::error::ErrorBody;
+use super::export::{self, Format, columns};
 use super::{ApiError, AppState};
 use crate::store::{Funnel, QuizStats, Stalled};
 use crate::views::{StudentView, student_view};
@@ -121,6 +124,8 @@ pub(super) struct QuizQuery {
     source: Option<String>,
     /// Only quizzes whose payloads named this course (Thinkific's name none).
     course_id: Option<i64>,
+    /// `json` (default) or `csv` (also chosen by `Accept: text/csv`).
+    format: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -130,14 +135,19 @@ pub struct QuizList {
 
 /// Per quiz: students who attempted it, attempts, average and median best grade.
 #[utoipa::path(get, path = "/api/quizzes", tag = "learning", params(QuizQuery),
-    responses((status = 200, body = QuizList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, content((QuizList = "application/json"), (String = "text/csv"))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn quizzes(
     State(app): State<AppState>,
     Extension(scope): Extension<Scope>,
+    headers: HeaderMap,
     q: Result<Query<QuizQuery>, QueryRejection>,
-) -> Result<Json<QuizList>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
+    let format = export::format(q.format.as_deref(), &headers)?;
     let source = scope.restrict(q.source)?;
     let items = app.store.quiz_stats(source.as_deref(), q.course_id).await?;
-    Ok(Json(QuizList { items }))
+    Ok(match format {
+        Format::Csv => export::table("quizzes", columns::QUIZZES, &items),
+        Format::Json => Json(QuizList { items }).into_response(),
+    })
 }

@@ -388,6 +388,77 @@ async fn csv_exports_equal_the_json_lists_and_are_formula_safe(db: TestDatabase)
     assert!(text.contains("json or csv"), "{text}");
 }
 
+/// The quizzes list (the dashboard's *Quizzes* CSV) answers CSV: its JSON
+/// list cell by cell, a formula-looking quiz name defused.
+async fn the_quiz_list_exports_as_csv(db: TestDatabase) {
+    let app = db.serve(|_| {}).await;
+    let quiz = |id: &str, quiz: i64, name: &str, user: i64, grade: f64| {
+        serde_json::to_vec(&json!({"id": id, "resource": "quiz", "action": "attempted",
+            "tenant_id": "1", "created_at": "2024-05-03T10:00:00Z", "payload": {
+                "attempts": 1, "correct_count": 1, "incorrect_count": 0, "grade": grade,
+                "result_id": 1, "quiz": {"id": quiz, "name": name},
+                "user": {"id": user, "email": format!("u{user}@example.com")}}}))
+        .unwrap()
+    };
+    for body in [
+        quiz("q1", 7, "Checkpoint", 1, 40.0),
+        quiz("q2", 7, "Checkpoint", 2, 90.0),
+        quiz("q3", 8, "=HYPERLINK(\"http://evil\")", 1, 55.5),
+    ] {
+        assert_eq!(app.deliver(&body).await.0, 200);
+    }
+    let (status, list) = app.get("/api/quizzes").await;
+    assert_eq!(status, 200, "{list}");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{list}");
+    for path in ["/api/quizzes?format=csv", "/api/quizzes"] {
+        let (status, content_type, text) = get_text(&app, path, "text/csv").await;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (200, "text/csv; charset=utf-8"),
+            "{path}: {text}"
+        );
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let header: Vec<String> = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            header,
+            [
+                "source",
+                "quiz_id",
+                "quiz_name",
+                "course_id",
+                "students",
+                "attempts",
+                "average_best_grade",
+                "median_best_grade"
+            ]
+        );
+        let rows = parse_csv(&text);
+        assert_eq!(rows.len(), items.len(), "{text}");
+        for (row, item) in rows.iter().zip(items) {
+            for (column, cell) in header.iter().zip(row) {
+                let expected = match &item[column] {
+                    Value::Null => String::new(),
+                    Value::String(s) if s.starts_with(['=', '+', '-', '@']) => format!("'{s}"),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                assert_eq!(cell, &expected, "{column} of {item}");
+            }
+        }
+        assert_eq!(rows[0][4..], ["2", "2", "65.0", "65.0"], "{text}");
+        assert_eq!(rows[1][2], "'=HYPERLINK(\"http://evil\")", "{text}");
+    }
+    let (status, _, text) = get_text(&app, "/api/quizzes?format=xml", "*/*").await;
+    assert_eq!(status, 400);
+    assert!(text.contains("json or csv"), "{text}");
+}
+
 /// A test delivery is signed and sent as a real one, and its answer shown;
 /// it is neither queued nor recorded.
 async fn a_test_delivery_reports_the_destinations_answer(db: TestDatabase) {
@@ -453,6 +524,7 @@ on_both_backends!(
     a_school_streams_its_own_deliveries_only,
     streams_are_capped_and_counted,
     csv_exports_equal_the_json_lists_and_are_formula_safe,
+    the_quiz_list_exports_as_csv,
     a_test_delivery_reports_the_destinations_answer
 );
 

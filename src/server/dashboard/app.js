@@ -20,12 +20,16 @@ const API = {
   stream: '/api/stream',
   metrics: '/metrics',
   reconciliations: '/api/reconciliations',
+  funnel: '/api/courses/{source}/{course_id}/funnel',
+  student: '/api/students/{source}/{user_id}',
+  quizzes: '/api/quizzes',
 };
 
 const TOKEN_KEY = 'enrollhook.token';
 const RANGE_KEY = 'enrollhook.activity-days';
 const RANGES = [30, 90, 365];
 const PAGE = 100;
+const STALLED_DAYS = 14; // the API's default
 
 // ---------------------------------------------------------------- API access
 
@@ -192,7 +196,9 @@ function onLiveMessage(block) {
   const { parts } = parseHash();
   const page = parts[0] || 'overview';
   const shows = {
-    delivery: () => page === 'overview' || page === 'courses'
+    delivery: () => page === 'overview' || page === 'courses' || page === 'quizzes'
+      // A delivery message names no user: an open student page re-reads itself on any of its school's.
+      || (page === 'students' && parts[1] === message.source)
       || (page === 'enrollments' && (parts.length < 3 || (parts[1] === message.source && parts[2] === String(message.enrollment_id)))),
     quarantine: () => page === 'overview' || page === 'quarantine',
     counters: () => page === 'overview',
@@ -315,7 +321,7 @@ async function render(options = {}) {
   const mine = ++generation;
   const { parts, params } = parseHash();
   const view = document.getElementById('view');
-  const nav = parts[0] === 'courses' ? 'overview' : (parts[0] || 'overview');
+  const nav = parts[0] === 'courses' ? 'overview' : parts[0] === 'students' ? 'enrollments' : (parts[0] || 'overview');
   for (const a of document.querySelectorAll('[data-nav]')) a.classList.toggle('current', a.dataset.nav === nav);
   document.getElementById('forget-token').hidden = !sessionStorage.getItem(TOKEN_KEY);
   document.getElementById('token-panel').hidden = true;
@@ -325,6 +331,8 @@ async function render(options = {}) {
     else if (parts[0] === 'enrollments' && parts.length === 3) await enrollmentDetail(content, parts[1], parts[2]);
     else if (parts[0] === 'enrollments') await enrollmentsView(content, params);
     else if (parts[0] === 'courses' && parts.length === 3) await courseDetail(content, parts[1], parts[2], params);
+    else if (parts[0] === 'students' && parts.length === 3) await studentView(content, parts[1], parts[2]);
+    else if (parts[0] === 'quizzes') await quizzesView(content);
     else if (parts[0] === 'quarantine') await quarantineView(content);
     else if (parts[0] === 'forwarding') await forwardingView(content);
     else content.append(emptyState('No such page. ', h('a', { href: '#/' }, 'Back to the overview')));
@@ -441,6 +449,7 @@ const COURSE_COLUMNS = [
   { key: 'completion_rate', label: 'Completion', num: true },
   { key: 'average_progress', label: 'Avg progress', num: true },
   { key: 'median_days_to_complete', label: 'Median days', num: true },
+  { key: 'stalled', label: `Stalled (${STALLED_DAYS} d)`, num: true },
 ];
 
 function courseTable(items) {
@@ -480,6 +489,7 @@ function courseTable(items) {
         completion_rate: h('td', { class: 'num' }, fmtPct(c.completion_rate)),
         average_progress: h('td', { class: 'num' }, `${c.average_progress.toFixed(1)} %`),
         median_days_to_complete: h('td', { class: 'num' }, fmtDays(c.median_days_to_complete)),
+        stalled: h('td', { class: 'num' }, fmtInt(c.stalled ?? 0)),
       };
       return h('tr', { class: 'link', onclick: (ev) => { if (ev.target.tagName !== 'A') location.hash = href; } },
         columns.map((col) => cells[col.key]));
@@ -658,7 +668,8 @@ async function enrollmentList(filter, { showCourse, showSource }) {
     for (const e of page.items) {
       const href = `#/enrollments/${encodeURIComponent(e.source)}/${e.enrollment_id}`;
       tbody.append(h('tr', { class: 'link', onclick: (ev) => { if (ev.target.tagName !== 'A') location.hash = href; } },
-        h('td', null, h('a', { href }, studentName(e)), h('div', { class: 'muted small' }, e.email || '')),
+        h('td', null, h('a', { href }, studentName(e)), h('div', { class: 'muted small' }, e.email || '',
+          e.user_id ? [e.email ? ' · ' : '', h('a', { href: studentHref(e.source, e.user_id) }, 'student')] : null)),
         showSource ? h('td', null, e.source) : null,
         showCourse ? h('td', null, e.course_name || (e.course_id ? `Course ${e.course_id}` : '—')) : null,
         h('td', null, badge(e.status)),
@@ -704,7 +715,8 @@ async function enrollmentDetail(root, source, id) {
   root.append(h('div', { class: 'head' },
     h('div', null, h('h1', null, studentName(e)),
       h('div', { class: 'muted' }, courseHref ? h('a', { href: courseHref }, e.course_name || `Course ${e.course_id}`) : 'No course',
-        ` · enrollment ${e.enrollment_id} · ${e.source}`)),
+        ` · enrollment ${e.enrollment_id} · ${e.source}`,
+        e.user_id ? [' · ', h('a', { href: studentHref(e.source, e.user_id), 'data-student': e.user_id }, 'Student page')] : null)),
     badge(e.status)));
   const field = (label, value) => [h('dt', null, label), h('dd', null, value === null || value === undefined || value === '' ? '—' : value)];
   root.append(h('div', { class: 'panel' },
@@ -736,29 +748,311 @@ async function enrollmentDetail(root, source, id) {
 // ---------------------------------------------------------------- course detail
 
 async function courseDetail(root, source, courseId, params) {
-  const courses = (await api(API.courses, { source })).items;
+  const days = stalledDaysParam(params);
+  // A course is known from its enrollments (the course list) or, before any
+  // enrollment event arrived, from its lesson events alone (the funnel).
+  const [courses, funnel] = await Promise.all([
+    api(API.courses, { source }).then((r) => r.items),
+    api(fill(API.funnel, { source, course_id: courseId }), { stalled_days: days }).catch((e) => {
+      if (e instanceof ApiError && e.status === 404) return null;
+      throw e;
+    }),
+  ]);
   const c = courses.find((x) => String(x.course_id) === courseId);
-  if (!c) {
-    root.append(emptyState(`No enrollments in course ${courseId} from ${source} yet. `, h('a', { href: '#/' }, 'Back to the overview')));
+  if (!c && !funnel) {
+    root.append(emptyState(`Nothing is known of course ${courseId} from ${source} yet: no enrollment or lesson event named it. `,
+      h('a', { href: '#/' }, 'Back to the overview')));
     return;
   }
+  const name = (c && c.name) || (funnel && funnel.course_name) || `Course ${courseId}`;
   root.append(h('div', { class: 'head' },
-    h('div', null, h('h1', null, courseLabel(c)), h('div', { class: 'muted' }, `Course #${c.course_id} · ${c.source}`)),
+    h('div', null, h('h1', null, name), h('div', { class: 'muted' }, `Course #${courseId} · ${source}`)),
     h('a', { href: '#/' }, '← All courses')));
-  root.append(h('div', { class: 'cards' },
-    card('Enrollments', fmtInt(c.enrollments)),
-    card('Active', fmtInt(c.active), 'active'),
-    card('Trial', fmtInt(c.trial), 'trial'),
-    card('Completed', fmtInt(c.completed), 'completed'),
-    card('Expired', fmtInt(c.expired), 'expired'),
-    card('Completion rate', fmtPct(c.completion_rate), 'completed'),
-    card('Avg progress', `${c.average_progress.toFixed(1)} %`),
-    card('Median days', fmtDays(c.median_days_to_complete), '', 'to complete')));
+  if (c) {
+    root.append(h('div', { class: 'cards' },
+      card('Enrollments', fmtInt(c.enrollments)),
+      card('Active', fmtInt(c.active), 'active'),
+      card('Trial', fmtInt(c.trial), 'trial'),
+      card('Completed', fmtInt(c.completed), 'completed'),
+      card('Expired', fmtInt(c.expired), 'expired'),
+      card('Completion rate', fmtPct(c.completion_rate), 'completed'),
+      card('Avg progress', `${c.average_progress.toFixed(1)} %`),
+      card('Median days', fmtDays(c.median_days_to_complete), '', 'to complete')));
+  }
+  root.append(funnelPanel(funnel, c, days));
+  root.append(await stalledList(source, courseId, days));
+  root.append(await quizPanel({ source, course_id: courseId }));
+  if (!c) return;
   root.append(await activityPanel({ source, course_id: courseId }));
   const fixed = { source, course_id: courseId };
   const filter = { ...fixed, status: params.get('status') || '', email: params.get('email') || '' };
   root.append(h('div', { class: 'panel' }, enrollmentFilters(filter, courses, fixed)));
   root.append(await enrollmentList(filter, { showCourse: false }));
+}
+
+// ---------------------------------------------------------------- learning
+// Every number here is what the learning API answered (a test holds each view
+// equal to its endpoint); the page only lays it out.
+
+function studentHref(source, userId) { return `#/students/${encodeURIComponent(source)}/${encodeURIComponent(userId)}`; }
+
+// The `?stalled_days=` of the address, within what the API accepts.
+function stalledDaysParam(params) {
+  const n = Number(params.get('stalled_days'));
+  return params.has('stalled_days') && Number.isInteger(n) && n >= 1 && n <= 3660 ? n : STALLED_DAYS;
+}
+
+function lessonLabel(l) { return l.name || `Lesson ${l.lesson_id}`; }
+
+// The stalled-days control: changing it re-reads the funnel and the list.
+function stalledControl(days) {
+  const input = h('input', { id: 'stalled-days', name: 'stalled_days', type: 'number', min: 1, max: 3660,
+    step: 1, value: days, required: true, inputmode: 'numeric' });
+  input.addEventListener('input', () => input.setCustomValidity(''));
+  return h('form', { class: 'filters stalled-form', onsubmit: (ev) => {
+    ev.preventDefault();
+    const n = Number(input.value);
+    if (!Number.isInteger(n) || n < 1 || n > 3660) {
+      input.setCustomValidity('A whole number of days, 1 to 3660.');
+      input.reportValidity();
+      return;
+    }
+    const { parts, params } = parseHash();
+    go('/' + parts.map(encodeURIComponent).join('/'), { ...Object.fromEntries(params.entries()), stalled_days: n });
+  } },
+  h('label', { for: 'stalled-days' }, 'Stalled after (days without activity)', input),
+  h('button', { type: 'submit' }, 'Apply'));
+}
+
+// enrolled → each lesson in course order → completed the course.
+function funnelSteps(funnel, course) {
+  const steps = [{ step: 'enrolled', label: 'Enrolled', count: funnel.enrolled }];
+  funnel.lessons.forEach((l, i) => steps.push({
+    step: 'lesson', lesson: l, label: `${i + 1}. ${lessonLabel(l)}`, count: l.completed, stalled: l.stalled_here,
+  }));
+  if (course) steps.push({ step: 'completed', label: 'Completed the course', count: course.completed });
+  return steps;
+}
+
+function funnelPanel(funnel, course, days) {
+  const panel = h('div', { class: 'panel', id: 'funnel' });
+  const head = (summary) => h('div', { class: 'toolbar' },
+    h('h2', null, 'Lesson funnel', summary ? [': ', h('span', { class: 'muted' }, summary)] : null),
+    stalledControl(days));
+  if (!funnel) {
+    panel.append(head(), h('p', { class: 'muted empty-note' }, 'No lesson events for this course yet.'));
+    return panel;
+  }
+  panel.append(head(`${fmtInt(funnel.enrolled)} enrolled, ${fmtInt(funnel.stalled)} stalled (no activity for ${funnel.stalled_days} days)`));
+  if (funnel.lessons.length === 0) {
+    panel.append(h('p', { class: 'muted empty-note' },
+      'No lesson completed in this course yet: the funnel appears with the first lesson.completed event.'));
+    return panel;
+  }
+  const steps = funnelSteps(funnel, course);
+  panel.append(funnelChart(steps, funnel.enrolled),
+    h('div', { class: 'legend' },
+      h('span', { class: 'completed' }, h('i'), 'Students who got this far'),
+      h('span', { class: 'stalled' }, h('i'), 'Stalled students whose furthest lesson it is')),
+    funnel.stalled_before_first_lesson
+      ? h('p', { class: 'muted small', id: 'stalled-before-first' },
+        `${fmtInt(funnel.stalled_before_first_lesson)} stalled before their first lesson.`) : null,
+    h('details', { class: 'data' }, h('summary', null, 'Show the numbers as a table'),
+      h('div', { class: 'table-wrap' }, h('table', { class: 'funnel-table' },
+        h('caption', { class: 'muted small' }, 'Enrolled, lessons in course order, completed'),
+        h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Step'), h('th', { scope: 'col' }, 'Chapter'),
+          h('th', { scope: 'col', class: 'num' }, 'Students'), h('th', { scope: 'col', class: 'num' }, 'Stalled here'))),
+        h('tbody', null, steps.map((st) => h('tr', { 'data-step': st.step, 'data-lesson': st.lesson ? st.lesson.lesson_id : null },
+          h('th', { scope: 'row' }, st.label, st.lesson && st.lesson.type ? h('span', { class: 'muted small' }, ` · ${st.lesson.type}`) : null),
+          h('td', null, st.lesson ? (st.lesson.chapter_name || '—') : ''),
+          h('td', { class: 'num', 'data-count': st.count }, fmtInt(st.count)),
+          h('td', { class: 'num', 'data-stalled': st.stalled ?? null }, st.stalled === undefined ? '' : fmtInt(st.stalled)))))))));
+  return panel;
+}
+
+const shareOf = (n, of) => (of > 0 ? ` · ${Math.round((n / of) * 100)} %` : '');
+
+// One row per step: a bar of the students who got this far (scaled to the
+// widest step) and, under lessons, a thin bar of the stalled students who
+// stopped there. HTML bars, so the chart reflows on a phone and text stays
+// readable; widths are set through the CSSOM (allowed by the CSP).
+function funnelChart(steps, enrolled) {
+  const max = Math.max(1, ...steps.map((st) => st.count));
+  const bar = (kind, n) => {
+    const b = h('span', { class: `bar ${kind}` });
+    b.style.width = `${(n / max) * 100}%`;
+    return b;
+  };
+  return h('ol', { class: 'funnel-chart', 'aria-label': `Lesson funnel of ${steps.length} steps; the table below has the numbers` },
+    steps.map((st) => h('li', { class: `step ${st.step}`, 'data-step': st.step, 'data-lesson': st.lesson ? st.lesson.lesson_id : null },
+      h('div', { class: 'step-label' }, st.label),
+      h('div', { class: 'track' }, bar(st.step === 'completed' ? 'done' : 'reached', st.count),
+        h('span', { class: 'value' }, `${fmtInt(st.count)}${shareOf(st.count, enrolled)}`)),
+      st.stalled ? h('div', { class: 'track thin' }, bar('stalled', st.stalled),
+        h('span', { class: 'value' }, `${fmtInt(st.stalled)} stalled here`)) : null)));
+}
+
+// Stalled students of a course, most inactive first, paged like the enrollments.
+async function stalledList(source, courseId, days) {
+  const filter = { source, course_id: courseId, stalled_days: days, order: 'most_inactive' };
+  const tbody = h('tbody');
+  const more = h('button', { type: 'button', class: 'secondary' }, 'Load more');
+  const count = h('span', { class: 'muted small' });
+  let cursor = null, shown = 0;
+  const load = async () => {
+    more.disabled = true;
+    const page = await api(API.enrollments, { ...filter, limit: PAGE, cursor });
+    for (const e of page.items) {
+      const l = e.learning || {};
+      const enrollmentHref = `#/enrollments/${encodeURIComponent(e.source)}/${e.enrollment_id}`;
+      const who = h('a', { href: e.user_id ? studentHref(e.source, e.user_id) : enrollmentHref, class: 'student-link' }, studentName(e));
+      tbody.append(h('tr', { 'data-enrollment': e.enrollment_id },
+        h('td', null, who, h('div', { class: 'muted small' }, e.email || '')),
+        h('td', { class: 'num', 'data-days': l.days_inactive }, fmtDays(l.days_inactive)),
+        h('td', null, fmtTime(l.last_activity_at)),
+        h('td', { class: 'lesson-cell' }, l.last_lesson_name || (l.last_lesson_id ? `Lesson ${l.last_lesson_id}` : h('span', { class: 'muted' }, 'none yet'))),
+        h('td', { class: 'num' }, fmtInt(l.lessons_completed || 0)),
+        h('td', null, progressCell(e.progress))));
+    }
+    shown += page.items.length;
+    cursor = page.next_cursor;
+    count.textContent = `${fmtInt(shown)} shown${cursor ? ', more to load' : ''}`;
+    more.hidden = !cursor;
+    more.disabled = false;
+  };
+  more.addEventListener('click', () => load().catch((e) => { more.disabled = false; count.textContent = `Could not load more: ${e.message}`; }));
+  await load();
+  const title = h('h2', null, `Stalled students (no activity for ${days} day${days === 1 ? '' : 's'})`);
+  if (shown === 0) {
+    return h('div', { class: 'panel', id: 'stalled' }, h('div', { class: 'sub-head' }, title),
+      h('p', { class: 'muted empty-note' }, `Nobody is stalled in this course: every student who has not completed it was active in the last ${days} day${days === 1 ? '' : 's'}.`));
+  }
+  return h('div', { class: 'panel', id: 'stalled' },
+    h('div', { class: 'sub-head' }, title, count, csvButton(API.enrollments, filter, `stalled-${courseId}`)),
+    h('div', { class: 'table-wrap' }, h('table', null,
+      h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Student'),
+        h('th', { scope: 'col', class: 'num', 'aria-sort': 'descending' }, 'Days stalled'), h('th', { scope: 'col' }, 'Last activity'),
+        h('th', { scope: 'col' }, 'Last lesson'), h('th', { scope: 'col', class: 'num' }, 'Lessons'),
+        h('th', { scope: 'col' }, 'Progress'))),
+      tbody)),
+    h('div', { class: 'more' }, more));
+}
+
+function lessonList(lessons) {
+  if (!lessons.length) return h('p', { class: 'muted small' }, 'No lesson completed yet.');
+  return h('ol', { class: 'lessons' }, lessons.map((l) => h('li', { 'data-lesson': l.lesson_id }, lessonLabel(l),
+    h('span', { class: 'muted small' }, l.chapter_name ? ` · ${l.chapter_name}` : '', ' · ', fmtTime(l.completed_at)))));
+}
+
+const fmtGrade = (g) => (g === null || g === undefined ? '—' : `${Number(g).toFixed(1)} %`);
+
+// What an event in a student's timeline was about: the lesson, quiz or course it names.
+function eventSubject(ev) {
+  const p = (ev.body && ev.body.payload) || {};
+  const name = (x) => (x && typeof x === 'object' && typeof x.name === 'string' ? x.name : '');
+  return name(p.lesson) || name(p.quiz) || name(p.course) || (typeof p.course_name === 'string' ? p.course_name : '');
+}
+
+async function studentView(root, source, userId) {
+  let st;
+  try {
+    st = await api(fill(API.student, { source, user_id: userId }));
+  } catch (e) {
+    if (e instanceof ApiError && (e.status === 404 || e.status === 400)) {
+      root.append(emptyState(`No student ${userId} from ${source}: ${e.message}. `, h('a', { href: '#/enrollments' }, 'Back to the enrollments')));
+      return;
+    }
+    throw e;
+  }
+  const name = [st.first_name, st.last_name].filter(Boolean).join(' ') || st.email || `User ${st.user_id}`;
+  root.append(h('div', { class: 'head' },
+    h('div', null, h('h1', { id: 'student-name', 'data-user': st.user_id }, name),
+      h('div', { class: 'muted' }, [st.email, `user ${st.user_id}`, st.source].filter(Boolean).join(' · '))),
+    h('a', { href: '#/enrollments' }, '← Enrollments')));
+  const courses = st.enrollments.map(({ enrollment: e, lessons }) => {
+    const l = e.learning || {};
+    const href = `#/enrollments/${encodeURIComponent(e.source)}/${e.enrollment_id}`;
+    const courseHref = e.course_id ? `#/courses/${encodeURIComponent(e.source)}/${e.course_id}` : null;
+    return h('div', { class: 'panel student-course', 'data-enrollment': e.enrollment_id },
+      h('div', { class: 'sub-head' },
+        h('h2', null, courseHref ? h('a', { href: courseHref }, e.course_name || `Course ${e.course_id}`) : (e.course_name || 'No course')),
+        h('span', null, h('a', { href }, `enrollment ${e.enrollment_id}`), ' ', badge(e.status))),
+      h('div', { class: 'progress-cell' }, progressBar(e.progress), h('span', { class: 'pct' }, `${e.progress.toFixed(1)} %`)),
+      h('p', { class: 'muted small' },
+        `${fmtInt(l.lessons_completed || 0)} lesson${l.lessons_completed === 1 ? '' : 's'} completed · last activity `,
+        fmtTime(l.last_activity_at),
+        l.days_inactive === null || l.days_inactive === undefined ? '' : ` (${fmtDays(l.days_inactive)} ago)`),
+      lessonList(lessons));
+  });
+  const loose = st.courses_without_enrollment.map((c) => h('div', { class: 'panel student-course', 'data-course': c.course_id },
+    h('div', { class: 'sub-head' },
+      h('h2', null, h('a', { href: `#/courses/${encodeURIComponent(st.source)}/${c.course_id}` }, `Course ${c.course_id}`)),
+      badge('no enrollment event yet', 'muted')),
+    lessonList(c.lessons)));
+  root.append(...courses, ...loose);
+  if (!courses.length && !loose.length) root.append(emptyState('No enrollment or lesson for this student yet.'));
+  root.append(h('div', { class: 'panel', id: 'student-quizzes' }, h('h2', null, 'Quiz results'),
+    st.quizzes.length ? h('div', { class: 'table-wrap' }, h('table', null,
+      h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Quiz'), h('th', { scope: 'col', class: 'num' }, 'Attempts'),
+        h('th', { scope: 'col', class: 'num' }, 'Best grade'), h('th', { scope: 'col', class: 'num' }, 'Latest grade'),
+        h('th', { scope: 'col', class: 'num' }, 'Correct / incorrect'), h('th', { scope: 'col' }, 'Latest attempt'))),
+      h('tbody', null, st.quizzes.map((q) => h('tr', { 'data-quiz': q.quiz_id },
+        h('td', null, q.quiz_name || `Quiz ${q.quiz_id}`), h('td', { class: 'num', 'data-attempts': q.attempts }, fmtInt(q.attempts)),
+        h('td', { class: 'num', 'data-best': q.best_grade }, fmtGrade(q.best_grade)),
+        h('td', { class: 'num' }, fmtGrade(q.latest_grade)),
+        h('td', { class: 'num' }, `${q.correct_count ?? '—'} / ${q.incorrect_count ?? '—'}`), h('td', null, fmtTime(q.latest_at)))))))
+      : h('p', { class: 'muted' }, 'No quiz attempted.')));
+  // In the order things happened at Thinkific (deliveries may arrive out of
+  // order; the API lists them as they arrived).
+  const when = (ev) => ev.created_at || ev.received_at;
+  const ordered = [...st.timeline].sort((a, b) => (when(a) < when(b) ? -1 : when(a) > when(b) ? 1 : a.seq - b.seq));
+  const timeline = h('ol', { class: 'timeline', id: 'student-timeline' }, ordered.map((ev) => {
+    const action = ev.topic.split('.')[1] || ev.topic;
+    const subject = eventSubject(ev);
+    return h('li', { class: `ev-${action}`, 'data-event': ev.event_id, 'data-topic': ev.topic },
+      h('div', null, h('strong', null, ev.topic), subject ? h('span', { class: 'muted' }, ` — ${subject}`) : null),
+      h('div', { class: 'when' }, fmtTime(when(ev)),
+        ev.created_at ? [' · received ', fmtTime(ev.received_at)] : ' (received)',
+        ` · event ${ev.event_id}`, ev.pruned_at ? ' · body pruned' : ''));
+  }));
+  root.append(h('div', { class: 'panel' }, h('h2', null, `Timeline (${st.timeline.length} event${st.timeline.length === 1 ? '' : 's'})`),
+    st.timeline.length ? timeline : h('p', { class: 'muted' }, 'No events stored about this student.')));
+}
+
+function quizTable(items) {
+  const sources = new Set(items.map((q) => q.source));
+  return h('div', { class: 'table-wrap' }, h('table', { class: 'quizzes' },
+    h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Quiz'), sources.size > 1 ? h('th', { scope: 'col' }, 'School') : null,
+      h('th', { scope: 'col' }, 'Course'), h('th', { scope: 'col', class: 'num' }, 'Students'), h('th', { scope: 'col', class: 'num' }, 'Attempts'),
+      h('th', { scope: 'col', class: 'num' }, 'Average best grade'), h('th', { scope: 'col', class: 'num' }, 'Median best grade'))),
+    h('tbody', null, items.map((q) => h('tr', { 'data-quiz': q.quiz_id, 'data-source': q.source },
+      h('td', null, q.quiz_name || `Quiz ${q.quiz_id}`, h('span', { class: 'muted small' }, ` #${q.quiz_id}`)),
+      sources.size > 1 ? h('td', null, q.source) : null,
+      h('td', null, q.course_id ? h('a', { href: `#/courses/${encodeURIComponent(q.source)}/${q.course_id}` }, `#${q.course_id}`) : h('span', { class: 'muted' }, 'not named')),
+      h('td', { class: 'num', 'data-students': q.students }, fmtInt(q.students)),
+      h('td', { class: 'num', 'data-attempts': q.attempts }, fmtInt(q.attempts)),
+      h('td', { class: 'num', 'data-average': q.average_best_grade }, fmtGrade(q.average_best_grade)),
+      h('td', { class: 'num', 'data-median': q.median_best_grade }, fmtGrade(q.median_best_grade)))))));
+}
+
+// The quizzes whose attempts named this course. Thinkific's quiz.attempted
+// names no course, so this is often empty: say so and point at all quizzes.
+async function quizPanel(filter) {
+  const { items } = await api(API.quizzes, filter);
+  const head = h('div', { class: 'sub-head' }, h('h2', null, 'Quizzes'),
+    items.length ? csvButton(API.quizzes, filter, `quizzes-${filter.course_id}`) : null);
+  return h('div', { class: 'panel', id: 'course-quizzes' }, head, items.length ? quizTable(items)
+    : h('p', { class: 'muted empty-note' }, 'No quiz attempt named this course (Thinkific\u2019s quiz.attempted usually names none). ',
+      h('a', { href: '#/quizzes' }, 'All quizzes')));
+}
+
+async function quizzesView(root) {
+  const { items } = await api(API.quizzes);
+  root.append(h('div', { class: 'head' }, h('h1', null, 'Quizzes'),
+    h('span', { class: 'muted small' }, 'Per quiz: students who attempted it, attempts, and their best grades (Thinkific sends no pass mark).'),
+    items.length ? csvButton(API.quizzes, {}, 'quizzes') : null));
+  if (!items.length) { root.append(emptyState('No quiz attempted yet: quizzes appear here with the first quiz.attempted event.')); return; }
+  root.append(h('div', { class: 'panel', id: 'quizzes' }, quizTable(items)));
 }
 
 // ---------------------------------------------------------------- quarantine

@@ -73,6 +73,35 @@ fn rest_enrollment(i: u32) -> (Value, f64, &'static str) {
     (item, percent, status)
 }
 
+/// One scheduled reconciliation of `source`, as `serve --reconcile-every`
+/// runs it, from a stand-in Thinkific listing `n` enrollments, stored in the
+/// database at `url` (for the dashboard's browser test of its overview line).
+pub(crate) async fn reconcile_from_stand_in(url: &str, source: &str, n: u32) {
+    use enrollhook::config::{Secret, ThinkificSettings};
+    use enrollhook::maintenance::reconcile::{self, Round, Target};
+    let (_api, base) = start_api((1..=n).map(|i| rest_enrollment(i).0).collect()).await;
+    let settings = ThinkificSettings {
+        source: source.parse().unwrap(),
+        subdomain: Some(SUBDOMAIN.into()),
+        api_key: Some(Secret::new(KEY)),
+        access_token: None,
+        api_base: base,
+    };
+    let store = enrollhook::store::open(url, true).await.unwrap();
+    let target = Target {
+        source: settings.source.clone(),
+        client: settings.client().unwrap(),
+        webhook_url: None,
+    };
+    let round = reconcile::run_once(store.as_ref(), &[target])
+        .await
+        .unwrap();
+    assert!(
+        matches!(round, Round::Ran(ref ids) if ids.len() == 1),
+        "{round:?}"
+    );
+}
+
 async fn cli(args: &[&str]) -> Output {
     let dir = std::env::temp_dir();
     let mut cmd = tokio::process::Command::new(BIN);
