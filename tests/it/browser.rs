@@ -702,6 +702,76 @@ async fn the_dashboard_works_in_chromium_for_the_admin(db: TestDatabase) {
         got.last().unwrap().headers["x-enrollhook-topic"],
         "enrollment.created"
     );
+
+    // A Slack-shaped subscription made from the form; its preview renders a
+    // course completion as Slack's `{"text": …}` and sends nothing.
+    let before = receiver.received().len();
+    browser
+        .run(
+            "document.getElementById('sub-url').value = arguments[0];
+             document.getElementById('sub-topics').value = 'enrollment.completed';
+             document.getElementById('sub-preset').value = 'slack';
+             document.getElementById('sub-message').value = '{{ student.name }} finished {{ course.name }}';
+             document.querySelector('form.sub-form button[type=submit]').click();",
+            json!([format!("{}/slack", receiver.url)]),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let slack = loop {
+        let subs = api(&http, &server, "/api/subscriptions", ADMIN).await;
+        if let Some(s) = subs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["template"]["preset"] == "slack")
+        {
+            break s.clone();
+        }
+        assert!(Instant::now() < deadline, "the Slack subscription was not created");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        slack["template"]["message"],
+        "{{ student.name }} finished {{ course.name }}"
+    );
+    let slack_panel = format!(".subscription[data-id='{}']", slack["id"].as_str().unwrap());
+    browser
+        .until(
+            "the Slack subscription's panel",
+            &format!("return document.querySelector(\"{slack_panel}\");"),
+            WAIT,
+        )
+        .await;
+    assert!(
+        browser
+            .run(
+                &format!("return document.querySelector(\"{slack_panel}\").textContent;"),
+                json!([])
+            )
+            .await
+            .as_str()
+            .unwrap()
+            .contains("preset slack")
+    );
+    browser.click_button(&slack_panel, "Preview").await;
+    let preview = browser
+        .until(
+            "the preview",
+            &format!(
+                "const n = document.querySelector(\"{slack_panel} pre.request\"); return n && n.textContent;"
+            ),
+            WAIT,
+        )
+        .await;
+    let preview = preview.as_str().unwrap();
+    assert!(preview.starts_with("POST "), "{preview}");
+    let body = &preview[preview.find("\n\n").expect("headers, then the body") + 2..];
+    let body: Value = serde_json::from_str(body).expect("the preview's body is JSON");
+    assert!(
+        body["text"].as_str().is_some_and(|t| t.contains(" finished ")),
+        "{body}"
+    );
+    assert_eq!(receiver.received().len(), before, "a preview sends nothing");
     browser
         .screenshot(&shots.join("desktop-forwarding.png"))
         .await;

@@ -1156,8 +1156,32 @@ const SUBSCRIPTION_FIELDS = [
       if (!v.trim()) return undefined;
       try { return JSON.parse(v); } catch (_) { throw new Error('The filter must be JSON, like {"payload.free_trial": false}.'); }
     } },
+  { name: 'preset', label: 'Shape (optional)', in: 'template',
+    options: [['', 'Thinkific\'s body, as sent'], ['slack', 'Slack message'], ['discord', 'Discord message'],
+      ['teams', 'Microsoft Teams card'], ['json', 'Flat JSON of the enrollment']],
+    hint: 'A preset renders each event for a chat or a CRM; see the README, "Templates and presets".',
+    value: (v) => v || undefined },
+  { name: 'message', label: 'Message (optional, with a preset)', in: 'template', wide: true,
+    placeholder: '{{ student.name }} finished {{ course.name }}',
+    hint: 'The sentence a preset shows, a template; empty: one per topic.', value: (v) => v.trim() || undefined },
   { name: 'description', label: 'Description (optional)', placeholder: 'Who receives this', value: (v) => v.trim() || undefined },
 ];
+
+// The request body of a new subscription from the form's fields; fields with
+// `in` go into that object (`template: {preset, message}`).
+function subscriptionBody(inputs) {
+  const body = {};
+  for (const { f, input } of inputs) {
+    const v = f.value(input.value);
+    if (v === undefined) continue;
+    if (f.in) (body[f.in] ||= {})[f.name] = v;
+    else body[f.name] = v;
+  }
+  if (body.template && body.template.message && !body.template.preset) {
+    throw new Error('A message is shown by a preset: choose a shape too, or leave the message empty.');
+  }
+  return body;
+}
 
 function notice(kind, ...content) { return h('div', { class: `notice ${kind}`, role: kind === 'bad' ? 'alert' : 'status' }, ...content); }
 
@@ -1181,18 +1205,15 @@ function secretShownOnce(title, secret) {
 
 function subscriptionForm(onCreated) {
   const result = h('div');
-  const inputs = SUBSCRIPTION_FIELDS.map((f) => ({ f, input: h('input', {
-    name: f.name, id: `sub-${f.name}`, type: f.type || 'text', required: f.required, placeholder: f.placeholder,
-    value: f.initial, spellcheck: 'false', autocomplete: 'off' }) }));
+  const inputs = SUBSCRIPTION_FIELDS.map((f) => ({ f, input: f.options
+    ? h('select', { name: f.name, id: `sub-${f.name}` }, f.options.map(([v, label]) => h('option', { value: v }, label)))
+    : h('input', {
+      name: f.name, id: `sub-${f.name}`, type: f.type || 'text', required: f.required, placeholder: f.placeholder,
+      value: f.initial, spellcheck: 'false', autocomplete: 'off' }) }));
   const form = h('form', { class: 'sub-form', onsubmit: async (ev) => {
     ev.preventDefault();
-    const body = {};
-    try {
-      for (const { f, input } of inputs) {
-        const v = f.value(input.value);
-        if (v !== undefined) body[f.name] = v;
-      }
-    } catch (e) { result.replaceChildren(notice('bad', e.message)); return; }
+    let body;
+    try { body = subscriptionBody(inputs); } catch (e) { result.replaceChildren(notice('bad', e.message)); return; }
     try {
       const created = await api(API.subscriptions, {}, 'POST', body);
       form.reset();
@@ -1218,6 +1239,7 @@ async function subscriptionPanel(sub, refresh) {
     sub.sources ? `schools ${sub.sources.join(', ')}` : null,
     sub.ordered ? 'ordered' : null,
     sub.filter ? `filter ${JSON.stringify(sub.filter)}` : null,
+    sub.template ? (sub.template.preset ? `preset ${sub.template.preset}` : 'template') : null,
   ].filter(Boolean).join(' · ');
   const result = h('div', { 'aria-live': 'polite' });
   const act = async (work) => {
@@ -1230,12 +1252,22 @@ async function subscriptionPanel(sub, refresh) {
   const test = h('button', { type: 'button', class: 'secondary', onclick: () => act(async () => {
     test.disabled = true;
     try {
-      const r = await api(fill(API.test, id), {}, 'POST');
+      const r = await api(fill(API.test, id), { send: true }, 'POST');
+      const answer = r.status === null || r.status === undefined ? 'accepted it' : `answered ${r.status}`;
       return r.ok
-        ? notice('ok', `Test delivered: the destination answered ${r.status} in ${Math.round(r.latency_ms)} ms.`)
+        ? notice('ok', `Test delivered: the destination ${answer} in ${Math.round(r.latency_ms)} ms.`)
         : notice('bad', `Test failed: ${r.error || 'no answer'}`, r.response ? h('pre', null, r.response) : null);
     } finally { test.disabled = false; }
   }) }, 'Send test');
+  // What a real delivery of a completed course would send, rendered, not sent.
+  const preview = h('button', { type: 'button', class: 'secondary', onclick: () => act(async () => {
+    const r = await api(fill(API.test, id), { sample: 'completed' }, 'POST');
+    if (!r.request) return notice('bad', `The template cannot render a course completion: ${r.error || 'no request'}`);
+    const q = r.request;
+    return h('div', { class: 'notice ok', role: 'status' },
+      h('strong', null, 'Preview (not sent): a course completion would be sent as'),
+      h('pre', { class: 'request' }, `${q.method} ${q.url}\n${q.headers.map(([k, v]) => `${k}: ${v}`).join('\n')}\n\n${q.body}`));
+  }) }, 'Preview');
   const pause = sub.enabled
     ? confirmButton('Pause', 'Pause deliveries to this URL? Events keep being stored and queued.', 'Pause', () => act(async () => {
       await api(fill(API.subscription, id), {}, 'PATCH', { enabled: false });
@@ -1275,7 +1307,7 @@ async function subscriptionPanel(sub, refresh) {
     sub.disabled_reason ? h('p', { class: 'small' }, 'Disabled: ', sub.disabled_reason) : null,
     sub.failing_since ? h('p', { class: 'small' }, 'Failing since ', fmtTime(sub.failing_since)) : null,
     h('div', { class: 'cards' }, card('Pending deliveries', pending.text), card('Dead deliveries', dead.text, dead.n ? 'bad' : '')),
-    h('div', { class: 'actions' }, test, pause, replay, rotate, remove),
+    h('div', { class: 'actions' }, preview, test, pause, replay, rotate, remove),
     result,
     h('div', { class: 'sub-head' }, h('h2', null, 'Recent attempts'), rows.length ? csvButton(fill(API.attempts, id), { order: 'desc' }, `attempts-${sub.id}`) : null),
     rows.length ? h('div', { class: 'table-wrap' }, h('table', null,
