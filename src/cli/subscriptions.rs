@@ -11,6 +11,7 @@ use super::open_existing;
 use super::table::{Format, opt, output};
 use crate::config::Settings;
 use crate::forward::SubscriptionInput;
+use crate::forward::template::{Preset, TemplateSpec};
 use crate::store::{self, PageRequest, ReplayScope};
 use crate::thinkific;
 use crate::views;
@@ -94,6 +95,18 @@ pub struct SubscriptionFields {
     /// `{"payload.course.id": {"$in": [68, 71]}}`; `none` removes it (README: Filters).
     #[arg(long)]
     filter: Option<String>,
+    /// Send a ready-made shape instead of Thinkific's body: slack, discord,
+    /// teams or json; `none` removes the template (README: Templates and presets).
+    #[arg(long)]
+    preset: Option<String>,
+    /// The template as a JSON file (`preset`, `method`, `url`, `headers`,
+    /// `body`, `message`, `content_type`); --preset and --message override its fields.
+    #[arg(long)]
+    template_file: Option<std::path::PathBuf>,
+    /// The sentence a preset shows, a template, e.g.
+    /// `{{ student.name }} finished {{ course.name }} in {{ days_to_complete }} days`.
+    #[arg(long)]
+    message: Option<String>,
     #[arg(long)]
     description: Option<String>,
     /// nats:// destinations: the subject to publish to, e.g. `thinkific.{source}.{topic}`.
@@ -143,9 +156,11 @@ impl SubscriptionFields {
                 Some(Some(json))
             }
         };
+        let template = self.template()?;
         Ok(SubscriptionInput {
             url,
             filter,
+            template,
             topics: (!self.topics.is_empty()).then_some(self.topics),
             course_ids: (!self.course_ids.is_empty()).then_some(Some(self.course_ids)),
             sources: (!self.sources.is_empty()).then_some(Some(self.sources)),
@@ -160,6 +175,49 @@ impl SubscriptionFields {
             stream: self.stream.map(Some),
             maxlen: self.maxlen.map(Some),
         })
+    }
+}
+
+impl SubscriptionFields {
+    /// The template the options describe; given options replace the whole
+    /// stored template (None: leave it as it is; Some(None): remove it).
+    fn template(&self) -> anyhow::Result<Option<Option<TemplateSpec>>> {
+        if self.preset.as_deref() == Some("none") {
+            if self.template_file.is_some() || self.message.is_some() {
+                bail!("--preset none removes the template: give no --template-file or --message with it");
+            }
+            return Ok(Some(None));
+        }
+        if self.preset.is_none() && self.template_file.is_none() && self.message.is_none() {
+            return Ok(None);
+        }
+        let mut spec = match &self.template_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --template-file {}", path.display()))?;
+                serde_json::from_str::<TemplateSpec>(&text).with_context(|| {
+                    format!(
+                        "--template-file {} is not a template (a JSON object with preset, method, url, headers, body, message, content_type)",
+                        path.display()
+                    )
+                })?
+            }
+            None => TemplateSpec::default(),
+        };
+        if let Some(name) = &self.preset {
+            spec.preset = Some(
+                Preset::ALL
+                    .into_iter()
+                    .find(|p| p.name() == name)
+                    .with_context(|| {
+                        format!("--preset `{name}` is unknown: use slack, discord, teams, json or none")
+                    })?,
+            );
+        }
+        if let Some(message) = &self.message {
+            spec.message = Some(message.clone());
+        }
+        Ok(Some(Some(spec)))
     }
 }
 

@@ -11,7 +11,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::destinations::{self, Destinations, Message, Sent};
 use super::policy::{self, AttemptResult, RetrySchedule};
+use super::shaping::Shapers;
 use super::signing;
+use super::template::Rendered;
 use crate::store::{ClaimedDelivery, FinishedAttempt, Store};
 
 #[derive(Debug, Clone)]
@@ -71,6 +73,7 @@ async fn run(
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let (results, finished) = mpsc::channel::<FinishedAttempt>(config.concurrency * 4);
     let recorder = tokio::spawn(record(store.clone(), config.clone(), finished));
+    let shapers = Arc::new(Shapers::default());
 
     while !*stopped.borrow() {
         // Wait for room before claiming, so claimed rows never sit leased in a queue.
@@ -108,10 +111,15 @@ async fn run(
                 Some(p) => p,
                 None => permits.clone().acquire_owned().await.expect("never closed"),
             };
-            let (destinations, config, results) =
-                (destinations.clone(), config.clone(), results.clone());
+            let (destinations, config, results, store, shapers) = (
+                destinations.clone(),
+                config.clone(),
+                results.clone(),
+                store.clone(),
+                shapers.clone(),
+            );
             tokio::spawn(async move {
-                let finished = attempt(&destinations, &config, delivery).await;
+                let finished = attempt(&destinations, &config, &*store, &shapers, delivery).await;
                 let _ = results.send(finished).await;
                 drop(permit);
             });
@@ -259,14 +267,22 @@ pub async fn send_test(
         },
     };
     let started = Instant::now();
-    let Sent { result, response } = send(&destinations, &delivery, now).await;
+    let shape = Shapers::default()
+        .shape(None, subscription, &delivery.event, config.allow_private_destinations, now)
+        .await;
+    let Sent { result, response } = match &shape {
+        Ok(shape) => send(&destinations, &delivery, now, shape.as_ref()).await,
+        Err(error) => Sent::failed(error.clone()),
+    };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (status, error) = match &result {
         AttemptResult::Response { status, .. } => (
             Some(*status),
             (!(200..300).contains(status)).then(|| policy::describe(&result)),
         ),
-        AttemptResult::Failed { error } => (None, Some(error.clone())),
+        AttemptResult::Failed { error } | AttemptResult::Unsendable { error } => {
+            (None, Some(error.clone()))
+        }
         AttemptResult::Accepted => (None, None),
     };
     Ok(TestDelivery {
@@ -282,12 +298,32 @@ pub async fn send_test(
 async fn attempt(
     destinations: &Destinations,
     config: &ForwardConfig,
+    store: &dyn Store,
+    shapers: &Shapers,
     d: ClaimedDelivery,
 ) -> FinishedAttempt {
     let started = Instant::now();
     let attempted_at = Utc::now();
     let number = d.attempts + 1;
-    let Sent { result, response } = send(destinations, &d, attempted_at).await;
+    let shaped = shapers
+        .shape(
+            Some(store),
+            &d.subscription,
+            &d.event,
+            config.allow_private_destinations,
+            attempted_at,
+        )
+        .await;
+    let Sent { result, response } = match &shaped {
+        Ok(shape) => send(destinations, &d, attempted_at, shape.as_ref()).await,
+        // Nothing half-rendered is sent: the delivery is dead with the reason.
+        Err(error) => Sent {
+            result: AttemptResult::Unsendable {
+                error: error.clone(),
+            },
+            response: None,
+        },
+    };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let jitter = rand::rng().random_range(-1.0..=1.0);
     let next = policy::next_step(&result, number, &config.schedule, Utc::now(), jitter);
@@ -296,7 +332,9 @@ async fn attempt(
             Some(*status),
             (!(200..300).contains(status)).then(|| policy::describe(&result)),
         ),
-        AttemptResult::Failed { error } => (None, Some(error.clone())),
+        AttemptResult::Failed { error } | AttemptResult::Unsendable { error } => {
+            (None, Some(error.clone()))
+        }
         AttemptResult::Accepted => (None, None),
     };
     tracing::info!(
@@ -323,11 +361,13 @@ async fn attempt(
     }
 }
 
-/// Signs the event and hands it to the subscription's destination.
+/// Signs the bytes to send (the rendered body, else the event's) and hands
+/// them to the subscription's destination.
 async fn send(
     destinations: &Destinations,
     d: &ClaimedDelivery,
     now: chrono::DateTime<Utc>,
+    shape: Option<&Rendered>,
 ) -> Sent {
     let s = &d.subscription;
     let Some(destination) = destinations.for_url(&s.url) else {
@@ -343,7 +383,7 @@ async fn send(
         d.event.id_taken,
     );
     let timestamp = now.timestamp();
-    let body = d.event.body.as_bytes();
+    let body = shape.map_or(d.event.body.as_bytes(), |r| r.body.as_slice());
     let signature = match signing::signature_header(&s.signing_secrets(now), &id, timestamp, body) {
         Ok(sig) => sig,
         Err(e) => return Sent::failed(e.to_string()),
@@ -357,6 +397,7 @@ async fn send(
         signature: &signature,
         body,
         headers: &s.headers,
+        shape,
     };
     destination.send(s, &message).await
 }

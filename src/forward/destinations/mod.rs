@@ -72,6 +72,10 @@ pub struct Message<'a> {
     pub body: &'a [u8],
     /// The subscription's own extra headers.
     pub headers: &'a BTreeMap<String, String>,
+    /// The request the subscription's template rendered (its body is `body`):
+    /// HTTP takes its method, URL, content type and headers; brokers only
+    /// the body.
+    pub shape: Option<&'a crate::forward::template::Rendered>,
 }
 
 impl Message<'_> {
@@ -79,7 +83,12 @@ impl Message<'_> {
     /// every message carries, then the subscription's own.
     pub fn properties(&self) -> Vec<(&str, String)> {
         let mut p = vec![
-            ("content-type", "application/json".to_owned()),
+            (
+                "content-type",
+                self.shape
+                    .map_or("application/json", |r| r.content_type.as_str())
+                    .to_owned(),
+            ),
             ("webhook-id", self.id.to_owned()),
             ("webhook-timestamp", self.timestamp.to_string()),
             ("webhook-signature", self.signature.to_owned()),
@@ -91,6 +100,9 @@ impl Message<'_> {
             ),
         ];
         p.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        if let Some(r) = self.shape {
+            p.extend(r.headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        }
         p
     }
 
