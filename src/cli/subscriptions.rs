@@ -12,6 +12,8 @@ use super::table::{Format, opt, output};
 use crate::config::Settings;
 use crate::forward::SubscriptionInput;
 use crate::forward::template::{Preset, TemplateSpec};
+use crate::forward::worker::{TestEvent, test_delivery};
+use crate::forward::ForwardConfig;
 use crate::store::{self, PageRequest, ReplayScope};
 use crate::thinkific;
 use crate::views;
@@ -59,6 +61,28 @@ pub enum SubscriptionsCommand {
         id: String,
         #[arg(long, default_value = "24h", value_parser = crate::forward::policy::parse_duration)]
         grace: Duration,
+    },
+    /// Show the request a subscription would send (its template rendered)
+    /// for a stored event, a sample or a test ping; --send sends it. Nothing
+    /// is queued or recorded. Fails (exit 1) when it cannot render or the
+    /// destination did not answer 2xx.
+    Test {
+        id: String,
+        /// A stored event: SOURCE/EVENT_ID (rendered with its enrollment as it is now).
+        #[arg(long, conflicts_with = "sample")]
+        event: Option<String>,
+        /// The --event's topic, needed when its id names events of several topics.
+        #[arg(long, requires = "event")]
+        topic: Option<String>,
+        /// A Thinkific sample: created, progress, completed, lesson, order or signup.
+        #[arg(long)]
+        sample: Option<String>,
+        /// Send it, signed, as a real delivery.
+        #[arg(long)]
+        send: bool,
+        /// Send to a private, loopback or link-local address.
+        #[arg(long)]
+        allow_private: bool,
     },
     /// Delivery attempts of a subscription, oldest first (`--newest-first`: the latest).
     Attempts {
@@ -349,6 +373,42 @@ pub async fn subscriptions(
             s.rotate_secret(None, grace, now)?;
             store.update_subscription(&s).await?;
             print(&s)?;
+        }
+        SubscriptionsCommand::Test {
+            id,
+            event,
+            topic,
+            sample,
+            send,
+            allow_private,
+        } => {
+            let s = store
+                .get_subscription(&id)
+                .await?
+                .with_context(|| format!("no subscription `{id}`"))?;
+            let event = match (event, sample) {
+                (Some(event), _) => {
+                    let (source, event_id) = event.split_once('/').with_context(|| {
+                        format!("--event `{event}` must be SOURCE/EVENT_ID, e.g. default/20190131192004041953291")
+                    })?;
+                    let stored = store
+                        .get_event(source, event_id, topic.as_deref())
+                        .await?
+                        .with_context(|| format!("no event `{event_id}` from source `{source}`"))?;
+                    TestEvent::Stored(Box::new(stored))
+                }
+                (None, Some(sample)) => TestEvent::Sample(sample),
+                (None, None) => TestEvent::Ping,
+            };
+            let config = ForwardConfig {
+                allow_private_destinations: allow_private,
+                ..ForwardConfig::default()
+            };
+            let report = test_delivery(&config, store.as_ref(), &s, event, send).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.ok {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         SubscriptionsCommand::Attempts {
             id,

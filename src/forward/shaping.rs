@@ -10,7 +10,27 @@ use chrono::{DateTime, Utc};
 
 use super::subscription::{Subscription, validate_url};
 use super::template::{RenderInput, Rendered, Shaper};
-use crate::store::{StoredEvent, Store};
+use crate::store::{Store, StoredEvent};
+
+/// Why a templated delivery could not be shaped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShapeError {
+    /// The template cannot give a request for this event (it fails to
+    /// render, or renders a refused URL): retrying cannot help, so the
+    /// delivery goes dead with this reason and nothing is sent.
+    Unsendable(String),
+    /// The enrollment could not be read (the database is busy or away):
+    /// retried like a failed send.
+    Transient(String),
+}
+
+impl ShapeError {
+    pub fn message(&self) -> &str {
+        match self {
+            ShapeError::Unsendable(m) | ShapeError::Transient(m) => m,
+        }
+    }
+}
 
 /// Compiled templates by subscription id, recompiled when the subscription
 /// changes (its `updated_at`).
@@ -20,7 +40,7 @@ pub struct Shapers {
 }
 
 impl Shapers {
-    fn shaper(&self, s: &Subscription) -> Result<Option<Arc<Shaper>>, String> {
+    fn shaper(&self, s: &Subscription) -> Result<Option<Arc<Shaper>>, ShapeError> {
         let Some(spec) = &s.template else {
             return Ok(None);
         };
@@ -32,13 +52,14 @@ impl Shapers {
         }
         // Checked when it was saved; a stored one that no longer compiles
         // (an older version's syntax) is reported like a render error.
-        let shaper = Arc::new(Shaper::new(spec).map_err(|e| e.to_string())?);
+        let shaper = Arc::new(Shaper::new(spec).map_err(|e| ShapeError::Unsendable(e.to_string()))?);
         compiled.insert(s.id.clone(), (s.updated_at, shaper.clone()));
         Ok(Some(shaper))
     }
 
     /// What to send for `event` to `s`: None when the subscription has no
     /// template (Thinkific's body is sent as it is), or why nothing can be.
+    /// Without a store the template sees no enrollment.
     pub async fn shape(
         &self,
         store: Option<&dyn Store>,
@@ -46,21 +67,27 @@ impl Shapers {
         event: &StoredEvent,
         allow_private: bool,
         now: DateTime<Utc>,
-    ) -> Result<Option<Rendered>, String> {
+    ) -> Result<Option<Rendered>, ShapeError> {
         let Some(shaper) = self.shaper(s)? else {
             return Ok(None);
         };
         let body: serde_json::Value = serde_json::from_str(&event.body).map_err(|_| {
-            "the event's body is not JSON (pruned by retention?): nothing to render".to_owned()
+            ShapeError::Unsendable(
+                "the event's body is not JSON (pruned by retention?): nothing to render the template with".to_owned(),
+            )
         })?;
         let enrollment = match (store, event.enrollment_id) {
             (Some(store), Some(id)) => store
                 .get_enrollment(&event.source, id)
                 .await
-                .map_err(|e| format!("cannot read enrollment {id} to render the template: {e}"))?
+                .map_err(|e| {
+                    ShapeError::Transient(format!(
+                        "cannot read enrollment {id} to render the template: {e}"
+                    ))
+                })?
                 .map(|e| serde_json::to_value(crate::views::EnrollmentView::new(&e, now)))
                 .transpose()
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| ShapeError::Unsendable(e.to_string()))?,
             _ => None,
         };
         let rendered = shaper
@@ -70,15 +97,20 @@ impl Shapers {
                 event: &body,
                 enrollment: enrollment.as_ref(),
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ShapeError::Unsendable(e.to_string()))?;
         if let Some(url) = &rendered.url {
             // A rendered URL obeys the rules of a subscription's URL, and
             // stays on HTTP: a payload value must not choose the destination kind.
-            if !url.starts_with("https://") && !url.starts_with("http://") {
-                return Err("template url: rendered a URL that is not http(s)".into());
+            let scheme_ok = reqwest::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !scheme_ok {
+                return Err(ShapeError::Unsendable(format!(
+                    "template url: rendered `{}`, which is not an http(s) URL",
+                    crate::redact::url(url)
+                )));
             }
             validate_url(url, allow_private)
-                .map_err(|e| format!("template url: rendered {}", e.0))?;
+                .map_err(|e| ShapeError::Unsendable(format!("template url: rendered {}", e.0)))?;
         }
         Ok(Some(rendered))
     }

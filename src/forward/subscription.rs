@@ -237,6 +237,7 @@ pub struct SubscriptionInput {
     /// What to send instead of Thinkific's body: a preset and/or templates
     /// (`null` removes it); see the README's "Templates and presets".
     #[serde(default, deserialize_with = "explicit_null")]
+    #[schema(value_type = Option<TemplateSpec>)]
     pub template: Option<Option<TemplateSpec>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub description: Option<Option<String>>,
@@ -255,26 +256,46 @@ where
 #[error("{0}")]
 pub struct InvalidSubscription(pub String);
 
-/// A template compiles, and asks of a broker destination only what a broker
-/// takes: its body (a message has no method, URL or HTTP headers).
-pub fn check_template(t: &TemplateSpec, url: &str) -> Result<(), InvalidSubscription> {
-    Shaper::new(t).map_err(|e| InvalidSubscription(format!("{e} (fix that part of `template`)")))?;
+/// A template compiles, sets no header enrollhook sets, and asks of a broker
+/// destination only what a broker takes: its body (a message has no method,
+/// URL or HTTP headers). A URL without placeholders is checked now like the
+/// subscription's; a rendered one is checked at every send.
+pub fn check_template(
+    t: &TemplateSpec,
+    url: &str,
+    allow_private: bool,
+) -> Result<(), InvalidSubscription> {
+    Shaper::new(t)
+        .map_err(|e| InvalidSubscription(format!("{e} (fix that part of `template`)")))?;
     let is_http = matches!(Kind::of_url(url), Some(Kind::Http));
     if !is_http && (t.method.is_some() || t.url.is_some() || !t.headers.is_empty()) {
         return Err(InvalidSubscription(
-            "`template`: a broker destination takes only the rendered body; remove `method`, `url` and `headers` (they apply to http(s) URLs)".into(),
+            "`template`: a broker destination takes only the rendered body (preset, body, message, content_type); remove `method`, `url` and `headers`, which apply to http(s) URLs only".into(),
         ));
+    }
+    if let Some(target) = &t.url
+        && !target.contains("{{")
+        && !target.contains("{%")
+    {
+        let scheme_ok =
+            reqwest::Url::parse(target).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        if !scheme_ok {
+            return Err(InvalidSubscription(format!(
+                "template url `{}` is not an http(s) URL",
+                crate::redact::url(target)
+            )));
+        }
+        validate_url(target, allow_private)
+            .map_err(|e| InvalidSubscription(format!("template {}", e.0)))?;
     }
     for name in t.headers.keys() {
         let lower = name.to_ascii_lowercase();
-        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+        if RESERVED_HEADERS.contains(&lower.as_str())
+            || lower.starts_with("webhook-")
+            || lower.starts_with("x-enrollhook-")
+        {
             return Err(InvalidSubscription(format!(
-                "template header `{name}` is set by enrollhook and cannot be overridden"
-            )));
-        }
-        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(InvalidSubscription(format!(
-                "template header `{name}` is not a valid header name"
+                "template header `{name}` is set by enrollhook and cannot be overridden (the content type is `template.content_type`)"
             )));
         }
     }
@@ -426,7 +447,7 @@ impl SubscriptionInput {
             s.template = template;
         }
         if let Some(t) = &s.template {
-            check_template(t, &s.url)?;
+            check_template(t, &s.url, allow_private)?;
         }
         if let Some(d) = self.description {
             s.description = d;

@@ -298,6 +298,7 @@ pub mod columns {
         "course_ids",
         "sources",
         "filter",
+        "template",
         "enabled",
         "disabled_reason",
         "ordered",

@@ -99,7 +99,18 @@ impl Message<'_> {
                 self.event_time.to_rfc3339_opts(SecondsFormat::Secs, true),
             ),
         ];
-        p.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        // A template's header replaces the subscription's of the same name
+        // (sent twice, a receiver would see both values).
+        let templated = |name: &str| {
+            self.shape
+                .is_some_and(|r| r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)))
+        };
+        p.extend(
+            self.headers
+                .iter()
+                .filter(|(k, _)| !templated(k))
+                .map(|(k, v)| (k.as_str(), v.clone())),
+        );
         if let Some(r) = self.shape {
             p.extend(r.headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
         }
