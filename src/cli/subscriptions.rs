@@ -151,7 +151,13 @@ pub struct SubscriptionFields {
 }
 
 impl SubscriptionFields {
-    fn into_input(self, url: Option<String>) -> anyhow::Result<SubscriptionInput> {
+    /// The input these options describe; `existing` is the subscription's
+    /// template today (an update's --preset or --message changes only that field).
+    fn into_input(
+        self,
+        url: Option<String>,
+        existing: Option<&TemplateSpec>,
+    ) -> anyhow::Result<SubscriptionInput> {
         let headers = if self.headers.is_empty() {
             None
         } else {
@@ -180,7 +186,7 @@ impl SubscriptionFields {
                 Some(Some(json))
             }
         };
-        let template = self.template()?;
+        let template = self.template(existing)?;
         Ok(SubscriptionInput {
             url,
             filter,
@@ -203,9 +209,13 @@ impl SubscriptionFields {
 }
 
 impl SubscriptionFields {
-    /// The template the options describe; given options replace the whole
-    /// stored template (None: leave it as it is; Some(None): remove it).
-    fn template(&self) -> anyhow::Result<Option<Option<TemplateSpec>>> {
+    /// The template the options describe (None: leave it as it is;
+    /// Some(None): remove it). --template-file replaces the whole template;
+    /// --preset and --message change that field of the file's or `existing`.
+    fn template(
+        &self,
+        existing: Option<&TemplateSpec>,
+    ) -> anyhow::Result<Option<Option<TemplateSpec>>> {
         if self.preset.as_deref() == Some("none") {
             if self.template_file.is_some() || self.message.is_some() {
                 bail!("--preset none removes the template: give no --template-file or --message with it");
@@ -226,7 +236,7 @@ impl SubscriptionFields {
                     )
                 })?
             }
-            None => TemplateSpec::default(),
+            None => existing.cloned().unwrap_or_default(),
         };
         if let Some(name) = &self.preset {
             spec.preset = Some(
@@ -286,7 +296,7 @@ pub async fn subscriptions(
             fields,
             allow_private,
         } => {
-            let s = fields.into_input(Some(url))?.create(
+            let s = fields.into_input(Some(url), None)?.create(
                 crate::server::new_subscription_id(),
                 now,
                 allow_private,
@@ -347,7 +357,7 @@ pub async fn subscriptions(
                 .get_subscription(&id)
                 .await?
                 .with_context(|| format!("no subscription `{id}`"))?;
-            let mut input = fields.into_input(url)?;
+            let mut input = fields.into_input(url, existing.template.as_ref())?;
             input.enabled = if enable {
                 Some(true)
             } else if disable {

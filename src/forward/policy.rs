@@ -202,6 +202,20 @@ mod tests {
     }
 
     #[test]
+    fn an_unsendable_delivery_is_dead_at_the_first_attempt() {
+        let now = Utc::now();
+        let unsendable = AttemptResult::Unsendable {
+            error: "template body: line 1: boom".into(),
+        };
+        assert_eq!(
+            next_step(&unsendable, 1, &RetrySchedule::default(), now, 0.0),
+            Next::Dead {
+                reason: "not sent: template body: line 1: boom".into()
+            }
+        );
+    }
+
+    #[test]
     fn jitter_is_within_twenty_percent() {
         let now = Utc::now();
         let s = RetrySchedule::default();

@@ -288,7 +288,7 @@ pub(super) async fn test(
             ));
         }
         (Some(event), None) => {
-            let (source, event_id) = event.split_once('/').unwrap_or(("default", &event));
+            let (source, event_id) = event.split_once('/').unwrap_or(("default", event.as_str()));
             let stored = app
                 .store
                 .get_event(source, event_id, q.topic.as_deref())

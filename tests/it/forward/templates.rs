@@ -22,6 +22,7 @@ on_both_backends!(
     a_rendered_url_obeys_the_address_rules,
     a_template_that_does_not_compile_is_refused,
     the_test_endpoint_shows_the_request_and_sends_only_when_asked,
+    presets_templates_and_tests_from_the_cli,
 );
 
 /// A completion Thinkific would send: started 12 days before it was completed.
@@ -472,4 +473,96 @@ async fn the_test_endpoint_shows_the_request_and_sends_only_when_asked(db: TestD
     assert_eq!(test("?event=t1&sample=completed").await.0, 400);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(dest.received().len(), 2);
+}
+
+/// The binary, off the runtime's thread (the stand-in receiver runs on it).
+async fn cli(args: Vec<String>) -> (bool, String, String) {
+    let o = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::common::process::BIN)
+            .args(&args)
+            .env_remove("ENROLLHOOK_SECRET")
+            .env_remove("ENROLLHOOK_DATABASE_URL")
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+async fn presets_templates_and_tests_from_the_cli(db: TestDatabase) {
+    let url = db.url.clone();
+    let run = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(["--database".to_string(), url.clone()]);
+        cli(all)
+    };
+    let (ok, _, err) = run(&["migrate"]).await;
+    assert!(ok, "{err}");
+    let dest = Destination::start().await;
+    let (ok, out, err) = run(&[
+        "subscriptions", "add", "--url", &dest.url, "--allow-private",
+        "--topic", "enrollment.completed", "--preset", "slack",
+        "--message", "{{ student.name }} finished {{ course.name }}",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let sub: Value = serde_json::from_str(&out).unwrap();
+    let id = sub["id"].as_str().unwrap().to_owned();
+    assert_eq!(sub["template"]["preset"], "slack", "{sub}");
+
+    // --message alone changes the message and keeps the preset.
+    let (ok, out, err) = run(&[
+        "subscriptions", "update", &id, "--message", "Bravo {{ student.first_name }}!",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let updated: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(updated["template"]["preset"], "slack", "{updated}");
+    assert_eq!(updated["template"]["message"], "Bravo {{ student.first_name }}!");
+
+    // A dry run on a sample: shown, not sent.
+    let (ok, out, err) = run(&["subscriptions", "test", &id, "--sample", "completed"]).await;
+    assert!(ok, "{err}");
+    let dry: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(dry["sent"], false);
+    let body: Value = serde_json::from_str(dry["request"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["text"], "Bravo [TEST] John!");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(dest.received().is_empty(), "a dry run sends nothing");
+
+    // Sent: the receiver gets what the dry run showed.
+    let (ok, out, err) = run(&[
+        "subscriptions", "test", &id, "--sample", "completed", "--send", "--allow-private",
+    ])
+    .await;
+    assert!(ok, "{out} {err}");
+    let sent: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((sent["sent"].clone(), sent["status"].clone()), (json!(true), json!(200)), "{sent}");
+    let got = dest.wait_for(1, WAIT).await;
+    assert_eq!(body_of(&got[0])["text"], "Bravo [TEST] John!");
+
+    // A template file that does not compile is refused with where and why;
+    // --preset none removes the template.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("crm.json");
+    std::fs::write(&file, r#"{"body": "{\"email\": {{ student.email }"}"#).unwrap();
+    let (ok, _, err) = run(&[
+        "subscriptions", "update", &id, "--template-file", file.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("template body: line 1"), "{err}");
+    let (ok, out, err) = run(&["subscriptions", "update", &id, "--preset", "none"]).await;
+    assert!(ok, "{err}");
+    let removed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(removed["template"], Value::Null);
+    let (ok, _, err) = run(&["subscriptions", "add", "--url", &dest.url, "--allow-private", "--preset", "slak"]).await;
+    assert!(!ok);
+    assert!(err.contains("slack, discord, teams, json"), "{err}");
 }
