@@ -10,10 +10,10 @@ use clap::{Args, Subcommand};
 use super::open_existing;
 use super::table::{Format, opt, output};
 use crate::config::Settings;
+use crate::forward::ForwardConfig;
 use crate::forward::SubscriptionInput;
 use crate::forward::template::{Preset, TemplateSpec};
 use crate::forward::worker::{TestEvent, test_delivery};
-use crate::forward::ForwardConfig;
 use crate::store::{self, PageRequest, ReplayScope};
 use crate::thinkific;
 use crate::views;
@@ -218,7 +218,9 @@ impl SubscriptionFields {
     ) -> anyhow::Result<Option<Option<TemplateSpec>>> {
         if self.preset.as_deref() == Some("none") {
             if self.template_file.is_some() || self.message.is_some() {
-                bail!("--preset none removes the template: give no --template-file or --message with it");
+                bail!(
+                    "--preset none removes the template: give no --template-file or --message with it"
+                );
             }
             return Ok(Some(None));
         }
@@ -244,7 +246,9 @@ impl SubscriptionFields {
                     .into_iter()
                     .find(|p| p.name() == name)
                     .with_context(|| {
-                        format!("--preset `{name}` is unknown: use slack, discord, teams, json or none")
+                        format!(
+                            "--preset `{name}` is unknown: use slack, discord, teams, json or none"
+                        )
                     })?,
             );
         }

@@ -32,11 +32,14 @@ impl ShapeError {
     }
 }
 
+/// A compiled template and the subscription version it was compiled from.
+type Compiled = (DateTime<Utc>, Arc<Shaper>);
+
 /// Compiled templates by subscription id, recompiled when the subscription
 /// changes (its `updated_at`).
 #[derive(Default)]
 pub struct Shapers {
-    compiled: Mutex<HashMap<String, (DateTime<Utc>, Arc<Shaper>)>>,
+    compiled: Mutex<HashMap<String, Compiled>>,
 }
 
 impl Shapers {
@@ -52,7 +55,8 @@ impl Shapers {
         }
         // Checked when it was saved; a stored one that no longer compiles
         // (an older version's syntax) is reported like a render error.
-        let shaper = Arc::new(Shaper::new(spec).map_err(|e| ShapeError::Unsendable(e.to_string()))?);
+        let shaper =
+            Arc::new(Shaper::new(spec).map_err(|e| ShapeError::Unsendable(e.to_string()))?);
         compiled.insert(s.id.clone(), (s.updated_at, shaper.clone()));
         Ok(Some(shaper))
     }
@@ -101,8 +105,8 @@ impl Shapers {
         if let Some(url) = &rendered.url {
             // A rendered URL obeys the rules of a subscription's URL, and
             // stays on HTTP: a payload value must not choose the destination kind.
-            let scheme_ok = reqwest::Url::parse(url)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            let scheme_ok =
+                reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
             if !scheme_ok {
                 return Err(ShapeError::Unsendable(format!(
                     "template url: rendered `{}`, which is not an http(s) URL",

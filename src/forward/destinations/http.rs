@@ -78,7 +78,12 @@ impl Destination for Http {
         let method = match m.shape {
             Some(r) => match reqwest::Method::from_bytes(r.method.as_bytes()) {
                 Ok(method) => method,
-                Err(_) => return Sent::failed(format!("template method `{}` is not an HTTP method", r.method)),
+                Err(_) => {
+                    return Sent::failed(format!(
+                        "template method `{}` is not an HTTP method",
+                        r.method
+                    ));
+                }
             },
             None => reqwest::Method::POST,
         };

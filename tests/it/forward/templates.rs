@@ -56,15 +56,16 @@ fn completion(event_id: &str, enrollment_id: i64, first: &str, course: &str) -> 
 /// (Python `standardwebhooks`), as a receiver would. None when python3 is
 /// missing (the caller skips with a message); a failed verification panics.
 fn verify_with_reference_library(secret: &str, r: &Received) -> Option<()> {
-    let headers: serde_json::Map<String, Value> = ["webhook-id", "webhook-timestamp", "webhook-signature"]
-        .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                json!(r.headers.get(*n).unwrap().to_str().unwrap()),
-            )
-        })
-        .collect();
+    let headers: serde_json::Map<String, Value> =
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    json!(r.headers.get(*n).unwrap().to_str().unwrap()),
+                )
+            })
+            .collect();
     let input = json!({
         "secret": secret,
         "headers": headers,
@@ -211,7 +212,10 @@ async fn presets_send_the_documented_shapes_signed_over_the_bytes_sent(db: TestD
                 assert_eq!(a["days_to_complete"], 12);
                 assert_eq!(a["message"], sentence);
                 assert!(
-                    a.as_object().unwrap().values().all(|v| !v.is_object() && !v.is_array()),
+                    a.as_object()
+                        .unwrap()
+                        .values()
+                        .all(|v| !v.is_object() && !v.is_array()),
                     "flat: {a}"
                 );
             }
@@ -297,11 +301,20 @@ async fn a_rendered_url_obeys_the_address_rules(db: TestDatabase) {
     )
     .await;
     let id = sub["id"].as_str().unwrap();
-    let mut event: Value =
-        serde_json::from_slice(&enrollment_event("m1", "progress", 9, 5, "10.0", "2024-02-01T00:00:00Z"))
-            .unwrap();
+    let mut event: Value = serde_json::from_slice(&enrollment_event(
+        "m1",
+        "progress",
+        9,
+        5,
+        "10.0",
+        "2024-02-01T00:00:00Z",
+    ))
+    .unwrap();
     event["payload"]["course"]["name"] = json!("169.254.169.254");
-    assert_eq!(app.deliver(&serde_json::to_vec(&event).unwrap()).await.0, 200);
+    assert_eq!(
+        app.deliver(&serde_json::to_vec(&event).unwrap()).await.0,
+        200
+    );
     let dead = wait_for_dead(&app, id, 1).await;
     let error = dead[0]["last_error"].as_str().unwrap();
     assert!(
@@ -331,9 +344,12 @@ async fn a_template_that_does_not_compile_is_refused(db: TestDatabase) {
         let app = &app;
         let url = dest.url.clone();
         async move {
-            let (status, error) =
-                post_json(app, "/api/subscriptions", json!({"url": url, "template": template}))
-                    .await;
+            let (status, error) = post_json(
+                app,
+                "/api/subscriptions",
+                json!({"url": url, "template": template}),
+            )
+            .await;
             assert_eq!(status, 422, "{template}: {error}");
             error["message"].as_str().unwrap().to_owned()
         }
@@ -377,7 +393,11 @@ async fn a_template_that_does_not_compile_is_refused(db: TestDatabase) {
     );
 
     // A change to a bad template leaves the stored one as it was; null removes it.
-    let sub = subscribe(&app, json!({"url": dest.url, "template": {"preset": "teams"}})).await;
+    let sub = subscribe(
+        &app,
+        json!({"url": dest.url, "template": {"preset": "teams"}}),
+    )
+    .await;
     let id = sub["id"].as_str().unwrap();
     let patch = |body: Value| {
         app.client
@@ -404,10 +424,7 @@ async fn the_test_endpoint_shows_the_request_and_sends_only_when_asked(db: TestD
                "template": {"preset": "slack", "headers": {"X-Course": "{{ course.id }}"}}}),
     )
     .await;
-    let (id, secret) = (
-        sub["id"].as_str().unwrap(),
-        sub["secret"].as_str().unwrap(),
-    );
+    let (id, secret) = (sub["id"].as_str().unwrap(), sub["secret"].as_str().unwrap());
     assert_eq!(
         app.deliver(&completion("t1", 601, "Ada", "Intro to Rust"))
             .await
@@ -427,7 +444,11 @@ async fn the_test_endpoint_shows_the_request_and_sends_only_when_asked(db: TestD
     // A dry run against the stored event: its enrollment, nothing sent.
     let (status, dry) = test("?event=default/t1").await;
     assert_eq!(status, 200, "{dry}");
-    assert_eq!((dry["sent"].clone(), dry["ok"].clone()), (json!(false), json!(true)), "{dry}");
+    assert_eq!(
+        (dry["sent"].clone(), dry["ok"].clone()),
+        (json!(false), json!(true)),
+        "{dry}"
+    );
     assert_eq!(dry["event"], "default/t1");
     let request = &dry["request"];
     assert_eq!(request["method"], "POST");
@@ -453,21 +474,44 @@ async fn the_test_endpoint_shows_the_request_and_sends_only_when_asked(db: TestD
     // Sent: exactly the request shown, under a test id of its own.
     let (status, sent) = test("?event=t1&send=true").await;
     assert_eq!(status, 200, "{sent}");
-    assert_eq!((sent["sent"].clone(), sent["ok"].clone(), sent["status"].clone()), (json!(true), json!(true), json!(200)), "{sent}");
+    assert_eq!(
+        (
+            sent["sent"].clone(),
+            sent["ok"].clone(),
+            sent["status"].clone()
+        ),
+        (json!(true), json!(true), json!(200)),
+        "{sent}"
+    );
     let got = dest.wait_for(2, WAIT).await;
-    assert_eq!(got[1].body, sent["request"]["body"].as_str().unwrap().as_bytes());
+    assert_eq!(
+        got[1].body,
+        sent["request"]["body"].as_str().unwrap().as_bytes()
+    );
     assert_eq!(got[1].headers["x-course"], "71");
     assert_ne!(got[1].headers["webhook-id"], got[0].headers["webhook-id"]);
-    assert_eq!(got[1].headers["webhook-id"].to_str().unwrap(), sent["webhook_id"]);
+    assert_eq!(
+        got[1].headers["webhook-id"].to_str().unwrap(),
+        sent["webhook_id"]
+    );
     verify_with_reference_library(secret, &got[1]);
     let (_, attempts) = app.get(&format!("/api/subscriptions/{id}/attempts")).await;
-    assert_eq!(attempts["items"].as_array().unwrap().len(), 1, "tests are not recorded");
+    assert_eq!(
+        attempts["items"].as_array().unwrap().len(),
+        1,
+        "tests are not recorded"
+    );
 
     // A sample, and what cannot be found.
     let (status, sample) = test("?sample=completed").await;
     assert_eq!(status, 200, "{sample}");
     assert_eq!(sample["topic"], "enrollment.completed");
-    assert!(sample["request"]["body"].as_str().unwrap().contains("completed"));
+    assert!(
+        sample["request"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("completed")
+    );
     assert_eq!(test("?event=default/nope").await.0, 404);
     assert_eq!(test("?sample=nope").await.0, 400);
     assert_eq!(test("?event=t1&sample=completed").await.0, 400);
@@ -506,9 +550,17 @@ async fn presets_templates_and_tests_from_the_cli(db: TestDatabase) {
     assert!(ok, "{err}");
     let dest = Destination::start().await;
     let (ok, out, err) = run(&[
-        "subscriptions", "add", "--url", &dest.url, "--allow-private",
-        "--topic", "enrollment.completed", "--preset", "slack",
-        "--message", "{{ student.name }} finished {{ course.name }}",
+        "subscriptions",
+        "add",
+        "--url",
+        &dest.url,
+        "--allow-private",
+        "--topic",
+        "enrollment.completed",
+        "--preset",
+        "slack",
+        "--message",
+        "{{ student.name }} finished {{ course.name }}",
     ])
     .await;
     assert!(ok, "{err}");
@@ -518,13 +570,20 @@ async fn presets_templates_and_tests_from_the_cli(db: TestDatabase) {
 
     // --message alone changes the message and keeps the preset.
     let (ok, out, err) = run(&[
-        "subscriptions", "update", &id, "--message", "Bravo {{ student.first_name }}!",
+        "subscriptions",
+        "update",
+        &id,
+        "--message",
+        "Bravo {{ student.first_name }}!",
     ])
     .await;
     assert!(ok, "{err}");
     let updated: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(updated["template"]["preset"], "slack", "{updated}");
-    assert_eq!(updated["template"]["message"], "Bravo {{ student.first_name }}!");
+    assert_eq!(
+        updated["template"]["message"],
+        "Bravo {{ student.first_name }}!"
+    );
 
     // A dry run on a sample: shown, not sent.
     let (ok, out, err) = run(&["subscriptions", "test", &id, "--sample", "completed"]).await;
@@ -538,12 +597,22 @@ async fn presets_templates_and_tests_from_the_cli(db: TestDatabase) {
 
     // Sent: the receiver gets what the dry run showed.
     let (ok, out, err) = run(&[
-        "subscriptions", "test", &id, "--sample", "completed", "--send", "--allow-private",
+        "subscriptions",
+        "test",
+        &id,
+        "--sample",
+        "completed",
+        "--send",
+        "--allow-private",
     ])
     .await;
     assert!(ok, "{out} {err}");
     let sent: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((sent["sent"].clone(), sent["status"].clone()), (json!(true), json!(200)), "{sent}");
+    assert_eq!(
+        (sent["sent"].clone(), sent["status"].clone()),
+        (json!(true), json!(200)),
+        "{sent}"
+    );
     let got = dest.wait_for(1, WAIT).await;
     assert_eq!(body_of(&got[0])["text"], "Bravo [TEST] John!");
 
@@ -553,7 +622,11 @@ async fn presets_templates_and_tests_from_the_cli(db: TestDatabase) {
     let file = dir.path().join("crm.json");
     std::fs::write(&file, r#"{"body": "{\"email\": {{ student.email }"}"#).unwrap();
     let (ok, _, err) = run(&[
-        "subscriptions", "update", &id, "--template-file", file.to_str().unwrap(),
+        "subscriptions",
+        "update",
+        &id,
+        "--template-file",
+        file.to_str().unwrap(),
     ])
     .await;
     assert!(!ok);
@@ -562,7 +635,16 @@ async fn presets_templates_and_tests_from_the_cli(db: TestDatabase) {
     assert!(ok, "{err}");
     let removed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(removed["template"], Value::Null);
-    let (ok, _, err) = run(&["subscriptions", "add", "--url", &dest.url, "--allow-private", "--preset", "slak"]).await;
+    let (ok, _, err) = run(&[
+        "subscriptions",
+        "add",
+        "--url",
+        &dest.url,
+        "--allow-private",
+        "--preset",
+        "slak",
+    ])
+    .await;
     assert!(!ok);
     assert!(err.contains("slack, discord, teams, json"), "{err}");
 }
