@@ -558,7 +558,8 @@ impl Outgoing {
             headers: message
                 .properties()
                 .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
+                // As they go out on the wire: HTTP header names are lower case.
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect(),
             body: String::from_utf8_lossy(message.body).into_owned(),
         }
