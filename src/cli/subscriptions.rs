@@ -10,7 +10,10 @@ use clap::{Args, Subcommand};
 use super::open_existing;
 use super::table::{Format, opt, output};
 use crate::config::Settings;
+use crate::forward::ForwardConfig;
 use crate::forward::SubscriptionInput;
+use crate::forward::template::{Preset, TemplateSpec};
+use crate::forward::worker::{TestEvent, test_delivery};
 use crate::store::{self, PageRequest, ReplayScope};
 use crate::thinkific;
 use crate::views;
@@ -59,6 +62,28 @@ pub enum SubscriptionsCommand {
         #[arg(long, default_value = "24h", value_parser = crate::forward::policy::parse_duration)]
         grace: Duration,
     },
+    /// Show the request a subscription would send (its template rendered)
+    /// for a stored event, a sample or a test ping; --send sends it. Nothing
+    /// is queued or recorded. Fails (exit 1) when it cannot render or the
+    /// destination did not answer 2xx.
+    Test {
+        id: String,
+        /// A stored event: SOURCE/EVENT_ID (rendered with its enrollment as it is now).
+        #[arg(long, conflicts_with = "sample")]
+        event: Option<String>,
+        /// The --event's topic, needed when its id names events of several topics.
+        #[arg(long, requires = "event")]
+        topic: Option<String>,
+        /// A Thinkific sample: created, progress, completed, lesson, order or signup.
+        #[arg(long)]
+        sample: Option<String>,
+        /// Send it, signed, as a real delivery.
+        #[arg(long)]
+        send: bool,
+        /// Send to a private, loopback or link-local address.
+        #[arg(long)]
+        allow_private: bool,
+    },
     /// Delivery attempts of a subscription, oldest first (`--newest-first`: the latest).
     Attempts {
         id: String,
@@ -94,6 +119,18 @@ pub struct SubscriptionFields {
     /// `{"payload.course.id": {"$in": [68, 71]}}`; `none` removes it (README: Filters).
     #[arg(long)]
     filter: Option<String>,
+    /// Send a ready-made shape instead of Thinkific's body: slack, discord,
+    /// teams or json; `none` removes the template (README: Templates and presets).
+    #[arg(long)]
+    preset: Option<String>,
+    /// The template as a JSON file (`preset`, `method`, `url`, `headers`,
+    /// `body`, `message`, `content_type`); --preset and --message override its fields.
+    #[arg(long)]
+    template_file: Option<std::path::PathBuf>,
+    /// The sentence a preset shows, a template, e.g.
+    /// `{{ student.name }} finished {{ course.name }} in {{ days_to_complete }} days`.
+    #[arg(long)]
+    message: Option<String>,
     #[arg(long)]
     description: Option<String>,
     /// nats:// destinations: the subject to publish to, e.g. `thinkific.{source}.{topic}`.
@@ -114,7 +151,13 @@ pub struct SubscriptionFields {
 }
 
 impl SubscriptionFields {
-    fn into_input(self, url: Option<String>) -> anyhow::Result<SubscriptionInput> {
+    /// The input these options describe; `existing` is the subscription's
+    /// template today (an update's --preset or --message changes only that field).
+    fn into_input(
+        self,
+        url: Option<String>,
+        existing: Option<&TemplateSpec>,
+    ) -> anyhow::Result<SubscriptionInput> {
         let headers = if self.headers.is_empty() {
             None
         } else {
@@ -143,9 +186,11 @@ impl SubscriptionFields {
                 Some(Some(json))
             }
         };
+        let template = self.template(existing)?;
         Ok(SubscriptionInput {
             url,
             filter,
+            template,
             topics: (!self.topics.is_empty()).then_some(self.topics),
             course_ids: (!self.course_ids.is_empty()).then_some(Some(self.course_ids)),
             sources: (!self.sources.is_empty()).then_some(Some(self.sources)),
@@ -160,6 +205,57 @@ impl SubscriptionFields {
             stream: self.stream.map(Some),
             maxlen: self.maxlen.map(Some),
         })
+    }
+}
+
+impl SubscriptionFields {
+    /// The template the options describe (None: leave it as it is;
+    /// Some(None): remove it). --template-file replaces the whole template;
+    /// --preset and --message change that field of the file's or `existing`.
+    fn template(
+        &self,
+        existing: Option<&TemplateSpec>,
+    ) -> anyhow::Result<Option<Option<TemplateSpec>>> {
+        if self.preset.as_deref() == Some("none") {
+            if self.template_file.is_some() || self.message.is_some() {
+                bail!(
+                    "--preset none removes the template: give no --template-file or --message with it"
+                );
+            }
+            return Ok(Some(None));
+        }
+        if self.preset.is_none() && self.template_file.is_none() && self.message.is_none() {
+            return Ok(None);
+        }
+        let mut spec = match &self.template_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --template-file {}", path.display()))?;
+                serde_json::from_str::<TemplateSpec>(&text).with_context(|| {
+                    format!(
+                        "--template-file {} is not a template (a JSON object with preset, method, url, headers, body, message, content_type)",
+                        path.display()
+                    )
+                })?
+            }
+            None => existing.cloned().unwrap_or_default(),
+        };
+        if let Some(name) = &self.preset {
+            spec.preset = Some(
+                Preset::ALL
+                    .into_iter()
+                    .find(|p| p.name() == name)
+                    .with_context(|| {
+                        format!(
+                            "--preset `{name}` is unknown: use slack, discord, teams, json or none"
+                        )
+                    })?,
+            );
+        }
+        if let Some(message) = &self.message {
+            spec.message = Some(message.clone());
+        }
+        Ok(Some(Some(spec)))
     }
 }
 
@@ -204,7 +300,7 @@ pub async fn subscriptions(
             fields,
             allow_private,
         } => {
-            let s = fields.into_input(Some(url))?.create(
+            let s = fields.into_input(Some(url), None)?.create(
                 crate::server::new_subscription_id(),
                 now,
                 allow_private,
@@ -265,7 +361,7 @@ pub async fn subscriptions(
                 .get_subscription(&id)
                 .await?
                 .with_context(|| format!("no subscription `{id}`"))?;
-            let mut input = fields.into_input(url)?;
+            let mut input = fields.into_input(url, existing.template.as_ref())?;
             input.enabled = if enable {
                 Some(true)
             } else if disable {
@@ -291,6 +387,42 @@ pub async fn subscriptions(
             s.rotate_secret(None, grace, now)?;
             store.update_subscription(&s).await?;
             print(&s)?;
+        }
+        SubscriptionsCommand::Test {
+            id,
+            event,
+            topic,
+            sample,
+            send,
+            allow_private,
+        } => {
+            let s = store
+                .get_subscription(&id)
+                .await?
+                .with_context(|| format!("no subscription `{id}`"))?;
+            let event = match (event, sample) {
+                (Some(event), _) => {
+                    let (source, event_id) = event.split_once('/').with_context(|| {
+                        format!("--event `{event}` must be SOURCE/EVENT_ID, e.g. default/20190131192004041953291")
+                    })?;
+                    let stored = store
+                        .get_event(source, event_id, topic.as_deref())
+                        .await?
+                        .with_context(|| format!("no event `{event_id}` from source `{source}`"))?;
+                    TestEvent::Stored(Box::new(stored))
+                }
+                (None, Some(sample)) => TestEvent::Sample(sample),
+                (None, None) => TestEvent::Ping,
+            };
+            let config = ForwardConfig {
+                allow_private_destinations: allow_private,
+                ..ForwardConfig::default()
+            };
+            let report = test_delivery(&config, store.as_ref(), &s, event, send).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.ok {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         SubscriptionsCommand::Attempts {
             id,

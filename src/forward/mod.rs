@@ -8,6 +8,7 @@ pub mod destinations;
 pub mod filter;
 pub mod health;
 pub mod policy;
+pub mod shaping;
 pub mod signing;
 pub mod subscription;
 pub mod template;

@@ -68,6 +68,9 @@ pub enum AttemptResult {
     /// A broker confirmed it holds the message (JetStream ack, AMQP publisher
     /// confirm of a routed message, Redis entry id).
     Accepted,
+    /// Nothing was sent and retrying cannot help: the subscription's template
+    /// failed to render for this event (or rendered a refused URL).
+    Unsendable { error: String },
 }
 
 /// What to do with the delivery next.
@@ -99,6 +102,11 @@ pub fn next_step(
             return Next::Delivered;
         }
         AttemptResult::Accepted => return Next::Delivered,
+        AttemptResult::Unsendable { error } => {
+            return Next::Dead {
+                reason: format!("not sent: {error}"),
+            };
+        }
         AttemptResult::Response { status: 410, .. } => return Next::Gone,
         // Retry-After is honoured on 429 and 503 only.
         AttemptResult::Response {
@@ -131,7 +139,7 @@ pub fn describe(result: &AttemptResult) -> String {
             )
         }
         AttemptResult::Response { status, .. } => format!("HTTP {status}"),
-        AttemptResult::Failed { error } => error.clone(),
+        AttemptResult::Failed { error } | AttemptResult::Unsendable { error } => error.clone(),
         AttemptResult::Accepted => "accepted by the broker".to_owned(),
     }
 }
@@ -190,6 +198,20 @@ mod tests {
         );
         assert!(
             matches!(next_step(&failed, 10, &s, now, 0.0), Next::Dead { reason } if reason.contains("10 attempts") && reason.contains("timed out"))
+        );
+    }
+
+    #[test]
+    fn an_unsendable_delivery_is_dead_at_the_first_attempt() {
+        let now = Utc::now();
+        let unsendable = AttemptResult::Unsendable {
+            error: "template body: line 1: boom".into(),
+        };
+        assert_eq!(
+            next_step(&unsendable, 1, &RetrySchedule::default(), now, 0.0),
+            Next::Dead {
+                reason: "not sent: template body: line 1: boom".into()
+            }
         );
     }
 

@@ -10,6 +10,7 @@ use super::address::non_public_reason;
 use super::destinations::{self, Kind};
 use super::filter::Filter;
 use super::signing;
+use super::template::{Shaper, TemplateSpec};
 use crate::thinkific::Topic;
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -53,6 +54,9 @@ pub struct Subscription {
     /// Only events this filter accepts (see `forward::filter`; README "Filters").
     #[schema(value_type = Option<Object>)]
     pub filter: Option<EventFilter>,
+    /// What is sent instead of Thinkific's body (see `forward::template`;
+    /// README "Templates and presets"). Checked to compile when set.
+    pub template: Option<TemplateSpec>,
     pub description: Option<String>,
     /// Set at the first failure after a success; too old a date disables the subscription.
     pub failing_since: Option<DateTime<Utc>>,
@@ -230,6 +234,11 @@ pub struct SubscriptionInput {
     #[serde(default, deserialize_with = "explicit_null")]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Option<serde_json::Value>>,
+    /// What to send instead of Thinkific's body: a preset and/or templates
+    /// (`null` removes it); see the README's "Templates and presets".
+    #[serde(default, deserialize_with = "explicit_null")]
+    #[schema(value_type = Option<TemplateSpec>)]
+    pub template: Option<Option<TemplateSpec>>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub description: Option<Option<String>>,
 }
@@ -246,6 +255,52 @@ where
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidSubscription(pub String);
+
+/// A template compiles, sets no header enrollhook sets, and asks of a broker
+/// destination only what a broker takes: its body (a message has no method,
+/// URL or HTTP headers). A URL without placeholders is checked now like the
+/// subscription's; a rendered one is checked at every send.
+pub fn check_template(
+    t: &TemplateSpec,
+    url: &str,
+    allow_private: bool,
+) -> Result<(), InvalidSubscription> {
+    Shaper::new(t)
+        .map_err(|e| InvalidSubscription(format!("{e} (fix that part of `template`)")))?;
+    let is_http = matches!(Kind::of_url(url), Some(Kind::Http));
+    if !is_http && (t.method.is_some() || t.url.is_some() || !t.headers.is_empty()) {
+        return Err(InvalidSubscription(
+            "`template`: a broker destination takes only the rendered body (preset, body, message, content_type); remove `method`, `url` and `headers`, which apply to http(s) URLs only".into(),
+        ));
+    }
+    if let Some(target) = &t.url
+        && !target.contains("{{")
+        && !target.contains("{%")
+    {
+        let scheme_ok =
+            reqwest::Url::parse(target).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        if !scheme_ok {
+            return Err(InvalidSubscription(format!(
+                "template url `{}` is not an http(s) URL",
+                crate::redact::url(target)
+            )));
+        }
+        validate_url(target, allow_private)
+            .map_err(|e| InvalidSubscription(format!("template {}", e.0)))?;
+    }
+    for name in t.headers.keys() {
+        let lower = name.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str())
+            || lower.starts_with("webhook-")
+            || lower.starts_with("x-enrollhook-")
+        {
+            return Err(InvalidSubscription(format!(
+                "template header `{name}` is set by enrollhook and cannot be overridden (the content type is `template.content_type`)"
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// Headers a subscription may not set: they carry the signature and framing.
 const RESERVED_HEADERS: &[&str] = &[
@@ -287,6 +342,7 @@ impl SubscriptionInput {
             ordered: false,
             headers: BTreeMap::new(),
             filter: None,
+            template: None,
             description: None,
             failing_since: None,
             created_at: now,
@@ -387,6 +443,12 @@ impl SubscriptionInput {
         if let Some(filter) = self.filter {
             s.filter = filter.map(EventFilter::new).transpose()?;
         }
+        if let Some(template) = self.template {
+            s.template = template;
+        }
+        if let Some(t) = &s.template {
+            check_template(t, &s.url, allow_private)?;
+        }
         if let Some(d) = self.description {
             s.description = d;
         }
@@ -409,7 +471,7 @@ fn validate_topic_pattern(p: &str) -> Result<(), InvalidSubscription> {
     }
 }
 
-fn validate_url(url: &str, allow_private: bool) -> Result<String, InvalidSubscription> {
+pub(crate) fn validate_url(url: &str, allow_private: bool) -> Result<String, InvalidSubscription> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| InvalidSubscription(format!("`url` is not a valid URL ({e})")))?;
     if Kind::of_scheme(parsed.scheme()).is_none() {

@@ -11,7 +11,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::destinations::{self, Destinations, Message, Sent};
 use super::policy::{self, AttemptResult, RetrySchedule};
+use super::shaping::{ShapeError, Shapers};
 use super::signing;
+use super::template::Rendered;
 use crate::store::{ClaimedDelivery, FinishedAttempt, Store};
 
 #[derive(Debug, Clone)]
@@ -71,6 +73,7 @@ async fn run(
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let (results, finished) = mpsc::channel::<FinishedAttempt>(config.concurrency * 4);
     let recorder = tokio::spawn(record(store.clone(), config.clone(), finished));
+    let shapers = Arc::new(Shapers::default());
 
     while !*stopped.borrow() {
         // Wait for room before claiming, so claimed rows never sit leased in a queue.
@@ -108,10 +111,15 @@ async fn run(
                 Some(p) => p,
                 None => permits.clone().acquire_owned().await.expect("never closed"),
             };
-            let (destinations, config, results) =
-                (destinations.clone(), config.clone(), results.clone());
+            let (destinations, config, results, store, shapers) = (
+                destinations.clone(),
+                config.clone(),
+                results.clone(),
+                store.clone(),
+                shapers.clone(),
+            );
             tokio::spawn(async move {
-                let finished = attempt(&destinations, &config, delivery).await;
+                let finished = attempt(&destinations, &config, &*store, &shapers, delivery).await;
                 let _ = results.send(finished).await;
                 drop(permit);
             });
@@ -200,105 +208,250 @@ pub fn message_id(source: &str, event_id: &str, topic: &str, id_taken: bool) -> 
     }
 }
 
-/// What a test delivery got back (nothing is recorded: no event happened).
+/// The request a test renders: what the destination would receive.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct TestRequest {
+    /// POST, PUT or PATCH; `PUBLISH` for a broker destination.
+    pub method: String,
+    /// Where it goes (a password in it shown as `***`).
+    pub url: String,
+    /// Every header (property, for a broker) in the order they are sent.
+    #[schema(value_type = Vec<Vec<String>>)]
+    pub headers: Vec<(String, String)>,
+    /// The exact bytes sent and signed, as text.
+    pub body: String,
+}
+
+/// What a test rendered and, when sent, what came back (nothing is recorded:
+/// no delivery happened).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct TestDelivery {
-    /// The destination answered 2xx (a broker: confirmed it holds the message).
+    /// The request went out (`?send=true`); otherwise it was only rendered.
+    pub sent: bool,
+    /// Rendered (and, when sent, the destination answered 2xx or a broker
+    /// confirmed it holds the message).
     pub ok: bool,
-    /// The HTTP status, absent when there was no answer or the destination is a broker.
+    /// The event rendered: `SOURCE/EVENT_ID`, or `sample:NAME`.
+    pub event: String,
+    pub topic: String,
+    /// What is (or would be) sent; absent when the template cannot render.
+    pub request: Option<TestRequest>,
+    /// The HTTP status, absent when nothing was sent, there was no answer or
+    /// the destination is a broker.
     pub status: Option<u16>,
     pub latency_ms: f64,
-    /// Why it failed (the status, or what went wrong on the way).
+    /// Why it failed (the template's error, the status, or what went wrong on the way).
     pub error: Option<String>,
     /// The first KiB of the answer's body.
     pub response: Option<String>,
-    /// The `webhook-id` it was sent with.
+    /// The `webhook-id` it was (or would be) sent with: a test's own, so a
+    /// receiver's de-duplication never drops the real delivery.
     pub webhook_id: String,
 }
 
 /// The topic of a test delivery; no subscription filter applies to it.
 pub const TEST_TOPIC: &str = "enrollhook.test";
 
-/// Sends one signed test event to `subscription` as the worker would send a
-/// real one (same headers, signature, timeouts and address rules), and says
-/// what came back.
-pub async fn send_test(
+/// What a test renders: a stored event, or a built-in one.
+#[derive(Debug, Clone)]
+pub enum TestEvent {
+    /// `enrollhook.test`: says no Thinkific event happened.
+    Ping,
+    /// A Thinkific sample by name (`completed`, `enrollment.progress`…;
+    /// see [`crate::thinkific::samples::by_name`]).
+    Sample(String),
+    /// An event from the log, rendered with its enrollment as it is now.
+    Stored(Box<crate::store::StoredEvent>),
+}
+
+/// Renders the request `subscription` would send for `event`, as the worker
+/// would (same template, headers, signature and address rules), and sends it
+/// when `send` is set. A test never queues or records anything.
+pub async fn test_delivery(
     config: &ForwardConfig,
+    store: &dyn Store,
     subscription: &crate::forward::subscription::Subscription,
+    event: TestEvent,
+    send_it: bool,
 ) -> anyhow::Result<TestDelivery> {
-    // Its own connections: a test must not wait behind, or disturb, the worker's.
-    let destinations = Destinations::new(config)?;
     let now = Utc::now();
-    let event_id = format!("test_{}", now.timestamp_micros());
-    let body = serde_json::json!({
-        "id": event_id,
-        "resource": "enrollhook",
-        "action": "test",
-        "created_at": crate::views::rfc3339(&now),
-        "payload": {
-            "message": "A test delivery from enrollhook: no Thinkific event happened.",
-            "subscription_id": subscription.id,
-        },
-    });
+    let test_id = format!("test_{}", now.timestamp_micros());
+    let (label, event) = match event {
+        TestEvent::Ping => {
+            let body = serde_json::json!({
+                "id": test_id,
+                "resource": "enrollhook",
+                "action": "test",
+                "created_at": crate::views::rfc3339(&now),
+                "payload": {
+                    "message": "A test delivery from enrollhook: no Thinkific event happened.",
+                    "subscription_id": subscription.id,
+                },
+            });
+            (
+                "sample:ping".to_owned(),
+                test_event("enrollhook", &test_id, TEST_TOPIC, body.to_string(), now),
+            )
+        }
+        TestEvent::Sample(name) => {
+            let body = crate::thinkific::samples::by_name(&name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no sample `{name}`: use created, progress, completed, lesson, order or signup"
+                )
+            })?;
+            let envelope: serde_json::Value = serde_json::from_str(body)?;
+            let topic = format!(
+                "{}.{}",
+                envelope["resource"].as_str().unwrap_or_default(),
+                envelope["action"].as_str().unwrap_or_default()
+            );
+            let event_id = envelope["id"].as_str().unwrap_or(&test_id).to_owned();
+            (
+                format!("sample:{name}"),
+                test_event("default", &event_id, &topic, body.to_owned(), now),
+            )
+        }
+        TestEvent::Stored(e) => (format!("{}/{}", e.source, e.event_id), *e),
+    };
+    // A test's own id: the receiver must not take it for the real delivery.
+    let id = message_id("enrollhook", &test_id, TEST_TOPIC, false);
     let delivery = ClaimedDelivery {
         outbox_id: 0,
         attempts: 0,
         subscription: subscription.clone(),
-        event: crate::store::StoredEvent {
-            seq: 0,
-            source: "enrollhook".into(),
-            event_id: event_id.clone(),
-            topic: TEST_TOPIC.into(),
-            created_at: Some(now),
-            received_at: now,
-            enrollment_id: None,
-            body: body.to_string(),
-            pruned_at: None,
-            position: String::new(),
-            id_taken: false,
-        },
+        event,
+    };
+    let mut report = TestDelivery {
+        sent: false,
+        ok: false,
+        event: label,
+        topic: delivery.event.topic.clone(),
+        request: None,
+        status: None,
+        latency_ms: 0.0,
+        error: None,
+        response: None,
+        webhook_id: id.clone(),
     };
     let started = Instant::now();
-    let Sent { result, response } = send(&destinations, &delivery, now).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (status, error) = match &result {
+    let shape = match Shapers::default()
+        .shape(
+            Some(store),
+            subscription,
+            &delivery.event,
+            config.allow_private_destinations,
+            now,
+        )
+        .await
+    {
+        Ok(shape) => shape,
+        Err(e) => {
+            report.error = Some(e.message().to_owned());
+            return Ok(report);
+        }
+    };
+    let outgoing = match Outgoing::new(&delivery, id, now, shape.as_ref()) {
+        Ok(o) => o,
+        Err(e) => {
+            report.error = Some(e);
+            return Ok(report);
+        }
+    };
+    report.request = Some(outgoing.preview(&delivery, shape.as_ref()));
+    if !send_it {
+        report.ok = true;
+        return Ok(report);
+    }
+    // Its own connections: a test must not wait behind, or disturb, the worker's.
+    let destinations = Destinations::new(config)?;
+    let Sent { result, response } = outgoing
+        .send(&destinations, &delivery, shape.as_ref())
+        .await;
+    report.sent = true;
+    report.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (status, error) = outcome(&result);
+    report.ok = error.is_none();
+    (report.status, report.error, report.response) = (status, error, response);
+    Ok(report)
+}
+
+fn test_event(
+    source: &str,
+    event_id: &str,
+    topic: &str,
+    body: String,
+    now: chrono::DateTime<Utc>,
+) -> crate::store::StoredEvent {
+    crate::store::StoredEvent {
+        seq: 0,
+        source: source.into(),
+        event_id: event_id.into(),
+        topic: topic.into(),
+        created_at: Some(now),
+        received_at: now,
+        enrollment_id: None,
+        body,
+        pruned_at: None,
+        position: String::new(),
+        id_taken: false,
+    }
+}
+
+/// The status and error an attempt records.
+fn outcome(result: &AttemptResult) -> (Option<u16>, Option<String>) {
+    match result {
         AttemptResult::Response { status, .. } => (
             Some(*status),
-            (!(200..300).contains(status)).then(|| policy::describe(&result)),
+            (!(200..300).contains(status)).then(|| policy::describe(result)),
         ),
-        AttemptResult::Failed { error } => (None, Some(error.clone())),
+        AttemptResult::Failed { error } | AttemptResult::Unsendable { error } => {
+            (None, Some(error.clone()))
+        }
         AttemptResult::Accepted => (None, None),
-    };
-    Ok(TestDelivery {
-        ok: error.is_none(),
-        status,
-        latency_ms,
-        error,
-        response,
-        webhook_id: message_id("enrollhook", &event_id, TEST_TOPIC, false),
-    })
+    }
 }
 
 async fn attempt(
     destinations: &Destinations,
     config: &ForwardConfig,
+    store: &dyn Store,
+    shapers: &Shapers,
     d: ClaimedDelivery,
 ) -> FinishedAttempt {
     let started = Instant::now();
     let attempted_at = Utc::now();
     let number = d.attempts + 1;
-    let Sent { result, response } = send(destinations, &d, attempted_at).await;
+    let shaped = shapers
+        .shape(
+            Some(store),
+            &d.subscription,
+            &d.event,
+            config.allow_private_destinations,
+            attempted_at,
+        )
+        .await;
+    let id = message_id(
+        &d.event.source,
+        &d.event.event_id,
+        &d.event.topic,
+        d.event.id_taken,
+    );
+    let Sent { result, response } = match shaped {
+        Ok(shape) => match Outgoing::new(&d, id, attempted_at, shape.as_ref()) {
+            Ok(outgoing) => outgoing.send(destinations, &d, shape.as_ref()).await,
+            Err(e) => Sent::failed(e),
+        },
+        // Nothing half-rendered is sent: the delivery is dead with the reason.
+        Err(ShapeError::Unsendable(error)) => Sent {
+            result: AttemptResult::Unsendable { error },
+            response: None,
+        },
+        Err(ShapeError::Transient(error)) => Sent::failed(error),
+    };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let jitter = rand::rng().random_range(-1.0..=1.0);
     let next = policy::next_step(&result, number, &config.schedule, Utc::now(), jitter);
-    let (status, error) = match &result {
-        AttemptResult::Response { status, .. } => (
-            Some(*status),
-            (!(200..300).contains(status)).then(|| policy::describe(&result)),
-        ),
-        AttemptResult::Failed { error } => (None, Some(error.clone())),
-        AttemptResult::Accepted => (None, None),
-    };
+    let (status, error) = outcome(&result);
     tracing::info!(
         subscription = %d.subscription.id,
         event_id = %d.event.event_id,
@@ -323,42 +476,98 @@ async fn attempt(
     }
 }
 
-/// Signs the event and hands it to the subscription's destination.
-async fn send(
-    destinations: &Destinations,
-    d: &ClaimedDelivery,
-    now: chrono::DateTime<Utc>,
-) -> Sent {
-    let s = &d.subscription;
-    let Some(destination) = destinations.for_url(&s.url) else {
-        return Sent::failed(format!(
-            "the URL's scheme is not one enrollhook sends to: use {}",
-            destinations::SCHEMES
-        ));
-    };
-    let id = message_id(
-        &d.event.source,
-        &d.event.event_id,
-        &d.event.topic,
-        d.event.id_taken,
-    );
-    let timestamp = now.timestamp();
-    let body = d.event.body.as_bytes();
-    let signature = match signing::signature_header(&s.signing_secrets(now), &id, timestamp, body) {
-        Ok(sig) => sig,
-        Err(e) => return Sent::failed(e.to_string()),
-    };
-    let message = Message {
-        id: &id,
-        topic: &d.event.topic,
-        source: &d.event.source,
-        event_time: d.event.created_at.unwrap_or(d.event.received_at),
-        timestamp,
-        signature: &signature,
-        body,
-        headers: &s.headers,
-    };
-    destination.send(s, &message).await
+/// A delivery ready to go: its id and the signature over the bytes sent
+/// (the rendered body, else the event's).
+struct Outgoing {
+    id: String,
+    timestamp: i64,
+    signature: String,
+}
+
+impl Outgoing {
+    fn new(
+        d: &ClaimedDelivery,
+        id: String,
+        now: chrono::DateTime<Utc>,
+        shape: Option<&Rendered>,
+    ) -> Result<Outgoing, String> {
+        let timestamp = now.timestamp();
+        let signature = signing::signature_header(
+            &d.subscription.signing_secrets(now),
+            &id,
+            timestamp,
+            body(d, shape),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Outgoing {
+            id,
+            timestamp,
+            signature,
+        })
+    }
+
+    fn message<'a>(&'a self, d: &'a ClaimedDelivery, shape: Option<&'a Rendered>) -> Message<'a> {
+        Message {
+            id: &self.id,
+            topic: &d.event.topic,
+            source: &d.event.source,
+            event_time: d.event.created_at.unwrap_or(d.event.received_at),
+            timestamp: self.timestamp,
+            signature: &self.signature,
+            body: body(d, shape),
+            headers: &d.subscription.headers,
+            shape,
+        }
+    }
+
+    /// Hands the message to the subscription's destination.
+    async fn send(
+        &self,
+        destinations: &Destinations,
+        d: &ClaimedDelivery,
+        shape: Option<&Rendered>,
+    ) -> Sent {
+        let s = &d.subscription;
+        let Some(destination) = destinations.for_url(&s.url) else {
+            return Sent::failed(format!(
+                "the URL's scheme is not one enrollhook sends to: use {}",
+                destinations::SCHEMES
+            ));
+        };
+        destination.send(s, &self.message(d, shape)).await
+    }
+
+    /// The request as a test shows it.
+    fn preview(&self, d: &ClaimedDelivery, shape: Option<&Rendered>) -> TestRequest {
+        let message = self.message(d, shape);
+        let is_http = matches!(
+            destinations::Kind::of_url(&d.subscription.url),
+            Some(destinations::Kind::Http)
+        );
+        let method = match (is_http, shape) {
+            (false, _) => "PUBLISH".to_owned(),
+            (true, Some(r)) => r.method.clone(),
+            (true, None) => "POST".to_owned(),
+        };
+        let url = shape
+            .and_then(|r| r.url.as_deref())
+            .unwrap_or(&d.subscription.url);
+        TestRequest {
+            method,
+            url: crate::redact::url(url),
+            headers: message
+                .properties()
+                .into_iter()
+                // As they go out on the wire: HTTP header names are lower case.
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+            body: String::from_utf8_lossy(message.body).into_owned(),
+        }
+    }
+}
+
+fn body<'a>(d: &'a ClaimedDelivery, shape: Option<&'a Rendered>) -> &'a [u8] {
+    shape.map_or(d.event.body.as_bytes(), |r| r.body.as_slice())
 }
 
 #[cfg(test)]

@@ -308,6 +308,7 @@ pub mod columns {
         "course_ids",
         "sources",
         "filter",
+        "template",
         "enabled",
         "disabled_reason",
         "ordered",

@@ -20,7 +20,7 @@ use super::error::ErrorBody;
 use super::export::{self, Format, columns};
 use super::{ApiError, AppState};
 use crate::forward::subscription::{Subscription, SubscriptionInput};
-use crate::forward::worker::TestDelivery;
+use crate::forward::worker::{TestDelivery, TestEvent};
 use crate::store::{DeliveryAttempt, OutboxEntry};
 use crate::store::{DeliveryFilter, DeliveryState, ReplayScope};
 use utoipa::{IntoParams, ToSchema};
@@ -250,25 +250,80 @@ pub(super) async fn rotate_secret(
     Ok(Json(subscription_view(&s, true)))
 }
 
-/// Sends a signed test event (topic `enrollhook.test`) to the subscription's
-/// URL now, as a real delivery is sent, and answers what came back. Nothing
-/// is queued or recorded; a paused subscription can be tested too.
-#[utoipa::path(post, path = "/api/subscriptions/{id}/test", tag = "subscriptions", params(("id" = String, Path)), responses((status = 200, body = TestDelivery, description = "sent; `ok` says whether the destination answered 2xx"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+/// What a test renders, and whether it sends it.
+#[derive(Deserialize, IntoParams, Default)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct TestQuery {
+    /// A stored event, `SOURCE/EVENT_ID` (a bare id: source `default`),
+    /// rendered with its enrollment as it is now.
+    event: Option<String>,
+    /// The `event`'s topic, needed when its id names events of several topics.
+    topic: Option<String>,
+    /// A Thinkific sample instead: created, progress, completed, lesson,
+    /// order or signup. Without `event` or `sample`: an `enrollhook.test` ping.
+    sample: Option<String>,
+    /// `true`: send it (signed, as a real delivery); default: only show it.
+    send: Option<bool>,
+}
+
+/// Renders what the subscription would send for a stored event, a sample or
+/// a test ping (topic `enrollhook.test`) and shows the request without
+/// sending it; `?send=true` sends it, as a real delivery is sent, and answers
+/// what came back. Nothing is queued or recorded; a paused subscription can
+/// be tested too. A template that cannot render answers `ok: false` with
+/// its error and no request.
+#[utoipa::path(post, path = "/api/subscriptions/{id}/test", tag = "subscriptions", params(("id" = String, Path), TestQuery), responses((status = 200, body = TestDelivery, description = "rendered (and sent with `send=true`); `ok` says whether it rendered and, when sent, whether the destination answered 2xx"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the event id names events of several topics: add `topic`")))]
 pub(super) async fn test(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    q: Result<Query<TestQuery>, QueryRejection>,
 ) -> Result<Json<TestDelivery>, ApiError> {
+    let q = query(q)?;
     let s = load(&app, &id).await?;
-    let result = crate::forward::worker::send_test(&app.forward, &s)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "test_failed",
-                format!("could not prepare the test delivery: {e}"),
-            )
-        })?;
-    tracing::info!(subscription = %s.id, url = %crate::redact::url(&s.url), status = result.status, ok = result.ok, "test delivery sent");
+    let event = match (q.event, q.sample) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either `event` (a stored event, SOURCE/EVENT_ID) or `sample` (created, progress, completed, lesson, order, signup), not both",
+            ));
+        }
+        (Some(event), None) => {
+            let (source, event_id) = event.split_once('/').unwrap_or(("default", event.as_str()));
+            let stored = app
+                .store
+                .get_event(source, event_id, q.topic.as_deref())
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "no event `{event_id}` from source `{source}` (name it as SOURCE/EVENT_ID)"
+                    ))
+                })?;
+            TestEvent::Stored(Box::new(stored))
+        }
+        (None, Some(sample)) => {
+            if crate::thinkific::samples::by_name(&sample).is_none() {
+                return Err(ApiError::bad_request(format!(
+                    "no sample `{sample}`: use created, progress, completed, lesson, order or signup"
+                )));
+            }
+            TestEvent::Sample(sample)
+        }
+        (None, None) => TestEvent::Ping,
+    };
+    let send = q.send.unwrap_or(false);
+    let result =
+        crate::forward::worker::test_delivery(&app.forward, app.store.as_ref(), &s, event, send)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "test_failed",
+                    format!("could not prepare the test delivery: {e}"),
+                )
+            })?;
+    if send {
+        tracing::info!(subscription = %s.id, url = %crate::redact::url(&s.url), status = result.status, ok = result.ok, "test delivery sent");
+    }
     Ok(Json(result))
 }
 

@@ -19,7 +19,7 @@ pub(crate) const ENROLLMENT_COLUMNS: &str = "source, enrollment_id, user_id, ema
 
 pub(crate) const SUBSCRIPTION_COLUMNS: &str = "id, url, topics, course_ids, sources, secret, previous_secret, \
     previous_secret_until, enabled, disabled_reason, ordered, headers, description, failing_since, \
-    created_at, updated_at, subject, exchange, routing_key, stream, maxlen, filter";
+    created_at, updated_at, subject, exchange, routing_key, stream, maxlen, filter, template";
 
 pub(crate) fn enrollment_from_row(row: &impl Cols) -> Result<Enrollment> {
     Ok(Enrollment {
@@ -104,6 +104,7 @@ pub(crate) fn subscription_from_row(row: &impl Cols) -> Result<Subscription> {
             .map(EventFilter::new)
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("subscriptions.filter: {e}")))?,
+        template: row.opt_json("template", "subscriptions.template")?,
         description: row.opt_text("description")?,
         failing_since: row.opt_time("failing_since")?,
         created_at: row.time("created_at")?,

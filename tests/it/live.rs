@@ -478,7 +478,10 @@ async fn a_test_delivery_reports_the_destinations_answer(db: TestDatabase) {
     let id = sub["id"].as_str().unwrap();
     let test = |app: &TestApp| {
         app.client
-            .post(format!("{}/api/subscriptions/{id}/test", app.base))
+            .post(format!(
+                "{}/api/subscriptions/{id}/test?send=true",
+                app.base
+            ))
             .send()
     };
     let ok: Value = test(&app).await.unwrap().json().await.unwrap();

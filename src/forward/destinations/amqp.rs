@@ -92,7 +92,11 @@ impl Destination for Amqp {
         let properties = BasicProperties::default()
             .with_message_id(ShortString::from(m.id))
             .with_delivery_mode(2) // persistent
-            .with_content_type("application/json".into())
+            .with_content_type(
+                m.shape
+                    .map_or("application/json", |r| r.content_type.as_str())
+                    .into(),
+            )
             .with_type(ShortString::from(m.topic))
             .with_app_id("enrollhook".into())
             .with_timestamp(m.event_time.timestamp().max(0) as u64)

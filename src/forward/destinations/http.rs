@@ -72,8 +72,23 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
 #[async_trait]
 impl Destination for Http {
     async fn send(&self, s: &Subscription, m: &Message<'_>) -> Sent {
+        // A template may render its own URL (already checked like a
+        // subscription's) and method; the address rules below apply to it too.
+        let target = m.shape.and_then(|r| r.url.as_deref()).unwrap_or(&s.url);
+        let method = match m.shape {
+            Some(r) => match reqwest::Method::from_bytes(r.method.as_bytes()) {
+                Ok(method) => method,
+                Err(_) => {
+                    return Sent::failed(format!(
+                        "template method `{}` is not an HTTP method",
+                        r.method
+                    ));
+                }
+            },
+            None => reqwest::Method::POST,
+        };
         if !self.allow_private
-            && let Ok(url) = reqwest::Url::parse(&s.url)
+            && let Ok(url) = reqwest::Url::parse(target)
             && let Some(ip) = match url.host() {
                 Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
                 Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
@@ -85,7 +100,7 @@ impl Destination for Http {
                 "destination {ip} is a private, loopback or link-local address (refused; see --allow-private-destinations)"
             ));
         }
-        let mut request = self.client.post(&s.url).body(m.body.to_vec());
+        let mut request = self.client.request(method, target).body(m.body.to_vec());
         for (name, value) in m.properties() {
             request = request.header(name, value);
         }

@@ -72,6 +72,10 @@ pub struct Message<'a> {
     pub body: &'a [u8],
     /// The subscription's own extra headers.
     pub headers: &'a BTreeMap<String, String>,
+    /// The request the subscription's template rendered (its body is `body`):
+    /// HTTP takes its method, URL, content type and headers; brokers only
+    /// the body.
+    pub shape: Option<&'a crate::forward::template::Rendered>,
 }
 
 impl Message<'_> {
@@ -79,7 +83,12 @@ impl Message<'_> {
     /// every message carries, then the subscription's own.
     pub fn properties(&self) -> Vec<(&str, String)> {
         let mut p = vec![
-            ("content-type", "application/json".to_owned()),
+            (
+                "content-type",
+                self.shape
+                    .map_or("application/json", |r| r.content_type.as_str())
+                    .to_owned(),
+            ),
             ("webhook-id", self.id.to_owned()),
             ("webhook-timestamp", self.timestamp.to_string()),
             ("webhook-signature", self.signature.to_owned()),
@@ -90,7 +99,21 @@ impl Message<'_> {
                 self.event_time.to_rfc3339_opts(SecondsFormat::Secs, true),
             ),
         ];
-        p.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        // A template's header replaces the subscription's of the same name
+        // (sent twice, a receiver would see both values).
+        let templated = |name: &str| {
+            self.shape
+                .is_some_and(|r| r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)))
+        };
+        p.extend(
+            self.headers
+                .iter()
+                .filter(|(k, _)| !templated(k))
+                .map(|(k, v)| (k.as_str(), v.clone())),
+        );
+        if let Some(r) = self.shape {
+            p.extend(r.headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        }
         p
     }
 

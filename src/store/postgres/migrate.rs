@@ -50,6 +50,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "subscription filter",
         include_str!("migrations/0011_subscription_filter.sql"),
     ),
+    (
+        12,
+        "subscription template",
+        include_str!("migrations/0012_subscription_template.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.

@@ -45,7 +45,8 @@ where
             .push_bind(s.routing_key.clone())
             .push_bind(s.stream.clone())
             .push_bind(s.maxlen)
-            .push_bind(DB::opt_json(s.filter.as_ref().map(EventFilter::json)));
+            .push_bind(DB::opt_json(s.filter.as_ref().map(EventFilter::json)))
+            .push_bind(DB::opt_json(s.template.as_ref()));
     });
     q
 }
@@ -83,6 +84,8 @@ where
         .push_bind(DB::json(&s.headers))
         .push(", filter = ")
         .push_bind(DB::opt_json(s.filter.as_ref().map(EventFilter::json)))
+        .push(", template = ")
+        .push_bind(DB::opt_json(s.template.as_ref()))
         .push(", description = ")
         .push_bind(s.description.clone())
         .push(", failing_since = ")

@@ -66,6 +66,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "subscription filter",
         include_str!("migrations/0012_subscription_filter.sql"),
     ),
+    (
+        13,
+        "subscription template",
+        include_str!("migrations/0013_subscription_template.sql"),
+    ),
 ];
 
 /// Brings the main file's schema up to date (with `apply`), or says how.

@@ -26,6 +26,9 @@ pub enum Reply {
 
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub method: axum::http::Method,
+    /// Path and query, as a template may render them.
+    pub uri: axum::http::Uri,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
     pub at: std::time::Instant,
@@ -51,6 +54,8 @@ impl Destination {
         let shared = Shared::default();
         let app = Router::new()
             .route("/hook", post(handle))
+            // Any other path or method too: a template renders its own.
+            .fallback(handle)
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -95,8 +100,16 @@ impl Destination {
     }
 }
 
-async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(s): State<Shared>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     s.received.lock().unwrap().push(Received {
+        method,
+        uri,
         headers: headers.clone(),
         body: body.to_vec(),
         at: std::time::Instant::now(),

@@ -623,7 +623,46 @@ macro_rules! per_broker {
     };
 }
 
+/// A template's body is the message on a broker too, signed as sent, with
+/// its content type; the other headers are the usual ones.
+async fn a_template_shapes_the_message(db: TestDatabase, kind: Kind) {
+    let place = Place::new(kind).await;
+    place.create_target().await;
+    if kind == Kind::Amqp {
+        place.bind_queue().await;
+    }
+    let app = serve(db, "50ms,100ms").await;
+    let mut input = place.subscription(place.port(), "guest");
+    input["topics"] = json!(["enrollment.*"]);
+    input["template"] = json!({
+        "body": "{{ student.email }} is at {{ progress }} %",
+        "content_type": "text/plain; charset=utf-8",
+    });
+    let sub = subscribe(&app, input).await;
+    let event = enrollment_event("tpl1", "progress", 7, 3, "40.0", "2024-05-01T00:00:00Z");
+    assert_eq!(app.deliver(&event).await.0, 200);
+    let got = place.wait_for(1, Duration::from_secs(10)).await;
+    let m = &got[0];
+    assert_eq!(m.body, b"s7@example.com is at 40 %");
+    assert_eq!(m.id, "evt_default_tpl1");
+    assert_eq!(m.headers["x-enrollhook-topic"], "enrollment.progress");
+    assert_eq!(m.headers["content-type"], "text/plain; charset=utf-8");
+    let ts: i64 = m.headers["webhook-timestamp"].parse().unwrap();
+    let expected = signing::sign(sub["secret"].as_str().unwrap(), &m.id, ts, &m.body).unwrap();
+    assert!(
+        m.headers["webhook-signature"]
+            .split(' ')
+            .any(|s| s == expected),
+        "signature over the rendered bytes"
+    );
+    place.remove().await;
+}
+
 per_broker! {
+    a_template_shapes_the_message:
+        nats_a_template_shapes_the_message = Nats,
+        amqp_a_template_shapes_the_message = Amqp,
+        redis_a_template_shapes_the_message = Redis;
     delivers_every_event_once:
         nats_delivers_every_event_once = Nats,
         amqp_delivers_every_event_once = Amqp,
@@ -833,6 +872,9 @@ impl Drop for NatsWithPassword {
 
 on_both_backends!(
     multi_thread: nats_delivers_every_event_once,
+    nats_a_template_shapes_the_message,
+    amqp_a_template_shapes_the_message,
+    redis_a_template_shapes_the_message,
     amqp_delivers_every_event_once,
     redis_delivers_every_event_once,
     nats_survives_a_cut_connection,
