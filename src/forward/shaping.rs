@@ -37,6 +37,9 @@ type Compiled = (DateTime<Utc>, Arc<Shaper>);
 
 /// Compiled templates by subscription id, recompiled when the subscription
 /// changes (its `updated_at`).
+/// How many compiled templates a worker keeps before starting over.
+const MAX_COMPILED: usize = 1024;
+
 #[derive(Default)]
 pub struct Shapers {
     compiled: Mutex<HashMap<String, Compiled>>,
@@ -57,6 +60,11 @@ impl Shapers {
         // (an older version's syntax) is reported like a render error.
         let shaper =
             Arc::new(Shaper::new(spec).map_err(|e| ShapeError::Unsendable(e.to_string()))?);
+        // Deleted subscriptions stay in the map; bound it rather than track
+        // deletions: a recompile is one parse of the template.
+        if compiled.len() >= MAX_COMPILED {
+            compiled.clear();
+        }
         compiled.insert(s.id.clone(), (s.updated_at, shaper.clone()));
         Ok(Some(shaper))
     }
