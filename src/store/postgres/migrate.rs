@@ -50,6 +50,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "subscription filter",
         include_str!("migrations/0011_subscription_filter.sql"),
     ),
+    (
+        14,
+        "alert incidents",
+        include_str!("migrations/0014_alert_incidents.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.

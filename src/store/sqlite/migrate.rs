@@ -66,6 +66,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "subscription filter",
         include_str!("migrations/0012_subscription_filter.sql"),
     ),
+    (
+        15,
+        "alert incidents",
+        include_str!("migrations/0015_alert_incidents.sql"),
+    ),
 ];
 
 /// Brings the main file's schema up to date (with `apply`), or says how.
