@@ -162,6 +162,11 @@ pub async fn start(
         connections: state.metrics.connections(config.max_connections),
     };
     let forwarder = crate::forward::Forwarder::start(store.clone(), config.forward.clone())?;
+    let alerts = crate::alerts::raise::spawn(
+        store.clone(),
+        config.forward.alerts.clone(),
+        config.sources.names().map(str::to_owned).collect(),
+    );
     let retention = config
         .retain_events
         .map(|retain| retention::spawn(store.clone(), retain, retention::EVERY));
@@ -204,6 +209,7 @@ pub async fn start(
         // drain what is queued, commit, and end.
         writers.join_all().await;
         forwarder.stop().await;
+        alerts.abort();
         if let Some(retention) = retention {
             retention.abort();
         }

@@ -60,4 +60,6 @@ pub trait AlertStore: Send + Sync {
         open_only: bool,
         limit: u32,
     ) -> Result<Vec<Incident>>;
+    /// When the newest event of `source` arrived (for `source.silent`).
+    async fn last_received(&self, source: &str) -> Result<Option<DateTime<Utc>>>;
 }

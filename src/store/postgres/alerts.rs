@@ -40,4 +40,9 @@ impl AlertStore for PostgresStore {
         let mut conn = self.reader().acquire().await?;
         alerts::list_incidents::<Postgres>(&mut conn, source, open_only, limit).await
     }
+
+    async fn last_received(&self, source: &str) -> Result<Option<DateTime<Utc>>> {
+        let mut conn = self.reader().acquire().await?;
+        alerts::last_received::<Postgres>(&mut conn, source).await
+    }
 }

@@ -45,4 +45,9 @@ impl AlertStore for SqliteStore {
         let mut conn = self.reader.acquire().await?;
         alerts::list_incidents::<Sqlite>(&mut conn, source, open_only, limit).await
     }
+
+    async fn last_received(&self, source: &str) -> Result<Option<DateTime<Utc>>> {
+        let mut conn = self.reader.acquire().await?;
+        alerts::last_received::<Sqlite>(&mut conn, source).await
+    }
 }
