@@ -1,5 +1,6 @@
 //! The HTTP shell: webhook ingest, query API, health and metrics.
 
+mod alerts;
 mod api;
 pub mod auth;
 mod dashboard;
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dashboard)
         .merge(api::router(state.clone()))
         .merge(subscriptions::router(state.clone()))
+        .merge(alerts::router(state.clone()))
         .with_state(state)
         // Every body must arrive whole within --read-timeout (408 on webhooks).
         .layer(axum::middleware::from_fn_with_state(
