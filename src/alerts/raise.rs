@@ -26,7 +26,8 @@ pub async fn raise(store: &dyn Store, alert: &Alert, now: DateTime<Utc>, point: 
     if !point && store.open_incident(alert.kind, &alert.subject).await?.is_some() {
         return Ok(false);
     }
-    store.append_batch(&[alert.event(now)]).await?;
+    // Written now whatever the check's clock says: its deliveries are due now.
+    store.append_batch(&[alert.event(Utc::now())]).await?;
     let recorded = store.record_incident(&alert.incident(now, point)).await?;
     if recorded {
         tracing::warn!(topic = %alert.topic(), subject = %alert.subject, "alert: {}", alert.summary);
@@ -36,7 +37,8 @@ pub async fn raise(store: &dyn Store, alert: &Alert, now: DateTime<Utc>, point: 
 
 /// Appends the recovery of the open incidents `ended` and closes them.
 async fn recover(store: &dyn Store, alert: &Alert, ended: &[Incident], now: DateTime<Utc>) -> Result<()> {
-    store.append_batch(&[alert.event(now)]).await?;
+    // Written now whatever the check's clock says: its deliveries are due now.
+    store.append_batch(&[alert.event(Utc::now())]).await?;
     for i in ended {
         store.close_incident(&i.kind, &i.subject, now, &alert.id()).await?;
     }

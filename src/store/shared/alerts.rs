@@ -120,7 +120,7 @@ where
     rows.iter().map(incident_from_row).collect()
 }
 
-/// The newest event of `source` by log position: a walk back the primary key
+/// When the newest delivery of `source` arrived, by log position: a walk back the primary key
 /// that stops at the source's newest event (short for a source that delivers).
 pub(crate) async fn last_received<DB: Dialect>(
     conn: &mut DB::Connection,
@@ -130,8 +130,9 @@ where
     String: Binds<DB>,
 {
     let mut q = QueryBuilder::<DB>::new("SELECT received_at FROM events WHERE source = ");
+    // Our own alerts (of this source) are not deliveries from it.
     q.push_bind(source.to_owned())
-        .push(" ORDER BY seq DESC LIMIT 1");
+        .push(" AND topic NOT LIKE 'enrollhook.%' ORDER BY seq DESC LIMIT 1");
     let row = q.build().fetch_optional(DB::on(conn)).await?;
     row.as_ref().map(|r| r.time("received_at")).transpose()
 }
