@@ -503,6 +503,31 @@ mod tests {
         assert!(validate_topic_pattern("enrollment.*").is_ok());
         assert!(validate_topic_pattern("Enrollment").is_err());
         assert!(validate_topic_pattern("*.created").is_err());
+        // Alerts go only to those who ask for them.
+        assert!(!topic_matches("*", "enrollhook.subscription.failing"));
+        assert!(topic_matches("enrollhook.*", "enrollhook.subscription.failing"));
+        assert!(topic_matches(
+            "enrollhook.signatures.failing",
+            "enrollhook.signatures.failing"
+        ));
+        assert!(validate_topic_pattern("enrollhook.*").is_ok());
+        assert!(validate_topic_pattern("enrollhook.source.silent").is_ok());
+        assert!(validate_topic_pattern("enrollment.a.b").is_err());
+    }
+
+    #[test]
+    fn an_alert_about_a_subscription_never_goes_to_it() {
+        let mut s = input("https://ops.example.com/hook")
+            .create("ops".into(), Utc::now(), false)
+            .unwrap();
+        s.topics = vec!["enrollhook.*".into()];
+        let about = |id: &str| {
+            format!(r#"{{"id":"a","resource":"enrollhook","action":"subscription.failing","payload":{{"subscription":{{"id":"{id}"}}}}}}"#)
+        };
+        let (own, other) = (about("ops"), about("crm"));
+        let topic = "enrollhook.subscription.failing";
+        assert!(!s.matches(&EventToMatch::new("enrollhook", topic, None, &own)));
+        assert!(s.matches(&EventToMatch::new("enrollhook", topic, None, &other)));
     }
 
     #[test]
