@@ -473,7 +473,11 @@ pub fn signature_verdict(
 ) -> SignatureVerdict {
     let count = recent.len();
     if !open && count > threshold as usize {
-        let since = recent.iter().map(|r| r.received_at).min().expect("non-empty");
+        let since = recent
+            .iter()
+            .map(|r| r.received_at)
+            .min()
+            .expect("non-empty");
         let minutes = window.as_secs().div_ceil(60);
         let summary = format!(
             "Source `{source}`: {count} deliveries with a wrong or missing signature in the last \

@@ -16,14 +16,22 @@ use chrono::{DateTime, Utc};
 
 use super::*;
 use crate::forward::policy::Next;
-use crate::store::{
-    DeliveryFilter, FinishedAttempt, PageRequest, Result, Store, StoreError,
-};
+use crate::store::{DeliveryFilter, FinishedAttempt, PageRequest, Result, Store, StoreError};
 
 /// Appends an alert and opens its incident (unless one is open); a point
 /// alert's incident is recorded closed. Returns whether it was raised now.
-pub async fn raise(store: &dyn Store, alert: &Alert, now: DateTime<Utc>, point: bool) -> Result<bool> {
-    if !point && store.open_incident(alert.kind, &alert.subject).await?.is_some() {
+pub async fn raise(
+    store: &dyn Store,
+    alert: &Alert,
+    now: DateTime<Utc>,
+    point: bool,
+) -> Result<bool> {
+    if !point
+        && store
+            .open_incident(alert.kind, &alert.subject)
+            .await?
+            .is_some()
+    {
         return Ok(false);
     }
     // Written now whatever the check's clock says: its deliveries are due now.
@@ -36,11 +44,18 @@ pub async fn raise(store: &dyn Store, alert: &Alert, now: DateTime<Utc>, point: 
 }
 
 /// Appends the recovery of the open incidents `ended` and closes them.
-async fn recover(store: &dyn Store, alert: &Alert, ended: &[Incident], now: DateTime<Utc>) -> Result<()> {
+async fn recover(
+    store: &dyn Store,
+    alert: &Alert,
+    ended: &[Incident],
+    now: DateTime<Utc>,
+) -> Result<()> {
     // Written now whatever the check's clock says: its deliveries are due now.
     store.append_batch(&[alert.event(Utc::now())]).await?;
     for i in ended {
-        store.close_incident(&i.kind, &i.subject, now, &alert.id()).await?;
+        store
+            .close_incident(&i.kind, &i.subject, now, &alert.id())
+            .await?;
     }
     tracing::info!(topic = %alert.topic(), subject = %alert.subject, "alert: {}", alert.summary);
     Ok(())
@@ -74,7 +89,10 @@ pub async fn after_attempts(
 ) -> Result<()> {
     let mut by_subscription: BTreeMap<&str, Vec<&FinishedAttempt>> = BTreeMap::new();
     for f in done {
-        by_subscription.entry(&f.subscription_id).or_default().push(f);
+        by_subscription
+            .entry(&f.subscription_id)
+            .or_default()
+            .push(f);
     }
     let now = Utc::now();
     for (id, attempts) in by_subscription {
@@ -90,7 +108,10 @@ pub async fn after_attempts(
         };
         let last = last_failure(&attempts);
 
-        for f in attempts.iter().filter(|f| matches!(f.next, Next::Dead { .. } | Next::Gone)) {
+        for f in attempts
+            .iter()
+            .filter(|f| matches!(f.next, Next::Dead { .. } | Next::Gone))
+        {
             exhausted(store, &s, f, &last, now).await?;
         }
 
@@ -107,11 +128,20 @@ pub async fn after_attempts(
         if just_disabled {
             // Its start: since when it failed, or (410 Gone) when it was disabled.
             let started = s.failing_since.unwrap_or(s.updated_at);
-            raise(store, &subscription_disabled(&s, started, &last), now, false).await?;
+            raise(
+                store,
+                &subscription_disabled(&s, started, &last),
+                now,
+                false,
+            )
+            .await?;
         } else if failed
             && s.enabled
             && let Some(since) = s.failing_since
-            && store.open_incident(SUBSCRIPTION_FAILING, id).await?.is_none()
+            && store
+                .open_incident(SUBSCRIPTION_FAILING, id)
+                .await?
+                .is_none()
         {
             let n = config.failing_after.max(1);
             let page = PageRequest {
@@ -126,8 +156,13 @@ pub async fn after_attempts(
                 .filter(|a| a.attempted_at >= since)
                 .count() as u32;
             if in_a_row >= n {
-                raise(store, &subscription_failing(&s, since, in_a_row, &last), now, false)
-                    .await?;
+                raise(
+                    store,
+                    &subscription_failing(&s, since, in_a_row, &last),
+                    now,
+                    false,
+                )
+                .await?;
             }
         }
     }
@@ -156,7 +191,10 @@ async fn exhausted(
     let Some(entry) = store.list_deliveries(&filter, &page).await?.items.pop() else {
         return Ok(());
     };
-    if entry.topic.starts_with(crate::forward::subscription::ALERT_TOPIC_PREFIX) {
+    if entry
+        .topic
+        .starts_with(crate::forward::subscription::ALERT_TOPIC_PREFIX)
+    {
         return Ok(());
     }
     let reason = match &f.next {
@@ -260,8 +298,13 @@ pub async fn check(store: &dyn Store, config: &AlertConfig, sources: &[String]) 
             None if now - last > after_c => {
                 // The start is derived from the last delivery, so every
                 // instance derives the same id.
-                raise(store, &source_silent(source, Some(last), *after, last + after_c), now, false)
-                    .await?;
+                raise(
+                    store,
+                    &source_silent(source, Some(last), *after, last + after_c),
+                    now,
+                    false,
+                )
+                .await?;
             }
             // A delivery newer than the one the silence was measured from.
             Some(open) if last > open.started_at - after_c => {

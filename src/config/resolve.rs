@@ -204,7 +204,11 @@ impl Settings {
         let file = &self.file.alerts;
         let mut config = crate::alerts::AlertConfig::default();
         if let Some(n) = file.failing_after {
-            anyhow::ensure!(n > 0, "[alerts] failing_after in {} must be at least 1", self.file_name());
+            anyhow::ensure!(
+                n > 0,
+                "[alerts] failing_after in {} must be at least 1",
+                self.file_name()
+            );
             config.failing_after = n;
         }
         if let Some(n) = file.signature_failures {

@@ -505,7 +505,10 @@ mod tests {
         assert!(validate_topic_pattern("*.created").is_err());
         // Alerts go only to those who ask for them.
         assert!(!topic_matches("*", "enrollhook.subscription.failing"));
-        assert!(topic_matches("enrollhook.*", "enrollhook.subscription.failing"));
+        assert!(topic_matches(
+            "enrollhook.*",
+            "enrollhook.subscription.failing"
+        ));
         assert!(topic_matches(
             "enrollhook.signatures.failing",
             "enrollhook.signatures.failing"
@@ -522,7 +525,9 @@ mod tests {
             .unwrap();
         s.topics = vec!["enrollhook.*".into()];
         let about = |id: &str| {
-            format!(r#"{{"id":"a","resource":"enrollhook","action":"subscription.failing","payload":{{"subscription":{{"id":"{id}"}}}}}}"#)
+            format!(
+                r#"{{"id":"a","resource":"enrollhook","action":"subscription.failing","payload":{{"subscription":{{"id":"{id}"}}}}}}"#
+            )
         };
         let (own, other) = (about("ops"), about("crm"));
         let topic = "enrollhook.subscription.failing";

@@ -653,7 +653,10 @@ mod tests {
         let event = alert.event(chrono::Utc::now());
         for p in [Preset::Slack, Preset::Discord, Preset::Teams] {
             let text = String::from_utf8(render(preset(p), &event.body, None).body).unwrap();
-            assert!(text.contains("🚨 Subscription `sub_1` is failing"), "{p:?}: {text}");
+            assert!(
+                text.contains("🚨 Subscription `sub_1` is failing"),
+                "{p:?}: {text}"
+            );
             assert!(text.contains("answered 500"), "{p:?}: {text}");
         }
     }

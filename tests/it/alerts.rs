@@ -33,7 +33,8 @@ const ADMIN: &str = "admin-token";
 fn movable_clock() -> (Clock, Arc<AtomicI64>) {
     let offset = Arc::new(AtomicI64::new(0));
     let o = offset.clone();
-    let clock = Clock::new(move || Utc::now() + chrono::Duration::seconds(o.load(Ordering::SeqCst)));
+    let clock =
+        Clock::new(move || Utc::now() + chrono::Duration::seconds(o.load(Ordering::SeqCst)));
     (clock, offset)
 }
 
@@ -241,8 +242,16 @@ async fn a_dead_delivery_raises_exhausted_once(db: TestDatabase) {
         ),
     )
     .await;
-    subscribe(&app, json!({"url": alert_dest.url, "topics": ["enrollhook.subscription.exhausted"]})).await;
-    let crm_id = subscribe(&app, json!({"url": crm.url, "topics": ["enrollment.*"], "sources": ["default"]})).await;
+    subscribe(
+        &app,
+        json!({"url": alert_dest.url, "topics": ["enrollhook.subscription.exhausted"]}),
+    )
+    .await;
+    let crm_id = subscribe(
+        &app,
+        json!({"url": crm.url, "topics": ["enrollment.*"], "sources": ["default"]}),
+    )
+    .await;
     assert_eq!(app.deliver(samples::PROGRESS.as_bytes()).await.0, 200);
 
     let exhausted = wait_for_alert(&alert_dest, "enrollhook.subscription.exhausted").await;
@@ -257,8 +266,14 @@ async fn a_dead_delivery_raises_exhausted_once(db: TestDatabase) {
     assert_eq!(topics(&got), ["enrollhook.subscription.exhausted"]);
     // It concerns an event of `default`: that source's alert.
     let (_, alerts) = get_as(&app, ADMIN, "/api/alerts?source=default").await;
-    assert_eq!(alerts["recent"][0]["kind"], "subscription.exhausted", "{alerts}");
-    assert!(alerts["recent"][0]["closed_at"].is_string(), "a point alert");
+    assert_eq!(
+        alerts["recent"][0]["kind"], "subscription.exhausted",
+        "{alerts}"
+    );
+    assert!(
+        alerts["recent"][0]["closed_at"].is_string(),
+        "a point alert"
+    );
 }
 
 async fn an_alert_subscription_that_fails_does_not_alert_about_itself(db: TestDatabase) {
@@ -291,7 +306,10 @@ async fn an_alert_subscription_that_fails_does_not_alert_about_itself(db: TestDa
         if open.iter().any(|i| i.subject == ops_id) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "ops never failing: {open:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "ops never failing: {open:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Let every delivery die.
@@ -300,12 +318,21 @@ async fn an_alert_subscription_that_fails_does_not_alert_about_itself(db: TestDa
     // Ops never received an alert about itself, and its dead alert
     // deliveries raised nothing: the chain stopped.
     for (topic, body) in alerts_received(&ops) {
-        assert_ne!(body["payload"]["subscription"]["id"], ops_id.as_str(), "{topic}");
+        assert_ne!(
+            body["payload"]["subscription"]["id"],
+            ops_id.as_str(),
+            "{topic}"
+        );
     }
     let incidents = store.list_incidents(None, false, 100).await.unwrap();
     let mut kinds: Vec<(String, String)> = incidents
         .iter()
-        .map(|i| (i.kind.clone(), i.subject.split('/').next().unwrap().to_owned()))
+        .map(|i| {
+            (
+                i.kind.clone(),
+                i.subject.split('/').next().unwrap().to_owned(),
+            )
+        })
         .collect();
     kinds.sort();
     let mut expected = vec![
@@ -342,11 +369,22 @@ fn two_schools(c: &mut ServeConfig) {
 
 async fn forge(app: &TestApp, source: &str, n: usize) {
     for i in 0..n {
-        let body = enrollment_event(&format!("forged-{i}"), "progress", 1, 1, "10.0", "2026-01-01T00:00:00Z");
+        let body = enrollment_event(
+            &format!("forged-{i}"),
+            "progress",
+            1,
+            1,
+            "10.0",
+            "2026-01-01T00:00:00Z",
+        );
         // Signed with a wrong key: what a rotated API key looks like.
         let wrong = enrollhook::thinkific::sign(b"an-old-api-key", &body);
         let (status, _) = app
-            .deliver_to(&format!("/webhooks/thinkific/{source}"), &body, Some(&wrong))
+            .deliver_to(
+                &format!("/webhooks/thinkific/{source}"),
+                &body,
+                Some(&wrong),
+            )
             .await;
         assert_eq!(status, 401);
     }
@@ -371,7 +409,10 @@ async fn a_flood_of_forged_deliveries_raises_signatures_failing_once_then_recove
     subscribe(&app, json!({"url": ops.url, "topics": ["enrollhook.signatures.failing", "enrollhook.signatures.recovered"]})).await;
     forge(&app, "school-a", 5).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(alerts_received(&ops).is_empty(), "five is not more than five");
+    assert!(
+        alerts_received(&ops).is_empty(),
+        "five is not more than five"
+    );
 
     forge(&app, "school-a", 7).await;
     let failing = wait_for_alert(&ops, "enrollhook.signatures.failing").await;
@@ -380,11 +421,20 @@ async fn a_flood_of_forged_deliveries_raises_signatures_failing_once_then_recove
     assert!(p["rejected"].as_u64().unwrap() > 5, "{p}");
     assert_eq!(p["newest"][0]["reason_code"], "signature_mismatch");
     assert!(p["newest"][0]["quarantine_id"].is_i64(), "{p}");
-    assert!(p["what_to_do"].as_str().unwrap().contains("API key of source `school-a`"), "{p}");
+    assert!(
+        p["what_to_do"]
+            .as_str()
+            .unwrap()
+            .contains("API key of source `school-a`"),
+        "{p}"
+    );
     // The flood goes on: still one alert.
     forge(&app, "school-a", 10).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(topics(&alerts_received(&ops)), ["enrollhook.signatures.failing"]);
+    assert_eq!(
+        topics(&alerts_received(&ops)),
+        ["enrollhook.signatures.failing"]
+    );
 
     // Ten minutes later the window is empty: recovered, once.
     offset.store(600, Ordering::SeqCst);
@@ -393,7 +443,10 @@ async fn a_flood_of_forged_deliveries_raises_signatures_failing_once_then_recove
     tokio::time::sleep(Duration::from_millis(400)).await;
     each_once(
         &alerts_received(&ops),
-        &["enrollhook.signatures.failing", "enrollhook.signatures.recovered"],
+        &[
+            "enrollhook.signatures.failing",
+            "enrollhook.signatures.recovered",
+        ],
     );
     assert_eq!(alerts_received(&ops).len(), 2);
 }
@@ -401,10 +454,19 @@ async fn a_flood_of_forged_deliveries_raises_signatures_failing_once_then_recove
 async fn a_silent_source_raises_source_silent_and_recovers(db: TestDatabase) {
     let ops = Destination::start().await;
     let (clock, offset) = movable_clock();
-    let mut alerts = AlertConfig { clock, ..fast_checks() };
-    alerts.silent_after.insert("default".into(), Duration::from_secs(3600));
+    let mut alerts = AlertConfig {
+        clock,
+        ..fast_checks()
+    };
+    alerts
+        .silent_after
+        .insert("default".into(), Duration::from_secs(3600));
     let app = serve_admin(db, forwarding("50ms", alerts)).await;
-    subscribe(&app, json!({"url": ops.url, "topics": ["enrollhook.*"], "sources": ["default"]})).await;
+    subscribe(
+        &app,
+        json!({"url": ops.url, "topics": ["enrollhook.*"], "sources": ["default"]}),
+    )
+    .await;
     assert_eq!(app.deliver(samples::PROGRESS.as_bytes()).await.0, 200);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(alerts_received(&ops).is_empty());
@@ -474,4 +536,21 @@ async fn a_school_token_sees_only_its_own_alerts(db: TestDatabase) {
         .map(|e| e["topic"].as_str().unwrap())
         .collect();
     assert_eq!(alert_topics, ["enrollhook.signatures.failing"], "{events}");
+
+    // `enrollhook alerts` reads the same incidents.
+    let out = std::process::Command::new(common::process::BIN)
+        .args(["alerts", "--database", &app.database_url, "--open"])
+        .args(["--source", "school-a", "--format", "json"])
+        .env_remove("ENROLLHOOK_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["kind"], "signatures.failing");
+    assert_eq!(listed[0]["source"], "school-a");
 }
