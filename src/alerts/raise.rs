@@ -95,11 +95,24 @@ pub async fn after_attempts(
             .push(f);
     }
     let now = Utc::now();
+    // One read a batch: a healthy batch needs nothing more (usually no rows).
+    let open = store
+        .list_incidents(None, true, crate::store::MAX_PAGE)
+        .await?;
     for (id, attempts) in by_subscription {
         let failed = attempts.iter().any(|f| !matches!(f.next, Next::Delivered));
         let delivered = attempts.iter().any(|f| matches!(f.next, Next::Delivered));
         let just_disabled = disabled.iter().any(|d| d == id);
-        if !failed && !just_disabled && !delivered {
+        let open_here: Vec<Incident> = open
+            .iter()
+            .filter(|i| {
+                i.subject == id
+                    && [SUBSCRIPTION_FAILING, SUBSCRIPTION_DISABLED].contains(&i.kind.as_str())
+            })
+            .cloned()
+            .collect();
+        let may_recover = delivered && !open_here.is_empty();
+        if !failed && !just_disabled && !may_recover {
             continue;
         }
         // Deleted meanwhile: nothing to tell about.
@@ -115,14 +128,12 @@ pub async fn after_attempts(
             exhausted(store, &s, f, &last, now).await?;
         }
 
-        if delivered && s.failing_since.is_none() && s.enabled {
-            let mut ended = Vec::new();
-            for kind in [SUBSCRIPTION_FAILING, SUBSCRIPTION_DISABLED] {
-                ended.extend(store.open_incident(kind, id).await?);
-            }
-            if let Some(alert) = subscription_recovered(&s, &ended, now) {
-                recover(store, &alert, &ended, now).await?;
-            }
+        if may_recover
+            && s.failing_since.is_none()
+            && s.enabled
+            && let Some(alert) = subscription_recovered(&s, &open_here, now)
+        {
+            recover(store, &alert, &open_here, now).await?;
         }
 
         if just_disabled {
@@ -138,10 +149,7 @@ pub async fn after_attempts(
         } else if failed
             && s.enabled
             && let Some(since) = s.failing_since
-            && store
-                .open_incident(SUBSCRIPTION_FAILING, id)
-                .await?
-                .is_none()
+            && !open_here.iter().any(|i| i.kind == SUBSCRIPTION_FAILING)
         {
             let n = config.failing_after.max(1);
             let page = PageRequest {
