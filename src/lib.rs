@@ -13,7 +13,7 @@
 //!
 //! Around the path: [`config`] (flags > environment > file > defaults, merged
 //! once), [`ids`] (names checked once, when built), [`redact`] (what may be shown of a URL), [`client`] (the outgoing
-//! HTTP client), [`metrics`], [`maintenance`] (import, copy, retention),
+//! HTTP client), [`alerts`] (enrollhook's own `enrollhook.*` events when forwarding or a source breaks), [`metrics`], [`maintenance`] (import, copy, retention),
 //! [`simulate`] (realistic Thinkific traffic), and [`cli`], which only parses,
 //! calls one of the above and prints.
 
@@ -31,6 +31,7 @@ pub mod server;
 
 pub mod forward;
 
+pub mod alerts;
 pub mod cli;
 pub mod client;
 pub mod config;

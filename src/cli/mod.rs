@@ -3,6 +3,7 @@
 //! Commands that read data open the database directly, so they work without a
 //! running server.
 
+mod alerts;
 mod learning;
 mod quarantine;
 mod query;
@@ -60,6 +61,8 @@ enum Command {
     Events(query::EventsArgs),
     /// The scheduled reconciliations' runs (`serve --reconcile-every`), newest first.
     Reconciliations(query::ReconciliationsArgs),
+    /// Alerts (`enrollhook.*` events): incidents open and recent, newest first.
+    Alerts(alerts::AlertsArgs),
     /// Inspect and re-admit rejected deliveries.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
@@ -153,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Student(args) => learning::student(&settings, args).await,
         Command::Events(args) => query::events(&settings, args).await,
         Command::Reconciliations(args) => query::reconciliations(&settings, args).await,
+        Command::Alerts(args) => alerts::alerts(&settings, args).await,
         Command::Quarantine(cmd) => quarantine::quarantine(&settings, cmd).await,
         Command::Subscriptions(cmd) => subscriptions::subscriptions(&settings, cmd).await,
         Command::Replay(args) => subscriptions::replay(&settings, args).await,

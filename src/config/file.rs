@@ -23,6 +23,24 @@ pub struct SourceConfig {
     /// A Thinkific API Access Token (Bearer) for `enrollhook thinkific …`,
     /// used instead of (or with) the API key.
     pub access_token: Option<Secret>,
+    /// Raise `enrollhook.source.silent` after no delivery for this long,
+    /// e.g. "6h" (off when unset).
+    pub silent_after: Option<String>,
+}
+
+/// `[alerts]`: when alerts (`enrollhook.*` events) are raised.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    /// Failed attempts in a row that make a subscription `failing` (default 5).
+    pub failing_after: Option<u32>,
+    /// More rejected signatures than this within `signature_window` make
+    /// `signatures.failing` (default 20).
+    pub signature_failures: Option<u32>,
+    /// Default "5m".
+    pub signature_window: Option<String>,
+    /// How often signatures and silence are checked (default "1m").
+    pub check_every: Option<String>,
 }
 
 /// `enrollhook.toml`.
@@ -44,6 +62,8 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub alerts: AlertsFile,
 }
 
 /// A size in bytes, written as a number or as `512KiB`, `1MiB`, `10MB`.
@@ -120,6 +140,13 @@ impl FileConfig {
             if !seen.insert(s.name.as_str()) {
                 anyhow::bail!("source `{}` is configured twice", s.name);
             }
+            // Alerts that concern no single source are stored under it.
+            if s.name.as_str() == crate::alerts::OWN_SOURCE {
+                anyhow::bail!(
+                    "source name `{}` is reserved for enrollhook's own alerts: choose another name",
+                    s.name
+                );
+            }
         }
         Ok(config)
     }
@@ -145,4 +172,24 @@ fn toml_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
         e.message().to_owned()
     };
     anyhow::anyhow!("invalid TOML at line {line}, column {column}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_settings_are_read_and_the_own_source_is_reserved() {
+        let c = FileConfig::parse(
+            "[alerts]\nfailing_after = 3\nsignature_window = \"10m\"\n\
+             [[source]]\nname = \"acme\"\nsilent_after = \"6h\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.alerts.failing_after, Some(3));
+        assert_eq!(c.alerts.signature_window.as_deref(), Some("10m"));
+        assert_eq!(c.sources[0].silent_after.as_deref(), Some("6h"));
+        let e = FileConfig::parse("[[source]]\nname = \"enrollhook\"\n").unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
+        assert!(FileConfig::parse("[alerts]\nfailing = 3\n").is_err());
+    }
 }

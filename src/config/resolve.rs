@@ -169,6 +169,7 @@ impl Settings {
                 concurrency: flags.forward_concurrency.max(1),
                 timeout: flags.forward_timeout,
                 disable_after: flags.disable_failing_after,
+                alerts: self.alerts()?,
                 ..ForwardConfig::default()
             },
             tls: flags.tls_cert.zip(flags.tls_key),
@@ -190,6 +191,48 @@ impl Settings {
             reconcile,
         };
         config.validate()?;
+        Ok(config)
+    }
+
+    /// `[alerts]` and the sources' `silent_after`, over the defaults.
+    fn alerts(&self) -> anyhow::Result<crate::alerts::AlertConfig> {
+        let duration = |what: &str, text: &str| {
+            crate::forward::policy::parse_duration(text).map_err(|e| {
+                anyhow::anyhow!("{what} in {}: {e} (e.g. \"5m\", \"6h\")", self.file_name())
+            })
+        };
+        let file = &self.file.alerts;
+        let mut config = crate::alerts::AlertConfig::default();
+        if let Some(n) = file.failing_after {
+            anyhow::ensure!(
+                n > 0,
+                "[alerts] failing_after in {} must be at least 1",
+                self.file_name()
+            );
+            config.failing_after = n;
+        }
+        if let Some(n) = file.signature_failures {
+            config.signature_failures = n;
+        }
+        if let Some(text) = &file.signature_window {
+            config.signature_window = duration("[alerts] signature_window", text)?;
+        }
+        if let Some(text) = &file.check_every {
+            config.check_every = duration("[alerts] check_every", text)?;
+            anyhow::ensure!(
+                config.check_every >= std::time::Duration::from_secs(1),
+                "[alerts] check_every in {} must be at least 1s",
+                self.file_name()
+            );
+        }
+        for s in &self.file.sources {
+            if let Some(text) = &s.silent_after {
+                let what = format!("silent_after of [[source]] `{}`", s.name.as_str());
+                config
+                    .silent_after
+                    .insert(s.name.as_str().to_owned(), duration(&what, text)?);
+            }
+        }
         Ok(config)
     }
 

@@ -129,6 +129,7 @@ impl Subscription {
     /// courses, then its filter.
     pub fn matches(&self, event: &EventToMatch<'_>) -> bool {
         self.topics.iter().any(|p| topic_matches(p, event.topic))
+            && !self.is_subject_of_alert(event)
             && self
                 .sources
                 .as_ref()
@@ -157,6 +158,18 @@ impl Subscription {
 }
 
 impl Subscription {
+    /// Whether `event` is an alert about this very subscription: never
+    /// delivered to it, so an alert subscription that fails does not feed on
+    /// its own alerts (see `crate::alerts`).
+    fn is_subject_of_alert(&self, event: &EventToMatch<'_>) -> bool {
+        event.topic.starts_with(ALERT_SUBSCRIPTION_TOPICS)
+            && event
+                .json()
+                .pointer("/payload/subscription/id")
+                .and_then(serde_json::Value::as_str)
+                == Some(self.id.as_str())
+    }
+
     /// Replaces the signing secret (a new random one when `new` is None); the
     /// old one keeps signing alongside for `grace`, so receivers can switch over.
     pub fn rotate_secret(
@@ -182,6 +195,11 @@ impl Subscription {
     }
 }
 
+/// The start of every alert topic (`enrollhook.subscription.failing`, …).
+pub const ALERT_TOPIC_PREFIX: &str = "enrollhook.";
+/// The start of the alerts about one subscription.
+pub const ALERT_SUBSCRIPTION_TOPICS: &str = "enrollhook.subscription.";
+
 /// `*` and `resource.*` match every topic of Thinkific's, but not the
 /// backfill's `enrollment.backfill`: a backfill of thousands of enrollments
 /// must not flood a CRM that asked for `enrollment.*` with events that are not
@@ -189,6 +207,11 @@ impl Subscription {
 pub fn topic_matches(pattern: &str, topic: &str) -> bool {
     if topic == crate::thinkific::BACKFILL_TOPIC {
         return pattern == topic;
+    }
+    // enrollhook's own alerts go only where they are asked for by name
+    // (`enrollhook.*` or exactly): `*` subscribers get Thinkific's events.
+    if pattern == "*" && topic.starts_with(ALERT_TOPIC_PREFIX) {
+        return false;
     }
     match pattern.strip_suffix(".*") {
         _ if pattern == "*" => true,
@@ -542,6 +565,36 @@ mod tests {
         assert!(validate_topic_pattern("enrollment.*").is_ok());
         assert!(validate_topic_pattern("Enrollment").is_err());
         assert!(validate_topic_pattern("*.created").is_err());
+        // Alerts go only to those who ask for them.
+        assert!(!topic_matches("*", "enrollhook.subscription.failing"));
+        assert!(topic_matches(
+            "enrollhook.*",
+            "enrollhook.subscription.failing"
+        ));
+        assert!(topic_matches(
+            "enrollhook.signatures.failing",
+            "enrollhook.signatures.failing"
+        ));
+        assert!(validate_topic_pattern("enrollhook.*").is_ok());
+        assert!(validate_topic_pattern("enrollhook.source.silent").is_ok());
+        assert!(validate_topic_pattern("enrollment.a.b").is_err());
+    }
+
+    #[test]
+    fn an_alert_about_a_subscription_never_goes_to_it() {
+        let mut s = input("https://ops.example.com/hook")
+            .create("ops".into(), Utc::now(), false)
+            .unwrap();
+        s.topics = vec!["enrollhook.*".into()];
+        let about = |id: &str| {
+            format!(
+                r#"{{"id":"a","resource":"enrollhook","action":"subscription.failing","payload":{{"subscription":{{"id":"{id}"}}}}}}"#
+            )
+        };
+        let (own, other) = (about("ops"), about("crm"));
+        let topic = "enrollhook.subscription.failing";
+        assert!(!s.matches(&EventToMatch::new("enrollhook", topic, None, &own)));
+        assert!(s.matches(&EventToMatch::new("enrollhook", topic, None, &other)));
     }
 
     #[test]

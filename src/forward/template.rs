@@ -508,7 +508,9 @@ fn payload_progress(v: Option<&Value>) -> Option<f64> {
 const MESSAGE: &str = r#"
 {%- set who = student.name or student.email or "A student" -%}
 {%- set what = course.name or ("course " ~ course.id if course.id else "a course") -%}
-{%- if topic in ["enrollment.completed", "milestone.completed"] -%}
+{%- if topic[:11] == "enrollhook." -%}
+{{ "✅" if topic[-9:] == "recovered" else "🚨" }} {{ payload.summary }}{% if payload.what_to_do %} {{ payload.what_to_do }}{% endif %}
+{%- elif topic in ["enrollment.completed", "milestone.completed"] -%}
 🎓 {{ who }} completed {{ what }}{% if days_to_complete is not none %} in {{ days_to_complete }} day{{ "s" if days_to_complete != 1 }}{% endif %}.
 {%- elif topic == "enrollment.created" -%}
 🆕 {{ who }} enrolled in {{ what }}{% if payload.free_trial %} (free trial){% endif %}.
@@ -630,6 +632,33 @@ mod tests {
         assert_eq!(b["blocks"][0]["text"]["text"], b["text"]);
         assert_eq!(r.method, "POST");
         assert_eq!(r.content_type, "application/json");
+    }
+
+    #[test]
+    fn chat_presets_say_what_an_alert_says() {
+        let alert = crate::alerts::subscription_failing(
+            &crate::forward::subscription::SubscriptionInput {
+                url: Some("https://crm.example/hook".into()),
+                ..Default::default()
+            }
+            .create("sub_1".into(), chrono::Utc::now(), false)
+            .unwrap(),
+            chrono::Utc::now(),
+            5,
+            &crate::alerts::LastFailure {
+                status: Some(500),
+                ..Default::default()
+            },
+        );
+        let event = alert.event(chrono::Utc::now());
+        for p in [Preset::Slack, Preset::Discord, Preset::Teams] {
+            let text = String::from_utf8(render(preset(p), &event.body, None).body).unwrap();
+            assert!(
+                text.contains("🚨 Subscription `sub_1` is failing"),
+                "{p:?}: {text}"
+            );
+            assert!(text.contains("answered 500"), "{p:?}: {text}");
+        }
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct ForwardConfig {
     pub concurrency: usize,
     /// How often to look for due deliveries when idle.
     pub poll_interval: Duration,
+    /// When alerts (`enrollhook.*`) are raised.
+    pub alerts: crate::alerts::AlertConfig,
 }
 
 impl Default for ForwardConfig {
@@ -39,6 +41,7 @@ impl Default for ForwardConfig {
             disable_after: Duration::from_secs(5 * 86400),
             concurrency: 256,
             poll_interval: Duration::from_millis(100),
+            alerts: crate::alerts::AlertConfig::default(),
         }
     }
 }
@@ -159,8 +162,17 @@ async fn record(
                 .await
             {
                 Ok(disabled) => {
-                    for id in disabled {
+                    for id in &disabled {
                         tracing::warn!(subscription = %id, "forwarding: subscription disabled (410 Gone, or failing for too long); re-enable it with PATCH /api/subscriptions/{id}");
+                    }
+                    let alerts = crate::alerts::raise::after_attempts(
+                        store.as_ref(),
+                        &config.alerts,
+                        &batch,
+                        &disabled,
+                    );
+                    if let Err(e) = alerts.await {
+                        tracing::warn!(error = %e, "alerts: cannot raise the alerts of recorded attempts");
                     }
                     break;
                 }

@@ -1,5 +1,6 @@
 //! The HTTP shell: webhook ingest, query API, health and metrics.
 
+mod alerts;
 mod api;
 pub mod auth;
 mod dashboard;
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dashboard)
         .merge(api::router(state.clone()))
         .merge(subscriptions::router(state.clone()))
+        .merge(alerts::router(state.clone()))
         .with_state(state)
         // Every body must arrive whole within --read-timeout (408 on webhooks).
         .layer(axum::middleware::from_fn_with_state(
@@ -162,6 +164,11 @@ pub async fn start(
         connections: state.metrics.connections(config.max_connections),
     };
     let forwarder = crate::forward::Forwarder::start(store.clone(), config.forward.clone())?;
+    let alerts = crate::alerts::raise::spawn(
+        store.clone(),
+        config.forward.alerts.clone(),
+        config.sources.names().map(str::to_owned).collect(),
+    );
     let retention = config
         .retain_events
         .map(|retain| retention::spawn(store.clone(), retain, retention::EVERY));
@@ -204,6 +211,7 @@ pub async fn start(
         // drain what is queued, commit, and end.
         writers.join_all().await;
         forwarder.stop().await;
+        alerts.abort();
         if let Some(retention) = retention {
             retention.abort();
         }

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{api, error, learning, stream, subscriptions, webhooks};
+use super::{alerts, api, error, learning, stream, subscriptions, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -50,6 +50,7 @@ use super::{api, error, learning, stream, subscriptions, webhooks};
         subscriptions::event_attempts,
         subscriptions::event_deliveries,
         subscriptions::replay_event,
+        alerts::list,
     ),
     components(schemas(error::ErrorBody, webhooks::DeliveryReply)),
     modifiers(&BearerAuth),

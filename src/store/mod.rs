@@ -37,6 +37,7 @@ macro_rules! enrollment_upsert_on_conflict {
     };
 }
 
+pub mod alerts;
 mod dialect;
 pub mod forward;
 mod isolate;
@@ -60,6 +61,7 @@ use crate::projection::learning::LearningEvent;
 use crate::projection::{Enrollment, EnrollmentEvent, Status};
 use crate::thinkific;
 
+pub use alerts::{AlertStore, Incident};
 pub use forward::*;
 pub use isolate::{append_isolating, refusal_reason};
 pub use learning::*;
@@ -454,7 +456,7 @@ pub struct RebuildReport {
 }
 
 #[async_trait]
-pub trait Store: ForwardStore + Send + Sync + 'static {
+pub trait Store: ForwardStore + AlertStore + Send + Sync + 'static {
     /// Human name of the backend, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
 

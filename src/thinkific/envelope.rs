@@ -62,14 +62,26 @@ pub struct Topic {
 
 impl Topic {
     /// A topic in its one spelling (see [`canonical_action`]).
+    /// enrollhook's own alerts (`enrollhook.subscription.failing`) are the
+    /// one resource whose actions have dots.
     pub fn parse(s: &str) -> Option<Topic> {
         let (resource, action) = s.split_once('.')?;
-        (valid_word(resource) && valid_word(action)).then(|| Topic {
+        let action_ok = if resource == OWN_RESOURCE {
+            action.split('.').all(valid_word)
+        } else {
+            valid_word(action)
+        };
+        (valid_word(resource) && action_ok).then(|| Topic {
             resource: resource.to_owned(),
             action: canonical_action(action).to_owned(),
         })
     }
 }
+
+/// The resource of the events enrollhook writes itself (alerts). Reserved:
+/// a delivery naming it is refused (see [`parse_delivery`]), so nobody can
+/// forge an alert through a webhook.
+pub const OWN_RESOURCE: &str = "enrollhook";
 
 /// The spelling of "cancelled" every topic is stored, matched and queried in.
 /// Thinkific lists the topic as `subscription.cancelled`, while the sample of
@@ -294,10 +306,19 @@ fn object<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Option<Result<T, serde_j
 /// the unsigned `X-Thinkific-Topic` header is only compared with it by the caller
 /// (see `receive::check`), never used.
 pub fn parse_delivery(body: &[u8]) -> Result<Envelope, ParseError> {
-    parse(body, None).map_err(|e| match e {
+    let envelope = parse(body, None).map_err(|e| match e {
         ParseError::Missing(field @ ("resource" | "action")) => ParseError::TopicMissing(field),
         other => other,
-    })
+    })?;
+    if envelope.topic.resource == OWN_RESOURCE {
+        return Err(ParseError::Invalid {
+            field: "resource",
+            why: format!(
+                "`{OWN_RESOURCE}` is reserved for enrollhook's own alerts; a webhook cannot deliver them"
+            ),
+        });
+    }
+    Ok(envelope)
 }
 
 /// Parses a body whose topic is already known: `known_topic` fills a missing

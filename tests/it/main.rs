@@ -10,6 +10,7 @@
 
 mod common;
 
+mod alerts;
 mod browser;
 mod cli;
 mod config;

@@ -55,6 +55,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "subscription template",
         include_str!("migrations/0012_subscription_template.sql"),
     ),
+    (
+        14,
+        "alert incidents",
+        include_str!("migrations/0014_alert_incidents.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.

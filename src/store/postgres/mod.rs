@@ -16,6 +16,7 @@
 //! Several writers (see [`Store::writers`]) each commit whole batches; every
 //! batch costs a handful of round trips whatever its size (arrays + `unnest`).
 
+mod alerts;
 mod batch;
 mod codec;
 mod forward;

@@ -3,6 +3,7 @@
 //! method calls these where only binding and reading differ, and keeps its
 //! own SQL where the dialects differ (claims, batch inserts, the feed).
 
+pub(crate) mod alerts;
 pub(crate) mod forward;
 pub(crate) mod learning;
 pub(crate) mod learning_reads;

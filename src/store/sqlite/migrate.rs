@@ -71,6 +71,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "subscription template",
         include_str!("migrations/0013_subscription_template.sql"),
     ),
+    (
+        15,
+        "alert incidents",
+        include_str!("migrations/0015_alert_incidents.sql"),
+    ),
 ];
 
 /// Brings the main file's schema up to date (with `apply`), or says how.

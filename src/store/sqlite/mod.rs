@@ -25,6 +25,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 
+mod alerts;
 mod apply;
 mod batch;
 mod codec;
