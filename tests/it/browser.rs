@@ -660,6 +660,21 @@ async fn the_dashboard_works_in_chromium_for_the_admin(db: TestDatabase) {
         assert!(Instant::now() < deadline, "the delivery never died");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The dead delivery is an alert (`enrollhook.subscription.exhausted`).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exhausted = loop {
+        let alerts = api(&http, &server, "/api/alerts", ADMIN).await;
+        if let Some(a) = alerts["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["kind"] == "subscription.exhausted")
+        {
+            break a.clone();
+        }
+        assert!(Instant::now() < deadline, "no exhausted alert: {alerts}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     receiver.answer_always(Reply::Status(200));
     let before = receiver.received().len();
     browser
@@ -668,6 +683,19 @@ async fn the_dashboard_works_in_chromium_for_the_admin(db: TestDatabase) {
     browser
         .goto(&format!("{}/dashboard#/forwarding", server.base))
         .await;
+    let alerts_panel = browser
+        .until(
+            "the alerts panel",
+            "const p = document.querySelector('.panel.alerts tbody'); return p && p.textContent;",
+            WAIT,
+        )
+        .await;
+    let alerts_panel = alerts_panel.as_str().unwrap();
+    assert!(
+        alerts_panel.contains("subscription.exhausted")
+            && alerts_panel.contains(exhausted["summary"].as_str().unwrap()),
+        "{alerts_panel}"
+    );
     browser
         .until(
             "the replay button",

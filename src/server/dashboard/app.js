@@ -23,6 +23,7 @@ const API = {
   funnel: '/api/courses/{source}/{course_id}/funnel',
   student: '/api/students/{source}/{user_id}',
   quizzes: '/api/quizzes',
+  alerts: '/api/alerts',
 };
 
 const TOKEN_KEY = 'enrollhook.token';
@@ -1335,8 +1336,34 @@ async function forwardingView(root) {
     list.replaceChildren(...(panels.length ? panels : [emptyState('No subscriptions yet: create one above, or with ',
       h('code', null, "enrollhook subscriptions add --url https://crm.example.com/hooks --topic 'enrollment.*'"), '.')]));
   };
-  root.append(subscriptionForm(refresh), list);
-  await refresh();
+  const alerts = h('div');
+  root.append(alerts, subscriptionForm(refresh), list);
+  await Promise.all([refresh(), alertsPanel().then((p) => alerts.replaceChildren(p))]);
+}
+
+// Open incidents and the recent alerts (`enrollhook.*` events): what broke,
+// since when, and whether it has recovered.
+async function alertsPanel() {
+  const { open, recent } = await api(API.alerts, { limit: 20 });
+  const head = h('h2', null, 'Alerts', open.length ? h('span', { class: 'muted small' }, ` · ${fmtInt(open.length)} open`) : null);
+  if (!recent.length) {
+    return h('div', { class: 'panel alerts' }, head,
+      h('p', { class: 'muted' }, 'No alerts yet. Subscribe a destination (a Slack preset, say) to ',
+        h('code', null, 'enrollhook.*'), ' to be told when forwarding or signatures fail; see the README, "Alerts".'));
+  }
+  const rows = recent.map((a) => h('tr', null,
+    h('td', null, a.closed_at ? badge(a.recovered_id ? 'recovered' : 'ended', 'ok') : badge('open', 'bad')),
+    h('td', null, h('code', null, a.kind)),
+    h('td', null, a.summary, a.detail && a.detail.what_to_do ? h('div', { class: 'muted small' }, a.detail.what_to_do) : null),
+    h('td', null, a.source),
+    h('td', null, fmtTime(a.started_at)),
+    h('td', null, a.closed_at ? fmtTime(a.closed_at) : '')));
+  return h('div', { class: 'panel alerts' }, head,
+    h('div', { class: 'table-wrap' }, h('table', null,
+      h('thead', null, h('tr', null, h('th', null, 'State'), h('th', null, 'Alert'), h('th', null, 'What happened'),
+        h('th', null, 'School'), h('th', null, 'Since'), h('th', null, 'Ended'))),
+      h('tbody', null, rows))),
+    h('p', { class: 'muted small' }, 'The latest 20; ', h('code', null, 'enrollhook alerts'), ' lists more.'));
 }
 
 // ---------------------------------------------------------------- start
