@@ -50,6 +50,7 @@ mod shared;
 mod sql;
 pub mod sqlite;
 mod stats;
+mod wake;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -67,6 +68,7 @@ pub use postgres::PostgresStore;
 pub use quarantine::*;
 pub use reconciliations::{NewReconciliation, ReconciliationRecord};
 pub use sqlite::SqliteStore;
+pub use wake::{OUTBOX_CHANNEL, OutboxWake};
 /// The projection file's path and schema (kept at its old path for callers).
 pub use sqlite::projector as sqlite_projector;
 pub(crate) use stats::CourseCounts;
