@@ -81,6 +81,7 @@ use common::destination;
 mod brokers;
 mod ids;
 mod resilience;
+mod wake;
 
 on_both_backends!(
     every_event_arrives_through_failures_timeouts_and_429,
