@@ -34,3 +34,25 @@ impl OutboxWake {
         self.0.notified().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    #[test]
+    fn raises_while_nobody_waits_make_one_wake() {
+        let wake = OutboxWake::default();
+        assert!(wake.raised().now_or_never().is_none(), "not raised yet");
+        let clone = wake.clone();
+        for _ in 0..5 {
+            clone.raise();
+        }
+        assert!(wake.raised().now_or_never().is_some(), "kept while nobody waited");
+        assert!(
+            wake.raised().now_or_never().is_none(),
+            "five raises meanwhile make one wake, not five"
+        );
+    }
+}
