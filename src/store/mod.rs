@@ -68,12 +68,12 @@ pub use postgres::PostgresStore;
 pub use quarantine::*;
 pub use reconciliations::{NewReconciliation, ReconciliationRecord};
 pub use sqlite::SqliteStore;
-pub use wake::{OUTBOX_CHANNEL, OutboxWake};
 /// The projection file's path and schema (kept at its old path for callers).
 pub use sqlite::projector as sqlite_projector;
 pub(crate) use stats::CourseCounts;
 pub use stats::{ActivityQuery, CourseStats, DayActivity, completed_on, enrolled_on};
 pub(crate) use stats::{every_day, median};
+pub use wake::{OUTBOX_CHANNEL, OutboxWake};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -49,7 +49,10 @@ mod tests {
         for _ in 0..5 {
             clone.raise();
         }
-        assert!(wake.raised().now_or_never().is_some(), "kept while nobody waited");
+        assert!(
+            wake.raised().now_or_never().is_some(),
+            "kept while nobody waited"
+        );
         assert!(
             wake.raised().now_or_never().is_none(),
             "five raises meanwhile make one wake, not five"

@@ -160,12 +160,7 @@ impl SqliteStore {
         let path = options.get_filename().to_owned();
         let projector = Projector::open(&path)?;
         let wake = OutboxWake::default();
-        let batch = BatchWriter::open(
-            &path,
-            writer.conn.clone(),
-            projector.clone(),
-            wake.clone(),
-        )?;
+        let batch = BatchWriter::open(&path, writer.conn.clone(), projector.clone(), wake.clone())?;
         let checkpointer = spawn_checkpointer(options.clone());
         let projection = projector::projection_path(&path);
         let reader = SqlitePoolOptions::new()

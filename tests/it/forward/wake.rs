@@ -64,8 +64,7 @@ async fn deliveries_and_replays_are_forwarded_without_waiting_for_the_poll(db: T
 
     // A replay writes outbox rows too, and wakes the worker the same way.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, replayed) =
-        post_json(&app, "/api/events/default/wake-1/replay", json!({})).await;
+    let (status, replayed) = post_json(&app, "/api/events/default/wake-1/replay", json!({})).await;
     assert_eq!((status, replayed["replayed"].as_u64()), (200, Some(1)));
     let got = dest.wait_for(3, SOON).await;
     assert_eq!(ids_of(&got)[2], "evt_default_wake-1");
