@@ -13,12 +13,23 @@ Forwarding keeps up when the depth stays bounded during the load.
 `--destinations http,nats,amqp,redis` runs each in turn in one invocation (one
 JSON line each), so the brokers are compared with HTTP on the same machine state.
 
+`--latency N` then measures, at light load (`--latency-rate` deliveries/s, one
+at a time), the time from each delivery's 200 to its forward reaching a local
+receiver (in this process, one clock), and prints its p50/p99/max as one more
+JSON line. A forward can reach the receiver before the 200 reaches the sender
+(the worker is woken by the commit, before the answer is written): those
+latencies are negative and count as such. `--latency-database` runs it on
+PostgreSQL (`postgres://…`, a database of its own, emptied first) instead of a
+fresh SQLite file.
+
 Usage: python3 bench/forward.py [--duration 20] [--rate 5000] [--destinations http,nats]
+                                [--latency 500 [--latency-rate 20] [--latency-database URL]]
        (bench/run.sh builds first, with examples/broker_place, which makes and
        removes each broker's stream / exchange + queue / keys and counts them)
 """
 
 import argparse
+import http.server
 import json
 import sqlite3
 import subprocess
@@ -82,12 +93,103 @@ def main():
     p.add_argument("--rate", type=int, default=0,
                    help="ingest at this many events/s with `enrollhook simulate` (64 in flight) "
                         "instead of wrk as fast as it answers")
+    p.add_argument("--latency", type=int, default=0,
+                   help="then measure 200-to-receiver latency over this many deliveries at light load")
+    p.add_argument("--latency-rate", type=float, default=20.0,
+                   help="deliveries/s during the latency measurement (one at a time)")
+    p.add_argument("--latency-database", default=None,
+                   help="postgres://… to measure latency on PostgreSQL (default: a fresh SQLite file)")
+    p.add_argument("--latency-only", action="store_true", help="skip the load runs")
     args = p.parse_args()
     for kind in args.destinations.split(","):
         if kind not in ("http", "nats", "amqp", "redis"):
             p.error(f"unknown destination {kind}: use http, nats, amqp or redis")
-    for kind in args.destinations.split(","):
-        run_one(kind, args)
+    if not args.latency_only:
+        for kind in args.destinations.split(","):
+            run_one(kind, args)
+    if args.latency:
+        measure_latency(args)
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure_latency(args):
+    """Light load: one delivery at a time; from its 200 to its forward's arrival."""
+    events_file = bench.BENCH / "out" / f"events-v2-{args.events}.txt"
+    if not events_file.exists():
+        (bench.BENCH / "out").mkdir(exist_ok=True)
+        subprocess.run([sys.executable, str(bench.BENCH / "gen_events.py"), "--count", str(args.events),
+                        "--secret", bench.SECRET, "--out", str(events_file)], check=True)
+    with open(events_file) as f:
+        lines = [next(f).rstrip("\n") for _ in range(args.latency)]
+    arrived, lock = {}, threading.Lock()
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            at = time.monotonic()
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            with lock:
+                arrived.setdefault(json.loads(body)["id"], at)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *_):
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    work = Path(tempfile.mkdtemp(prefix="enrollhook-latency-"))
+    (work / "enrollhook.toml").write_text(f'[[source]]\nname = "c8"\nsecret = "{bench.SECRET}"\n')
+    database = args.latency_database or f"sqlite://{work / 'enrollhook.db'}"
+    if args.latency_database:
+        name = database.rsplit("/", 1)[1].split("?")[0]
+        bench.create_pg_database(name)
+    port, log_path = bench.free_port(), work / "enrollhook.log"
+    server = subprocess.Popen([str(bench.ENROLLHOOK), "--config", str(work / "enrollhook.toml"),
+                               "--database", database, "serve", "--listen", f"127.0.0.1:{port}",
+                               "--allow-private-destinations"],
+                              stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
+    try:
+        bench.wait_ready(server, port, log_path)
+        body = json.dumps({"url": f"http://127.0.0.1:{receiver.server_port}/in", "topics": ["*"]}).encode()
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/subscriptions", data=body,
+            headers={"content-type": "application/json"})).read()
+        answered = {}
+        for line in lines:
+            signature, delivery = line.split(" ", 1)
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/thinkific/c8",
+                                         data=delivery.encode(),
+                                         headers={"content-type": "application/json",
+                                                  "x-thinkific-hmac-sha256": signature})
+            urllib.request.urlopen(req).read()
+            answered[json.loads(delivery)["id"]] = time.monotonic()
+            time.sleep(1 / args.latency_rate)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with lock:
+                if len(arrived) >= len(answered):
+                    break
+            time.sleep(0.05)
+        with lock:
+            latencies = [(arrived[i] - t) * 1000 for i, t in answered.items() if i in arrived]
+        print(json.dumps({
+            "measure": "200 to receiver, light load",
+            "backend": database.split(":", 1)[0],
+            "deliveries": len(answered),
+            "forwarded": len(latencies),
+            "rate_per_s": args.latency_rate,
+            "latency_p50_ms": round(percentile(latencies, 0.50), 2) if latencies else None,
+            "latency_p99_ms": round(percentile(latencies, 0.99), 2) if latencies else None,
+            "latency_max_ms": round(max(latencies), 2) if latencies else None,
+        }))
+    finally:
+        bench.stop(server)
+        receiver.shutdown()
 
 
 def run_one(kind, args):

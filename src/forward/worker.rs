@@ -26,7 +26,10 @@ pub struct ForwardConfig {
     pub disable_after: Duration,
     /// Deliveries in flight at once (per instance).
     pub concurrency: usize,
-    /// How often to look for due deliveries when idle.
+    /// How often to look for due deliveries when idle and not woken. New
+    /// deliveries wake the worker at once (see `crate::store::OutboxWake`);
+    /// the poll finds retries that came due, expired leases, and rows whose
+    /// wake was lost (another process on SQLite, a dropped `LISTEN`).
     pub poll_interval: Duration,
     /// When alerts (`enrollhook.*`) are raised.
     pub alerts: crate::alerts::AlertConfig,
@@ -40,7 +43,10 @@ impl Default for ForwardConfig {
             allow_private_destinations: false,
             disable_after: Duration::from_secs(5 * 86400),
             concurrency: 256,
-            poll_interval: Duration::from_millis(100),
+            // Retries are due seconds apart at the least (the schedule's
+            // granularity), so a second late is noise; idle it costs one
+            // claim query a second.
+            poll_interval: Duration::from_secs(1),
             alerts: crate::alerts::AlertConfig::default(),
         }
     }
@@ -49,18 +55,28 @@ impl Default for ForwardConfig {
 pub struct Forwarder {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// Hears other processes' outbox commits (PostgreSQL), if the store can.
+    listener: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Forwarder {
     pub fn start(store: Arc<dyn Store>, config: ForwardConfig) -> anyhow::Result<Forwarder> {
         let destinations = Arc::new(Destinations::new(&config)?);
         let (stop, stopped) = watch::channel(false);
+        let listener = store.listen_for_outbox();
         let task = tokio::spawn(run(store, config, destinations, stopped));
-        Ok(Forwarder { stop, task })
+        Ok(Forwarder {
+            stop,
+            task,
+            listener,
+        })
     }
 
     /// Stops claiming, lets in-flight deliveries finish, records them.
     pub async fn stop(self) {
+        if let Some(listener) = self.listener {
+            listener.abort();
+        }
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
@@ -75,6 +91,7 @@ async fn run(
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let (results, finished) = mpsc::channel::<FinishedAttempt>(config.concurrency * 4);
+    let wake = store.outbox_wake();
     let recorder = tokio::spawn(record(store.clone(), config.clone(), finished));
     let shapers = Arc::new(Shapers::default());
 
@@ -105,7 +122,13 @@ async fn run(
         };
         if claimed.is_empty() {
             drop(first);
-            sleep_or_stop(&mut stopped, config.poll_interval).await;
+            // A wake raised while the claim ran is kept, so a commit between
+            // the claim and this wait is not missed: it ends the wait at once.
+            tokio::select! {
+                _ = wake.raised() => {}
+                _ = tokio::time::sleep(config.poll_interval) => {}
+                _ = stopped.changed() => {}
+            }
             continue;
         }
         let mut first = Some(first);
@@ -184,6 +207,9 @@ async fn record(
                 }
             }
         }
+        // A finished delivery can make the next one of its enrollment due
+        // (ordered subscriptions): claim it now, not at the next poll.
+        store.outbox_wake().raise();
         batch.clear();
     }
 }

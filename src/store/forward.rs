@@ -176,6 +176,17 @@ pub trait ForwardStore: Send + Sync {
 
     /// Deliveries waiting (due or scheduled), for metrics and benchmarks.
     async fn outbox_pending(&self) -> Result<i64>;
+
+    /// Raised after every commit of this store that wrote due outbox rows
+    /// (see [`super::OutboxWake`]); the forwarder waits on it between claims.
+    fn outbox_wake(&self) -> super::OutboxWake;
+
+    /// Starts hearing outbox commits of other processes sharing the database
+    /// (PostgreSQL: a `LISTEN` connection that raises [`Self::outbox_wake`]);
+    /// `None` where no other process writes the outbox. Abort the task to stop.
+    fn listen_for_outbox(&self) -> Option<tokio::task::JoinHandle<()>> {
+        None
+    }
 }
 
 /// What an attempt leaves in its outbox row: state, next attempt time, error

@@ -51,6 +51,7 @@ mod shared;
 mod sql;
 pub mod sqlite;
 mod stats;
+mod wake;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -74,6 +75,7 @@ pub use sqlite::projector as sqlite_projector;
 pub(crate) use stats::CourseCounts;
 pub use stats::{ActivityQuery, CourseStats, DayActivity, completed_on, enrolled_on};
 pub(crate) use stats::{every_day, median};
+pub use wake::{OUTBOX_CHANNEL, OutboxWake};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

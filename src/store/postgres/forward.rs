@@ -29,7 +29,12 @@ impl ForwardStore for PostgresStore {
             .build()
             .execute(self.writer())
             .await?;
-        Ok(done.rows_affected() == 1)
+        let updated = done.rows_affected() == 1;
+        // Re-enabled, its pending deliveries are due again.
+        if updated && s.enabled {
+            super::outbox::notify(&mut *self.writer().acquire().await?).await?;
+        }
+        Ok(updated)
     }
 
     async fn delete_subscription(&self, id: &str) -> Result<bool> {
@@ -236,11 +241,25 @@ impl ForwardStore for PostgresStore {
         let mut conn = self.writer().acquire().await?;
         let mut tx = conn.begin().await?;
         let count = forward::replay::<Postgres>(&mut tx, scope, now, EVENT_COLUMNS).await?;
+        if count > 0 {
+            super::outbox::notify(&mut tx).await?;
+        }
         tx.commit().await?;
         Ok(count)
     }
 
     async fn outbox_pending(&self) -> Result<i64> {
         forward::outbox_pending(self.reader()).await
+    }
+
+    fn outbox_wake(&self) -> OutboxWake {
+        self.wake.clone()
+    }
+
+    fn listen_for_outbox(&self) -> Option<tokio::task::JoinHandle<()>> {
+        Some(super::wake::spawn_listener(
+            (*self.writer().connect_options()).clone(),
+            self.wake.clone(),
+        ))
     }
 }

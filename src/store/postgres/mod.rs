@@ -22,6 +22,7 @@ mod codec;
 mod forward;
 mod migrate;
 mod outbox;
+mod wake;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -55,6 +56,8 @@ pub struct PostgresStore {
     writer: PgPool,
     reader: PgPool,
     writers: usize,
+    /// Raised by this instance's `LISTEN` connection (see [`wake`]).
+    wake: OutboxWake,
 }
 
 impl PostgresStore {
@@ -102,6 +105,7 @@ impl PostgresStore {
             writer,
             reader,
             writers,
+            wake: OutboxWake::default(),
         };
         migrate::migrate(&store.writer, migrate).await?;
         Ok(store)

@@ -29,16 +29,32 @@ pub(super) async fn enqueue(
     if subs.is_empty() {
         return Ok(());
     }
+    // The NOTIFY rides in the same statement (no extra round trip), once, and
+    // only when rows went in; PostgreSQL delivers it when the batch commits.
     sqlx::query(
-        "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at)
-         SELECT s, q, k, 'pending', 0, t, t FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[]) AS u(s, q, k, t)
-         ON CONFLICT (subscription_id, event_seq) DO NOTHING",
+        "WITH enqueued AS (
+             INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at)
+             SELECT s, q, k, 'pending', 0, t, t FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[]) AS u(s, q, k, t)
+             ON CONFLICT (subscription_id, event_seq) DO NOTHING
+             RETURNING 1)
+         SELECT pg_notify($5, '') WHERE EXISTS (SELECT 1 FROM enqueued)",
     )
     .bind(&subs)
     .bind(&seqs)
     .bind(&keys)
     .bind(&at)
+    .bind(OUTBOX_CHANNEL)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Tells every instance's forwarder (see `super::wake`) that outbox rows are
+/// due; inside a transaction, when it commits.
+pub(super) async fn notify(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(OUTBOX_CHANNEL)
+        .execute(conn)
+        .await?;
     Ok(())
 }

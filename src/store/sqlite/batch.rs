@@ -69,12 +69,18 @@ pub(super) enum Batch {
 
 impl BatchWriter {
     /// Starts the writer thread; what it commits goes on to `projector`.
-    pub(super) fn open(path: &Path, lock: WriteLock, projector: Projector) -> Result<BatchWriter> {
+    /// `wake` is raised after each commit that wrote outbox rows.
+    pub(super) fn open(
+        path: &Path,
+        lock: WriteLock,
+        projector: Projector,
+        wake: OutboxWake,
+    ) -> Result<BatchWriter> {
         let conn = connect(path).map_err(write_error)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-batch".into())
-            .spawn(move || run(conn, queue, lock, projector))
+            .spawn(move || run(conn, queue, lock, projector, wake))
             .map_err(|e| StoreError::Write(format!("cannot start the SQLite writer: {e}")))?;
         Ok(BatchWriter { jobs })
     }
@@ -103,7 +109,13 @@ fn stopped() -> StoreError {
 
 /// The writer thread: one transaction per batch, then the stored events go to
 /// the projector, then the batch is answered.
-fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, lock: WriteLock, projector: Projector) {
+fn run(
+    mut conn: Connection,
+    queue: mpsc::Receiver<Job>,
+    lock: WriteLock,
+    projector: Projector,
+    wake: OutboxWake,
+) {
     while let Ok(Job {
         events,
         subscriptions,
@@ -112,7 +124,7 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, lock: WriteLock, projec
     {
         let result = {
             let _write = lock.blocking_lock();
-            append(&mut conn, &events, &subscriptions)
+            append(&mut conn, &events, &subscriptions, &wake)
         };
         if let Ok(Batch::Committed(outcomes)) = &result {
             let stored = events
@@ -150,8 +162,14 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// Stores a batch of events and their outbox rows in one transaction.
-fn append(conn: &mut Connection, events: &[NewEvent], subs: &Subscriptions) -> Result<Batch> {
+/// Stores a batch of events and their outbox rows in one transaction, and
+/// raises `wake` once it committed outbox rows.
+fn append(
+    conn: &mut Connection,
+    events: &[NewEvent],
+    subs: &Subscriptions,
+    wake: &OutboxWake,
+) -> Result<Batch> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(write_error)?;
@@ -170,6 +188,7 @@ fn append(conn: &mut Connection, events: &[NewEvent], subs: &Subscriptions) -> R
         })
     };
     // Forwarding: the outbox rows commit with their events, or not at all.
+    let mut enqueued = 0;
     if !subs.enabled.is_empty() {
         let mut enqueue = tx
             .prepare_cached(
@@ -182,13 +201,16 @@ fn append(conn: &mut Connection, events: &[NewEvent], subs: &Subscriptions) -> R
         for (ev, seq) in stored() {
             let event = EventToMatch::new(&ev.source, &ev.topic, ev.course_id, &ev.body);
             for s in subs.enabled.iter().filter(|s| s.matches(&event)) {
-                enqueue
+                enqueued += enqueue
                     .execute(params![s.id, seq, ev.order_key(), fmt_ts(&ev.received_at)])
                     .map_err(write_error)?;
             }
         }
     }
     tx.commit().map_err(write_error)?;
+    if enqueued > 0 {
+        wake.raise();
+    }
     Ok(Batch::Committed(outcomes))
 }
 

@@ -30,7 +30,12 @@ impl ForwardStore for SqliteStore {
             .build()
             .execute(&mut *self.writer.lock().await?)
             .await?;
-        Ok(done.rows_affected() == 1)
+        let updated = done.rows_affected() == 1;
+        // Re-enabled, its pending deliveries are due again.
+        if updated && s.enabled {
+            self.wake.raise();
+        }
+        Ok(updated)
     }
 
     async fn delete_subscription(&self, id: &str) -> Result<bool> {
@@ -223,10 +228,17 @@ impl ForwardStore for SqliteStore {
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let count = forward::replay::<Sqlite>(&mut tx, scope, now, EVENT_COLUMNS).await?;
         tx.commit().await?;
+        if count > 0 {
+            self.wake.raise();
+        }
         Ok(count)
     }
 
     async fn outbox_pending(&self) -> Result<i64> {
         forward::outbox_pending(&self.reader).await
+    }
+
+    fn outbox_wake(&self) -> OutboxWake {
+        self.wake.clone()
     }
 }

@@ -57,6 +57,8 @@ pub struct SqliteStore {
     /// The enabled subscriptions as last read; the batch writer tells when
     /// they changed (another process, or this one, wrote them).
     subscriptions: tokio::sync::Mutex<Option<Arc<batch::Subscriptions>>>,
+    /// Raised after commits that wrote outbox rows (see [`OutboxWake`]).
+    wake: OutboxWake,
 }
 
 /// The one write connection. A lock, not a pool: handing a pooled connection
@@ -158,7 +160,8 @@ impl SqliteStore {
         migrate::migrate(&mut *writer.conn.lock().await, migrate_schema).await?;
         let path = options.get_filename().to_owned();
         let projector = Projector::open(&path)?;
-        let batch = BatchWriter::open(&path, writer.conn.clone(), projector.clone())?;
+        let wake = OutboxWake::default();
+        let batch = BatchWriter::open(&path, writer.conn.clone(), projector.clone(), wake.clone())?;
         let checkpointer = spawn_checkpointer(options.clone());
         let projection = projector::projection_path(&path);
         let reader = SqlitePoolOptions::new()
@@ -177,6 +180,7 @@ impl SqliteStore {
             batch,
             projector,
             subscriptions: tokio::sync::Mutex::new(None),
+            wake,
         };
         // Events a crash left unprojected (usually none).
         store.projector.catch_up().await?;

@@ -82,6 +82,7 @@ mod brokers;
 mod ids;
 mod resilience;
 mod templates;
+mod wake;
 
 on_both_backends!(
     every_event_arrives_through_failures_timeouts_and_429,
