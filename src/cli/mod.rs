@@ -60,6 +60,8 @@ enum Command {
     Events(query::EventsArgs),
     /// The scheduled reconciliations' runs (`serve --reconcile-every`), newest first.
     Reconciliations(query::ReconciliationsArgs),
+    /// The milestones each source emits, as configured in enrollhook.toml.
+    Milestones(query::MilestonesArgs),
     /// Inspect and re-admit rejected deliveries.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
@@ -153,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Student(args) => learning::student(&settings, args).await,
         Command::Events(args) => query::events(&settings, args).await,
         Command::Reconciliations(args) => query::reconciliations(&settings, args).await,
+        Command::Milestones(args) => query::milestones(&settings, args),
         Command::Quarantine(cmd) => quarantine::quarantine(&settings, cmd).await,
         Command::Subscriptions(cmd) => subscriptions::subscriptions(&settings, cmd).await,
         Command::Replay(args) => subscriptions::replay(&settings, args).await,

@@ -151,6 +151,12 @@ pub struct ServeConfig {
     /// Reconcile with Thinkific this often (None: never), for these sources.
     pub reconcile_every: Option<std::time::Duration>,
     pub reconcile: Vec<ReconcileSource>,
+    /// The milestones derived per source (`[milestones]` in the file).
+    pub milestones: crate::projection::milestones::MilestoneRules,
+    /// How often stalled enrollments are looked for.
+    pub stalled_check_every: std::time::Duration,
+    /// What time it is, for the stalled check (tests set their own).
+    pub clock: crate::maintenance::milestones::Clock,
 }
 
 /// A source a scheduled reconciliation covers: its Thinkific credentials, and
@@ -197,6 +203,9 @@ impl ServeConfig {
             max_streams: DEFAULT_MAX_STREAMS,
             reconcile_every: None,
             reconcile: Vec::new(),
+            milestones: Default::default(),
+            stalled_check_every: crate::maintenance::milestones::DEFAULT_EVERY,
+            clock: Default::default(),
         }
     }
 
