@@ -94,8 +94,21 @@ pub fn milestones(settings: &Settings, a: MilestonesArgs) -> anyhow::Result<Exit
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let header = ["source", "progress", "completed", "trial_converted", "stalled_days", "lessons"];
-    let list = |v: Vec<String>| if v.is_empty() { "off".to_owned() } else { v.join(",") };
+    let header = [
+        "source",
+        "progress",
+        "completed",
+        "trial_converted",
+        "stalled_days",
+        "lessons",
+    ];
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "off".to_owned()
+        } else {
+            v.join(",")
+        }
+    };
     let on = |b: bool| if b { "on" } else { "off" }.to_owned();
     output(a.format, &header, &rows, |r| {
         let m = &r.milestones;
@@ -104,7 +117,8 @@ pub fn milestones(settings: &Settings, a: MilestonesArgs) -> anyhow::Result<Exit
             list(m.progress.iter().map(|p| p.to_string()).collect()),
             on(m.completed),
             on(m.trial_converted),
-            m.stalled_days.map_or_else(|| "off".to_owned(), |d| d.to_string()),
+            m.stalled_days
+                .map_or_else(|| "off".to_owned(), |d| d.to_string()),
             list(m.lessons.iter().map(|l| l.to_string()).collect()),
         ]
     })?;

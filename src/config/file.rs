@@ -57,7 +57,9 @@ pub enum Switch<T> {
 impl MilestonesFile {
     /// The source's milestones, checked (an error says which setting and why).
     pub fn resolve(&self) -> Result<crate::projection::milestones::SourceMilestones, String> {
-        use crate::projection::milestones::{DEFAULT_STALLED_DAYS, DEFAULT_THRESHOLDS, SourceMilestones};
+        use crate::projection::milestones::{
+            DEFAULT_STALLED_DAYS, DEFAULT_THRESHOLDS, SourceMilestones,
+        };
         if self.enabled == Some(false) {
             return Ok(SourceMilestones {
                 progress: Vec::new(),

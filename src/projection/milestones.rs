@@ -145,11 +145,16 @@ impl MilestoneRules {
 /// What was reached.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
-    Progress { threshold: f64 },
+    Progress {
+        threshold: f64,
+    },
     Completed,
     TrialConverted,
     /// Inactive since `since` (the last activity), for at least `days`.
-    Stalled { since: DateTime<Utc>, days: u32 },
+    Stalled {
+        since: DateTime<Utc>,
+        days: u32,
+    },
     Lesson(LessonEvent),
 }
 

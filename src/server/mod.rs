@@ -189,7 +189,11 @@ pub async fn start(
         }
         None => None,
     };
-    let stalled_check = (config.milestones.iter().any(|(_, m)| m.stalled_days.is_some())).then(|| {
+    let stalled_check = (config
+        .milestones
+        .iter()
+        .any(|(_, m)| m.stalled_days.is_some()))
+    .then(|| {
         crate::maintenance::milestones::spawn(
             store.clone(),
             config.clock.clone(),

@@ -96,7 +96,10 @@ async fn a_progress_jump_emits_every_threshold_in_order(db: TestDatabase) {
         &enrollment_event("e1", "progress", 7, 3, "10.0", "2024-05-01T10:00:00Z"),
     )
     .await;
-    assert!(milestones(store.as_ref()).await.is_empty(), "10 % is no milestone");
+    assert!(
+        milestones(store.as_ref()).await.is_empty(),
+        "10 % is no milestone"
+    );
     deliver_ok(
         &app,
         &enrollment_event("e2", "progress", 7, 3, "80.0", "2024-05-01T11:00:00Z"),
@@ -157,9 +160,15 @@ fn shuffle<T>(items: &mut [T], mut seed: u64) {
 fn life(enrollment: i64) -> Vec<Vec<u8>> {
     let at = |h: u32| format!("2024-05-01T{h:02}:00:00Z");
     let event = |n: u32, action: &str, pct: &str, trial: bool| {
-        let mut v: Value =
-            serde_json::from_slice(&enrollment_event(&format!("{enrollment}-{n}"), action, enrollment, 3, pct, &at(n)))
-                .unwrap();
+        let mut v: Value = serde_json::from_slice(&enrollment_event(
+            &format!("{enrollment}-{n}"),
+            action,
+            enrollment,
+            3,
+            pct,
+            &at(n),
+        ))
+        .unwrap();
         v["payload"]["free_trial"] = json!(trial);
         serde_json::to_vec(&v).unwrap()
     };
@@ -174,10 +183,16 @@ fn life(enrollment: i64) -> Vec<Vec<u8>> {
 }
 
 fn expected_for(enrollment: i64) -> Vec<String> {
-    let mut ids: Vec<String> = ["completed", "progress-25", "progress-50", "progress-75", "trial-converted"]
-        .iter()
-        .map(|k| format!("ms-{enrollment}-{k}"))
-        .collect();
+    let mut ids: Vec<String> = [
+        "completed",
+        "progress-25",
+        "progress-50",
+        "progress-75",
+        "trial-converted",
+    ]
+    .iter()
+    .map(|k| format!("ms-{enrollment}-{k}"))
+    .collect();
     ids.sort();
     ids
 }
@@ -213,14 +228,26 @@ async fn exactly_once_under_shuffled_duplicated_and_concurrent_deliveries(db: Te
         .into_iter()
         .filter(|id| id.starts_with("ms-1-progress"))
         .collect();
-    assert_eq!(progress_of_1, ["ms-1-progress-25", "ms-1-progress-50", "ms-1-progress-75"]);
+    assert_eq!(
+        progress_of_1,
+        ["ms-1-progress-25", "ms-1-progress-50", "ms-1-progress-75"]
+    );
 
     // A rebuild re-derives the projection, neither breaking on milestone
     // events nor emitting them again.
     let report = store.rebuild_projection(false).await.unwrap();
     assert_eq!(report.enrollments, 8, "{report:?}");
     let check = store.rebuild_projection(true).await.unwrap();
-    assert_eq!((check.changed, check.removed, check.index_rows, check.learning), (0, 0, 0, 0), "{check:?}");
+    assert_eq!(
+        (
+            check.changed,
+            check.removed,
+            check.index_rows,
+            check.learning
+        ),
+        (0, 0, 0, 0),
+        "{check:?}"
+    );
     for b in bodies.iter().take(10) {
         deliver_ok(&app, b).await;
     }
@@ -285,36 +312,70 @@ async fn stalled_is_emitted_once_per_stall_with_a_fake_clock(db: TestDatabase) {
         .await;
     let store = app.store();
     let at = |d: i64| day(d).to_rfc3339();
-    deliver_ok(&app, &enrollment_event("e1", "progress", 7, 3, "10.0", &at(0))).await;
+    deliver_ok(
+        &app,
+        &enrollment_event("e1", "progress", 7, 3, "10.0", &at(0)),
+    )
+    .await;
     // A second, completed enrollment never stalls.
-    deliver_ok(&app, &enrollment_event("e2", "completed", 8, 3, "100.0", &at(0))).await;
+    deliver_ok(
+        &app,
+        &enrollment_event("e2", "completed", 8, 3, "100.0", &at(0)),
+    )
+    .await;
     let stalled = |events: Vec<StoredEvent>| -> Vec<StoredEvent> {
-        events.into_iter().filter(|e| e.topic == "milestone.stalled").collect()
+        events
+            .into_iter()
+            .filter(|e| e.topic == "milestone.stalled")
+            .collect()
     };
 
     // Driven by hand: 13 days inactive is not stalled, 15 is, once.
     let mut state = ScanState::default();
-    let r = scan_stalled(store.as_ref(), day(13), &mut state).await.unwrap();
+    let r = scan_stalled(store.as_ref(), day(13), &mut state)
+        .await
+        .unwrap();
     assert_eq!(r.stored, 0);
-    let r = scan_stalled(store.as_ref(), day(15), &mut state).await.unwrap();
+    let r = scan_stalled(store.as_ref(), day(15), &mut state)
+        .await
+        .unwrap();
     assert_eq!((r.read, r.stored), (1, 1));
-    let r = scan_stalled(store.as_ref(), day(16), &mut state).await.unwrap();
-    assert_eq!((r.read, r.stored), (0, 0), "the next scan reads only what stalled since");
+    let r = scan_stalled(store.as_ref(), day(16), &mut state)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.read, r.stored),
+        (0, 0),
+        "the next scan reads only what stalled since"
+    );
     // A restarted process scans everything again: a duplicate.
-    let r = scan_stalled(store.as_ref(), day(17), &mut ScanState::default()).await.unwrap();
+    let r = scan_stalled(store.as_ref(), day(17), &mut ScanState::default())
+        .await
+        .unwrap();
     assert_eq!((r.read, r.stored), (1, 0));
     let found = stalled(milestones(store.as_ref()).await);
     assert_eq!(found.len(), 1);
     let b = body(&found[0]);
     assert_eq!(b["payload"]["milestone"]["days"], 14);
-    assert_eq!(b["payload"]["milestone"]["inactive_since"], "2024-01-01T00:00:00.000000Z");
+    assert_eq!(
+        b["payload"]["milestone"]["inactive_since"],
+        "2024-01-01T00:00:00.000000Z"
+    );
     assert_eq!(b["payload"]["enrollment"]["id"], 7);
 
     // Activity ends the stall; 14 quiet days later it is a new one.
-    deliver_ok(&app, &enrollment_event("e3", "progress", 7, 3, "20.0", &at(20))).await;
-    let r = scan_stalled(store.as_ref(), day(21), &mut state).await.unwrap();
+    deliver_ok(
+        &app,
+        &enrollment_event("e3", "progress", 7, 3, "20.0", &at(20)),
+    )
+    .await;
+    let r = scan_stalled(store.as_ref(), day(21), &mut state)
+        .await
+        .unwrap();
     assert_eq!(r.stored, 0);
-    let r = scan_stalled(store.as_ref(), day(35), &mut state).await.unwrap();
+    let r = scan_stalled(store.as_ref(), day(35), &mut state)
+        .await
+        .unwrap();
     assert_eq!(r.stored, 1);
     let found = stalled(milestones(store.as_ref()).await);
     assert_eq!(found.len(), 2);
@@ -322,7 +383,11 @@ async fn stalled_is_emitted_once_per_stall_with_a_fake_clock(db: TestDatabase) {
 
     // The same by `serve`'s own schedule, on its clock: more activity, then
     // the clock moves past the new stall.
-    deliver_ok(&app, &enrollment_event("e4", "progress", 7, 3, "30.0", &at(40))).await;
+    deliver_ok(
+        &app,
+        &enrollment_event("e4", "progress", 7, 3, "30.0", &at(40)),
+    )
+    .await;
     *now.lock().unwrap() = day(60);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -330,11 +395,18 @@ async fn stalled_is_emitted_once_per_stall_with_a_fake_clock(db: TestDatabase) {
         if n == 3 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "serve's scan emitted {n} of 3");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve's scan emitted {n} of 3"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(stalled(milestones(store.as_ref()).await).len(), 3, "once per stall");
+    assert_eq!(
+        stalled(milestones(store.as_ref()).await).len(),
+        3,
+        "once per stall"
+    );
 }
 
 async fn a_milestone_subscription_receives_them(db: TestDatabase) {
@@ -378,7 +450,12 @@ async fn a_milestone_subscription_receives_them(db: TestDatabase) {
     topics.sort();
     assert_eq!(
         topics,
-        ["milestone.completed", "milestone.progress", "milestone.progress", "milestone.progress"]
+        [
+            "milestone.completed",
+            "milestone.progress",
+            "milestone.progress",
+            "milestone.progress"
+        ]
     );
     for r in &got {
         let b: Value = serde_json::from_slice(&r.body).unwrap();
@@ -386,7 +463,11 @@ async fn a_milestone_subscription_receives_them(db: TestDatabase) {
         assert_eq!(b["payload"]["enrollment"]["id"], 7);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(dest.received().len(), 4, "the enrollment events are not milestones");
+    assert_eq!(
+        dest.received().len(),
+        4,
+        "the enrollment events are not milestones"
+    );
 }
 
 async fn the_api_lists_configured_milestones(db: TestDatabase) {

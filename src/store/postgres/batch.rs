@@ -128,14 +128,24 @@ pub(super) async fn append_on(
     let reached = if rules.is_empty() {
         Vec::new()
     } else {
-        milestone_events(&mut tx, rules, &touched, &changes, &stored, learned.as_ref()).await?
+        milestone_events(
+            &mut tx,
+            rules,
+            &touched,
+            &changes,
+            &stored,
+            learned.as_ref(),
+        )
+        .await?
     };
     if !reached.is_empty() {
         let order: Vec<usize> = (0..reached.len()).collect();
         let seqs = insert_events(&mut tx, &reached, &order, &vec![false; reached.len()]).await?;
         let mut users = Vec::new();
         for ev in &reached {
-            if let Some(&seq) = seqs.get(&(ev.source.clone(), ev.event_id.clone(), ev.topic.clone())) {
+            if let Some(&seq) =
+                seqs.get(&(ev.source.clone(), ev.event_id.clone(), ev.topic.clone()))
+            {
                 stored.push((ev, seq));
                 if let Some(user) = ev.user_id {
                     users.push(vec![
@@ -146,8 +156,12 @@ pub(super) async fn append_on(
                 }
             }
         }
-        learning::upsert_ignore::<sqlx::Postgres>(&mut tx, "event_users (source, user_id, seq)", users)
-            .await?;
+        learning::upsert_ignore::<sqlx::Postgres>(
+            &mut tx,
+            "event_users (source, user_id, seq)",
+            users,
+        )
+        .await?;
     }
     // Forwarding: the outbox rows commit with their events, or not at all.
     let subscriptions =
@@ -240,7 +254,9 @@ async fn milestone_events(
     }
     if rules.any_lessons() {
         for (ev, _) in stored {
-            if let (Some(LearningEvent::Lesson(lesson)), Some(r)) = (&ev.learning, rules.of(&ev.source)) {
+            if let (Some(LearningEvent::Lesson(lesson)), Some(r)) =
+                (&ev.learning, rules.of(&ev.source))
+            {
                 found.extend(milestones::detect_lesson(r, &ev.source, lesson));
             }
         }
@@ -269,7 +285,13 @@ async fn milestone_events(
             last_lesson_of(learner, learning)
         });
         let body = m.body(enrollment.as_ref(), last_lesson.as_ref(), now);
-        reached.push(NewEvent::from_log(&m.source, m.topic(), &m.event_id(), &body, now)?);
+        reached.push(NewEvent::from_log(
+            &m.source,
+            m.topic(),
+            &m.event_id(),
+            &body,
+            now,
+        )?);
     }
     Ok(reached)
 }

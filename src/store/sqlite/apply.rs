@@ -53,7 +53,9 @@ pub(super) fn project_in_tx(
     }
     // Re-deriving a wiped projection: what it re-derives reached its
     // milestones long ago (or before they were configured); not again.
-    let rules = milestones.rules.filter(|_| through >= milestones.quiet_through);
+    let rules = milestones
+        .rules
+        .filter(|_| through >= milestones.quiet_through);
     let own: Vec<_> = own
         .iter()
         .filter(|e| e.seq > through && e.seq <= head)
@@ -413,9 +415,10 @@ fn write_pending(
             None => None,
         };
         let last_lesson = enrollment.as_ref().and_then(|e| {
-            let learner = learning_state?
-                .learners
-                .get(&(e.source.clone(), e.course_id?, e.user_id?))?;
+            let learner =
+                learning_state?
+                    .learners
+                    .get(&(e.source.clone(), e.course_id?, e.user_id?))?;
             last_lesson_of(learner, learning_state?)
         });
         let body = m.body(enrollment.as_ref(), last_lesson.as_ref(), now);

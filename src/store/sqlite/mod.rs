@@ -116,7 +116,9 @@ impl Appender {
                 match NewEvent::from_log(source, topic, event_id, body, now) {
                     Ok(e) => events.push(e),
                     // Ours, so it always parses; never let one block the rest.
-                    Err(e) => tracing::error!(error = %e, "a derived milestone does not parse; dropped"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a derived milestone does not parse; dropped")
+                    }
                 }
             }
             let outcomes = self.append(&events).await?;

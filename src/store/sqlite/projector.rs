@@ -29,8 +29,8 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::apply::{Milestones, StoredForProjection, project_in_tx};
-use crate::store::milestones::RulesCell;
 use super::codec::write_error;
+use crate::store::milestones::RulesCell;
 use crate::store::*;
 
 /// Project once this many stored events wait...
@@ -402,7 +402,10 @@ fn has_pending(conn: &Connection) -> rusqlite::Result<bool> {
         .query_row([], |r| r.get(0))
 }
 
-fn forget_pending(conn: &mut Connection, keys: &[(String, String, String)]) -> rusqlite::Result<()> {
+fn forget_pending(
+    conn: &mut Connection,
+    keys: &[(String, String, String)],
+) -> rusqlite::Result<()> {
     let tx = begin_projection(conn)?;
     {
         let mut delete = tx.prepare_cached(
