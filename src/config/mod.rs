@@ -294,6 +294,54 @@ mod tests {
     }
 
     #[test]
+    fn milestones_per_source_with_defaults_and_off_switches() {
+        let c = FileConfig::parse(
+            r#"
+            [milestones]
+            stalled_days = false
+            [[source]]
+            name = "acme"
+            secret = "k"
+            [source.milestones]
+            progress = [75, 50]
+            trial_converted = false
+            lessons = [9, 9, 4]
+            [[source]]
+            name = "beta"
+            secret = "k"
+            [[source]]
+            name = "gamma"
+            secret = "k"
+            [source.milestones]
+            enabled = false
+            "#,
+        )
+        .unwrap();
+        let rules = c.milestone_rules().unwrap();
+        let default = rules.of(DEFAULT_SOURCE).unwrap();
+        assert_eq!(default.progress, vec![25.0, 50.0, 75.0]);
+        assert_eq!(default.stalled_days, None);
+        assert!(default.completed && default.trial_converted);
+        let acme = rules.of("acme").unwrap();
+        assert_eq!(acme.progress, vec![50.0, 75.0]);
+        assert!(!acme.trial_converted);
+        assert_eq!(acme.stalled_days, Some(14));
+        assert_eq!(acme.lessons, vec![4, 9]);
+        assert!(rules.of("beta").is_none(), "no table: no milestones");
+        assert!(rules.of("gamma").is_none(), "enabled = false: none");
+
+        for bad in [
+            "[milestones]\nprogress = [150]",
+            "[milestones]\nstalled_days = 0",
+            "[milestones]\nstaled_days = 3",
+            "[milestones]\nprogress = \"half\"",
+        ] {
+            let e = FileConfig::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("milestones") || e.contains("line"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn byte_sizes() {
         assert_eq!("1048576".parse(), Ok(ByteSize(1048576)));
         assert_eq!("1MiB".parse(), Ok(ByteSize(1048576)));
