@@ -13,7 +13,7 @@ use crate::common::backend::{Backend, TestDatabase, on_both_backends};
 use crate::common::destination::{Destination, Reply};
 use crate::common::{SECRET, TestApp, enrollment_event, spawn_with};
 use enrollhook::config::ServeConfig;
-use enrollhook::maintenance::milestones::{Clock, ScanState, scan_stalled};
+use enrollhook::maintenance::milestones::{Clock, ScanReport, ScanState, scan_stalled};
 use enrollhook::projection::milestones::{MilestoneRules, SourceMilestones};
 use enrollhook::store::{EventFilter, PageRequest, Store, StoredEvent};
 
@@ -297,6 +297,18 @@ fn day(d: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::days(d)
 }
 
+/// One scan by hand; `serve`'s own scan may hold the turn (PostgreSQL's
+/// advisory lock) for a moment: then again.
+async fn scan(store: &dyn Store, now: DateTime<Utc>, state: &mut ScanState) -> ScanReport {
+    loop {
+        let r = scan_stalled(store, now, state).await.unwrap();
+        if !r.not_our_turn {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn stalled_is_emitted_once_per_stall_with_a_fake_clock(db: TestDatabase) {
     let now = Arc::new(Mutex::new(day(0)));
     let clock = {
@@ -332,26 +344,18 @@ async fn stalled_is_emitted_once_per_stall_with_a_fake_clock(db: TestDatabase) {
 
     // Driven by hand: 13 days inactive is not stalled, 15 is, once.
     let mut state = ScanState::default();
-    let r = scan_stalled(store.as_ref(), day(13), &mut state)
-        .await
-        .unwrap();
+    let r = scan(store.as_ref(), day(13), &mut state).await;
     assert_eq!(r.stored, 0);
-    let r = scan_stalled(store.as_ref(), day(15), &mut state)
-        .await
-        .unwrap();
+    let r = scan(store.as_ref(), day(15), &mut state).await;
     assert_eq!((r.read, r.stored), (1, 1));
-    let r = scan_stalled(store.as_ref(), day(16), &mut state)
-        .await
-        .unwrap();
+    let r = scan(store.as_ref(), day(16), &mut state).await;
     assert_eq!(
         (r.read, r.stored),
         (0, 0),
         "the next scan reads only what stalled since"
     );
     // A restarted process scans everything again: a duplicate.
-    let r = scan_stalled(store.as_ref(), day(17), &mut ScanState::default())
-        .await
-        .unwrap();
+    let r = scan(store.as_ref(), day(17), &mut ScanState::default()).await;
     assert_eq!((r.read, r.stored), (1, 0));
     let found = stalled(milestones(store.as_ref()).await);
     assert_eq!(found.len(), 1);
@@ -369,13 +373,9 @@ async fn stalled_is_emitted_once_per_stall_with_a_fake_clock(db: TestDatabase) {
         &enrollment_event("e3", "progress", 7, 3, "20.0", &at(20)),
     )
     .await;
-    let r = scan_stalled(store.as_ref(), day(21), &mut state)
-        .await
-        .unwrap();
+    let r = scan(store.as_ref(), day(21), &mut state).await;
     assert_eq!(r.stored, 0);
-    let r = scan_stalled(store.as_ref(), day(35), &mut state)
-        .await
-        .unwrap();
+    let r = scan(store.as_ref(), day(35), &mut state).await;
     assert_eq!(r.stored, 1);
     let found = stalled(milestones(store.as_ref()).await);
     assert_eq!(found.len(), 2);
@@ -528,4 +528,82 @@ async fn two_instances_on_one_postgres_emit_each_milestone_once() {
     expected.sort();
     assert_eq!(all, expected);
     let _ = Backend::Postgres;
+}
+
+/// SQLite derives milestones on its projector and keeps them in the
+/// projection file until they are in the log. A crash after the projection
+/// step committed but before they were moved leaves them there: the next
+/// start moves them, once.
+#[tokio::test]
+async fn sqlite_moves_milestones_a_crash_left_pending_into_the_log() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let url = db.url.clone();
+    let mut app = serve_with_milestones(db, without_stalled()).await;
+    deliver_ok(
+        &app,
+        &enrollment_event("e1", "progress", 7, 3, "30.0", "2024-05-01T10:00:00Z"),
+    )
+    .await;
+    let found = milestones(app.store().as_ref()).await;
+    assert_eq!(ids(&found), ["ms-7-progress-25"]);
+    app.stop().await;
+
+    // Back to the moment of the crash: the projection step committed, its
+    // milestone pending, not in the log.
+    {
+        let mut conn = crate::common::sqlite_with_projection(&url).await;
+        let seq = found[0].seq;
+        sqlx::query("DELETE FROM events WHERE seq = ?")
+            .bind(seq)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM event_topics WHERE seq = ?")
+            .bind(seq)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM event_users WHERE seq = ?")
+            .bind(seq)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE projection_cursor SET projected_through_seq = (SELECT MAX(seq) FROM events)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO milestones_pending (source, event_id, topic, body) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&found[0].source)
+        .bind(&found[0].event_id)
+        .bind(&found[0].topic)
+        .bind(&found[0].body)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let store =
+        enrollhook::store::open_with_milestones(&url, true, default_rules(without_stalled()))
+            .await
+            .unwrap();
+    let again = milestones(store.as_ref()).await;
+    assert_eq!(ids(&again), ["ms-7-progress-25"]);
+    assert_eq!(again[0].body, found[0].body);
+    let pending: i64 = {
+        let mut conn = crate::common::sqlite_with_projection(&url).await;
+        sqlx::query_scalar("SELECT COUNT(*) FROM milestones_pending")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(pending, 0, "forgotten once in the log");
+    let check = store.rebuild_projection(true).await.unwrap();
+    assert_eq!(
+        (check.changed, check.removed, check.index_rows),
+        (0, 0, 0),
+        "{check:?}"
+    );
 }

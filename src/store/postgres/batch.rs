@@ -107,13 +107,12 @@ pub(super) async fn append_on(
                 .push(enrollment);
         }
     }
-    let mut changes = Vec::new();
+    let mut next = Vec::new();
+    let mut before = Vec::new();
     if !touched.is_empty() {
-        changes = project(&mut tx, &touched).await?;
-        let next: Vec<Enrollment> = changes.iter().map(|(_, e)| e.clone()).collect();
+        (next, before) = project(&mut tx, &touched, !rules.is_empty()).await?;
         upsert_enrollments(&mut tx, &next).await?;
     }
-    let next: Vec<Enrollment> = changes.iter().map(|(_, e)| e.clone()).collect();
     let learned = project_learning(&mut tx, events, &outcomes, &next).await?;
     let mut stored: Vec<(&NewEvent, i64)> = events
         .iter()
@@ -132,7 +131,8 @@ pub(super) async fn append_on(
             &mut tx,
             rules,
             &touched,
-            &changes,
+            &before,
+            &next,
             &stored,
             learned.as_ref(),
         )
@@ -239,12 +239,13 @@ async fn milestone_events(
     tx: &mut PgConnection,
     rules: &MilestoneRules,
     touched: &BTreeMap<(&str, i64), Vec<&EnrollmentEvent>>,
-    changes: &[(Option<Enrollment>, Enrollment)],
+    before: &[Option<Enrollment>],
+    next: &[Enrollment],
     stored: &[(&NewEvent, i64)],
     learned: Option<&Learning>,
 ) -> Result<Vec<NewEvent>> {
     let mut found = Vec::new();
-    for (before, after) in changes {
+    for (before, after) in before.iter().zip(next) {
         if let Some(r) = rules.of(&after.source) {
             let of_this = touched
                 .get(&(after.source.as_str(), after.enrollment_id))
@@ -265,11 +266,11 @@ async fn milestone_events(
     let mut reached = Vec::with_capacity(found.len());
     for m in found {
         let enrollment = match m.enrollment_id {
-            Some(id) => match changes
+            Some(id) => match next
                 .iter()
-                .find(|(_, e)| e.source == m.source && e.enrollment_id == id)
+                .find(|e| e.source == m.source && e.enrollment_id == id)
             {
-                Some((_, e)) => Some(e.clone()),
+                Some(e) => Some(e.clone()),
                 None => {
                     crate::store::shared::log::load_enrollment::<sqlx::Postgres>(tx, &m.source, id)
                         .await?
@@ -399,11 +400,13 @@ fn learning_lock(kind: u8, source: &str, a: i64, b: i64) -> (i32, i32) {
     (h as i32, (folded ^ (folded >> 32)) as u32 as i32)
 }
 
-/// Locks the touched enrollments and computes their new state: (before, after).
+/// Locks the touched enrollments and computes their new state; with
+/// `keep_before` also their state before, in the same order (for milestones).
 async fn project(
     tx: &mut PgConnection,
     touched: &BTreeMap<(&str, i64), Vec<&EnrollmentEvent>>,
-) -> Result<Vec<(Option<Enrollment>, Enrollment)>> {
+    keep_before: bool,
+) -> Result<(Vec<Enrollment>, Vec<Option<Enrollment>>)> {
     let mut locks: Vec<(i32, i32)> = touched
         .keys()
         .map(|(source, id)| enrollment_lock(source, *id))
@@ -438,11 +441,12 @@ async fn project(
     }
 
     let mut next = Vec::with_capacity(touched.len());
+    let mut before = Vec::new();
     for (&(source, id), new) in touched {
         let mut new: Vec<&EnrollmentEvent> = new.clone();
         new.sort_by_cached_key(|e| e.version());
         let state = current.remove(&(source.to_owned(), id));
-        let before = state.clone();
+        let state_before = if keep_before { state.clone() } else { None };
         let all_newer = state
             .as_ref()
             .is_none_or(|s| new.first().is_some_and(|e| e.version() > s.version));
@@ -456,9 +460,14 @@ async fn project(
                 .await?
                 .1
         };
-        next.extend(folded.map(|after| (before, after)));
+        if let Some(after) = folded {
+            next.push(after);
+            if keep_before {
+                before.push(state_before);
+            }
+        }
     }
-    Ok(next)
+    Ok((next, before))
 }
 
 pub(super) async fn upsert_enrollments(tx: &mut PgConnection, rows: &[Enrollment]) -> Result<()> {
