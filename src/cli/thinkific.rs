@@ -95,7 +95,7 @@ pub async fn thinkific(settings: &Settings, a: ThinkificArgs) -> anyhow::Result<
                     })
                 })
                 .transpose()?;
-            let store = store::open(&settings.database_url, true).await?;
+            let store = super::open_store(&settings.database_url, true).await?;
             let options = backfill::BackfillOptions {
                 source: credentials.source,
                 updated_after,

@@ -21,6 +21,10 @@
 //!   seen, before or in the batch.
 //! - `lesson`: a configured lesson id completed by the student (once per
 //!   student, course and lesson).
+//! - An enrollment first known from `enrollment.backfill` events (history
+//!   read from the REST API) emits nothing for what they say: a first
+//!   reconciliation of a school must not flood receivers with old news.
+//!   What follows them emits as usual.
 //! - `stalled`: no activity since `days` ago (checked on a schedule); its
 //!   id carries the time of the last activity, so a later activity ends the
 //!   stall and the next stall is a milestone of its own.
@@ -320,6 +324,15 @@ pub fn detect(
     events: &[&EnrollmentEvent],
 ) -> Vec<Milestone> {
     let mut found = Vec::new();
+    // History, not news: an enrollment first known from a backfill (the REST
+    // API's listing, e.g. a reconciliation's first run) emits nothing for
+    // what the listing says; what happens after it does.
+    if before.is_none()
+        && !events.is_empty()
+        && events.iter().all(|e| e.topic == EnrollmentTopic::Backfill)
+    {
+        return found;
+    }
     let milestone = |kind| Milestone {
         source: after.source.clone(),
         enrollment_id: Some(after.enrollment_id),
@@ -475,6 +488,26 @@ mod tests {
             permute(v, k + 1, f);
             v.swap(k, i);
         }
+    }
+
+    #[test]
+    fn a_backfill_of_history_emits_nothing_but_what_follows_does() {
+        let rules = SourceMilestones::default();
+        let history = ev("1", EnrollmentTopic::Backfill, 1, Some(60.0));
+        let known = project(&[&history]);
+        assert!(detect(&rules, None, &known, &[&history]).is_empty());
+        let next = ev("2", EnrollmentTopic::Progress, 2, Some(80.0));
+        let after = project(&[&history, &next]);
+        let found = detect(&rules, Some(&known), &after, &[&next]);
+        assert_eq!(
+            found.iter().map(Milestone::event_id).collect::<Vec<_>>(),
+            ["ms-9-progress-75"]
+        );
+        // A backfill that tells a known enrollment's news (a missed webhook) counts.
+        let missed = ev("3", EnrollmentTopic::Backfill, 3, Some(100.0));
+        let done = project(&[&history, &next, &missed]);
+        let found = detect(&rules, Some(&after), &done, &[&missed]);
+        assert!(found.iter().any(|m| m.kind == Kind::Completed), "{found:?}");
     }
 
     #[test]

@@ -607,3 +607,45 @@ async fn sqlite_moves_milestones_a_crash_left_pending_into_the_log() {
         "{check:?}"
     );
 }
+
+#[test]
+fn the_cli_lists_milestones_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("enrollhook.toml");
+    let run = |toml: &str, args: &[&str]| {
+        std::fs::write(&file, toml).unwrap();
+        std::process::Command::new(crate::common::process::BIN)
+            .arg("--config")
+            .arg(&file)
+            .arg("milestones")
+            .args(args)
+            .env_remove("ENROLLHOOK_SECRET")
+            .output()
+            .unwrap()
+    };
+    let toml = "[[source]]\nname = \"acme\"\nsecret = \"k\"\n[source.milestones]\nprogress = [50]\nstalled_days = false\n";
+    let o = run(toml, &["--format", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed[0]["source"], "acme");
+    assert_eq!(listed[0]["progress"], json!([50.0]));
+    assert_eq!(listed[0]["stalled_days"], Value::Null);
+    assert_eq!(
+        listed[0]["topics"],
+        json!([
+            "milestone.progress",
+            "milestone.completed",
+            "milestone.trial_converted"
+        ])
+    );
+    let o = run(toml, &[]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("acme") && table.contains("50"), "{table}");
+    let o = run("[milestones]\nprogress = [0]\n", &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("[milestones]") && err.contains("progress threshold 0"),
+        "{err}"
+    );
+}
