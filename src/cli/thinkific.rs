@@ -8,7 +8,6 @@ use clap::{Args, Subcommand};
 use super::table::{Format, output};
 use crate::config::Settings;
 use crate::config::flags::ThinkificFlags;
-use crate::store;
 use crate::thinkific::{self, backfill, registration, rest};
 use crate::views;
 

@@ -13,7 +13,6 @@ use super::open_existing;
 use crate::config::Settings;
 use crate::maintenance::{copy, import, retention};
 use crate::redact;
-use crate::store;
 use crate::thinkific;
 
 #[derive(Args)]
