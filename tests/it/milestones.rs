@@ -649,3 +649,45 @@ fn the_cli_lists_milestones_from_the_config_file() {
         "{err}"
     );
 }
+
+/// A SQLite projection file re-derived from scratch (deleted, from an older
+/// version) does not derive milestones again: what it re-derives reached
+/// them long ago, or before they were configured.
+#[tokio::test]
+async fn a_re_derived_sqlite_projection_emits_no_milestones_again() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let url = db.url.clone();
+    let fifty = SourceMilestones {
+        progress: vec![50.0],
+        ..without_stalled()
+    };
+    let mut app = serve_with_milestones(db, fifty).await;
+    deliver_ok(
+        &app,
+        &enrollment_event("e1", "progress", 7, 3, "80.0", "2024-05-01T10:00:00Z"),
+    )
+    .await;
+    assert_eq!(
+        ids(&milestones(app.store().as_ref()).await),
+        ["ms-7-progress-50"]
+    );
+    let projection = enrollhook::store::sqlite_projector::projection_path(&app.db_path());
+    app.stop().await;
+    std::fs::remove_file(&projection).unwrap();
+    for companion in ["-wal", "-shm"] {
+        let mut path = projection.clone().into_os_string();
+        path.push(companion);
+        let _ = std::fs::remove_file(path);
+    }
+    // 75 % is configured only now: the re-derived enrollment passed it before.
+    let both = SourceMilestones {
+        progress: vec![50.0, 75.0],
+        ..without_stalled()
+    };
+    let store = enrollhook::store::open_with_milestones(&url, true, default_rules(both))
+        .await
+        .unwrap();
+    assert_eq!(ids(&milestones(store.as_ref()).await), ["ms-7-progress-50"]);
+    let enrollment = store.get_enrollment("default", 7).await.unwrap().unwrap();
+    assert_eq!(enrollment.progress, 80.0, "re-derived");
+}
