@@ -63,6 +63,8 @@ enum Command {
     Reconciliations(query::ReconciliationsArgs),
     /// Alerts (`enrollhook.*` events): incidents open and recent, newest first.
     Alerts(alerts::AlertsArgs),
+    /// The milestones each source emits, as configured in enrollhook.toml.
+    Milestones(query::MilestonesArgs),
     /// Inspect and re-admit rejected deliveries.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
@@ -143,8 +145,21 @@ pub async fn main() -> ExitCode {
     }
 }
 
+/// The config file's milestones: every command that opens the database
+/// derives them as `serve` does, since on SQLite any process may be the one
+/// that projects an event (a read catches the projection up), and one that
+/// projected it without them would lose its milestones.
+static MILESTONES: std::sync::OnceLock<crate::projection::milestones::MilestoneRules> =
+    std::sync::OnceLock::new();
+
+/// Opens a store (see [`store::open`]) deriving the config file's milestones.
+pub(crate) async fn open_store(url: &str, migrate: bool) -> anyhow::Result<Arc<dyn Store>> {
+    store::open_with_milestones(url, migrate, MILESTONES.get().cloned().unwrap_or_default()).await
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&cli.global)?;
+    let _ = MILESTONES.set(settings.file.milestone_rules()?);
     match cli.command {
         Command::Serve(flags) => serve::serve(&settings, flags).await,
         Command::Send(args) => tools::send(&settings, args).await,
@@ -157,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => query::events(&settings, args).await,
         Command::Reconciliations(args) => query::reconciliations(&settings, args).await,
         Command::Alerts(args) => alerts::alerts(&settings, args).await,
+        Command::Milestones(args) => query::milestones(&settings, args),
         Command::Quarantine(cmd) => quarantine::quarantine(&settings, cmd).await,
         Command::Subscriptions(cmd) => subscriptions::subscriptions(&settings, cmd).await,
         Command::Replay(args) => subscriptions::replay(&settings, args).await,
@@ -174,7 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(args) => tools::import(&settings, args).await,
         Command::Thinkific(args) => thinkific::thinkific(&settings, args).await,
         Command::Migrate => {
-            store::open(&settings.database_url, true).await?;
+            open_store(&settings.database_url, true).await?;
             println!("database schema is up to date");
             Ok(ExitCode::SUCCESS)
         }
@@ -194,5 +210,5 @@ async fn open_existing(url: &str) -> anyhow::Result<Arc<dyn Store>> {
             "no database at {path}: start `enrollhook serve` to create it, or pass --database / ENROLLHOOK_DATABASE_URL"
         );
     }
-    store::open(url, false).await
+    open_store(url, false).await
 }

@@ -70,6 +70,61 @@ pub struct ReconciliationsArgs {
     format: Format,
 }
 
+#[derive(Args)]
+pub struct MilestonesArgs {
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// The milestones of each source, from the config file (what `serve` with
+/// this file derives); reads no database.
+pub fn milestones(settings: &Settings, a: MilestonesArgs) -> anyhow::Result<ExitCode> {
+    let rules = settings.file.milestone_rules()?;
+    let rows: Vec<crate::server::SourceMilestonesView> = rules
+        .iter()
+        .map(|(s, m)| crate::server::SourceMilestonesView {
+            source: s.to_owned(),
+            milestones: m.clone(),
+            topics: crate::server::milestone_topics(m),
+        })
+        .collect();
+    if rows.is_empty() && a.format == Format::Table {
+        println!(
+            "no milestones configured: add [milestones] (default source) or [source.milestones] to enrollhook.toml"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let header = [
+        "source",
+        "progress",
+        "completed",
+        "trial_converted",
+        "stalled_days",
+        "lessons",
+    ];
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "off".to_owned()
+        } else {
+            v.join(",")
+        }
+    };
+    let on = |b: bool| if b { "on" } else { "off" }.to_owned();
+    output(a.format, &header, &rows, |r| {
+        let m = &r.milestones;
+        vec![
+            r.source.clone(),
+            list(m.progress.iter().map(|p| p.to_string()).collect()),
+            on(m.completed),
+            on(m.trial_converted),
+            m.stalled_days
+                .map_or_else(|| "off".to_owned(), |d| d.to_string()),
+            list(m.lessons.iter().map(|l| l.to_string()).collect()),
+        ]
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The newest runs: when, which source, what they found (the report's
 /// summary and webhook check), or why they failed.
 pub async fn reconciliations(

@@ -8,7 +8,6 @@ use clap::{Args, Subcommand};
 use super::table::{Format, output};
 use crate::config::Settings;
 use crate::config::flags::ThinkificFlags;
-use crate::store;
 use crate::thinkific::{self, backfill, registration, rest};
 use crate::views;
 
@@ -95,7 +94,7 @@ pub async fn thinkific(settings: &Settings, a: ThinkificArgs) -> anyhow::Result<
                     })
                 })
                 .transpose()?;
-            let store = store::open(&settings.database_url, true).await?;
+            let store = super::open_store(&settings.database_url, true).await?;
             let options = backfill::BackfillOptions {
                 source: credentials.source,
                 updated_after,

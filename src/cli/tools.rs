@@ -13,7 +13,6 @@ use super::open_existing;
 use crate::config::Settings;
 use crate::maintenance::{copy, import, retention};
 use crate::redact;
-use crate::store;
 use crate::thinkific;
 
 #[derive(Args)]
@@ -53,7 +52,7 @@ pub async fn import(settings: &Settings, a: ImportArgs) -> anyhow::Result<ExitCo
             .with_context(|| format!("cannot open {}", a.file.display()))?;
         Box::new(std::io::BufReader::with_capacity(1 << 20, file))
     };
-    let store = store::open(&settings.database_url, true).await?;
+    let store = super::open_store(&settings.database_url, true).await?;
     let options = import::ImportOptions {
         source: a.source,
         verify_with,
@@ -178,7 +177,7 @@ pub async fn rebuild(settings: &Settings, check: bool) -> anyhow::Result<ExitCod
 
 pub async fn copy(from: &str, to: &str) -> anyhow::Result<ExitCode> {
     let source = open_existing(from).await?;
-    let target = store::open(to, true)
+    let target = super::open_store(to, true)
         .await
         .with_context(|| format!("cannot open the target {}", redact::url(to)))?;
     let report = copy::copy(source.as_ref(), target.as_ref()).await?;

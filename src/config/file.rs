@@ -26,6 +26,8 @@ pub struct SourceConfig {
     /// Raise `enrollhook.source.silent` after no delivery for this long,
     /// e.g. "6h" (off when unset).
     pub silent_after: Option<String>,
+    /// `[source.milestones]`: the milestones derived for this source.
+    pub milestones: Option<MilestonesFile>,
 }
 
 /// `[alerts]`: when alerts (`enrollhook.*` events) are raised.
@@ -41,6 +43,67 @@ pub struct AlertsFile {
     pub signature_window: Option<String>,
     /// How often signatures and silence are checked (default "1m").
     pub check_every: Option<String>,
+}
+
+/// `[milestones]` / `[source.milestones]`: which milestones a source's
+/// enrollments emit. Present means on, each kind with its default unless set;
+/// `false` switches a kind off.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilestonesFile {
+    /// `false` switches every kind off (the same as no table).
+    pub enabled: Option<bool>,
+    /// Thresholds in percent (default [25, 50, 75]), or `false`.
+    pub progress: Option<Switch<Vec<f64>>>,
+    pub completed: Option<bool>,
+    pub trial_converted: Option<bool>,
+    /// Days without activity (default 14), or `false`.
+    pub stalled_days: Option<Switch<u32>>,
+    /// Lesson ids whose completion is a milestone.
+    #[serde(default)]
+    pub lessons: Vec<i64>,
+}
+
+/// A setting that is either a value or `true` (its default) / `false` (off).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Switch<T> {
+    Flag(bool),
+    Value(T),
+}
+
+impl MilestonesFile {
+    /// The source's milestones, checked (an error says which setting and why).
+    pub fn resolve(&self) -> Result<crate::projection::milestones::SourceMilestones, String> {
+        use crate::projection::milestones::{
+            DEFAULT_STALLED_DAYS, DEFAULT_THRESHOLDS, SourceMilestones,
+        };
+        if self.enabled == Some(false) {
+            return Ok(SourceMilestones {
+                progress: Vec::new(),
+                completed: false,
+                trial_converted: false,
+                stalled_days: None,
+                lessons: Vec::new(),
+            });
+        }
+        SourceMilestones {
+            progress: match &self.progress {
+                None | Some(Switch::Flag(true)) => DEFAULT_THRESHOLDS.to_vec(),
+                Some(Switch::Flag(false)) => Vec::new(),
+                Some(Switch::Value(v)) => v.clone(),
+            },
+            completed: self.completed.unwrap_or(true),
+            trial_converted: self.trial_converted.unwrap_or(true),
+            stalled_days: match self.stalled_days {
+                None | Some(Switch::Flag(true)) => Some(DEFAULT_STALLED_DAYS),
+                Some(Switch::Flag(false)) => None,
+                Some(Switch::Value(d)) => Some(d),
+            },
+            lessons: self.lessons.clone(),
+        }
+        .normalized()
+    }
 }
 
 /// `enrollhook.toml`.
@@ -60,6 +123,10 @@ pub struct FileConfig {
     pub reconcile_every: Option<String>,
     /// `--public-url`.
     pub public_url: Option<String>,
+    /// The default source's milestones (`[milestones]`).
+    pub milestones: Option<MilestonesFile>,
+    /// How often `serve` looks for stalled enrollments, e.g. "1h" (default).
+    pub stalled_check_every: Option<String>,
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
@@ -148,7 +215,29 @@ impl FileConfig {
                 );
             }
         }
+        config.milestone_rules()?;
         Ok(config)
+    }
+
+    /// Every source's milestones: `[source.milestones]` per source, and the
+    /// top-level `[milestones]` for the default source.
+    pub fn milestone_rules(&self) -> anyhow::Result<crate::projection::milestones::MilestoneRules> {
+        let mut rules = crate::projection::milestones::MilestoneRules::default();
+        if let Some(m) = &self.milestones {
+            let resolved = m
+                .resolve()
+                .map_err(|e| anyhow::anyhow!("[milestones]: {e}"))?;
+            rules.set(super::DEFAULT_SOURCE, resolved);
+        }
+        for s in &self.sources {
+            if let Some(m) = &s.milestones {
+                let resolved = m
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("[source.milestones] of `{}`: {e}", s.name))?;
+                rules.set(s.name.as_str(), resolved);
+            }
+        }
+        Ok(rules)
     }
 }
 

@@ -151,6 +151,12 @@ pub struct ServeConfig {
     /// Reconcile with Thinkific this often (None: never), for these sources.
     pub reconcile_every: Option<std::time::Duration>,
     pub reconcile: Vec<ReconcileSource>,
+    /// The milestones derived per source (`[milestones]` in the file).
+    pub milestones: crate::projection::milestones::MilestoneRules,
+    /// How often stalled enrollments are looked for.
+    pub stalled_check_every: std::time::Duration,
+    /// What time it is, for the stalled check (tests set their own).
+    pub clock: crate::maintenance::milestones::Clock,
 }
 
 /// A source a scheduled reconciliation covers: its Thinkific credentials, and
@@ -197,6 +203,9 @@ impl ServeConfig {
             max_streams: DEFAULT_MAX_STREAMS,
             reconcile_every: None,
             reconcile: Vec::new(),
+            milestones: Default::default(),
+            stalled_check_every: crate::maintenance::milestones::DEFAULT_EVERY,
+            clock: Default::default(),
         }
     }
 
@@ -282,6 +291,54 @@ mod tests {
         assert!(FileConfig::parse("[[source]]\nname = \"a/b\"\nsecret = \"k\"").is_err());
         assert!(FileConfig::parse("[[source]]\nname = \"a\"\n[[source]]\nname = \"a\"").is_err());
         assert!(FileConfig::parse("max_body = \"lots\"").is_err());
+    }
+
+    #[test]
+    fn milestones_per_source_with_defaults_and_off_switches() {
+        let c = FileConfig::parse(
+            r#"
+            [milestones]
+            stalled_days = false
+            [[source]]
+            name = "acme"
+            secret = "k"
+            [source.milestones]
+            progress = [75, 50]
+            trial_converted = false
+            lessons = [9, 9, 4]
+            [[source]]
+            name = "beta"
+            secret = "k"
+            [[source]]
+            name = "gamma"
+            secret = "k"
+            [source.milestones]
+            enabled = false
+            "#,
+        )
+        .unwrap();
+        let rules = c.milestone_rules().unwrap();
+        let default = rules.of(DEFAULT_SOURCE).unwrap();
+        assert_eq!(default.progress, vec![25.0, 50.0, 75.0]);
+        assert_eq!(default.stalled_days, None);
+        assert!(default.completed && default.trial_converted);
+        let acme = rules.of("acme").unwrap();
+        assert_eq!(acme.progress, vec![50.0, 75.0]);
+        assert!(!acme.trial_converted);
+        assert_eq!(acme.stalled_days, Some(14));
+        assert_eq!(acme.lessons, vec![4, 9]);
+        assert!(rules.of("beta").is_none(), "no table: no milestones");
+        assert!(rules.of("gamma").is_none(), "enabled = false: none");
+
+        for bad in [
+            "[milestones]\nprogress = [150]",
+            "[milestones]\nstalled_days = 0",
+            "[milestones]\nstaled_days = 3",
+            "[milestones]\nprogress = \"half\"",
+        ] {
+            let e = FileConfig::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("milestones") || e.contains("line"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -189,6 +189,22 @@ impl Settings {
             max_streams: flags.max_streams,
             reconcile_every,
             reconcile,
+            milestones: self.file.milestone_rules()?,
+            stalled_check_every: match &self.file.stalled_check_every {
+                None => crate::maintenance::milestones::DEFAULT_EVERY,
+                Some(text) => {
+                    let every = crate::forward::policy::parse_duration(text).map_err(|e| {
+                        anyhow::anyhow!("stalled_check_every in {}: {e}", self.file_name())
+                    })?;
+                    anyhow::ensure!(
+                        every >= std::time::Duration::from_secs(1),
+                        "stalled_check_every in {} must be at least 1s; e.g. \"1h\"",
+                        self.file_name()
+                    );
+                    every
+                }
+            },
+            clock: Default::default(),
         };
         config.validate()?;
         Ok(config)

@@ -5,5 +5,6 @@
 
 pub mod copy;
 pub mod import;
+pub mod milestones;
 pub mod reconcile;
 pub mod retention;

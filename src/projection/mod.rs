@@ -28,6 +28,7 @@
 //! from the log. `rebuild` is the same fold over the whole log, hence identical.
 
 pub mod learning;
+pub mod milestones;
 
 use std::cmp::Ordering;
 

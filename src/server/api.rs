@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/events/{source}/{event_id}", get(get_event))
         .route("/api/events/{source}/{event_id}/raw", get(get_event_raw))
         .route("/api/reconciliations", get(list_reconciliations))
+        .route("/api/milestones", get(list_milestones))
         .route("/api/quarantine", get(list_quarantine))
         .route("/api/quarantine/{id}", get(get_quarantine))
         .route("/api/quarantine/{id}/retry", post(retry_quarantine))
@@ -645,6 +646,68 @@ pub(super) async fn list_reconciliations(
         items: page.items,
         next_cursor: page.next_cursor,
     }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct MilestonesQuery {
+    source: Option<String>,
+}
+
+/// One source's configured milestones, with the topics they are emitted as.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceMilestonesView {
+    pub source: String,
+    #[serde(flatten)]
+    pub milestones: crate::projection::milestones::SourceMilestones,
+    /// The topics this source emits (for subscriptions: `milestone.*`).
+    pub topics: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MilestonesList {
+    pub items: Vec<SourceMilestonesView>,
+}
+
+/// The milestones each source emits (`[milestones]` / `[source.milestones]`
+/// in enrollhook.toml); a source not listed emits none. A per-school token
+/// sees its school's only.
+#[utoipa::path(get, path = "/api/milestones", tag = "milestones", params(MilestonesQuery),
+    responses((status = 200, body = MilestonesList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_milestones(
+    State(app): State<AppState>,
+    Extension(scope): Extension<Scope>,
+    q: Result<Query<MilestonesQuery>, QueryRejection>,
+) -> Result<Json<MilestonesList>, ApiError> {
+    let q = query(q)?;
+    let source = scope.restrict(q.source)?;
+    let rules = app.store.milestones();
+    let items = rules
+        .iter()
+        .filter(|(s, _)| source.as_deref().is_none_or(|want| want == *s))
+        .map(|(s, m)| SourceMilestonesView {
+            source: s.to_owned(),
+            milestones: m.clone(),
+            topics: milestone_topics(m),
+        })
+        .collect();
+    Ok(Json(MilestonesList { items }))
+}
+
+/// The topics a source's milestones are emitted as.
+pub fn milestone_topics(m: &crate::projection::milestones::SourceMilestones) -> Vec<&'static str> {
+    use crate::projection::milestones as ms;
+    [
+        (!m.progress.is_empty(), ms::PROGRESS),
+        (m.completed, ms::COMPLETED),
+        (m.trial_converted, ms::TRIAL_CONVERTED),
+        (m.stalled_days.is_some(), ms::STALLED),
+        (!m.lessons.is_empty(), ms::LESSON),
+    ]
+    .into_iter()
+    .filter_map(|(on, topic)| on.then_some(topic))
+    .collect()
 }
 
 #[derive(Deserialize, IntoParams)]

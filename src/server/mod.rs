@@ -24,6 +24,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 
+pub use api::{SourceMilestonesView, milestone_topics};
 pub use error::ApiError;
 pub use subscriptions::{new_subscription_id, subscription_view};
 
@@ -115,7 +116,12 @@ pub async fn start(
     listener: TcpListener,
     handle_signals: bool,
 ) -> anyhow::Result<Running> {
-    let store = store::open(&config.database_url, config.migrate).await?;
+    let store = store::open_with_milestones(
+        &config.database_url,
+        config.migrate,
+        config.milestones.clone(),
+    )
+    .await?;
     let metrics = Arc::new(Metrics::new());
     let writer_count = config.writers.unwrap_or_else(|| store.writers()).max(1);
     let (ingestor, writers) = Ingestor::start(
@@ -190,6 +196,17 @@ pub async fn start(
         }
         None => None,
     };
+    let stalled_check = (config
+        .milestones
+        .iter()
+        .any(|(_, m)| m.stalled_days.is_some()))
+    .then(|| {
+        crate::maintenance::milestones::spawn(
+            store.clone(),
+            config.clock.clone(),
+            config.stalled_check_every,
+        )
+    });
     let app = router(state);
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -217,6 +234,9 @@ pub async fn start(
         }
         if let Some(reconciler) = reconciler {
             reconciler.abort();
+        }
+        if let Some(stalled_check) = stalled_check {
+            stalled_check.abort();
         }
         tracing::info!("stopped");
         Ok(())

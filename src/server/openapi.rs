@@ -30,6 +30,7 @@ use super::{alerts, api, error, learning, stream, subscriptions, webhooks};
         api::get_event,
         api::get_event_raw,
         api::list_reconciliations,
+        api::list_milestones,
         api::list_quarantine,
         api::get_quarantine,
         api::retry_quarantine,

@@ -43,6 +43,7 @@ pub mod forward;
 mod isolate;
 pub mod learning;
 mod migrate;
+pub mod milestones;
 pub mod postgres;
 mod quarantine;
 mod reconciliations;
@@ -620,16 +621,47 @@ pub trait Store: ForwardStore + AlertStore + Send + Sync + 'static {
 
     /// Cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;
+
+    /// One scheduled stalled-milestone scan at a time across instances, like
+    /// [`Store::reconciliation_turn`] (a lock of its own).
+    async fn milestone_scan_turn(&self) -> Result<Option<Box<dyn std::any::Any + Send>>> {
+        Ok(Some(Box::new(())))
+    }
+
+    /// The milestone rules this store derives milestones with.
+    fn milestone_cell(&self) -> &milestones::RulesCell;
+
+    /// Derives these milestones from now on (see `projection::milestones`).
+    fn set_milestones(&self, rules: crate::projection::milestones::MilestoneRules) {
+        self.milestone_cell().set(rules);
+    }
+
+    fn milestones(&self) -> std::sync::Arc<crate::projection::milestones::MilestoneRules> {
+        self.milestone_cell().rules()
+    }
 }
 
-/// Opens the store a database URL names, running migrations unless told not to.
+/// Opens the store a database URL names, running migrations unless told not
+/// to. It derives no milestones (see [`open_with_milestones`]).
 pub async fn open(url: &str, migrate: bool) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    open_with_milestones(url, migrate, Default::default()).await
+}
+
+/// [`open`], deriving these milestones from the first event it projects
+/// (on SQLite, the ones a crash left unprojected are projected while opening).
+pub async fn open_with_milestones(
+    url: &str,
+    migrate: bool,
+    milestones: crate::projection::milestones::MilestoneRules,
+) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteStore::open(url, migrate).await?))
-    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         Ok(std::sync::Arc::new(
-            PostgresStore::open(url, migrate).await?,
+            SqliteStore::open_with_milestones(url, migrate, milestones).await?,
         ))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let store = PostgresStore::open(url, migrate).await?;
+        store.set_milestones(milestones);
+        Ok(std::sync::Arc::new(store))
     } else {
         anyhow::bail!(
             "unsupported database URL `{}`: use sqlite://PATH (e.g. sqlite://enrollhook.db) \

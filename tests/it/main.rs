@@ -24,6 +24,7 @@ mod hardening;
 mod ingest;
 mod learning;
 mod live;
+mod milestones;
 mod openapi;
 mod postgres;
 mod progress_reading;

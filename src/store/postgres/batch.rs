@@ -9,7 +9,8 @@ use sqlx::postgres::PgConnection;
 
 use super::codec::*;
 use super::outbox;
-use crate::projection::learning::{Learning, LearningEvent};
+use crate::projection::learning::{Learner, Learning, LearningEvent};
+use crate::projection::milestones::{self, LastLesson, MilestoneRules};
 use crate::projection::{self, Enrollment, EnrollmentEvent};
 use crate::store::shared::learning::{self, Val};
 use crate::store::*;
@@ -53,9 +54,11 @@ fn event_id_lock(source: &str, event_id: &str) -> i64 {
 }
 
 /// One batch, one transaction (see the module comment for the locking order).
+/// The milestones the batch reaches (`rules`) are stored in it too.
 pub(super) async fn append_on(
     conn: &mut PgConnection,
     events: &[NewEvent],
+    rules: &MilestoneRules,
 ) -> Result<Vec<AppendOutcome>> {
     let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
     let key = |i: usize| (&events[i].source, &events[i].event_id, &events[i].topic);
@@ -86,6 +89,98 @@ pub(super) async fn append_on(
         .bind(&id_locks)
         .execute(&mut *tx)
         .await?;
+    let seqs = insert_events(&mut tx, events, &order, &taken_in_batch).await?;
+
+    // New enrollment events, grouped by enrollment in sorted order.
+    let mut touched: BTreeMap<(&str, i64), Vec<&EnrollmentEvent>> = BTreeMap::new();
+    for &i in &order {
+        let ev = &events[i];
+        let Some(&seq) = seqs.get(&(ev.source.clone(), ev.event_id.clone(), ev.topic.clone()))
+        else {
+            continue;
+        };
+        outcomes[i] = AppendOutcome::Stored { seq };
+        if let Some(enrollment) = &ev.enrollment {
+            touched
+                .entry((ev.source.as_str(), enrollment.payload.id))
+                .or_default()
+                .push(enrollment);
+        }
+    }
+    let mut next = Vec::new();
+    let mut before = Vec::new();
+    if !touched.is_empty() {
+        (next, before) = project(&mut tx, &touched, !rules.is_empty()).await?;
+        upsert_enrollments(&mut tx, &next).await?;
+    }
+    let learned = project_learning(&mut tx, events, &outcomes, &next).await?;
+    let mut stored: Vec<(&NewEvent, i64)> = events
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(ev, o)| match o {
+            AppendOutcome::Stored { seq } => Some((ev, *seq)),
+            AppendOutcome::Duplicate => None,
+        })
+        .collect();
+    // Milestones: derived here, in the transaction that advances the
+    // projection, so both commit or neither does.
+    let reached = if rules.is_empty() {
+        Vec::new()
+    } else {
+        milestone_events(
+            &mut tx,
+            rules,
+            &touched,
+            &before,
+            &next,
+            &stored,
+            learned.as_ref(),
+        )
+        .await?
+    };
+    if !reached.is_empty() {
+        let order: Vec<usize> = (0..reached.len()).collect();
+        let seqs = insert_events(&mut tx, &reached, &order, &vec![false; reached.len()]).await?;
+        let mut users = Vec::new();
+        for ev in &reached {
+            if let Some(&seq) =
+                seqs.get(&(ev.source.clone(), ev.event_id.clone(), ev.topic.clone()))
+            {
+                stored.push((ev, seq));
+                if let Some(user) = ev.user_id {
+                    users.push(vec![
+                        Val::Text(Some(ev.source.clone())),
+                        Val::Int(Some(user)),
+                        Val::Int(Some(seq)),
+                    ]);
+                }
+            }
+        }
+        learning::upsert_ignore::<sqlx::Postgres>(
+            &mut tx,
+            "event_users (source, user_id, seq)",
+            users,
+        )
+        .await?;
+    }
+    // Forwarding: the outbox rows commit with their events, or not at all.
+    let subscriptions =
+        crate::store::shared::forward::enabled_subscriptions::<sqlx::Postgres>(&mut tx).await?;
+    if !subscriptions.is_empty() && !stored.is_empty() {
+        outbox::enqueue(&mut tx, &subscriptions, &stored).await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Inserts `events` (the indexes `order` names, in that order; each once per
+/// (source, event id, topic) already), returning the seq of each one stored.
+async fn insert_events(
+    tx: &mut PgConnection,
+    events: &[NewEvent],
+    order: &[usize],
+    taken_in_batch: &[bool],
+) -> Result<HashMap<(String, String, String), i64>> {
     let sources: Vec<String> = order.iter().map(|&i| events[i].source.clone()).collect();
     let ids: Vec<String> = order.iter().map(|&i| events[i].event_id.clone()).collect();
     let topics: Vec<String> = order.iter().map(|&i| events[i].topic.clone()).collect();
@@ -131,49 +226,89 @@ pub(super) async fn append_on(
     .bind(&taken)
     .fetch_all(&mut *tx)
     .await?;
-    let seqs: HashMap<(String, String, String), i64> = inserted
+    Ok(inserted
         .into_iter()
         .map(|(source, event_id, topic, seq)| ((source, event_id, topic), seq))
-        .collect();
+        .collect())
+}
 
-    // New enrollment events, grouped by enrollment in sorted order.
-    let mut touched: BTreeMap<(&str, i64), Vec<&EnrollmentEvent>> = BTreeMap::new();
-    for &i in &order {
-        let ev = &events[i];
-        let Some(&seq) = seqs.get(&(ev.source.clone(), ev.event_id.clone(), ev.topic.clone()))
-        else {
-            continue;
-        };
-        outcomes[i] = AppendOutcome::Stored { seq };
-        if let Some(enrollment) = &ev.enrollment {
-            touched
-                .entry((ev.source.as_str(), enrollment.payload.id))
-                .or_default()
-                .push(enrollment);
+/// The milestone events this batch reaches (see `projection::milestones`),
+/// from what the projection step has in memory; a configured lesson whose
+/// enrollment the batch did not touch reads that one row.
+async fn milestone_events(
+    tx: &mut PgConnection,
+    rules: &MilestoneRules,
+    touched: &BTreeMap<(&str, i64), Vec<&EnrollmentEvent>>,
+    before: &[Option<Enrollment>],
+    next: &[Enrollment],
+    stored: &[(&NewEvent, i64)],
+    learned: Option<&Learning>,
+) -> Result<Vec<NewEvent>> {
+    let mut found = Vec::new();
+    for (before, after) in before.iter().zip(next) {
+        if let Some(r) = rules.of(&after.source) {
+            let of_this = touched
+                .get(&(after.source.as_str(), after.enrollment_id))
+                .map_or(&[][..], Vec::as_slice);
+            found.extend(milestones::detect(r, before.as_ref(), after, of_this));
         }
     }
-    let mut next = Vec::new();
-    if !touched.is_empty() {
-        next = project(&mut tx, &touched).await?;
-        upsert_enrollments(&mut tx, &next).await?;
+    if rules.any_lessons() {
+        for (ev, _) in stored {
+            if let (Some(LearningEvent::Lesson(lesson)), Some(r)) =
+                (&ev.learning, rules.of(&ev.source))
+            {
+                found.extend(milestones::detect_lesson(r, &ev.source, lesson));
+            }
+        }
     }
-    project_learning(&mut tx, events, &outcomes, &next).await?;
-    // Forwarding: the outbox rows commit with their events, or not at all.
-    let subscriptions =
-        crate::store::shared::forward::enabled_subscriptions::<sqlx::Postgres>(&mut tx).await?;
-    if !subscriptions.is_empty() {
-        let stored: Vec<(&NewEvent, i64)> = events
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|(ev, o)| match o {
-                AppendOutcome::Stored { seq } => Some((ev, *seq)),
-                AppendOutcome::Duplicate => None,
-            })
-            .collect();
-        outbox::enqueue(&mut tx, &subscriptions, &stored).await?;
+    let now = Utc::now();
+    let mut reached = Vec::with_capacity(found.len());
+    for m in found {
+        let enrollment = match m.enrollment_id {
+            Some(id) => match next
+                .iter()
+                .find(|e| e.source == m.source && e.enrollment_id == id)
+            {
+                Some(e) => Some(e.clone()),
+                None => {
+                    crate::store::shared::log::load_enrollment::<sqlx::Postgres>(tx, &m.source, id)
+                        .await?
+                }
+            },
+            None => None,
+        };
+        let last_lesson = enrollment.as_ref().and_then(|e| {
+            let learning = learned?;
+            let learner = learning
+                .learners
+                .get(&(e.source.clone(), e.course_id?, e.user_id?))?;
+            last_lesson_of(learner, learning)
+        });
+        let body = m.body(enrollment.as_ref(), last_lesson.as_ref(), now);
+        reached.push(NewEvent::from_log(
+            &m.source,
+            m.topic(),
+            &m.event_id(),
+            &body,
+            now,
+        )?);
     }
-    tx.commit().await?;
-    Ok(outcomes)
+    Ok(reached)
+}
+
+/// A learner's most recent lesson, with its name when the batch knows it.
+fn last_lesson_of(learner: &Learner, learning: &Learning) -> Option<LastLesson> {
+    let lesson_id = learner.last_lesson_id?;
+    let name = learning
+        .lessons
+        .get(&(learner.source.clone(), learner.course_id, lesson_id))
+        .and_then(|l| l.info.name.clone());
+    Some(LastLesson {
+        lesson_id,
+        name,
+        at: learner.last_lesson_at,
+    })
 }
 
 /// The learning projection's part of a batch: the stored events' lessons and
@@ -183,7 +318,7 @@ async fn project_learning(
     events: &[NewEvent],
     outcomes: &[AppendOutcome],
     enrollments: &[Enrollment],
-) -> Result<()> {
+) -> Result<Option<Learning>> {
     let stored: Vec<(&NewEvent, i64)> = events
         .iter()
         .zip(outcomes)
@@ -210,7 +345,7 @@ async fn project_learning(
         .collect();
     let needs = Learning::needs(learned.iter().copied(), enrollments);
     if needs.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     // Rows other writers may change at once: locked like enrollments (see
     // `project`), after them, in sorted order.
@@ -249,7 +384,8 @@ async fn project_learning(
     for e in enrollments {
         state.enrollment(e);
     }
-    learning::write::<sqlx::Postgres>(tx, &state).await
+    learning::write::<sqlx::Postgres>(tx, &state).await?;
+    Ok(Some(state))
 }
 
 /// The advisory lock of a learning row: a kind tag and the source hashed,
@@ -264,11 +400,13 @@ fn learning_lock(kind: u8, source: &str, a: i64, b: i64) -> (i32, i32) {
     (h as i32, (folded ^ (folded >> 32)) as u32 as i32)
 }
 
-/// Locks the touched enrollments and computes their new state.
+/// Locks the touched enrollments and computes their new state; with
+/// `keep_before` also their state before, in the same order (for milestones).
 async fn project(
     tx: &mut PgConnection,
     touched: &BTreeMap<(&str, i64), Vec<&EnrollmentEvent>>,
-) -> Result<Vec<Enrollment>> {
+    keep_before: bool,
+) -> Result<(Vec<Enrollment>, Vec<Option<Enrollment>>)> {
     let mut locks: Vec<(i32, i32)> = touched
         .keys()
         .map(|(source, id)| enrollment_lock(source, *id))
@@ -303,10 +441,12 @@ async fn project(
     }
 
     let mut next = Vec::with_capacity(touched.len());
+    let mut before = Vec::new();
     for (&(source, id), new) in touched {
         let mut new: Vec<&EnrollmentEvent> = new.clone();
         new.sort_by_cached_key(|e| e.version());
         let state = current.remove(&(source.to_owned(), id));
+        let state_before = if keep_before { state.clone() } else { None };
         let all_newer = state
             .as_ref()
             .is_none_or(|s| new.first().is_some_and(|e| e.version() > s.version));
@@ -320,9 +460,14 @@ async fn project(
                 .await?
                 .1
         };
-        next.extend(folded);
+        if let Some(after) = folded {
+            next.push(after);
+            if keep_before {
+                before.push(state_before);
+            }
+        }
     }
-    Ok(next)
+    Ok((next, before))
 }
 
 pub(super) async fn upsert_enrollments(tx: &mut PgConnection, rows: &[Enrollment]) -> Result<()> {

@@ -44,6 +44,9 @@ use crate::store::*;
 /// The session advisory lock of a scheduled reconciliation ("reconcil" in
 /// ASCII): one run at a time across instances (see `Store::reconciliation_turn`).
 const RECONCILIATION_LOCK: i64 = 0x7265_636f_6e63_696c;
+/// The session advisory lock of the scheduled stalled-milestone scan ("stalled!"
+/// in ASCII): one scan at a time across instances.
+const STALLED_SCAN_LOCK: i64 = 0x7374_616c_6c65_6421;
 
 /// Writer tasks by default: PostgreSQL commits several transactions in parallel.
 pub const DEFAULT_WRITERS: usize = 2;
@@ -58,6 +61,8 @@ pub struct PostgresStore {
     writers: usize,
     /// Raised by this instance's `LISTEN` connection (see [`wake`]).
     wake: OutboxWake,
+    /// The milestones each batch derives (see `batch::append_on`).
+    milestones: crate::store::milestones::RulesCell,
 }
 
 impl PostgresStore {
@@ -106,14 +111,27 @@ impl PostgresStore {
             reader,
             writers,
             wake: OutboxWake::default(),
+            milestones: Default::default(),
         };
         migrate::migrate(&store.writer, migrate).await?;
         Ok(store)
     }
 
+    /// A session advisory lock on a connection of its own, out of the pool:
+    /// closing it (dropping the guard, or a crash) ends the lock.
+    async fn advisory_turn(&self, key: i64) -> Result<Option<Box<dyn std::any::Any + Send>>> {
+        let mut conn = self.writer.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(got.then(|| Box::new(conn) as Box<dyn std::any::Any + Send>))
+    }
+
     async fn try_append(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
         let mut conn: PoolConnection<Postgres> = self.writer.acquire().await?;
-        let result = append_on(&mut conn, events).await;
+        let rules = self.milestones.rules();
+        let result = append_on(&mut conn, events, &rules).await;
         if let Err(e) = &result
             && !is_retryable(e)
         {
@@ -399,13 +417,7 @@ impl Store for PostgresStore {
     }
 
     async fn reconciliation_turn(&self) -> Result<Option<Box<dyn std::any::Any + Send>>> {
-        // A connection of its own, out of the pool: closing it ends the lock.
-        let mut conn = self.writer.acquire().await?.detach();
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(RECONCILIATION_LOCK)
-            .fetch_one(&mut conn)
-            .await?;
-        Ok(got.then(|| Box::new(conn) as Box<dyn std::any::Any + Send>))
+        self.advisory_turn(RECONCILIATION_LOCK).await
     }
 
     async fn course_funnel(
@@ -494,5 +506,13 @@ impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+
+    fn milestone_cell(&self) -> &crate::store::milestones::RulesCell {
+        &self.milestones
+    }
+
+    async fn milestone_scan_turn(&self) -> Result<Option<Box<dyn std::any::Any + Send>>> {
+        self.advisory_turn(STALLED_SCAN_LOCK).await
     }
 }

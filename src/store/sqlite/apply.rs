@@ -14,6 +14,7 @@ use super::codec::{ENROLLMENT_UPSERT_ON_CONFLICT, ts, write_error};
 use super::courses::{self, ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
 use super::learning;
 use crate::projection::learning::{Learning, LearningEvent};
+use crate::projection::milestones::{self, LastLesson, Milestone, MilestoneRules};
 use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
 use crate::store::*;
 
@@ -41,6 +42,7 @@ pub(super) fn project_in_tx(
     tx: &Connection,
     own: &[StoredForProjection],
     head: i64,
+    milestones: Milestones<'_>,
 ) -> Result<i64> {
     let through: i64 = tx
         .prepare_cached("SELECT projected_through_seq FROM projection_cursor")
@@ -49,6 +51,11 @@ pub(super) fn project_in_tx(
     if through >= head {
         return Ok(through);
     }
+    // Re-deriving a wiped projection: what it re-derives reached its
+    // milestones long ago (or before they were configured); not again.
+    let rules = milestones
+        .rules
+        .filter(|_| through >= milestones.quiet_through);
     let own: Vec<_> = own
         .iter()
         .filter(|e| e.seq > through && e.seq <= head)
@@ -75,7 +82,7 @@ pub(super) fn project_in_tx(
             .iter()
             .filter_map(|e| Some((e.source.as_str(), e.learning.as_ref()?)))
             .collect::<Vec<_>>();
-        project(tx, &events, &learned, own_end)?;
+        project(tx, &events, &learned, own_end, rules)?;
         learning::index_users(
             tx,
             own.iter()
@@ -92,7 +99,10 @@ pub(super) fn project_in_tx(
         own_end
     } else {
         // Another process appended too, or a crash left events unprojected.
-        let upto = head.min(through + LOG_EVENTS_PER_PROJECTION);
+        let mut upto = head.min(through + LOG_EVENTS_PER_PROJECTION);
+        if through < milestones.quiet_through {
+            upto = upto.min(milestones.quiet_through);
+        }
         let logged = logged_events(tx, through, upto)?;
         let events = logged
             .iter()
@@ -102,7 +112,7 @@ pub(super) fn project_in_tx(
             .iter()
             .filter_map(|e| Some((e.source.as_str(), e.learning.as_ref()?)))
             .collect::<Vec<_>>();
-        project(tx, &events, &learned, upto)?;
+        project(tx, &events, &learned, upto, rules)?;
         learning::index_users(
             tx,
             logged
@@ -238,6 +248,7 @@ fn project(
     updates: &[(&str, &EnrollmentEvent)],
     learned: &[(&str, &LearningEvent)],
     through: i64,
+    rules: Option<&MilestoneRules>,
 ) -> Result<()> {
     if updates.is_empty() && learned.is_empty() {
         return Ok(());
@@ -293,7 +304,7 @@ fn project(
         )
     });
     let mut upsert = conn.prepare_cached(sql).map_err(write_error)?;
-    let changed_rows = rows.clone();
+    let changed_rows: Vec<&Enrollment> = rows.clone();
     for e in rows {
         upsert
             .execute(params![
@@ -324,17 +335,125 @@ fn project(
     }
     // The learning projection, after the enrollments its learners copy.
     let needs = Learning::needs(learned.iter().copied(), changed_rows.iter().copied());
+    let mut learning_state = None;
     if !needs.is_empty() {
         let mut state = learning::load(conn, &needs)?;
         for &(source, event) in learned {
             state.apply(source, event);
         }
-        for e in changed_rows {
+        for e in &changed_rows {
             state.enrollment(e);
         }
         learning::write(conn, &state)?;
+        learning_state = Some(state);
+    }
+    if let Some(rules) = rules.filter(|r| !r.is_empty()) {
+        let found = detect_milestones(rules, updates, learned, &changes);
+        if !found.is_empty() {
+            write_pending(conn, &found, &state, learning_state.as_ref())?;
+        }
     }
     Ok(())
+}
+
+/// The milestones of this projection step, in memory: from the enrollments'
+/// states before and after it and its events (see `projection::milestones`).
+fn detect_milestones(
+    rules: &MilestoneRules,
+    updates: &[(&str, &EnrollmentEvent)],
+    learned: &[(&str, &LearningEvent)],
+    changes: &[(Option<&Enrollment>, &Enrollment)],
+) -> Vec<Milestone> {
+    let mut found = Vec::new();
+    if !changes.is_empty() {
+        let mut events: HashMap<(&str, i64), Vec<&EnrollmentEvent>> = HashMap::new();
+        for &(source, e) in updates {
+            events.entry((source, e.payload.id)).or_default().push(e);
+        }
+        for &(before, after) in changes {
+            if let Some(r) = rules.of(&after.source) {
+                let of_this = events
+                    .get(&(after.source.as_str(), after.enrollment_id))
+                    .map_or(&[][..], Vec::as_slice);
+                found.extend(milestones::detect(r, before, after, of_this));
+            }
+        }
+    }
+    if rules.any_lessons() {
+        for &(source, event) in learned {
+            if let (LearningEvent::Lesson(lesson), Some(r)) = (event, rules.of(source)) {
+                found.extend(milestones::detect_lesson(r, source, lesson));
+            }
+        }
+    }
+    found
+}
+
+/// Keeps the milestones in the projection file, in this transaction: a
+/// crash either keeps both the projection step and its milestones or
+/// neither (and the step is re-applied). The store moves them into the log
+/// after the commit (`SqliteStore::emit_milestones`).
+fn write_pending(
+    conn: &Connection,
+    found: &[Milestone],
+    state: &HashMap<(&str, i64), Enrollment>,
+    learning_state: Option<&Learning>,
+) -> Result<()> {
+    let now = Utc::now();
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO milestones_pending (source, event_id, topic, body)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(write_error)?;
+    for m in found {
+        let enrollment = match m.enrollment_id {
+            Some(id) => match state.get(&(m.source.as_str(), id)) {
+                Some(e) => Some(e.clone()),
+                None => load_enrollment(conn, &m.source, id)?,
+            },
+            None => None,
+        };
+        let last_lesson = enrollment.as_ref().and_then(|e| {
+            let learner =
+                learning_state?
+                    .learners
+                    .get(&(e.source.clone(), e.course_id?, e.user_id?))?;
+            last_lesson_of(learner, learning_state?)
+        });
+        let body = m.body(enrollment.as_ref(), last_lesson.as_ref(), now);
+        insert
+            .execute(params![m.source, m.event_id(), m.topic(), body])
+            .map_err(write_error)?;
+    }
+    Ok(())
+}
+
+/// A learner's most recent lesson, with its name when the batch knows it.
+pub(crate) fn last_lesson_of(
+    learner: &crate::projection::learning::Learner,
+    learning: &Learning,
+) -> Option<LastLesson> {
+    let lesson_id = learner.last_lesson_id?;
+    let name = learning
+        .lessons
+        .get(&(learner.source.clone(), learner.course_id, lesson_id))
+        .and_then(|l| l.info.name.clone());
+    Some(LastLesson {
+        lesson_id,
+        name,
+        at: learner.last_lesson_at,
+    })
+}
+
+/// Which milestones a projection transaction derives.
+#[derive(Clone, Copy)]
+pub(super) struct Milestones<'a> {
+    /// None: none (no source has any, or a process that does not emit them).
+    pub rules: Option<&'a MilestoneRules>,
+    /// Events up to this seq are re-derived after the projection was wiped:
+    /// their milestones are not derived again.
+    pub quiet_through: i64,
 }
 
 fn adjust_course_tables(

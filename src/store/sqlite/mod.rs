@@ -50,15 +50,89 @@ pub struct SqliteStore {
     checkpointer: tokio::task::AbortHandle,
     pub(super) writer: Writer,
     pub(super) reader: SqlitePool,
-    /// Group-commit batches, each in one call (see [`batch`]).
-    batch: BatchWriter,
+    /// Appends to the log (group-commit batches and milestones).
+    appender: Arc<Appender>,
     /// Keeps the projection file (see [`projector`]).
     projector: Projector,
+    /// The milestones the projector derives.
+    milestones: Arc<crate::store::milestones::RulesCell>,
+    /// Moves milestones the projector derived into the log (see
+    /// [`SqliteStore::emit_milestones`]), when the projector signals some.
+    emitter: tokio::task::AbortHandle,
+    /// Raised after commits that wrote outbox rows (see [`OutboxWake`]).
+    wake: OutboxWake,
+}
+
+/// What appends to the log: the batch writer with the subscriptions its
+/// outbox rows are matched against.
+struct Appender {
+    /// Group-commit batches, each in one call (see [`batch`]).
+    batch: BatchWriter,
     /// The enabled subscriptions as last read; the batch writer tells when
     /// they changed (another process, or this one, wrote them).
     subscriptions: tokio::sync::Mutex<Option<Arc<batch::Subscriptions>>>,
-    /// Raised after commits that wrote outbox rows (see [`OutboxWake`]).
-    wake: OutboxWake,
+    reader: SqlitePool,
+    projector: Projector,
+    /// One move of pending milestones at a time.
+    emitting: tokio::sync::Mutex<()>,
+}
+
+impl Appender {
+    async fn append(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
+        let mut known = self.subscriptions.lock().await;
+        loop {
+            let subscriptions = match known.as_ref() {
+                Some(s) => s.clone(),
+                None => {
+                    let mut conn = self.reader.acquire().await?;
+                    let read = batch::subscriptions_for_batches(&mut conn).await?;
+                    known.insert(Arc::new(read)).clone()
+                }
+            };
+            match self.batch.append(events.to_vec(), subscriptions).await? {
+                Batch::Committed(outcomes) => return Ok(outcomes),
+                Batch::SubscriptionsChanged => *known = None,
+            }
+        }
+    }
+
+    /// Moves the milestones the projector keeps into the log, in the order
+    /// they were derived, with their outbox rows (the usual append), then
+    /// lets the projector forget them. A crash in between leaves them kept:
+    /// the next move appends them again, as duplicates. Returns how many
+    /// were new in the log.
+    async fn emit_milestones(&self) -> Result<u64> {
+        let _one = self.emitting.lock().await;
+        let mut stored = 0;
+        loop {
+            let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+                "SELECT source, event_id, topic, body FROM milestones_pending ORDER BY rowid LIMIT 256",
+            )
+            .fetch_all(&self.reader)
+            .await?;
+            if rows.is_empty() {
+                return Ok(stored);
+            }
+            let now = Utc::now();
+            let mut events = Vec::with_capacity(rows.len());
+            for (source, event_id, topic, body) in &rows {
+                match NewEvent::from_log(source, topic, event_id, body, now) {
+                    Ok(e) => events.push(e),
+                    // Ours, so it always parses; never let one block the rest.
+                    Err(e) => {
+                        tracing::error!(error = %e, "a derived milestone does not parse; dropped")
+                    }
+                }
+            }
+            let outcomes = self.append(&events).await?;
+            stored += AppendOutcome::tally(&outcomes).0;
+            let keys = rows
+                .into_iter()
+                .map(|(source, event_id, topic, _)| (source, event_id, topic))
+                .collect();
+            self.projector.emitted(keys).await?;
+        }
+    }
 }
 
 /// The one write connection. A lock, not a pool: handing a pooled connection
@@ -129,12 +203,41 @@ fn spawn_checkpointer(options: SqliteConnectOptions) -> tokio::task::AbortHandle
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.checkpointer.abort();
+        self.emitter.abort();
     }
+}
+
+/// Moves derived milestones into the log whenever the projector signals some.
+fn spawn_emitter(
+    appender: Arc<Appender>,
+    milestones: Arc<crate::store::milestones::RulesCell>,
+) -> tokio::task::AbortHandle {
+    tokio::spawn(async move {
+        loop {
+            milestones.pending.notified().await;
+            if let Err(e) = appender.emit_milestones().await {
+                tracing::warn!(error = %e, "moving derived milestones into the event log failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                milestones.pending.notify_one();
+            }
+        }
+    })
+    .abort_handle()
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url`, e.g. `sqlite://enrollhook.db`.
     pub async fn open(url: &str, migrate_schema: bool) -> Result<SqliteStore> {
+        Self::open_with_milestones(url, migrate_schema, Default::default()).await
+    }
+
+    /// [`SqliteStore::open`], deriving these milestones (from the events a
+    /// crash left unprojected too).
+    pub async fn open_with_milestones(
+        url: &str,
+        migrate_schema: bool,
+        milestones: crate::projection::milestones::MilestoneRules,
+    ) -> Result<SqliteStore> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -159,7 +262,8 @@ impl SqliteStore {
         };
         migrate::migrate(&mut *writer.conn.lock().await, migrate_schema).await?;
         let path = options.get_filename().to_owned();
-        let projector = Projector::open(&path)?;
+        let milestones = Arc::new(crate::store::milestones::RulesCell::new(milestones));
+        let projector = Projector::open(&path, milestones.clone())?;
         let wake = OutboxWake::default();
         let batch = BatchWriter::open(&path, writer.conn.clone(), projector.clone(), wake.clone())?;
         let checkpointer = spawn_checkpointer(options.clone());
@@ -173,17 +277,26 @@ impl SqliteStore {
             })
             .connect_with(options.clone().read_only(true))
             .await?;
+        let appender = Arc::new(Appender {
+            batch,
+            subscriptions: tokio::sync::Mutex::new(None),
+            reader: reader.clone(),
+            projector: projector.clone(),
+            emitting: tokio::sync::Mutex::new(()),
+        });
+        let emitter = spawn_emitter(appender.clone(), milestones.clone());
         let store = SqliteStore {
             checkpointer,
             writer,
             reader,
-            batch,
+            appender,
             projector,
-            subscriptions: tokio::sync::Mutex::new(None),
+            milestones,
+            emitter,
             wake,
         };
-        // Events a crash left unprojected (usually none).
-        store.projector.catch_up().await?;
+        // Events a crash left unprojected (usually none), and their milestones.
+        store.sync_projection().await?;
         Ok(store)
     }
 
@@ -225,26 +338,22 @@ impl Store for SqliteStore {
         self.projector.waiting() as u64
     }
 
+    /// Also moves the milestones the projection derived into the log (and
+    /// projects those), so that they are there when this returns.
     async fn sync_projection(&self) -> Result<()> {
-        self.projector.catch_up().await
+        self.projector.catch_up().await?;
+        if self.appender.emit_milestones().await? > 0 {
+            self.projector.catch_up().await?;
+        }
+        Ok(())
     }
 
     async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
-        let mut known = self.subscriptions.lock().await;
-        loop {
-            let subscriptions = match known.as_ref() {
-                Some(s) => s.clone(),
-                None => {
-                    let mut conn = self.reader.acquire().await?;
-                    let read = batch::subscriptions_for_batches(&mut conn).await?;
-                    known.insert(Arc::new(read)).clone()
-                }
-            };
-            match self.batch.append(events.to_vec(), subscriptions).await? {
-                Batch::Committed(outcomes) => return Ok(outcomes),
-                Batch::SubscriptionsChanged => *known = None,
-            }
-        }
+        self.appender.append(events).await
+    }
+
+    fn milestone_cell(&self) -> &crate::store::milestones::RulesCell {
+        &self.milestones
     }
 
     async fn prune_events(&self, cutoff: DateTime<Utc>) -> Result<PruneReport> {

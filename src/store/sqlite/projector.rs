@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::apply::{StoredForProjection, project_in_tx};
+use super::apply::{Milestones, StoredForProjection, project_in_tx};
 use super::codec::write_error;
+use crate::store::milestones::RulesCell;
 use crate::store::*;
 
 /// Project once this many stored events wait...
@@ -76,7 +77,19 @@ pub(super) async fn attach_projection(
 enum Msg {
     Stored(Vec<StoredForProjection>),
     CatchUp(oneshot::Sender<Result<()>>),
+    /// These pending milestones are in the log now: (source, event id, topic).
+    Emitted(Vec<(String, String, String)>, oneshot::Sender<Result<()>>),
 }
+
+/// Where the projector keeps milestones until the store moves them into the
+/// log (see `apply::write_pending`).
+const MILESTONES_PENDING: &str = "CREATE TABLE IF NOT EXISTS milestones_pending (
+    source TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (source, event_id, topic)
+)";
 
 /// Hands stored events to the projector thread; the thread ends when every
 /// clone is dropped, after projecting what it was given.
@@ -90,12 +103,15 @@ pub(super) struct Projector {
 impl Projector {
     /// Prepares the projection file of the (migrated) log at `database` and
     /// starts the thread.
-    pub(super) fn open(database: &Path) -> Result<Projector> {
-        let conn = prepare(database, &projection_path(database)).map_err(write_error)?;
+    pub(super) fn open(database: &Path, milestones: Arc<RulesCell>) -> Result<Projector> {
+        let (conn, quiet_through) =
+            prepare(database, &projection_path(database)).map_err(write_error)?;
         let (queue, messages) = mpsc::channel::<Msg>();
         let waiting = Arc::new(AtomicUsize::new(0));
         let pending = Pending {
             waiting: waiting.clone(),
+            milestones,
+            quiet_through,
             ..Pending::default()
         };
         std::thread::Builder::new()
@@ -118,6 +134,15 @@ impl Projector {
         // If the thread is gone (it only ends with the last handle), the
         // events are read back from the log at the next start.
         let _ = self.queue.send(Msg::Stored(events));
+    }
+
+    /// Forgets pending milestones that are in the log now.
+    pub(super) async fn emitted(&self, keys: Vec<(String, String, String)>) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Msg::Emitted(keys, reply))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Events this process stored that the projection lacks.
@@ -153,8 +178,9 @@ fn lower_priority() {
 
 /// Creates or re-derives the projection file as needed and returns the
 /// projector's connection: the log as `main` (only read), the projection
-/// attached (written).
-fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
+/// attached (written); and the end of the log when the projection was wiped
+/// (0 otherwise): what is re-derived up to there emits no milestones again.
+fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<(Connection, i64)> {
     {
         let mut file = Connection::open(projection)?;
         file.busy_timeout(Duration::from_secs(5))?;
@@ -173,6 +199,8 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }
+        // Not in SCHEMA: adding it must not re-derive existing projections.
+        file.execute_batch(MILESTONES_PENDING)?;
     }
     let mut conn = Connection::open(database)?;
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -194,6 +222,7 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
     )?;
     let head = log_end(&conn)?;
     let mut through = through;
+    let mut quiet_through = 0;
     if derived_from.as_deref() != Some(log_id.as_str()) || through > head {
         if derived_from.is_some() {
             tracing::warn!(
@@ -206,7 +235,7 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
             "DELETE FROM enrollments; DELETE FROM course_totals; DELETE FROM course_expiries;
              DELETE FROM event_topics; DELETE FROM activity_days;
              DELETE FROM lesson_completions; DELETE FROM course_lessons; DELETE FROM learners;
-             DELETE FROM quiz_results; DELETE FROM event_users;",
+             DELETE FROM quiz_results; DELETE FROM event_users; DELETE FROM milestones_pending;",
         )?;
         tx.execute(
             "UPDATE projection_cursor SET projected_through_seq = 0, log_id = ?1",
@@ -214,6 +243,7 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
         )?;
         tx.commit()?;
         through = 0;
+        quiet_through = head;
     }
     if head - through > 100_000 {
         tracing::info!(
@@ -221,7 +251,7 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<Connection> {
             "deriving the projection from the event log before going on (once; about 100,000 events a second)"
         );
     }
-    Ok(conn)
+    Ok((conn, quiet_through))
 }
 
 /// A projection transaction: it takes the projection file's write lock first
@@ -258,6 +288,10 @@ fn run(mut conn: Connection, messages: mpsc::Receiver<Msg>, mut pending: Pending
                 let _ = reply.send(catch_up(&mut conn, &mut pending));
                 continue;
             }
+            Some(Msg::Emitted(keys, reply)) => {
+                let _ = reply.send(forget_pending(&mut conn, &keys).map_err(write_error));
+                continue;
+            }
             None => {}
         }
         if pending.due()
@@ -288,6 +322,10 @@ struct Pending {
     not_before: Option<Instant>,
     /// Shared with [`Projector::waiting`].
     waiting: Arc<AtomicUsize>,
+    /// The milestones to derive, and who to tell when some are pending.
+    milestones: Arc<RulesCell>,
+    /// See [`prepare`].
+    quiet_through: i64,
 }
 
 impl Pending {
@@ -359,6 +397,27 @@ fn log_end(conn: &Connection) -> rusqlite::Result<i64> {
         .query_row([], |r| r.get(0))
 }
 
+fn has_pending(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM milestones_pending)")?
+        .query_row([], |r| r.get(0))
+}
+
+fn forget_pending(
+    conn: &mut Connection,
+    keys: &[(String, String, String)],
+) -> rusqlite::Result<()> {
+    let tx = begin_projection(conn)?;
+    {
+        let mut delete = tx.prepare_cached(
+            "DELETE FROM milestones_pending WHERE source = ?1 AND event_id = ?2 AND topic = ?3",
+        )?;
+        for (source, event_id, topic) in keys {
+            delete.execute([source, event_id, topic])?;
+        }
+    }
+    tx.commit()
+}
+
 fn cursor_and_head(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     conn.prepare_cached(PROJECTION_CURSOR_AND_LOG_END)?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -371,10 +430,18 @@ fn project_pending(conn: &mut Connection, pending: &mut Pending) -> Result<bool>
     // inside it would hold a snapshot of the log's WAL for the whole
     // transaction, and no checkpoint could recycle the WAL meanwhile.
     let head = log_end(conn).map_err(write_error)?;
+    let rules = pending.milestones.rules();
+    let milestones = Milestones {
+        rules: (!rules.is_empty()).then_some(&*rules),
+        quiet_through: pending.quiet_through,
+    };
     let tx = begin_projection(conn).map_err(write_error)?;
-    let upto = project_in_tx(&tx, &pending.events, head)?;
+    let upto = project_in_tx(&tx, &pending.events, head, milestones)?;
     tx.commit().map_err(write_error)?;
     pending.projected_through(upto);
+    if milestones.rules.is_some() && has_pending(conn).map_err(write_error)? {
+        pending.milestones.pending.notify_one();
+    }
     if upto < head {
         // More in the log than was projected (events of another process, or
         // read back): go on after the usual pause.
