@@ -755,7 +755,10 @@ async fn the_dashboard_works_in_chromium_for_the_admin(db: TestDatabase) {
         {
             break s.clone();
         }
-        assert!(Instant::now() < deadline, "the Slack subscription was not created");
+        assert!(
+            Instant::now() < deadline,
+            "the Slack subscription was not created"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(
@@ -796,7 +799,9 @@ async fn the_dashboard_works_in_chromium_for_the_admin(db: TestDatabase) {
     let body = &preview[preview.find("\n\n").expect("headers, then the body") + 2..];
     let body: Value = serde_json::from_str(body).expect("the preview's body is JSON");
     assert!(
-        body["text"].as_str().is_some_and(|t| t.contains(" finished ")),
+        body["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(" finished ")),
         "{body}"
     );
     assert_eq!(receiver.received().len(), before, "a preview sends nothing");
