@@ -674,7 +674,9 @@ async fn postgres_migration_9_derives_the_events_already_received() {
     sqlx::raw_sql(
         "DROP TABLE lesson_completions, course_lessons, learners, quiz_results, event_users;
          ALTER TABLE subscriptions DROP COLUMN subject, DROP COLUMN exchange,
-             DROP COLUMN routing_key, DROP COLUMN stream, DROP COLUMN maxlen, DROP COLUMN filter;
+             DROP COLUMN routing_key, DROP COLUMN stream, DROP COLUMN maxlen, DROP COLUMN filter,
+             DROP COLUMN template;
+         DROP TABLE alert_incidents;
          DELETE FROM enrollhook_migrations WHERE version >= 9;",
     )
     .execute(&mut conn)
