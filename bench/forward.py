@@ -81,6 +81,18 @@ class Broker:
         return {"url": "redis://127.0.0.1:6379", "stream": f"{self.name}:{i}", "maxlen": 1_000_000}
 
 
+# --shaped: what a school would set up. Each filter is evaluated on every event
+# and accepts (nearly) all of the simulator's traffic, so every event is still
+# rendered and sent twice: the worst case for forwarding, not a lighter one.
+SHAPED = [
+    {"filter": {"resource": {"$in": ["enrollment", "lesson", "quiz", "order", "user"]}},
+     "template": {"preset": "slack"}},
+    {"filter": {"$or": [{"payload.percentage_completed": {"$gte": 0}},
+                        {"payload.user.email": {"$exists": True}}]},
+     "template": {"preset": "json"}},
+]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--destinations", default="http",
@@ -93,6 +105,9 @@ def main():
     p.add_argument("--rate", type=int, default=0,
                    help="ingest at this many events/s with `enrollhook simulate` (64 in flight) "
                         "instead of wrk as fast as it answers")
+    p.add_argument("--shaped", action="store_true",
+                   help="the 2 subscriptions filter and render templates (Slack and JSON presets) "
+                        "instead of forwarding every event as it came")
     p.add_argument("--latency", type=int, default=0,
                    help="then measure 200-to-receiver latency over this many deliveries at light load")
     p.add_argument("--latency-rate", type=float, default=20.0,
@@ -220,7 +235,8 @@ def run_one(kind, args):
         bench.wait_ready(server, port, log_path)
         bench.wait_ready(dest, dest_port, log_path)
         for i in range(2):
-            body = json.dumps({**broker.subscription(i), "topics": ["*"]}).encode()
+            body = json.dumps({**broker.subscription(i), "topics": ["*"],
+                               **(SHAPED[i] if args.shaped else {})}).encode()
             req = urllib.request.Request(f"http://127.0.0.1:{port}/api/subscriptions", data=body,
                                          headers={"content-type": "application/json"})
             urllib.request.urlopen(req).read()
@@ -258,7 +274,7 @@ def run_one(kind, args):
         total = delivered(db)
         held = broker.place("count")
         result = {
-            "destination": kind,
+            "destination": kind + (" (filter + template)" if args.shaped else ""),
             "ingest_events_per_s": round(run["ok_per_s"]),
             "stored": run["ok"],
             "deliveries": total,
