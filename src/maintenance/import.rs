@@ -173,6 +173,11 @@ pub async fn import(
     write(store, &mut batch, &mut report).await?;
     // So the import's enrollments are there when it reports done.
     store.sync_projection().await?;
+    // The data is in; stale planner statistics only make reads slow, so a
+    // failure here is a warning, not a failed import.
+    if let Err(e) = store.refresh_statistics().await {
+        tracing::warn!(error = %e, "import: could not refresh the planner's statistics (ANALYZE); reads may be slow until autovacuum does");
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }

@@ -508,6 +508,11 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn refresh_statistics(&self) -> Result<()> {
+        sqlx::query("ANALYZE").execute(&self.writer).await?;
+        Ok(())
+    }
+
     fn milestone_cell(&self) -> &crate::store::milestones::RulesCell {
         &self.milestones
     }
