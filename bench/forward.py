@@ -11,7 +11,11 @@ deliveries). After ingest stops we time how long the outbox takes to drain.
 Forwarding keeps up when the depth stays bounded during the load.
 
 `--destinations http,nats,amqp,redis` runs each in turn in one invocation (one
-JSON line each), so the brokers are compared with HTTP on the same machine state.
+JSON line each), so the brokers are compared with HTTP on the same machine state;
+`none` is the same ingest with no subscription, the baseline for "forwarding must
+not slow ingest" (`--destinations none,http --subscriptions 1 --rate 3000
+--sim-concurrency 32`: ingest p50/p99 as `simulate` saw them, side by side).
+`--database postgres://…` runs the load on PostgreSQL.
 
 `--latency N` then measures, at light load (`--latency-rate` deliveries/s, one
 at a time), the time from each delivery's 200 to its forward reaching a local
@@ -31,6 +35,7 @@ Usage: python3 bench/forward.py [--duration 20] [--rate 5000] [--destinations ht
 import argparse
 import http.server
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -44,14 +49,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (shared helpers: build paths, wrk, process control)
 
 
-def pending(db):
+def count(db, sql):
+    """One number from the run's database: a SQLite file path or a postgres:// URL."""
+    if str(db).startswith("postgres"):
+        r = bench.psql(str(db).rsplit("/", 1)[1].split("?")[0], sql)
+        return int(r.stdout.strip() or 0)
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-        return c.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+        return c.execute(sql).fetchone()[0]
+
+
+def pending(db):
+    try:
+        return count(db, "SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+    except sqlite3.OperationalError:  # the server has not created its tables yet
+        return 0
 
 
 def delivered(db):
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-        return c.execute("SELECT COUNT(*) FROM outbox WHERE state = 'delivered'").fetchone()[0]
+    return count(db, "SELECT COUNT(*) FROM outbox WHERE state = 'delivered'")
 
 
 class Broker:
@@ -62,7 +77,7 @@ class Broker:
 
     def place(self, action):
         """examples/broker_place: create, remove or count the run's stream / exchange + queue / keys."""
-        if self.kind == "http":
+        if self.kind in ("http", "none"):
             return None
         done = subprocess.run([str(bench.RELEASE / "examples" / "broker_place"), action, self.kind, self.name],
                               capture_output=True, text=True)
@@ -96,7 +111,14 @@ SHAPED = [
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--destinations", default="http",
-                   help="comma-separated, run in turn: http, nats, amqp, redis")
+                   help="comma-separated, run in turn: none (no subscription: the baseline), "
+                        "http, nats, amqp, redis")
+    p.add_argument("--subscriptions", type=int, default=2, help="subscriptions per destination")
+    p.add_argument("--sim-concurrency", type=int, default=64,
+                   help="deliveries in flight with --rate (simulate --concurrency)")
+    p.add_argument("--database", default=None,
+                   help="postgres://… to run the load on PostgreSQL (a database of its own, "
+                        "emptied first); default: a fresh SQLite file")
     p.add_argument("--duration", type=int, default=20)
     p.add_argument("--events", type=int, default=600_000)
     p.add_argument("--connections", type=int, default=8, help="wrk connections ingesting")
@@ -117,8 +139,8 @@ def main():
     p.add_argument("--latency-only", action="store_true", help="skip the load runs")
     args = p.parse_args()
     for kind in args.destinations.split(","):
-        if kind not in ("http", "nats", "amqp", "redis"):
-            p.error(f"unknown destination {kind}: use http, nats, amqp or redis")
+        if kind not in ("none", "http", "nats", "amqp", "redis"):
+            p.error(f"unknown destination {kind}: use none, http, nats, amqp or redis")
     if not args.latency_only:
         for kind in args.destinations.split(","):
             run_one(kind, args)
@@ -223,10 +245,16 @@ def run_one(kind, args):
     broker = Broker(kind, f"enrollhook_bench_{int(time.time())}", dest_port)
     broker.place("create")
     (work / "enrollhook.toml").write_text(f'[[source]]\nname = "c8"\nsecret = "{bench.SECRET}"\n')
-    db = work / "enrollhook.db"
+    if args.database:
+        db = args.database
+        bench.create_pg_database(db.rsplit("/", 1)[1].split("?")[0])
+        database = db
+    else:
+        db = work / "enrollhook.db"
+        database = f"sqlite://{db}"
     log_path = work / "enrollhook.log"
     server = subprocess.Popen([str(bench.ENROLLHOOK), "--config", str(work / "enrollhook.toml"),
-                               "--database", f"sqlite://{db}", "serve", "--listen", f"127.0.0.1:{port}",
+                               "--database", database, "serve", "--listen", f"127.0.0.1:{port}",
                                "--allow-private-destinations"]
                               + (["--forward-concurrency", str(args.forward_concurrency)]
                                  if args.forward_concurrency else []),
@@ -234,7 +262,7 @@ def run_one(kind, args):
     try:
         bench.wait_ready(server, port, log_path)
         bench.wait_ready(dest, dest_port, log_path)
-        for i in range(2):
+        for i in range(args.subscriptions if kind != "none" else 0):
             body = json.dumps({**broker.subscription(i), "topics": ["*"],
                                **(SHAPED[i] if args.shaped else {})}).encode()
             req = urllib.request.Request(f"http://127.0.0.1:{port}/api/subscriptions", data=body,
@@ -253,16 +281,19 @@ def run_one(kind, args):
         if args.rate:
             sim = subprocess.run([str(bench.ENROLLHOOK), "simulate", "--url",
                                   f"http://127.0.0.1:{port}/webhooks/thinkific/c8", "--source", "c8",
-                                  "--secret", bench.SECRET, "--rate", str(args.rate), "--concurrency", "64",
+                                  "--secret", bench.SECRET, "--rate", str(args.rate),
+                                  "--concurrency", str(args.sim_concurrency),
                                   "--duration", f"{args.duration}s", "--students", "1000000",
                                   "--courses", "50", "--arrival-days", "1"],
                                  capture_output=True, text=True)
             if sim.returncode != 0:
                 raise RuntimeError(f"simulate failed: {sim.stderr[-500:]}")
             elapsed = time.monotonic() - started
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-                stored = c.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            stored = count(db, "SELECT COUNT(*) FROM events")
             run = {"ok": stored, "ok_per_s": stored / elapsed}
+            latency = re.search(r"latency ms: p50 ([\d.]+)\s+p90 ([\d.]+)\s+p99 ([\d.]+)", sim.stdout)
+            if latency:
+                run["p50_ms"], run["p99_ms"] = float(latency.group(1)), float(latency.group(3))
         else:
             run = bench.run_wrk(port, args.connections, args.duration, "c8", events_file)
         ingest_end = time.monotonic()
@@ -275,6 +306,8 @@ def run_one(kind, args):
         held = broker.place("count")
         result = {
             "destination": kind + (" (filter + template)" if args.shaped else ""),
+            "backend": "postgres" if args.database else "sqlite",
+            "subscriptions": args.subscriptions if kind != "none" else 0,
             "ingest_events_per_s": round(run["ok_per_s"]),
             "stored": run["ok"],
             "deliveries": total,
@@ -283,7 +316,8 @@ def run_one(kind, args):
             "outbox_depth_max_during_load": max(samples[: args.duration] or [0]),
             "outbox_depth_samples": samples,
             "drain_seconds_after_load": round(drained - ingest_end, 1),
-            "ingest_p99_ms": bench.ms(run["p99_us"]) if "p99_us" in run else None,
+            "ingest_p50_ms": run.get("p50_ms"),
+            "ingest_p99_ms": bench.ms(run["p99_us"]) if "p99_us" in run else run.get("p99_ms"),
         }
         print(json.dumps(result))
     finally:

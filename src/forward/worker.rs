@@ -178,9 +178,9 @@ async fn record(
             match store
                 .finish_attempts(
                     &batch,
-                    &super::health::Rules {
+                    Arc::new(super::health::Rules {
                         disable_failing_before: cutoff,
-                    },
+                    }),
                 )
                 .await
             {

@@ -152,7 +152,7 @@ pub trait ForwardStore: Send + Sync {
     async fn finish_attempts(
         &self,
         done: &[FinishedAttempt],
-        rules: &dyn AttemptRules,
+        rules: std::sync::Arc<dyn AttemptRules>,
     ) -> Result<Vec<String>>;
 
     /// Attempts in the order they were made, or the newest first (then the

@@ -128,7 +128,7 @@ impl ForwardStore for PostgresStore {
     async fn finish_attempts(
         &self,
         done: &[FinishedAttempt],
-        rules: &dyn AttemptRules,
+        rules: std::sync::Arc<dyn AttemptRules>,
     ) -> Result<Vec<String>> {
         if done.is_empty() {
             return Ok(Vec::new());

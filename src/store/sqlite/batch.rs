@@ -12,11 +12,17 @@
 //! rows. Once it commits, the stored events go to the projector
 //! ([`super::projector`]), which keeps the enrollments in a file of
 //! its own, and the deliveries are answered.
+//!
+//! The thread is the log file's writer for forwarding too: claims of due
+//! deliveries and recorded attempts ([`super::outbox`]) are jobs on the same
+//! queue. Everything waiting when a transaction starts runs in it, each job
+//! inside a savepoint (one job's failure is its own), under one fsync.
 
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, TransactionBehavior, params};
 use sqlx::Connection as _;
 use sqlx::sqlite::SqliteConnection;
@@ -24,6 +30,7 @@ use tokio::sync::oneshot;
 
 use super::apply::StoredForProjection;
 use super::codec::{fmt_ts, ts, write_error};
+use super::outbox;
 use super::projector::Projector;
 use crate::forward::subscription::{EventToMatch, Subscription};
 use crate::store::*;
@@ -40,10 +47,39 @@ pub(super) struct BatchWriter {
     jobs: mpsc::Sender<Job>,
 }
 
-struct Job {
-    events: Vec<NewEvent>,
-    subscriptions: Arc<Subscriptions>,
-    reply: oneshot::Sender<Result<Batch>>,
+/// Jobs that wait for the thread are taken together, up to this many, into
+/// one transaction.
+const JOBS_PER_TRANSACTION: usize = 64;
+
+enum Job {
+    Append {
+        events: Vec<NewEvent>,
+        subscriptions: Arc<Subscriptions>,
+        reply: oneshot::Sender<Result<Batch>>,
+    },
+    Claim {
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+        reply: oneshot::Sender<Result<Vec<outbox::ClaimedRow>>>,
+    },
+    EventGone {
+        outbox_ids: Vec<i64>,
+        now: DateTime<Utc>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Finish {
+        finish: outbox::Finish,
+        reply: oneshot::Sender<Result<Vec<String>>>,
+    },
+}
+
+/// What a job did inside the transaction, answered once it commits.
+enum Done {
+    Append(Result<Batch>),
+    Claim(Result<Vec<outbox::ClaimedRow>>),
+    EventGone(Result<()>),
+    Finish(Result<Vec<String>>),
 }
 
 /// The enabled subscriptions the batch's events are matched against, read
@@ -91,14 +127,48 @@ impl BatchWriter {
         events: Vec<NewEvent>,
         subscriptions: Arc<Subscriptions>,
     ) -> Result<Batch> {
+        self.run(|reply| Job::Append {
+            events,
+            subscriptions,
+            reply,
+        })
+        .await
+    }
+
+    /// Leases due deliveries (see [`outbox::claim`]).
+    pub(super) async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<outbox::ClaimedRow>> {
+        self.run(|reply| Job::Claim {
+            now,
+            lease_until,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Marks claimed deliveries whose event was pruned dead.
+    pub(super) async fn event_gone(&self, outbox_ids: Vec<i64>, now: DateTime<Utc>) -> Result<()> {
+        self.run(|reply| Job::EventGone {
+            outbox_ids,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Records finished attempts (see [`outbox::finish`]).
+    pub(super) async fn finish(&self, finish: outbox::Finish) -> Result<Vec<String>> {
+        self.run(|reply| Job::Finish { finish, reply }).await
+    }
+
+    async fn run<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                events,
-                subscriptions,
-                reply,
-            })
-            .map_err(|_| stopped())?;
+        self.jobs.send(job(reply)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -107,8 +177,8 @@ fn stopped() -> StoreError {
     StoreError::Write("the SQLite writer thread has stopped".into())
 }
 
-/// The writer thread: one transaction per batch, then the stored events go to
-/// the projector, then the batch is answered.
+/// The writer thread: everything waiting goes into one transaction; once it
+/// commits, the stored events go to the projector, then every job is answered.
 fn run(
     mut conn: Connection,
     queue: mpsc::Receiver<Job>,
@@ -116,36 +186,150 @@ fn run(
     projector: Projector,
     wake: OutboxWake,
 ) {
-    while let Ok(Job {
-        events,
-        subscriptions,
-        reply,
-    }) = queue.recv()
-    {
-        let result = {
-            let _write = lock.blocking_lock();
-            append(&mut conn, &events, &subscriptions, &wake)
-        };
-        if let Ok(Batch::Committed(outcomes)) = &result {
-            let stored = events
-                .into_iter()
-                .zip(outcomes)
-                .filter_map(|(event, outcome)| match outcome {
-                    AppendOutcome::Stored { seq } => Some(StoredForProjection {
-                        seq: *seq,
-                        source: event.source,
-                        topic: event.topic,
-                        enrollment: event.enrollment,
-                        learning: event.learning,
-                        user_id: event.user_id,
-                    }),
-                    AppendOutcome::Duplicate => None,
-                })
-                .collect();
-            projector.stored(stored);
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < JOBS_PER_TRANSACTION {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
         }
-        let _ = reply.send(result);
+        let (done, enqueued) = {
+            let _write = lock.blocking_lock();
+            match transaction(&mut conn, &jobs) {
+                Ok(done) => done,
+                Err(e) => {
+                    let e = match e {
+                        StoreError::Write(message) => message,
+                        other => other.to_string(),
+                    };
+                    let failed = jobs.iter().map(|j| j.failed(StoreError::Write(e.clone())));
+                    (failed.collect(), false)
+                }
+            }
+        };
+        if enqueued {
+            wake.raise();
+        }
+        for (job, done) in jobs.into_iter().zip(done) {
+            job.answer(done, &projector);
+        }
     }
+}
+
+impl Job {
+    fn failed(&self, e: StoreError) -> Done {
+        match self {
+            Job::Append { .. } => Done::Append(Err(e)),
+            Job::Claim { .. } => Done::Claim(Err(e)),
+            Job::EventGone { .. } => Done::EventGone(Err(e)),
+            Job::Finish { .. } => Done::Finish(Err(e)),
+        }
+    }
+
+    /// Answers a job after its transaction ended; stored events go to the
+    /// projector first, so a read that follows the answer finds them.
+    fn answer(self, done: Done, projector: &Projector) {
+        match (self, done) {
+            (Job::Append { events, reply, .. }, Done::Append(result)) => {
+                if let Ok(Batch::Committed(outcomes)) = &result {
+                    projector.stored(for_projection(events, outcomes));
+                }
+                let _ = reply.send(result);
+            }
+            (Job::Claim { reply, .. }, Done::Claim(result)) => {
+                let _ = reply.send(result);
+            }
+            (Job::EventGone { reply, .. }, Done::EventGone(result)) => {
+                let _ = reply.send(result);
+            }
+            (Job::Finish { reply, .. }, Done::Finish(result)) => {
+                let _ = reply.send(result);
+            }
+            _ => unreachable!("each job is answered with its own kind"),
+        }
+    }
+}
+
+fn for_projection(events: Vec<NewEvent>, outcomes: &[AppendOutcome]) -> Vec<StoredForProjection> {
+    events
+        .into_iter()
+        .zip(outcomes)
+        .filter_map(|(event, outcome)| match outcome {
+            AppendOutcome::Stored { seq } => Some(StoredForProjection {
+                seq: *seq,
+                source: event.source,
+                topic: event.topic,
+                enrollment: event.enrollment,
+                learning: event.learning,
+                user_id: event.user_id,
+            }),
+            AppendOutcome::Duplicate => None,
+        })
+        .collect()
+}
+
+/// Runs the jobs in one transaction, each in a savepoint: a job that fails
+/// (or an append whose subscriptions changed) is rolled back alone and the
+/// others commit. Returns what each did and whether outbox rows went in; an
+/// error (begin, commit, or SQLite ending the transaction itself, as it does
+/// on a full disk) fails them all.
+fn transaction(conn: &mut Connection, jobs: &[Job]) -> Result<(Vec<Done>, bool)> {
+    let mut tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(write_error)?;
+    let mut done = Vec::with_capacity(jobs.len());
+    let mut enqueued = false;
+    for job in jobs {
+        let savepoint = tx.savepoint().map_err(write_error)?;
+        let result = match job {
+            Job::Append {
+                events,
+                subscriptions,
+                ..
+            } => Done::Append(
+                append(&savepoint, events, subscriptions).map(|(batch, rows)| {
+                    enqueued |= rows > 0;
+                    batch
+                }),
+            ),
+            Job::Claim {
+                now,
+                lease_until,
+                limit,
+                ..
+            } => Done::Claim(
+                outbox::claim(&savepoint, *now, *lease_until, *limit).map_err(write_error),
+            ),
+            Job::EventGone {
+                outbox_ids, now, ..
+            } => Done::EventGone(
+                outbox::event_gone(&savepoint, outbox_ids, *now).map_err(write_error),
+            ),
+            Job::Finish { finish, .. } => Done::Finish(outbox::finish(&savepoint, finish)),
+        };
+        let keep = match &result {
+            Done::Append(r) => matches!(r, Ok(Batch::Committed(_))),
+            Done::Claim(r) => r.is_ok(),
+            Done::EventGone(r) => r.is_ok(),
+            Done::Finish(r) => r.is_ok(),
+        };
+        if keep {
+            savepoint.commit().map_err(write_error)?;
+        } else {
+            drop(savepoint); // rolled back
+            if tx.is_autocommit() {
+                // SQLite ended the whole transaction (a full disk, an I/O
+                // error): what ran before is gone too.
+                return Err(StoreError::Write(
+                    "SQLite rolled back the transaction".into(),
+                ));
+            }
+        }
+        done.push(result);
+    }
+    tx.commit().map_err(write_error)?;
+    Ok((done, enqueued))
 }
 
 /// The same settings as the sqlx connections: WAL, `synchronous=FULL` (a
@@ -162,25 +346,17 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// Stores a batch of events and their outbox rows in one transaction, and
-/// raises `wake` once it committed outbox rows.
-fn append(
-    conn: &mut Connection,
-    events: &[NewEvent],
-    subs: &Subscriptions,
-    wake: &OutboxWake,
-) -> Result<Batch> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(write_error)?;
+/// Stores a batch of events and their outbox rows (inside the caller's
+/// transaction); returns what it did and how many outbox rows it wrote.
+fn append(tx: &Connection, events: &[NewEvent], subs: &Subscriptions) -> Result<(Batch, usize)> {
     let fingerprint: SubscriptionsFingerprint = tx
         .prepare_cached(SUBSCRIPTIONS_FINGERPRINT)
         .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(write_error)?;
     if fingerprint != subs.fingerprint {
-        return Ok(Batch::SubscriptionsChanged); // rolled back on drop: nothing written
+        return Ok((Batch::SubscriptionsChanged, 0)); // its savepoint is rolled back
     }
-    let outcomes = insert_events(&tx, events).map_err(write_error)?;
+    let outcomes = insert_events(tx, events).map_err(write_error)?;
     let stored = || {
         events.iter().zip(&outcomes).filter_map(|(ev, o)| match o {
             AppendOutcome::Stored { seq } => Some((ev, *seq)),
@@ -207,11 +383,7 @@ fn append(
             }
         }
     }
-    tx.commit().map_err(write_error)?;
-    if enqueued > 0 {
-        wake.raise();
-    }
-    Ok(Batch::Committed(outcomes))
+    Ok((Batch::Committed(outcomes), enqueued))
 }
 
 /// Inserts each (source, event id, topic) once: a later copy, in the log or

@@ -33,6 +33,7 @@ mod courses;
 mod forward;
 mod learning;
 mod migrate;
+mod outbox;
 pub mod projector;
 mod rebuild;
 mod retention;

@@ -75,7 +75,7 @@ async fn a_replay_during_an_attempt_is_not_recorded_over(f: Fixture) {
     };
     assert_eq!(s.replay(&replay, now).await.unwrap(), 1);
     let finished = answered(&claimed[0], now, 200, Next::Delivered);
-    s.finish_attempts(&[finished], &rules(now - Duration::days(5)))
+    s.finish_attempts(&[finished], rules(now - Duration::days(5)))
         .await
         .unwrap();
 
@@ -146,7 +146,7 @@ async fn attempts_page_oldest_or_newest_first(f: Fixture) {
             Next::Delivered
         };
         let finished = answered(&claimed[0], at, 500 + attempt as u16, next);
-        s.finish_attempts(&[finished], &rules(now - Duration::days(5)))
+        s.finish_attempts(&[finished], rules(now - Duration::days(5)))
             .await
             .unwrap();
     }
@@ -235,8 +235,8 @@ fn never() -> DateTime<Utc> {
 }
 
 /// Forwarding's health rules, disabling subscriptions failing since before `before`.
-fn rules(before: DateTime<Utc>) -> enrollhook::forward::health::Rules {
-    enrollhook::forward::health::Rules {
+fn rules(before: DateTime<Utc>) -> std::sync::Arc<enrollhook::forward::health::Rules> {
+    std::sync::Arc::new(enrollhook::forward::health::Rules {
         disable_failing_before: before,
-    }
+    })
 }

@@ -93,7 +93,7 @@ async fn finished_attempts_deliver_retry_or_bury_their_deliveries(f: Fixture) {
             },
         ),
     ];
-    let disabled = s.finish_attempts(&done, &rules(never())).await.unwrap();
+    let disabled = s.finish_attempts(&done, rules(never())).await.unwrap();
     assert!(disabled.is_empty(), "{disabled:?}");
 
     let state_of = |state| async move {
@@ -202,7 +202,7 @@ async fn dead_letters_and_past_events_can_be_replayed(f: Fixture) {
             _ => answered(d, now, 200, Next::Delivered),
         })
         .collect();
-    s.finish_attempts(&done, &rules(never())).await.unwrap();
+    s.finish_attempts(&done, rules(never())).await.unwrap();
     assert_eq!(deliveries(s, Some(DeliveryState::Dead)).await.len(), 2);
     assert_eq!(s.outbox_pending().await.unwrap(), 0);
 
@@ -227,7 +227,7 @@ async fn dead_letters_and_past_events_can_be_replayed(f: Fixture) {
         .iter()
         .map(|d| answered(d, now, 200, Next::Delivered))
         .collect();
-    s.finish_attempts(&done, &rules(never())).await.unwrap();
+    s.finish_attempts(&done, rules(never())).await.unwrap();
     assert_eq!(deliveries(s, Some(DeliveryState::Delivered)).await.len(), 4);
 
     // One event, to every matching subscription or to one.
@@ -255,7 +255,7 @@ async fn dead_letters_and_past_events_can_be_replayed(f: Fixture) {
         .iter()
         .map(|d| answered(d, now, 200, Next::Delivered))
         .collect();
-    s.finish_attempts(&done, &rules(never())).await.unwrap();
+    s.finish_attempts(&done, rules(never())).await.unwrap();
 
     // A time range of received events, to one subscription.
     let range = |since, until| ReplayScope::Range {
@@ -298,14 +298,14 @@ async fn ordered_subscriptions_release_an_enrollment_one_delivery_at_a_time(f: F
     );
     let a1 = first.iter().find(|d| d.event.event_id == "a1").unwrap();
     // A retry keeps the enrollment's later events waiting behind it.
-    s.finish_attempts(&[failed(a1, now, Next::Retry { at: now })], &rules(never()))
+    s.finish_attempts(&[failed(a1, now, Next::Retry { at: now })], rules(never()))
         .await
         .unwrap();
     let next = claim(s, 10).await;
     assert_eq!(event_ids(&next), ["a1"], "a1 again, a2 still waits");
     s.finish_attempts(
         &[answered(&next[0], now, 200, Next::Delivered)],
-        &rules(never()),
+        rules(never()),
     )
     .await
     .unwrap();

@@ -67,7 +67,7 @@ async fn subscriptions_round_trip_and_delete_with_their_pending_deliveries(f: Fi
     let claimed = claim(s, 1).await;
     s.finish_attempts(
         &[failed(&claimed[0], at(3), Next::Retry { at: at(4) })],
-        &rules(never()),
+        rules(never()),
     )
     .await
     .unwrap();
@@ -156,7 +156,7 @@ async fn failing_subscriptions_are_disabled_and_deliveries_clear_the_failure(f: 
     // A failure starts the failing period; a delivery ends it.
     s.finish_attempts(
         &[failed(&claimed[0], at(10), retry.clone())],
-        &rules(never()),
+        rules(never()),
     )
     .await
     .unwrap();
@@ -164,7 +164,7 @@ async fn failing_subscriptions_are_disabled_and_deliveries_clear_the_failure(f: 
     assert_eq!((sub.enabled, sub.failing_since), (true, Some(at(10))));
     s.finish_attempts(
         &[answered(&claimed[1], at(11), 200, Next::Delivered)],
-        &rules(never()),
+        rules(never()),
     )
     .await
     .unwrap();
@@ -172,10 +172,7 @@ async fn failing_subscriptions_are_disabled_and_deliveries_clear_the_failure(f: 
 
     // Failing since before the limit: disabled, and the call says so.
     let disabled = s
-        .finish_attempts(
-            &[failed(&claimed[2], at(12), retry.clone())],
-            &rules(at(13)),
-        )
+        .finish_attempts(&[failed(&claimed[2], at(12), retry.clone())], rules(at(13)))
         .await
         .unwrap();
     assert_eq!(disabled, ["sub_1"]);
@@ -212,7 +209,7 @@ async fn gone_disables_a_subscription_at_once(f: Fixture) {
     let disabled = s
         .finish_attempts(
             &[answered(&claimed[0], at(10), 410, Next::Gone)],
-            &rules(never()),
+            rules(never()),
         )
         .await
         .unwrap();
