@@ -76,6 +76,7 @@ impl ForwardStore for PostgresStore {
     ) -> Result<Vec<ClaimedDelivery>> {
         let mut conn = self.writer().acquire().await?;
         let mut tx = conn.begin().await?;
+        forwarding_commit_without_flush(&mut tx).await?;
         // SKIP LOCKED: rows another instance is claiming right now are left to it.
         let claimed: Vec<(i64, String, i64, i32)> = sqlx::query_as(
             "UPDATE outbox SET lease_until = $1
@@ -135,6 +136,7 @@ impl ForwardStore for PostgresStore {
         }
         let mut conn = self.writer().acquire().await?;
         let mut tx = conn.begin().await?;
+        forwarding_commit_without_flush(&mut tx).await?;
         let changes: Vec<OutboxChange> = done.iter().map(|f| rules.outbox_change(f)).collect();
         // One statement records every attempt and moves every delivery on.
         sqlx::query(
@@ -262,4 +264,19 @@ impl ForwardStore for PostgresStore {
             self.wake.clone(),
         ))
     }
+}
+
+/// Claims and recorded attempts commit without waiting for their WAL flush
+/// (`synchronous_commit = off` for that transaction only): each one's flush
+/// used to queue with the delivery batches' on the WAL, adding its wait to
+/// ingest's answers. Losing one in a crash of the server or the machine (the
+/// last few hundred ms) never corrupts anything and only sends a delivery
+/// again with the same `webhook-id`, which at-least-once delivery allows; the
+/// next batch's flush makes them durable anyway. Events and outbox rows are
+/// never written this way.
+async fn forwarding_commit_without_flush(tx: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
