@@ -90,7 +90,7 @@ impl Shapers {
         })?;
         let enrollment = match (store, event.enrollment_id) {
             (Some(store), Some(id)) => store
-                .get_enrollment(&event.source, id)
+                .enrollment_through(&event.source, id, event.seq)
                 .await
                 .map_err(|e| {
                     ShapeError::Transient(format!(

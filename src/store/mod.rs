@@ -528,6 +528,18 @@ pub trait Store: ForwardStore + AlertStore + Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Page<Enrollment>>;
     async fn get_enrollment(&self, source: &str, enrollment_id: i64) -> Result<Option<Enrollment>>;
+    /// The enrollment as projected at least through log position `seq` (an
+    /// event being forwarded): unlike [`Store::get_enrollment`] it need not
+    /// wait for the projection to reach the end of the log, which under load
+    /// it rarely does (forwarding renders templates with it).
+    async fn enrollment_through(
+        &self,
+        source: &str,
+        enrollment_id: i64,
+        _seq: i64,
+    ) -> Result<Option<Enrollment>> {
+        self.get_enrollment(source, enrollment_id).await
+    }
     /// The events of one enrollment, oldest log position first.
     async fn enrollment_events(&self, source: &str, enrollment_id: i64)
     -> Result<Vec<StoredEvent>>;

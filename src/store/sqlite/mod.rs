@@ -419,6 +419,19 @@ impl Store for SqliteStore {
         log::load_enrollment::<Sqlite>(&mut conn, source, enrollment_id).await
     }
 
+    async fn enrollment_through(
+        &self,
+        source: &str,
+        enrollment_id: i64,
+        seq: i64,
+    ) -> Result<Option<Enrollment>> {
+        if !self.projector.has_projected(seq) {
+            self.projection_current().await;
+        }
+        let mut conn = self.reader.acquire().await?;
+        log::load_enrollment::<Sqlite>(&mut conn, source, enrollment_id).await
+    }
+
     async fn enrollment_events(
         &self,
         source: &str,

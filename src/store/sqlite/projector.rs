@@ -21,7 +21,7 @@
 //! backup of the main file, say) is re-derived from the log when opened.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,9 @@ pub(super) struct Projector {
     queue: mpsc::Sender<Msg>,
     /// Events handed over and not projected yet.
     waiting: Arc<AtomicUsize>,
+    /// The log position this process's projector has projected through (0
+    /// until its first projection commit).
+    through: Arc<AtomicI64>,
 }
 
 impl Projector {
@@ -108,8 +111,10 @@ impl Projector {
             prepare(database, &projection_path(database)).map_err(write_error)?;
         let (queue, messages) = mpsc::channel::<Msg>();
         let waiting = Arc::new(AtomicUsize::new(0));
+        let through = Arc::new(AtomicI64::new(0));
         let pending = Pending {
             waiting: waiting.clone(),
+            through: through.clone(),
             milestones,
             quiet_through,
             ..Pending::default()
@@ -121,7 +126,11 @@ impl Projector {
                 run(conn, messages, pending)
             })
             .map_err(|e| StoreError::Write(format!("cannot start the SQLite projector: {e}")))?;
-        Ok(Projector { queue, waiting })
+        Ok(Projector {
+            queue,
+            waiting,
+            through,
+        })
     }
 
     /// Hands over events the log has committed. Counted as waiting before it
@@ -143,6 +152,11 @@ impl Projector {
             .send(Msg::Emitted(keys, reply))
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Whether the projection holds every event up to log position `seq`.
+    pub(super) fn has_projected(&self, seq: i64) -> bool {
+        self.through.load(Ordering::Acquire) >= seq
     }
 
     /// Events this process stored that the projection lacks.
@@ -322,6 +336,8 @@ struct Pending {
     not_before: Option<Instant>,
     /// Shared with [`Projector::waiting`].
     waiting: Arc<AtomicUsize>,
+    /// Shared with [`Projector::has_projected`].
+    through: Arc<AtomicI64>,
     /// The milestones to derive, and who to tell when some are pending.
     milestones: Arc<RulesCell>,
     /// See [`prepare`].
@@ -360,6 +376,7 @@ impl Pending {
 
     /// Forgets the events up to `seq`, which are projected.
     fn projected_through(&mut self, seq: i64) {
+        self.through.fetch_max(seq, Ordering::AcqRel);
         let done = self.events.partition_point(|e| e.seq <= seq);
         self.events.drain(..done);
         self.waiting.fetch_sub(done, Ordering::AcqRel);
