@@ -38,6 +38,7 @@ macro_rules! enrollment_upsert_on_conflict {
 }
 
 pub mod alerts;
+mod bodies;
 mod dialect;
 pub mod forward;
 mod isolate;
