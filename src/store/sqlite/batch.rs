@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use super::apply::StoredForProjection;
 use super::codec::{fmt_ts, ts, write_error};
 use super::projector::Projector;
+use crate::store::bodies::Encoder;
 use crate::forward::subscription::{EventToMatch, Subscription};
 use crate::store::*;
 
@@ -38,10 +39,16 @@ pub(super) type WriteLock = Arc<tokio::sync::Mutex<SqliteConnection>>;
 /// Sends batches to the writer thread; the thread ends when this is dropped.
 pub(super) struct BatchWriter {
     jobs: mpsc::Sender<Job>,
+    /// The current dictionary: bodies are compressed by the caller, so the
+    /// writer thread (the bottleneck) and its lock do not wait for it.
+    encoder: Arc<Encoder>,
 }
 
 struct Job {
     events: Vec<NewEvent>,
+    /// `events`' bodies compressed, in order, with `dictionary`.
+    frames: Vec<Vec<u8>>,
+    dictionary: i64,
     subscriptions: Arc<Subscriptions>,
     reply: oneshot::Sender<Result<Batch>>,
 }
@@ -75,6 +82,7 @@ impl BatchWriter {
         lock: WriteLock,
         projector: Projector,
         wake: OutboxWake,
+        encoder: Arc<Encoder>,
     ) -> Result<BatchWriter> {
         let conn = connect(path).map_err(write_error)?;
         let (jobs, queue) = mpsc::channel::<Job>();
@@ -82,7 +90,7 @@ impl BatchWriter {
             .name("sqlite-batch".into())
             .spawn(move || run(conn, queue, lock, projector, wake))
             .map_err(|e| StoreError::Write(format!("cannot start the SQLite writer: {e}")))?;
-        Ok(BatchWriter { jobs })
+        Ok(BatchWriter { jobs, encoder })
     }
 
     /// Stores a batch of events in one transaction (see [`Store::append_batch`]).
@@ -92,9 +100,15 @@ impl BatchWriter {
         subscriptions: Arc<Subscriptions>,
     ) -> Result<Batch> {
         let (reply, answer) = oneshot::channel();
+        let frames = events
+            .iter()
+            .map(|e| self.encoder.compress(&e.body))
+            .collect();
         self.jobs
             .send(Job {
                 events,
+                frames,
+                dictionary: self.encoder.id(),
                 subscriptions,
                 reply,
             })
@@ -118,13 +132,15 @@ fn run(
 ) {
     while let Ok(Job {
         events,
+        frames,
+        dictionary,
         subscriptions,
         reply,
     }) = queue.recv()
     {
         let result = {
             let _write = lock.blocking_lock();
-            append(&mut conn, &events, &subscriptions, &wake)
+            append(&mut conn, &events, (&frames, dictionary), &subscriptions, &wake)
         };
         if let Ok(Batch::Committed(outcomes)) = &result {
             let stored = events
@@ -167,6 +183,7 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 fn append(
     conn: &mut Connection,
     events: &[NewEvent],
+    frames: (&[Vec<u8>], i64),
     subs: &Subscriptions,
     wake: &OutboxWake,
 ) -> Result<Batch> {
@@ -180,7 +197,7 @@ fn append(
     if fingerprint != subs.fingerprint {
         return Ok(Batch::SubscriptionsChanged); // rolled back on drop: nothing written
     }
-    let outcomes = insert_events(&tx, events).map_err(write_error)?;
+    let outcomes = insert_events(&tx, events, frames).map_err(write_error)?;
     let stored = || {
         events.iter().zip(&outcomes).filter_map(|(ev, o)| match o {
             AppendOutcome::Stored { seq } => Some((ev, *seq)),
@@ -218,19 +235,25 @@ fn append(
 /// earlier in the batch, is a duplicate. An event whose id an earlier event
 /// of another topic already has is marked `id_taken` (one writer: the rows
 /// before it, in the log and in this batch, are all visible).
-fn insert_events(conn: &Connection, events: &[NewEvent]) -> rusqlite::Result<Vec<AppendOutcome>> {
+/// Bodies go in as `frames` compressed with `dictionary` (`body` empty).
+fn insert_events(
+    conn: &Connection,
+    events: &[NewEvent],
+    (frames, dictionary): (&[Vec<u8>], i64),
+) -> rusqlite::Result<Vec<AppendOutcome>> {
     // No RETURNING: SQLite collects RETURNING rows in a temporary table per
     // execution; whether a row went in, and its rowid, are known anyway.
     let mut insert = conn.prepare_cached(
         "INSERT INTO events (source, event_id, topic, created_at, received_at, enrollment_id, body,
-            id_taken)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
+            body_zstd, body_dict, id_taken)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, ?8,
             EXISTS (SELECT 1 FROM events WHERE source = ?1 AND event_id = ?2))
          ON CONFLICT (source, event_id, topic) DO NOTHING",
     )?;
     events
         .iter()
-        .map(|ev| {
+        .zip(frames)
+        .map(|(ev, frame)| {
             let inserted = insert.execute(params![
                 ev.source,
                 ev.event_id,
@@ -238,7 +261,8 @@ fn insert_events(conn: &Connection, events: &[NewEvent]) -> rusqlite::Result<Vec
                 ts(ev.created_at),
                 fmt_ts(&ev.received_at),
                 ev.enrollment_id(),
-                ev.body
+                frame,
+                dictionary
             ])?;
             Ok(if inserted == 1 {
                 AppendOutcome::Stored {
