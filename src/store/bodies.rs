@@ -30,9 +30,6 @@ const LEVEL: i32 = 3;
 /// below this), so a corrupt header cannot make us allocate gigabytes.
 const MAX_BODY: u64 = 64 << 20;
 
-/// Largest dictionary `dictionary train` writes.
-pub(crate) const DICTIONARY_SIZE: usize = 112 * 1024;
-
 static DECODERS: LazyLock<RwLock<HashMap<i64, Arc<DecoderDictionary<'static>>>>> =
     LazyLock::new(Default::default);
 
@@ -49,7 +46,7 @@ pub(crate) fn dictionary_id(dictionary: &[u8]) -> Result<i64> {
         .ok_or_else(|| {
             StoreError::Invalid(
                 "not a zstd dictionary (no dictionary id in its header); train one with \
-                 `enrollhook dictionary train`"
+                 zstd's dictionary builder (`zstd --train`)"
                     .into(),
             )
         })
@@ -139,21 +136,15 @@ pub(crate) fn decode(
     String::from_utf8(out).map_err(|_| corrupt("it is not UTF-8 text".into()))
 }
 
-/// A dictionary trained on `bodies` (zstd's fastCover, deterministic).
-pub(crate) fn train(bodies: &[String]) -> Result<Vec<u8>> {
-    zstd::dict::from_samples(bodies, DICTIONARY_SIZE).map_err(|e| {
-        StoreError::Invalid(format!(
-            "cannot train a dictionary on {} bodies: {e}; store more events first (a few \
-             thousand of several topics)",
-            bodies.len()
-        ))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::thinkific::samples;
+
+    /// A dictionary trained on `bodies` (zstd's fastCover, deterministic).
+    fn train(bodies: &[String]) -> Vec<u8> {
+        zstd::dict::from_samples(bodies, 112 * 1024).unwrap()
+    }
 
     fn name() -> String {
         "event `x` of source `s`".into()
@@ -171,7 +162,12 @@ mod tests {
             samples::USER_SIGNUP,
         ] {
             let frame = enc.compress(body);
-            assert!(frame.len() < body.len(), "{} -> {}", body.len(), frame.len());
+            assert!(
+                frame.len() < body.len(),
+                "{} -> {}",
+                body.len(),
+                frame.len()
+            );
             let back = decode(&name, String::new(), Some(frame), Some(enc.id())).unwrap();
             assert_eq!(back, body);
         }
@@ -192,8 +188,7 @@ mod tests {
         frame.truncate(n - 3);
         let e = decode(&name, String::new(), Some(frame), Some(enc.id())).unwrap_err();
         assert!(e.to_string().contains("event `x` of source `s`"), "{e}");
-        let e = decode(&name, String::new(), Some(b"nope".to_vec()), Some(enc.id()))
-            .unwrap_err();
+        let e = decode(&name, String::new(), Some(b"nope".to_vec()), Some(enc.id())).unwrap_err();
         assert!(e.to_string().contains("not a zstd frame"), "{e}");
         let e = decode(&name, String::new(), Some(enc.compress("{}")), Some(7)).unwrap_err();
         assert!(e.to_string().contains("dictionary 7"), "{e}");
@@ -230,7 +225,14 @@ mod tests {
     fn rebuild_builtin_dictionary() {
         let out = tempfile::NamedTempFile::new().unwrap();
         let status = std::process::Command::new("python3")
-            .args(["bench/gen_events.py", "--count", "20000", "--secret", "x", "--out"])
+            .args([
+                "bench/gen_events.py",
+                "--count",
+                "20000",
+                "--secret",
+                "x",
+                "--out",
+            ])
             .arg(out.path())
             .status()
             .unwrap();
@@ -253,7 +255,7 @@ mod tests {
                 bodies.push(samples::by_name(name).unwrap().to_owned());
             }
         }
-        let dict = train(&bodies).unwrap();
+        let dict = train(&bodies);
         std::fs::write("src/store/bodies/builtin.dict", dict).unwrap();
     }
 }

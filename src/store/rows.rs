@@ -53,7 +53,11 @@ pub(crate) fn enrollment_from_row(row: &impl Cols) -> Result<Enrollment> {
 /// A row of the backend's `EVENT_COLUMNS`.
 pub(crate) fn event_from_row(row: &impl Cols) -> Result<StoredEvent> {
     let seq = row.int("seq")?;
-    let (source, event_id, topic) = (row.text("source")?, row.text("event_id")?, row.text("topic")?);
+    let (source, event_id, topic) = (
+        row.text("source")?,
+        row.text("event_id")?,
+        row.text("topic")?,
+    );
     let body = log_body(row, &source, &event_id, &topic)?;
     Ok(StoredEvent {
         seq,
@@ -72,7 +76,12 @@ pub(crate) fn event_from_row(row: &impl Cols) -> Result<StoredEvent> {
 
 /// The body of an event row as received, compressed or not (see
 /// [`bodies`]); the row must have `body`, `body_zstd` and `body_dict`.
-pub(crate) fn log_body(row: &impl Cols, source: &str, event_id: &str, topic: &str) -> Result<String> {
+pub(crate) fn log_body(
+    row: &impl Cols,
+    source: &str,
+    event_id: &str,
+    topic: &str,
+) -> Result<String> {
     bodies::decode(
         &|| format!("event `{event_id}` ({topic}) of source `{source}`"),
         row.text("body")?,

@@ -12,8 +12,8 @@ use super::outbox;
 use crate::projection::learning::{Learner, Learning, LearningEvent};
 use crate::projection::milestones::{self, LastLesson, MilestoneRules};
 use crate::projection::{self, Enrollment, EnrollmentEvent};
-use crate::store::shared::learning::{self, Val};
 use crate::store::bodies::Encoder;
+use crate::store::shared::learning::{self, Val};
 use crate::store::*;
 
 /// The advisory lock of one enrollment: `(hash of source, enrollment id folded

@@ -109,10 +109,9 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         migrate::migrate(&writer, migrate).await?;
-        let encoder = crate::store::shared::dictionaries::open::<Postgres>(
-            &mut *writer.acquire().await?,
-        )
-        .await?;
+        let encoder =
+            crate::store::shared::dictionaries::open::<Postgres>(&mut *writer.acquire().await?)
+                .await?;
         Ok(PostgresStore {
             writer,
             reader,
@@ -512,6 +511,12 @@ impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+
+    async fn add_body_dictionary(&self, dictionary: &[u8], make_current: bool) -> Result<i64> {
+        let mut conn = self.writer.acquire().await?;
+        crate::store::shared::dictionaries::add::<Postgres>(&mut conn, dictionary, make_current)
+            .await
     }
 
     async fn refresh_statistics(&self) -> Result<()> {

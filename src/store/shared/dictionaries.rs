@@ -56,18 +56,19 @@ where
     Vec<u8>: Binds<DB>,
 {
     add::<DB>(conn, BUILTIN_DICTIONARY, false).await?;
-    let rows = QueryBuilder::<DB>::new(
-        "SELECT id, dictionary, made_current_at FROM body_dictionaries",
-    )
-    .build()
-    .fetch_all(DB::on(conn))
-    .await?;
+    let rows =
+        QueryBuilder::<DB>::new("SELECT id, dictionary, made_current_at FROM body_dictionaries")
+            .build()
+            .fetch_all(DB::on(conn))
+            .await?;
     let mut current = None;
     for row in &rows {
         let (id, dictionary) = (row.int("id")?, row.bytes("dictionary")?);
         bodies::remember(id, &dictionary);
         if let Some(made) = row.opt_time("made_current_at")?
-            && current.as_ref().is_none_or(|(at, cur_id, _)| (made, id) > (*at, *cur_id))
+            && current
+                .as_ref()
+                .is_none_or(|(at, cur_id, _)| (made, id) > (*at, *cur_id))
         {
             current = Some((made, id, dictionary));
         }

@@ -104,7 +104,9 @@ where
     i64: Binds<DB>,
     String: Binds<DB>,
 {
-    let mut q = QueryBuilder::<DB>::new("SELECT topic, event_id, body, body_zstd, body_dict FROM events WHERE source = ");
+    let mut q = QueryBuilder::<DB>::new(
+        "SELECT topic, event_id, body, body_zstd, body_dict FROM events WHERE source = ",
+    );
     q.push_bind(source.to_owned())
         .push(" AND enrollment_id = ")
         .push_bind(enrollment_id);

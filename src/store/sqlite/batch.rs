@@ -25,8 +25,8 @@ use tokio::sync::oneshot;
 use super::apply::StoredForProjection;
 use super::codec::{fmt_ts, ts, write_error};
 use super::projector::Projector;
-use crate::store::bodies::Encoder;
 use crate::forward::subscription::{EventToMatch, Subscription};
+use crate::store::bodies::Encoder;
 use crate::store::*;
 
 /// WAL pages after which a commit checkpoints by itself. Only a backstop: the
@@ -140,7 +140,13 @@ fn run(
     {
         let result = {
             let _write = lock.blocking_lock();
-            append(&mut conn, &events, (&frames, dictionary), &subscriptions, &wake)
+            append(
+                &mut conn,
+                &events,
+                (&frames, dictionary),
+                &subscriptions,
+                &wake,
+            )
         };
         if let Ok(Batch::Committed(outcomes)) = &result {
             let stored = events

@@ -589,4 +589,9 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
+
+    async fn add_body_dictionary(&self, dictionary: &[u8], make_current: bool) -> Result<i64> {
+        let mut conn = self.writer.conn.lock().await;
+        crate::store::shared::dictionaries::add::<Sqlite>(&mut conn, dictionary, make_current).await
+    }
 }

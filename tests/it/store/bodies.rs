@@ -11,6 +11,7 @@ on_both_backends!(
     samples_and_held_out_bodies_round_trip_compressed,
     a_row_stored_before_compression_still_reads,
     a_corrupt_frame_is_an_error_naming_the_event,
+    rows_of_an_older_dictionary_read_after_a_newer_becomes_current,
 );
 
 fn held_out() -> Vec<(String, String)> {
@@ -18,7 +19,9 @@ fn held_out() -> Vec<(String, String)> {
     let formatted = "{\n    \"id\" : \"f1\",\r\n\t\"resource\": \"order\",  \"action\":\"created\",\n  \"tenant_id\":\"59\", \"created_at\":\"2024-05-01T12:00:00Z\",\n  \"payload\": { \"amount\" : 1.50e2 }\n}\n\n";
     let huge = format!(
         r#"{{"id":"h1","resource":"order","action":"created","tenant_id":"59","created_at":"2024-05-01T12:00:00Z","payload":{{"note":"{}"}}}}"#,
-        (0..60_000).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect::<String>()
+        (0..60_000)
+            .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+            .collect::<String>()
     );
     vec![
         ("u1".into(), unicode.into()),
@@ -30,9 +33,18 @@ fn held_out() -> Vec<(String, String)> {
 async fn samples_and_held_out_bodies_round_trip_compressed(f: Fixture) {
     let s = &f.store;
     let mut expected = held_out();
-    for name in ["created", "progress", "completed", "lesson", "order", "signup"] {
+    for name in [
+        "created",
+        "progress",
+        "completed",
+        "lesson",
+        "order",
+        "signup",
+    ] {
         let body = enrollhook::thinkific::samples::by_name(name).unwrap();
-        let id = enrollhook::thinkific::parse(body.as_bytes(), None).unwrap().id;
+        let id = enrollhook::thinkific::parse(body.as_bytes(), None)
+            .unwrap()
+            .id;
         expected.push((id, body.to_owned()));
     }
     let events: Vec<_> = expected
@@ -54,7 +66,11 @@ async fn samples_and_held_out_bodies_round_trip_compressed(f: Fixture) {
         assert_eq!(e.body.as_bytes(), body.as_bytes());
     }
     // Stored compressed: no text in `body`, a frame and its dictionary.
-    let uncompressed = count(&f, "SELECT COUNT(*) FROM events WHERE body <> '' OR body_dict IS NULL").await;
+    let uncompressed = count(
+        &f,
+        "SELECT COUNT(*) FROM events WHERE body <> '' OR body_dict IS NULL",
+    )
+    .await;
     assert_eq!(uncompressed, 0);
 }
 
@@ -73,7 +89,12 @@ async fn a_row_stored_before_compression_still_reads(f: Fixture) {
         ),
     )
     .await;
-    let got = f.store.get_event("default", &id, None).await.unwrap().unwrap();
+    let got = f
+        .store
+        .get_event("default", &id, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.body, body);
 }
 
@@ -94,14 +115,70 @@ async fn a_corrupt_frame_is_an_error_naming_the_event(f: Fixture) {
     assert!(e.to_string().contains(&format!("event `{id}`")), "{e}");
 }
 
+async fn rows_of_an_older_dictionary_read_after_a_newer_becomes_current(f: Fixture) {
+    let first = enrollhook::thinkific::samples::CREATED;
+    f.store
+        .append_batch(&[new_event("default", first.as_bytes())])
+        .await
+        .unwrap();
+    // A second dictionary, trained on other bodies, made current.
+    let samples: Vec<String> = (0..2000)
+        .map(|i| {
+            format!(
+                r#"{{"id":"d{i}","resource":"order","action":"created","tenant_id":"7","created_at":"2024-05-01T12:00:00Z","payload":{{"amount":{i},"item":"Course {}"}}}}"#,
+                i % 17
+            )
+        })
+        .collect();
+    let second = zstd::dict::from_samples(&samples, 16 * 1024).unwrap();
+    let id = f.store.add_body_dictionary(&second, true).await.unwrap();
+    drop(f.store);
+    let store = enrollhook::store::open(&f.url, true).await.unwrap();
+    store
+        .append_batch(&[new_event("default", samples[5].as_bytes())])
+        .await
+        .unwrap();
+    let dicts: Vec<i64> = {
+        let one = count(&f, "SELECT COUNT(DISTINCT body_dict) FROM events").await;
+        let newest = count(&f, "SELECT body_dict FROM events WHERE event_id = 'd5'").await;
+        vec![one, newest]
+    };
+    assert_eq!(
+        dicts,
+        vec![2, id],
+        "one row per dictionary, the new one with the new"
+    );
+    let created = enrollhook::thinkific::parse(first.as_bytes(), None)
+        .unwrap()
+        .id;
+    let old = store
+        .get_event("default", &created, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.body, first);
+    let new = store
+        .get_event("default", "d5", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.body, samples[5]);
+}
+
 /// A number the fixture's database answers, behind the store's back.
 async fn count(f: &Fixture, sql: &str) -> i64 {
     if f.backend == Backend::Sqlite {
         let mut conn = crate::common::sqlite_with_projection(&f.url).await;
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut conn).await.unwrap()
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
     } else {
         let pool = sqlx::PgPool::connect(&f.url).await.unwrap();
-        let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.unwrap();
+        let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         pool.close().await;
         n
     }
