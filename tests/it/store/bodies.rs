@@ -132,8 +132,21 @@ async fn rows_of_an_older_dictionary_read_after_a_newer_becomes_current(f: Fixtu
         .collect();
     let second = zstd::dict::from_samples(&samples, 16 * 1024).unwrap();
     let id = f.store.add_body_dictionary(&second, true).await.unwrap();
-    drop(f.store);
-    let store = enrollhook::store::open(&f.url, true).await.unwrap();
+    // Reopened: stores opened from now on compress with the new one.
+    let Fixture {
+        store,
+        backend,
+        url,
+        _db,
+    } = f;
+    drop(store);
+    let f = Fixture {
+        store: enrollhook::store::open(&url, true).await.unwrap(),
+        backend,
+        url,
+        _db,
+    };
+    let store = &f.store;
     store
         .append_batch(&[new_event("default", samples[5].as_bytes())])
         .await
