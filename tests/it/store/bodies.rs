@@ -5,13 +5,16 @@
 use enrollhook::store::{EventFilter, PageRequest, StoreError};
 
 use super::{Fixture, new_event, tamper};
-use crate::common::backend::{Backend, on_both_backends};
+use enrollhook::maintenance::copy::copy;
+
+use crate::common::backend::{Backend, TestDatabase, on_both_backends};
 
 on_both_backends!(
     samples_and_held_out_bodies_round_trip_compressed,
     a_row_stored_before_compression_still_reads,
     a_corrupt_frame_is_an_error_naming_the_event,
     rows_of_an_older_dictionary_read_after_a_newer_becomes_current,
+    copy_to_the_other_backend_and_back_keeps_every_body,
 );
 
 fn held_out() -> Vec<(String, String)> {
@@ -30,8 +33,8 @@ fn held_out() -> Vec<(String, String)> {
     ]
 }
 
-async fn samples_and_held_out_bodies_round_trip_compressed(f: Fixture) {
-    let s = &f.store;
+/// The held-out bodies and the published samples, by envelope id.
+fn every_body() -> Vec<(String, String)> {
     let mut expected = held_out();
     for name in [
         "created",
@@ -47,6 +50,12 @@ async fn samples_and_held_out_bodies_round_trip_compressed(f: Fixture) {
             .id;
         expected.push((id, body.to_owned()));
     }
+    expected
+}
+
+async fn samples_and_held_out_bodies_round_trip_compressed(f: Fixture) {
+    let s = &f.store;
+    let expected = every_body();
     let events: Vec<_> = expected
         .iter()
         .map(|(_, b)| new_event("default", b.as_bytes()))
@@ -176,6 +185,33 @@ async fn rows_of_an_older_dictionary_read_after_a_newer_becomes_current(f: Fixtu
         .unwrap()
         .unwrap();
     assert_eq!(new.body, samples[5]);
+}
+
+async fn copy_to_the_other_backend_and_back_keeps_every_body(f: Fixture) {
+    let expected = every_body();
+    let events: Vec<_> = expected
+        .iter()
+        .map(|(_, b)| new_event("default", b.as_bytes()))
+        .collect();
+    f.store.append_batch(&events).await.unwrap();
+    let other = match f.backend {
+        Backend::Sqlite => Backend::Postgres,
+        Backend::Postgres => Backend::Sqlite,
+    };
+    let (there_db, back_db) = (
+        TestDatabase::create(other).await,
+        TestDatabase::create(f.backend).await,
+    );
+    let there = enrollhook::store::open(&there_db.url, true).await.unwrap();
+    let back = enrollhook::store::open(&back_db.url, true).await.unwrap();
+    copy(f.store.as_ref(), there.as_ref()).await.unwrap();
+    copy(there.as_ref(), back.as_ref()).await.unwrap();
+    for store in [&there, &back] {
+        for (id, body) in &expected {
+            let got = store.get_event("default", id, None).await.unwrap().unwrap();
+            assert_eq!(got.body.as_bytes(), body.as_bytes(), "event {id}");
+        }
+    }
 }
 
 /// A number the fixture's database answers, behind the store's back.
