@@ -58,6 +58,7 @@ pub(crate) trait Cols {
     fn opt_float(&self, col: &str) -> Result<Option<f64>>;
     fn flag(&self, col: &str) -> Result<bool>;
     fn bytes(&self, col: &str) -> Result<Vec<u8>>;
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>>;
     fn time(&self, col: &str) -> Result<DateTime<Utc>>;
     fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>>;
     /// A JSON column; `what` names it in the error when it cannot be read.
@@ -94,6 +95,9 @@ macro_rules! plain_cols {
             Ok(self.try_get(col)?)
         }
         fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+            Ok(self.try_get(col)?)
+        }
+        fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>> {
             Ok(self.try_get(col)?)
         }
     };

@@ -38,6 +38,7 @@ macro_rules! enrollment_upsert_on_conflict {
 }
 
 pub mod alerts;
+mod bodies;
 mod dialect;
 pub mod forward;
 mod isolate;
@@ -633,6 +634,12 @@ pub trait Store: ForwardStore + AlertStore + Send + Sync + 'static {
 
     /// Cheap round trip, for `/readyz`.
     async fn ping(&self) -> Result<()>;
+
+    /// Keeps a zstd dictionary for event bodies (see `store/bodies.rs`) and,
+    /// with `make_current`, makes it the one new bodies are compressed with
+    /// by stores opened from now on (a running one keeps its dictionary until
+    /// restarted; every stored dictionary stays readable). Returns its id.
+    async fn add_body_dictionary(&self, dictionary: &[u8], make_current: bool) -> Result<i64>;
 
     /// Brings the query planner's statistics up to date after a bulk load
     /// (`import`): PostgreSQL plans from them, and autovacuum may not analyze

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::forward::subscription::{EventFilter, Subscription};
 use crate::projection::{Enrollment, Version};
+use crate::store::bodies;
 use crate::store::dialect::Cols;
 use crate::store::{
     DeliveryAttempt, DeliveryState, Health, OutboxEntry, QuarantineRecord, Result, StoreError,
@@ -52,19 +53,41 @@ pub(crate) fn enrollment_from_row(row: &impl Cols) -> Result<Enrollment> {
 /// A row of the backend's `EVENT_COLUMNS`.
 pub(crate) fn event_from_row(row: &impl Cols) -> Result<StoredEvent> {
     let seq = row.int("seq")?;
+    let (source, event_id, topic) = (
+        row.text("source")?,
+        row.text("event_id")?,
+        row.text("topic")?,
+    );
+    let body = log_body(row, &source, &event_id, &topic)?;
     Ok(StoredEvent {
         seq,
-        source: row.text("source")?,
-        event_id: row.text("event_id")?,
-        topic: row.text("topic")?,
+        source,
+        event_id,
+        topic,
         created_at: row.opt_time("created_at")?,
         received_at: row.time("received_at")?,
         enrollment_id: row.opt_int("enrollment_id")?,
-        body: row.text("body")?,
+        body,
         pruned_at: row.opt_time("pruned_at")?,
         id_taken: row.flag("id_taken")?,
         position: row.event_position(seq)?,
     })
+}
+
+/// The body of an event row as received, compressed or not (see
+/// [`bodies`]); the row must have `body`, `body_zstd` and `body_dict`.
+pub(crate) fn log_body(
+    row: &impl Cols,
+    source: &str,
+    event_id: &str,
+    topic: &str,
+) -> Result<String> {
+    bodies::decode(
+        &|| format!("event `{event_id}` ({topic}) of source `{source}`"),
+        row.text("body")?,
+        row.opt_bytes("body_zstd")?,
+        row.opt_int("body_dict")?,
+    )
 }
 
 pub(crate) fn quarantine_from_row(row: &impl Cols) -> Result<QuarantineRecord> {

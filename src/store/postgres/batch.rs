@@ -12,6 +12,7 @@ use super::outbox;
 use crate::projection::learning::{Learner, Learning, LearningEvent};
 use crate::projection::milestones::{self, LastLesson, MilestoneRules};
 use crate::projection::{self, Enrollment, EnrollmentEvent};
+use crate::store::bodies::Encoder;
 use crate::store::shared::learning::{self, Val};
 use crate::store::*;
 
@@ -59,6 +60,7 @@ pub(super) async fn append_on(
     conn: &mut PgConnection,
     events: &[NewEvent],
     rules: &MilestoneRules,
+    encoder: &Encoder,
 ) -> Result<Vec<AppendOutcome>> {
     let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
     let key = |i: usize| (&events[i].source, &events[i].event_id, &events[i].topic);
@@ -89,7 +91,7 @@ pub(super) async fn append_on(
         .bind(&id_locks)
         .execute(&mut *tx)
         .await?;
-    let seqs = insert_events(&mut tx, events, &order, &taken_in_batch).await?;
+    let seqs = insert_events(&mut tx, events, &order, &taken_in_batch, encoder).await?;
 
     // New enrollment events, grouped by enrollment in sorted order.
     let mut touched: BTreeMap<(&str, i64), Vec<&EnrollmentEvent>> = BTreeMap::new();
@@ -140,7 +142,14 @@ pub(super) async fn append_on(
     };
     if !reached.is_empty() {
         let order: Vec<usize> = (0..reached.len()).collect();
-        let seqs = insert_events(&mut tx, &reached, &order, &vec![false; reached.len()]).await?;
+        let seqs = insert_events(
+            &mut tx,
+            &reached,
+            &order,
+            &vec![false; reached.len()],
+            encoder,
+        )
+        .await?;
         let mut users = Vec::new();
         for ev in &reached {
             if let Some(&seq) =
@@ -180,6 +189,7 @@ async fn insert_events(
     events: &[NewEvent],
     order: &[usize],
     taken_in_batch: &[bool],
+    encoder: &Encoder,
 ) -> Result<HashMap<(String, String, String), i64>> {
     let sources: Vec<String> = order.iter().map(|&i| events[i].source.clone()).collect();
     let ids: Vec<String> = order.iter().map(|&i| events[i].event_id.clone()).collect();
@@ -191,7 +201,11 @@ async fn insert_events(
     let received: Vec<DateTime<Utc>> = order.iter().map(|&i| us(events[i].received_at)).collect();
     let enrollment_ids: Vec<Option<i64>> =
         order.iter().map(|&i| events[i].enrollment_id()).collect();
-    let bodies: Vec<&str> = order.iter().map(|&i| events[i].body.as_str()).collect();
+    // Bodies compressed with the current dictionary (`body` stays empty).
+    let frames: Vec<Vec<u8>> = order
+        .iter()
+        .map(|&i| encoder.compress(&events[i].body))
+        .collect();
     let positions: Vec<i32> = order.iter().map(|&i| i as i32).collect();
     let taken: Vec<bool> = order.iter().map(|&i| taken_in_batch[i]).collect();
     // Sequence numbers follow the input (arrival) order; rows are inserted in
@@ -199,16 +213,17 @@ async fn insert_events(
     let inserted: Vec<(String, String, String, i64)> = sqlx::query_as(
         "WITH input AS (
              SELECT nextval('events_seq_seq') AS seq, source, event_id, topic, created_at,
-                    received_at, enrollment_id, body, taken
+                    received_at, enrollment_id, body_zstd, taken
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                         $5::timestamptz[], $6::bigint[], $7::text[], $8::int4[], $9::bool[])
-                  AS u(source, event_id, topic, created_at, received_at, enrollment_id, body, pos,
-                       taken)
+                         $5::timestamptz[], $6::bigint[], $7::bytea[], $8::int4[], $9::bool[])
+                  AS u(source, event_id, topic, created_at, received_at, enrollment_id, body_zstd,
+                       pos, taken)
              ORDER BY pos)
          INSERT INTO events (seq, source, event_id, topic, created_at, received_at, enrollment_id,
-                             body, id_taken)
+                             body, body_zstd, body_dict, id_taken)
          OVERRIDING SYSTEM VALUE
-         SELECT seq, source, event_id, topic, created_at, received_at, enrollment_id, body,
+         SELECT seq, source, event_id, topic, created_at, received_at, enrollment_id, '',
+                body_zstd, $10,
                 taken OR EXISTS (SELECT 1 FROM events AS e
                                  WHERE e.source = input.source AND e.event_id = input.event_id)
          FROM input ORDER BY source, event_id, topic
@@ -221,9 +236,10 @@ async fn insert_events(
     .bind(&created)
     .bind(&received)
     .bind(&enrollment_ids)
-    .bind(&bodies)
+    .bind(&frames)
     .bind(&positions)
     .bind(&taken)
+    .bind(encoder.id())
     .fetch_all(&mut *tx)
     .await?;
     Ok(inserted

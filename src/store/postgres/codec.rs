@@ -22,7 +22,7 @@ pub(super) fn us_opt(t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
     t.map(us)
 }
 
-pub(super) const EVENT_COLUMNS: &str = "seq, source, event_id, topic, created_at, received_at, enrollment_id, body, pruned_at, id_taken, \
+pub(super) const EVENT_COLUMNS: &str = "seq, source, event_id, topic, created_at, received_at, enrollment_id, body, body_zstd, body_dict, pruned_at, id_taken, \
      txid::text AS txid_text";
 
 impl Dialect for Postgres {

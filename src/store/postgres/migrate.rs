@@ -60,6 +60,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "alert incidents",
         include_str!("migrations/0014_alert_incidents.sql"),
     ),
+    (
+        17,
+        "compressed bodies",
+        include_str!("migrations/0017_compressed_bodies.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.

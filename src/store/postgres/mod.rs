@@ -63,6 +63,8 @@ pub struct PostgresStore {
     wake: OutboxWake,
     /// The milestones each batch derives (see `batch::append_on`).
     milestones: crate::store::milestones::RulesCell,
+    /// The current compression dictionary (see `store::bodies`).
+    encoder: std::sync::Arc<crate::store::bodies::Encoder>,
 }
 
 impl PostgresStore {
@@ -106,15 +108,18 @@ impl PostgresStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        let store = PostgresStore {
+        migrate::migrate(&writer, migrate).await?;
+        let encoder =
+            crate::store::shared::dictionaries::open::<Postgres>(&mut *writer.acquire().await?)
+                .await?;
+        Ok(PostgresStore {
             writer,
             reader,
             writers,
             wake: OutboxWake::default(),
             milestones: Default::default(),
-        };
-        migrate::migrate(&store.writer, migrate).await?;
-        Ok(store)
+            encoder,
+        })
     }
 
     /// A session advisory lock on a connection of its own, out of the pool:
@@ -131,7 +136,7 @@ impl PostgresStore {
     async fn try_append(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
         let mut conn: PoolConnection<Postgres> = self.writer.acquire().await?;
         let rules = self.milestones.rules();
-        let result = append_on(&mut conn, events, &rules).await;
+        let result = append_on(&mut conn, events, &rules, &self.encoder).await;
         if let Err(e) = &result
             && !is_retryable(e)
         {
@@ -506,6 +511,12 @@ impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+
+    async fn add_body_dictionary(&self, dictionary: &[u8], make_current: bool) -> Result<i64> {
+        let mut conn = self.writer.acquire().await?;
+        crate::store::shared::dictionaries::add::<Postgres>(&mut conn, dictionary, make_current)
+            .await
     }
 
     async fn refresh_statistics(&self) -> Result<()> {

@@ -473,7 +473,8 @@ where
     let mut after = 0i64;
     loop {
         let mut q = QueryBuilder::<DB>::new(
-            "SELECT seq, source, topic, event_id, body, received_at, enrollment_id FROM events
+            "SELECT seq, source, topic, event_id, body, body_zstd, body_dict, received_at,
+                    enrollment_id FROM events
              WHERE pruned_at IS NULL AND seq > ",
         );
         q.push_bind(after);
@@ -485,12 +486,9 @@ where
         let Some(last) = rows.last() else { break };
         after = last.int("seq")?;
         for r in &rows {
-            let (source, topic, event_id, body) = (
-                r.text("source")?,
-                r.text("topic")?,
-                r.text("event_id")?,
-                r.text("body")?,
-            );
+            let (source, topic, event_id) =
+                (r.text("source")?, r.text("topic")?, r.text("event_id")?);
+            let body = crate::store::rows::log_body(r, &source, &event_id, &topic)?;
             let new =
                 match NewEvent::from_log(&source, &topic, &event_id, &body, r.time("received_at")?)
                 {

@@ -104,7 +104,9 @@ where
     i64: Binds<DB>,
     String: Binds<DB>,
 {
-    let mut q = QueryBuilder::<DB>::new("SELECT topic, event_id, body FROM events WHERE source = ");
+    let mut q = QueryBuilder::<DB>::new(
+        "SELECT topic, event_id, body, body_zstd, body_dict FROM events WHERE source = ",
+    );
     q.push_bind(source.to_owned())
         .push(" AND enrollment_id = ")
         .push_bind(enrollment_id);
@@ -114,8 +116,8 @@ where
     let rows = q.build().fetch_all(DB::on(conn)).await?;
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
-        let (topic, event_id, body) =
-            (row.text("topic")?, row.text("event_id")?, row.text("body")?);
+        let (topic, event_id) = (row.text("topic")?, row.text("event_id")?);
+        let body = crate::store::rows::log_body(row, source, &event_id, &topic)?;
         events.extend(enrollment_event_from_log(&topic, &event_id, &body)?);
     }
     Ok((rows.len(), projection::fold(source, events)))

@@ -32,7 +32,9 @@ where
     // 8 and 10, PostgreSQL 6 and 9), which pruned events leave. Learning
     // events are kept whole like enrollment events: the projection reads them.
     loop {
-        let mut q = QueryBuilder::<DB>::new("UPDATE events SET body = '', pruned_at = ");
+        let mut q = QueryBuilder::<DB>::new(
+            "UPDATE events SET body = '', body_zstd = NULL, body_dict = NULL, pruned_at = ",
+        );
         DB::push_now(&mut q);
         q.push(
             " WHERE seq IN (SELECT seq FROM events

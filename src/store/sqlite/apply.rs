@@ -159,7 +159,8 @@ pub(super) const INDEX_TOPICS_FROM_LOG: &str = concat!(
 fn logged_events(conn: &Connection, after: i64, upto: i64) -> Result<Vec<StoredForProjection>> {
     let mut select = conn
         .prepare_cached(
-            "SELECT seq, source, topic, event_id, body, received_at, enrollment_id FROM events
+            "SELECT seq, source, topic, event_id, body, body_zstd, body_dict, received_at,
+                    enrollment_id FROM events
              WHERE seq > ?1 AND seq <= ?2 AND pruned_at IS NULL ORDER BY seq",
         )
         .map_err(write_error)?;
@@ -170,9 +171,9 @@ fn logged_events(conn: &Connection, after: i64, upto: i64) -> Result<Vec<StoredF
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, Option<i64>>(6)?,
+                stored_body(r, 4)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, Option<i64>>(8)?,
             ))
         })
         .map_err(write_error)?;
@@ -181,6 +182,7 @@ fn logged_events(conn: &Connection, after: i64, upto: i64) -> Result<Vec<StoredF
         let (seq, source, topic, event_id, body, received_at, enrollment_id) =
             row.map_err(write_error)?;
         let received_at = super::codec::req_ts(received_at)?;
+        let body = decode_body(body, &source, &event_id, &topic)?;
         let (enrollment, learning, user_id) = match NewEvent::from_log(
             &source,
             &topic,
@@ -210,7 +212,26 @@ fn logged_events(conn: &Connection, after: i64, upto: i64) -> Result<Vec<StoredF
     Ok(events)
 }
 
-/// Runs `sql`, which selects (source, topic, event_id, body) from the log,
+/// A log row's body columns (`body, body_zstd, body_dict`) from `at` on.
+type StoredBody = (String, Option<Vec<u8>>, Option<i64>);
+
+fn stored_body(r: &rusqlite::Row, at: usize) -> rusqlite::Result<StoredBody> {
+    Ok((r.get(at)?, r.get(at + 1)?, r.get(at + 2)?))
+}
+
+/// The body as received (see `store::bodies`).
+fn decode_body(body: StoredBody, source: &str, event_id: &str, topic: &str) -> Result<String> {
+    let (text, frame, dictionary) = body;
+    crate::store::bodies::decode(
+        &|| format!("event `{event_id}` ({topic}) of source `{source}`"),
+        text,
+        frame,
+        dictionary,
+    )
+}
+
+/// Runs `sql`, which selects (source, topic, event_id, body, body_zstd,
+/// body_dict) from the log,
 /// and parses each row's enrollment event.
 fn enrollment_events_from_log(
     conn: &Connection,
@@ -224,13 +245,14 @@ fn enrollment_events_from_log(
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
+                stored_body(r, 3)?,
             ))
         })
         .map_err(write_error)?;
     let mut events = Vec::new();
     for row in rows {
         let (source, topic, event_id, body) = row.map_err(write_error)?;
+        let body = decode_body(body, &source, &event_id, &topic)?;
         if let Some(event) = enrollment_event_from_log(&topic, &event_id, &body)? {
             events.push((source, event));
         }
@@ -504,7 +526,7 @@ fn load_enrollment(conn: &Connection, source: &str, id: i64) -> Result<Option<En
 fn refold(conn: &Connection, source: &str, id: i64, through: i64) -> Result<Option<Enrollment>> {
     let events = enrollment_events_from_log(
         conn,
-        "SELECT source, topic, event_id, body FROM events
+        "SELECT source, topic, event_id, body, body_zstd, body_dict FROM events
          WHERE source = ?1 AND enrollment_id = ?2 AND seq <= ?3",
         params![source, id, through],
     )?;

@@ -33,6 +33,7 @@ use super::codec::{fmt_ts, ts, write_error};
 use super::outbox;
 use super::projector::Projector;
 use crate::forward::subscription::{EventToMatch, Subscription};
+use crate::store::bodies::Encoder;
 use crate::store::*;
 
 /// WAL pages after which a commit checkpoints by itself. Only a backstop: the
@@ -45,6 +46,9 @@ pub(super) type WriteLock = Arc<tokio::sync::Mutex<SqliteConnection>>;
 /// Sends batches to the writer thread; the thread ends when this is dropped.
 pub(super) struct BatchWriter {
     jobs: mpsc::Sender<Job>,
+    /// The current dictionary: bodies are compressed by the caller, so the
+    /// writer thread (the bottleneck) and its lock do not wait for it.
+    encoder: Arc<Encoder>,
 }
 
 /// Jobs that wait for the thread are taken together, up to this many, into
@@ -54,6 +58,9 @@ const JOBS_PER_TRANSACTION: usize = 64;
 enum Job {
     Append {
         events: Vec<NewEvent>,
+        /// `events`' bodies compressed, in order, with `dictionary`.
+        frames: Vec<Vec<u8>>,
+        dictionary: i64,
         subscriptions: Arc<Subscriptions>,
         reply: oneshot::Sender<Result<Batch>>,
     },
@@ -111,6 +118,7 @@ impl BatchWriter {
         lock: WriteLock,
         projector: Projector,
         wake: OutboxWake,
+        encoder: Arc<Encoder>,
     ) -> Result<BatchWriter> {
         let conn = connect(path).map_err(write_error)?;
         let (jobs, queue) = mpsc::channel::<Job>();
@@ -118,7 +126,7 @@ impl BatchWriter {
             .name("sqlite-batch".into())
             .spawn(move || run(conn, queue, lock, projector, wake))
             .map_err(|e| StoreError::Write(format!("cannot start the SQLite writer: {e}")))?;
-        Ok(BatchWriter { jobs })
+        Ok(BatchWriter { jobs, encoder })
     }
 
     /// Stores a batch of events in one transaction (see [`Store::append_batch`]).
@@ -127,8 +135,17 @@ impl BatchWriter {
         events: Vec<NewEvent>,
         subscriptions: Arc<Subscriptions>,
     ) -> Result<Batch> {
+        // Compressed here, on the caller's task, so the writer thread (the
+        // bottleneck) and its lock do not wait for it.
+        let frames = events
+            .iter()
+            .map(|e| self.encoder.compress(&e.body))
+            .collect();
+        let dictionary = self.encoder.id();
         self.run(|reply| Job::Append {
             events,
+            frames,
+            dictionary,
             subscriptions,
             reply,
         })
@@ -285,13 +302,17 @@ fn transaction(conn: &mut Connection, jobs: &[Job]) -> Result<(Vec<Done>, bool)>
         let result = match job {
             Job::Append {
                 events,
+                frames,
+                dictionary,
                 subscriptions,
                 ..
             } => Done::Append(
-                append(&savepoint, events, subscriptions).map(|(batch, rows)| {
-                    enqueued |= rows > 0;
-                    batch
-                }),
+                append(&savepoint, events, (frames, *dictionary), subscriptions).map(
+                    |(batch, rows)| {
+                        enqueued |= rows > 0;
+                        batch
+                    },
+                ),
             ),
             Job::Claim {
                 now,
@@ -348,7 +369,12 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 
 /// Stores a batch of events and their outbox rows (inside the caller's
 /// transaction); returns what it did and how many outbox rows it wrote.
-fn append(tx: &Connection, events: &[NewEvent], subs: &Subscriptions) -> Result<(Batch, usize)> {
+fn append(
+    tx: &Connection,
+    events: &[NewEvent],
+    frames: (&[Vec<u8>], i64),
+    subs: &Subscriptions,
+) -> Result<(Batch, usize)> {
     let fingerprint: SubscriptionsFingerprint = tx
         .prepare_cached(SUBSCRIPTIONS_FINGERPRINT)
         .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
@@ -356,7 +382,7 @@ fn append(tx: &Connection, events: &[NewEvent], subs: &Subscriptions) -> Result<
     if fingerprint != subs.fingerprint {
         return Ok((Batch::SubscriptionsChanged, 0)); // its savepoint is rolled back
     }
-    let outcomes = insert_events(tx, events).map_err(write_error)?;
+    let outcomes = insert_events(tx, events, frames).map_err(write_error)?;
     let stored = || {
         events.iter().zip(&outcomes).filter_map(|(ev, o)| match o {
             AppendOutcome::Stored { seq } => Some((ev, *seq)),
@@ -390,19 +416,25 @@ fn append(tx: &Connection, events: &[NewEvent], subs: &Subscriptions) -> Result<
 /// earlier in the batch, is a duplicate. An event whose id an earlier event
 /// of another topic already has is marked `id_taken` (one writer: the rows
 /// before it, in the log and in this batch, are all visible).
-fn insert_events(conn: &Connection, events: &[NewEvent]) -> rusqlite::Result<Vec<AppendOutcome>> {
+/// Bodies go in as `frames` compressed with `dictionary` (`body` empty).
+fn insert_events(
+    conn: &Connection,
+    events: &[NewEvent],
+    (frames, dictionary): (&[Vec<u8>], i64),
+) -> rusqlite::Result<Vec<AppendOutcome>> {
     // No RETURNING: SQLite collects RETURNING rows in a temporary table per
     // execution; whether a row went in, and its rowid, are known anyway.
     let mut insert = conn.prepare_cached(
         "INSERT INTO events (source, event_id, topic, created_at, received_at, enrollment_id, body,
-            id_taken)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
+            body_zstd, body_dict, id_taken)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, ?8,
             EXISTS (SELECT 1 FROM events WHERE source = ?1 AND event_id = ?2))
          ON CONFLICT (source, event_id, topic) DO NOTHING",
     )?;
     events
         .iter()
-        .map(|ev| {
+        .zip(frames)
+        .map(|(ev, frame)| {
             let inserted = insert.execute(params![
                 ev.source,
                 ev.event_id,
@@ -410,7 +442,8 @@ fn insert_events(conn: &Connection, events: &[NewEvent]) -> rusqlite::Result<Vec
                 ts(ev.created_at),
                 fmt_ts(&ev.received_at),
                 ev.enrollment_id(),
-                ev.body
+                frame,
+                dictionary
             ])?;
             Ok(if inserted == 1 {
                 AppendOutcome::Stored {

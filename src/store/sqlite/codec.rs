@@ -36,7 +36,7 @@ pub(super) fn req_ts(s: String) -> Result<DateTime<Utc>> {
     parse_ts(Some(s)).map(|t| t.expect("Some in, Some out"))
 }
 
-pub(super) const EVENT_COLUMNS: &str = "seq, source, event_id, topic, created_at, received_at, enrollment_id, body, pruned_at, id_taken";
+pub(super) const EVENT_COLUMNS: &str = "seq, source, event_id, topic, created_at, received_at, enrollment_id, body, body_zstd, body_dict, pruned_at, id_taken";
 
 /// The columns an enrollment row is written with, in bind order.
 pub(super) const ENROLLMENT_WRITE_COLUMNS: &str = enrollment_write_columns!();

@@ -56,6 +56,9 @@ impl Cols for Row<'_, '_> {
     fn bytes(&self, col: &str) -> Result<Vec<u8>> {
         read(self, col)
     }
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>> {
+        read(self, col)
+    }
     fn time(&self, col: &str) -> Result<DateTime<Utc>> {
         self.opt_time(col)?
             .ok_or_else(|| StoreError::Corrupt(format!("{col} is null")))

@@ -76,6 +76,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "alert incidents",
         include_str!("migrations/0015_alert_incidents.sql"),
     ),
+    (
+        18,
+        "compressed bodies",
+        include_str!("migrations/0018_compressed_bodies.sql"),
+    ),
 ];
 
 /// Brings the main file's schema up to date (with `apply`), or says how.

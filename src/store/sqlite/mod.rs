@@ -262,11 +262,21 @@ impl SqliteStore {
             options: writer_options,
         };
         migrate::migrate(&mut *writer.conn.lock().await, migrate_schema).await?;
+        // Before the projector and the writer: both read compressed bodies.
+        let encoder =
+            crate::store::shared::dictionaries::open::<Sqlite>(&mut *writer.conn.lock().await)
+                .await?;
         let path = options.get_filename().to_owned();
         let milestones = Arc::new(crate::store::milestones::RulesCell::new(milestones));
         let projector = Projector::open(&path, milestones.clone())?;
         let wake = OutboxWake::default();
-        let batch = BatchWriter::open(&path, writer.conn.clone(), projector.clone(), wake.clone())?;
+        let batch = BatchWriter::open(
+            &path,
+            writer.conn.clone(),
+            projector.clone(),
+            wake.clone(),
+            encoder,
+        )?;
         let checkpointer = spawn_checkpointer(options.clone());
         let projection = projector::projection_path(&path);
         let reader = SqlitePoolOptions::new()
@@ -592,5 +602,10 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+
+    async fn add_body_dictionary(&self, dictionary: &[u8], make_current: bool) -> Result<i64> {
+        let mut conn = self.writer.conn.lock().await;
+        crate::store::shared::dictionaries::add::<Sqlite>(&mut conn, dictionary, make_current).await
     }
 }

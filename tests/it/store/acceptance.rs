@@ -246,7 +246,8 @@ async fn a_refused_event_fails_alone_and_is_quarantined_on_postgres() {
         .await
         .unwrap();
     sqlx::query(
-        "ALTER TABLE events ADD CONSTRAINT poison CHECK (position('poison-marker' in body) = 0)",
+        // On the envelope id: bodies are stored compressed (`body` is empty).
+        "ALTER TABLE events ADD CONSTRAINT poison CHECK (event_id <> 'poison-marker')",
     )
     .execute(&mut conn)
     .await

@@ -14,6 +14,7 @@ use crate::common::backend::{Backend, Setup, TestDatabase};
 
 mod acceptance;
 mod batch;
+mod bodies;
 mod forward;
 mod log;
 mod projection;
