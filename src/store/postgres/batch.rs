@@ -12,6 +12,7 @@ use super::outbox;
 use crate::projection::learning::{Learner, Learning, LearningEvent};
 use crate::projection::milestones::{self, LastLesson, MilestoneRules};
 use crate::projection::{self, Enrollment, EnrollmentEvent};
+use tracing::Instrument as _;
 use crate::store::shared::learning::{self, Val};
 use crate::store::*;
 
@@ -107,13 +108,21 @@ pub(super) async fn append_on(
                 .push(enrollment);
         }
     }
-    let mut next = Vec::new();
-    let mut before = Vec::new();
-    if !touched.is_empty() {
-        (next, before) = project(&mut tx, &touched, !rules.is_empty()).await?;
-        upsert_enrollments(&mut tx, &next).await?;
+    // Traced as the batch's `projection` span (see `crate::telemetry`).
+    let projection = tracing::info_span!(target: crate::telemetry::TARGET, "projection",
+        enrollments = touched.len());
+    let (next, before, learned) = async {
+        let mut next = Vec::new();
+        let mut before = Vec::new();
+        if !touched.is_empty() {
+            (next, before) = project(&mut tx, &touched, !rules.is_empty()).await?;
+            upsert_enrollments(&mut tx, &next).await?;
+        }
+        let learned = project_learning(&mut tx, events, &outcomes, &next).await?;
+        Ok::<_, StoreError>((next, before, learned))
     }
-    let learned = project_learning(&mut tx, events, &outcomes, &next).await?;
+    .instrument(projection)
+    .await?;
     let mut stored: Vec<(&NewEvent, i64)> = events
         .iter()
         .zip(&outcomes)

@@ -60,6 +60,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "alert incidents",
         include_str!("migrations/0014_alert_incidents.sql"),
     ),
+    (
+        16,
+        "outbox traceparent",
+        include_str!("migrations/0016_outbox_traceparent.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.

@@ -81,7 +81,7 @@ impl ForwardStore for SqliteStore {
         // Due, not leased (or the lease expired: a worker died), subscription
         // enabled, and — for ordered subscriptions — no older pending delivery
         // of the same enrollment.
-        let claimed: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+        let claimed: Vec<(i64, String, i64, i64, Option<String>)> = sqlx::query_as(
             "UPDATE outbox SET lease_until = ?1
              WHERE id IN (
                 SELECT o.id FROM outbox AS o JOIN subscriptions AS s ON s.id = o.subscription_id
@@ -94,7 +94,7 @@ impl ForwardStore for SqliteStore {
                           AND p.state = 'pending' AND p.id < o.id))
                 ORDER BY o.next_attempt_at, o.id
                 LIMIT ?3)
-             RETURNING id, subscription_id, event_seq, attempts",
+             RETURNING id, subscription_id, event_seq, attempts, traceparent",
         )
         .bind(fmt_ts(&lease_until))
         .bind(&now_s)
@@ -110,7 +110,7 @@ impl ForwardStore for SqliteStore {
             "SELECT {EVENT_COLUMNS} FROM events WHERE pruned_at IS NULL AND seq IN ("
         ));
         let mut sep = q.separated(", ");
-        for (_, _, seq, _) in &claimed {
+        for (_, _, seq, _, _) in &claimed {
             sep.push_bind(*seq);
         }
         q.push(")");

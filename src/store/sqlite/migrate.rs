@@ -76,6 +76,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "alert incidents",
         include_str!("migrations/0015_alert_incidents.sql"),
     ),
+    (
+        17,
+        "outbox traceparent",
+        include_str!("migrations/0017_outbox_traceparent.sql"),
+    ),
 ];
 
 /// Brings the main file's schema up to date (with `apply`), or says how.
