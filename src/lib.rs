@@ -38,6 +38,6 @@ pub mod config;
 pub mod ids;
 pub mod maintenance;
 pub mod metrics;
-pub mod telemetry;
 pub mod redact;
 pub mod simulate;
+pub mod telemetry;

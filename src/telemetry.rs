@@ -98,17 +98,18 @@ pub fn provider(settings: &OtlpSettings) -> anyhow::Result<SdkTracerProvider> {
     let exporter = exporter
         .build()
         .context("cannot set up the OTLP exporter")?;
-    let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-        exporter,
-        opentelemetry_sdk::runtime::Tokio,
-    )
-    .with_batch_config(
-        BatchConfigBuilder::default()
-            .with_max_queue_size(2048)
-            .with_max_export_batch_size(512)
-            .build(),
-    )
-    .build();
+    let processor =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(2048)
+                .with_max_export_batch_size(512)
+                .build(),
+        )
+        .build();
     let service = std::env::var("OTEL_SERVICE_NAME")
         .ok()
         .filter(|s| !s.trim().is_empty())
@@ -122,9 +123,9 @@ pub fn provider(settings: &OtlpSettings) -> anyhow::Result<SdkTracerProvider> {
         );
     // Without --otlp-sample the SDK reads OTEL_TRACES_SAMPLER(_ARG) itself.
     if let Some(ratio) = settings.sample {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(
-            Sampler::TraceIdRatioBased(ratio),
-        )));
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))));
     }
     Ok(builder.build())
 }
@@ -149,7 +150,8 @@ where
 /// Exports what is queued and stops the exporter (graceful shutdown). Off the
 /// runtime's worker threads: the processor's shutdown blocks on its task.
 pub async fn shutdown(provider: SdkTracerProvider) {
-    let done = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(Duration::from_secs(5)));
+    let done =
+        tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(Duration::from_secs(5)));
     match done.await {
         Ok(Err(e)) => eprintln!("warning: could not flush the last traces: {e}"),
         Ok(Ok(())) | Err(_) => {}
@@ -208,7 +210,9 @@ impl Injector for Carrier {
 
 impl Extractor for Carrier {
     fn get(&self, key: &str) -> Option<&str> {
-        (key == "traceparent").then_some(self.0.as_deref()).flatten()
+        (key == "traceparent")
+            .then_some(self.0.as_deref())
+            .flatten()
     }
     fn keys(&self) -> Vec<&str> {
         vec!["traceparent"]
@@ -239,7 +243,10 @@ mod tests {
     fn traceparents_round_trip_and_bad_ones_are_ignored() {
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let sc = span_context(tp).unwrap();
-        assert_eq!(sc.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
         assert!(sc.is_sampled());
         assert!(span_context("00-garbage").is_none());
         assert!(span_context("").is_none());

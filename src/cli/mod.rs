@@ -20,11 +20,11 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::FilterExt as _;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::Layer as _;
-use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::config::Settings;
 use crate::config::flags::{GlobalFlags, ServeFlags};

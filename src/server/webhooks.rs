@@ -18,9 +18,9 @@ use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::config::DEFAULT_SOURCE;
 use crate::ingest::IngestError;
-use crate::telemetry::TARGET;
 use crate::ingest::receive::{self, Delivery, Rejection};
 use crate::store::{AppendOutcome, NewQuarantine, StoreError};
+use crate::telemetry::TARGET;
 use crate::thinkific::{SIGNATURE_HEADER, TOPIC_HEADER};
 
 pub fn router() -> Router<AppState> {

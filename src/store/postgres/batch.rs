@@ -12,9 +12,9 @@ use super::outbox;
 use crate::projection::learning::{Learner, Learning, LearningEvent};
 use crate::projection::milestones::{self, LastLesson, MilestoneRules};
 use crate::projection::{self, Enrollment, EnrollmentEvent};
-use tracing::Instrument as _;
 use crate::store::shared::learning::{self, Val};
 use crate::store::*;
+use tracing::Instrument as _;
 
 /// The advisory lock of one enrollment: `(hash of source, enrollment id folded
 /// to 32 bits)`. A collision only serialises two unrelated enrollments. The hash
