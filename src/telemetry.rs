@@ -152,9 +152,8 @@ where
 pub async fn shutdown(provider: SdkTracerProvider) {
     let done =
         tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(Duration::from_secs(5)));
-    match done.await {
-        Ok(Err(e)) => eprintln!("warning: could not flush the last traces: {e}"),
-        Ok(Ok(())) | Err(_) => {}
+    if let Ok(Err(e)) = done.await {
+        eprintln!("warning: could not flush the last traces: {e}");
     }
 }
 
