@@ -12,6 +12,7 @@ one file of distinct events serves every run: an event is unique per
 """
 
 import argparse
+import atexit
 import datetime
 import json
 import os
@@ -208,6 +209,40 @@ class Enrollhook(Contender):
         return [("projection equals a full rebuild (`enrollhook rebuild --check`)", r.returncode == 0, detail)]
 
 
+class EnrollhookOtlp(Enrollhook):
+    """enrollhook on SQLite exporting traces (1 % sampled) to a local sink that
+    answers 200 to anything (bench_baseline --mode bare): tracing's overhead."""
+
+    def __init__(self, label):
+        super().__init__("sqlite", label)
+        self.name = "enrollhook-sqlite-otlp"
+        self.sink = None
+
+    def prepare(self, work):
+        super().prepare(work)
+        self.sink_port = free_port()
+        self.sink = subprocess.Popen(
+            [str(RELEASE / "examples" / "bench_baseline"), "--mode", "bare",
+             "--listen", f"127.0.0.1:{self.sink_port}", "--secret", SECRET,
+             "--database", str(work / "sink.db")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(self.stop_sink)  # also when the run fails before `after`
+        wait_ready(self.sink, self.sink_port, work / "sink.log")
+
+    def stop_sink(self):
+        if self.sink:
+            stop(self.sink)
+            self.sink = None
+
+    def command(self, port, work):
+        return super().command(port, work) + [
+            "--otlp-endpoint", f"http://127.0.0.1:{self.sink_port}", "--otlp-sample", "0.01"]
+
+    def after(self, work):
+        self.stop_sink()
+        return super().after(work)
+
+
 class Flask(Contender):
     stores = True
 
@@ -262,6 +297,12 @@ CONTENDERS = {
     "enrollhook-sqlite": Enrollhook("sqlite", "**enrollhook, SQLite**"),
     "enrollhook-postgres": Enrollhook("postgres", "**enrollhook, PostgreSQL**"),
     "flask": Flask("flask", "Flask + gunicorn receiver (HMAC + SQLite insert)"),
+}
+
+# Measured only when named in --only (not part of the default run).
+OPTIONAL_CONTENDERS = {
+    "enrollhook-sqlite-otlp": EnrollhookOtlp(
+        "enrollhook, SQLite, traces over OTLP sampled at 1 % (to a local sink)"),
 }
 
 
@@ -413,7 +454,7 @@ def render(results, skipped, args, fsync):
             f"{ms(c64['p50_us'])} / {ms(c64['p99_us'])} | {r['cpu_s_per_10k']:.2f} | "
             f"{r['peak_rss_mib']:.0f} | {pct(r, bare)} | {own_ceiling(r)} |")
     for name, why in skipped:
-        lines.append(f"| {CONTENDERS[name].label} | skipped: {why} | | | | | | |")
+        lines.append(f"| {(CONTENDERS.get(name) or OPTIONAL_CONTENDERS[name]).label} | skipped: {why} | | | | | | |")
     lines.append("")
 
     eh, flask = by.get("enrollhook-sqlite"), by.get("flask")
@@ -493,7 +534,8 @@ def main():
     p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     p.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per contender")
     p.add_argument("--events", type=int, default=600_000, help="distinct deliveries in the event file")
-    p.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated contenders: " + ",".join(CONTENDERS))
+    p.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated contenders: " + ",".join(CONTENDERS)
+                   + " (optional: " + ",".join(OPTIONAL_CONTENDERS) + ")")
     p.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"), help="markdown file to update ('-' for stdout only)")
     p.add_argument("--enrollhook-bin", help="measure this enrollhook binary instead (A/B comparisons)")
     p.add_argument("--log", default=None, help="RUST_LOG for enrollhook (default: its own, info)")
@@ -518,7 +560,10 @@ def main():
     log(f"fsync p50 {fsync[0]:.2f} ms, p99 {fsync[1]:.2f} ms")
     results, skipped = [], []
     for name in args.only.split(","):
-        c = CONTENDERS[name]
+        c = CONTENDERS.get(name) or OPTIONAL_CONTENDERS.get(name)
+        if c is None:
+            sys.exit(f"unknown contender {name!r}: choose from "
+                     + ",".join([*CONTENDERS, *OPTIONAL_CONTENDERS]))
         log(f"{name}: starting")
         try:
             r = measure(c, args, events_file, out_dir)

@@ -139,6 +139,7 @@ impl Alert {
             learning: None,
             user_id: None,
             course_id: None,
+            traceparent: None,
         }
     }
 

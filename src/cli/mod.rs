@@ -20,7 +20,11 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::Settings;
 use crate::config::flags::{GlobalFlags, ServeFlags};
@@ -129,20 +133,51 @@ pub async fn main() -> ExitCode {
     } else {
         (BoxMakeWriter::new(std::io::stderr), None)
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
+    // Traces (`serve` only): the exporter exists only when an endpoint is set.
+    let otlp = match &cli.command {
+        Command::Serve(flags) => crate::telemetry::OtlpSettings {
+            endpoint: flags.otlp_endpoint.clone(),
+            sample: flags.otlp_sample,
+        },
+        _ => Default::default(),
+    };
+    let provider = if otlp.enabled() {
+        match crate::telemetry::provider(&otlp) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    // The log never shows the traced spans (they would prefix every line).
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(default_level))
+                .and(tracing_subscriber::filter::filter_fn(|m| {
+                    m.target() != crate::telemetry::TARGET
+                })),
+        );
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(provider.as_ref().map(crate::telemetry::layer))
         .init();
-    match run(cli).await {
+    let code = match run(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(provider) = provider {
+        crate::telemetry::shutdown(provider).await;
     }
+    code
 }
 
 /// The config file's milestones: every command that opens the database

@@ -135,6 +135,15 @@ pub struct ServeFlags {
     /// refused with 503 (each holds a connection; keep it below --max-connections).
     #[arg(long, env = "ENROLLHOOK_MAX_STREAMS", default_value_t = super::DEFAULT_MAX_STREAMS)]
     pub max_streams: usize,
+    /// Export traces (one per delivery, a span per forward attempt) over
+    /// OTLP/HTTP to this collector, e.g. http://localhost:4318 [default: off,
+    /// unless OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set].
+    #[arg(long, env = "ENROLLHOOK_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of deliveries traced, e.g. 0.01; a forward attempt follows
+    /// its delivery [default: OTEL_TRACES_SAMPLER/_ARG, else 1].
+    #[arg(long, env = "ENROLLHOOK_OTLP_SAMPLE", value_parser = crate::telemetry::parse_ratio)]
+    pub otlp_sample: Option<f64>,
 }
 
 /// `thinkific …`'s flags: whose REST API, with which credentials.

@@ -358,6 +358,7 @@ pub async fn test_delivery(
         attempts: 0,
         subscription: subscription.clone(),
         event,
+        traceparent: None,
     };
     let mut report = TestDelivery {
         sent: false,
@@ -388,7 +389,7 @@ pub async fn test_delivery(
             return Ok(report);
         }
     };
-    let outgoing = match Outgoing::new(&delivery, id, now, shape.as_ref()) {
+    let outgoing = match Outgoing::new(&delivery, id, now, shape.as_ref(), None) {
         Ok(o) => o,
         Err(e) => {
             report.error = Some(e);
@@ -459,6 +460,20 @@ async fn attempt(
     let started = Instant::now();
     let attempted_at = Utc::now();
     let number = d.attempts + 1;
+    // A child of the delivery's trace, when it was traced: the destination
+    // gets this span's `traceparent`.
+    let span = match &d.traceparent {
+        Some(parent) => {
+            let span = tracing::info_span!(target: crate::telemetry::TARGET, parent: None,
+                "forward", otel.kind = "client", subscription = %d.subscription.id,
+                attempt = number, http.response.status_code = tracing::field::Empty,
+                outcome = tracing::field::Empty);
+            crate::telemetry::set_parent(&span, parent);
+            span
+        }
+        None => tracing::Span::none(),
+    };
+    let traceparent = crate::telemetry::traceparent(&span);
     let shaped = shapers
         .shape(
             Some(store),
@@ -475,7 +490,7 @@ async fn attempt(
         d.event.id_taken,
     );
     let Sent { result, response } = match shaped {
-        Ok(shape) => match Outgoing::new(&d, id, attempted_at, shape.as_ref()) {
+        Ok(shape) => match Outgoing::new(&d, id, attempted_at, shape.as_ref(), traceparent) {
             Ok(outgoing) => outgoing.send(destinations, &d, shape.as_ref()).await,
             Err(e) => Sent::failed(e),
         },
@@ -490,6 +505,12 @@ async fn attempt(
     let jitter = rand::rng().random_range(-1.0..=1.0);
     let next = policy::next_step(&result, number, &config.schedule, Utc::now(), jitter);
     let (status, error) = outcome(&result);
+    if !span.is_disabled() {
+        span.record("outcome", policy::describe(&result));
+        if let Some(status) = status {
+            span.record("http.response.status_code", status);
+        }
+    }
     tracing::info!(
         subscription = %d.subscription.id,
         event_id = %d.event.event_id,
@@ -520,6 +541,7 @@ struct Outgoing {
     id: String,
     timestamp: i64,
     signature: String,
+    traceparent: Option<String>,
 }
 
 impl Outgoing {
@@ -528,6 +550,7 @@ impl Outgoing {
         id: String,
         now: chrono::DateTime<Utc>,
         shape: Option<&Rendered>,
+        traceparent: Option<String>,
     ) -> Result<Outgoing, String> {
         let timestamp = now.timestamp();
         let signature = signing::signature_header(
@@ -541,6 +564,7 @@ impl Outgoing {
             id,
             timestamp,
             signature,
+            traceparent,
         })
     }
 
@@ -555,6 +579,7 @@ impl Outgoing {
             body: body(d, shape),
             headers: &d.subscription.headers,
             shape,
+            traceparent: self.traceparent.as_deref(),
         }
     }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument as _;
 
 use crate::metrics::Metrics;
 use crate::store::{AppendOutcome, NewEvent, Store, StoreError};
@@ -24,6 +25,8 @@ use crate::store::{AppendOutcome, NewEvent, Store, StoreError};
 struct Job {
     event: NewEvent,
     reply: oneshot::Sender<Result<AppendOutcome, Arc<StoreError>>>,
+    /// The delivery's `commit` span (disabled unless tracing is on).
+    span: tracing::Span,
 }
 
 #[derive(Clone)]
@@ -84,7 +87,11 @@ impl Ingestor {
     pub async fn append(&self, event: NewEvent) -> Result<AppendOutcome, IngestError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Job { event, reply })
+            .send(Job {
+                event,
+                reply,
+                span: tracing::Span::current(),
+            })
             .await
             .map_err(|_| IngestError::Stopped)?;
         match answer.await {
@@ -110,11 +117,14 @@ async fn writer(
                 return; // every sender is gone and the queue is empty
             }
         }
+        let batch = batch_span(&jobs);
         let (events, replies): (Vec<NewEvent>, Vec<_>) =
             jobs.drain(..).map(|j| (j.event, j.reply)).unzip();
         let started = Instant::now();
         // One refused event is answered alone; the rest of its batch commits.
-        let results = crate::store::append_isolating(store.as_ref(), &events).await;
+        let results = crate::store::append_isolating(store.as_ref(), &events)
+            .instrument(batch)
+            .await;
         metrics.observe_batch(events.len(), started.elapsed());
         if let Some(Err(e)) = results.iter().find(|r| {
             r.as_ref()
@@ -133,4 +143,32 @@ async fn writer(
             let _ = reply.send(result);
         }
     }
+}
+
+/// The batch's span, when a delivery in it is traced and sampled: a batch is
+/// shared by many deliveries, so it is a child of the first sampled one's
+/// `commit` span (that trace shows the transaction and, on PostgreSQL, the
+/// projection inside it) and linked to the others'; every `commit` span
+/// records the batch's size. Parent-based sampling then keeps it exactly when
+/// one of its deliveries is kept.
+fn batch_span(jobs: &[Job]) -> tracing::Span {
+    let mut sampled = jobs
+        .iter()
+        .filter(|j| !j.span.is_disabled())
+        .inspect(|j| {
+            j.span.record("batch.size", jobs.len());
+        })
+        .filter(|j| crate::telemetry::sampled_context(&j.span).is_some())
+        .map(|j| &j.span);
+    let Some(first) = sampled.next() else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(target: crate::telemetry::TARGET, parent: first, "batch",
+        batch.size = jobs.len());
+    for other in sampled {
+        if let Some(cx) = crate::telemetry::sampled_context(other) {
+            crate::telemetry::add_link(&span, cx);
+        }
+    }
+    span
 }

@@ -11,6 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::Utc;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
@@ -18,6 +20,7 @@ use crate::config::DEFAULT_SOURCE;
 use crate::ingest::IngestError;
 use crate::ingest::receive::{self, Delivery, Rejection};
 use crate::store::{AppendOutcome, NewQuarantine, StoreError};
+use crate::telemetry::TARGET;
 use crate::thinkific::{SIGNATURE_HEADER, TOPIC_HEADER};
 
 pub fn router() -> Router<AppState> {
@@ -101,14 +104,39 @@ fn rate_limited(wait: std::time::Duration) -> Response {
     response
 }
 
+/// One delivery, traced as the root span `webhook` when tracing is on (see
+/// `crate::telemetry`): source, topic, event id and outcome, never the body.
 async fn receive(
     app: AppState,
     source: &str,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let span = tracing::info_span!(target: TARGET, parent: None, "webhook",
+        otel.kind = "server", source, topic = Empty, event_id = Empty, outcome = Empty,
+        http.response.status_code = Empty);
+    receive_in(app, source, headers, body, span.clone())
+        .instrument(span)
+        .await
+}
+
+async fn receive_in(
+    app: AppState,
+    source: &str,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    span: tracing::Span,
+) -> Response {
     let started = Instant::now();
     let finish = |outcome: &'static str, topic: &str, event_id: &str, response: Response| {
+        if !span.is_disabled() {
+            span.record("outcome", outcome);
+            span.record("http.response.status_code", response.status().as_u16());
+            if !event_id.is_empty() {
+                span.record("topic", topic);
+                span.record("event_id", event_id);
+            }
+        }
         let elapsed = started.elapsed();
         app.metrics.observe_delivery(outcome, elapsed);
         let latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
@@ -164,7 +192,8 @@ async fn receive(
     };
     // Verified and unverified deliveries are charged to separate budgets (see
     // `limits`): forgeries cannot make the school's real deliveries get 429.
-    let authenticated = receive::authenticate(&app.sources, app.verify_signatures, &delivery);
+    let authenticated = tracing::info_span!(target: TARGET, "verify")
+        .in_scope(|| receive::authenticate(&app.sources, app.verify_signatures, &delivery));
     let charged = match &authenticated {
         Ok(()) => app.limits.check(source),
         Err(Rejection::Signature(_)) => app.limits.check_unverified(source),
@@ -174,7 +203,10 @@ async fn receive(
     if let Err(wait) = charged {
         return finish("rate_limited", "", "", rate_limited(wait));
     }
-    let event = match authenticated.and_then(|()| receive::parse(&delivery)) {
+    let parsed = authenticated.and_then(|()| {
+        tracing::info_span!(target: TARGET, "parse").in_scope(|| receive::parse(&delivery))
+    });
+    let mut event = match parsed {
         Ok(event) => event,
         Err(rejection) => {
             let status = match &rejection {
@@ -193,7 +225,12 @@ async fn receive(
     };
 
     let (topic, event_id) = (event.topic.clone(), event.event_id.clone());
-    match app.ingestor.append(event).await {
+    // Forward attempts join this trace through the outbox (sampled deliveries only).
+    if !span.is_disabled() {
+        event.traceparent = crate::telemetry::traceparent(&span);
+    }
+    let commit = tracing::info_span!(target: TARGET, "commit", batch.size = Empty);
+    match app.ingestor.append(event).instrument(commit).await {
         Ok(outcome) => {
             let label = match outcome {
                 AppendOutcome::Stored { .. } => "stored",

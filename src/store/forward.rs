@@ -19,6 +19,8 @@ pub struct ClaimedDelivery {
     pub attempts: u32,
     pub subscription: Subscription,
     pub event: StoredEvent,
+    /// The delivery's W3C `traceparent`, when it was traced and sampled.
+    pub traceparent: Option<String>,
 }
 
 /// The outcome of one attempt, to record.

@@ -180,6 +180,10 @@ pub struct NewEvent {
     pub user_id: Option<i64>,
     /// The course the event is about, if any (for forwarding filters).
     pub course_id: Option<i64>,
+    /// The W3C `traceparent` of the delivery that brought it, when it was
+    /// traced and sampled: kept with its outbox rows, so forward attempts
+    /// join the delivery's trace (see `crate::telemetry`).
+    pub traceparent: Option<String>,
 }
 
 impl NewEvent {
@@ -228,6 +232,7 @@ impl NewEvent {
             learning,
             user_id,
             course_id: envelope.course_id,
+            traceparent: None,
         }
     }
 

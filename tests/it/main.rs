@@ -26,6 +26,7 @@ mod learning;
 mod live;
 mod milestones;
 mod openapi;
+mod otlp;
 mod postgres;
 mod progress_reading;
 mod properties;

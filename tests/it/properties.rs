@@ -189,6 +189,7 @@ async fn store_agrees(
         learning: None,
         user_id: e.payload.user_id,
         course_id: e.payload.course_id,
+        traceparent: None,
     };
     let mut sorted = history.to_vec();
     sorted.sort_by_key(|e| e.version());

@@ -76,6 +76,9 @@ pub struct Message<'a> {
     /// HTTP takes its method, URL, content type and headers; brokers only
     /// the body.
     pub shape: Option<&'a crate::forward::template::Rendered>,
+    /// The W3C `traceparent` of this attempt's span, when the delivery was
+    /// traced (see `crate::telemetry`).
+    pub traceparent: Option<&'a str>,
 }
 
 impl Message<'_> {
@@ -99,6 +102,9 @@ impl Message<'_> {
                 self.event_time.to_rfc3339_opts(SecondsFormat::Secs, true),
             ),
         ];
+        if let Some(traceparent) = self.traceparent {
+            p.push(("traceparent", traceparent.to_owned()));
+        }
         // A template's header replaces the subscription's of the same name
         // (sent twice, a receiver would see both values).
         let templated = |name: &str| {

@@ -15,6 +15,7 @@ use crate::projection::{self, Enrollment, EnrollmentEvent};
 use crate::store::bodies::Encoder;
 use crate::store::shared::learning::{self, Val};
 use crate::store::*;
+use tracing::Instrument as _;
 
 /// The advisory lock of one enrollment: `(hash of source, enrollment id folded
 /// to 32 bits)`. A collision only serialises two unrelated enrollments. The hash
@@ -109,13 +110,21 @@ pub(super) async fn append_on(
                 .push(enrollment);
         }
     }
-    let mut next = Vec::new();
-    let mut before = Vec::new();
-    if !touched.is_empty() {
-        (next, before) = project(&mut tx, &touched, !rules.is_empty()).await?;
-        upsert_enrollments(&mut tx, &next).await?;
+    // Traced as the batch's `projection` span (see `crate::telemetry`).
+    let projection = tracing::info_span!(target: crate::telemetry::TARGET, "projection",
+        enrollments = touched.len());
+    let (next, before, learned) = async {
+        let mut next = Vec::new();
+        let mut before = Vec::new();
+        if !touched.is_empty() {
+            (next, before) = project(&mut tx, &touched, !rules.is_empty()).await?;
+            upsert_enrollments(&mut tx, &next).await?;
+        }
+        let learned = project_learning(&mut tx, events, &outcomes, &next).await?;
+        Ok::<_, StoreError>((next, before, learned))
     }
-    let learned = project_learning(&mut tx, events, &outcomes, &next).await?;
+    .instrument(projection)
+    .await?;
     let mut stored: Vec<(&NewEvent, i64)> = events
         .iter()
         .zip(&outcomes)

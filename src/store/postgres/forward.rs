@@ -78,7 +78,7 @@ impl ForwardStore for PostgresStore {
         let mut tx = conn.begin().await?;
         forwarding_commit_without_flush(&mut tx).await?;
         // SKIP LOCKED: rows another instance is claiming right now are left to it.
-        let claimed: Vec<(i64, String, i64, i32)> = sqlx::query_as(
+        let claimed: Vec<(i64, String, i64, i32, Option<String>)> = sqlx::query_as(
             "UPDATE outbox SET lease_until = $1
              WHERE id IN (
                 SELECT o.id FROM outbox AS o JOIN subscriptions AS s ON s.id = o.subscription_id
@@ -92,7 +92,7 @@ impl ForwardStore for PostgresStore {
                 ORDER BY o.next_attempt_at, o.id
                 LIMIT $3
                 FOR UPDATE OF o SKIP LOCKED)
-             RETURNING id, subscription_id, event_seq, attempts",
+             RETURNING id, subscription_id, event_seq, attempts, traceparent",
         )
         .bind(lease_until)
         .bind(now)
@@ -116,7 +116,9 @@ impl ForwardStore for PostgresStore {
         .collect::<Result<_>>()?;
         let claimed = claimed
             .into_iter()
-            .map(|(id, subscription, seq, attempts)| (id, subscription, seq, i64::from(attempts)))
+            .map(|(id, subscription, seq, attempts, traceparent)| {
+                (id, subscription, seq, i64::from(attempts), traceparent)
+            })
             .collect();
         let (out, gone) = forward::claimed_deliveries(claimed, &subscriptions, &events);
         for outbox_id in gone {

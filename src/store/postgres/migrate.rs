@@ -61,6 +61,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         include_str!("migrations/0014_alert_incidents.sql"),
     ),
     (
+        16,
+        "outbox traceparent",
+        include_str!("migrations/0016_outbox_traceparent.sql"),
+    ),
+    (
         17,
         "compressed bodies",
         include_str!("migrations/0017_compressed_bodies.sql"),

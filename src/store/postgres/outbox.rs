@@ -17,6 +17,7 @@ pub(super) async fn enqueue(
         return Ok(());
     }
     let (mut subs, mut seqs, mut keys, mut at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut traceparents = Vec::new();
     for (ev, seq) in stored {
         let event = EventToMatch::new(&ev.source, &ev.topic, ev.course_id, &ev.body);
         for s in subscriptions.iter().filter(|s| s.matches(&event)) {
@@ -24,6 +25,7 @@ pub(super) async fn enqueue(
             seqs.push(*seq);
             keys.push(ev.order_key());
             at.push(ev.received_at);
+            traceparents.push(ev.traceparent.as_deref());
         }
     }
     if subs.is_empty() {
@@ -33,8 +35,8 @@ pub(super) async fn enqueue(
     // only when rows went in; PostgreSQL delivers it when the batch commits.
     sqlx::query(
         "WITH enqueued AS (
-             INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at)
-             SELECT s, q, k, 'pending', 0, t, t FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[]) AS u(s, q, k, t)
+             INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts, next_attempt_at, created_at, traceparent)
+             SELECT s, q, k, 'pending', 0, t, t, tp FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $6::text[]) AS u(s, q, k, t, tp)
              ON CONFLICT (subscription_id, event_seq) DO NOTHING
              RETURNING 1)
          SELECT pg_notify($5, '') WHERE EXISTS (SELECT 1 FROM enqueued)",
@@ -44,6 +46,7 @@ pub(super) async fn enqueue(
     .bind(&keys)
     .bind(&at)
     .bind(OUTBOX_CHANNEL)
+    .bind(&traceparents)
     .execute(&mut *conn)
     .await?;
     Ok(())

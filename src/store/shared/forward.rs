@@ -166,23 +166,25 @@ pub(crate) async fn subscriptions_by_id<DB: Dialect>(
         .collect()
 }
 
-/// Claimed outbox rows (id, subscription, event seq, attempts made) as
+/// Claimed outbox rows (id, subscription, event seq, attempts made, the
+/// delivery's traceparent) as
 /// deliveries, and the ids of those whose event is gone (pruned from the
 /// log): nothing is left to send for these.
 pub(crate) fn claimed_deliveries(
-    claimed: Vec<(i64, String, i64, i64)>,
+    claimed: Vec<(i64, String, i64, i64, Option<String>)>,
     subscriptions: &HashMap<String, Subscription>,
     events: &HashMap<i64, StoredEvent>,
 ) -> (Vec<ClaimedDelivery>, Vec<i64>) {
     let mut out = Vec::with_capacity(claimed.len());
     let mut gone = Vec::new();
-    for (outbox_id, subscription_id, seq, attempts) in claimed {
+    for (outbox_id, subscription_id, seq, attempts, traceparent) in claimed {
         match (subscriptions.get(&subscription_id), events.get(&seq)) {
             (Some(s), Some(e)) => out.push(ClaimedDelivery {
                 outbox_id,
                 attempts: attempts as u32,
                 subscription: s.clone(),
                 event: e.clone(),
+                traceparent,
             }),
             _ => gone.push(outbox_id),
         }

@@ -395,8 +395,8 @@ fn append(
         let mut enqueue = tx
             .prepare_cached(
                 "INSERT INTO outbox (subscription_id, event_seq, order_key, state, attempts,
-                    next_attempt_at, created_at)
-                 VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4)
+                    next_attempt_at, created_at, traceparent)
+                 VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?5)
                  ON CONFLICT (subscription_id, event_seq) DO NOTHING",
             )
             .map_err(write_error)?;
@@ -404,7 +404,13 @@ fn append(
             let event = EventToMatch::new(&ev.source, &ev.topic, ev.course_id, &ev.body);
             for s in subs.enabled.iter().filter(|s| s.matches(&event)) {
                 enqueued += enqueue
-                    .execute(params![s.id, seq, ev.order_key(), fmt_ts(&ev.received_at)])
+                    .execute(params![
+                        s.id,
+                        seq,
+                        ev.order_key(),
+                        fmt_ts(&ev.received_at),
+                        ev.traceparent
+                    ])
                     .map_err(write_error)?;
             }
         }

@@ -86,7 +86,7 @@ impl ForwardStore for SqliteStore {
             "SELECT {EVENT_COLUMNS} FROM events WHERE pruned_at IS NULL AND seq IN ("
         ));
         let mut sep = q.separated(", ");
-        for (_, _, seq, _) in &claimed {
+        for (_, _, seq, _, _) in &claimed {
             sep.push_bind(*seq);
         }
         q.push(")");

@@ -77,6 +77,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         include_str!("migrations/0015_alert_incidents.sql"),
     ),
     (
+        17,
+        "outbox traceparent",
+        include_str!("migrations/0017_outbox_traceparent.sql"),
+    ),
+    (
         18,
         "compressed bodies",
         include_str!("migrations/0018_compressed_bodies.sql"),

@@ -19,8 +19,9 @@ use super::codec::{fmt_ts, parse_ts, ts};
 use crate::store::shared::forward::subscription_ids;
 use crate::store::{AttemptRules, FinishedAttempt, Health, Result, StoreError};
 
-/// A claimed outbox row: (id, subscription id, event seq, attempts made).
-pub(super) type ClaimedRow = (i64, String, i64, i64);
+/// A claimed outbox row: (id, subscription id, event seq, attempts made,
+/// the delivery's trace context when it was traced).
+pub(super) type ClaimedRow = (i64, String, i64, i64, Option<String>);
 
 /// Leases up to `limit` due deliveries (see `ForwardStore::claim_deliveries`):
 /// due, not leased (or the lease expired: a worker died), subscription
@@ -45,11 +46,11 @@ pub(super) fn claim(
                       AND p.state = 'pending' AND p.id < o.id))
             ORDER BY o.next_attempt_at, o.id
             LIMIT ?3)
-         RETURNING id, subscription_id, event_seq, attempts",
+         RETURNING id, subscription_id, event_seq, attempts, traceparent",
     )?;
     let rows = claim.query_map(
         params![fmt_ts(&lease_until), fmt_ts(&now), i64::from(limit)],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
     rows.collect()
 }
