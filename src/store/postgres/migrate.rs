@@ -60,6 +60,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "alert incidents",
         include_str!("migrations/0014_alert_incidents.sql"),
     ),
+    (
+        15,
+        "stall buckets",
+        include_str!("migrations/0015_stall_buckets.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.
