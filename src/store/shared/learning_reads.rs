@@ -69,7 +69,8 @@ where
         ))
     };
     let mut q = QueryBuilder::<DB>::new(
-        "SELECT source, course_id, last_lesson_id, SUM(learners) AS n FROM stall_buckets
+        "SELECT source, course_id, last_lesson_id, CAST(SUM(learners) AS BIGINT) AS n
+         FROM stall_buckets
          WHERE activity_day < ",
     );
     q.push_bind(day.format("%Y-%m-%d").to_string());
