@@ -778,13 +778,20 @@ mod tests {
         }
 
         /// Applies `events` in batches as a store does: each batch loads only
-        /// the rows it needs from `db` and writes back only what changed.
+        /// the rows it needs from `db` and writes back only what changed,
+        /// and moves its learners between the stall buckets it returns.
         fn in_batches(
             events: &[LearningEvent],
             enrollments: &[Enrollment],
             size: usize,
-        ) -> Learning {
+        ) -> (Learning, StallDeltas) {
             let mut db = Learning::default();
+            let mut buckets = StallDeltas::new();
+            let mut add = |deltas: StallDeltas| {
+                for (k, n) in deltas {
+                    *buckets.entry(k).or_default() += n;
+                }
+            };
             let mut seen = BTreeSet::new();
             let events: Vec<&LearningEvent> = events
                 .iter()
@@ -816,12 +823,14 @@ mod tests {
                         state.quizzes.insert(k.clone(), r.clone());
                     }
                 }
+                let loaded = state.stall_keys();
                 for e in batch {
                     state.apply("s", e);
                 }
                 for e in enrolled {
                     state.enrollment(e);
                 }
+                add(state.stall_deltas(&loaded));
                 for k in &state.changed.completions {
                     db.completions
                         .insert(k.clone(), state.completions[k].clone());
@@ -836,16 +845,20 @@ mod tests {
                     db.quizzes.insert(k.clone(), state.quizzes[k].clone());
                 }
             }
+            let loaded = db.stall_keys();
             for e in enrollments {
                 db.enrollment(e);
             }
-            db
+            add(db.stall_deltas(&loaded));
+            buckets.retain(|_, n| *n != 0);
+            (db, buckets)
         }
 
         proptest! {
             /// What the stores do (batches that load what they touch and
             /// write what changed), in any order with redeliveries, is the
-            /// fold of the whole log.
+            /// fold of the whole log; so are the stall buckets the batches
+            /// moved learners between.
             #[test]
             fn any_order_any_batches_and_duplicates_give_the_fold(
                 events in prop::collection::vec(arb_event(), 1..40),
@@ -868,9 +881,10 @@ mod tests {
                 let folded =
                     Learning::fold(enrollments.iter().rev(), shuffled.iter().map(|e| ("s", e)));
                 prop_assert_eq!(&folded, &expected);
-                let mut batched = in_batches(&shuffled, &enrollments, size);
+                let (mut batched, buckets) = in_batches(&shuffled, &enrollments, size);
                 batched.changed = Changed::default();
                 prop_assert_eq!(&batched, &expected);
+                prop_assert_eq!(buckets, expected.stall_buckets());
             }
         }
     }
