@@ -742,7 +742,7 @@ async fn stalled_counts_equal_the_stalled_list(db: TestDatabase) {
         for (j, expiry) in expiries.iter().enumerate() {
             let n = i * expiries.len() + j;
             let enrollment = 100 + n as i64;
-            let completed = n % 5 == 0;
+            let completed = n.is_multiple_of(5);
             let (action, pct) = if completed {
                 ("completed", "100.0")
             } else {
@@ -759,7 +759,7 @@ async fn stalled_counts_equal_the_stalled_list(db: TestDatabase) {
             .unwrap();
             e["payload"]["expiry_date"] = json!(expiry.map(|t| t.to_rfc3339()));
             bodies.push(serde_json::to_vec(&e).unwrap());
-            if n % 4 != 0 {
+            if !n.is_multiple_of(4) {
                 let lesson_id = 20 + (n % 3) as i64;
                 bodies.push(lesson(
                     &format!("l{n}"),

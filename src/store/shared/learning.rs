@@ -11,8 +11,8 @@ use sqlx::QueryBuilder;
 
 use crate::projection::Enrollment;
 use crate::projection::learning::{
-    CourseLesson, Learner, Learning, LearningEvent, LessonCompletion, LessonInfo, Needs, QuizResult,
-    StallDeltas, StallKey,
+    CourseLesson, Learner, Learning, LearningEvent, LessonCompletion, LessonInfo, Needs,
+    QuizResult, StallDeltas, StallKey,
 };
 use crate::store::dialect::{Binds, Cols, Dialect};
 use crate::store::rows::{ENROLLMENT_COLUMNS, enrollment_from_row};

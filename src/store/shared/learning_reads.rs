@@ -52,7 +52,8 @@ where
     let day_start = day.and_time(NaiveTime::MIN).and_utc();
     let filter = |q: &mut QueryBuilder<DB>, alias: &str| {
         if let Some(s) = source {
-            q.push(format!(" AND {alias}source = ")).push_bind(s.to_owned());
+            q.push(format!(" AND {alias}source = "))
+                .push_bind(s.to_owned());
         }
         if let Some(c) = course_id {
             q.push(format!(" AND {alias}course_id = ")).push_bind(c);
