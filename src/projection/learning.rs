@@ -56,6 +56,13 @@ pub fn version_key(at: Option<DateTime<Utc>>, event_id: &str) -> String {
 }
 
 pub type LearnerKey = (String, i64, i64); // source, course_id, user_id
+/// A bucket of open learners: (source, course_id, furthest lesson or
+/// [`NO_LESSON`], UTC day of last activity as `YYYY-MM-DD`). Counting a
+/// course's stalled students sums whole days before the cutoff's day, so it
+/// costs days × lessons rather than one index entry per student.
+pub type StallKey = (String, i64, i64, String);
+/// The furthest lesson of a bucket's learners who completed none yet.
+pub const NO_LESSON: i64 = 0;
 pub type CompletionKey = (String, i64, i64, i64); // source, course_id, user_id, lesson_id
 pub type CourseLessonKey = (String, i64, i64); // source, course_id, lesson_id
 pub type QuizKey = (String, i64, i64); // source, quiz_id, user_id
@@ -121,6 +128,21 @@ impl Learner {
     /// student in this course: what "days inactive" counts from.
     pub fn last_activity(&self) -> Option<DateTime<Utc>> {
         self.learning_activity.max(self.enrollment_activity)
+    }
+
+    /// Its bucket of `stall_buckets` while it is open (enrolled, not
+    /// completed; expiry is left to the reader, as it passes without an event).
+    pub fn stall_key(&self) -> Option<StallKey> {
+        if self.enrollment_id.is_none() || self.completed {
+            return None;
+        }
+        let day = self.last_activity()?.date_naive();
+        Some((
+            self.source.clone(),
+            self.course_id,
+            self.last_lesson_id.unwrap_or(NO_LESSON),
+            day.format("%Y-%m-%d").to_string(),
+        ))
     }
 
     /// Not completed, not expired, enrolled, and nothing since `before`.
@@ -194,7 +216,49 @@ impl Needs {
     }
 }
 
+/// Learners added to (positive) or removed from (negative) each bucket.
+pub type StallDeltas = BTreeMap<StallKey, i64>;
+
 impl Learning {
+    /// The buckets of the learners held now: taken right after loading, it is
+    /// what the stored `stall_buckets` count them in (see [`Self::stall_deltas`]).
+    pub fn stall_keys(&self) -> BTreeMap<LearnerKey, StallKey> {
+        self.learners
+            .iter()
+            .filter_map(|(k, l)| Some((k.clone(), l.stall_key()?)))
+            .collect()
+    }
+
+    /// How the changed learners moved between buckets since `loaded` (the
+    /// [`Self::stall_keys`] taken after loading); sorted, without zeros.
+    pub fn stall_deltas(&self, loaded: &BTreeMap<LearnerKey, StallKey>) -> StallDeltas {
+        let mut deltas = StallDeltas::new();
+        for k in &self.changed.learners {
+            let old = loaded.get(k);
+            let new = self.learners.get(k).and_then(Learner::stall_key);
+            if old == new.as_ref() {
+                continue;
+            }
+            if let Some(old) = old {
+                *deltas.entry(old.clone()).or_default() -= 1;
+            }
+            if let Some(new) = new {
+                *deltas.entry(new).or_default() += 1;
+            }
+        }
+        deltas.retain(|_, n| *n != 0);
+        deltas
+    }
+
+    /// Every bucket of these learners, counted whole (`rebuild`).
+    pub fn stall_buckets(&self) -> StallDeltas {
+        let mut buckets = StallDeltas::new();
+        for key in self.learners.values().filter_map(Learner::stall_key) {
+            *buckets.entry(key).or_default() += 1;
+        }
+        buckets
+    }
+
     /// What rows applying these would read.
     pub fn needs<'a>(
         events: impl IntoIterator<Item = (&'a str, &'a LearningEvent)>,
@@ -714,13 +778,20 @@ mod tests {
         }
 
         /// Applies `events` in batches as a store does: each batch loads only
-        /// the rows it needs from `db` and writes back only what changed.
+        /// the rows it needs from `db` and writes back only what changed,
+        /// and moves its learners between the stall buckets it returns.
         fn in_batches(
             events: &[LearningEvent],
             enrollments: &[Enrollment],
             size: usize,
-        ) -> Learning {
+        ) -> (Learning, StallDeltas) {
             let mut db = Learning::default();
+            let mut buckets = StallDeltas::new();
+            let mut add = |deltas: StallDeltas| {
+                for (k, n) in deltas {
+                    *buckets.entry(k).or_default() += n;
+                }
+            };
             let mut seen = BTreeSet::new();
             let events: Vec<&LearningEvent> = events
                 .iter()
@@ -752,12 +823,14 @@ mod tests {
                         state.quizzes.insert(k.clone(), r.clone());
                     }
                 }
+                let loaded = state.stall_keys();
                 for e in batch {
                     state.apply("s", e);
                 }
                 for e in enrolled {
                     state.enrollment(e);
                 }
+                add(state.stall_deltas(&loaded));
                 for k in &state.changed.completions {
                     db.completions
                         .insert(k.clone(), state.completions[k].clone());
@@ -772,16 +845,20 @@ mod tests {
                     db.quizzes.insert(k.clone(), state.quizzes[k].clone());
                 }
             }
+            let loaded = db.stall_keys();
             for e in enrollments {
                 db.enrollment(e);
             }
-            db
+            add(db.stall_deltas(&loaded));
+            buckets.retain(|_, n| *n != 0);
+            (db, buckets)
         }
 
         proptest! {
             /// What the stores do (batches that load what they touch and
             /// write what changed), in any order with redeliveries, is the
-            /// fold of the whole log.
+            /// fold of the whole log; so are the stall buckets the batches
+            /// moved learners between.
             #[test]
             fn any_order_any_batches_and_duplicates_give_the_fold(
                 events in prop::collection::vec(arb_event(), 1..40),
@@ -804,9 +881,10 @@ mod tests {
                 let folded =
                     Learning::fold(enrollments.iter().rev(), shuffled.iter().map(|e| ("s", e)));
                 prop_assert_eq!(&folded, &expected);
-                let mut batched = in_batches(&shuffled, &enrollments, size);
+                let (mut batched, buckets) = in_batches(&shuffled, &enrollments, size);
                 batched.changed = Changed::default();
                 prop_assert_eq!(&batched, &expected);
+                prop_assert_eq!(buckets, expected.stall_buckets());
             }
         }
     }

@@ -3,12 +3,12 @@
 //! course funnel, stalled students, a student's page, quiz statistics, and
 //! checked by `rebuild`.
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, NaiveTime, Utc};
 use serde_json::{Value, json};
 
 use crate::common::backend::{TestDatabase, on_both_backends};
 use crate::common::{TestApp, enrollment_event};
-use enrollhook::store::Stalled;
+use enrollhook::store::{PageRequest, Stalled, StalledFilter, StalledOrder};
 
 on_both_backends!(
     the_published_lesson_sample_is_linked_when_its_enrollment_arrives,
@@ -17,6 +17,7 @@ on_both_backends!(
     any_arrival_order_with_duplicates_gives_the_same_learning,
     bad_parameters_are_answered_400,
     the_cli_shows_funnel_stalled_and_student,
+    stalled_counts_equal_the_stalled_list,
 );
 
 fn lesson(
@@ -672,7 +673,8 @@ async fn postgres_migration_9_derives_the_events_already_received() {
     // that they run again after 9).
     let mut conn = db.connect().await;
     sqlx::raw_sql(
-        "DROP TABLE lesson_completions, course_lessons, learners, quiz_results, event_users;
+        "DROP TABLE lesson_completions, course_lessons, learners, quiz_results, event_users,
+             stall_buckets;
          ALTER TABLE subscriptions DROP COLUMN subject, DROP COLUMN exchange,
              DROP COLUMN routing_key, DROP COLUMN stream, DROP COLUMN maxlen, DROP COLUMN filter,
              DROP COLUMN template;
@@ -697,6 +699,173 @@ async fn postgres_migration_9_derives_the_events_already_received() {
             .len(),
         6
     );
+    let check = store.rebuild_projection(true).await.unwrap();
+    assert_eq!((check.learning, check.index_rows), (0, 0), "{check:?}");
+}
+
+/// Course 8: 44 students, each a mix of last activity (long ago, either side
+/// of the cutoffs of 1, 2 and 3 days, either side of noon five days ago),
+/// expiry (none, passed an hour ago or long ago, in ten days), furthest lesson
+/// (none, 20, 21, 22) and completion. `/api/courses` and the funnel count
+/// stalled students from day buckets (see `stalled_counts`): every count must
+/// equal the stalled list's, which reads one row per student.
+async fn stalled_counts_equal_the_stalled_list(db: TestDatabase) {
+    let app = db.serve(|_| {}).await;
+    let now = Utc::now();
+    let five_days_ago = (now - Duration::days(5)).date_naive();
+    let at_hour = |h: u32| {
+        five_days_ago
+            .and_time(NaiveTime::from_hms_opt(h, 0, 0).unwrap())
+            .and_utc()
+    };
+    let activities: Vec<DateTime<Utc>> = vec![
+        now - Duration::days(40),
+        now - Duration::days(10),
+        at_hour(10),
+        at_hour(14),
+        now - Duration::days(3) - Duration::minutes(30),
+        now - Duration::days(3) + Duration::minutes(30),
+        now - Duration::days(2) - Duration::minutes(30),
+        now - Duration::days(2) + Duration::minutes(30),
+        now - Duration::days(1) - Duration::minutes(30),
+        now - Duration::days(1) + Duration::minutes(30),
+        now - Duration::hours(1),
+    ];
+    let expiries = [
+        None,
+        Some(now - Duration::hours(1)),
+        Some(now - Duration::days(20)),
+        Some(now + Duration::days(10)),
+    ];
+    let mut bodies = Vec::new();
+    for (i, at) in activities.iter().enumerate() {
+        for (j, expiry) in expiries.iter().enumerate() {
+            let n = i * expiries.len() + j;
+            let enrollment = 100 + n as i64;
+            let completed = n.is_multiple_of(5);
+            let (action, pct) = if completed {
+                ("completed", "100.0")
+            } else {
+                ("progress", "40.0")
+            };
+            let mut e: Value = serde_json::from_slice(&enrollment_event(
+                &format!("e{n}"),
+                action,
+                enrollment,
+                8,
+                pct,
+                &at.to_rfc3339(),
+            ))
+            .unwrap();
+            e["payload"]["expiry_date"] = json!(expiry.map(|t| t.to_rfc3339()));
+            bodies.push(serde_json::to_vec(&e).unwrap());
+            if !n.is_multiple_of(4) {
+                let lesson_id = 20 + (n % 3) as i64;
+                bodies.push(lesson(
+                    &format!("l{n}"),
+                    enrollment + 1000,
+                    8,
+                    Some(enrollment),
+                    (lesson_id, 1, lesson_id),
+                    &at.to_rfc3339(),
+                ));
+            }
+        }
+    }
+    deliver_all(&app, &bodies).await;
+
+    // Through the API: cutoffs of now − N days (inside a day, as always).
+    for days in [1, 2, 3, 4, 14, 30] {
+        let mut listed: Vec<Value> = Vec::new();
+        let mut path = format!("/api/enrollments?stalled_days={days}&course_id=8&limit=7");
+        loop {
+            let page = get_ok(&app, &path).await;
+            listed.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => path = format!("{path}&cursor={c}"),
+                None => break,
+            }
+        }
+        let mut by_lesson: std::collections::BTreeMap<Option<i64>, i64> = Default::default();
+        for item in &listed {
+            *by_lesson
+                .entry(item["learning"]["last_lesson_id"].as_i64())
+                .or_default() += 1;
+        }
+        let funnel = get_ok(
+            &app,
+            &format!("/api/courses/default/8/funnel?stalled_days={days}"),
+        )
+        .await;
+        assert_eq!(funnel["stalled"], listed.len(), "stalled_days={days}");
+        assert_eq!(
+            funnel["stalled_before_first_lesson"],
+            by_lesson.get(&None).copied().unwrap_or(0),
+            "stalled_days={days}"
+        );
+        for l in funnel["lessons"].as_array().unwrap() {
+            let id = l["lesson_id"].as_i64();
+            assert_eq!(
+                l["stalled_here"],
+                by_lesson.get(&id).copied().unwrap_or(0),
+                "stalled_days={days}, lesson {id:?}"
+            );
+        }
+        if days == 14 {
+            // `/api/courses` counts with the default of 14 days.
+            let courses = get_ok(&app, "/api/courses").await;
+            let course = courses["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["course_id"] == 8)
+                .unwrap();
+            assert_eq!(course["stalled"], listed.len(), "stalled_days={days}");
+        }
+    }
+
+    // Through the store: a cutoff at noon five days ago, between the
+    // students active at 10:00 and 14:00 that day.
+    let store = app.store();
+    let stalled = Stalled {
+        before: at_hour(12),
+        now,
+    };
+    let filter = StalledFilter {
+        source: None,
+        course_id: Some(8),
+        stalled,
+        order: StalledOrder::MostInactive,
+    };
+    let page = PageRequest {
+        limit: 1000,
+        cursor: None,
+    };
+    let listed = store.stalled_learners(&filter, &page).await.unwrap().items;
+    let at_ten = listed
+        .iter()
+        .filter(|(_, l)| l.last_activity_at == Some(at_hour(10)))
+        .count();
+    assert!(at_ten > 0, "the cutoff's own day counts: {listed:?}");
+    let funnel = store
+        .course_funnel("default", 8, &stalled)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(funnel.stalled, listed.len() as i64);
+    let mut stalled_here: i64 = funnel.stalled_before_first_lesson;
+    for l in &funnel.lessons {
+        let listed_here = listed
+            .iter()
+            .filter(|(_, r)| r.last_lesson_id == Some(l.lesson.lesson_id))
+            .count() as i64;
+        assert_eq!(l.stalled_here, listed_here, "lesson {}", l.lesson.lesson_id);
+        stalled_here += l.stalled_here;
+    }
+    assert_eq!(stalled_here, listed.len() as i64);
+    let courses = store.course_learning(None, &stalled).await.unwrap();
+    assert_eq!(courses[0].stalled, listed.len() as i64);
+
     let check = store.rebuild_projection(true).await.unwrap();
     assert_eq!((check.learning, check.index_rows), (0, 0), "{check:?}");
 }

@@ -9,7 +9,7 @@ use sqlx::postgres::PgConnection;
 
 use super::codec::*;
 use super::outbox;
-use crate::projection::learning::{Learner, Learning, LearningEvent};
+use crate::projection::learning::{Learner, Learning, LearningEvent, StallDeltas};
 use crate::projection::milestones::{self, LastLesson, MilestoneRules};
 use crate::projection::{self, Enrollment, EnrollmentEvent};
 use crate::store::bodies::Encoder;
@@ -113,15 +113,15 @@ pub(super) async fn append_on(
     // Traced as the batch's `projection` span (see `crate::telemetry`).
     let projection = tracing::info_span!(target: crate::telemetry::TARGET, "projection",
         enrollments = touched.len());
-    let (next, before, learned) = async {
+    let (next, before, learned, stall_deltas) = async {
         let mut next = Vec::new();
         let mut before = Vec::new();
         if !touched.is_empty() {
             (next, before) = project(&mut tx, &touched, !rules.is_empty()).await?;
             upsert_enrollments(&mut tx, &next).await?;
         }
-        let learned = project_learning(&mut tx, events, &outcomes, &next).await?;
-        Ok::<_, StoreError>((next, before, learned))
+        let (learned, stall_deltas) = project_learning(&mut tx, events, &outcomes, &next).await?;
+        Ok::<_, StoreError>((next, before, learned, stall_deltas))
     }
     .instrument(projection)
     .await?;
@@ -187,6 +187,8 @@ pub(super) async fn append_on(
     if !subscriptions.is_empty() && !stored.is_empty() {
         outbox::enqueue(&mut tx, &subscriptions, &stored).await?;
     }
+    // Last: the buckets of today are rows every concurrent batch updates.
+    learning::write_stall_deltas::<sqlx::Postgres>(&mut tx, &stall_deltas).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -343,7 +345,7 @@ async fn project_learning(
     events: &[NewEvent],
     outcomes: &[AppendOutcome],
     enrollments: &[Enrollment],
-) -> Result<Option<Learning>> {
+) -> Result<(Option<Learning>, StallDeltas)> {
     let stored: Vec<(&NewEvent, i64)> = events
         .iter()
         .zip(outcomes)
@@ -370,7 +372,7 @@ async fn project_learning(
         .collect();
     let needs = Learning::needs(learned.iter().copied(), enrollments);
     if needs.is_empty() {
-        return Ok(None);
+        return Ok((None, StallDeltas::new()));
     }
     // Rows other writers may change at once: locked like enrollments (see
     // `project`), after them, in sorted order.
@@ -403,6 +405,7 @@ async fn project_learning(
     .execute(&mut *tx)
     .await?;
     let mut state = learning::load::<sqlx::Postgres>(tx, &needs).await?;
+    let loaded_stalls = state.stall_keys();
     for (source, event) in learned {
         state.apply(source, event);
     }
@@ -410,7 +413,8 @@ async fn project_learning(
         state.enrollment(e);
     }
     learning::write::<sqlx::Postgres>(tx, &state).await?;
-    Ok(Some(state))
+    let stall_deltas = state.stall_deltas(&loaded_stalls);
+    Ok((Some(state), stall_deltas))
 }
 
 /// The advisory lock of a learning row: a kind tag and the source hashed,

@@ -61,6 +61,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         include_str!("migrations/0014_alert_incidents.sql"),
     ),
     (
+        15,
+        "stall buckets",
+        include_str!("migrations/0015_stall_buckets.sql"),
+    ),
+    (
         16,
         "outbox traceparent",
         include_str!("migrations/0016_outbox_traceparent.sql"),

@@ -483,7 +483,7 @@ impl Store for PostgresStore {
             // their `SELECT … FOR UPDATE` conflicts with this lock; readers do not.
             sqlx::query(
                 "LOCK TABLE enrollments, lesson_completions, course_lessons, learners,
-                 quiz_results, event_users IN EXCLUSIVE MODE",
+                 stall_buckets, quiz_results, event_users IN EXCLUSIVE MODE",
             )
             .execute(&mut *tx)
             .await?;

@@ -11,7 +11,8 @@ use sqlx::QueryBuilder;
 
 use crate::projection::Enrollment;
 use crate::projection::learning::{
-    CourseLesson, Learner, Learning, LearningEvent, LessonCompletion, LessonInfo, Needs, QuizResult,
+    CourseLesson, Learner, Learning, LearningEvent, LessonCompletion, LessonInfo, Needs,
+    QuizResult, StallDeltas, StallKey,
 };
 use crate::store::dialect::{Binds, Cols, Dialect};
 use crate::store::rows::{ENROLLMENT_COLUMNS, enrollment_from_row};
@@ -342,6 +343,39 @@ where
     Ok(())
 }
 
+/// Moves learners between `stall_buckets` (see [`Learning::stall_deltas`]),
+/// in key order: on PostgreSQL the day's buckets are the rows two writers
+/// share, so a batch applies them last (held until its commit) and sorted
+/// (no two batches wait on each other in opposite orders).
+pub(crate) async fn write_stall_deltas<DB: Dialect>(
+    conn: &mut DB::Connection,
+    deltas: &StallDeltas,
+) -> Result<()>
+where
+    Option<i64>: Binds<DB>,
+    Option<String>: Binds<DB>,
+    Option<f64>: Binds<DB>,
+    bool: Binds<DB>,
+{
+    let rows: Vec<(&StallKey, &i64)> = deltas.iter().collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<DB>::new(
+            "INSERT INTO stall_buckets (source, course_id, last_lesson_id, activity_day, learners) ",
+        );
+        q.push_values(chunk, |mut b, (key, n)| {
+            for v in bucket_values(key, **n) {
+                push_val::<DB>(&mut b, v);
+            }
+        });
+        q.push(
+            " ON CONFLICT (source, course_id, last_lesson_id, activity_day)
+              DO UPDATE SET learners = stall_buckets.learners + excluded.learners",
+        );
+        q.build().execute(DB::on(conn)).await?;
+    }
+    Ok(())
+}
+
 /// Selects the rows of `table` whose keys are `keys`; `bind` pushes one
 /// key's values, separated by commas.
 async fn select_keys<DB: Dialect, K, T>(
@@ -443,7 +477,7 @@ const EVENTS_PER_PAGE: i64 = 5_000;
 /// What `rebuild` found about the learning projection.
 #[derive(Debug, Default)]
 pub(crate) struct LearningRebuild {
-    /// Rows of lessons, learners and quizzes added, changed or removed.
+    /// Rows of lessons, learners, quizzes and stall buckets added, changed or removed.
     pub rows: u64,
     /// `event_users` rows missing, or with no event.
     pub index_rows: u64,
@@ -539,6 +573,32 @@ where
         ),
     ];
     report.rows = differs.iter().sum();
+    let stored_buckets: StallDeltas = QueryBuilder::<DB>::new(
+        "SELECT source, course_id, last_lesson_id, activity_day, learners FROM stall_buckets
+         WHERE learners <> 0",
+    )
+    .build()
+    .fetch_all(DB::on(conn))
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            (
+                r.text("source")?,
+                r.int("course_id")?,
+                r.int("last_lesson_id")?,
+                r.text("activity_day")?,
+            ),
+            r.int("learners")?,
+        ))
+    })
+    .collect::<Result<_>>()?;
+    let derived_buckets = derived.stall_buckets();
+    let bucket_rows = diff(
+        stored_buckets.iter().map(|(k, n)| bucket_values(k, *n)),
+        derived_buckets.iter().map(|(k, n)| bucket_values(k, *n)),
+    );
+    report.rows += bucket_rows;
 
     let mut q = QueryBuilder::<DB>::new(
         "SELECT u.source, u.user_id, u.seq FROM event_users AS u
@@ -590,6 +650,13 @@ where
             upsert::<DB>(conn, table, rows).await?;
         }
     }
+    if bucket_rows > 0 {
+        QueryBuilder::<DB>::new("DELETE FROM stall_buckets")
+            .build()
+            .execute(DB::on(conn))
+            .await?;
+        write_stall_deltas::<DB>(conn, &derived_buckets).await?;
+    }
     if report.index_rows > 0 {
         for (source, user, seq) in stored_users.difference(&users) {
             let mut q = QueryBuilder::<DB>::new("DELETE FROM event_users WHERE source = ");
@@ -607,6 +674,16 @@ where
         upsert_ignore::<DB>(conn, "event_users (source, user_id, seq)", missing).await?;
     }
     Ok(report)
+}
+
+fn bucket_values((source, course_id, lesson_id, day): &StallKey, learners: i64) -> Vec<Val> {
+    vec![
+        text(source),
+        int(*course_id),
+        int(*lesson_id),
+        text(day),
+        int(learners),
+    ]
 }
 
 /// Inserts rows, skipping those already there.

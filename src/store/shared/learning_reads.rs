@@ -1,13 +1,14 @@
 //! The learning queries, written once for both backends (types in
 //! [`crate::store::learning`]). Each is a range of an index of its own:
 //! stalled students are `learners_open` / `learners_open_by_course` by last
-//! activity; a course's funnel reads its lessons, its completions (primary
-//! key prefix) and its stalled learners; a student's page reads the
+//! activity; stalled counts (per course, per lesson) sum `stall_buckets` by
+//! day (see [`stalled_counts`]); a course's funnel reads its lessons, its
+//! completions (primary key prefix) and its stalled counts; a student's page reads the
 //! `*_by_user` indexes and `event_users`.
 
 use std::collections::BTreeMap;
 
-use chrono::SecondsFormat;
+use chrono::{NaiveTime, SecondsFormat};
 use sqlx::{Pool, QueryBuilder};
 
 use super::fetch_mapped;
@@ -15,7 +16,7 @@ use super::learning::{
     COURSE_LESSONS, QUIZZES, course_lesson_from_row, lesson_info_from_row, quiz_from_row,
 };
 use crate::projection::Enrollment;
-use crate::projection::learning::{CourseLesson, course_order};
+use crate::projection::learning::{CourseLesson, NO_LESSON, course_order};
 use crate::store::dialect::{Binds, Cols, Dialect};
 use crate::store::learning::*;
 use crate::store::rows::{ENROLLMENT_COLUMNS, enrollment_from_row, event_from_row};
@@ -29,6 +30,87 @@ fn push_stalled<DB: Dialect>(q: &mut QueryBuilder<DB>, stalled: &Stalled) {
         .push(" AND (l.expiry_date IS NULL OR l.expiry_date >= ")
         .push_bind(DB::time(stalled.now))
         .push(")");
+}
+
+/// Stalled learners per (source, course, furthest lesson or [`NO_LESSON`]),
+/// without reading one row per student: the whole days before the cutoff's
+/// day from `stall_buckets`, plus the cutoff's own day counted exactly from
+/// `learners_open*` (only its hours before the cutoff count), less the open
+/// learners of those days already expired (`learners_expiring`: expiry
+/// passes without an event, so the buckets still count them).
+async fn stalled_counts<DB: Dialect>(
+    pool: &Pool<DB>,
+    source: Option<&str>,
+    course_id: Option<i64>,
+    stalled: &Stalled,
+) -> Result<BTreeMap<(String, i64, i64), i64>>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+{
+    let day = stalled.before.date_naive();
+    let day_start = day.and_time(NaiveTime::MIN).and_utc();
+    let filter = |q: &mut QueryBuilder<DB>, alias: &str| {
+        if let Some(s) = source {
+            q.push(format!(" AND {alias}source = "))
+                .push_bind(s.to_owned());
+        }
+        if let Some(c) = course_id {
+            q.push(format!(" AND {alias}course_id = ")).push_bind(c);
+        }
+    };
+    let row = |r: &DB::Row| {
+        Ok((
+            (
+                r.text("source")?,
+                r.int("course_id")?,
+                r.int("last_lesson_id")?,
+            ),
+            r.int("n")?,
+        ))
+    };
+    let mut q = QueryBuilder::<DB>::new(
+        "SELECT source, course_id, last_lesson_id, CAST(SUM(learners) AS BIGINT) AS n
+         FROM stall_buckets
+         WHERE activity_day < ",
+    );
+    q.push_bind(day.format("%Y-%m-%d").to_string());
+    filter(&mut q, "");
+    q.push(" GROUP BY source, course_id, last_lesson_id");
+    let mut counts: BTreeMap<(String, i64, i64), i64> =
+        fetch_mapped(pool, q, row).await?.into_iter().collect();
+
+    let open_learners = format!(
+        "SELECT l.source, l.course_id, COALESCE(l.last_lesson_id, {NO_LESSON}) AS last_lesson_id,
+                COUNT(*) AS n
+         FROM learners AS l WHERE l.enrollment_id IS NOT NULL AND NOT l.completed"
+    );
+    let mut q = QueryBuilder::<DB>::new(&open_learners);
+    q.push(" AND l.last_activity >= ")
+        .push_bind(DB::time(day_start))
+        .push(" AND l.last_activity < ")
+        .push_bind(DB::time(stalled.before))
+        .push(" AND (l.expiry_date IS NULL OR l.expiry_date >= ")
+        .push_bind(DB::time(stalled.now))
+        .push(")");
+    filter(&mut q, "l.");
+    q.push(" GROUP BY 1, 2, 3");
+    for (key, n) in fetch_mapped(pool, q, row).await? {
+        *counts.entry(key).or_default() += n;
+    }
+
+    let mut q = QueryBuilder::<DB>::new(&open_learners);
+    q.push(" AND l.expiry_date IS NOT NULL AND l.expiry_date < ")
+        .push_bind(DB::time(stalled.now))
+        .push(" AND l.last_activity < ")
+        .push_bind(DB::time(day_start));
+    filter(&mut q, "l.");
+    q.push(" GROUP BY 1, 2, 3");
+    for (key, n) in fetch_mapped(pool, q, row).await? {
+        *counts.entry(key).or_default() -= n;
+    }
+    counts.retain(|_, n| *n != 0);
+    Ok(counts)
 }
 
 pub(crate) async fn funnel<DB: Dialect>(
@@ -72,14 +154,12 @@ where
     .await?
     .into_iter()
     .collect();
-    let mut q = by_course(
-        "SELECT l.last_lesson_id, COUNT(*) AS n FROM learners AS l",
-        "",
-    );
-    push_stalled(&mut q, stalled);
-    q.push(" GROUP BY l.last_lesson_id");
     let stalled_at: Vec<(Option<i64>, i64)> =
-        fetch_mapped(pool, q, |r| Ok((r.opt_int("last_lesson_id")?, r.int("n")?))).await?;
+        stalled_counts(pool, Some(source), Some(course_id), stalled)
+            .await?
+            .into_iter()
+            .map(|((_, _, lesson), n)| ((lesson != NO_LESSON).then_some(lesson), n))
+            .collect();
     let enrolled = fetch_mapped(
         pool,
         by_course(
@@ -456,18 +536,11 @@ where
         Ok((r.text("source")?, r.int("course_id")?, r.int("n")?))
     })
     .await?;
-    let mut q = QueryBuilder::<DB>::new(
-        "SELECT l.source, l.course_id, COUNT(*) AS n FROM learners AS l WHERE 1 = 1",
-    );
-    push_stalled(&mut q, stalled);
-    if let Some(s) = source {
-        q.push(" AND l.source = ").push_bind(s.to_owned());
+    let mut stalled_by_course: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    for ((s, c, _), n) in stalled_counts(pool, source, None, stalled).await? {
+        *stalled_by_course.entry((s, c)).or_default() += n;
     }
-    q.push(" GROUP BY l.source, l.course_id");
-    let stalled = fetch_mapped(pool, q, |r| {
-        Ok((r.text("source")?, r.int("course_id")?, r.int("n")?))
-    })
-    .await?;
+    let stalled = stalled_by_course.into_iter().map(|((s, c), n)| (s, c, n));
     for (s, c, n) in lessons {
         let key = (s.clone(), c);
         counts

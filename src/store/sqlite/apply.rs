@@ -360,6 +360,7 @@ fn project(
     let mut learning_state = None;
     if !needs.is_empty() {
         let mut state = learning::load(conn, &needs)?;
+        let loaded_stalls = state.stall_keys();
         for &(source, event) in learned {
             state.apply(source, event);
         }
@@ -367,6 +368,7 @@ fn project(
             state.enrollment(e);
         }
         learning::write(conn, &state)?;
+        learning::write_stall_deltas(conn, &state.stall_deltas(&loaded_stalls))?;
         learning_state = Some(state);
     }
     if let Some(rules) = rules.filter(|r| !r.is_empty()) {

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::de::DeserializeOwned;
 
 use super::codec::{fmt_ts, parse_ts, write_error};
-use crate::projection::learning::{Learning, Needs};
+use crate::projection::learning::{Learning, Needs, StallDeltas};
 use crate::store::dialect::Cols;
 use crate::store::shared::learning::{
     COMPLETIONS, COURSE_LESSONS, LEARNERS, QUIZZES, Table, Val, completion_from_row,
@@ -208,6 +208,23 @@ pub(super) fn write(conn: &Connection, learning: &Learning) -> Result<()> {
             .iter()
             .filter_map(|k| learning.quizzes.get(k).map(quiz_values)),
     )
+}
+
+/// Moves learners between `stall_buckets` (see [`Learning::stall_deltas`]).
+pub(super) fn write_stall_deltas(conn: &Connection, deltas: &StallDeltas) -> Result<()> {
+    let mut add = conn
+        .prepare_cached(
+            "INSERT INTO stall_buckets (source, course_id, last_lesson_id, activity_day, learners)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (source, course_id, last_lesson_id, activity_day)
+             DO UPDATE SET learners = stall_buckets.learners + excluded.learners",
+        )
+        .map_err(write_error)?;
+    for ((source, course_id, lesson_id, day), n) in deltas {
+        add.execute(rusqlite::params![source, course_id, lesson_id, day, n])
+            .map_err(write_error)?;
+    }
+    Ok(())
 }
 
 /// Indexes events by the student they name.

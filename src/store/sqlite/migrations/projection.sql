@@ -146,6 +146,25 @@ CREATE INDEX learners_open ON learners (last_activity, source, course_id, user_i
 CREATE INDEX learners_open_by_course ON learners (course_id, last_activity, source, user_id,
     expiry_date, last_lesson_id)
     WHERE enrollment_id IS NOT NULL AND NOT completed;
+-- Open learners that have an expiry date, by it: those already expired are
+-- subtracted from `stall_buckets`' sums (expiry passes without an event).
+CREATE INDEX learners_expiring ON learners (expiry_date, last_activity, source, course_id,
+    last_lesson_id)
+    WHERE enrollment_id IS NOT NULL AND NOT completed AND expiry_date IS NOT NULL;
+
+-- Open learners (enrolled, not completed) per course, furthest lesson (0:
+-- none yet) and UTC day of last activity: a course's stalled count sums the
+-- days before the cutoff's day instead of reading one index entry per
+-- student. Kept by the projector from each changed learner's old and new
+-- bucket; `rebuild` re-derives it from `learners`.
+CREATE TABLE stall_buckets (
+    source         TEXT    NOT NULL,
+    course_id      INTEGER NOT NULL,
+    last_lesson_id INTEGER NOT NULL,
+    activity_day   TEXT    NOT NULL,
+    learners       INTEGER NOT NULL,
+    PRIMARY KEY (source, course_id, last_lesson_id, activity_day)
+) WITHOUT ROWID;
 
 CREATE TABLE quiz_results (
     source          TEXT    NOT NULL,
