@@ -90,7 +90,12 @@ fn padded_event(n: u32) -> Vec<u8> {
     let mut v: serde_json::Value = serde_json::from_str(samples::PROGRESS).unwrap();
     v["id"] = format!("disk-full-{n}").into();
     v["payload"]["id"] = (900_000 + i64::from(n)).into();
-    v["payload"]["padding"] = "x".repeat(100_000).into();
+    // Random, so it stays ~100 KB after the log's compression.
+    let padding: String = rand::Rng::sample_iter(rand::rng(), rand::distr::Alphanumeric)
+        .take(100_000)
+        .map(char::from)
+        .collect();
+    v["payload"]["padding"] = padding.into();
     serde_json::to_vec(&v).unwrap()
 }
 
