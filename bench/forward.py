@@ -95,6 +95,19 @@ class Broker:
                     "routing_key": f"{i}.{{topic}}"}
         return {"url": "redis://127.0.0.1:6379", "stream": f"{self.name}:{i}", "maxlen": 1_000_000}
 
+    def alone(self):
+        """What the broker confirms per second on its own (RabbitMQ only: persistent,
+        mandatory publishes with confirms, 256 in flight, the forwarder's library),
+        measured in a place of its own just before the run, for beside its rate."""
+        if self.kind != "amqp":
+            return None
+        place = Broker(self.kind, self.name + "_alone")
+        place.place("create")
+        try:
+            return json.loads(place.place("ceiling"))["per_s"]
+        finally:
+            place.place("remove")
+
 
 # --shaped: what a school would set up. Each filter is evaluated on every event
 # and accepts (nearly) all of the simulator's traffic, so every event is still
@@ -243,6 +256,7 @@ def run_one(kind, args):
                              "--database", str(work / "unused.db")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     broker = Broker(kind, f"enrollhook_bench_{int(time.time())}", dest_port)
+    broker_alone = broker.alone()
     broker.place("create")
     (work / "enrollhook.toml").write_text(f'[[source]]\nname = "c8"\nsecret = "{bench.SECRET}"\n')
     if args.database:
@@ -312,6 +326,7 @@ def run_one(kind, args):
             "stored": run["ok"],
             "deliveries": total,
             "messages_in_broker": int(held) if held is not None else None,
+            "broker_alone_msgs_per_s": broker_alone,
             "deliveries_per_s_overall": round(total / (drained - started)),
             "outbox_depth_max_during_load": max(samples[: args.duration] or [0]),
             "outbox_depth_samples": samples,

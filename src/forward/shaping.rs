@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::subscription::{Subscription, validate_url};
 use super::template::{RenderInput, Rendered, Shaper};
+use crate::projection::Enrollment;
 use crate::store::{Store, StoredEvent};
 
 /// Why a templated delivery could not be shaped.
@@ -35,11 +36,60 @@ impl ShapeError {
 /// A compiled template and the subscription version it was compiled from.
 type Compiled = (DateTime<Utc>, Arc<Shaper>);
 
-/// Compiled templates by subscription id, recompiled when the subscription
-/// changes (its `updated_at`).
 /// How many compiled templates a worker keeps before starting over.
 const MAX_COMPILED: usize = 1024;
 
+/// Where a template's enrollment comes from.
+#[derive(Clone, Copy)]
+pub enum Enrollments<'a> {
+    /// Nowhere: the template sees no enrollment.
+    None,
+    /// Read from the store for this one delivery.
+    Store(&'a dyn Store),
+    /// Read beforehand for a whole batch of claimed deliveries (one
+    /// statement instead of one per delivery): what it lacks does not exist.
+    Batch(&'a BatchEnrollments),
+}
+
+/// The enrollments of a batch of templated deliveries, as projected through
+/// the newest of their events, by (source, enrollment id).
+#[derive(Default)]
+pub struct BatchEnrollments {
+    found: HashMap<String, HashMap<i64, Enrollment>>,
+}
+
+impl BatchEnrollments {
+    /// Reads the enrollments of `events` (source, enrollment id, log
+    /// position): one statement per source.
+    pub async fn read(
+        store: &dyn Store,
+        events: impl IntoIterator<Item = (&str, i64, i64)>,
+    ) -> crate::store::Result<BatchEnrollments> {
+        let mut wanted: HashMap<&str, (Vec<i64>, i64)> = HashMap::new();
+        for (source, id, seq) in events {
+            let (ids, through) = wanted.entry(source).or_default();
+            ids.push(id);
+            *through = (*through).max(seq);
+        }
+        let mut found = HashMap::new();
+        for (source, (mut ids, through)) in wanted {
+            ids.sort_unstable();
+            ids.dedup();
+            let enrollments = store.enrollments_through(source, &ids, through).await?;
+            found.insert(
+                source.to_owned(),
+                enrollments
+                    .into_iter()
+                    .map(|e| (e.enrollment_id, e))
+                    .collect(),
+            );
+        }
+        Ok(BatchEnrollments { found })
+    }
+}
+
+/// Compiled templates by subscription id, recompiled when the subscription
+/// changes (its `updated_at`).
 #[derive(Default)]
 pub struct Shapers {
     compiled: Mutex<HashMap<String, Compiled>>,
@@ -71,10 +121,9 @@ impl Shapers {
 
     /// What to send for `event` to `s`: None when the subscription has no
     /// template (Thinkific's body is sent as it is), or why nothing can be.
-    /// Without a store the template sees no enrollment.
     pub async fn shape(
         &self,
-        store: Option<&dyn Store>,
+        enrollments: Enrollments<'_>,
         s: &Subscription,
         event: &StoredEvent,
         allow_private: bool,
@@ -88,20 +137,28 @@ impl Shapers {
                 "the event's body is not JSON (pruned by retention?): nothing to render the template with".to_owned(),
             )
         })?;
-        let enrollment = match (store, event.enrollment_id) {
-            (Some(store), Some(id)) => store
-                .enrollment_through(&event.source, id, event.seq)
-                .await
-                .map_err(|e| {
-                    ShapeError::Transient(format!(
-                        "cannot read enrollment {id} to render the template: {e}"
-                    ))
-                })?
-                .map(|e| serde_json::to_value(crate::views::EnrollmentView::new(&e, now)))
-                .transpose()
-                .map_err(|e| ShapeError::Unsendable(e.to_string()))?,
+        let read;
+        let enrollment = match (enrollments, event.enrollment_id) {
+            (Enrollments::Store(store), Some(id)) => {
+                read = store
+                    .enrollment_through(&event.source, id, event.seq)
+                    .await
+                    .map_err(|e| {
+                        ShapeError::Transient(format!(
+                            "cannot read enrollment {id} to render the template: {e}"
+                        ))
+                    })?;
+                read.as_ref()
+            }
+            (Enrollments::Batch(batch), Some(id)) => {
+                batch.found.get(&event.source).and_then(|e| e.get(&id))
+            }
             _ => None,
         };
+        let enrollment = enrollment
+            .map(|e| serde_json::to_value(crate::views::EnrollmentView::new(e, now)))
+            .transpose()
+            .map_err(|e| ShapeError::Unsendable(e.to_string()))?;
         let rendered = shaper
             .render(&RenderInput {
                 source: &event.source,

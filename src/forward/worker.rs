@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::destinations::{self, Destinations, Message, Sent};
 use super::policy::{self, AttemptResult, RetrySchedule};
-use super::shaping::{ShapeError, Shapers};
+use super::shaping::{BatchEnrollments, Enrollments, ShapeError, Shapers};
 use super::signing;
 use super::template::Rendered;
 use crate::store::{ClaimedDelivery, FinishedAttempt, Store};
@@ -131,21 +131,41 @@ async fn run(
             }
             continue;
         }
+        // Templated deliveries render with their enrollment: read those in
+        // one statement for the batch, after the others are on their way.
+        let (templated, plain): (Vec<_>, Vec<_>) = claimed
+            .into_iter()
+            .partition(|d| d.subscription.template.is_some());
+        let wanted: Vec<(String, i64, i64)> = templated
+            .iter()
+            .filter_map(|d| {
+                (d.event.enrollment_id).map(|id| (d.event.source.clone(), id, d.event.seq))
+            })
+            .collect();
         let mut first = Some(first);
-        for delivery in claimed {
+        let mut enrollments = None;
+        for delivery in plain.into_iter().chain(templated) {
+            if enrollments.is_none() && delivery.subscription.template.is_some() {
+                enrollments = Some(read_enrollments(&*store, &wanted).await);
+            }
             let permit = match first.take() {
                 Some(p) => p,
                 None => permits.clone().acquire_owned().await.expect("never closed"),
             };
-            let (destinations, config, results, store, shapers) = (
+            let (destinations, config, results, store, shapers, enrollments) = (
                 destinations.clone(),
                 config.clone(),
                 results.clone(),
                 store.clone(),
                 shapers.clone(),
+                enrollments.clone().flatten(),
             );
             tokio::spawn(async move {
-                let finished = attempt(&destinations, &config, &*store, &shapers, delivery).await;
+                let from = match &enrollments {
+                    Some(batch) => Enrollments::Batch(batch),
+                    None => Enrollments::Store(&*store),
+                };
+                let finished = attempt(&destinations, &config, &shapers, from, delivery).await;
                 let _ = results.send(finished).await;
                 drop(permit);
             });
@@ -155,6 +175,24 @@ async fn run(
     let _ = permits.acquire_many(config.concurrency as u32).await;
     drop(results);
     let _ = recorder.await;
+}
+
+/// The enrollments of a batch's templated deliveries, read together; None
+/// when that fails (each delivery then reads its own, and retries if it must).
+async fn read_enrollments(
+    store: &dyn Store,
+    wanted: &[(String, i64, i64)],
+) -> Option<Arc<BatchEnrollments>> {
+    let events = wanted
+        .iter()
+        .map(|(source, id, seq)| (source.as_str(), *id, *seq));
+    match BatchEnrollments::read(store, events).await {
+        Ok(batch) => Some(Arc::new(batch)),
+        Err(e) => {
+            tracing::warn!(error = %e, "forwarding: cannot read the enrollments of a batch of templated deliveries; reading them one by one");
+            None
+        }
+    }
 }
 
 async fn sleep_or_stop(stopped: &mut watch::Receiver<bool>, d: Duration) {
@@ -375,7 +413,7 @@ pub async fn test_delivery(
     let started = Instant::now();
     let shape = match Shapers::default()
         .shape(
-            Some(store),
+            Enrollments::Store(store),
             subscription,
             &delivery.event,
             config.allow_private_destinations,
@@ -453,8 +491,8 @@ fn outcome(result: &AttemptResult) -> (Option<u16>, Option<String>) {
 async fn attempt(
     destinations: &Destinations,
     config: &ForwardConfig,
-    store: &dyn Store,
     shapers: &Shapers,
+    enrollments: Enrollments<'_>,
     d: ClaimedDelivery,
 ) -> FinishedAttempt {
     let started = Instant::now();
@@ -476,7 +514,7 @@ async fn attempt(
     let traceparent = crate::telemetry::traceparent(&span);
     let shaped = shapers
         .shape(
-            Some(store),
+            enrollments,
             &d.subscription,
             &d.event,
             config.allow_private_destinations,

@@ -546,6 +546,21 @@ pub trait Store: ForwardStore + AlertStore + Send + Sync + 'static {
     ) -> Result<Option<Enrollment>> {
         self.get_enrollment(source, enrollment_id).await
     }
+    /// Enrollments of one source as projected at least through log position
+    /// `seq` (the newest of a batch of events being forwarded), read together;
+    /// ids not found are absent from the answer.
+    async fn enrollments_through(
+        &self,
+        source: &str,
+        enrollment_ids: &[i64],
+        seq: i64,
+    ) -> Result<Vec<Enrollment>> {
+        let mut found = Vec::with_capacity(enrollment_ids.len());
+        for id in enrollment_ids {
+            found.extend(self.enrollment_through(source, *id, seq).await?);
+        }
+        Ok(found)
+    }
     /// The events of one enrollment, oldest log position first.
     async fn enrollment_events(&self, source: &str, enrollment_id: i64)
     -> Result<Vec<StoredEvent>>;

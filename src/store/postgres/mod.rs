@@ -240,6 +240,16 @@ impl Store for PostgresStore {
         log::load_enrollment::<Postgres>(&mut conn, source, enrollment_id).await
     }
 
+    async fn enrollments_through(
+        &self,
+        source: &str,
+        enrollment_ids: &[i64],
+        _seq: i64,
+    ) -> Result<Vec<Enrollment>> {
+        // The projection commits with the events: any read is through them.
+        log::load_enrollments(&self.reader, source, enrollment_ids).await
+    }
+
     async fn enrollment_events(
         &self,
         source: &str,

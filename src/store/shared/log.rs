@@ -199,6 +199,33 @@ where
     row.as_ref().map(enrollment_from_row).transpose()
 }
 
+/// Several projected enrollments of one source in one statement (the
+/// forwarder's batch of templated deliveries); ids not found are absent.
+pub(crate) async fn load_enrollments<DB: Dialect>(
+    pool: &Pool<DB>,
+    source: &str,
+    enrollment_ids: &[i64],
+) -> Result<Vec<Enrollment>>
+where
+    i64: Binds<DB>,
+    String: Binds<DB>,
+{
+    if enrollment_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::<DB>::new(format!(
+        "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE source = "
+    ));
+    q.push_bind(source.to_owned())
+        .push(" AND enrollment_id IN (");
+    let mut ids = q.separated(", ");
+    for id in enrollment_ids {
+        ids.push_bind(*id);
+    }
+    q.push(")");
+    fetch_mapped(pool, q, enrollment_from_row).await
+}
+
 /// The logged events of one enrollment, in log order, read with `event_columns`.
 pub(crate) async fn enrollment_events<DB: Dialect>(
     pool: &Pool<DB>,

@@ -442,6 +442,18 @@ impl Store for SqliteStore {
         log::load_enrollment::<Sqlite>(&mut conn, source, enrollment_id).await
     }
 
+    async fn enrollments_through(
+        &self,
+        source: &str,
+        enrollment_ids: &[i64],
+        seq: i64,
+    ) -> Result<Vec<Enrollment>> {
+        if !self.projector.has_projected(seq) {
+            self.projection_current().await;
+        }
+        log::load_enrollments(&self.reader, source, enrollment_ids).await
+    }
+
     async fn enrollment_events(
         &self,
         source: &str,
