@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::{ENROLLMENT_UPSERT_ON_CONFLICT, ts, write_error};
-use super::courses::{self, ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
+use super::courses::{ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
+use crate::store::shared::courses;
 use super::learning;
 use crate::projection::learning::{Learning, LearningEvent};
 use crate::projection::milestones::{self, LastLesson, Milestone, MilestoneRules};
