@@ -188,10 +188,10 @@ async fn totals_match_a_direct_count_at_any_time_and_after_rebuild(db: TestDatab
         Backend::Postgres => {
             let mut conn = app.pg.as_ref().unwrap().connect().await;
             sqlx::query(damage).execute(&mut conn).await.unwrap();
-            let check = store.rebuild_projection(true).await.unwrap();
-            assert_eq!((check.changed, check.courses), (0, 3), "{check:?}");
         }
     }
+    let check = store.rebuild_projection(true).await.unwrap();
+    assert_eq!((check.changed, check.courses), (0, 3), "{check:?}");
     assert_ne!(store.course_stats(None, now).await.unwrap(), before);
     store.rebuild_projection(false).await.unwrap();
     assert_eq!(store.course_stats(None, now).await.unwrap(), before);

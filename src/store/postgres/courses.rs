@@ -10,7 +10,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use crate::store::shared::courses::CourseDeltas;
+use crate::store::shared::courses::{CourseDeltas, differing_rows, rederive};
 use crate::store::*;
 
 /// Adds a batch's deltas, one statement per table, rows in key order: the
@@ -138,46 +138,20 @@ const DERIVED: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// Rows of the course tables that differ from the enrollments (missing,
-/// changed or extra; rows whose counts are all zero count as absent; the
-/// name is not compared: it is the greatest seen, which a rebuild resets to
-/// the greatest now); unless a dry run, the tables are then derived again.
+/// Rows of the course tables that differ from the enrollments (see
+/// [`differing_rows`]); unless a dry run, the tables are then derived again.
 pub(super) async fn recompute(conn: &mut PgConnection, dry_run: bool) -> Result<u64> {
     let mut differ = 0;
     for (table, cols, derived) in DERIVED {
-        let (keys, counts): (Vec<&str>, Vec<&str>) = cols
-            .split(", ")
-            .partition(|c| matches!(*c, "source" | "course_id" | "month" | "day"));
-        let nonzero = counts
-            .iter()
-            .map(|c| format!("{c} <> 0"))
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        let same_key = keys
-            .iter()
-            .map(|k| format!("d.{k} = s.{k}"))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "WITH d AS ({derived}), s AS (SELECT * FROM {table} WHERE {nonzero})
-             SELECT (SELECT COUNT(*) FROM (SELECT {cols} FROM d EXCEPT ALL SELECT {cols} FROM s) AS a)
-                  + (SELECT COUNT(*) FROM s WHERE NOT EXISTS (SELECT 1 FROM d WHERE {same_key}))"
-        )))
-        .fetch_one(&mut *conn)
-        .await?;
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(differing_rows(table, cols, derived)))
+                .fetch_one(&mut *conn)
+                .await?;
         differ += n as u64;
         if !dry_run {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {table}; INSERT INTO {table} ({cols_all}) {derived}",
-                cols_all = if table == "course_totals" {
-                    "source, course_id, name, enrollments, completed, open_trials, \
-                     progress_micros, with_days"
-                } else {
-                    cols
-                }
-            )))
-            .execute(&mut *conn)
-            .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(rederive(table, derived)))
+                .execute(&mut *conn)
+                .await?;
         }
     }
     Ok(differ)

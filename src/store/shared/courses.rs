@@ -143,3 +143,41 @@ pub(crate) fn deltas<'a>(changes: &[(Option<&'a Enrollment>, &'a Enrollment)]) -
     out.days.retain(|_, counts| *counts != (0, 0));
     out
 }
+
+/// The statement counting the rows of `table` that differ from `derived`
+/// (the table derived from scratch, with the columns `cols`, keys first):
+/// missing, changed or extra, a row whose counts are all zero counting as
+/// absent (deltas leave such rows). Names are not compared: a stored name
+/// is the greatest seen, which a rebuild resets to the greatest now.
+pub(crate) fn differing_rows(table: &str, cols: &str, derived: &str) -> String {
+    let (keys, counts): (Vec<&str>, Vec<&str>) = cols
+        .split(", ")
+        .partition(|c| matches!(*c, "source" | "course_id" | "month" | "day"));
+    let nonzero = counts
+        .iter()
+        .map(|c| format!("{c} <> 0"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let same_key = keys
+        .iter()
+        .map(|k| format!("d.{k} = s.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "WITH d AS ({derived}), s AS (SELECT * FROM {table} WHERE {nonzero})
+         SELECT (SELECT COUNT(*) FROM (SELECT {cols} FROM d EXCEPT SELECT {cols} FROM s) AS a)
+              + (SELECT COUNT(*) FROM s WHERE NOT EXISTS (SELECT 1 FROM d WHERE {same_key}))"
+    )
+}
+
+/// The statements replacing `table`'s rows with `derived`'s.
+pub(crate) fn rederive(table: &str, derived: &str) -> String {
+    let cols = if table == "course_totals" {
+        "source, course_id, name, enrollments, completed, open_trials, progress_micros, with_days"
+    } else if table == "course_expiries" {
+        "source, course_id, month, enrollments, trials"
+    } else {
+        "day, source, course_id, enrolled, completed"
+    };
+    format!("DELETE FROM {table}; INSERT INTO {table} ({cols}) {derived}")
+}

@@ -23,6 +23,7 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::codec::fmt_ts;
+use crate::store::shared::courses::{differing_rows, rederive};
 use crate::store::*;
 
 /// Adds a course's delta to its totals (one row).
@@ -54,36 +55,59 @@ pub(super) const ACTIVITY_UPSERT: &str = "INSERT INTO activity_days (day, source
         enrolled = enrolled + excluded.enrolled,
         completed = completed + excluded.completed";
 
-/// Re-derives the course and activity tables from the enrollments (for `rebuild`).
-pub(super) async fn recompute(conn: &mut SqliteConnection) -> Result<()> {
-    sqlx::raw_sql(
-        "DELETE FROM course_totals;
-         DELETE FROM course_expiries;
-         INSERT INTO course_totals (source, course_id, name, enrollments, completed, open_trials,
-                                    progress_micros, with_days)
-         SELECT source, course_id, MAX(course_name), COUNT(*), SUM(completed),
-                SUM(trial = 1 AND completed = 0), SUM(CAST(ROUND(progress * 1000000) AS INTEGER)),
-                COUNT(days_to_complete)
-         FROM enrollments WHERE course_id IS NOT NULL GROUP BY source, course_id;
-         INSERT INTO course_expiries (source, course_id, month, enrollments, trials)
-         SELECT source, course_id, substr(expiry_date, 1, 7), COUNT(*), SUM(trial)
+/// The three tables derived from scratch from the enrollments: (table,
+/// columns compared by `rebuild --check`, the query).
+const DERIVED: [(&str, &str, &str); 3] = [
+    (
+        "course_totals",
+        "source, course_id, enrollments, completed, open_trials, progress_micros, with_days",
+        "SELECT source, course_id, MAX(course_name) AS name, COUNT(*) AS enrollments,
+                SUM(completed) AS completed, SUM(trial = 1 AND completed = 0) AS open_trials,
+                SUM(CAST(ROUND(progress * 1000000) AS INTEGER)) AS progress_micros,
+                COUNT(days_to_complete) AS with_days
+         FROM enrollments WHERE course_id IS NOT NULL GROUP BY source, course_id",
+    ),
+    (
+        "course_expiries",
+        "source, course_id, month, enrollments, trials",
+        "SELECT source, course_id, substr(expiry_date, 1, 7) AS month, COUNT(*) AS enrollments,
+                SUM(trial) AS trials
          FROM enrollments
          WHERE completed = 0 AND expiry_date IS NOT NULL AND course_id IS NOT NULL
-         GROUP BY source, course_id, substr(expiry_date, 1, 7);
-         DELETE FROM activity_days;
-         INSERT INTO activity_days (day, source, course_id, enrolled, completed)
-         SELECT day, source, course_id, SUM(enrolled), SUM(completed) FROM (
-             SELECT substr(COALESCE(created_at, activated_at, started_at), 1, 10) AS day,
-                    source, IFNULL(course_id, 0) AS course_id, 1 AS enrolled, 0 AS completed
-             FROM enrollments WHERE COALESCE(created_at, activated_at, started_at) IS NOT NULL
-             UNION ALL
-             SELECT substr(completed_at, 1, 10), source, IFNULL(course_id, 0), 0, 1
-             FROM enrollments WHERE completed = 1 AND completed_at IS NOT NULL)
-         GROUP BY day, source, course_id;",
-    )
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+         GROUP BY source, course_id, substr(expiry_date, 1, 7)",
+    ),
+    (
+        "activity_days",
+        "day, source, course_id, enrolled, completed",
+        "SELECT day, source, course_id, SUM(enrolled) AS enrolled, SUM(completed) AS completed
+         FROM (SELECT substr(COALESCE(created_at, activated_at, started_at), 1, 10) AS day,
+                      source, IFNULL(course_id, 0) AS course_id, 1 AS enrolled, 0 AS completed
+               FROM enrollments WHERE COALESCE(created_at, activated_at, started_at) IS NOT NULL
+               UNION ALL
+               SELECT substr(completed_at, 1, 10), source, IFNULL(course_id, 0), 0, 1
+               FROM enrollments WHERE completed = 1 AND completed_at IS NOT NULL)
+         GROUP BY day, source, course_id",
+    ),
+];
+
+/// Rows of the course and activity tables that differ from the enrollments
+/// (see [`differing_rows`]); unless a dry run, the tables are then derived
+/// again (for `rebuild`).
+pub(super) async fn recompute(conn: &mut SqliteConnection, dry_run: bool) -> Result<u64> {
+    let mut differ = 0;
+    for (table, cols, derived) in DERIVED {
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(differing_rows(table, cols, derived)))
+                .fetch_one(&mut *conn)
+                .await?;
+        differ += n as u64;
+        if !dry_run {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(rederive(table, derived)))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(differ)
 }
 
 /// Per-course statistics at `now`, from the totals.
