@@ -513,3 +513,48 @@ async fn postgres_migration_18_derives_the_totals_of_existing_enrollments() {
     let check = store.rebuild_projection(true).await.unwrap();
     assert_eq!((check.changed, check.courses), (0, 0), "{check:?}");
 }
+
+/// Two instances on one PostgreSQL database take the same random traffic at
+/// once (each event to one of them, some to both): their batches add to the
+/// same course rows concurrently and leave totals equal to the aggregate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postgres_instances_leave_the_aggregate() {
+    let seed: u64 = rand::random();
+    eprintln!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let now = Utc::now();
+    let db = crate::common::pg::TestDb::create().await;
+    let spawn = || {
+        spawn_with(
+            tempfile::tempdir().unwrap(),
+            enrollhook::config::ServeConfig::new(db.url.clone(), Some(SECRET)),
+        )
+    };
+    let (a, b) = tokio::join!(spawn(), spawn());
+    let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
+    for body in random_traffic(&mut rng, 150, now) {
+        match rng.random_range(0..5) {
+            0 => {
+                to_a.push(body.clone());
+                to_b.push(body);
+            }
+            1 | 2 => to_a.push(body),
+            _ => to_b.push(body),
+        }
+    }
+    tokio::join!(deliver_all(&a, &to_a), deliver_all(&b, &to_b));
+    let store = a.store();
+    let check = store.rebuild_projection(true).await.unwrap();
+    assert_eq!(
+        (check.changed, check.removed, check.courses),
+        (0, 0, 0),
+        "{check:?}"
+    );
+    let mut conn = db.connect().await;
+    for at in [now, now.checked_add_months(Months::new(3)).unwrap()] {
+        assert_eq!(
+            rounded_medians(store.course_stats(None, at).await.unwrap()),
+            pg_aggregate(&mut conn, at).await
+        );
+    }
+}
