@@ -398,7 +398,10 @@ async fn both_backends_give_the_aggregate_of_random_traffic() {
         .await;
     let mut other_order = traffic.clone();
     other_order.shuffle(&mut rng);
-    tokio::join!(deliver_all(&sqlite, &traffic), deliver_all(&pg, &other_order));
+    tokio::join!(
+        deliver_all(&sqlite, &traffic),
+        deliver_all(&pg, &other_order)
+    );
     let (s, p) = (sqlite.store(), pg.store());
     let mut conn = pg.pg.as_ref().unwrap().connect().await;
 
@@ -428,15 +431,16 @@ async fn both_backends_give_the_aggregate_of_random_traffic() {
     );
     assert!(p.course_stats(Some("other"), now).await.unwrap().is_empty());
     let stats = p.course_stats(None, now).await.unwrap();
-    assert!(stats.iter().any(|c| c.expired > 0 && c.trial > 0 && c.completed > 0));
+    assert!(
+        stats
+            .iter()
+            .any(|c| c.expired > 0 && c.trial > 0 && c.completed > 0)
+    );
     assert!(stats.iter().any(|c| c.median_days_to_complete.is_some()));
 
     for (source, course) in [(None, None), (Some("default"), Some(2)), (None, Some(9))] {
         let q = activity_query(source, course);
-        assert_eq!(
-            s.activity(&q).await.unwrap(),
-            p.activity(&q).await.unwrap()
-        );
+        assert_eq!(s.activity(&q).await.unwrap(), p.activity(&q).await.unwrap());
     }
     let q = activity_query(None, None);
     let chart: Vec<(NaiveDate, i64, i64)> = p
@@ -452,7 +456,11 @@ async fn both_backends_give_the_aggregate_of_random_traffic() {
 
     for store in [&s, &p] {
         let check = store.rebuild_projection(true).await.unwrap();
-        assert_eq!((check.changed, check.removed, check.courses), (0, 0, 0), "{check:?}");
+        assert_eq!(
+            (check.changed, check.removed, check.courses),
+            (0, 0, 0),
+            "{check:?}"
+        );
     }
 }
 
@@ -502,10 +510,7 @@ async fn postgres_migration_18_derives_the_totals_of_existing_enrollments() {
     .unwrap();
     let store = PostgresStore::open(&db.url, true).await.unwrap();
     assert_eq!(store.course_stats(None, now).await.unwrap(), stats);
-    assert_eq!(
-        rounded_medians(stats),
-        pg_aggregate(&mut conn, now).await
-    );
+    assert_eq!(rounded_medians(stats), pg_aggregate(&mut conn, now).await);
     assert_eq!(
         store.activity(&activity_query(None, None)).await.unwrap(),
         chart

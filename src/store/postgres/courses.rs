@@ -41,7 +41,11 @@ pub(super) async fn write_deltas(tx: &mut PgConnection, d: &CourseDeltas<'_>) ->
         )
         .bind(rows.iter().map(|((s, _), _)| *s).collect::<Vec<&str>>())
         .bind(rows.iter().map(|((_, c), _)| *c).collect::<Vec<i64>>())
-        .bind(rows.iter().map(|(_, d)| d.name).collect::<Vec<Option<&str>>>())
+        .bind(
+            rows.iter()
+                .map(|(_, d)| d.name)
+                .collect::<Vec<Option<&str>>>(),
+        )
         .bind(col(&|d| d.enrollments))
         .bind(col(&|d| d.completed))
         .bind(col(&|d| d.open_trials))
@@ -64,7 +68,11 @@ pub(super) async fn write_deltas(tx: &mut PgConnection, d: &CourseDeltas<'_>) ->
         )
         .bind(rows.iter().map(|((s, ..), _)| *s).collect::<Vec<&str>>())
         .bind(rows.iter().map(|((_, c, _), _)| *c).collect::<Vec<i64>>())
-        .bind(rows.iter().map(|((.., m), _)| m.as_str()).collect::<Vec<&str>>())
+        .bind(
+            rows.iter()
+                .map(|((.., m), _)| m.as_str())
+                .collect::<Vec<&str>>(),
+        )
         .bind(rows.iter().map(|(_, n)| n.0).collect::<Vec<i64>>())
         .bind(rows.iter().map(|(_, n)| n.1).collect::<Vec<i64>>())
         .execute(&mut *tx)
@@ -82,7 +90,11 @@ pub(super) async fn write_deltas(tx: &mut PgConnection, d: &CourseDeltas<'_>) ->
                  enrolled = t.enrolled + excluded.enrolled,
                  completed = t.completed + excluded.completed",
         )
-        .bind(rows.iter().map(|((day, ..), _)| day.as_str()).collect::<Vec<&str>>())
+        .bind(
+            rows.iter()
+                .map(|((day, ..), _)| day.as_str())
+                .collect::<Vec<&str>>(),
+        )
         .bind(rows.iter().map(|((_, s, _), _)| *s).collect::<Vec<&str>>())
         .bind(rows.iter().map(|((.., c), _)| *c).collect::<Vec<i64>>())
         .bind(rows.iter().map(|(_, n)| n.0).collect::<Vec<i64>>())
@@ -143,10 +155,9 @@ const DERIVED: [(&str, &str, &str); 3] = [
 pub(super) async fn recompute(conn: &mut PgConnection, dry_run: bool) -> Result<u64> {
     let mut differ = 0;
     for (table, cols, derived) in DERIVED {
-        let n: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(differing_rows(table, cols, derived)))
-                .fetch_one(&mut *conn)
-                .await?;
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(differing_rows(table, cols, derived)))
+            .fetch_one(&mut *conn)
+            .await?;
         differ += n as u64;
         if !dry_run {
             sqlx::raw_sql(sqlx::AssertSqlSafe(rederive(table, derived)))

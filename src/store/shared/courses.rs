@@ -35,10 +35,12 @@ fn contribution(e: &Enrollment) -> Option<Contribution<'_>> {
         open_trial: i64::from(e.trial && !e.completed),
         progress_micros: progress_micros(e.progress),
         with_days: i64::from(e.days_to_complete().is_some()),
-        expiry: e
-            .expiry_date
-            .filter(|_| !e.completed)
-            .map(|t| (format!("{:04}-{:02}", t.year(), t.month()), i64::from(e.trial))),
+        expiry: e.expiry_date.filter(|_| !e.completed).map(|t| {
+            (
+                format!("{:04}-{:02}", t.year(), t.month()),
+                i64::from(e.trial),
+            )
+        }),
     })
 }
 

@@ -96,10 +96,9 @@ const DERIVED: [(&str, &str, &str); 3] = [
 pub(super) async fn recompute(conn: &mut SqliteConnection, dry_run: bool) -> Result<u64> {
     let mut differ = 0;
     for (table, cols, derived) in DERIVED {
-        let n: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(differing_rows(table, cols, derived)))
-                .fetch_one(&mut *conn)
-                .await?;
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(differing_rows(table, cols, derived)))
+            .fetch_one(&mut *conn)
+            .await?;
         differ += n as u64;
         if !dry_run {
             sqlx::raw_sql(sqlx::AssertSqlSafe(rederive(table, derived)))
