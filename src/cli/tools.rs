@@ -161,11 +161,18 @@ pub async fn rebuild(settings: &Settings, check: bool) -> anyhow::Result<ExitCod
             report.learning
         );
     }
+    if report.courses > 0 {
+        println!(
+            "{} rows of the course totals and activity days differ from the enrollments",
+            report.courses
+        );
+    }
     if check
         && (report.changed > 0
             || report.removed > 0
             || report.index_rows > 0
-            || report.learning > 0)
+            || report.learning > 0
+            || report.courses > 0)
     {
         return Ok(ExitCode::FAILURE);
     }

@@ -462,6 +462,9 @@ pub struct RebuildReport {
     /// Rows of the learning projection (lesson completions, course lessons,
     /// learners, quiz results) that differed (added, changed or removed).
     pub learning: u64,
+    /// Rows of the per-course totals (`course_totals`, `course_expiries`,
+    /// `activity_days`) that differed from the enrollments.
+    pub courses: u64,
 }
 
 #[async_trait]

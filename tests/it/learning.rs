@@ -643,7 +643,11 @@ async fn a_re_derived_sqlite_projection_has_the_same_learning() {
     let store = std::sync::Arc::new(SqliteStore::open(&url, true).await.unwrap());
     assert_eq!(answers(store.clone()).await, before);
     let check = store.rebuild_projection(true).await.unwrap();
-    assert_eq!((check.learning, check.index_rows), (0, 0), "{check:?}");
+    assert_eq!(
+        (check.learning, check.index_rows, check.courses),
+        (0, 0, 0),
+        "{check:?}"
+    );
 }
 
 /// A PostgreSQL database of an earlier enrollhook (before migration 9) that
@@ -695,6 +699,13 @@ async fn postgres_migration_9_derives_the_events_already_received() {
          ALTER TABLE outbox DROP COLUMN traceparent;
          ALTER TABLE events DROP COLUMN body_dict, DROP COLUMN body_zstd;
          DROP TABLE body_dictionaries;
+         DROP TABLE course_totals, course_expiries, activity_days;
+         DROP INDEX enrollments_expiring;
+         CREATE INDEX enrollments_enrolled_on
+             ON enrollments ((COALESCE(created_at, activated_at, started_at)), source, course_id)
+             INCLUDE (created_at, activated_at, started_at);
+         CREATE INDEX enrollments_completed_on
+             ON enrollments (completed_at, source, course_id) WHERE completed;
          DELETE FROM enrollhook_migrations WHERE version >= 9;",
     )
     .execute(&mut conn)

@@ -13,6 +13,7 @@ use crate::projection::learning::{Learner, Learning, LearningEvent, StallDeltas}
 use crate::projection::milestones::{self, LastLesson, MilestoneRules};
 use crate::projection::{self, Enrollment, EnrollmentEvent};
 use crate::store::bodies::Encoder;
+use crate::store::shared::courses;
 use crate::store::shared::learning::{self, Val};
 use crate::store::*;
 use tracing::Instrument as _;
@@ -117,7 +118,7 @@ pub(super) async fn append_on(
         let mut next = Vec::new();
         let mut before = Vec::new();
         if !touched.is_empty() {
-            (next, before) = project(&mut tx, &touched, !rules.is_empty()).await?;
+            (next, before) = project(&mut tx, &touched).await?;
             upsert_enrollments(&mut tx, &next).await?;
         }
         let (learned, stall_deltas) = project_learning(&mut tx, events, &outcomes, &next).await?;
@@ -187,7 +188,11 @@ pub(super) async fn append_on(
     if !subscriptions.is_empty() && !stored.is_empty() {
         outbox::enqueue(&mut tx, &subscriptions, &stored).await?;
     }
-    // Last: the buckets of today are rows every concurrent batch updates.
+    // Last: the course totals and the buckets of today are rows every
+    // concurrent batch updates (each table in key order, in this order).
+    let changes: Vec<(Option<&Enrollment>, &Enrollment)> =
+        before.iter().map(Option::as_ref).zip(&next).collect();
+    super::courses::write_deltas(&mut tx, &courses::deltas(&changes)).await?;
     learning::write_stall_deltas::<sqlx::Postgres>(&mut tx, &stall_deltas).await?;
     tx.commit().await?;
     Ok(outcomes)
@@ -429,12 +434,11 @@ fn learning_lock(kind: u8, source: &str, a: i64, b: i64) -> (i32, i32) {
     (h as i32, (folded ^ (folded >> 32)) as u32 as i32)
 }
 
-/// Locks the touched enrollments and computes their new state; with
-/// `keep_before` also their state before, in the same order (for milestones).
+/// Locks the touched enrollments and computes their new state and their state
+/// before, in the same order (for the course totals and milestones).
 async fn project(
     tx: &mut PgConnection,
     touched: &BTreeMap<(&str, i64), Vec<&EnrollmentEvent>>,
-    keep_before: bool,
 ) -> Result<(Vec<Enrollment>, Vec<Option<Enrollment>>)> {
     let mut locks: Vec<(i32, i32)> = touched
         .keys()
@@ -475,7 +479,7 @@ async fn project(
         let mut new: Vec<&EnrollmentEvent> = new.clone();
         new.sort_by_cached_key(|e| e.version());
         let state = current.remove(&(source.to_owned(), id));
-        let state_before = if keep_before { state.clone() } else { None };
+        let state_before = state.clone();
         let all_newer = state
             .as_ref()
             .is_none_or(|s| new.first().is_some_and(|e| e.version() > s.version));
@@ -491,9 +495,7 @@ async fn project(
         };
         if let Some(after) = folded {
             next.push(after);
-            if keep_before {
-                before.push(state_before);
-            }
+            before.push(state_before);
         }
     }
     Ok((next, before))

@@ -75,10 +75,17 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "compressed bodies",
         include_str!("migrations/0017_compressed_bodies.sql"),
     ),
+    (
+        18,
+        "course totals",
+        include_str!("migrations/0018_course_totals.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.
 const LEARNING: i64 = 9;
+/// The migration that adds the per-course totals.
+const COURSE_TOTALS: i64 = 18;
 
 /// Advisory lock key serialising migrations of concurrently starting instances
 /// ("enrollhk" in ASCII). Enrollment lock keys use the two-int form, so they
@@ -135,6 +142,10 @@ pub(super) async fn migrate(pool: &PgPool, apply: bool) -> Result<()> {
         // received, in the migration's transaction (other instances wait).
         tracing::info!("deriving lessons and quizzes from the event log (once, after migration 9)");
         crate::store::shared::learning::rebuild::<sqlx::Postgres>(&mut tx, None, false).await?;
+    }
+    if current > 0 && pending.iter().any(|m| m.0 == COURSE_TOTALS) {
+        // Totals of the enrollments already projected, with `rebuild`'s query.
+        super::courses::recompute(&mut tx, false).await?;
     }
     tx.commit().await?;
     Ok(())

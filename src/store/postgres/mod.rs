@@ -19,20 +19,20 @@
 mod alerts;
 mod batch;
 mod codec;
+mod courses;
 mod forward;
 mod migrate;
 mod outbox;
 mod wake;
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{Postgres, QueryBuilder};
 
 use self::batch::{append_on, is_retryable, upsert_enrollments};
 use self::codec::*;
@@ -263,92 +263,11 @@ impl Store for PostgresStore {
         source: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<CourseStats>> {
-        let mut q = QueryBuilder::<Postgres>::new(
-            "SELECT source, course_id, MAX(course_name) AS name, COUNT(*) AS enrollments,
-                COUNT(*) FILTER (WHERE completed) AS completed,
-                COUNT(*) FILTER (WHERE NOT completed AND expiry_date < ",
-        );
-        q.push_bind(now)
-            .push(") AS expired, COUNT(*) FILTER (WHERE NOT completed AND trial AND (expiry_date IS NULL OR expiry_date >= ")
-            .push_bind(now)
-            .push(
-                ")) AS trial, AVG(progress) AS average_progress,
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY days_to_complete) AS median_days
-             FROM enrollments WHERE course_id IS NOT NULL",
-            );
-        if let Some(s) = source {
-            q.push(" AND source = ").push_bind(s.to_owned());
-        }
-        q.push(" GROUP BY source, course_id ORDER BY source, course_id");
-        let rows = q.build().fetch_all(&self.reader).await?;
-        rows.iter()
-            .map(|row| {
-                let counts = CourseCounts {
-                    enrollments: row.try_get("enrollments")?,
-                    completed: row.try_get("completed")?,
-                    expired: row.try_get("expired")?,
-                    trial: row.try_get("trial")?,
-                };
-                Ok(CourseStats::from_counts(
-                    row.try_get("source")?,
-                    row.try_get("course_id")?,
-                    row.try_get("name")?,
-                    counts,
-                    row.try_get("average_progress")?,
-                    row.try_get("median_days")?,
-                ))
-            })
-            .collect()
+        courses::course_stats(&self.reader, source, now).await
     }
 
     async fn activity(&self, query: &ActivityQuery) -> Result<Vec<DayActivity>> {
-        let start = query.from.and_time(NaiveTime::MIN).and_utc();
-        let end = (query.to + chrono::Days::new(1))
-            .and_time(NaiveTime::MIN)
-            .and_utc();
-        // One range scan per index (migration 0005); the expressions match theirs.
-        let mut q = QueryBuilder::<Postgres>::new("");
-        for (i, (at, only)) in [
-            ("COALESCE(created_at, activated_at, started_at)", "true"),
-            ("completed_at", "completed"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if i > 0 {
-                q.push(" UNION ALL ");
-            }
-            q.push(format!(
-                "SELECT {i} AS kind, ({at} AT TIME ZONE 'UTC')::date AS day, COUNT(*) AS n
-                 FROM enrollments WHERE {only} AND {at} >= "
-            ))
-            .push_bind(start)
-            .push(format!(" AND {at} < "))
-            .push_bind(end);
-            if let Some(s) = &query.source {
-                q.push(" AND source = ").push_bind(s.clone());
-            }
-            if let Some(c) = query.course_id {
-                q.push(" AND course_id = ").push_bind(c);
-            }
-            q.push(" GROUP BY 2");
-        }
-        let mut counted: HashMap<NaiveDate, (i64, i64)> = HashMap::new();
-        for row in q.build().fetch_all(&self.reader).await? {
-            let (kind, day, n): (i32, NaiveDate, i64) =
-                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            let counts = counted.entry(day).or_default();
-            if kind == 0 {
-                counts.0 = n;
-            } else {
-                counts.1 = n;
-            }
-        }
-        Ok(every_day(
-            query.from,
-            query.to,
-            counted.into_iter().map(|(day, (e, c))| (day, e, c)),
-        ))
+        courses::activity(&self.reader, query).await
     }
 
     async fn list_events(&self, f: &EventFilter, page: &PageRequest) -> Result<Page<StoredEvent>> {
@@ -493,7 +412,8 @@ impl Store for PostgresStore {
             // their `SELECT … FOR UPDATE` conflicts with this lock; readers do not.
             sqlx::query(
                 "LOCK TABLE enrollments, lesson_completions, course_lessons, learners,
-                 stall_buckets, quiz_results, event_users IN EXCLUSIVE MODE",
+                 stall_buckets, quiz_results, event_users, course_totals, course_expiries,
+                 activity_days IN EXCLUSIVE MODE",
             )
             .execute(&mut *tx)
             .await?;
@@ -510,6 +430,8 @@ impl Store for PostgresStore {
         let learning = learning::rebuild::<Postgres>(&mut tx, None, dry_run).await?;
         report.learning = learning.rows;
         report.index_rows = learning.index_rows;
+        // From the enrollments as rebuilt (a dry run compares with them as stored).
+        report.courses = courses::recompute(&mut tx, dry_run).await?;
         if dry_run {
             tx.rollback().await?;
         } else {

@@ -4,6 +4,7 @@
 //! own SQL where the dialects differ (claims, batch inserts, the feed).
 
 pub(crate) mod alerts;
+pub(crate) mod courses;
 pub(crate) mod dictionaries;
 pub(crate) mod forward;
 pub(crate) mod learning;

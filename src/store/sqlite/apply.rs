@@ -11,11 +11,12 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::{ENROLLMENT_UPSERT_ON_CONFLICT, ts, write_error};
-use super::courses::{self, ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
+use super::courses::{ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
 use super::learning;
 use crate::projection::learning::{Learning, LearningEvent};
 use crate::projection::milestones::{self, LastLesson, Milestone, MilestoneRules};
 use crate::projection::{self, Apply, Enrollment, EnrollmentEvent, Version};
+use crate::store::shared::courses;
 use crate::store::*;
 
 /// Events read back from the log per projection transaction.

@@ -3,7 +3,8 @@
 //! `course_totals` holds, per (source, course), what the statistics sum up;
 //! `course_expiries` counts not-completed enrollments by month of expiry.
 //! Both change in the same transaction as the enrollment row
-//! ([`deltas`]: remove the row's old contribution, add its new one), so
+//! ([`deltas`](crate::store::shared::courses::deltas): remove the row's old
+//! contribution, add its new one; PostgreSQL keeps the same tables), so
 //! readers always see totals that match the projection. What depends on the
 //! time of reading (expired, and so trial and active) is resolved when read:
 //! whole past months come from `course_expiries`, the current month from the
@@ -14,9 +15,6 @@
 //! `activity_days` counts, the same way, new enrollments and completions per
 //! UTC day, source and course, for the activity chart: a year of it reads a
 //! few rows per course and day, however many enrollments there are.
-//!
-//! (PostgreSQL does not keep these tables yet: it computes the statistics
-//! with one GROUP BY over the enrollments.)
 
 use std::collections::HashMap;
 
@@ -25,140 +23,8 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::codec::fmt_ts;
+use crate::store::shared::courses::{differing_rows, rederive};
 use crate::store::*;
-
-/// What one enrollment row adds to its course's totals.
-#[derive(Debug, PartialEq)]
-struct Contribution<'a> {
-    source: &'a str,
-    course_id: i64,
-    name: Option<&'a str>,
-    completed: i64,
-    open_trial: i64,
-    progress_micros: i64,
-    with_days: i64,
-    /// (month of expiry 'YYYY-MM', is a trial), for not-completed rows with an expiry.
-    expiry: Option<(String, i64)>,
-}
-
-fn contribution(e: &Enrollment) -> Option<Contribution<'_>> {
-    let course_id = e.course_id?;
-    Some(Contribution {
-        source: &e.source,
-        course_id,
-        name: e.course_name.as_deref(),
-        completed: i64::from(e.completed),
-        open_trial: i64::from(e.trial && !e.completed),
-        progress_micros: progress_micros(e.progress),
-        with_days: i64::from(e.days_to_complete().is_some()),
-        expiry: e
-            .expiry_date
-            .filter(|_| !e.completed)
-            .map(|t| (fmt_ts(&t)[..7].to_owned(), i64::from(e.trial))),
-    })
-}
-
-/// Progress in millionths of a percent (as `CAST(ROUND(progress * 1000000) AS INTEGER)`).
-fn progress_micros(progress: f64) -> i64 {
-    (progress * 1_000_000.0).round() as i64
-}
-
-/// What a batch changes in one course's totals.
-#[derive(Debug, Default)]
-pub(super) struct TotalsDelta<'a> {
-    pub enrollments: i64,
-    pub completed: i64,
-    pub open_trials: i64,
-    pub progress_micros: i64,
-    pub with_days: i64,
-    /// The greatest name among added contributions.
-    pub name: Option<&'a str>,
-}
-
-/// A batch's changes to the course tables, summed per course and per
-/// (course, month of expiry): one upsert per course touched, not per event.
-#[derive(Debug, Default)]
-pub(super) struct CourseDeltas<'a> {
-    pub totals: HashMap<(&'a str, i64), TotalsDelta<'a>>,
-    /// (enrollments, trials) per (source, course, month).
-    pub expiries: HashMap<(&'a str, i64, String), (i64, i64)>,
-    /// (enrolled, completed) per (day, source, course or 0) for `activity_days`.
-    pub days: HashMap<(String, &'a str, i64), (i64, i64)>,
-}
-
-/// What one enrollment row adds to `activity_days`: the days it began and
-/// completed on (course 0: no course id).
-#[derive(Debug, PartialEq)]
-struct DayContribution<'a> {
-    source: &'a str,
-    course_id: i64,
-    enrolled_on: Option<NaiveDate>,
-    completed_on: Option<NaiveDate>,
-}
-
-fn day_contribution(e: &Enrollment) -> DayContribution<'_> {
-    DayContribution {
-        source: &e.source,
-        course_id: e.course_id.unwrap_or(NO_COURSE),
-        enrolled_on: enrolled_on(e),
-        completed_on: completed_on(e),
-    }
-}
-
-/// `activity_days.course_id` of enrollments without a course id.
-const NO_COURSE: i64 = 0;
-
-/// Moves enrollments' contributions from their old state (None: new) to their new one.
-pub(super) fn deltas<'a>(changes: &[(Option<&'a Enrollment>, &'a Enrollment)]) -> CourseDeltas<'a> {
-    let mut out = CourseDeltas::default();
-    for (old, new) in changes {
-        let (old_days, new_days) = (old.map(day_contribution), day_contribution(new));
-        if old_days.as_ref() != Some(&new_days) {
-            for (c, sign) in old_days.iter().map(|c| (c, -1)).chain([(&new_days, 1)]) {
-                let days = [(c.enrolled_on, (sign, 0)), (c.completed_on, (0, sign))];
-                for (day, (enrolled, completed)) in days {
-                    let Some(day) = day else { continue };
-                    let d = out
-                        .days
-                        .entry((day.to_string(), c.source, c.course_id))
-                        .or_default();
-                    d.0 += enrolled;
-                    d.1 += completed;
-                }
-            }
-        }
-        let (old, new) = (old.and_then(contribution), contribution(new));
-        if old == new {
-            continue;
-        }
-        for (c, sign) in old
-            .iter()
-            .map(|c| (c, -1))
-            .chain(new.iter().map(|c| (c, 1)))
-        {
-            let d = out.totals.entry((c.source, c.course_id)).or_default();
-            d.enrollments += sign;
-            d.completed += sign * c.completed;
-            d.open_trials += sign * c.open_trial;
-            d.progress_micros += sign * c.progress_micros;
-            d.with_days += sign * c.with_days;
-            if sign > 0 && c.name > d.name {
-                d.name = c.name;
-            }
-            if let Some((month, trial)) = &c.expiry {
-                let e = out
-                    .expiries
-                    .entry((c.source, c.course_id, month.clone()))
-                    .or_default();
-                e.0 += sign;
-                e.1 += sign * trial;
-            }
-        }
-    }
-    out.expiries.retain(|_, counts| *counts != (0, 0));
-    out.days.retain(|_, counts| *counts != (0, 0));
-    out
-}
 
 /// Adds a course's delta to its totals (one row).
 pub(super) const TOTALS_UPSERT: &str = "INSERT INTO course_totals (source, course_id, name,
@@ -189,36 +55,58 @@ pub(super) const ACTIVITY_UPSERT: &str = "INSERT INTO activity_days (day, source
         enrolled = enrolled + excluded.enrolled,
         completed = completed + excluded.completed";
 
-/// Re-derives the course and activity tables from the enrollments (for `rebuild`).
-pub(super) async fn recompute(conn: &mut SqliteConnection) -> Result<()> {
-    sqlx::raw_sql(
-        "DELETE FROM course_totals;
-         DELETE FROM course_expiries;
-         INSERT INTO course_totals (source, course_id, name, enrollments, completed, open_trials,
-                                    progress_micros, with_days)
-         SELECT source, course_id, MAX(course_name), COUNT(*), SUM(completed),
-                SUM(trial = 1 AND completed = 0), SUM(CAST(ROUND(progress * 1000000) AS INTEGER)),
-                COUNT(days_to_complete)
-         FROM enrollments WHERE course_id IS NOT NULL GROUP BY source, course_id;
-         INSERT INTO course_expiries (source, course_id, month, enrollments, trials)
-         SELECT source, course_id, substr(expiry_date, 1, 7), COUNT(*), SUM(trial)
+/// The three tables derived from scratch from the enrollments: (table,
+/// columns compared by `rebuild --check`, the query).
+const DERIVED: [(&str, &str, &str); 3] = [
+    (
+        "course_totals",
+        "source, course_id, enrollments, completed, open_trials, progress_micros, with_days",
+        "SELECT source, course_id, MAX(course_name) AS name, COUNT(*) AS enrollments,
+                SUM(completed) AS completed, SUM(trial = 1 AND completed = 0) AS open_trials,
+                SUM(CAST(ROUND(progress * 1000000) AS INTEGER)) AS progress_micros,
+                COUNT(days_to_complete) AS with_days
+         FROM enrollments WHERE course_id IS NOT NULL GROUP BY source, course_id",
+    ),
+    (
+        "course_expiries",
+        "source, course_id, month, enrollments, trials",
+        "SELECT source, course_id, substr(expiry_date, 1, 7) AS month, COUNT(*) AS enrollments,
+                SUM(trial) AS trials
          FROM enrollments
          WHERE completed = 0 AND expiry_date IS NOT NULL AND course_id IS NOT NULL
-         GROUP BY source, course_id, substr(expiry_date, 1, 7);
-         DELETE FROM activity_days;
-         INSERT INTO activity_days (day, source, course_id, enrolled, completed)
-         SELECT day, source, course_id, SUM(enrolled), SUM(completed) FROM (
-             SELECT substr(COALESCE(created_at, activated_at, started_at), 1, 10) AS day,
-                    source, IFNULL(course_id, 0) AS course_id, 1 AS enrolled, 0 AS completed
-             FROM enrollments WHERE COALESCE(created_at, activated_at, started_at) IS NOT NULL
-             UNION ALL
-             SELECT substr(completed_at, 1, 10), source, IFNULL(course_id, 0), 0, 1
-             FROM enrollments WHERE completed = 1 AND completed_at IS NOT NULL)
-         GROUP BY day, source, course_id;",
-    )
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+         GROUP BY source, course_id, substr(expiry_date, 1, 7)",
+    ),
+    (
+        "activity_days",
+        "day, source, course_id, enrolled, completed",
+        "SELECT day, source, course_id, SUM(enrolled) AS enrolled, SUM(completed) AS completed
+         FROM (SELECT substr(COALESCE(created_at, activated_at, started_at), 1, 10) AS day,
+                      source, IFNULL(course_id, 0) AS course_id, 1 AS enrolled, 0 AS completed
+               FROM enrollments WHERE COALESCE(created_at, activated_at, started_at) IS NOT NULL
+               UNION ALL
+               SELECT substr(completed_at, 1, 10), source, IFNULL(course_id, 0), 0, 1
+               FROM enrollments WHERE completed = 1 AND completed_at IS NOT NULL)
+         GROUP BY day, source, course_id",
+    ),
+];
+
+/// Rows of the course and activity tables that differ from the enrollments
+/// (see [`differing_rows`]); unless a dry run, the tables are then derived
+/// again (for `rebuild`).
+pub(super) async fn recompute(conn: &mut SqliteConnection, dry_run: bool) -> Result<u64> {
+    let mut differ = 0;
+    for (table, cols, derived) in DERIVED {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(differing_rows(table, cols, derived)))
+            .fetch_one(&mut *conn)
+            .await?;
+        differ += n as u64;
+        if !dry_run {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(rederive(table, derived)))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(differ)
 }
 
 /// Per-course statistics at `now`, from the totals.

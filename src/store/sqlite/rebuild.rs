@@ -63,6 +63,8 @@ impl SqliteStore {
         report.learning = learning.rows;
         let topic_index_rows = report.index_rows;
         report.index_rows += learning.index_rows;
+        // From the enrollments as rebuilt (a dry run compares with them as stored).
+        report.courses = courses::recompute(&mut tx, dry_run).await?;
         if dry_run {
             tx.rollback().await?;
         } else {
@@ -76,7 +78,6 @@ impl SqliteStore {
                     .execute(&mut *tx)
                     .await?;
             }
-            courses::recompute(&mut tx).await?;
             tx.commit().await?;
         }
         Ok(report)

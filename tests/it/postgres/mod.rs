@@ -91,12 +91,13 @@ async fn all_enrollments(s: &Arc<dyn Store>) -> Vec<enrollhook::projection::Enro
     }
 }
 
-/// The projection equals what a rebuild from the log gives, event counts included.
+/// The projection equals what a rebuild from the log gives, event counts
+/// included, and the course totals what its enrollments add up to.
 async fn assert_projection_consistent(s: &Arc<dyn Store>) {
     let report = s.rebuild_projection(true).await.unwrap();
     assert_eq!(
-        (report.changed, report.removed),
-        (0, 0),
+        (report.changed, report.removed, report.courses),
+        (0, 0, 0),
         "projection differs from rebuild: {report:?}"
     );
 }
@@ -151,6 +152,16 @@ async fn two_instances_store_each_event_once_and_keep_the_newest_state() {
         assert!(e.completed && e.progress == 100.0);
     }
     assert_projection_consistent(&store).await;
+    // Both instances added to the same per-course totals: 5 enrollments in
+    // each of 4 courses, all completed.
+    let stats = store.course_stats(None, chrono::Utc::now()).await.unwrap();
+    assert_eq!(
+        stats
+            .iter()
+            .map(|c| (c.course_id, c.enrollments, c.completed, c.average_progress))
+            .collect::<Vec<_>>(),
+        (1..=4).map(|c| (c, 5, 5, 100.0)).collect::<Vec<_>>()
+    );
 }
 
 /// A TCP proxy in front of PostgreSQL that can be cut (every connection dies,

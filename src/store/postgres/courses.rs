@@ -1,0 +1,290 @@
+//! Course statistics and the activity chart on PostgreSQL from per-course
+//! totals (migration 18), like SQLite's (see `sqlite/courses.rs`): each batch
+//! adds its enrollments' deltas ([`deltas`](crate::store::shared::courses::deltas))
+//! in its own transaction; what depends on the time of reading (expired, and so
+//! trial and active) is resolved when read, from whole past months in
+//! `course_expiries` and the current month in `enrollments_expiring`; the
+//! median days to complete is read at the middle of `enrollments_completion_days`.
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use crate::store::shared::courses::{CourseDeltas, differing_rows, rederive};
+use crate::store::*;
+
+/// Adds a batch's deltas, one statement per table, rows in key order: the
+/// rows are shared by every batch of a course, so concurrent batches wait on
+/// them in one order (and after every other lock of the batch).
+pub(super) async fn write_deltas(tx: &mut PgConnection, d: &CourseDeltas<'_>) -> Result<()> {
+    if !d.totals.is_empty() {
+        let mut rows: Vec<_> = d.totals.iter().collect();
+        rows.sort_unstable_by_key(|(k, _)| *k);
+        let col = |f: &dyn Fn(&crate::store::shared::courses::TotalsDelta) -> i64| {
+            rows.iter().map(|(_, d)| f(d)).collect::<Vec<i64>>()
+        };
+        sqlx::query(
+            "INSERT INTO course_totals AS t (source, course_id, name, enrollments, completed,
+                 open_trials, progress_micros, with_days)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[],
+                 $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+                 AS d(source, course_id, name, enrollments, completed, open_trials,
+                      progress_micros, with_days)
+             ORDER BY source COLLATE \"C\", course_id
+             ON CONFLICT (source, course_id) DO UPDATE SET
+                 name = GREATEST(t.name, excluded.name),
+                 enrollments = t.enrollments + excluded.enrollments,
+                 completed = t.completed + excluded.completed,
+                 open_trials = t.open_trials + excluded.open_trials,
+                 progress_micros = t.progress_micros + excluded.progress_micros,
+                 with_days = t.with_days + excluded.with_days",
+        )
+        .bind(rows.iter().map(|((s, _), _)| *s).collect::<Vec<&str>>())
+        .bind(rows.iter().map(|((_, c), _)| *c).collect::<Vec<i64>>())
+        .bind(
+            rows.iter()
+                .map(|(_, d)| d.name)
+                .collect::<Vec<Option<&str>>>(),
+        )
+        .bind(col(&|d| d.enrollments))
+        .bind(col(&|d| d.completed))
+        .bind(col(&|d| d.open_trials))
+        .bind(col(&|d| d.progress_micros))
+        .bind(col(&|d| d.with_days))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !d.expiries.is_empty() {
+        let mut rows: Vec<_> = d.expiries.iter().collect();
+        rows.sort_unstable_by_key(|(k, _)| *k);
+        sqlx::query(
+            "INSERT INTO course_expiries AS t (source, course_id, month, enrollments, trials)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[],
+                 $5::bigint[]) AS d(source, course_id, month, enrollments, trials)
+             ORDER BY source COLLATE \"C\", course_id, month COLLATE \"C\"
+             ON CONFLICT (source, course_id, month) DO UPDATE SET
+                 enrollments = t.enrollments + excluded.enrollments,
+                 trials = t.trials + excluded.trials",
+        )
+        .bind(rows.iter().map(|((s, ..), _)| *s).collect::<Vec<&str>>())
+        .bind(rows.iter().map(|((_, c, _), _)| *c).collect::<Vec<i64>>())
+        .bind(
+            rows.iter()
+                .map(|((.., m), _)| m.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(rows.iter().map(|(_, n)| n.0).collect::<Vec<i64>>())
+        .bind(rows.iter().map(|(_, n)| n.1).collect::<Vec<i64>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !d.days.is_empty() {
+        let mut rows: Vec<_> = d.days.iter().collect();
+        rows.sort_unstable_by_key(|(k, _)| *k);
+        sqlx::query(
+            "INSERT INTO activity_days AS t (day, source, course_id, enrolled, completed)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[],
+                 $5::bigint[]) AS d(day, source, course_id, enrolled, completed)
+             ORDER BY day COLLATE \"C\", source COLLATE \"C\", course_id
+             ON CONFLICT (day, source, course_id) DO UPDATE SET
+                 enrolled = t.enrolled + excluded.enrolled,
+                 completed = t.completed + excluded.completed",
+        )
+        .bind(
+            rows.iter()
+                .map(|((day, ..), _)| day.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(rows.iter().map(|((_, s, _), _)| *s).collect::<Vec<&str>>())
+        .bind(rows.iter().map(|((.., c), _)| *c).collect::<Vec<i64>>())
+        .bind(rows.iter().map(|(_, n)| n.0).collect::<Vec<i64>>())
+        .bind(rows.iter().map(|(_, n)| n.1).collect::<Vec<i64>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The three tables derived from scratch from the enrollments: (table,
+/// columns compared by `rebuild --check`, the query). The expressions give
+/// what [`deltas`](crate::store::shared::courses::deltas) gives: progress
+/// rounded half away from zero like Rust's `f64::round` (PostgreSQL's
+/// `round(float8)` rounds half to even; progress is never negative), months
+/// and days in UTC.
+const DERIVED: [(&str, &str, &str); 3] = [
+    (
+        "course_totals",
+        "source, course_id, enrollments, completed, open_trials, progress_micros, with_days",
+        "SELECT source, course_id, MAX(course_name) AS name, COUNT(*) AS enrollments,
+                COUNT(*) FILTER (WHERE completed) AS completed,
+                COUNT(*) FILTER (WHERE trial AND NOT completed) AS open_trials,
+                SUM(floor(progress * 1000000)::bigint
+                    + (progress * 1000000 - floor(progress * 1000000) >= 0.5)::int)::bigint
+                    AS progress_micros,
+                COUNT(days_to_complete) AS with_days
+         FROM enrollments WHERE course_id IS NOT NULL GROUP BY source, course_id",
+    ),
+    (
+        "course_expiries",
+        "source, course_id, month, enrollments, trials",
+        "SELECT source, course_id, to_char(expiry_date AT TIME ZONE 'UTC', 'YYYY-MM') AS month,
+                COUNT(*) AS enrollments, COUNT(*) FILTER (WHERE trial) AS trials
+         FROM enrollments
+         WHERE NOT completed AND expiry_date IS NOT NULL AND course_id IS NOT NULL
+         GROUP BY 1, 2, 3",
+    ),
+    (
+        "activity_days",
+        "day, source, course_id, enrolled, completed",
+        "SELECT day, source, course_id, SUM(enrolled)::bigint AS enrolled,
+                SUM(completed)::bigint AS completed
+         FROM (SELECT to_char(COALESCE(created_at, activated_at, started_at) AT TIME ZONE 'UTC',
+                              'YYYY-MM-DD') AS day,
+                      source, COALESCE(course_id, 0) AS course_id, 1 AS enrolled, 0 AS completed
+               FROM enrollments WHERE COALESCE(created_at, activated_at, started_at) IS NOT NULL
+               UNION ALL
+               SELECT to_char(completed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), source,
+                      COALESCE(course_id, 0), 0, 1
+               FROM enrollments WHERE completed AND completed_at IS NOT NULL) AS d
+         GROUP BY 1, 2, 3",
+    ),
+];
+
+/// Rows of the course tables that differ from the enrollments (see
+/// [`differing_rows`]); unless a dry run, the tables are then derived again.
+pub(super) async fn recompute(conn: &mut PgConnection, dry_run: bool) -> Result<u64> {
+    let mut differ = 0;
+    for (table, cols, derived) in DERIVED {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(differing_rows(table, cols, derived)))
+            .fetch_one(&mut *conn)
+            .await?;
+        differ += n as u64;
+        if !dry_run {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(rederive(table, derived)))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(differ)
+}
+
+/// Per-course statistics at `now`: one statement (one snapshot) over the
+/// totals, the expiry counts and, per course, the middle of the completion
+/// times' index.
+pub(super) async fn course_stats(
+    pool: &PgPool,
+    source: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Vec<CourseStats>> {
+    let month_start = NaiveDate::from_ymd_opt(now.year(), now.month(), 1)
+        .expect("the first of a month exists")
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc();
+    let filter = |q: &mut QueryBuilder<Postgres>| {
+        if let Some(s) = source {
+            q.push(" AND source = ").push_bind(s.to_owned());
+        }
+    };
+    let mut q = QueryBuilder::<Postgres>::new(
+        "WITH past AS (
+             SELECT source, course_id, SUM(enrollments) AS n, SUM(trials) AS t
+             FROM course_expiries WHERE month < ",
+    );
+    q.push_bind(format!("{:04}-{:02}", now.year(), now.month()));
+    filter(&mut q);
+    q.push(
+        " GROUP BY source, course_id),
+         current AS (
+             SELECT source, course_id, COUNT(*) AS n, COUNT(*) FILTER (WHERE trial) AS t
+             FROM enrollments
+             WHERE NOT completed AND expiry_date IS NOT NULL AND course_id IS NOT NULL
+               AND expiry_date >= ",
+    )
+    .push_bind(month_start)
+    .push(" AND expiry_date < ")
+    .push_bind(now);
+    filter(&mut q);
+    q.push(
+        " GROUP BY source, course_id)
+         SELECT t.source, t.course_id, t.name, t.enrollments, t.completed, t.open_trials,
+                t.progress_micros, t.with_days,
+                (COALESCE(p.n, 0) + COALESCE(c.n, 0))::bigint AS expired,
+                (COALESCE(p.t, 0) + COALESCE(c.t, 0))::bigint AS expired_trials,
+                m.median, COALESCE(m.n, 0) AS middle_rows
+         FROM course_totals AS t
+         LEFT JOIN past AS p ON p.source = t.source AND p.course_id = t.course_id
+         LEFT JOIN current AS c ON c.source = t.source AND c.course_id = t.course_id
+         LEFT JOIN LATERAL (
+             SELECT AVG(days_to_complete) AS median, COUNT(*) AS n FROM (
+                 SELECT e.days_to_complete FROM enrollments AS e
+                 WHERE e.source = t.source AND e.course_id = t.course_id
+                   AND e.days_to_complete IS NOT NULL
+                 ORDER BY e.days_to_complete
+                 OFFSET GREATEST((t.with_days - 1) / 2, 0) LIMIT 2 - t.with_days % 2) AS middle
+             ) AS m ON t.with_days > 0
+         WHERE t.enrollments > 0",
+    );
+    if let Some(s) = source {
+        q.push(" AND t.source = ").push_bind(s.to_owned());
+    }
+    q.push(" ORDER BY t.source, t.course_id");
+    let rows = q.build().fetch_all(pool).await?;
+    let mut stats = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let source: String = row.try_get("source")?;
+        let course_id: i64 = row.try_get("course_id")?;
+        let enrollments: i64 = row.try_get("enrollments")?;
+        let with_days: i64 = row.try_get("with_days")?;
+        let progress_micros: i64 = row.try_get("progress_micros")?;
+        let open_trials: i64 = row.try_get("open_trials")?;
+        let expired_trials: i64 = row.try_get("expired_trials")?;
+        let middle_rows: i64 = row.try_get("middle_rows")?;
+        if with_days > 0 && middle_rows != 2 - with_days % 2 {
+            return Err(StoreError::Corrupt(format!(
+                "course_totals says course {course_id} of `{source}` has {with_days} completion times, the index disagrees: run `enrollhook rebuild`"
+            )));
+        }
+        let counts = CourseCounts {
+            enrollments,
+            completed: row.try_get("completed")?,
+            expired: row.try_get("expired")?,
+            trial: open_trials - expired_trials,
+        };
+        stats.push(CourseStats::from_counts(
+            source,
+            course_id,
+            row.try_get("name")?,
+            counts,
+            progress_micros as f64 / enrollments.max(1) as f64 / 1_000_000.0,
+            row.try_get("median")?,
+        ));
+    }
+    Ok(stats)
+}
+
+/// New enrollments and completions per day, from `activity_days`.
+pub(super) async fn activity(pool: &PgPool, query: &ActivityQuery) -> Result<Vec<DayActivity>> {
+    let mut q = QueryBuilder::<Postgres>::new(
+        "SELECT day, SUM(enrolled)::bigint, SUM(completed)::bigint FROM activity_days
+         WHERE day >= ",
+    );
+    q.push_bind(query.from.to_string())
+        .push(" AND day <= ")
+        .push_bind(query.to.to_string());
+    if let Some(s) = &query.source {
+        q.push(" AND source = ").push_bind(s.clone());
+    }
+    if let Some(c) = query.course_id {
+        q.push(" AND course_id = ").push_bind(c);
+    }
+    q.push(" GROUP BY day");
+    let mut counted = Vec::new();
+    for row in q.build().fetch_all(pool).await? {
+        let day: String = row.try_get(0)?;
+        let day = NaiveDate::parse_from_str(&day, "%Y-%m-%d")
+            .map_err(|_| StoreError::Corrupt(format!("bad day `{day}` in activity_days")))?;
+        counted.push((day, row.try_get(1)?, row.try_get(2)?));
+    }
+    Ok(every_day(query.from, query.to, counted))
+}

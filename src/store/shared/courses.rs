@@ -1,0 +1,185 @@
+//! Per-course totals kept in step with the enrollments, for both backends:
+//! what a batch changes in them, from its enrollments' (old, new) states.
+//! Each backend writes the deltas in the transaction that writes the
+//! enrollment rows (SQLite's projector, PostgreSQL's batch), one upsert per
+//! course, (course, month of expiry) and (day, course) touched.
+
+use std::collections::HashMap;
+
+use chrono::{Datelike, NaiveDate};
+
+use crate::projection::Enrollment;
+use crate::store::{completed_on, enrolled_on};
+
+/// What one enrollment row adds to its course's totals.
+#[derive(Debug, PartialEq)]
+struct Contribution<'a> {
+    source: &'a str,
+    course_id: i64,
+    name: Option<&'a str>,
+    completed: i64,
+    open_trial: i64,
+    progress_micros: i64,
+    with_days: i64,
+    /// (month of expiry 'YYYY-MM', is a trial), for not-completed rows with an expiry.
+    expiry: Option<(String, i64)>,
+}
+
+fn contribution(e: &Enrollment) -> Option<Contribution<'_>> {
+    let course_id = e.course_id?;
+    Some(Contribution {
+        source: &e.source,
+        course_id,
+        name: e.course_name.as_deref(),
+        completed: i64::from(e.completed),
+        open_trial: i64::from(e.trial && !e.completed),
+        progress_micros: progress_micros(e.progress),
+        with_days: i64::from(e.days_to_complete().is_some()),
+        expiry: e.expiry_date.filter(|_| !e.completed).map(|t| {
+            (
+                format!("{:04}-{:02}", t.year(), t.month()),
+                i64::from(e.trial),
+            )
+        }),
+    })
+}
+
+/// Progress in millionths of a percent (as `CAST(ROUND(progress * 1000000) AS INTEGER)`).
+fn progress_micros(progress: f64) -> i64 {
+    (progress * 1_000_000.0).round() as i64
+}
+
+/// What a batch changes in one course's totals.
+#[derive(Debug, Default)]
+pub(crate) struct TotalsDelta<'a> {
+    pub enrollments: i64,
+    pub completed: i64,
+    pub open_trials: i64,
+    pub progress_micros: i64,
+    pub with_days: i64,
+    /// The greatest name among added contributions.
+    pub name: Option<&'a str>,
+}
+
+/// A batch's changes to the course tables, summed per course and per
+/// (course, month of expiry): one upsert per course touched, not per event.
+#[derive(Debug, Default)]
+pub(crate) struct CourseDeltas<'a> {
+    pub totals: HashMap<(&'a str, i64), TotalsDelta<'a>>,
+    /// (enrollments, trials) per (source, course, month).
+    pub expiries: HashMap<(&'a str, i64, String), (i64, i64)>,
+    /// (enrolled, completed) per (day, source, course or 0) for `activity_days`.
+    pub days: HashMap<(String, &'a str, i64), (i64, i64)>,
+}
+
+/// What one enrollment row adds to `activity_days`: the days it began and
+/// completed on (course 0: no course id).
+#[derive(Debug, PartialEq)]
+struct DayContribution<'a> {
+    source: &'a str,
+    course_id: i64,
+    enrolled_on: Option<NaiveDate>,
+    completed_on: Option<NaiveDate>,
+}
+
+fn day_contribution(e: &Enrollment) -> DayContribution<'_> {
+    DayContribution {
+        source: &e.source,
+        course_id: e.course_id.unwrap_or(NO_COURSE),
+        enrolled_on: enrolled_on(e),
+        completed_on: completed_on(e),
+    }
+}
+
+/// `activity_days.course_id` of enrollments without a course id.
+pub(crate) const NO_COURSE: i64 = 0;
+
+/// Moves enrollments' contributions from their old state (None: new) to their new one.
+pub(crate) fn deltas<'a>(changes: &[(Option<&'a Enrollment>, &'a Enrollment)]) -> CourseDeltas<'a> {
+    let mut out = CourseDeltas::default();
+    for (old, new) in changes {
+        let (old_days, new_days) = (old.map(day_contribution), day_contribution(new));
+        if old_days.as_ref() != Some(&new_days) {
+            for (c, sign) in old_days.iter().map(|c| (c, -1)).chain([(&new_days, 1)]) {
+                let days = [(c.enrolled_on, (sign, 0)), (c.completed_on, (0, sign))];
+                for (day, (enrolled, completed)) in days {
+                    let Some(day) = day else { continue };
+                    let d = out
+                        .days
+                        .entry((day.to_string(), c.source, c.course_id))
+                        .or_default();
+                    d.0 += enrolled;
+                    d.1 += completed;
+                }
+            }
+        }
+        let (old, new) = (old.and_then(contribution), contribution(new));
+        if old == new {
+            continue;
+        }
+        for (c, sign) in old
+            .iter()
+            .map(|c| (c, -1))
+            .chain(new.iter().map(|c| (c, 1)))
+        {
+            let d = out.totals.entry((c.source, c.course_id)).or_default();
+            d.enrollments += sign;
+            d.completed += sign * c.completed;
+            d.open_trials += sign * c.open_trial;
+            d.progress_micros += sign * c.progress_micros;
+            d.with_days += sign * c.with_days;
+            if sign > 0 && c.name > d.name {
+                d.name = c.name;
+            }
+            if let Some((month, trial)) = &c.expiry {
+                let e = out
+                    .expiries
+                    .entry((c.source, c.course_id, month.clone()))
+                    .or_default();
+                e.0 += sign;
+                e.1 += sign * trial;
+            }
+        }
+    }
+    out.expiries.retain(|_, counts| *counts != (0, 0));
+    out.days.retain(|_, counts| *counts != (0, 0));
+    out
+}
+
+/// The statement counting the rows of `table` that differ from `derived`
+/// (the table derived from scratch, with the columns `cols`, keys first):
+/// missing, changed or extra, a row whose counts are all zero counting as
+/// absent (deltas leave such rows). Names are not compared: a stored name
+/// is the greatest seen, which a rebuild resets to the greatest now.
+pub(crate) fn differing_rows(table: &str, cols: &str, derived: &str) -> String {
+    let (keys, counts): (Vec<&str>, Vec<&str>) = cols
+        .split(", ")
+        .partition(|c| matches!(*c, "source" | "course_id" | "month" | "day"));
+    let nonzero = counts
+        .iter()
+        .map(|c| format!("{c} <> 0"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let same_key = keys
+        .iter()
+        .map(|k| format!("d.{k} = s.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "WITH d AS ({derived}), s AS (SELECT * FROM {table} WHERE {nonzero})
+         SELECT (SELECT COUNT(*) FROM (SELECT {cols} FROM d EXCEPT SELECT {cols} FROM s) AS a)
+              + (SELECT COUNT(*) FROM s WHERE NOT EXISTS (SELECT 1 FROM d WHERE {same_key}))"
+    )
+}
+
+/// The statements replacing `table`'s rows with `derived`'s.
+pub(crate) fn rederive(table: &str, derived: &str) -> String {
+    let cols = if table == "course_totals" {
+        "source, course_id, name, enrollments, completed, open_trials, progress_micros, with_days"
+    } else if table == "course_expiries" {
+        "source, course_id, month, enrollments, trials"
+    } else {
+        "day, source, course_id, enrolled, completed"
+    };
+    format!("DELETE FROM {table}; INSERT INTO {table} ({cols}) {derived}")
+}
