@@ -14,6 +14,7 @@ use super::policy::{self, AttemptResult, RetrySchedule};
 use super::shaping::{BatchEnrollments, Enrollments, ShapeError, Shapers};
 use super::signing;
 use super::template::Rendered;
+use crate::log_budget::DeliveryLog;
 use crate::store::{ClaimedDelivery, FinishedAttempt, Store};
 
 #[derive(Debug, Clone)]
@@ -93,7 +94,15 @@ async fn run(
     let (results, finished) = mpsc::channel::<FinishedAttempt>(config.concurrency * 4);
     let wake = store.outbox_wake();
     let recorder = tokio::spawn(record(store.clone(), config.clone(), finished));
-    let shapers = Arc::new(Shapers::default());
+    let shared = Arc::new(Shared {
+        destinations,
+        config: config.clone(),
+        shapers: Shapers::default(),
+        log: DeliveryLog::start(
+            "forward attempts",
+            || tracing::enabled!(target: "enrollhook::forward::worker", tracing::Level::DEBUG),
+        ),
+    });
 
     while !*stopped.borrow() {
         // Wait for room before claiming, so claimed rows never sit leased in a queue.
@@ -152,12 +161,10 @@ async fn run(
                 Some(p) => p,
                 None => permits.clone().acquire_owned().await.expect("never closed"),
             };
-            let (destinations, config, results, store, shapers, enrollments) = (
-                destinations.clone(),
-                config.clone(),
+            let (shared, results, store, enrollments) = (
+                shared.clone(),
                 results.clone(),
                 store.clone(),
-                shapers.clone(),
                 enrollments.clone().flatten(),
             );
             tokio::spawn(async move {
@@ -165,7 +172,7 @@ async fn run(
                     Some(batch) => Enrollments::Batch(batch),
                     None => Enrollments::Store(&*store),
                 };
-                let finished = attempt(&destinations, &config, &shapers, from, delivery).await;
+                let finished = attempt(&shared, from, delivery).await;
                 let _ = results.send(finished).await;
                 drop(permit);
             });
@@ -488,13 +495,25 @@ fn outcome(result: &AttemptResult) -> (Option<u16>, Option<String>) {
     }
 }
 
+/// What every attempt of a worker shares.
+struct Shared {
+    destinations: Arc<Destinations>,
+    config: Arc<ForwardConfig>,
+    shapers: Shapers,
+    log: Arc<DeliveryLog>,
+}
+
 async fn attempt(
-    destinations: &Destinations,
-    config: &ForwardConfig,
-    shapers: &Shapers,
+    shared: &Shared,
     enrollments: Enrollments<'_>,
     d: ClaimedDelivery,
 ) -> FinishedAttempt {
+    let Shared {
+        destinations,
+        config,
+        shapers,
+        log,
+    } = shared;
     let started = Instant::now();
     let attempted_at = Utc::now();
     let number = d.attempts + 1;
@@ -549,16 +568,31 @@ async fn attempt(
             span.record("http.response.status_code", status);
         }
     }
-    tracing::info!(
-        subscription = %d.subscription.id,
-        event_id = %d.event.event_id,
-        attempt = number,
-        status,
-        error = error.as_deref().unwrap_or(""),
-        latency_ms,
-        next = ?next,
-        "forward"
-    );
+    let logged = match &next {
+        policy::Next::Delivered => "delivered",
+        policy::Next::Retry { .. } => "retry",
+        policy::Next::Dead { .. } => "dead",
+        policy::Next::Gone => "gone",
+    };
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                subscription = %d.subscription.id,
+                event_id = %d.event.event_id,
+                attempt = number,
+                status,
+                error = error.as_deref().unwrap_or(""),
+                latency_ms,
+                next = ?next,
+                "forward"
+            )
+        };
+    }
+    if log.shown(logged, logged == "delivered", started) {
+        line!(info);
+    } else {
+        line!(debug);
+    }
     FinishedAttempt {
         outbox_id: d.outbox_id,
         subscription_id: d.subscription.id.clone(),

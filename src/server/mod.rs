@@ -5,7 +5,6 @@ mod api;
 pub mod auth;
 mod dashboard;
 mod deadline;
-mod delivery_log;
 mod error;
 pub mod export;
 mod learning;
@@ -52,7 +51,7 @@ pub struct AppState {
     pub max_quarantine: u64,
     pub max_quarantine_bytes: u64,
     pub quarantine_budget: Arc<limits::QuarantineBudget>,
-    pub delivery_log: Arc<delivery_log::DeliveryLog>,
+    pub delivery_log: Arc<crate::log_budget::DeliveryLog>,
     /// The Host names the API and dashboard answer to without a token.
     pub hosts: Arc<origin::HostPolicy>,
     /// Live streams open, against `--max-streams`.
@@ -154,7 +153,10 @@ pub async fn start(
         max_quarantine: config.max_quarantine,
         max_quarantine_bytes: config.max_quarantine_bytes,
         quarantine_budget: Arc::new(limits::QuarantineBudget::new(config.max_quarantine_rate)),
-        delivery_log: delivery_log::DeliveryLog::start(),
+        delivery_log: crate::log_budget::DeliveryLog::start(
+            "deliveries",
+            || tracing::enabled!(target: "enrollhook::server::webhooks", tracing::Level::DEBUG),
+        ),
         hosts: Arc::new(origin::HostPolicy::new(
             listener.local_addr()?,
             &config.allowed_hosts,

@@ -141,7 +141,10 @@ async fn receive_in(
         app.metrics.observe_delivery(outcome, elapsed);
         let latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
         let status = response.status().as_u16();
-        if app.delivery_log.shown(outcome, started) {
+        if app
+            .delivery_log
+            .shown(outcome, matches!(outcome, "stored" | "duplicate"), started)
+        {
             tracing::info!(
                 source, topic, event_id, outcome, status, latency_ms, "delivery"
             );

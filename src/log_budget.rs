@@ -1,27 +1,31 @@
-//! One log line per delivery, within a budget.
+//! One log line per delivery (received, or forwarded), within a budget.
 //!
 //! While deliveries are few (setting up a school, a test send) every one gets
 //! its own `info` line. Under load a line per delivery is expensive
 //! (formatting and writing it took ~7 % of the server's CPU and 13–21 % of its
 //! throughput at full load on two cores, BENCHMARKS.md), so past [`LINES_PER_SECOND`]
-//! accepted and as many rejected deliveries in a second the rest are logged
-//! at `debug` and counted, and every [`SUMMARY_EVERY`] one `info` line says
-//! how many were not shown, by outcome (nothing is counted while `debug` is on
-//! for the webhook module: then every delivery has its line). `/metrics`
-//! counts every delivery.
+//! successful and as many failed ones in a second the rest are logged at
+//! `debug` and counted, and every [`SUMMARY_EVERY`] one `info` line says how
+//! many were not shown, by outcome (nothing is counted while `debug` is on
+//! for the module that logs them: then every one has its line). `/metrics`
+//! and the recorded forward attempts count every one.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// Lines per second for accepted deliveries, and again for rejected ones, so
-/// that a rejection is shown even amid a stream of accepted deliveries.
+/// Lines per second for successful deliveries, and again for failed ones, so
+/// that a failure is shown even amid a stream of successes.
 pub const LINES_PER_SECOND: u32 = 20;
 /// How often the count of deliveries that got no line of their own is logged.
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 pub struct DeliveryLog {
+    /// What the summary calls them ("deliveries", "forward attempts").
+    what: &'static str,
+    /// Whether `debug` is on where they are logged: every one is then shown.
+    debug_on: fn() -> bool,
     started: Instant,
     accepted: Budget,
     rejected: Budget,
@@ -54,8 +58,10 @@ impl Budget {
 impl DeliveryLog {
     /// A log whose summaries a background task writes for as long as the
     /// returned handle (or a clone) lives.
-    pub fn start() -> Arc<DeliveryLog> {
+    pub fn start(what: &'static str, debug_on: fn() -> bool) -> Arc<DeliveryLog> {
         let log = Arc::new(DeliveryLog {
+            what,
+            debug_on,
             started: Instant::now(),
             accepted: Budget::default(),
             rejected: Budget::default(),
@@ -68,16 +74,17 @@ impl DeliveryLog {
 
     /// Whether this delivery gets an `info` line of its own; if not, it is
     /// counted for the next summary.
-    pub fn shown(&self, outcome: &'static str, at: Instant) -> bool {
+    pub fn shown(&self, outcome: &'static str, succeeded: bool, at: Instant) -> bool {
         let second = at.saturating_duration_since(self.started).as_secs();
-        let budget = match outcome {
-            "stored" | "duplicate" => &self.accepted,
-            _ => &self.rejected,
+        let budget = if succeeded {
+            &self.accepted
+        } else {
+            &self.rejected
         };
         if budget.take(second) {
             return true;
         }
-        if tracing::enabled!(target: "enrollhook::server::webhooks", tracing::Level::DEBUG) {
+        if (self.debug_on)() {
             return false; // logged at debug: shown after all
         }
         *self
@@ -115,7 +122,8 @@ async fn summaries(log: Weak<DeliveryLog>) {
             tracing::info!(
                 unshown = total,
                 by_outcome,
-                "deliveries in the last {} s beyond {} lines/s, not logged one by one (RUST_LOG=enrollhook=debug shows each)",
+                "{} in the last {} s beyond {} lines/s, not logged one by one (RUST_LOG=enrollhook=debug shows each)",
+                log.what,
                 SUMMARY_EVERY.as_secs(),
                 LINES_PER_SECOND
             );
@@ -129,16 +137,16 @@ mod tests {
 
     #[tokio::test]
     async fn budget_per_second_and_kind_then_counted() {
-        let log = DeliveryLog::start();
+        let log = DeliveryLog::start("deliveries", || false);
         let t0 = log.started;
         let shown = (0..LINES_PER_SECOND + 5)
-            .filter(|_| log.shown("stored", t0))
+            .filter(|_| log.shown("stored", true, t0))
             .count();
         assert_eq!(shown, LINES_PER_SECOND as usize);
-        // Rejections have a budget of their own.
-        assert!(log.shown("signature_mismatch", t0));
+        // Failures have a budget of their own.
+        assert!(log.shown("signature_mismatch", false, t0));
         // A new second, a new budget.
-        assert!(log.shown("duplicate", t0 + Duration::from_millis(1500)));
+        assert!(log.shown("duplicate", true, t0 + Duration::from_millis(1500)));
         assert_eq!(log.take_unshown(), Some((5, "stored 5".to_owned())));
         assert_eq!(log.take_unshown(), None);
     }
