@@ -439,7 +439,10 @@ def render(results, skipped, args, fsync):
         f"Run {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on "
         f"{machine_description()}. Each contender: {args.warmup} s warm-up at 64 connections, "
         f"then {args.duration} s at 8 and {args.duration} s at 64 connections (wrk, 2 threads), "
-        f"every request a distinct pre-signed delivery (~630 bytes). "
+        f"every request a distinct pre-signed delivery (~630 bytes; "
+        + ("enrollment events only, `--no-lessons`). " if args.no_lessons
+           else "a third of them lesson.completed, as Thinkific sends one per progress). ")
+        + 
         f"fsync of the database disk: p50 {fsync[0]:.2f} ms, p99 {fsync[1]:.2f} ms; "
         f"1-minute load average before each contender: "
         + ", ".join(f"{r['name']} {r['load'][0]:.1f}" for r in results) + ".",
@@ -534,6 +537,9 @@ def main():
     p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     p.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per contender")
     p.add_argument("--events", type=int, default=600_000, help="distinct deliveries in the event file")
+    p.add_argument("--no-lessons", action="store_true",
+                   help="traffic without lesson.completed (enrollment events only, as before issue #17): "
+                        "with and without, one after the other, shows what lesson events cost")
     p.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated contenders: " + ",".join(CONTENDERS)
                    + " (optional: " + ",".join(OPTIONAL_CONTENDERS) + ")")
     p.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"), help="markdown file to update ('-' for stdout only)")
@@ -549,11 +555,13 @@ def main():
     started = time.monotonic()
     out_dir = BENCH / "out"
     out_dir.mkdir(exist_ok=True)
-    events_file = out_dir / f"events-v2-{args.events}.txt"
+    lessons = "-no-lessons" if args.no_lessons else ""
+    events_file = out_dir / f"events-v2{lessons}-{args.events}.txt"
     if not events_file.exists():
         log(f"writing {args.events:,} signed deliveries to {events_file}")
         subprocess.run([sys.executable, str(BENCH / "gen_events.py"), "--count", str(args.events),
-                        "--secret", SECRET, "--out", str(events_file) + ".tmp"], check=True)
+                        "--secret", SECRET, "--out", str(events_file) + ".tmp"]
+                       + (["--no-lessons"] if args.no_lessons else []), check=True)
         os.rename(str(events_file) + ".tmp", events_file)
 
     fsync = fsync_ms(out_dir)
