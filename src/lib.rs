@@ -13,7 +13,7 @@
 //!
 //! Around the path: [`config`] (flags > environment > file > defaults, merged
 //! once), [`ids`] (names checked once, when built), [`redact`] (what may be shown of a URL), [`client`] (the outgoing
-//! HTTP client), [`alerts`] (enrollhook's own `enrollhook.*` events when forwarding or a source breaks), [`metrics`], [`log_budget`] (a log line per delivery in and out, within a budget), [`telemetry`] (OpenTelemetry traces over OTLP, off unless configured), [`maintenance`] (import, copy, retention),
+//! HTTP client), [`alerts`] (enrollhook's own `enrollhook.*` events when forwarding or a source breaks), [`metrics`], [`log_budget`] (a log line per delivery in and out, within a budget), [`background`] (background threads yield the cores), [`telemetry`] (OpenTelemetry traces over OTLP, off unless configured), [`maintenance`] (import, copy, retention),
 //! [`simulate`] (realistic Thinkific traffic), and [`cli`], which only parses,
 //! calls one of the above and prints.
 
@@ -32,6 +32,7 @@ pub mod server;
 pub mod forward;
 
 pub mod alerts;
+pub mod background;
 pub mod cli;
 pub mod client;
 pub mod config;

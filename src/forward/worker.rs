@@ -55,20 +55,51 @@ impl Default for ForwardConfig {
 
 pub struct Forwarder {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    running: Running,
     /// Hears other processes' outbox commits (PostgreSQL), if the store can.
     listener: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Where the worker runs.
+enum Running {
+    /// A task of the server's runtime.
+    Here(tokio::task::JoinHandle<()>),
+    /// A thread of its own at a lower priority, with its own runtime; says
+    /// when it is done.
+    Apart(tokio::sync::oneshot::Receiver<()>),
+}
+
 impl Forwarder {
+    /// Starts the worker. Where the store allows it (SQLite), it runs on a
+    /// thread of its own at a lower priority, so that when the cores are
+    /// busy, answering Thinkific's deliveries goes first and forwarding takes
+    /// what is left (a delivery's answer waits for nothing but its commit; a
+    /// forward may leave a little later). On the server's runtime, its tasks
+    /// and the deliveries' would share one queue.
     pub fn start(store: Arc<dyn Store>, config: ForwardConfig) -> anyhow::Result<Forwarder> {
         let destinations = Arc::new(Destinations::new(&config)?);
         let (stop, stopped) = watch::channel(false);
         let listener = store.listen_for_outbox();
-        let task = tokio::spawn(run(store, config, destinations, stopped));
+        let running = if store.usable_from_any_runtime() {
+            let (done, finished) = tokio::sync::oneshot::channel();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("forwarder")
+                .build()?;
+            std::thread::Builder::new()
+                .name("forwarder".into())
+                .spawn(move || {
+                    crate::background::lower_this_thread("forwarder");
+                    runtime.block_on(run(store, config, destinations, stopped));
+                    let _ = done.send(());
+                })?;
+            Running::Apart(finished)
+        } else {
+            Running::Here(tokio::spawn(run(store, config, destinations, stopped)))
+        };
         Ok(Forwarder {
             stop,
-            task,
+            running,
             listener,
         })
     }
@@ -79,7 +110,14 @@ impl Forwarder {
             listener.abort();
         }
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        match self.running {
+            Running::Here(task) => {
+                let _ = task.await;
+            }
+            Running::Apart(finished) => {
+                let _ = finished.await;
+            }
+        }
     }
 }
 

@@ -189,6 +189,15 @@ pub trait ForwardStore: Send + Sync {
     fn listen_for_outbox(&self) -> Option<tokio::task::JoinHandle<()>> {
         None
     }
+
+    /// Whether the forwarder may use this store from a runtime of its own
+    /// (on its own lower-priority thread). SQLite's connections are threads
+    /// reached through channels, usable from any runtime; PostgreSQL's are
+    /// sockets registered with the runtime that opened them, so the
+    /// forwarder stays on the server's runtime there.
+    fn usable_from_any_runtime(&self) -> bool {
+        false
+    }
 }
 
 /// What an attempt leaves in its outbox row: state, next attempt time, error

@@ -157,4 +157,8 @@ impl ForwardStore for SqliteStore {
     fn outbox_wake(&self) -> OutboxWake {
         self.wake.clone()
     }
+
+    fn usable_from_any_runtime(&self) -> bool {
+        true
+    }
 }

@@ -122,7 +122,9 @@ impl Projector {
         std::thread::Builder::new()
             .name("sqlite-project".into())
             .spawn(move || {
-                lower_priority();
+                // Measured at 8 connections: p99 4.0-4.2 ms instead of 4.5, and
+                // 8-15 % more events/s at 64 (BENCHMARKS.md).
+                crate::background::lower_this_thread("projector");
                 run(conn, messages, pending)
             })
             .map_err(|e| StoreError::Write(format!("cannot start the SQLite projector: {e}")))?;
@@ -176,18 +178,6 @@ impl Projector {
 
 fn stopped() -> StoreError {
     StoreError::Write("the SQLite projector thread has stopped".into())
-}
-
-/// The projector is background work: when the cores are busy, the threads
-/// that answer deliveries go first (nice 10 for this thread only; raising
-/// one's own nice value needs no privilege). Measured at 8 connections: p99
-/// 4.0-4.2 ms instead of 4.5, and 8-15 % more events/s at 64 (BENCHMARKS.md).
-fn lower_priority() {
-    // SAFETY: plain syscalls on this thread's own id.
-    let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
-    if done != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the projector's priority");
-    }
 }
 
 /// Creates or re-derives the projection file as needed and returns the
