@@ -176,7 +176,7 @@ pub async fn import(
     // The data is in; stale planner statistics only make reads slow, so a
     // failure here is a warning, not a failed import.
     if let Err(e) = store.refresh_statistics().await {
-        tracing::warn!(error = %e, "import: could not refresh the planner's statistics (ANALYZE); reads may be slow until autovacuum does");
+        tracing::warn!(error = %e, "import: could not refresh the planner's statistics (VACUUM ANALYZE); reads may be slow until autovacuum does");
     }
     report.elapsed = started.elapsed();
     Ok(report)

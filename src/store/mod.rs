@@ -667,7 +667,9 @@ pub trait Store: ForwardStore + AlertStore + Send + Sync + 'static {
     /// Brings the query planner's statistics up to date after a bulk load
     /// (`import`): PostgreSQL plans from them, and autovacuum may not analyze
     /// for minutes (measured: a student page 60 ms before `ANALYZE` after a
-    /// 1M-event import, 3 ms after). SQLite's planner uses no statistics here.
+    /// 1M-event import, 3 ms after); PostgreSQL also vacuums the projection
+    /// so its index-only scans skip the heap. SQLite's planner uses no
+    /// statistics here.
     async fn refresh_statistics(&self) -> Result<()> {
         Ok(())
     }

@@ -497,6 +497,7 @@ async fn postgres_migration_18_derives_the_totals_of_existing_enrollments() {
     let mut conn = db.connect().await;
     sqlx::raw_sql(
         "DROP TABLE course_totals, course_expiries, activity_days;
+         DROP FUNCTION course_totals_version();
          DROP INDEX enrollments_expiring;
          CREATE INDEX enrollments_enrolled_on
              ON enrollments ((COALESCE(created_at, activated_at, started_at)), source, course_id)
@@ -562,4 +563,165 @@ async fn two_postgres_instances_leave_the_aggregate() {
             pg_aggregate(&mut conn, at).await
         );
     }
+}
+
+/// Course 7: five enrollments completed 1 to 5 days after they started
+/// (median 3 days), beside random traffic in courses 1 to 4.
+fn five_completions(rng: &mut StdRng, now: DateTime<Utc>) -> Vec<Vec<u8>> {
+    let mut bodies = random_traffic(rng, 60, now);
+    for (i, days) in (1..=5).enumerate() {
+        let id = 500 + i as i64;
+        let e = |k: &str, action: &str, pct: &str, updated: &str| {
+            event(
+                &format!("{id}-{k}"),
+                action,
+                id,
+                7,
+                pct,
+                false,
+                None,
+                updated,
+            )
+        };
+        bodies.push(e("a", "created", "0", "2024-01-01T00:00:00Z"));
+        bodies.push(e(
+            "b",
+            "completed",
+            "100.0",
+            &format!("2024-01-0{}T00:00:00Z", 1 + days),
+        ));
+    }
+    bodies
+}
+
+/// A later event of enrollment 502 (3 days to complete) that says it started
+/// 12 hours earlier: 3.5 days, the new median; no count changes.
+fn earlier_start() -> Vec<u8> {
+    let mut body: serde_json::Value = serde_json::from_slice(&event(
+        "502-c",
+        "progress",
+        502,
+        7,
+        "100.0",
+        false,
+        None,
+        "2024-02-01T00:00:00Z",
+    ))
+    .unwrap();
+    body["payload"]["started_at"] = json!("2023-12-31T12:00:00Z");
+    serde_json::to_vec(&body).unwrap()
+}
+
+fn median_of(stats: &[CourseStats], course: i64) -> Option<f64> {
+    let c = stats.iter().find(|c| c.course_id == course).unwrap();
+    c.median_days_to_complete
+}
+
+/// PostgreSQL keeps each course's median until its totals row gets a new
+/// version: a later event that changes only a completion time (no count) must
+/// give the row a new version, and the next answer the new median, equal to
+/// SQLite's and to a GROUP BY from scratch; so must a rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_completion_time_alone_moves_the_cached_median() {
+    let seed: u64 = rand::random();
+    eprintln!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let now = Utc::now();
+    let traffic = five_completions(&mut rng, now);
+    let sqlite = TestDatabase::create(Backend::Sqlite)
+        .await
+        .serve(|_| {})
+        .await;
+    let pg = TestDatabase::create(Backend::Postgres)
+        .await
+        .serve(|_| {})
+        .await;
+    tokio::join!(deliver_all(&sqlite, &traffic), deliver_all(&pg, &traffic));
+    let (s, p) = (sqlite.store(), pg.store());
+    let mut conn = pg.pg.as_ref().unwrap().connect().await;
+    let row = "SELECT enrollments, completed, open_trials, progress_micros, with_days, version
+               FROM course_totals WHERE course_id = 7";
+
+    // Read twice: the second answer comes from the cache.
+    let before = p.course_stats(None, now).await.unwrap();
+    assert_eq!(median_of(&before, 7), Some(3.0));
+    assert_eq!(p.course_stats(None, now).await.unwrap(), before);
+    assert_eq!(s.course_stats(None, now).await.unwrap(), before);
+    let (old_row,): ((i64, i64, i64, i64, i64, i64),) =
+        (sqlx::query_as(row).fetch_one(&mut conn).await.unwrap(),);
+
+    let change = earlier_start();
+    for app in [&sqlite, &pg] {
+        let (status, reply) = app.deliver(&change).await;
+        assert_eq!((status, reply["status"].as_str()), (200, Some("stored")));
+    }
+    let (new_row,): ((i64, i64, i64, i64, i64, i64),) =
+        (sqlx::query_as(row).fetch_one(&mut conn).await.unwrap(),);
+    assert_eq!(
+        (new_row.0, new_row.1, new_row.2, new_row.3, new_row.4),
+        (old_row.0, old_row.1, old_row.2, old_row.3, old_row.4),
+        "no count changes"
+    );
+    assert!(
+        new_row.5 > old_row.5,
+        "a new version: {old_row:?} → {new_row:?}"
+    );
+
+    let after = p.course_stats(None, now).await.unwrap();
+    assert_eq!(median_of(&after, 7), Some(3.5));
+    assert_eq!(s.course_stats(None, now).await.unwrap(), after);
+    assert_eq!(
+        rounded_medians(after.clone()),
+        pg_aggregate(&mut conn, now).await
+    );
+
+    // A rebuild rewrites every row (new versions): still the aggregate.
+    p.rebuild_projection(false).await.unwrap();
+    let rebuilt = p.course_stats(None, now).await.unwrap();
+    assert_eq!(rebuilt, after);
+    assert_eq!(rounded_medians(rebuilt), pg_aggregate(&mut conn, now).await);
+
+    // A count damaged behind enrollhook's back still gets a new version, so
+    // the cached median is not trusted and the disagreement is reported.
+    sqlx::query("UPDATE course_totals SET with_days = with_days * 2 WHERE course_id = 7")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = p.course_stats(None, now).await.unwrap_err();
+    assert!(
+        err.to_string().contains("run `enrollhook rebuild`"),
+        "{err}"
+    );
+    p.rebuild_projection(false).await.unwrap();
+    assert_eq!(p.course_stats(None, now).await.unwrap(), after);
+}
+
+/// Two instances on one PostgreSQL database: the first caches the medians,
+/// the second takes the event that changes a completion time; the first's
+/// next answer has the new median (versions come from one sequence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_median_changed_through_another_postgres_instance_is_seen() {
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let now = Utc::now();
+    let db = crate::common::pg::TestDb::create().await;
+    let spawn = || {
+        spawn_with(
+            tempfile::tempdir().unwrap(),
+            enrollhook::config::ServeConfig::new(db.url.clone(), Some(SECRET)),
+        )
+    };
+    let (a, b) = tokio::join!(spawn(), spawn());
+    deliver_all(&a, &five_completions(&mut rng, now)).await;
+    let (on_a, on_b) = (a.store(), b.store());
+    let before = on_a.course_stats(None, now).await.unwrap();
+    assert_eq!(median_of(&before, 7), Some(3.0));
+    assert_eq!(on_b.course_stats(None, now).await.unwrap(), before);
+
+    let (status, reply) = b.deliver(&earlier_start()).await;
+    assert_eq!((status, reply["status"].as_str()), (200, Some("stored")));
+    let after = on_a.course_stats(None, now).await.unwrap();
+    assert_eq!(median_of(&after, 7), Some(3.5));
+    assert_eq!(on_b.course_stats(None, now).await.unwrap(), after);
+    let mut conn = db.connect().await;
+    assert_eq!(rounded_medians(after), pg_aggregate(&mut conn, now).await);
 }

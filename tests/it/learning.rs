@@ -700,6 +700,7 @@ async fn postgres_migration_9_derives_the_events_already_received() {
          ALTER TABLE events DROP COLUMN body_dict, DROP COLUMN body_zstd;
          DROP TABLE body_dictionaries;
          DROP TABLE course_totals, course_expiries, activity_days;
+         DROP FUNCTION course_totals_version();
          DROP INDEX enrollments_expiring;
          CREATE INDEX enrollments_enrolled_on
              ON enrollments ((COALESCE(created_at, activated_at, started_at)), source, course_id)

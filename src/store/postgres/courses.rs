@@ -4,7 +4,11 @@
 //! in its own transaction; what depends on the time of reading (expired, and so
 //! trial and active) is resolved when read, from whole past months in
 //! `course_expiries` and the current month in `enrollments_expiring`; the
-//! median days to complete is read at the middle of `enrollments_completion_days`.
+//! median days to complete is read at the middle of `enrollments_completion_days`
+//! when a course's row has a version this instance has not walked ([`Medians`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sqlx::postgres::{PgConnection, PgPool};
@@ -168,14 +172,61 @@ pub(super) async fn recompute(conn: &mut PgConnection, dry_run: bool) -> Result<
     Ok(differ)
 }
 
-/// Per-course statistics at `now`: one statement (one snapshot) over the
-/// totals, the expiry counts and, per course, the middle of the completion
-/// times' index.
-pub(super) async fn course_stats(
-    pool: &PgPool,
+/// The medians this instance has walked, by (source, course) with the
+/// `course_totals` version they were walked at (migration 19): a version is
+/// new on every write of a course's row, which every change of its completion
+/// times makes, and comes from one sequence, so an entry whose version equals
+/// the row's is right whichever instance wrote the row.
+#[derive(Default)]
+pub(super) struct Medians(Mutex<HashMap<CourseKey, Median>>);
+
+/// (source, course id).
+type CourseKey = (String, i64);
+
+#[derive(Clone, Copy)]
+struct Median {
+    version: i64,
+    median: Option<f64>,
+    /// Rows found at the middle of the index, checked against `with_days`.
+    middle_rows: i64,
+}
+
+/// Entries kept before the cache starts again (a course is ~100 bytes).
+const MEDIANS_KEPT: usize = 100_000;
+
+impl Medians {
+    fn get(&self, key: &CourseKey, version: i64) -> Option<Median> {
+        let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(key).copied().filter(|m| m.version == version)
+    }
+
+    fn put(&self, walked: Vec<(CourseKey, Median)>) {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() + walked.len() > MEDIANS_KEPT {
+            cache.clear();
+        }
+        cache.extend(walked);
+    }
+}
+
+/// One course's row of the totals as read, before its median.
+struct Totals {
+    key: CourseKey,
+    version: i64,
+    name: Option<String>,
+    counts: CourseCounts,
+    progress_micros: i64,
+    with_days: i64,
+}
+
+/// The totals of every course (of `source`) at `now`, with their versions:
+/// `course_totals` and the expiry counts, no enrollment but those expiring
+/// this month.
+async fn read_totals(
+    conn: &mut PgConnection,
     source: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<Vec<CourseStats>> {
+) -> Result<Vec<Totals>> {
     let month_start = NaiveDate::from_ymd_opt(now.year(), now.month(), 1)
         .expect("the first of a month exists")
         .and_hms_opt(0, 0, 0)
@@ -207,60 +258,152 @@ pub(super) async fn course_stats(
     filter(&mut q);
     q.push(
         " GROUP BY source, course_id)
-         SELECT t.source, t.course_id, t.name, t.enrollments, t.completed, t.open_trials,
-                t.progress_micros, t.with_days,
+         SELECT t.source, t.course_id, t.version, t.name, t.enrollments, t.completed,
+                t.open_trials, t.progress_micros, t.with_days,
                 (COALESCE(p.n, 0) + COALESCE(c.n, 0))::bigint AS expired,
-                (COALESCE(p.t, 0) + COALESCE(c.t, 0))::bigint AS expired_trials,
-                m.median, COALESCE(m.n, 0) AS middle_rows
+                (COALESCE(p.t, 0) + COALESCE(c.t, 0))::bigint AS expired_trials
          FROM course_totals AS t
          LEFT JOIN past AS p ON p.source = t.source AND p.course_id = t.course_id
          LEFT JOIN current AS c ON c.source = t.source AND c.course_id = t.course_id
-         LEFT JOIN LATERAL (
-             SELECT AVG(days_to_complete) AS median, COUNT(*) AS n FROM (
-                 SELECT e.days_to_complete FROM enrollments AS e
-                 WHERE e.source = t.source AND e.course_id = t.course_id
-                   AND e.days_to_complete IS NOT NULL
-                 ORDER BY e.days_to_complete
-                 OFFSET GREATEST((t.with_days - 1) / 2, 0) LIMIT 2 - t.with_days % 2) AS middle
-             ) AS m ON t.with_days > 0
          WHERE t.enrollments > 0",
     );
     if let Some(s) = source {
         q.push(" AND t.source = ").push_bind(s.to_owned());
     }
     q.push(" ORDER BY t.source, t.course_id");
-    let rows = q.build().fetch_all(pool).await?;
-    let mut stats = Vec::with_capacity(rows.len());
+    let rows = q.build().fetch_all(&mut *conn).await?;
+    let mut totals = Vec::with_capacity(rows.len());
     for row in &rows {
-        let source: String = row.try_get("source")?;
-        let course_id: i64 = row.try_get("course_id")?;
-        let enrollments: i64 = row.try_get("enrollments")?;
-        let with_days: i64 = row.try_get("with_days")?;
-        let progress_micros: i64 = row.try_get("progress_micros")?;
         let open_trials: i64 = row.try_get("open_trials")?;
         let expired_trials: i64 = row.try_get("expired_trials")?;
-        let middle_rows: i64 = row.try_get("middle_rows")?;
-        if with_days > 0 && middle_rows != 2 - with_days % 2 {
-            return Err(StoreError::Corrupt(format!(
-                "course_totals says course {course_id} of `{source}` has {with_days} completion times, the index disagrees: run `enrollhook rebuild`"
-            )));
+        totals.push(Totals {
+            key: (row.try_get("source")?, row.try_get("course_id")?),
+            version: row.try_get("version")?,
+            name: row.try_get("name")?,
+            counts: CourseCounts {
+                enrollments: row.try_get("enrollments")?,
+                completed: row.try_get("completed")?,
+                expired: row.try_get("expired")?,
+                trial: open_trials - expired_trials,
+            },
+            progress_micros: row.try_get("progress_micros")?,
+            with_days: row.try_get("with_days")?,
+        });
+    }
+    Ok(totals)
+}
+
+/// The cached medians of `totals` at their versions, and the courses with
+/// completion times that have none.
+fn lookup(totals: &[Totals], medians: &Medians) -> (HashMap<CourseKey, Median>, Vec<CourseKey>) {
+    let (mut found, mut missing) = (HashMap::new(), Vec::new());
+    for t in totals.iter().filter(|t| t.with_days > 0) {
+        match medians.get(&t.key, t.version) {
+            Some(m) => {
+                found.insert(t.key.clone(), m);
+            }
+            None => missing.push(t.key.clone()),
         }
-        let counts = CourseCounts {
-            enrollments,
-            completed: row.try_get("completed")?,
-            expired: row.try_get("expired")?,
-            trial: open_trials - expired_trials,
+    }
+    (found, missing)
+}
+
+/// Walks to the middle of `enrollments_completion_days` for each course of
+/// `courses`, in one statement (cost: half a course's completions in index
+/// entries), returning each median with the version it is the median of.
+async fn walk(conn: &mut PgConnection, courses: &[CourseKey]) -> Result<Vec<(CourseKey, Median)>> {
+    let rows = sqlx::query(
+        "SELECT t.source, t.course_id, t.version, m.median, m.n
+         FROM unnest($1::text[], $2::bigint[]) AS k(source, course_id)
+         JOIN course_totals AS t ON t.source = k.source AND t.course_id = k.course_id
+         CROSS JOIN LATERAL (
+             SELECT AVG(days_to_complete) AS median, COUNT(*) AS n FROM (
+                 SELECT e.days_to_complete FROM enrollments AS e
+                 WHERE e.source = t.source AND e.course_id = t.course_id
+                   AND e.days_to_complete IS NOT NULL
+                 ORDER BY e.days_to_complete
+                 OFFSET GREATEST((t.with_days - 1) / 2, 0) LIMIT 2 - t.with_days % 2) AS middle
+             ) AS m
+         WHERE t.with_days > 0",
+    )
+    .bind(courses.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>())
+    .bind(courses.iter().map(|(_, c)| *c).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut walked = Vec::with_capacity(rows.len());
+    for row in &rows {
+        walked.push((
+            (row.try_get("source")?, row.try_get("course_id")?),
+            Median {
+                version: row.try_get("version")?,
+                median: row.try_get("median")?,
+                middle_rows: row.try_get("n")?,
+            },
+        ));
+    }
+    Ok(walked)
+}
+
+/// Per-course statistics at `now`. The totals are one statement and the
+/// medians come from `medians`; only when a course's row has a version not
+/// cached are the totals read again with the walks of those courses, in one
+/// snapshot, so an answer is always of one snapshot.
+pub(super) async fn course_stats(
+    pool: &PgPool,
+    medians: &Medians,
+    source: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Vec<CourseStats>> {
+    let mut totals = read_totals(&mut *pool.acquire().await?, source, now).await?;
+    let (mut found, missing) = lookup(&totals, medians);
+    let mut walked = Vec::new();
+    if !missing.is_empty() {
+        let mut tx = pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        totals = read_totals(&mut tx, source, now).await?;
+        let missing;
+        (found, missing) = lookup(&totals, medians);
+        walked = walk(&mut tx, &missing).await?;
+        tx.commit().await?;
+        found.extend(walked.iter().cloned());
+    }
+    let mut stats = Vec::with_capacity(totals.len());
+    for t in totals {
+        let (source, course_id) = t.key;
+        let median = if t.with_days > 0 {
+            // Cached or walked at the row's version; none: the walk found no row.
+            let middle = found.get(&(source.clone(), course_id));
+            let middle = middle.filter(|m| m.version == t.version);
+            let rows = middle.map_or(0, |m| m.middle_rows);
+            check_middle(&source, course_id, t.with_days, rows)?;
+            middle.and_then(|m| m.median)
+        } else {
+            None
         };
         stats.push(CourseStats::from_counts(
             source,
             course_id,
-            row.try_get("name")?,
-            counts,
-            progress_micros as f64 / enrollments.max(1) as f64 / 1_000_000.0,
-            row.try_get("median")?,
+            t.name,
+            t.counts,
+            t.progress_micros as f64 / t.counts.enrollments.max(1) as f64 / 1_000_000.0,
+            median,
         ));
     }
+    // Kept once checked: a count the index disagrees with is never cached.
+    medians.put(walked);
     Ok(stats)
+}
+
+/// The totals and the completion times' index must agree on how many rows
+/// the middle is (one for an odd count, two for an even one).
+fn check_middle(source: &str, course_id: i64, with_days: i64, middle_rows: i64) -> Result<()> {
+    if with_days > 0 && middle_rows != 2 - with_days % 2 {
+        return Err(StoreError::Corrupt(format!(
+            "course_totals says course {course_id} of `{source}` has {with_days} completion times, the index disagrees: run `enrollhook rebuild`"
+        )));
+    }
+    Ok(())
 }
 
 /// New enrollments and completions per day, from `activity_days`.

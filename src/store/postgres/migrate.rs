@@ -80,6 +80,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "course totals",
         include_str!("migrations/0018_course_totals.sql"),
     ),
+    (
+        19,
+        "course totals version",
+        include_str!("migrations/0019_course_totals_version.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.

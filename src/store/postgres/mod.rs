@@ -65,6 +65,8 @@ pub struct PostgresStore {
     milestones: crate::store::milestones::RulesCell,
     /// The current compression dictionary (see `store::bodies`).
     encoder: std::sync::Arc<crate::store::bodies::Encoder>,
+    /// The course medians this instance has walked (see `courses::Medians`).
+    medians: courses::Medians,
 }
 
 impl PostgresStore {
@@ -119,6 +121,7 @@ impl PostgresStore {
             wake: OutboxWake::default(),
             milestones: Default::default(),
             encoder,
+            medians: Default::default(),
         })
     }
 
@@ -263,7 +266,7 @@ impl Store for PostgresStore {
         source: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<CourseStats>> {
-        courses::course_stats(&self.reader, source, now).await
+        courses::course_stats(&self.reader, &self.medians, source, now).await
     }
 
     async fn activity(&self, query: &ActivityQuery) -> Result<Vec<DayActivity>> {
@@ -452,7 +455,25 @@ impl Store for PostgresStore {
     }
 
     async fn refresh_statistics(&self) -> Result<()> {
-        sqlx::query("ANALYZE").execute(&self.writer).await?;
+        // VACUUM too, for the projection: it marks the freshly loaded pages
+        // all-visible, so index-only scans (the course medians, stalled
+        // counts) stop visiting the heap (a median walk after a 1M-event
+        // import: 135 ms with 83,366 heap fetches, 16 ms with none). One
+        // statement over the simple protocol: VACUUM refuses to run in a
+        // transaction block, which several statements in one string make.
+        let mut conn = self.writer.acquire().await?;
+        sqlx::raw_sql(
+            "VACUUM (ANALYZE) enrollments, lesson_completions, course_lessons, learners,
+                 stall_buckets, quiz_results, event_users, course_totals, course_expiries,
+                 activity_days",
+        )
+        .execute(&mut *conn)
+        .await?;
+        // The rest of what an import writes is read through its indexes and
+        // the heap anyway: fresh statistics are enough.
+        sqlx::raw_sql("ANALYZE events, outbox")
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 

@@ -21,6 +21,10 @@ struct Contribution<'a> {
     open_trial: i64,
     progress_micros: i64,
     with_days: i64,
+    /// Compared, not summed: a changed days_to_complete alone changes no
+    /// count, but moves the median, so the course's row must be written
+    /// (PostgreSQL keys its cached median by the row's version).
+    days: Option<f64>,
     /// (month of expiry 'YYYY-MM', is a trial), for not-completed rows with an expiry.
     expiry: Option<(String, i64)>,
 }
@@ -35,6 +39,7 @@ fn contribution(e: &Enrollment) -> Option<Contribution<'_>> {
         open_trial: i64::from(e.trial && !e.completed),
         progress_micros: progress_micros(e.progress),
         with_days: i64::from(e.days_to_complete().is_some()),
+        days: e.days_to_complete(),
         expiry: e.expiry_date.filter(|_| !e.completed).map(|t| {
             (
                 format!("{:04}-{:02}", t.year(), t.month()),
@@ -182,4 +187,54 @@ pub(crate) fn rederive(table: &str, derived: &str) -> String {
         "day, source, course_id, enrolled, completed"
     };
     format!("DELETE FROM {table}; INSERT INTO {table} ({cols}) {derived}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::projection::Version;
+    use chrono::{TimeZone, Utc};
+
+    fn completed(started_hour: u32) -> Enrollment {
+        let at = |h| Some(Utc.with_ymd_and_hms(2024, 3, 1, h, 0, 0).unwrap());
+        Enrollment {
+            source: "s".into(),
+            enrollment_id: 1,
+            user_id: Some(2),
+            email: None,
+            first_name: None,
+            last_name: None,
+            course_id: Some(3),
+            course_name: None,
+            progress: 100.0,
+            trial: false,
+            completed: true,
+            activated_at: None,
+            started_at: at(started_hour),
+            completed_at: at(20),
+            expiry_date: None,
+            created_at: at(0),
+            updated_at: at(20),
+            event_count: 2,
+            version: Version {
+                updated_at: at(20),
+                created_at: at(20),
+                event_id: "e".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_changed_completion_time_alone_writes_its_course_row() {
+        let (old, new) = (completed(1), completed(5));
+        let d = deltas(&[(Some(&old), &new)]);
+        let t = &d.totals[&("s", 3)];
+        // Every count is unchanged, but the row is written (a new version).
+        assert_eq!(
+            (t.enrollments, t.completed, t.with_days, t.progress_micros),
+            (0, 0, 0, 0)
+        );
+        // An unchanged row writes nothing.
+        assert!(deltas(&[(Some(&new), &new)]).totals.is_empty());
+    }
 }
