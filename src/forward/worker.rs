@@ -64,14 +64,14 @@ pub struct Forwarder {
 enum Running {
     /// A task of the server's runtime.
     Here(tokio::task::JoinHandle<()>),
-    /// A thread of its own at a lower priority, with its own runtime; says
+    /// Threads of its own at a lower priority, with their own runtime; says
     /// when it is done.
     Apart(tokio::sync::oneshot::Receiver<()>),
 }
 
 impl Forwarder {
-    /// Starts the worker. Where the store allows it (SQLite), it runs on a
-    /// thread of its own at a lower priority, so that when the cores are
+    /// Starts the worker. Where the store allows it (SQLite), it runs on
+    /// threads of its own at a lower priority, so that when the cores are
     /// busy, answering Thinkific's deliveries goes first and forwarding takes
     /// what is left (a delivery's answer waits for nothing but its commit; a
     /// forward may leave a little later). On the server's runtime, its tasks
@@ -82,9 +82,12 @@ impl Forwarder {
         let listener = store.listen_for_outbox();
         let running = if store.usable_from_any_runtime() {
             let (done, finished) = tokio::sync::oneshot::channel();
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            // As many workers as the server's (brokers' clients do their I/O
+            // on them too), every one at the lower priority.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("forwarder")
+                .on_thread_start(|| crate::background::lower_this_thread("forwarder"))
                 .build()?;
             std::thread::Builder::new()
                 .name("forwarder".into())
