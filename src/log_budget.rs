@@ -27,8 +27,8 @@ pub struct DeliveryLog {
     /// Whether `debug` is on where they are logged: every one is then shown.
     debug_on: fn() -> bool,
     started: Instant,
-    accepted: Budget,
-    rejected: Budget,
+    succeeded: Budget,
+    failed: Budget,
     /// Outcome → deliveries logged at `debug` only, since the last summary.
     unshown: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -63,8 +63,8 @@ impl DeliveryLog {
             what,
             debug_on,
             started: Instant::now(),
-            accepted: Budget::default(),
-            rejected: Budget::default(),
+            succeeded: Budget::default(),
+            failed: Budget::default(),
             unshown: Mutex::new(BTreeMap::new()),
         });
         let weak = Arc::downgrade(&log);
@@ -77,9 +77,9 @@ impl DeliveryLog {
     pub fn shown(&self, outcome: &'static str, succeeded: bool, at: Instant) -> bool {
         let second = at.saturating_duration_since(self.started).as_secs();
         let budget = if succeeded {
-            &self.accepted
+            &self.succeeded
         } else {
-            &self.rejected
+            &self.failed
         };
         if budget.take(second) {
             return true;

@@ -42,8 +42,6 @@ const MAX_COMPILED: usize = 1024;
 /// Where a template's enrollment comes from.
 #[derive(Clone, Copy)]
 pub enum Enrollments<'a> {
-    /// Nowhere: the template sees no enrollment.
-    None,
     /// Read from the store for this one delivery.
     Store(&'a dyn Store),
     /// Read beforehand for a whole batch of claimed deliveries (one

@@ -439,10 +439,10 @@ fn slack_escape(text: &str) -> String {
 
 /// The variables a template sees. `student` and `course` are taken from the
 /// enrollment when there is one, else from the payload, so every topic has them.
-/// What a template sees. The event and the enrollment are converted to
-/// template values once and shared (a value is reference-counted), not
-/// copied into a JSON document and converted again per part: at thousands of
-/// deliveries a second the conversions were most of a render.
+/// The event and the enrollment are converted to template values once and
+/// shared (a value is reference-counted), not copied into a JSON document and
+/// converted again per part: at thousands of deliveries a second the
+/// conversions were most of a render.
 fn context(input: &RenderInput<'_>) -> BTreeMap<JinjaValue, JinjaValue> {
     let payload = input.event.get("payload").unwrap_or(&Value::Null);
     let enrollment = input.enrollment.unwrap_or(&Value::Null);
