@@ -503,7 +503,7 @@ def render(results, skipped, args, fsync):
         lines.append("Correctness checks after each run:")
         lines.append("")
         for label, (what, ok, detail) in checks:
-            lines.append(f"- {label.strip('*')}: {what}: {detail} — {'ok' if ok else '**FAILED**'}")
+            lines.append(f"- {label.replace('**', '')}: {what}: {detail} — {'ok' if ok else '**FAILED**'}")
         lines.append("")
     lines.append(END)
     return "\n".join(lines)
