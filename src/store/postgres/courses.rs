@@ -14,7 +14,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use crate::store::shared::courses::{CourseDeltas, differing_rows, rederive};
+use crate::store::shared::courses::{CourseDeltas, differing_rows, median_mismatch, rederive};
 use crate::store::*;
 
 /// Adds a batch's deltas, one statement per table, rows in key order: the
@@ -399,35 +399,7 @@ pub(super) async fn course_stats(
 /// the middle is (one for an odd count, two for an even one).
 fn check_middle(source: &str, course_id: i64, with_days: i64, middle_rows: i64) -> Result<()> {
     if with_days > 0 && middle_rows != 2 - with_days % 2 {
-        return Err(StoreError::Corrupt(format!(
-            "course_totals says course {course_id} of `{source}` has {with_days} completion times, the index disagrees: run `enrollhook rebuild`"
-        )));
+        return Err(median_mismatch(source, course_id, with_days));
     }
     Ok(())
-}
-
-/// New enrollments and completions per day, from `activity_days`.
-pub(super) async fn activity(pool: &PgPool, query: &ActivityQuery) -> Result<Vec<DayActivity>> {
-    let mut q = QueryBuilder::<Postgres>::new(
-        "SELECT day, SUM(enrolled)::bigint, SUM(completed)::bigint FROM activity_days
-         WHERE day >= ",
-    );
-    q.push_bind(query.from.to_string())
-        .push(" AND day <= ")
-        .push_bind(query.to.to_string());
-    if let Some(s) = &query.source {
-        q.push(" AND source = ").push_bind(s.clone());
-    }
-    if let Some(c) = query.course_id {
-        q.push(" AND course_id = ").push_bind(c);
-    }
-    q.push(" GROUP BY day");
-    let mut counted = Vec::new();
-    for row in q.build().fetch_all(pool).await? {
-        let day: String = row.try_get(0)?;
-        let day = NaiveDate::parse_from_str(&day, "%Y-%m-%d")
-            .map_err(|_| StoreError::Corrupt(format!("bad day `{day}` in activity_days")))?;
-        counted.push((day, row.try_get(1)?, row.try_get(2)?));
-    }
-    Ok(every_day(query.from, query.to, counted))
 }

@@ -270,7 +270,7 @@ impl Store for PostgresStore {
     }
 
     async fn activity(&self, query: &ActivityQuery) -> Result<Vec<DayActivity>> {
-        courses::activity(&self.reader, query).await
+        crate::store::shared::courses::activity(&self.reader, query).await
     }
 
     async fn list_events(&self, f: &EventFilter, page: &PageRequest) -> Result<Page<StoredEvent>> {

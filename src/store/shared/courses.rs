@@ -8,8 +8,13 @@ use std::collections::HashMap;
 
 use chrono::{Datelike, NaiveDate};
 
+use sqlx::{Pool, QueryBuilder};
+
 use crate::projection::Enrollment;
-use crate::store::{completed_on, enrolled_on};
+use crate::store::dialect::{Binds, Cols, Dialect};
+use crate::store::every_day;
+use crate::store::shared::fetch_mapped;
+use crate::store::{ActivityQuery, DayActivity, Result, StoreError, completed_on, enrolled_on};
 
 /// What one enrollment row adds to its course's totals.
 #[derive(Debug, PartialEq)]
@@ -187,6 +192,49 @@ pub(crate) fn rederive(table: &str, derived: &str) -> String {
         "day, source, course_id, enrolled, completed"
     };
     format!("DELETE FROM {table}; INSERT INTO {table} ({cols}) {derived}")
+}
+
+/// The error when `course_totals` and the completion-days index disagree on
+/// how many completion times a course has (the median cannot be read).
+pub(crate) fn median_mismatch(source: &str, course_id: i64, with_days: i64) -> StoreError {
+    StoreError::Corrupt(format!(
+        "course_totals says course {course_id} of `{source}` has {with_days} completion times, the index disagrees: run `enrollhook rebuild`"
+    ))
+}
+
+/// New enrollments and completions per day, from `activity_days`: a few rows
+/// per course and day, whatever the number of enrollments.
+pub(crate) async fn activity<DB: Dialect>(
+    pool: &Pool<DB>,
+    query: &ActivityQuery,
+) -> Result<Vec<DayActivity>>
+where
+    String: Binds<DB>,
+    i64: Binds<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(
+        "SELECT day, CAST(SUM(enrolled) AS BIGINT) AS enrolled,
+                CAST(SUM(completed) AS BIGINT) AS completed
+         FROM activity_days WHERE day >= ",
+    );
+    q.push_bind(query.from.to_string())
+        .push(" AND day <= ")
+        .push_bind(query.to.to_string());
+    if let Some(s) = &query.source {
+        q.push(" AND source = ").push_bind(s.clone());
+    }
+    if let Some(c) = query.course_id {
+        q.push(" AND course_id = ").push_bind(c);
+    }
+    q.push(" GROUP BY day");
+    let counted = fetch_mapped(pool, q, |row| {
+        let day = row.text("day")?;
+        let day = NaiveDate::parse_from_str(&day, "%Y-%m-%d")
+            .map_err(|_| StoreError::Corrupt(format!("bad day `{day}` in activity_days")))?;
+        Ok((day, row.int("enrolled")?, row.int("completed")?))
+    })
+    .await?;
+    Ok(every_day(query.from, query.to, counted))
 }
 
 #[cfg(test)]

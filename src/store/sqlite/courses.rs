@@ -18,12 +18,12 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::codec::fmt_ts;
-use crate::store::shared::courses::{differing_rows, rederive};
+use crate::store::shared::courses::{differing_rows, median_mismatch, rederive};
 use crate::store::*;
 
 /// Adds a course's delta to its totals (one row).
@@ -220,36 +220,6 @@ async fn median_days(
     Ok(match middle[..] {
         [m] => Some(m),
         [a, b] => Some((a + b) / 2.0),
-        _ => {
-            return Err(StoreError::Corrupt(format!(
-                "course_totals says course {course_id} of `{source}` has {with_days} completion times, the index disagrees: run `enrollhook rebuild`"
-            )));
-        }
+        _ => return Err(median_mismatch(source, course_id, with_days)),
     })
-}
-
-/// New enrollments and completions per day, from `activity_days`: a few rows
-/// per course and day, whatever the number of enrollments.
-pub(super) async fn activity(pool: &SqlitePool, query: &ActivityQuery) -> Result<Vec<DayActivity>> {
-    let mut q = QueryBuilder::<Sqlite>::new(
-        "SELECT day, SUM(enrolled), SUM(completed) FROM activity_days WHERE day >= ",
-    );
-    q.push_bind(query.from.to_string())
-        .push(" AND day <= ")
-        .push_bind(query.to.to_string());
-    if let Some(s) = &query.source {
-        q.push(" AND source = ").push_bind(s.clone());
-    }
-    if let Some(c) = query.course_id {
-        q.push(" AND course_id = ").push_bind(c);
-    }
-    q.push(" GROUP BY day");
-    let mut counted = Vec::new();
-    for row in q.build().fetch_all(pool).await? {
-        let day: String = row.try_get(0)?;
-        let day = NaiveDate::parse_from_str(&day, "%Y-%m-%d")
-            .map_err(|_| StoreError::Corrupt(format!("bad day `{day}` in activity_days")))?;
-        counted.push((day, row.try_get(1)?, row.try_get(2)?));
-    }
-    Ok(every_day(query.from, query.to, counted))
 }

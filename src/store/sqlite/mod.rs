@@ -473,7 +473,7 @@ impl Store for SqliteStore {
 
     async fn activity(&self, query: &ActivityQuery) -> Result<Vec<DayActivity>> {
         self.projection_current().await;
-        courses::activity(&self.reader, query).await
+        crate::store::shared::courses::activity(&self.reader, query).await
     }
 
     async fn list_events(&self, f: &EventFilter, page: &PageRequest) -> Result<Page<StoredEvent>> {
