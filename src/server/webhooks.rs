@@ -20,7 +20,7 @@ use crate::config::DEFAULT_SOURCE;
 use crate::ingest::IngestError;
 use crate::ingest::receive::{self, Delivery, Rejection};
 use crate::store::{AppendOutcome, NewQuarantine, StoreError};
-use crate::telemetry::TARGET;
+use crate::telemetry::{TARGET, child_span};
 use crate::thinkific::{SIGNATURE_HEADER, TOPIC_HEADER};
 
 pub fn router() -> Router<AppState> {
@@ -112,9 +112,14 @@ async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let span = tracing::info_span!(target: TARGET, parent: None, "webhook",
-        otel.kind = "server", source, topic = Empty, event_id = Empty, outcome = Empty,
-        http.response.status_code = Empty);
+    // Sampled here, before any span is built (see `crate::telemetry`).
+    let span = if crate::telemetry::delivery_sampled() {
+        tracing::info_span!(target: TARGET, parent: None, "webhook",
+            otel.kind = "server", source, topic = Empty, event_id = Empty, outcome = Empty,
+            http.response.status_code = Empty)
+    } else {
+        tracing::Span::none()
+    };
     receive_in(app, source, headers, body, span.clone())
         .instrument(span)
         .await
@@ -195,7 +200,7 @@ async fn receive_in(
     };
     // Verified and unverified deliveries are charged to separate budgets (see
     // `limits`): forgeries cannot make the school's real deliveries get 429.
-    let authenticated = tracing::info_span!(target: TARGET, "verify")
+    let authenticated = child_span!(&span, "verify")
         .in_scope(|| receive::authenticate(&app.sources, app.verify_signatures, &delivery));
     let charged = match &authenticated {
         Ok(()) => app.limits.check(source),
@@ -206,9 +211,8 @@ async fn receive_in(
     if let Err(wait) = charged {
         return finish("rate_limited", "", "", rate_limited(wait));
     }
-    let parsed = authenticated.and_then(|()| {
-        tracing::info_span!(target: TARGET, "parse").in_scope(|| receive::parse(&delivery))
-    });
+    let parsed = authenticated
+        .and_then(|()| child_span!(&span, "parse").in_scope(|| receive::parse(&delivery)));
     let mut event = match parsed {
         Ok(event) => event,
         Err(rejection) => {
@@ -232,7 +236,7 @@ async fn receive_in(
     if !span.is_disabled() {
         event.traceparent = crate::telemetry::traceparent(&span);
     }
-    let commit = tracing::info_span!(target: TARGET, "commit", batch.size = Empty);
+    let commit = child_span!(&span, "commit", batch.size = Empty);
     match app.ingestor.append(event).instrument(commit).await {
         Ok(outcome) => {
             let label = match outcome {

@@ -255,8 +255,83 @@ async fn without_an_endpoint_nothing_is_traced(db: TestDatabase) {
     stop(server);
 }
 
+/// Sampling is decided per delivery before any span is built: at 0.5 some
+/// deliveries are traced and some not, every span exported belongs to a
+/// traced delivery's trace (no orphan `verify`, `commit`, `batch` or
+/// `projection` roots from the others), and only traced deliveries carry a
+/// `traceparent` to their forward attempts.
+async fn sampling_keeps_whole_traces_of_some_deliveries(db: TestDatabase) {
+    let collector = Collector::start().await;
+    let destination = Destination::start().await;
+    subscribe(&db, &destination.url);
+    let server = start_server(
+        &db.url,
+        SECRET,
+        &[
+            "--otlp-endpoint",
+            &collector.url,
+            "--otlp-sample",
+            "0.5",
+            "--allow-private-destinations",
+        ],
+    );
+    const DELIVERIES: i64 = 40;
+    for n in 0..DELIVERIES {
+        let body = enrollment_event(
+            &format!("evt-sampled-{n}"),
+            "created",
+            200 + n,
+            3,
+            "0.0",
+            "2024-02-01T00:00:00Z",
+        );
+        assert_eq!(deliver(&server, &body).await, 200);
+    }
+    let received = destination
+        .wait_for(DELIVERIES as usize, Duration::from_secs(30))
+        .await;
+    let stored = stored_traceparents(&db).await;
+    stop(server);
+
+    let spans = collector.spans();
+    let roots = named(&spans, "webhook");
+    // Each delivery is traced with probability 1/2: all 40 or none would
+    // happen once in 2^39 runs.
+    assert!(
+        !roots.is_empty() && roots.len() < DELIVERIES as usize,
+        "{} of {DELIVERIES} deliveries traced",
+        roots.len()
+    );
+    for span in &spans {
+        assert!(
+            roots.iter().any(|r| r.trace_id == span.trace_id),
+            "{} is in no traced delivery's trace",
+            span.name
+        );
+        if span.name != "webhook" {
+            assert!(
+                spans.iter().any(|p| p.span_id == span.parent_span_id),
+                "{}'s parent was exported",
+                span.name
+            );
+        }
+    }
+    assert_eq!(named(&spans, "verify").len(), roots.len());
+    assert_eq!(named(&spans, "commit").len(), roots.len());
+    let headers = received
+        .iter()
+        .filter(|r| r.headers.contains_key("traceparent"))
+        .count();
+    assert_eq!(
+        headers,
+        roots.len(),
+        "only traced deliveries carry a traceparent"
+    );
+    assert_eq!(stored.iter().flatten().count(), roots.len());
+}
+
 on_both_backends!(multi_thread: a_delivery_is_one_trace_with_its_forward_attempt,
-    without_an_endpoint_nothing_is_traced);
+    without_an_endpoint_nothing_is_traced, sampling_keeps_whole_traces_of_some_deliveries);
 
 /// A collector that accepts connections and never answers: deliveries and
 /// forwarding go on, and a graceful stop still ends (the flush is bounded).

@@ -8,13 +8,13 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use super::codec::*;
+use super::learning;
 use super::outbox;
 use crate::projection::learning::{Learner, Learning, LearningEvent, StallDeltas};
 use crate::projection::milestones::{self, LastLesson, MilestoneRules};
 use crate::projection::{self, Enrollment, EnrollmentEvent};
 use crate::store::bodies::Encoder;
 use crate::store::shared::courses;
-use crate::store::shared::learning::{self, Val};
 use crate::store::*;
 use tracing::Instrument as _;
 
@@ -82,16 +82,20 @@ pub(super) async fn append_on(
         taken_in_batch[i] = *first != ev.topic;
     }
 
-    let mut tx = conn.begin().await?;
     let mut id_locks: Vec<i64> = order
         .iter()
         .map(|&i| event_id_lock(&events[i].source, &events[i].event_id))
         .collect();
     id_locks.sort_unstable();
     id_locks.dedup();
-    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k ORDER BY k")
-        .bind(&id_locks)
-        .execute(&mut *tx)
+    // BEGIN and the id locks in one round trip (a batch's time is mostly
+    // round trips): the keys are our own integers, written as a literal.
+    let keys: Vec<String> = id_locks.iter().map(i64::to_string).collect();
+    let mut tx = conn
+        .begin_with(sqlx::AssertSqlSafe(format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest('{{{}}}'::int8[]) AS k ORDER BY k",
+            keys.join(",")
+        )))
         .await?;
     let seqs = insert_events(&mut tx, events, &order, &taken_in_batch, encoder).await?;
 
@@ -112,8 +116,12 @@ pub(super) async fn append_on(
         }
     }
     // Traced as the batch's `projection` span (see `crate::telemetry`).
-    let projection = tracing::info_span!(target: crate::telemetry::TARGET, "projection",
-        enrollments = touched.len());
+    let projection = if crate::telemetry::in_trace() {
+        tracing::info_span!(target: crate::telemetry::TARGET, "projection",
+            enrollments = touched.len())
+    } else {
+        tracing::Span::none()
+    };
     let (next, before, learned, stall_deltas) = async {
         let mut next = Vec::new();
         let mut before = Vec::new();
@@ -160,27 +168,13 @@ pub(super) async fn append_on(
             encoder,
         )
         .await?;
-        let mut users = Vec::new();
         for ev in &reached {
             if let Some(&seq) =
                 seqs.get(&(ev.source.clone(), ev.event_id.clone(), ev.topic.clone()))
             {
                 stored.push((ev, seq));
-                if let Some(user) = ev.user_id {
-                    users.push(vec![
-                        Val::Text(Some(ev.source.clone())),
-                        Val::Int(Some(user)),
-                        Val::Int(Some(seq)),
-                    ]);
-                }
             }
         }
-        learning::upsert_ignore::<sqlx::Postgres>(
-            &mut tx,
-            "event_users (source, user_id, seq)",
-            users,
-        )
-        .await?;
     }
     // Forwarding: the outbox rows commit with their events, or not at all.
     let subscriptions =
@@ -189,17 +183,17 @@ pub(super) async fn append_on(
         outbox::enqueue(&mut tx, &subscriptions, &stored).await?;
     }
     // Last: the course totals and the buckets of today are rows every
-    // concurrent batch updates (each table in key order, in this order).
+    // concurrent batch updates (one statement, each table in key order).
     let changes: Vec<(Option<&Enrollment>, &Enrollment)> =
         before.iter().map(Option::as_ref).zip(&next).collect();
-    super::courses::write_deltas(&mut tx, &courses::deltas(&changes)).await?;
-    learning::write_stall_deltas::<sqlx::Postgres>(&mut tx, &stall_deltas).await?;
+    super::courses::write_deltas(&mut tx, &courses::deltas(&changes), &stall_deltas).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
 
 /// Inserts `events` (the indexes `order` names, in that order; each once per
-/// (source, event id, topic) already), returning the seq of each one stored.
+/// (source, event id, topic) already), returning the seq of each one stored,
+/// and indexes the stored ones by student (`event_users`) in the same statement.
 async fn insert_events(
     tx: &mut PgConnection,
     events: &[NewEvent],
@@ -224,27 +218,37 @@ async fn insert_events(
         .collect();
     let positions: Vec<i32> = order.iter().map(|&i| i as i32).collect();
     let taken: Vec<bool> = order.iter().map(|&i| taken_in_batch[i]).collect();
+    let users: Vec<Option<i64>> = order.iter().map(|&i| events[i].user_id).collect();
     // Sequence numbers follow the input (arrival) order; rows are inserted in
     // key order, so concurrent batches wait on each other's keys in one order.
     let inserted: Vec<(String, String, String, i64)> = sqlx::query_as(
         "WITH input AS (
              SELECT nextval('events_seq_seq') AS seq, source, event_id, topic, created_at,
-                    received_at, enrollment_id, body_zstd, taken
+                    received_at, enrollment_id, body_zstd, taken, user_id
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                         $5::timestamptz[], $6::bigint[], $7::bytea[], $8::int4[], $9::bool[])
+                         $5::timestamptz[], $6::bigint[], $7::bytea[], $8::int4[], $9::bool[],
+                         $11::bigint[])
                   AS u(source, event_id, topic, created_at, received_at, enrollment_id, body_zstd,
-                       pos, taken)
-             ORDER BY pos)
-         INSERT INTO events (seq, source, event_id, topic, created_at, received_at, enrollment_id,
-                             body, body_zstd, body_dict, id_taken)
-         OVERRIDING SYSTEM VALUE
-         SELECT seq, source, event_id, topic, created_at, received_at, enrollment_id, '',
-                body_zstd, $10,
-                taken OR EXISTS (SELECT 1 FROM events AS e
-                                 WHERE e.source = input.source AND e.event_id = input.event_id)
-         FROM input ORDER BY source, event_id, topic
-         ON CONFLICT (source, event_id, topic) DO NOTHING
-         RETURNING source, event_id, topic, seq",
+                       pos, taken, user_id)
+             ORDER BY pos),
+         stored AS (
+             INSERT INTO events (seq, source, event_id, topic, created_at, received_at,
+                                 enrollment_id, body, body_zstd, body_dict, id_taken)
+             OVERRIDING SYSTEM VALUE
+             SELECT seq, source, event_id, topic, created_at, received_at, enrollment_id, '',
+                    body_zstd, $10,
+                    taken OR EXISTS (SELECT 1 FROM events AS e
+                                     WHERE e.source = input.source AND e.event_id = input.event_id)
+             FROM input ORDER BY source, event_id, topic
+             ON CONFLICT (source, event_id, topic) DO NOTHING
+             RETURNING source, event_id, topic, seq),
+         users AS (
+             INSERT INTO event_users (source, user_id, seq)
+             SELECT stored.source, input.user_id, stored.seq
+             FROM stored JOIN input USING (seq)
+             WHERE input.user_id IS NOT NULL
+             ON CONFLICT DO NOTHING)
+         SELECT source, event_id, topic, seq FROM stored",
     )
     .bind(&sources)
     .bind(&ids)
@@ -256,6 +260,7 @@ async fn insert_events(
     .bind(&positions)
     .bind(&taken)
     .bind(encoder.id())
+    .bind(&users)
     .fetch_all(&mut *tx)
     .await?;
     Ok(inserted
@@ -359,18 +364,6 @@ async fn project_learning(
             AppendOutcome::Duplicate => None,
         })
         .collect();
-    let users: Vec<Vec<Val>> = stored
-        .iter()
-        .filter_map(|(ev, seq)| {
-            Some(vec![
-                Val::Text(Some(ev.source.clone())),
-                Val::Int(Some(ev.user_id?)),
-                Val::Int(Some(*seq)),
-            ])
-        })
-        .collect();
-    learning::upsert_ignore::<sqlx::Postgres>(tx, "event_users (source, user_id, seq)", users)
-        .await?;
     let learned: Vec<(&str, &LearningEvent)> = stored
         .iter()
         .filter_map(|(ev, _)| Some((ev.source.as_str(), ev.learning.as_ref()?)))
@@ -409,7 +402,7 @@ async fn project_learning(
     .bind(&k2)
     .execute(&mut *tx)
     .await?;
-    let mut state = learning::load::<sqlx::Postgres>(tx, &needs).await?;
+    let mut state = learning::load(tx, &needs).await?;
     let loaded_stalls = state.stall_keys();
     for (source, event) in learned {
         state.apply(source, event);
@@ -417,7 +410,7 @@ async fn project_learning(
     for e in enrollments {
         state.enrollment(e);
     }
-    learning::write::<sqlx::Postgres>(tx, &state).await?;
+    learning::write(tx, &state).await?;
     let stall_deltas = state.stall_deltas(&loaded_stalls);
     Ok((Some(state), stall_deltas))
 }

@@ -14,21 +14,37 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use crate::store::shared::courses::{CourseDeltas, differing_rows, median_mismatch, rederive};
+use crate::projection::learning::StallDeltas;
+use crate::store::shared::courses::{
+    CourseDeltas, TotalsDelta, differing_rows, median_mismatch, rederive,
+};
 use crate::store::*;
 
-/// Adds a batch's deltas, one statement per table, rows in key order: the
-/// rows are shared by every batch of a course, so concurrent batches wait on
-/// them in one order (and after every other lock of the batch).
-pub(super) async fn write_deltas(tx: &mut PgConnection, d: &CourseDeltas<'_>) -> Result<()> {
-    if !d.totals.is_empty() {
-        let mut rows: Vec<_> = d.totals.iter().collect();
-        rows.sort_unstable_by_key(|(k, _)| *k);
-        let col = |f: &dyn Fn(&crate::store::shared::courses::TotalsDelta) -> i64| {
-            rows.iter().map(|(_, d)| f(d)).collect::<Vec<i64>>()
-        };
-        sqlx::query(
-            "INSERT INTO course_totals AS t (source, course_id, name, enrollments, completed,
+/// Adds a batch's deltas to the counters every batch of a course shares (the
+/// course totals, expiries and activity days, and the stall buckets), in one
+/// statement: each table's upsert is a data-modifying `WITH`, rows in key
+/// order, so concurrent batches wait on them in one order, after every other
+/// lock of the batch. One statement, not four: a batch's time is mostly round
+/// trips (BENCHMARKS.md, "PostgreSQL: where a batch's time goes").
+pub(super) async fn write_deltas(
+    tx: &mut PgConnection,
+    d: &CourseDeltas<'_>,
+    stalls: &StallDeltas,
+) -> Result<()> {
+    if d.totals.is_empty() && d.expiries.is_empty() && d.days.is_empty() && stalls.is_empty() {
+        return Ok(());
+    }
+    let mut totals: Vec<_> = d.totals.iter().collect();
+    totals.sort_unstable_by_key(|(k, _)| *k);
+    let total =
+        |f: &dyn Fn(&TotalsDelta) -> i64| totals.iter().map(|(_, d)| f(d)).collect::<Vec<i64>>();
+    let mut expiries: Vec<_> = d.expiries.iter().collect();
+    expiries.sort_unstable_by_key(|(k, _)| *k);
+    let mut days: Vec<_> = d.days.iter().collect();
+    days.sort_unstable_by_key(|(k, _)| *k);
+    sqlx::query(
+        "WITH totals AS (
+             INSERT INTO course_totals AS t (source, course_id, name, enrollments, completed,
                  open_trials, progress_micros, with_days)
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[],
                  $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
@@ -41,71 +57,90 @@ pub(super) async fn write_deltas(tx: &mut PgConnection, d: &CourseDeltas<'_>) ->
                  completed = t.completed + excluded.completed,
                  open_trials = t.open_trials + excluded.open_trials,
                  progress_micros = t.progress_micros + excluded.progress_micros,
-                 with_days = t.with_days + excluded.with_days",
-        )
-        .bind(rows.iter().map(|((s, _), _)| *s).collect::<Vec<&str>>())
-        .bind(rows.iter().map(|((_, c), _)| *c).collect::<Vec<i64>>())
-        .bind(
-            rows.iter()
-                .map(|(_, d)| d.name)
-                .collect::<Vec<Option<&str>>>(),
-        )
-        .bind(col(&|d| d.enrollments))
-        .bind(col(&|d| d.completed))
-        .bind(col(&|d| d.open_trials))
-        .bind(col(&|d| d.progress_micros))
-        .bind(col(&|d| d.with_days))
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !d.expiries.is_empty() {
-        let mut rows: Vec<_> = d.expiries.iter().collect();
-        rows.sort_unstable_by_key(|(k, _)| *k);
-        sqlx::query(
-            "INSERT INTO course_expiries AS t (source, course_id, month, enrollments, trials)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[],
-                 $5::bigint[]) AS d(source, course_id, month, enrollments, trials)
+                 with_days = t.with_days + excluded.with_days),
+         expiries AS (
+             INSERT INTO course_expiries AS t (source, course_id, month, enrollments, trials)
+             SELECT * FROM unnest($9::text[], $10::bigint[], $11::text[], $12::bigint[],
+                 $13::bigint[]) AS d(source, course_id, month, enrollments, trials)
              ORDER BY source COLLATE \"C\", course_id, month COLLATE \"C\"
              ON CONFLICT (source, course_id, month) DO UPDATE SET
                  enrollments = t.enrollments + excluded.enrollments,
-                 trials = t.trials + excluded.trials",
-        )
-        .bind(rows.iter().map(|((s, ..), _)| *s).collect::<Vec<&str>>())
-        .bind(rows.iter().map(|((_, c, _), _)| *c).collect::<Vec<i64>>())
-        .bind(
-            rows.iter()
-                .map(|((.., m), _)| m.as_str())
-                .collect::<Vec<&str>>(),
-        )
-        .bind(rows.iter().map(|(_, n)| n.0).collect::<Vec<i64>>())
-        .bind(rows.iter().map(|(_, n)| n.1).collect::<Vec<i64>>())
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !d.days.is_empty() {
-        let mut rows: Vec<_> = d.days.iter().collect();
-        rows.sort_unstable_by_key(|(k, _)| *k);
-        sqlx::query(
-            "INSERT INTO activity_days AS t (day, source, course_id, enrolled, completed)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[],
-                 $5::bigint[]) AS d(day, source, course_id, enrolled, completed)
+                 trials = t.trials + excluded.trials),
+         days AS (
+             INSERT INTO activity_days AS t (day, source, course_id, enrolled, completed)
+             SELECT * FROM unnest($14::text[], $15::text[], $16::bigint[], $17::bigint[],
+                 $18::bigint[]) AS d(day, source, course_id, enrolled, completed)
              ORDER BY day COLLATE \"C\", source COLLATE \"C\", course_id
              ON CONFLICT (day, source, course_id) DO UPDATE SET
                  enrolled = t.enrolled + excluded.enrolled,
-                 completed = t.completed + excluded.completed",
-        )
-        .bind(
-            rows.iter()
-                .map(|((day, ..), _)| day.as_str())
-                .collect::<Vec<&str>>(),
-        )
-        .bind(rows.iter().map(|((_, s, _), _)| *s).collect::<Vec<&str>>())
-        .bind(rows.iter().map(|((.., c), _)| *c).collect::<Vec<i64>>())
-        .bind(rows.iter().map(|(_, n)| n.0).collect::<Vec<i64>>())
-        .bind(rows.iter().map(|(_, n)| n.1).collect::<Vec<i64>>())
-        .execute(&mut *tx)
-        .await?;
-    }
+                 completed = t.completed + excluded.completed)
+         INSERT INTO stall_buckets AS t (source, course_id, last_lesson_id, activity_day,
+             learners)
+         SELECT * FROM unnest($19::text[], $20::bigint[], $21::bigint[], $22::text[],
+             $23::bigint[]) AS d(source, course_id, last_lesson_id, activity_day, learners)
+         ORDER BY source COLLATE \"C\", course_id, last_lesson_id, activity_day COLLATE \"C\"
+         ON CONFLICT (source, course_id, last_lesson_id, activity_day)
+         DO UPDATE SET learners = t.learners + excluded.learners",
+    )
+    .bind(totals.iter().map(|((s, _), _)| *s).collect::<Vec<&str>>())
+    .bind(totals.iter().map(|((_, c), _)| *c).collect::<Vec<i64>>())
+    .bind(
+        totals
+            .iter()
+            .map(|(_, d)| d.name)
+            .collect::<Vec<Option<&str>>>(),
+    )
+    .bind(total(&|d| d.enrollments))
+    .bind(total(&|d| d.completed))
+    .bind(total(&|d| d.open_trials))
+    .bind(total(&|d| d.progress_micros))
+    .bind(total(&|d| d.with_days))
+    .bind(
+        expiries
+            .iter()
+            .map(|((s, ..), _)| *s)
+            .collect::<Vec<&str>>(),
+    )
+    .bind(
+        expiries
+            .iter()
+            .map(|((_, c, _), _)| *c)
+            .collect::<Vec<i64>>(),
+    )
+    .bind(
+        expiries
+            .iter()
+            .map(|((.., m), _)| m.as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(expiries.iter().map(|(_, n)| n.0).collect::<Vec<i64>>())
+    .bind(expiries.iter().map(|(_, n)| n.1).collect::<Vec<i64>>())
+    .bind(
+        days.iter()
+            .map(|((day, ..), _)| day.as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(days.iter().map(|((_, s, _), _)| *s).collect::<Vec<&str>>())
+    .bind(days.iter().map(|((.., c), _)| *c).collect::<Vec<i64>>())
+    .bind(days.iter().map(|(_, n)| n.0).collect::<Vec<i64>>())
+    .bind(days.iter().map(|(_, n)| n.1).collect::<Vec<i64>>())
+    .bind(
+        stalls
+            .keys()
+            .map(|(s, ..)| s.as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(stalls.keys().map(|(_, c, ..)| *c).collect::<Vec<i64>>())
+    .bind(stalls.keys().map(|(_, _, l, _)| *l).collect::<Vec<i64>>())
+    .bind(
+        stalls
+            .keys()
+            .map(|(.., day)| day.as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(stalls.values().copied().collect::<Vec<i64>>())
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

@@ -21,6 +21,7 @@ mod batch;
 mod codec;
 mod courses;
 mod forward;
+mod learning;
 mod migrate;
 mod outbox;
 mod wake;
@@ -38,7 +39,7 @@ use self::batch::{append_on, is_retryable, upsert_enrollments};
 use self::codec::*;
 use crate::projection::Enrollment;
 use crate::store::shared::learning_reads;
-use crate::store::shared::{learning, log, rebuild, retention};
+use crate::store::shared::{log, rebuild, retention};
 use crate::store::*;
 
 /// The session advisory lock of a scheduled reconciliation ("reconcil" in
@@ -430,7 +431,8 @@ impl Store for PostgresStore {
             rebuild::delete_orphans::<Postgres>(&mut tx).await?;
         }
         // After the enrollments, which the learners copy.
-        let learning = learning::rebuild::<Postgres>(&mut tx, None, dry_run).await?;
+        let learning =
+            crate::store::shared::learning::rebuild::<Postgres>(&mut tx, None, dry_run).await?;
         report.learning = learning.rows;
         report.index_rows = learning.index_rows;
         // From the enrollments as rebuilt (a dry run compares with them as stored).

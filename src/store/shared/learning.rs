@@ -1,8 +1,9 @@
 //! The learning projection's rows (see [`crate::projection::learning`]),
-//! written once for both backends: their columns and values, the loading of
-//! what a batch touches, the writing of what it changed, and `rebuild`'s
-//! re-derivation. SQLite's projector thread (rusqlite) uses the same column
-//! lists and values through `sqlite::learning`.
+//! written once for both backends: their columns and values, and `rebuild`'s
+//! re-derivation. A batch loads and writes them with each backend's own
+//! statements, over the same column lists and values: SQLite's projector
+//! thread through `sqlite::learning` (rusqlite), PostgreSQL's batch through
+//! `postgres::learning` (one array per column).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,8 +12,8 @@ use sqlx::QueryBuilder;
 
 use crate::projection::Enrollment;
 use crate::projection::learning::{
-    CourseLesson, Learner, Learning, LearningEvent, LessonCompletion, LessonInfo, Needs,
-    QuizResult, StallDeltas, StallKey,
+    CourseLesson, Learner, Learning, LearningEvent, LessonCompletion, LessonInfo, QuizResult,
+    StallDeltas, StallKey,
 };
 use crate::store::dialect::{Binds, Cols, Dialect};
 use crate::store::rows::{ENROLLMENT_COLUMNS, enrollment_from_row};
@@ -307,42 +308,6 @@ where
     Ok(())
 }
 
-/// Writes the rows `learning` changed.
-pub(crate) async fn write<DB: Dialect>(conn: &mut DB::Connection, learning: &Learning) -> Result<()>
-where
-    Option<i64>: Binds<DB>,
-    Option<String>: Binds<DB>,
-    Option<f64>: Binds<DB>,
-    bool: Binds<DB>,
-{
-    let c = &learning.changed;
-    let completions: Vec<Vec<Val>> = c
-        .completions
-        .iter()
-        .filter_map(|k| learning.completions.get(k).map(completion_values))
-        .collect();
-    let lessons: Vec<Vec<Val>> = c
-        .lessons
-        .iter()
-        .filter_map(|k| learning.lessons.get(k).map(course_lesson_values))
-        .collect();
-    let learners: Vec<Vec<Val>> = c
-        .learners
-        .iter()
-        .filter_map(|k| learning.learners.get(k).map(learner_values))
-        .collect();
-    let quizzes: Vec<Vec<Val>> = c
-        .quizzes
-        .iter()
-        .filter_map(|k| learning.quizzes.get(k).map(quiz_values))
-        .collect();
-    upsert::<DB>(conn, &COMPLETIONS, completions).await?;
-    upsert::<DB>(conn, &COURSE_LESSONS, lessons).await?;
-    upsert::<DB>(conn, &LEARNERS, learners).await?;
-    upsert::<DB>(conn, &QUIZZES, quizzes).await?;
-    Ok(())
-}
-
 /// Moves learners between `stall_buckets` (see [`Learning::stall_deltas`]),
 /// in key order: on PostgreSQL the day's buckets are the rows two writers
 /// share, so a batch applies them last (held until its commit) and sorted
@@ -374,101 +339,6 @@ where
         q.build().execute(DB::on(conn)).await?;
     }
     Ok(())
-}
-
-/// Selects the rows of `table` whose keys are `keys`; `bind` pushes one
-/// key's values, separated by commas.
-async fn select_keys<DB: Dialect, K, T>(
-    conn: &mut DB::Connection,
-    table: &Table,
-    keys: &BTreeSet<K>,
-    bind: impl Fn(&mut QueryBuilder<DB>, &K),
-    map: impl Fn(&DB::Row) -> Result<T>,
-) -> Result<Vec<T>> {
-    let mut out = Vec::new();
-    let keys: Vec<&K> = keys.iter().collect();
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<DB>::new(format!(
-            "SELECT {} FROM {} WHERE ({}) IN (",
-            table.columns(),
-            table.name,
-            table.cols[..table.keys].join(", ")
-        ));
-        for (i, k) in chunk.iter().enumerate() {
-            q.push(if i == 0 { "(" } else { ", (" });
-            bind(&mut q, k);
-            q.push(")");
-        }
-        q.push(")");
-        for row in q.build().fetch_all(DB::on(conn)).await? {
-            out.push(map(&row)?);
-        }
-    }
-    Ok(out)
-}
-
-/// The rows `needs` names, as stored (absent ones are new).
-pub(crate) async fn load<DB: Dialect>(conn: &mut DB::Connection, needs: &Needs) -> Result<Learning>
-where
-    i64: Binds<DB>,
-    String: Binds<DB>,
-{
-    let mut learning = Learning::default();
-    let key3 = |q: &mut QueryBuilder<DB>, k: &(String, i64, i64)| {
-        q.push_bind(k.0.clone())
-            .push(", ")
-            .push_bind(k.1)
-            .push(", ")
-            .push_bind(k.2);
-    };
-    let key4 = |q: &mut QueryBuilder<DB>, k: &(String, i64, i64, i64)| {
-        q.push_bind(k.0.clone())
-            .push(", ")
-            .push_bind(k.1)
-            .push(", ")
-            .push_bind(k.2)
-            .push(", ")
-            .push_bind(k.3);
-    };
-    for c in select_keys::<DB, _, _>(
-        conn,
-        &COMPLETIONS,
-        &needs.completions,
-        key4,
-        completion_from_row,
-    )
-    .await?
-    {
-        learning
-            .completions
-            .insert((c.source.clone(), c.course_id, c.user_id, c.lesson_id), c);
-    }
-    for l in select_keys::<DB, _, _>(
-        conn,
-        &COURSE_LESSONS,
-        &needs.lessons,
-        key3,
-        course_lesson_from_row,
-    )
-    .await?
-    {
-        learning
-            .lessons
-            .insert((l.source.clone(), l.course_id, l.info.lesson_id), l);
-    }
-    for l in
-        select_keys::<DB, _, _>(conn, &LEARNERS, &needs.learners, key3, learner_from_row).await?
-    {
-        learning
-            .learners
-            .insert((l.source.clone(), l.course_id, l.user_id), l);
-    }
-    for q in select_keys::<DB, _, _>(conn, &QUIZZES, &needs.quizzes, key3, quiz_from_row).await? {
-        learning
-            .quizzes
-            .insert((q.source.clone(), q.quiz_id, q.user_id), q);
-    }
-    Ok(learning)
 }
 
 /// Log events read per round of `rebuild`'s walk.
