@@ -1,7 +1,7 @@
 //! A batch of deliveries in one transaction: events, projection, outbox (see
 //! the locking order in the parent module's docs).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use sqlx::Connection;
@@ -10,7 +10,7 @@ use sqlx::postgres::PgConnection;
 use super::codec::*;
 use super::learning;
 use super::outbox;
-use crate::projection::learning::{Learner, Learning, LearningEvent, StallDeltas};
+use crate::projection::learning::{Learner, Learning, LearningEvent, Needs, StallDeltas};
 use crate::projection::milestones::{self, LastLesson, MilestoneRules};
 use crate::projection::{self, Enrollment, EnrollmentEvent};
 use crate::store::bodies::Encoder;
@@ -56,6 +56,124 @@ fn event_id_lock(source: &str, event_id: &str) -> i64 {
     h as i64
 }
 
+/// The advisory locks a batch's events call for, taken with its BEGIN: the
+/// envelope ids (one-bigint keys), then the enrollments, then the learning
+/// rows (two-int keys), each kind in sorted order, so concurrent batches wait
+/// on each other in one order. A superset (duplicates' keys too) of what the
+/// projection then needs; a learner row that only a stored enrollment names
+/// (an event without its course or user) is locked when found
+/// ([`lock_missing`]), out of that order: a deadlock it may cause is
+/// detected by PostgreSQL and the batch retried ([`is_retryable`]).
+struct BatchLocks {
+    ids: Vec<i64>,
+    /// Enrollments then learning rows, as taken.
+    ordered: Vec<(i32, i32)>,
+    /// The same, for lookups.
+    pairs: BTreeSet<(i32, i32)>,
+}
+
+impl BatchLocks {
+    fn of(events: &[NewEvent], order: &[usize]) -> BatchLocks {
+        let mut ids: Vec<i64> = order
+            .iter()
+            .map(|&i| event_id_lock(&events[i].source, &events[i].event_id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut enrollments = BTreeSet::new();
+        let mut learners = Vec::new();
+        for ev in events {
+            if let Some(e) = &ev.enrollment {
+                let p = &e.payload;
+                enrollments.insert(enrollment_lock(&ev.source, p.id));
+                if let (Some(course), Some(user)) = (p.course_id, p.user_id) {
+                    learners.push((ev.source.as_str(), course, user));
+                }
+            }
+        }
+        let learned = events
+            .iter()
+            .filter_map(|ev| Some((ev.source.as_str(), ev.learning.as_ref()?)));
+        let mut needs = Learning::needs(learned, []);
+        for (source, course, user) in learners {
+            needs.learners.insert((source.to_owned(), course, user));
+        }
+        let learning: BTreeSet<(i32, i32)> = learning_locks(&needs).collect();
+        let ordered: Vec<(i32, i32)> = enrollments
+            .iter()
+            .copied()
+            .chain(
+                learning
+                    .iter()
+                    .copied()
+                    .filter(|k| !enrollments.contains(k)),
+            )
+            .collect();
+        BatchLocks {
+            ids,
+            pairs: ordered.iter().copied().collect(),
+            ordered,
+        }
+    }
+
+    /// The BEGIN statement that takes them (simple query protocol).
+    fn begin(&self) -> String {
+        let list = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(",");
+        let mut sql = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest('{{{}}}'::int8[]) AS k ORDER BY k",
+            list(&mut self.ids.iter().map(i64::to_string))
+        );
+        if !self.ordered.is_empty() {
+            sql.push_str(&format!(
+                "; SELECT pg_advisory_xact_lock(k1, k2)
+                 FROM unnest('{{{}}}'::int4[], '{{{}}}'::int4[]) WITH ORDINALITY AS k(k1, k2, n)
+                 ORDER BY n",
+                list(&mut self.ordered.iter().map(|k| k.0.to_string())),
+                list(&mut self.ordered.iter().map(|k| k.1.to_string())),
+            ));
+        }
+        sql
+    }
+}
+
+/// Takes those of `wanted` that are not `held` yet, in sorted order.
+async fn lock_missing(
+    tx: &mut PgConnection,
+    wanted: &BTreeSet<(i32, i32)>,
+    held: &BTreeSet<(i32, i32)>,
+) -> Result<()> {
+    let (k1, k2): (Vec<i32>, Vec<i32>) = wanted.difference(held).copied().unzip();
+    if k1.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k1, k2)
+         FROM unnest($1::int4[], $2::int4[]) AS k(k1, k2) ORDER BY k1, k2",
+    )
+    .bind(&k1)
+    .bind(&k2)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The locks of the learning rows `needs` names.
+fn learning_locks(needs: &Needs) -> impl Iterator<Item = (i32, i32)> + '_ {
+    let learners = needs
+        .learners
+        .iter()
+        .map(|(s, course, user)| learning_lock(b'L', s, *course, *user));
+    let lessons = needs
+        .lessons
+        .iter()
+        .map(|(s, course, lesson)| learning_lock(b'C', s, *course, *lesson));
+    let quizzes = needs
+        .quizzes
+        .iter()
+        .map(|(s, quiz, user)| learning_lock(b'Q', s, *quiz, *user));
+    learners.chain(lessons).chain(quizzes)
+}
+
 /// One batch, one transaction (see the module comment for the locking order).
 /// The milestones the batch reaches (`rules`) are stored in it too.
 pub(super) async fn append_on(
@@ -82,21 +200,11 @@ pub(super) async fn append_on(
         taken_in_batch[i] = *first != ev.topic;
     }
 
-    let mut id_locks: Vec<i64> = order
-        .iter()
-        .map(|&i| event_id_lock(&events[i].source, &events[i].event_id))
-        .collect();
-    id_locks.sort_unstable();
-    id_locks.dedup();
-    // BEGIN and the id locks in one round trip (a batch's time is mostly
-    // round trips): the keys are our own integers, written as a literal.
-    let keys: Vec<String> = id_locks.iter().map(i64::to_string).collect();
-    let mut tx = conn
-        .begin_with(sqlx::AssertSqlSafe(format!(
-            "BEGIN; SELECT pg_advisory_xact_lock(k) FROM unnest('{{{}}}'::int8[]) AS k ORDER BY k",
-            keys.join(",")
-        )))
-        .await?;
+    // Every lock the batch's events call for, with BEGIN, in one round trip
+    // (a batch's time is mostly round trips): the keys are our own integers,
+    // written as literals.
+    let locks = BatchLocks::of(events, &order);
+    let mut tx = conn.begin_with(sqlx::AssertSqlSafe(locks.begin())).await?;
     let seqs = insert_events(&mut tx, events, &order, &taken_in_batch, encoder).await?;
 
     // New enrollment events, grouped by enrollment in sorted order.
@@ -126,10 +234,11 @@ pub(super) async fn append_on(
         let mut next = Vec::new();
         let mut before = Vec::new();
         if !touched.is_empty() {
-            (next, before) = project(&mut tx, &touched).await?;
+            (next, before) = project(&mut tx, &touched, &locks.pairs).await?;
             upsert_enrollments(&mut tx, &next).await?;
         }
-        let (learned, stall_deltas) = project_learning(&mut tx, events, &outcomes, &next).await?;
+        let (learned, stall_deltas) =
+            project_learning(&mut tx, events, &outcomes, &next, &locks.pairs).await?;
         Ok::<_, StoreError>((next, before, learned, stall_deltas))
     }
     .instrument(projection)
@@ -355,6 +464,7 @@ async fn project_learning(
     events: &[NewEvent],
     outcomes: &[AppendOutcome],
     enrollments: &[Enrollment],
+    held: &BTreeSet<(i32, i32)>,
 ) -> Result<(Option<Learning>, StallDeltas)> {
     let stored: Vec<(&NewEvent, i64)> = events
         .iter()
@@ -372,36 +482,11 @@ async fn project_learning(
     if needs.is_empty() {
         return Ok((None, StallDeltas::new()));
     }
-    // Rows other writers may change at once: locked like enrollments (see
-    // `project`), after them, in sorted order.
-    let mut locks: Vec<(i32, i32)> = needs
-        .learners
-        .iter()
-        .map(|(s, course, user)| learning_lock(b'L', s, *course, *user))
-        .chain(
-            needs
-                .lessons
-                .iter()
-                .map(|(s, course, lesson)| learning_lock(b'C', s, *course, *lesson)),
-        )
-        .chain(
-            needs
-                .quizzes
-                .iter()
-                .map(|(s, quiz, user)| learning_lock(b'Q', s, *quiz, *user)),
-        )
-        .collect();
-    locks.sort_unstable();
-    locks.dedup();
-    let (k1, k2): (Vec<i32>, Vec<i32>) = locks.into_iter().unzip();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(k1, k2)
-         FROM unnest($1::int4[], $2::int4[]) AS k(k1, k2) ORDER BY k1, k2",
-    )
-    .bind(&k1)
-    .bind(&k2)
-    .execute(&mut *tx)
-    .await?;
+    // Rows other writers may change at once: locked like enrollments, after
+    // them, in sorted order; with BEGIN already, unless only the stored
+    // enrollment told whose learner row it is (see [`BatchLocks`]).
+    let locks: BTreeSet<(i32, i32)> = learning_locks(&needs).collect();
+    lock_missing(tx, &locks, held).await?;
     let mut state = learning::load(tx, &needs).await?;
     let loaded_stalls = state.stall_keys();
     for (source, event) in learned {
@@ -432,22 +517,13 @@ fn learning_lock(kind: u8, source: &str, a: i64, b: i64) -> (i32, i32) {
 async fn project(
     tx: &mut PgConnection,
     touched: &BTreeMap<(&str, i64), Vec<&EnrollmentEvent>>,
+    held: &BTreeSet<(i32, i32)>,
 ) -> Result<(Vec<Enrollment>, Vec<Option<Enrollment>>)> {
-    let mut locks: Vec<(i32, i32)> = touched
+    let locks: BTreeSet<(i32, i32)> = touched
         .keys()
         .map(|(source, id)| enrollment_lock(source, *id))
         .collect();
-    locks.sort_unstable();
-    locks.dedup();
-    let (k1, k2): (Vec<i32>, Vec<i32>) = locks.into_iter().unzip();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(k1, k2)
-         FROM unnest($1::int4[], $2::int4[]) AS k(k1, k2) ORDER BY k1, k2",
-    )
-    .bind(&k1)
-    .bind(&k2)
-    .execute(&mut *tx)
-    .await?;
+    lock_missing(tx, &locks, held).await?;
 
     let (sources, ids): (Vec<&str>, Vec<i64>) = touched.keys().copied().unzip();
     // FOR UPDATE also waits for a running `rebuild` (it locks the table).

@@ -9,9 +9,11 @@
 //!   topic, see `id_taken`), and only the winner applies the projection;
 //! - newest state: before reading an enrollment, a batch takes a transaction-scoped
 //!   advisory lock per (source, enrollment id) (rows that do not exist yet cannot be
-//!   row-locked), in sorted order so that batches of different instances never
-//!   deadlock; events are inserted in sorted (source, event_id, topic) order for the
-//!   same reason. Deadlocks and serialization failures that still happen are retried.
+//!   row-locked), then one per learning row, each kind in sorted order so that
+//!   batches of different instances never deadlock; all of them with its `BEGIN`,
+//!   in one round trip (`batch::BatchLocks`). Events are inserted in sorted
+//!   (source, event_id, topic) order for the same reason. Deadlocks and
+//!   serialization failures that still happen are retried.
 //!
 //! Several writers (see [`Store::writers`]) each commit whole batches; every
 //! batch costs a handful of round trips whatever its size (arrays + `unnest`).
