@@ -18,6 +18,7 @@ on_both_backends!(
     bad_parameters_are_answered_400,
     the_cli_shows_funnel_stalled_and_student,
     stalled_counts_equal_the_stalled_list,
+    an_event_without_its_student_still_moves_the_learner,
 );
 
 fn lesson(
@@ -896,4 +897,84 @@ async fn stalled_counts_equal_the_stalled_list(db: TestDatabase) {
 
     let check = store.rebuild_projection(true).await.unwrap();
     assert_eq!((check.learning, check.index_rows), (0, 0), "{check:?}");
+}
+
+/// An enrollment event that names neither its student nor its course (Thinkific's
+/// payloads always do; a hand-made or truncated one may not): the learner row is
+/// found through the stored enrollment (on PostgreSQL, locked only then, out of
+/// the batch's first locks) and moves like any other, in any batch.
+async fn an_event_without_its_student_still_moves_the_learner(db: TestDatabase) {
+    let app = db.serve(|_| {}).await;
+    deliver_all(
+        &app,
+        &[
+            enrollment_event("e-created", "created", 61, 5, "0.0", "2024-02-01T00:00:00Z"),
+            lesson(
+                "l-1",
+                1061,
+                5,
+                Some(61),
+                (501, 1, 1),
+                "2024-02-01T01:00:00Z",
+            ),
+        ],
+    )
+    .await;
+    let mut completed: Value = serde_json::from_slice(&enrollment_event(
+        "e-completed",
+        "completed",
+        61,
+        5,
+        "100.0",
+        "2024-02-03T00:00:00Z",
+    ))
+    .unwrap();
+    let payload = completed["payload"].as_object_mut().unwrap();
+    payload.remove("user");
+    payload.remove("course");
+    payload.remove("course_id");
+    payload.insert("completed_at".into(), json!("2024-02-03T00:00:00Z"));
+    let body = serde_json::to_vec(&completed).unwrap();
+    // Alone, and again beside other students' events in one burst (one batch).
+    let others: Vec<Vec<u8>> = (0..6)
+        .map(|n| {
+            enrollment_event(
+                &format!("o-{n}"),
+                "created",
+                70 + n,
+                5,
+                "0.0",
+                "2024-02-03T00:00:00Z",
+            )
+        })
+        .collect();
+    let mut burst = vec![body.clone()];
+    burst.extend(others);
+    futures::future::join_all(burst.iter().map(|b| app.deliver(b))).await;
+    assert_eq!(app.deliver(&body).await.0, 200, "a duplicate");
+
+    let student = get_ok(&app, "/api/students/default/1061").await;
+    let enrollment = &student["enrollments"][0]["enrollment"];
+    assert_eq!(enrollment["completed"], json!(true), "{student:#}");
+    let stalled = get_ok(&app, "/api/enrollments?stalled_days=1&course_id=5").await;
+    assert!(
+        stalled["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["user_id"] != json!(1061)),
+        "a completed student is not stalled: {stalled:#}"
+    );
+    let check = app.store().rebuild_projection(true).await.unwrap();
+    assert_eq!(
+        (
+            check.changed,
+            check.removed,
+            check.learning,
+            check.index_rows,
+            check.courses
+        ),
+        (0, 0, 0, 0, 0),
+        "{check:?}"
+    );
 }
