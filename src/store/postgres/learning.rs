@@ -12,19 +12,14 @@
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnection, PgRow};
 
-use serde::de::DeserializeOwned;
-use serde_json::Value;
-use sqlx::Row as _;
-use sqlx::types::Json;
-
-use super::codec::{Cols, us_opt};
+use super::codec::us_opt;
 use crate::projection::learning::{Learning, Needs};
+use crate::store::Result;
 use crate::store::shared::learning::{
     COMPLETIONS, COURSE_LESSONS, LEARNERS, QUIZZES, Table, Val, completion_from_row,
     completion_values, course_lesson_from_row, course_lesson_values, learner_from_row,
     learner_values, quiz_from_row, quiz_values,
 };
-use crate::store::{Result, StoreError};
 
 /// Rows turned into columns, each bound as one array.
 enum Column {
@@ -144,6 +139,27 @@ async fn upsert(conn: &mut PgConnection, tables: Vec<(&Table, Vec<Vec<Val>>)>) -
     Ok(())
 }
 
+/// The rows of `table` whose keys are `keys` (each the key columns' values).
+async fn select_keys<T>(
+    conn: &mut PgConnection,
+    table: &Table,
+    keys: Vec<Vec<Val>>,
+    map: impl Fn(&PgRow) -> Result<T>,
+) -> Result<Vec<T>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let columns = columns(keys);
+    let sql = format!(
+        "SELECT {} FROM {} WHERE ({}) IN (SELECT * FROM {})",
+        table.columns(),
+        table.name,
+        table.cols[..table.keys].join(", "),
+        unnest(&columns, 1)
+    );
+    run(conn, sql, columns).await?.iter().map(map).collect()
+}
+
 fn key3((source, a, b): &(String, i64, i64)) -> Vec<Val> {
     vec![
         Val::Text(Some(source.clone())),
@@ -152,11 +168,11 @@ fn key3((source, a, b): &(String, i64, i64)) -> Vec<Val> {
     ]
 }
 
-/// The rows `needs` names, as stored (absent ones are new), in one statement:
-/// each table's rows come back as one JSON array (`json_agg`), read by the
-/// same row mappers as any row ([`JsonRow`]).
+/// The rows `needs` names, as stored (absent ones are new); like
+/// `shared::learning::load`.
 pub(super) async fn load(conn: &mut PgConnection, needs: &Needs) -> Result<Learning> {
-    let completion_keys: Vec<Vec<Val>> = needs
+    let mut learning = Learning::default();
+    let completion_keys = needs
         .completions
         .iter()
         .map(|(source, course, user, lesson)| {
@@ -168,168 +184,30 @@ pub(super) async fn load(conn: &mut PgConnection, needs: &Needs) -> Result<Learn
             ]
         })
         .collect();
-    let reads = [
-        (&COMPLETIONS, completion_keys),
-        (&COURSE_LESSONS, needs.lessons.iter().map(key3).collect()),
-        (&LEARNERS, needs.learners.iter().map(key3).collect()),
-        (&QUIZZES, needs.quizzes.iter().map(key3).collect()),
-    ];
-    // Only the tables with keys take part, so there are few distinct texts.
-    let mut selects = Vec::new();
-    let mut asked = Vec::new();
-    let mut bound = Vec::new();
-    for (table, keys) in reads {
-        if keys.is_empty() {
-            continue;
-        }
-        asked.push(table.name);
-        let columns = columns(keys);
-        selects.push(format!(
-            "(SELECT coalesce(json_agg(t), '[]') FROM (SELECT {} FROM {} WHERE ({}) IN
-                 (SELECT * FROM {})) AS t) AS {}",
-            table.columns(),
-            table.name,
-            table.cols[..table.keys].join(", "),
-            unnest(&columns, bound.len() + 1),
-            table.name
-        ));
-        bound.extend(columns);
-    }
-    let mut learning = Learning::default();
-    if selects.is_empty() {
-        return Ok(learning);
-    }
-    let rows = run(conn, format!("SELECT {}", selects.join(", ")), bound).await?;
-    let row = rows.first().expect("a SELECT without FROM gives one row");
-    let read = |table: &Table| -> Result<Vec<serde_json::Map<String, Value>>> {
-        if !asked.contains(&table.name) {
-            return Ok(Vec::new());
-        }
-        let rows: Json<Vec<serde_json::Map<String, Value>>> = row.try_get(table.name)?;
-        Ok(rows.0)
-    };
-    for r in read(&COMPLETIONS)? {
-        let c = completion_from_row(&JsonRow(&r))?;
+    for c in select_keys(conn, &COMPLETIONS, completion_keys, completion_from_row).await? {
         learning
             .completions
             .insert((c.source.clone(), c.course_id, c.user_id, c.lesson_id), c);
     }
-    for r in read(&COURSE_LESSONS)? {
-        let l = course_lesson_from_row(&JsonRow(&r))?;
+    let lesson_keys = needs.lessons.iter().map(key3).collect();
+    for l in select_keys(conn, &COURSE_LESSONS, lesson_keys, course_lesson_from_row).await? {
         learning
             .lessons
             .insert((l.source.clone(), l.course_id, l.info.lesson_id), l);
     }
-    for r in read(&LEARNERS)? {
-        let l = learner_from_row(&JsonRow(&r))?;
+    let learner_keys = needs.learners.iter().map(key3).collect();
+    for l in select_keys(conn, &LEARNERS, learner_keys, learner_from_row).await? {
         learning
             .learners
             .insert((l.source.clone(), l.course_id, l.user_id), l);
     }
-    for r in read(&QUIZZES)? {
-        let q = quiz_from_row(&JsonRow(&r))?;
+    let quiz_keys = needs.quizzes.iter().map(key3).collect();
+    for q in select_keys(conn, &QUIZZES, quiz_keys, quiz_from_row).await? {
         learning
             .quizzes
             .insert((q.source.clone(), q.quiz_id, q.user_id), q);
     }
     Ok(learning)
-}
-
-/// A row read as a JSON object (PostgreSQL's `json_agg` of a row: numbers,
-/// strings, booleans, timestamps as ISO 8601 text with an offset).
-struct JsonRow<'a>(&'a serde_json::Map<String, Value>);
-
-impl JsonRow<'_> {
-    fn get(&self, col: &str) -> Result<Option<&Value>> {
-        match self.0.get(col) {
-            None => Err(corrupt(col, "is missing")),
-            Some(Value::Null) => Ok(None),
-            Some(v) => Ok(Some(v)),
-        }
-    }
-
-    fn required<T>(&self, col: &str, value: Result<Option<T>>) -> Result<T> {
-        value?.ok_or_else(|| corrupt(col, "is null"))
-    }
-}
-
-fn corrupt(col: &str, what: &str) -> StoreError {
-    StoreError::Corrupt(format!("a learning row's column `{col}` {what}"))
-}
-
-impl Cols for JsonRow<'_> {
-    fn text(&self, col: &str) -> Result<String> {
-        self.required(col, self.opt_text(col))
-    }
-    fn opt_text(&self, col: &str) -> Result<Option<String>> {
-        self.get(col)?
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| corrupt(col, "is not text"))
-            })
-            .transpose()
-    }
-    fn int(&self, col: &str) -> Result<i64> {
-        self.required(col, self.opt_int(col))
-    }
-    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
-        self.get(col)?
-            .map(|v| v.as_i64().ok_or_else(|| corrupt(col, "is not an integer")))
-            .transpose()
-    }
-    fn int4(&self, col: &str) -> Result<i64> {
-        self.int(col)
-    }
-    fn opt_int4(&self, col: &str) -> Result<Option<i64>> {
-        self.opt_int(col)
-    }
-    fn float(&self, col: &str) -> Result<f64> {
-        self.required(col, self.opt_float(col))
-    }
-    fn opt_float(&self, col: &str) -> Result<Option<f64>> {
-        self.get(col)?
-            .map(|v| v.as_f64().ok_or_else(|| corrupt(col, "is not a number")))
-            .transpose()
-    }
-    fn flag(&self, col: &str) -> Result<bool> {
-        self.get(col)?
-            .and_then(Value::as_bool)
-            .ok_or_else(|| corrupt(col, "is not a boolean"))
-    }
-    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
-        Err(corrupt(col, "is bytes, which learning rows do not have"))
-    }
-    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>> {
-        self.bytes(col).map(Some)
-    }
-    fn time(&self, col: &str) -> Result<DateTime<Utc>> {
-        self.required(col, self.opt_time(col))
-    }
-    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
-        self.get(col)?
-            .map(|v| {
-                v.as_str()
-                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                    .map(|t| t.with_timezone(&Utc))
-                    .ok_or_else(|| corrupt(col, "is not a timestamp"))
-            })
-            .transpose()
-    }
-    fn json<T: DeserializeOwned>(&self, col: &str, what: &str) -> Result<T> {
-        self.required(col, self.opt_json(col, what))
-    }
-    fn opt_json<T: DeserializeOwned>(&self, col: &str, what: &str) -> Result<Option<T>> {
-        self.get(col)?
-            .map(|v| {
-                serde_json::from_value(v.clone())
-                    .map_err(|e| corrupt(col, &format!("is not {what}: {e}")))
-            })
-            .transpose()
-    }
-    fn event_position(&self, _seq: i64) -> Result<String> {
-        Err(corrupt("txid", "is not read from learning rows"))
-    }
 }
 
 /// Writes the rows `learning` changed, in key order; like
