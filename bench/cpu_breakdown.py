@@ -13,7 +13,8 @@ of them lesson.completed) and reads, around that run:
   whose samples are put in categories by symbol (HMAC/SHA-256, JSON, zstd,
   allocator, kernel: syscalls and TCP, the rest), for the split inside them;
 - on PostgreSQL, the CPU time of the database's own backends (their
-  /proc/PID/stat, processes named `postgres`), which serve enrollhook's batches.
+  /proc/PID/stat, processes named `postgres`), which serve enrollhook's batches,
+  and the WAL it wrote per event (`pg_current_wal_lsn` before and after).
 
 Prints CPU seconds per 10,000 answered events by part, as a Markdown table.
 
@@ -22,7 +23,6 @@ Usage: python3 bench/cpu_breakdown.py [--database postgres://…] [--duration 15
 """
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -40,6 +40,10 @@ CATEGORIES = [
     ("JSON parsing and writing", re.compile(r"serde_json|serde_core|simd_json")),
     ("zstd compression of the body", re.compile(r"ZSTD|zstd|HIST_|FSE_|HUF_")),
     ("allocator (malloc/free)", re.compile(r"malloc|free|realloc|unlink_chunk|cfree")),
+    ("copying memory (memmove, memcmp)", re.compile(r"memmove|memcpy|memset|memcmp")),
+    ("tracing (spans, the log line, metrics)", re.compile(r"tracing|sharded_slab|metrics")),
+    ("HTTP (hyper, httparse, axum, tower)", re.compile(r"hyper|httparse|http::|axum|tower")),
+    ("tokio's scheduler and I/O", re.compile(r"tokio::|mio::")),
     ("kernel (syscalls, TCP, scheduling)", re.compile(r"^\[k\]")),
 ]
 
@@ -75,6 +79,10 @@ def postgres_cpu():
     return total
 
 
+def wal_lsn():
+    return bench.psql("postgres", "SELECT pg_current_wal_lsn()").stdout.strip()
+
+
 def categorize(report):
     """Shares of perf samples per category, from `perf report --sort symbol`."""
     shares = defaultdict(float)
@@ -89,7 +97,7 @@ def categorize(report):
                 shares[name] += share
                 break
         else:
-            shares["the rest (hyper, axum, tokio, the handler, the queue)"] += share
+            shares["the rest (the handler, the queue, std)"] += share
     return shares
 
 
@@ -122,6 +130,7 @@ def main():
         bench.wait_ready(proc, port, log_path)
         bench.run_wrk(port, 64, 3, "warmup", events_file)
         before, pg_before = thread_cpu(proc.pid), postgres_cpu()
+        wal_before = wal_lsn() if args.database else None
         perf = None
         if shutil.which("perf"):
             tids = [t.name for t in Path(f"/proc/{proc.pid}/task").iterdir()
@@ -133,6 +142,7 @@ def main():
         run = bench.run_wrk(port, 64, args.duration, "c64", events_file)
         time.sleep(1)  # the projector catches up with what was answered
         after, pg_after = thread_cpu(proc.pid), postgres_cpu()
+        wal_after = wal_lsn() if args.database else None
         if perf:
             perf.wait()
     finally:
@@ -151,8 +161,6 @@ def main():
             ["perf", "report", "-i", str(work / "perf.data"), "--no-children", "--sort", "symbol",
              "--stdio"], capture_output=True, text=True).stdout
         shares = categorize(report)
-        if os.environ.get("CPU_BREAKDOWN_DEBUG"):
-            print("\n".join(report.splitlines()[:40]), file=sys.stderr)
     for name, cpu in sorted(parts.items(), key=lambda kv: -kv[1]):
         if cpu < 0.005:
             continue
@@ -163,6 +171,8 @@ def main():
     print(f"| **enrollhook, all threads** | **{total:.3f}** | 100 % |")
     if args.database:
         print(f"| PostgreSQL's own processes | {(pg_after - pg_before) * per10k:.3f} | (beside) |")
+        wal = bench.psql("postgres", f"SELECT pg_wal_lsn_diff('{wal_after}', '{wal_before}')").stdout
+        print(f"\nWAL written: {float(wal) / max(run['ok'], 1):,.0f} bytes per event")
     shutil.rmtree(work, ignore_errors=True)
 
 
