@@ -1,6 +1,6 @@
-//! The learning projection's statements in a batch, PostgreSQL's way: one
-//! fixed statement per table, each column bound as one array (`unnest`),
-//! whatever the number of rows.
+//! The learning projection's statements in a batch, PostgreSQL's way: fixed
+//! statements (a read per table, one upsert for all the tables written), each
+//! column bound as one array (`unnest`), whatever the number of rows.
 //!
 //! Why not the shared `VALUES (…), (…)` lists (`store::shared::learning`,
 //! still used by `rebuild`): their text changes with the row count, so most
