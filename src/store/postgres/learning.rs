@@ -16,9 +16,8 @@ use super::codec::us_opt;
 use crate::projection::learning::{Learning, Needs};
 use crate::store::Result;
 use crate::store::shared::learning::{
-    COMPLETIONS, COURSE_LESSONS, LEARNERS, QUIZZES, Table, Val, completion_from_row,
-    completion_values, course_lesson_from_row, course_lesson_values, learner_from_row,
-    learner_values, quiz_from_row, quiz_values,
+    COMPLETIONS, COURSE_LESSONS, LEARNERS, QUIZZES, Table, Val, changed_rows, completion_from_row,
+    course_lesson_from_row, learner_from_row, quiz_from_row,
 };
 
 /// Rows turned into columns, each bound as one array.
@@ -210,38 +209,7 @@ pub(super) async fn load(conn: &mut PgConnection, needs: &Needs) -> Result<Learn
     Ok(learning)
 }
 
-/// Writes the rows `learning` changed, in key order; like
-/// `shared::learning::write`.
+/// Writes the rows `learning` changed, in key order, in one statement.
 pub(super) async fn write(conn: &mut PgConnection, learning: &Learning) -> Result<()> {
-    let c = &learning.changed;
-    let completions = c
-        .completions
-        .iter()
-        .filter_map(|k| learning.completions.get(k).map(completion_values))
-        .collect();
-    let lessons = c
-        .lessons
-        .iter()
-        .filter_map(|k| learning.lessons.get(k).map(course_lesson_values))
-        .collect();
-    let learners = c
-        .learners
-        .iter()
-        .filter_map(|k| learning.learners.get(k).map(learner_values))
-        .collect();
-    let quizzes = c
-        .quizzes
-        .iter()
-        .filter_map(|k| learning.quizzes.get(k).map(quiz_values))
-        .collect();
-    upsert(
-        conn,
-        vec![
-            (&COMPLETIONS, completions),
-            (&COURSE_LESSONS, lessons),
-            (&LEARNERS, learners),
-            (&QUIZZES, quizzes),
-        ],
-    )
-    .await
+    upsert(conn, changed_rows(learning).into()).await
 }

@@ -260,6 +260,42 @@ pub(crate) fn quiz_from_row(r: &impl Cols) -> Result<QuizResult> {
     })
 }
 
+/// The rows `learning` changed, per table (in key order), as their values:
+/// what a batch writes, on either backend.
+pub(crate) fn changed_rows(learning: &Learning) -> [(&'static Table, Vec<Vec<Val>>); 4] {
+    let c = &learning.changed;
+    [
+        (
+            &COMPLETIONS,
+            c.completions
+                .iter()
+                .filter_map(|k| learning.completions.get(k).map(completion_values))
+                .collect(),
+        ),
+        (
+            &COURSE_LESSONS,
+            c.lessons
+                .iter()
+                .filter_map(|k| learning.lessons.get(k).map(course_lesson_values))
+                .collect(),
+        ),
+        (
+            &LEARNERS,
+            c.learners
+                .iter()
+                .filter_map(|k| learning.learners.get(k).map(learner_values))
+                .collect(),
+        ),
+        (
+            &QUIZZES,
+            c.quizzes
+                .iter()
+                .filter_map(|k| learning.quizzes.get(k).map(quiz_values))
+                .collect(),
+        ),
+    ]
+}
+
 /// Binds one value, the backend's way.
 fn push_val<DB: Dialect>(q: &mut sqlx::query_builder::Separated<'_, DB, &'static str>, v: Val)
 where

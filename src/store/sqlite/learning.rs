@@ -12,9 +12,8 @@ use super::codec::{fmt_ts, parse_ts, write_error};
 use crate::projection::learning::{Learning, Needs, StallDeltas};
 use crate::store::dialect::Cols;
 use crate::store::shared::learning::{
-    COMPLETIONS, COURSE_LESSONS, LEARNERS, QUIZZES, Table, Val, completion_from_row,
-    completion_values, course_lesson_from_row, course_lesson_values, learner_from_row,
-    learner_values, quiz_from_row, quiz_values,
+    COMPLETIONS, COURSE_LESSONS, LEARNERS, QUIZZES, Table, Val, changed_rows, completion_from_row,
+    course_lesson_from_row, learner_from_row, quiz_from_row,
 };
 use crate::store::{Result, StoreError};
 
@@ -179,35 +178,10 @@ fn upsert(conn: &Connection, table: &Table, rows: impl Iterator<Item = Vec<Val>>
 
 /// Writes the rows `learning` changed.
 pub(super) fn write(conn: &Connection, learning: &Learning) -> Result<()> {
-    let c = &learning.changed;
-    upsert(
-        conn,
-        &COMPLETIONS,
-        c.completions
-            .iter()
-            .filter_map(|k| learning.completions.get(k).map(completion_values)),
-    )?;
-    upsert(
-        conn,
-        &COURSE_LESSONS,
-        c.lessons
-            .iter()
-            .filter_map(|k| learning.lessons.get(k).map(course_lesson_values)),
-    )?;
-    upsert(
-        conn,
-        &LEARNERS,
-        c.learners
-            .iter()
-            .filter_map(|k| learning.learners.get(k).map(learner_values)),
-    )?;
-    upsert(
-        conn,
-        &QUIZZES,
-        c.quizzes
-            .iter()
-            .filter_map(|k| learning.quizzes.get(k).map(quiz_values)),
-    )
+    for (table, rows) in changed_rows(learning) {
+        upsert(conn, table, rows.into_iter())?;
+    }
+    Ok(())
 }
 
 /// Moves learners between `stall_buckets` (see [`Learning::stall_deltas`]).
