@@ -520,6 +520,17 @@ async fn postgres_migration_18_derives_the_totals_of_existing_enrollments() {
     assert_eq!((check.changed, check.courses), (0, 0), "{check:?}");
 }
 
+/// Two instances serving one PostgreSQL database, started at once.
+async fn two_instances(url: &str) -> (TestApp, TestApp) {
+    let spawn = || {
+        spawn_with(
+            tempfile::tempdir().unwrap(),
+            enrollhook::config::ServeConfig::new(url.to_owned(), Some(SECRET)),
+        )
+    };
+    tokio::join!(spawn(), spawn())
+}
+
 /// Two instances on one PostgreSQL database take the same random traffic at
 /// once (each event to one of them, some to both): their batches add to the
 /// same course rows concurrently and leave totals equal to the aggregate.
@@ -530,13 +541,7 @@ async fn two_postgres_instances_leave_the_aggregate() {
     let mut rng = StdRng::seed_from_u64(seed);
     let now = Utc::now();
     let db = crate::common::pg::TestDb::create().await;
-    let spawn = || {
-        spawn_with(
-            tempfile::tempdir().unwrap(),
-            enrollhook::config::ServeConfig::new(db.url.clone(), Some(SECRET)),
-        )
-    };
-    let (a, b) = tokio::join!(spawn(), spawn());
+    let (a, b) = two_instances(&db.url).await;
     let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
     for body in random_traffic(&mut rng, 150, now) {
         match rng.random_range(0..5) {
@@ -704,13 +709,7 @@ async fn a_median_changed_through_another_postgres_instance_is_seen() {
     let mut rng = StdRng::seed_from_u64(rand::random());
     let now = Utc::now();
     let db = crate::common::pg::TestDb::create().await;
-    let spawn = || {
-        spawn_with(
-            tempfile::tempdir().unwrap(),
-            enrollhook::config::ServeConfig::new(db.url.clone(), Some(SECRET)),
-        )
-    };
-    let (a, b) = tokio::join!(spawn(), spawn());
+    let (a, b) = two_instances(&db.url).await;
     deliver_all(&a, &five_completions(&mut rng, now)).await;
     let (on_a, on_b) = (a.store(), b.store());
     let before = on_a.course_stats(None, now).await.unwrap();

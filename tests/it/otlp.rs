@@ -108,6 +108,22 @@ fn subscribe(db: &TestDatabase, url: &str) {
     ]);
 }
 
+/// The binary on `db`, exporting traces to `endpoint` at the share `sample`,
+/// forwarding to the stand-in destination on loopback.
+fn traced_server(db: &TestDatabase, endpoint: &str, sample: &str) -> Server {
+    start_server(
+        &db.url,
+        SECRET,
+        &[
+            "--otlp-endpoint",
+            endpoint,
+            "--otlp-sample",
+            sample,
+            "--allow-private-destinations",
+        ],
+    )
+}
+
 async fn deliver(server: &Server, body: &[u8]) -> u16 {
     enrollhook::client::http_client(Duration::from_secs(30))
         .unwrap()
@@ -151,17 +167,7 @@ async fn a_delivery_is_one_trace_with_its_forward_attempt(db: TestDatabase) {
     let collector = Collector::start().await;
     let destination = Destination::start().await;
     subscribe(&db, &destination.url);
-    let server = start_server(
-        &db.url,
-        SECRET,
-        &[
-            "--otlp-endpoint",
-            &collector.url,
-            "--otlp-sample",
-            "1",
-            "--allow-private-destinations",
-        ],
-    );
+    let server = traced_server(&db, &collector.url, "1");
     let body = enrollment_event("evt-traced", "created", 7, 3, "0.0", "2024-02-01T00:00:00Z");
     assert_eq!(deliver(&server, &body).await, 200);
     let received = destination.wait_for(1, Duration::from_secs(20)).await;
@@ -264,17 +270,7 @@ async fn sampling_keeps_whole_traces_of_some_deliveries(db: TestDatabase) {
     let collector = Collector::start().await;
     let destination = Destination::start().await;
     subscribe(&db, &destination.url);
-    let server = start_server(
-        &db.url,
-        SECRET,
-        &[
-            "--otlp-endpoint",
-            &collector.url,
-            "--otlp-sample",
-            "0.5",
-            "--allow-private-destinations",
-        ],
-    );
+    let server = traced_server(&db, &collector.url, "0.5");
     const DELIVERIES: i64 = 40;
     for n in 0..DELIVERIES {
         let body = enrollment_event(
@@ -342,17 +338,7 @@ async fn an_unresponsive_collector_never_holds_up_deliveries() {
     let db = TestDatabase::create(Backend::Sqlite).await;
     let destination = Destination::start().await;
     subscribe(&db, &destination.url);
-    let server = start_server(
-        &db.url,
-        SECRET,
-        &[
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-sample",
-            "1",
-            "--allow-private-destinations",
-        ],
-    );
+    let server = traced_server(&db, &endpoint, "1");
     for n in 0..20 {
         let body = enrollment_event(
             &format!("evt-{n}"),
