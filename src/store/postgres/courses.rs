@@ -8,7 +8,6 @@
 //! when a course's row has a version this instance has not walked ([`Medians`]).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sqlx::postgres::{PgConnection, PgPool};
@@ -16,7 +15,8 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use crate::projection::learning::StallDeltas;
 use crate::store::shared::courses::{
-    CourseDeltas, TotalsDelta, differing_rows, median_mismatch, rederive,
+    CourseDeltas, CourseKey, Median, Medians, TotalsDelta, differing_rows, median_mismatch,
+    rederive,
 };
 use crate::store::*;
 
@@ -205,43 +205,6 @@ pub(super) async fn recompute(conn: &mut PgConnection, dry_run: bool) -> Result<
         }
     }
     Ok(differ)
-}
-
-/// The medians this instance has walked, by (source, course) with the
-/// `course_totals` version they were walked at (migration 19): a version is
-/// new on every write of a course's row, which every change of its completion
-/// times makes, and comes from one sequence, so an entry whose version equals
-/// the row's is right whichever instance wrote the row.
-#[derive(Default)]
-pub(super) struct Medians(Mutex<HashMap<CourseKey, Median>>);
-
-/// (source, course id).
-type CourseKey = (String, i64);
-
-#[derive(Clone, Copy)]
-struct Median {
-    version: i64,
-    median: Option<f64>,
-    /// Rows found at the middle of the index, checked against `with_days`.
-    middle_rows: i64,
-}
-
-/// Entries kept before the cache starts again (a course is ~100 bytes).
-const MEDIANS_KEPT: usize = 100_000;
-
-impl Medians {
-    fn get(&self, key: &CourseKey, version: i64) -> Option<Median> {
-        let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        cache.get(key).copied().filter(|m| m.version == version)
-    }
-
-    fn put(&self, walked: Vec<(CourseKey, Median)>) {
-        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() + walked.len() > MEDIANS_KEPT {
-            cache.clear();
-        }
-        cache.extend(walked);
-    }
 }
 
 /// One course's row of the totals as read, before its median.

@@ -85,6 +85,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "course totals version",
         include_str!("migrations/0019_course_totals_version.sql"),
     ),
+    (
+        20,
+        "lesson completion counts",
+        include_str!("migrations/0020_lesson_completion_counts.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.

@@ -69,7 +69,7 @@ pub struct PostgresStore {
     /// The current compression dictionary (see `store::bodies`).
     encoder: std::sync::Arc<crate::store::bodies::Encoder>,
     /// The course medians this instance has walked (see `courses::Medians`).
-    medians: courses::Medians,
+    medians: crate::store::shared::courses::Medians,
 }
 
 impl PostgresStore {

@@ -52,6 +52,7 @@ pub(crate) const COURSE_LESSONS: Table = Table {
         "position",
         "lesson_type",
         "version",
+        "completions",
     ],
 };
 pub(crate) const LEARNERS: Table = Table {
@@ -152,6 +153,7 @@ pub(crate) fn course_lesson_values(l: &CourseLesson) -> Vec<Val> {
         Val::Int(l.info.position),
         Val::Text(l.info.kind.clone()),
         text(&l.version),
+        int(l.completions),
     ]
 }
 
@@ -221,6 +223,7 @@ pub(crate) fn course_lesson_from_row(r: &impl Cols) -> Result<CourseLesson> {
         course_id: r.int("course_id")?,
         info: lesson_info_from_row(r)?,
         version: r.text("version")?,
+        completions: r.int("completions")?,
     })
 }
 

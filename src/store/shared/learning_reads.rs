@@ -143,17 +143,6 @@ where
         course_lesson_from_row,
     )
     .await?;
-    let completed: BTreeMap<i64, i64> = fetch_mapped(
-        pool,
-        by_course(
-            "SELECT l.lesson_id, COUNT(*) AS n FROM lesson_completions AS l",
-            " GROUP BY l.lesson_id",
-        ),
-        |r| Ok((r.int("lesson_id")?, r.int("n")?)),
-    )
-    .await?
-    .into_iter()
-    .collect();
     let stalled_at: Vec<(Option<i64>, i64)> =
         stalled_counts(pool, Some(source), Some(course_id), stalled)
             .await?
@@ -193,7 +182,7 @@ where
     let mut lessons: Vec<(CourseLesson, i64)> = lessons
         .into_iter()
         .map(|l| {
-            let n = completed.get(&l.info.lesson_id).copied().unwrap_or(0);
+            let n = l.completions;
             (l, n)
         })
         .collect();

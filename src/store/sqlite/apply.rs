@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::{ENROLLMENT_UPSERT_ON_CONFLICT, ts, write_error};
-use super::courses::{ACTIVITY_UPSERT, EXPIRIES_UPSERT, TOTALS_UPSERT};
+use super::courses::{ACTIVITY_UPSERT, EXPIRIES_UPSERT, NEXT_TOTALS_VERSION, TOTALS_UPSERT};
 use super::learning;
 use crate::projection::learning::{Learning, LearningEvent};
 use crate::projection::milestones::{self, LastLesson, Milestone, MilestoneRules};
@@ -486,6 +486,12 @@ fn adjust_course_tables(
     changes: &[(Option<&Enrollment>, &Enrollment)],
 ) -> rusqlite::Result<()> {
     let deltas = courses::deltas(changes);
+    let version: i64 = if deltas.totals.is_empty() {
+        0
+    } else {
+        conn.prepare_cached(NEXT_TOTALS_VERSION)?
+            .query_row([], |r| r.get(0))?
+    };
     let mut totals = conn.prepare_cached(TOTALS_UPSERT)?;
     for ((source, course_id), d) in &deltas.totals {
         totals.execute(params![
@@ -496,7 +502,8 @@ fn adjust_course_tables(
             d.completed,
             d.open_trials,
             d.progress_micros,
-            d.with_days
+            d.with_days,
+            version
         ])?;
     }
     let mut expiries = conn.prepare_cached(EXPIRIES_UPSERT)?;

@@ -10,7 +10,8 @@
 //! whole past months come from `course_expiries`, the current month from the
 //! `enrollments_expiring` index. The median days to complete is read from the
 //! `enrollments_completion_days` index at the middle position, which the
-//! totals give.
+//! totals give, when the course's row has a version this process has not
+//! walked ([`Medians`]).
 //!
 //! `activity_days` counts, the same way, new enrollments and completions per
 //! UTC day, source and course, for the activity chart: a year of it reads a
@@ -23,14 +24,19 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::codec::fmt_ts;
-use crate::store::shared::courses::{differing_rows, median_mismatch, rederive};
+use crate::store::shared::courses::{Median, Medians, differing_rows, median_mismatch, rederive};
 use crate::store::*;
 
-/// Adds a course's delta to its totals (one row).
+/// Takes the next `course_totals` version (see `course_totals_versions`).
+pub(super) const NEXT_TOTALS_VERSION: &str =
+    "UPDATE course_totals_versions SET last = last + 1 RETURNING last";
+
+/// Adds a course's delta to its totals (one row), with a new version.
 pub(super) const TOTALS_UPSERT: &str = "INSERT INTO course_totals (source, course_id, name,
-        enrollments, completed, open_trials, progress_micros, with_days)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        enrollments, completed, open_trials, progress_micros, with_days, version)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
     ON CONFLICT (source, course_id) DO UPDATE SET
+        version = excluded.version,
         name = CASE WHEN excluded.name IS NOT NULL AND (name IS NULL OR excluded.name > name)
                     THEN excluded.name ELSE name END,
         enrollments = enrollments + excluded.enrollments,
@@ -104,6 +110,16 @@ pub(super) async fn recompute(conn: &mut SqliteConnection, dry_run: bool) -> Res
             sqlx::raw_sql(sqlx::AssertSqlSafe(rederive(table, derived)))
                 .execute(&mut *conn)
                 .await?;
+            if table == "course_totals" {
+                // Rows written again get a version no reader has cached.
+                let version: i64 = sqlx::query_scalar(NEXT_TOTALS_VERSION)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                sqlx::query("UPDATE course_totals SET version = ?")
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await?;
+            }
         }
     }
     Ok(differ)
@@ -112,6 +128,7 @@ pub(super) async fn recompute(conn: &mut SqliteConnection, dry_run: bool) -> Res
 /// Per-course statistics at `now`, from the totals.
 pub(super) async fn course_stats(
     pool: &SqlitePool,
+    medians: &Medians,
     source: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Vec<CourseStats>> {
@@ -122,7 +139,7 @@ pub(super) async fn course_stats(
 
     let mut q = QueryBuilder::<Sqlite>::new(
         "SELECT source, course_id, name, enrollments, completed, open_trials, progress_micros,
-                with_days
+                with_days, version
          FROM course_totals WHERE enrollments > 0",
     );
     if let Some(s) = source {
@@ -162,6 +179,7 @@ pub(super) async fn course_stats(
     }
 
     let mut stats = Vec::with_capacity(totals.len());
+    let mut walked = Vec::new();
     for row in &totals {
         let source: String = row.try_get("source")?;
         let course_id: i64 = row.try_get("course_id")?;
@@ -175,7 +193,24 @@ pub(super) async fn course_stats(
             .copied()
             .unwrap_or_default();
         let trial = open_trials - expired_trials;
-        let median_days_to_complete = median_days(&mut tx, &source, course_id, with_days).await?;
+        let key = (source, course_id);
+        let version: i64 = row.try_get("version")?;
+        let median_days_to_complete = match medians.get(&key, version) {
+            Some(cached) => cached.median,
+            None => {
+                let median = median_days(&mut tx, &key.0, course_id, with_days).await?;
+                walked.push((
+                    key.clone(),
+                    Median {
+                        version,
+                        median,
+                        middle_rows: 2 - with_days % 2,
+                    },
+                ));
+                median
+            }
+        };
+        let (source, course_id) = key;
         let counts = CourseCounts {
             enrollments,
             completed,
@@ -192,6 +227,7 @@ pub(super) async fn course_stats(
         ));
     }
     tx.rollback().await?;
+    medians.put(walked);
     Ok(stats)
 }
 

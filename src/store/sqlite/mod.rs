@@ -62,6 +62,8 @@ pub struct SqliteStore {
     emitter: tokio::task::AbortHandle,
     /// Raised after commits that wrote outbox rows (see [`OutboxWake`]).
     wake: OutboxWake,
+    /// The course medians this process has walked (see `courses::course_stats`).
+    medians: crate::store::shared::courses::Medians,
 }
 
 /// What appends to the log: the batch writer with the subscriptions its
@@ -305,6 +307,7 @@ impl SqliteStore {
             milestones,
             emitter,
             wake,
+            medians: Default::default(),
         };
         // Events a crash left unprojected (usually none), and their milestones.
         store.sync_projection().await?;
@@ -468,7 +471,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<CourseStats>> {
         self.projection_current().await;
-        courses::course_stats(&self.reader, source, now).await
+        courses::course_stats(&self.reader, &self.medians, source, now).await
     }
 
     async fn activity(&self, query: &ActivityQuery) -> Result<Vec<DayActivity>> {

@@ -54,8 +54,17 @@ CREATE TABLE course_totals (
     progress_micros INTEGER NOT NULL,
     -- Rows with days_to_complete: where the median sits in enrollments_completion_days.
     with_days       INTEGER NOT NULL,
+    -- New on every write of the row (from course_totals_versions), which every
+    -- change of the course's completion times makes: readers keep the median
+    -- they walked by it (`store::shared::courses::Medians`).
+    version         INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (source, course_id)
 ) WITHOUT ROWID;
+
+-- The last version given to a course_totals row: one number per projection
+-- transaction that writes totals (and per rebuild), never reused.
+CREATE TABLE course_totals_versions (last INTEGER NOT NULL);
+INSERT INTO course_totals_versions (last) VALUES (0);
 
 -- Not-completed enrollments with an expiry date, counted per calendar month of
 -- expiry (UTC, 'YYYY-MM'): months before the current one are summed from here;
@@ -120,6 +129,8 @@ CREATE TABLE course_lessons (
     position         INTEGER,
     lesson_type      TEXT,
     version          TEXT    NOT NULL,
+    -- Students who completed it: the funnel's count, kept by the projection.
+    completions      INTEGER NOT NULL,
     PRIMARY KEY (source, course_id, lesson_id)
 ) WITHOUT ROWID;
 
@@ -140,6 +151,9 @@ CREATE TABLE learners (
     PRIMARY KEY (source, course_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX learners_by_user ON learners (user_id);
+-- A course's enrolled learners, counted by the funnel from this small index
+-- rather than the table's rows.
+CREATE INDEX learners_enrolled ON learners (source, course_id) WHERE enrollment_id IS NOT NULL;
 CREATE INDEX learners_open ON learners (last_activity, source, course_id, user_id,
     expiry_date, last_lesson_id)
     WHERE enrollment_id IS NOT NULL AND NOT completed;

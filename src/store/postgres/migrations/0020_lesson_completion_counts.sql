@@ -1,0 +1,16 @@
+-- Students who completed each lesson, kept by the projection in the batch
+-- that stores a lesson's first completion by a student (the row is locked by
+-- the batch, like the rest of the learning rows): the funnel read it as a
+-- count of the course's lesson_completions, which grows with the course's
+-- students (at 10 M events, 66,000 rows a course; BENCHMARKS.md, "Query
+-- benchmark at 10 M events").
+ALTER TABLE course_lessons ADD COLUMN completions bigint NOT NULL DEFAULT 0;
+UPDATE course_lessons AS l SET completions = c.n
+FROM (SELECT source, course_id, lesson_id, COUNT(*) AS n FROM lesson_completions
+      GROUP BY source, course_id, lesson_id) AS c
+WHERE c.source = l.source AND c.course_id = l.course_id AND c.lesson_id = l.lesson_id;
+ALTER TABLE course_lessons ALTER COLUMN completions DROP DEFAULT;
+
+-- A course's enrolled learners, counted by the funnel from this small index
+-- rather than the table's rows.
+CREATE INDEX learners_enrolled ON learners (source, course_id) WHERE enrollment_id IS NOT NULL;
