@@ -132,6 +132,8 @@ def main():
     p.add_argument("--database", default=None,
                    help="postgres://… to run the load on PostgreSQL (a database of its own, "
                         "emptied first); default: a fresh SQLite file")
+    p.add_argument("--enrollhook-bin", default=None,
+                   help="another build's binary to measure (A/B against this checkout's)")
     p.add_argument("--duration", type=int, default=20)
     p.add_argument("--events", type=int, default=600_000)
     p.add_argument("--connections", type=int, default=8, help="wrk connections ingesting")
@@ -151,6 +153,8 @@ def main():
                    help="postgres://… to measure latency on PostgreSQL (default: a fresh SQLite file)")
     p.add_argument("--latency-only", action="store_true", help="skip the load runs")
     args = p.parse_args()
+    if args.enrollhook_bin:
+        bench.ENROLLHOOK = Path(args.enrollhook_bin).resolve()
     for kind in args.destinations.split(","):
         if kind not in ("none", "http", "nats", "amqp", "redis"):
             p.error(f"unknown destination {kind}: use none, http, nats, amqp or redis")
