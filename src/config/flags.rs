@@ -65,9 +65,14 @@ pub struct ServeFlags {
     /// Timeout of one forwarding attempt.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub forward_timeout: Duration,
-    /// Forwarding deliveries in flight at once.
-    #[arg(long, default_value_t = 256)]
+    /// Forwarding deliveries in flight at once (per instance).
+    #[arg(long, default_value_t = 1024)]
     pub forward_concurrency: usize,
+    /// Deliveries of one subscription in flight at once (per instance; a
+    /// broker subscription takes twice as many), so that a destination that
+    /// hangs or one subscription's backlog leaves room for the others.
+    #[arg(long, default_value_t = 256)]
+    pub forward_concurrency_per_subscription: usize,
     /// Serve HTTPS with this PEM certificate (chain); needs --tls-key.
     #[arg(long, env = "ENROLLHOOK_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -167,6 +167,7 @@ impl Settings {
                 schedule: flags.retry_schedule.unwrap_or_default(),
                 allow_private_destinations: flags.allow_private_destinations,
                 concurrency: flags.forward_concurrency.max(1),
+                per_subscription: flags.forward_concurrency_per_subscription.max(1),
                 timeout: flags.forward_timeout,
                 disable_after: flags.disable_failing_after,
                 alerts: self.alerts()?,

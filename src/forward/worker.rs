@@ -2,6 +2,7 @@
 //! never have one delivery in flight twice), sends them concurrently, and
 //! records results in batches.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,13 +10,14 @@ use chrono::Utc;
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::destinations::{self, Destinations, Message, Sent};
+use super::destinations::{self, Destinations, Kind, Message, Sent};
 use super::policy::{self, AttemptResult, RetrySchedule};
 use super::shaping::{BatchEnrollments, Enrollments, ShapeError, Shapers};
 use super::signing;
+use super::subscription::Subscription;
 use super::template::Rendered;
 use crate::log_budget::DeliveryLog;
-use crate::store::{ClaimedDelivery, FinishedAttempt, Store};
+use crate::store::{ClaimRoom, ClaimedDelivery, FinishedAttempt, Store};
 
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
@@ -27,6 +29,11 @@ pub struct ForwardConfig {
     pub disable_after: Duration,
     /// Deliveries in flight at once (per instance).
     pub concurrency: usize,
+    /// Deliveries of one HTTP subscription in flight at once (per instance),
+    /// so that a destination that hangs, or one subscription's backlog,
+    /// leaves room for the others; a broker subscription (one connection,
+    /// publishes pipelined on it) takes twice as many.
+    pub per_subscription: usize,
     /// How often to look for due deliveries when idle and not woken. New
     /// deliveries wake the worker at once (see `crate::store::OutboxWake`);
     /// the poll finds retries that came due, expired leases, and rows whose
@@ -36,6 +43,19 @@ pub struct ForwardConfig {
     pub alerts: crate::alerts::AlertConfig,
 }
 
+impl ForwardConfig {
+    /// The most deliveries of `s` in flight at once: `per_subscription`, twice
+    /// that for a broker (its publishes share one connection, and a broker
+    /// confirms persistent messages after a disk sync, tens of milliseconds).
+    pub fn in_flight_cap(&self, s: &Subscription) -> u32 {
+        let cap = match Kind::of_url(&s.url) {
+            Some(Kind::Http) | None => self.per_subscription,
+            Some(_) => self.per_subscription.saturating_mul(2),
+        };
+        cap.clamp(1, self.concurrency.max(1)) as u32
+    }
+}
+
 impl Default for ForwardConfig {
     fn default() -> Self {
         ForwardConfig {
@@ -43,7 +63,8 @@ impl Default for ForwardConfig {
             timeout: Duration::from_secs(15),
             allow_private_destinations: false,
             disable_after: Duration::from_secs(5 * 86400),
-            concurrency: 256,
+            concurrency: 1024,
+            per_subscription: 256,
             // Retries are due seconds apart at the least (the schedule's
             // granularity), so a second late is noise; idle it costs one
             // claim query a second.
@@ -145,6 +166,7 @@ async fn run(
         ),
     });
 
+    let in_flight = Arc::new(InFlight::default());
     while !*stopped.borrow() {
         // Wait for room before claiming, so claimed rows never sit leased in a queue.
         let first = tokio::select! {
@@ -158,10 +180,8 @@ async fn run(
         let lease = now
             + chrono::Duration::from_std(config.timeout + Duration::from_secs(5))
                 .expect("small duration");
-        let claimed = match store
-            .claim_deliveries(now, lease, room.min(256) as u32)
-            .await
-        {
+        let room = in_flight.room(room.min(256) as u32, &config);
+        let claimed = match store.claim_deliveries(now, lease, &room).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "forwarding: cannot claim deliveries; retrying in 1 s");
@@ -192,6 +212,12 @@ async fn run(
                 (d.event.enrollment_id).map(|id| (d.event.source.clone(), id, d.event.seq))
             })
             .collect();
+        for delivery in &templated {
+            in_flight.start(&delivery.subscription, &config);
+        }
+        for delivery in &plain {
+            in_flight.start(&delivery.subscription, &config);
+        }
         let mut first = Some(first);
         let mut enrollments = None;
         for delivery in plain.into_iter().chain(templated) {
@@ -202,19 +228,22 @@ async fn run(
                 Some(p) => p,
                 None => permits.clone().acquire_owned().await.expect("never closed"),
             };
-            let (shared, results, store, enrollments) = (
+            let (shared, results, store, enrollments, in_flight) = (
                 shared.clone(),
                 results.clone(),
                 store.clone(),
                 enrollments.clone().flatten(),
+                in_flight.clone(),
             );
             tokio::spawn(async move {
                 let from = match &enrollments {
                     Some(batch) => Enrollments::Batch(batch),
                     None => Enrollments::Store(&*store),
                 };
+                let subscription = delivery.subscription.id.clone();
                 let finished = attempt(&shared, from, delivery).await;
                 let _ = results.send(finished).await;
+                in_flight.end(&subscription);
                 drop(permit);
             });
         }
@@ -223,6 +252,44 @@ async fn run(
     let _ = permits.acquire_many(config.concurrency as u32).await;
     drop(results);
     let _ = recorder.await;
+}
+
+/// Deliveries in flight per subscription: what room each has left in a claim.
+#[derive(Default)]
+struct InFlight(std::sync::Mutex<HashMap<String, (u32, u32)>>);
+
+impl InFlight {
+    /// The claim's room: `total` in all; a subscription with deliveries in
+    /// flight, its cap minus those.
+    fn room(&self, total: u32, config: &ForwardConfig) -> ClaimRoom {
+        let in_flight = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        ClaimRoom {
+            total,
+            per_subscription: config.per_subscription as u32,
+            busy: in_flight
+                .iter()
+                .map(|(id, (n, cap))| (id.clone(), cap.saturating_sub(*n)))
+                .collect(),
+        }
+    }
+
+    /// One more delivery of `s` in flight; its cap is `config`'s.
+    fn start(&self, s: &Subscription, config: &ForwardConfig) {
+        let cap = config.in_flight_cap(s);
+        let mut in_flight = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = in_flight.entry(s.id.clone()).or_insert((0, cap));
+        entry.0 += 1;
+    }
+
+    fn end(&self, subscription: &str) {
+        let mut in_flight = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n, _)) = in_flight.get_mut(subscription) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(subscription);
+            }
+        }
+    }
 }
 
 /// The enrollments of a batch's templated deliveries, read together; None

@@ -126,6 +126,38 @@ pub enum ReplayScope {
     },
 }
 
+/// How many deliveries one claim may lease: in all, and per subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRoom {
+    /// Deliveries in all.
+    pub total: u32,
+    /// Deliveries of a subscription with none in flight.
+    pub per_subscription: u32,
+    /// Subscriptions with deliveries in flight, and the room each has left
+    /// (its in-flight cap minus those): zero for one at its cap.
+    pub busy: Vec<(String, u32)>,
+}
+
+impl ClaimRoom {
+    /// Up to `limit` deliveries, of any subscriptions.
+    pub fn up_to(limit: u32) -> ClaimRoom {
+        ClaimRoom {
+            total: limit,
+            per_subscription: limit,
+            busy: Vec::new(),
+        }
+    }
+
+    /// The deliveries of `subscription` a claim may lease.
+    pub fn of(&self, subscription: &str) -> u32 {
+        self.busy
+            .iter()
+            .find(|(id, _)| id == subscription)
+            .map_or(self.per_subscription, |(_, room)| *room)
+            .min(self.total)
+    }
+}
+
 #[async_trait]
 pub trait ForwardStore: Send + Sync {
     async fn insert_subscription(&self, s: &Subscription) -> Result<()>;
@@ -136,13 +168,16 @@ pub trait ForwardStore: Send + Sync {
     async fn get_subscription(&self, id: &str) -> Result<Option<Subscription>>;
     async fn list_subscriptions(&self) -> Result<Vec<Subscription>>;
 
-    /// Leases up to `limit` due deliveries until `lease_until`. In ordered
-    /// subscriptions only the oldest pending delivery of an enrollment is due.
+    /// Leases due deliveries until `lease_until`, as many as `room` allows:
+    /// the most due first, but no subscription more than its own room, so
+    /// that a destination that hangs or a backlog of one subscription never
+    /// holds up the others. In ordered subscriptions only the oldest pending
+    /// delivery of an enrollment is due.
     async fn claim_deliveries(
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-        limit: u32,
+        room: &ClaimRoom,
     ) -> Result<Vec<ClaimedDelivery>>;
 
     /// Records attempts and moves their deliveries on, in one transaction.

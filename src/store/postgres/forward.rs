@@ -72,31 +72,49 @@ impl ForwardStore for PostgresStore {
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-        limit: u32,
+        room: &ClaimRoom,
     ) -> Result<Vec<ClaimedDelivery>> {
         let mut conn = self.writer().acquire().await?;
         let mut tx = conn.begin().await?;
         forwarding_commit_without_flush(&mut tx).await?;
-        // SKIP LOCKED: rows another instance is claiming right now are left to it.
+        // Each enabled subscription offers its most due rows, up to its room
+        // (one probe of `outbox_due_by_subscription` each); the most due of
+        // those overall are leased. SKIP LOCKED: rows another instance is
+        // claiming right now are left to it.
+        let (busy, busy_room): (Vec<&str>, Vec<i64>) = room
+            .busy
+            .iter()
+            .map(|(id, n)| (id.as_str(), i64::from(*n)))
+            .unzip();
         let claimed: Vec<(i64, String, i64, i32, Option<String>)> = sqlx::query_as(
             "UPDATE outbox SET lease_until = $1
              WHERE id IN (
-                SELECT o.id FROM outbox AS o JOIN subscriptions AS s ON s.id = o.subscription_id
-                WHERE o.state = 'pending' AND o.next_attempt_at <= $2
-                  AND (o.lease_until IS NULL OR o.lease_until < $2)
-                  AND s.enabled
-                  AND (NOT s.ordered OR o.order_key IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM outbox AS p
-                        WHERE p.subscription_id = o.subscription_id AND p.order_key = o.order_key
-                          AND p.state = 'pending' AND p.id < o.id))
-                ORDER BY o.next_attempt_at, o.id
-                LIMIT $3
-                FOR UPDATE OF o SKIP LOCKED)
+                SELECT d.id FROM subscriptions AS s
+                LEFT JOIN unnest($4::text[], $5::bigint[]) AS busy(id, room) ON busy.id = s.id
+                CROSS JOIN LATERAL (
+                    SELECT o.id, o.next_attempt_at FROM outbox AS o
+                    WHERE o.subscription_id = s.id AND o.state = 'pending'
+                      AND o.next_attempt_at <= $2
+                      AND (o.lease_until IS NULL OR o.lease_until < $2)
+                      AND (NOT s.ordered OR o.order_key IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM outbox AS p
+                            WHERE p.subscription_id = o.subscription_id
+                              AND p.order_key = o.order_key
+                              AND p.state = 'pending' AND p.id < o.id))
+                    ORDER BY o.next_attempt_at, o.id
+                    LIMIT LEAST(COALESCE(busy.room, $6), $3)
+                    FOR UPDATE OF o SKIP LOCKED) AS d
+                WHERE s.enabled
+                ORDER BY d.next_attempt_at, d.id
+                LIMIT $3)
              RETURNING id, subscription_id, event_seq, attempts, traceparent",
         )
         .bind(lease_until)
         .bind(now)
-        .bind(i64::from(limit))
+        .bind(i64::from(room.total))
+        .bind(&busy)
+        .bind(&busy_room)
+        .bind(i64::from(room.per_subscription))
         .fetch_all(&mut *tx)
         .await?;
         if claimed.is_empty() {

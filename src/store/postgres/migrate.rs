@@ -90,6 +90,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "lesson completion counts",
         include_str!("migrations/0020_lesson_completion_counts.sql"),
     ),
+    (
+        21,
+        "fair claims",
+        include_str!("migrations/0021_fair_claims.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.

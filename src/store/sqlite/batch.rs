@@ -67,7 +67,7 @@ enum Job {
     Claim {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-        limit: u32,
+        room: crate::store::ClaimRoom,
         reply: oneshot::Sender<Result<Vec<outbox::ClaimedRow>>>,
     },
     EventGone {
@@ -157,12 +157,12 @@ impl BatchWriter {
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-        limit: u32,
+        room: crate::store::ClaimRoom,
     ) -> Result<Vec<outbox::ClaimedRow>> {
         self.run(|reply| Job::Claim {
             now,
             lease_until,
-            limit,
+            room,
             reply,
         })
         .await
@@ -317,10 +317,10 @@ fn transaction(conn: &mut Connection, jobs: &[Job]) -> Result<(Vec<Done>, bool)>
             Job::Claim {
                 now,
                 lease_until,
-                limit,
+                room,
                 ..
             } => Done::Claim(
-                outbox::claim(&savepoint, *now, *lease_until, *limit).map_err(write_error),
+                outbox::claim(&savepoint, *now, *lease_until, room).map_err(write_error),
             ),
             Job::EventGone {
                 outbox_ids, now, ..

@@ -71,12 +71,16 @@ impl ForwardStore for SqliteStore {
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-        limit: u32,
+        room: &ClaimRoom,
     ) -> Result<Vec<ClaimedDelivery>> {
         // The lease is taken by the log writer thread, in the transaction it
         // shares with ingest (see `super::outbox`); what the deliveries need is
         // read after, off the write lock (events do not change once stored).
-        let claimed = self.appender.batch.claim(now, lease_until, limit).await?;
+        let claimed = self
+            .appender
+            .batch
+            .claim(now, lease_until, room.clone())
+            .await?;
         if claimed.is_empty() {
             return Ok(Vec::new());
         }

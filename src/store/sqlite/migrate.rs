@@ -86,6 +86,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "compressed bodies",
         include_str!("migrations/0018_compressed_bodies.sql"),
     ),
+    (
+        19,
+        "fair claims",
+        include_str!("migrations/0019_fair_claims.sql"),
+    ),
 ];
 
 /// Brings the main file's schema up to date (with `apply`), or says how.

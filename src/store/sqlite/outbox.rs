@@ -17,42 +17,69 @@ use rusqlite::{Connection, params};
 
 use super::codec::{fmt_ts, parse_ts, ts};
 use crate::store::shared::forward::subscription_ids;
-use crate::store::{AttemptRules, FinishedAttempt, Health, Result, StoreError};
+use crate::store::{AttemptRules, ClaimRoom, FinishedAttempt, Health, Result, StoreError};
 
 /// A claimed outbox row: (id, subscription id, event seq, attempts made,
 /// the delivery's trace context when it was traced).
 pub(super) type ClaimedRow = (i64, String, i64, i64, Option<String>);
 
-/// Leases up to `limit` due deliveries (see `ForwardStore::claim_deliveries`):
-/// due, not leased (or the lease expired: a worker died), subscription
-/// enabled, and — for ordered subscriptions — no older pending delivery of
-/// the same enrollment.
+/// Leases due deliveries (see `ForwardStore::claim_deliveries`): due, not
+/// leased (or the lease expired: a worker died), subscription enabled, and —
+/// for ordered subscriptions — no older pending delivery of the same
+/// enrollment. Each enabled subscription offers its most due rows, up to its
+/// room (one probe of `outbox_due_by_subscription` each); of those, the most
+/// due overall are leased, up to the claim's room.
 pub(super) fn claim(
     conn: &Connection,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
-    limit: u32,
+    room: &ClaimRoom,
 ) -> rusqlite::Result<Vec<ClaimedRow>> {
-    let mut claim = conn.prepare_cached(
-        "UPDATE outbox SET lease_until = ?1
-         WHERE id IN (
-            SELECT o.id FROM outbox AS o JOIN subscriptions AS s ON s.id = o.subscription_id
-            WHERE o.state = 'pending' AND o.next_attempt_at <= ?2
-              AND (o.lease_until IS NULL OR o.lease_until < ?2)
-              AND s.enabled = 1
-              AND (s.ordered = 0 OR o.order_key IS NULL OR NOT EXISTS (
-                    SELECT 1 FROM outbox AS p
-                    WHERE p.subscription_id = o.subscription_id AND p.order_key = o.order_key
-                      AND p.state = 'pending' AND p.id < o.id))
-            ORDER BY o.next_attempt_at, o.id
-            LIMIT ?3)
+    let now = fmt_ts(&now);
+    let subscriptions: Vec<(String, bool)> = conn
+        .prepare_cached("SELECT id, ordered FROM subscriptions WHERE enabled = 1")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut due = conn.prepare_cached(
+        "SELECT o.id, o.next_attempt_at FROM outbox AS o INDEXED BY outbox_due_by_subscription
+         WHERE o.subscription_id = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
+           AND (o.lease_until IS NULL OR o.lease_until < ?2)
+           AND (?3 = 0 OR o.order_key IS NULL OR NOT EXISTS (
+                 SELECT 1 FROM outbox AS p
+                 WHERE p.subscription_id = o.subscription_id AND p.order_key = o.order_key
+                   AND p.state = 'pending' AND p.id < o.id))
+         ORDER BY o.next_attempt_at, o.id
+         LIMIT ?4",
+    )?;
+    // (due at, id): RFC 3339 UTC text with fixed digits sorts as time.
+    let mut offered: Vec<(String, i64)> = Vec::new();
+    for (subscription, ordered) in &subscriptions {
+        let limit = room.of(subscription);
+        if limit == 0 {
+            continue;
+        }
+        let rows = due.query_map(params![subscription, now, ordered, i64::from(limit)], |r| {
+            Ok((r.get::<_, String>(1)?, r.get::<_, i64>(0)?))
+        })?;
+        for row in rows {
+            offered.push(row?);
+        }
+    }
+    offered.sort_unstable();
+    offered.truncate(room.total as usize);
+    let mut lease = conn.prepare_cached(
+        "UPDATE outbox SET lease_until = ?1 WHERE id = ?2
          RETURNING id, subscription_id, event_seq, attempts, traceparent",
     )?;
-    let rows = claim.query_map(
-        params![fmt_ts(&lease_until), fmt_ts(&now), i64::from(limit)],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-    )?;
-    rows.collect()
+    let lease_until = fmt_ts(&lease_until);
+    offered
+        .iter()
+        .map(|(_, id)| {
+            lease.query_row(params![lease_until, id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+        })
+        .collect()
 }
 
 /// Marks claimed deliveries whose event was pruned from the log dead.

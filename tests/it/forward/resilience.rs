@@ -216,3 +216,56 @@ async fn two_instances_share_the_outbox_without_double_delivery() {
         got.len()
     );
 }
+
+on_both_backends!(a_hanging_destination_leaves_room_for_the_others);
+
+/// One destination never answers (each attempt waits out a long timeout)
+/// and has a backlog; another answers at once. The first may hold only its
+/// own share of the deliveries in flight, so the second gets every one of
+/// its deliveries while the first still hangs. (Before per-subscription
+/// room, the hanging one's attempts took every slot within a few claims
+/// and the healthy one waited for the timeouts.)
+async fn a_hanging_destination_leaves_room_for_the_others(db: TestDatabase) {
+    let hanging = Destination::start().await;
+    hanging.answer_always(Reply::Hang(Duration::from_secs(60)));
+    let healthy = Destination::start().await;
+    let app = db
+        .serve(|config| {
+            config.forward = ForwardConfig {
+                timeout: Duration::from_secs(30),
+                concurrency: 8,
+                per_subscription: 3,
+                ..fast_forwarding("1s")
+            }
+        })
+        .await;
+    let stuck = subscribe(&app, json!({"url": hanging.url, "topics": ["*"]})).await;
+    subscribe(&app, json!({"url": healthy.url, "topics": ["*"]})).await;
+    for i in 0..40 {
+        let body = enrollment_event(
+            &format!("hang-{i}"),
+            "progress",
+            i,
+            1,
+            "5.0",
+            "2024-07-01T00:00:00Z",
+        );
+        assert_eq!(app.deliver(&body).await.0, 200);
+    }
+    let got = healthy.wait_for(40, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 40, "the healthy destination got every delivery");
+    // The hanging one holds its share, no more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hanging.received().len(), 3, "in flight to the hanging one");
+    let (_, pending) = app
+        .get(&format!(
+            "/api/subscriptions/{}/deliveries?state=pending&limit=100",
+            stuck["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        pending["items"].as_array().map(Vec::len),
+        Some(40),
+        "{pending}"
+    );
+}

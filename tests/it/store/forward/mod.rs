@@ -20,6 +20,7 @@ mod subscriptions;
 on_both_backends!(
     a_replay_during_an_attempt_is_not_recorded_over,
     attempts_page_oldest_or_newest_first,
+    a_claim_leaves_room_for_every_subscription,
 );
 
 /// Subscription `sub_1` (every topic) and one stored event, `e1`, for it.
@@ -62,7 +63,11 @@ async fn a_replay_during_an_attempt_is_not_recorded_over(f: Fixture) {
 
     let now = Utc::now();
     let claimed = s
-        .claim_deliveries(now, now + Duration::seconds(20), 10)
+        .claim_deliveries(
+            now,
+            now + Duration::seconds(20),
+            &enrollhook::store::ClaimRoom::up_to(10),
+        )
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -95,7 +100,11 @@ async fn a_replay_during_an_attempt_is_not_recorded_over(f: Fixture) {
         .items;
     assert_eq!(pending.len(), 1, "the replay is still to be delivered");
     let again = s
-        .claim_deliveries(now, now + Duration::seconds(20), 10)
+        .claim_deliveries(
+            now,
+            now + Duration::seconds(20),
+            &enrollhook::store::ClaimRoom::up_to(10),
+        )
         .await
         .unwrap();
     assert_eq!(again.len(), 1, "and can be claimed at once");
@@ -136,7 +145,11 @@ async fn attempts_page_oldest_or_newest_first(f: Fixture) {
     for attempt in 1..=5i64 {
         let at = now + Duration::minutes(attempt);
         let claimed = s
-            .claim_deliveries(at, at + Duration::seconds(20), 10)
+            .claim_deliveries(
+                at,
+                at + Duration::seconds(20),
+                &enrollhook::store::ClaimRoom::up_to(10),
+            )
             .await
             .unwrap();
         seq = claimed[0].event.seq;
@@ -194,9 +207,13 @@ async fn store_events(s: &Arc<dyn Store>, enrollment_id: i64, ids: &[&str]) {
 /// Claims what is due a second from now (after every stored event), leased for 20 s.
 async fn claim(s: &Arc<dyn Store>, limit: u32) -> Vec<ClaimedDelivery> {
     let now = Utc::now() + Duration::seconds(1);
-    s.claim_deliveries(now, now + Duration::seconds(20), limit)
-        .await
-        .unwrap()
+    s.claim_deliveries(
+        now,
+        now + Duration::seconds(20),
+        &enrollhook::store::ClaimRoom::up_to(limit),
+    )
+    .await
+    .unwrap()
 }
 
 fn event_ids(claimed: &[ClaimedDelivery]) -> Vec<String> {
@@ -239,4 +256,80 @@ fn rules(before: DateTime<Utc>) -> std::sync::Arc<enrollhook::forward::health::R
     std::sync::Arc::new(enrollhook::forward::health::Rules {
         disable_failing_before: before,
     })
+}
+
+/// A claim takes the most due deliveries, but no subscription more than its
+/// room: one with a backlog due long before the other's deliveries takes its
+/// share and the other still gets its own; a subscription with no room left
+/// gets nothing.
+async fn a_claim_leaves_room_for_every_subscription(f: Fixture) {
+    use enrollhook::store::ClaimRoom;
+    let s = &f.store;
+    let subscribe = |id: &str| {
+        let input: SubscriptionInput = serde_json::from_value(
+            serde_json::json!({"url": format!("https://{id}.example.com/hook")}),
+        )
+        .unwrap();
+        input.create(id.into(), Utc::now(), false).unwrap()
+    };
+    // `backlog` gets ten events before `late` exists, then both get two.
+    s.insert_subscription(&subscribe("backlog")).await.unwrap();
+    for i in 0..10 {
+        let event = enrollment("default", &format!("old-{i}"), "progress", i, 7, "10", i);
+        s.append_batch(&[event]).await.unwrap();
+    }
+    s.insert_subscription(&subscribe("late")).await.unwrap();
+    for i in 10..12 {
+        let event = enrollment("default", &format!("new-{i}"), "progress", i, 7, "10", i);
+        s.append_batch(&[event]).await.unwrap();
+    }
+    let now = Utc::now() + Duration::seconds(1);
+    let lease = now + Duration::seconds(20);
+    let count = |claimed: &[ClaimedDelivery], id: &str| {
+        claimed.iter().filter(|d| d.subscription.id == id).count()
+    };
+
+    // Room for six, at most four of one subscription.
+    let room = ClaimRoom {
+        total: 6,
+        per_subscription: 4,
+        busy: vec![],
+    };
+    let first = s.claim_deliveries(now, lease, &room).await.unwrap();
+    assert_eq!(
+        (count(&first, "backlog"), count(&first, "late")),
+        (4, 2),
+        "the backlog takes its share, the late subscription its two"
+    );
+    // The oldest of the backlog first.
+    let mut seqs: Vec<i64> = first
+        .iter()
+        .filter(|d| d.subscription.id == "backlog")
+        .map(|d| d.event.seq)
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=4).collect::<Vec<i64>>());
+
+    // `backlog` at its cap (no room left): nothing of it, however due.
+    let room = ClaimRoom {
+        total: 10,
+        per_subscription: 4,
+        busy: vec![("backlog".into(), 0)],
+    };
+    assert!(
+        s.claim_deliveries(now, lease, &room)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Room for two more of it: the next two.
+    let room = ClaimRoom {
+        total: 10,
+        per_subscription: 4,
+        busy: vec![("backlog".into(), 2)],
+    };
+    let next = s.claim_deliveries(now, lease, &room).await.unwrap();
+    let mut seqs: Vec<i64> = next.iter().map(|d| d.event.seq).collect();
+    seqs.sort();
+    assert_eq!(seqs, vec![5, 6]);
 }

@@ -33,9 +33,15 @@ async fn a_claim_leases_due_deliveries_until_the_lease_ends(f: Fixture) {
 
     let now = Utc::now() + Duration::seconds(1);
     let lease = now + Duration::seconds(20);
-    let first = s.claim_deliveries(now, lease, 2).await.unwrap();
+    let first = s
+        .claim_deliveries(now, lease, &enrollhook::store::ClaimRoom::up_to(2))
+        .await
+        .unwrap();
     assert_eq!(first.len(), 2, "at most `limit`");
-    let second = s.claim_deliveries(now, lease, 10).await.unwrap();
+    let second = s
+        .claim_deliveries(now, lease, &enrollhook::store::ClaimRoom::up_to(10))
+        .await
+        .unwrap();
     assert_eq!(second.len(), 1, "leased deliveries are not claimed twice");
     let mut all = event_ids(&first);
     all.extend(event_ids(&second));
@@ -49,13 +55,22 @@ async fn a_claim_leases_due_deliveries_until_the_lease_ends(f: Fixture) {
         .unwrap()
         .unwrap();
     assert_eq!(d.event, stored, "the event to send, as stored");
-    assert!(s.claim_deliveries(now, lease, 10).await.unwrap().is_empty());
+    assert!(
+        s.claim_deliveries(now, lease, &enrollhook::store::ClaimRoom::up_to(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // A worker that died leaves its leases; they run out, and then the
     // deliveries are due again.
     let later = lease + Duration::seconds(1);
     let again = s
-        .claim_deliveries(later, later + Duration::seconds(20), 10)
+        .claim_deliveries(
+            later,
+            later + Duration::seconds(20),
+            &enrollhook::store::ClaimRoom::up_to(10),
+        )
         .await
         .unwrap();
     assert_eq!(event_ids(&again), ["e1", "e2", "e3"]);
@@ -138,7 +153,11 @@ async fn finished_attempts_deliver_retry_or_bury_their_deliveries(f: Fixture) {
     assert!(claim(s, 10).await.is_empty());
     let due = retry_at + Duration::seconds(1);
     let retried = s
-        .claim_deliveries(due, due + Duration::seconds(20), 10)
+        .claim_deliveries(
+            due,
+            due + Duration::seconds(20),
+            &enrollhook::store::ClaimRoom::up_to(10),
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -188,10 +188,14 @@ async fn failing_subscriptions_are_disabled_and_deliveries_clear_the_failure(f: 
     // A disabled subscription's pending deliveries wait.
     let later = at(200);
     assert!(
-        s.claim_deliveries(later, later + Duration::seconds(20), 10)
-            .await
-            .unwrap()
-            .is_empty()
+        s.claim_deliveries(
+            later,
+            later + Duration::seconds(20),
+            &enrollhook::store::ClaimRoom::up_to(10)
+        )
+        .await
+        .unwrap()
+        .is_empty()
     );
     assert_eq!(s.outbox_pending().await.unwrap(), 2);
 }
