@@ -35,6 +35,10 @@ pub(crate) trait Dialect: Database<Arguments: IntoArguments<Self>, Row: Cols> {
     /// writer is changing are skipped rather than waited for (PostgreSQL's
     /// instances prune at once; SQLite has one writer).
     const SKIP_LOCKED: &'static str;
+    /// Names the index a table is read through, after `FROM table AS alias`
+    /// (SQLite: `INDEXED BY`, where its planner, without statistics, would
+    /// take the primary key; PostgreSQL plans from its statistics: nothing).
+    fn indexed_by(index: &str) -> String;
     /// The current time as a statement writes it (PostgreSQL: the
     /// transaction's `now()`; SQLite: bound from this process's clock).
     fn push_now(q: &mut QueryBuilder<Self>);

@@ -691,7 +691,9 @@ async fn postgres_migration_9_derives_the_events_already_received() {
         .unwrap();
     }
     sqlx::raw_sql(
-        "DROP TABLE lesson_completions, course_lessons, learners, quiz_results, event_users,
+        "DROP INDEX outbox_due_by_subscription;
+         CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending';
+         DROP TABLE lesson_completions, course_lessons, learners, quiz_results, event_users,
              stall_buckets;
          ALTER TABLE subscriptions DROP COLUMN subject, DROP COLUMN exchange,
              DROP COLUMN routing_key, DROP COLUMN stream, DROP COLUMN maxlen, DROP COLUMN filter,

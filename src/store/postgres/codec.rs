@@ -43,6 +43,9 @@ impl Dialect for Postgres {
         v.map(Self::json)
     }
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    fn indexed_by(_index: &str) -> String {
+        String::new()
+    }
     fn push_now(q: &mut QueryBuilder<Postgres>) {
         q.push("now()");
     }

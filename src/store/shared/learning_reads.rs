@@ -80,12 +80,14 @@ where
     let mut counts: BTreeMap<(String, i64, i64), i64> =
         fetch_mapped(pool, q, row).await?.into_iter().collect();
 
-    let open_learners = format!(
-        "SELECT l.source, l.course_id, COALESCE(l.last_lesson_id, {NO_LESSON}) AS last_lesson_id,
-                COUNT(*) AS n
-         FROM learners AS l WHERE l.enrollment_id IS NOT NULL AND NOT l.completed"
-    );
-    let mut q = QueryBuilder::<DB>::new(&open_learners);
+    let open_learners = |through: &str| {
+        format!(
+            "SELECT l.source, l.course_id, COALESCE(l.last_lesson_id, {NO_LESSON}) AS last_lesson_id,
+                    COUNT(*) AS n
+             FROM learners AS l{through} WHERE l.enrollment_id IS NOT NULL AND NOT l.completed"
+        )
+    };
+    let mut q = QueryBuilder::<DB>::new(open_learners(""));
     q.push(" AND l.last_activity >= ")
         .push_bind(DB::time(day_start))
         .push(" AND l.last_activity < ")
@@ -99,7 +101,13 @@ where
         *counts.entry(key).or_default() += n;
     }
 
-    let mut q = QueryBuilder::<DB>::new(&open_learners);
+    // A course's expired learners by expiry (learners_expiring_by_course),
+    // not its stalled learners by activity: those are a third of a course.
+    let through = match course_id {
+        Some(_) => DB::indexed_by("learners_expiring_by_course"),
+        None => String::new(),
+    };
+    let mut q = QueryBuilder::<DB>::new(open_learners(&through));
     q.push(" AND l.expiry_date IS NOT NULL AND l.expiry_date < ")
         .push_bind(DB::time(stalled.now))
         .push(" AND l.last_activity < ")
@@ -152,7 +160,10 @@ where
     let enrolled = fetch_mapped(
         pool,
         by_course(
-            "SELECT COUNT(*) AS n FROM learners AS l",
+            &format!(
+                "SELECT COUNT(*) AS n FROM learners AS l{}",
+                DB::indexed_by("learners_enrolled")
+            ),
             " AND l.enrollment_id IS NOT NULL",
         ),
         |r| r.int("n"),

@@ -66,6 +66,9 @@ impl Dialect for Sqlite {
         v.map(to_json)
     }
     const SKIP_LOCKED: &'static str = "";
+    fn indexed_by(index: &str) -> String {
+        format!(" INDEXED BY {index}")
+    }
     fn push_now(q: &mut QueryBuilder<Sqlite>) {
         q.push_bind(fmt_ts(&Utc::now()));
     }

@@ -165,6 +165,11 @@ CREATE INDEX learners_open_by_course ON learners (course_id, last_activity, sour
 CREATE INDEX learners_expiring ON learners (expiry_date, last_activity, source, course_id,
     last_lesson_id)
     WHERE enrollment_id IS NOT NULL AND NOT completed AND expiry_date IS NOT NULL;
+-- The same by course first: a funnel subtracts its course's expired learners
+-- without reading its stalled ones.
+CREATE INDEX learners_expiring_by_course ON learners (course_id, expiry_date, last_activity,
+    source, last_lesson_id)
+    WHERE enrollment_id IS NOT NULL AND NOT completed AND expiry_date IS NOT NULL;
 
 -- Open learners (enrolled, not completed) per course, furthest lesson (0:
 -- none yet) and UTC day of last activity: a course's stalled count sums the
