@@ -52,7 +52,7 @@ const CHECKPOINT_PAGES: u32 = 4_000;
 
 /// The projection file's schema; a file with another version is re-derived.
 const SCHEMA: &str = include_str!("migrations/projection.sql");
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Where the projection of the log at `database` is kept.
 pub fn projection_path(database: &Path) -> PathBuf {
