@@ -212,10 +212,7 @@ async fn run(
                 (d.event.enrollment_id).map(|id| (d.event.source.clone(), id, d.event.seq))
             })
             .collect();
-        for delivery in &templated {
-            in_flight.start(&delivery.subscription, &config);
-        }
-        for delivery in &plain {
+        for delivery in plain.iter().chain(&templated) {
             in_flight.start(&delivery.subscription, &config);
         }
         let mut first = Some(first);
