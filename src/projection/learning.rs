@@ -350,10 +350,8 @@ impl Learning {
                 },
             );
         }
-        if new_completion {
-            if let Some(lesson) = self.lessons.get_mut(&key) {
-                lesson.completions += 1;
-            }
+        if new_completion && let Some(lesson) = self.lessons.get_mut(&key) {
+            lesson.completions += 1;
         }
         if newer || new_completion {
             self.changed.lessons.insert(key);
