@@ -67,19 +67,20 @@ pub(super) fn claim(
     }
     offered.sort_unstable();
     offered.truncate(room.total as usize);
+    if offered.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement for the claim's rows (their ids as one JSON array), not one each.
+    let ids = serde_json::to_string(&offered.iter().map(|(_, id)| *id).collect::<Vec<i64>>())
+        .expect("integers serialize");
     let mut lease = conn.prepare_cached(
-        "UPDATE outbox SET lease_until = ?1 WHERE id = ?2
+        "UPDATE outbox SET lease_until = ?1 WHERE id IN (SELECT value FROM json_each(?2))
          RETURNING id, subscription_id, event_seq, attempts, traceparent",
     )?;
-    let lease_until = fmt_ts(&lease_until);
-    offered
-        .iter()
-        .map(|(_, id)| {
-            lease.query_row(params![lease_until, id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-        })
-        .collect()
+    let rows = lease.query_map(params![fmt_ts(&lease_until), ids], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })?;
+    rows.collect()
 }
 
 /// Marks claimed deliveries whose event was pruned from the log dead.
