@@ -266,36 +266,32 @@ pub(crate) fn quiz_from_row(r: &impl Cols) -> Result<QuizResult> {
 /// The rows `learning` changed, per table (in key order), as their values:
 /// what a batch writes, on either backend.
 pub(crate) fn changed_rows(learning: &Learning) -> [(&'static Table, Vec<Vec<Val>>); 4] {
+    /// The rows of `all` whose keys are in `changed`, as values.
+    fn rows<K: Ord, V>(
+        changed: &BTreeSet<K>,
+        all: &BTreeMap<K, V>,
+        values: fn(&V) -> Vec<Val>,
+    ) -> Vec<Vec<Val>> {
+        changed
+            .iter()
+            .filter_map(|k| all.get(k).map(values))
+            .collect()
+    }
     let c = &learning.changed;
     [
         (
             &COMPLETIONS,
-            c.completions
-                .iter()
-                .filter_map(|k| learning.completions.get(k).map(completion_values))
-                .collect(),
+            rows(&c.completions, &learning.completions, completion_values),
         ),
         (
             &COURSE_LESSONS,
-            c.lessons
-                .iter()
-                .filter_map(|k| learning.lessons.get(k).map(course_lesson_values))
-                .collect(),
+            rows(&c.lessons, &learning.lessons, course_lesson_values),
         ),
         (
             &LEARNERS,
-            c.learners
-                .iter()
-                .filter_map(|k| learning.learners.get(k).map(learner_values))
-                .collect(),
+            rows(&c.learners, &learning.learners, learner_values),
         ),
-        (
-            &QUIZZES,
-            c.quizzes
-                .iter()
-                .filter_map(|k| learning.quizzes.get(k).map(quiz_values))
-                .collect(),
-        ),
+        (&QUIZZES, rows(&c.quizzes, &learning.quizzes, quiz_values)),
     ]
 }
 

@@ -16,7 +16,7 @@ use super::learning::{
     COURSE_LESSONS, QUIZZES, course_lesson_from_row, lesson_info_from_row, quiz_from_row,
 };
 use crate::projection::Enrollment;
-use crate::projection::learning::{CourseLesson, NO_LESSON, course_order};
+use crate::projection::learning::{NO_LESSON, course_order};
 use crate::store::dialect::{Binds, Cols, Dialect};
 use crate::store::learning::*;
 use crate::store::rows::{ENROLLMENT_COLUMNS, enrollment_from_row, event_from_row};
@@ -139,7 +139,7 @@ where
             .push(rest.to_owned());
         q
     };
-    let lessons = fetch_mapped(
+    let mut lessons = fetch_mapped(
         pool,
         by_course(
             &format!(
@@ -190,14 +190,7 @@ where
         return Ok(None);
     }
     let stalled_here: BTreeMap<Option<i64>, i64> = stalled_at.into_iter().collect();
-    let mut lessons: Vec<(CourseLesson, i64)> = lessons
-        .into_iter()
-        .map(|l| {
-            let n = l.completions;
-            (l, n)
-        })
-        .collect();
-    lessons.sort_by(|a, b| course_order((&a.0.info, a.1), (&b.0.info, b.1)));
+    lessons.sort_by(|a, b| course_order((&a.info, a.completions), (&b.info, b.completions)));
     Ok(Some(Funnel {
         source: source.to_owned(),
         course_id,
@@ -207,13 +200,13 @@ where
         stalled_before_first_lesson: stalled_here.get(&None).copied().unwrap_or(0),
         lessons: lessons
             .into_iter()
-            .map(|(l, completed)| FunnelLesson {
+            .map(|l| FunnelLesson {
                 stalled_here: stalled_here
                     .get(&Some(l.info.lesson_id))
                     .copied()
                     .unwrap_or(0),
                 lesson: l.info,
-                completed,
+                completed: l.completions,
             })
             .collect(),
     }))
