@@ -35,6 +35,7 @@ Usage: python3 bench/forward.py [--duration 20] [--rate 5000] [--destinations ht
 import argparse
 import http.server
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -56,6 +57,27 @@ def count(db, sql):
         return int(r.stdout.strip() or 0)
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
         return c.execute(sql).fetchone()[0]
+
+
+# The processes besides enrollhook that a run's CPU goes to, by their name in
+# /proc/PID/comm: the broker (or PostgreSQL) serving the destination or the store.
+BROKER_PROCESSES = {"nats": ("nats-server",), "amqp": ("beam.smp",), "redis": ("redis-server",)}
+
+
+def pids_named(names):
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in names:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def cpu_of(pids):
+    return sum(bench.cpu_seconds(p) for p in pids)
 
 
 def pending(db):
@@ -295,15 +317,33 @@ def run_one(kind, args):
 
         sampler = threading.Thread(target=sample)
         sampler.start()
+        # Where the cores go during the load: enrollhook, the load generator,
+        # the receiver, the broker and PostgreSQL (cores = CPU seconds / wall).
+        parts = {"enrollhook": lambda: [server.pid], "receiver": lambda: [dest.pid],
+                 "broker": lambda: pids_named(BROKER_PROCESSES.get(kind, ())),
+                 "postgres": lambda: pids_named(("postgres",)) if args.database else []}
+        cpu_before = {name: cpu_of(pids()) for name, pids in parts.items()}
         started = time.monotonic()
         if args.rate:
-            sim = subprocess.run([str(bench.ENROLLHOOK), "simulate", "--url",
+            sim = subprocess.Popen([str(bench.ENROLLHOOK), "simulate", "--url",
                                   f"http://127.0.0.1:{port}/webhooks/thinkific/c8", "--source", "c8",
                                   "--secret", bench.SECRET, "--rate", str(args.rate),
                                   "--concurrency", str(args.sim_concurrency),
                                   "--duration", f"{args.duration}s", "--students", "1000000",
                                   "--courses", "50", "--arrival-days", "1"],
-                                 capture_output=True, text=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            sim_out, sim_err = [], []
+            readers = [threading.Thread(target=lambda f=f, into=into: into.append(f.read()))
+                       for f, into in ((sim.stdout, sim_out), (sim.stderr, sim_err))]
+            for r in readers:
+                r.start()
+            # wait4 gives the simulator's own CPU time, counted to its exit.
+            _, status, usage = os.wait4(sim.pid, 0)
+            sim.returncode = os.waitstatus_to_exitcode(status)
+            sim_cpu = usage.ru_utime + usage.ru_stime
+            for r in readers:
+                r.join()
+            sim.stdout, sim.stderr = "".join(sim_out), "".join(sim_err)
             if sim.returncode != 0:
                 raise RuntimeError(f"simulate failed: {sim.stderr[-500:]}")
             elapsed = time.monotonic() - started
@@ -315,6 +355,11 @@ def run_one(kind, args):
         else:
             run = bench.run_wrk(port, args.connections, args.duration, "c8", events_file)
         ingest_end = time.monotonic()
+        load_seconds = ingest_end - started
+        cores = {name: round((cpu_of(pids()) - cpu_before[name]) / load_seconds, 2)
+                 for name, pids in parts.items()}
+        if args.rate:
+            cores["simulator"] = round(sim_cpu / load_seconds, 2)
         while pending(db) > 0 and time.monotonic() - ingest_end < 300:
             time.sleep(0.2)
         drained = time.monotonic()
@@ -337,6 +382,7 @@ def run_one(kind, args):
             "drain_seconds_after_load": round(drained - ingest_end, 1),
             "ingest_p50_ms": run.get("p50_ms"),
             "ingest_p99_ms": bench.ms(run["p99_us"]) if "p99_us" in run else run.get("p99_ms"),
+            "cores_during_load": cores,
         }
         print(json.dumps(result))
     finally:

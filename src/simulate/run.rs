@@ -39,6 +39,10 @@ impl Default for SendOptions {
     }
 }
 
+/// The pacing's resolution: at `--rate` above 1,000/s deliveries go out in
+/// bursts of what is due each millisecond.
+const PACING_TICK: Duration = Duration::from_millis(1);
+
 /// What happened on the wire.
 #[derive(Debug, Clone, Default)]
 pub struct SendReport {
@@ -137,7 +141,9 @@ pub async fn send(traffic: Traffic, opts: &SendOptions) -> anyhow::Result<(SendR
         );
     }
     let client = crate::client::http_client(opts.timeout)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Delivery>(opts.concurrency * 4);
+    // Many workers take from one queue: an MPMC channel wakes one worker per
+    // delivery (a shared mpsc receiver behind a lock woke two).
+    let (tx, rx) = flume::bounded::<Delivery>(opts.concurrency * 4);
     let started = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
 
@@ -156,10 +162,13 @@ pub async fn send(traffic: Traffic, opts: &SendOptions) -> anyhow::Result<(SendR
                 let due = started + Duration::from_secs_f64(n as f64 / rate);
                 let now = Instant::now();
                 if due > now {
-                    std::thread::sleep(due - now);
+                    // Ahead of time: sleep at least a tick, then send all that
+                    // is due at once (a sleep per delivery cost the load
+                    // generator a context switch each, CPU the receiver lacks).
+                    std::thread::sleep((due - now).max(PACING_TICK));
                 }
             }
-            if tx.blocking_send(d).is_err() {
+            if tx.send(d).is_err() {
                 break;
             }
             n += 1;
@@ -167,7 +176,6 @@ pub async fn send(traffic: Traffic, opts: &SendOptions) -> anyhow::Result<(SendR
         traffic.into_expected()
     });
 
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..opts.concurrency {
         let (rx, client, url, sent) = (rx.clone(), client.clone(), opts.url.clone(), sent.clone());
@@ -175,8 +183,7 @@ pub async fn send(traffic: Traffic, opts: &SendOptions) -> anyhow::Result<(SendR
         workers.spawn(async move {
             let mut tally = WorkerTally::default();
             loop {
-                let next = rx.lock().await.recv().await;
-                let Some(d) = next else { break };
+                let Ok(d) = rx.recv_async().await else { break };
                 deliver(&client, &url, &d, retries, &mut tally).await;
                 sent.fetch_add(1, Ordering::Relaxed);
             }
