@@ -66,6 +66,10 @@ pub const NO_LESSON: i64 = 0;
 pub type CompletionKey = (String, i64, i64, i64); // source, course_id, user_id, lesson_id
 pub type CourseLessonKey = (String, i64, i64); // source, course_id, lesson_id
 pub type QuizKey = (String, i64, i64); // source, quiz_id, user_id
+/// Learners with an enrollment per (source, course_id): the funnel's
+/// "enrolled" (`course_learners`), kept as a count so that the funnel does not
+/// count a course's learners on every request.
+pub type EnrolledCounts = BTreeMap<(String, i64), i64>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LessonCompletion {
@@ -202,6 +206,9 @@ pub struct Changed {
     pub lessons: BTreeSet<CourseLessonKey>,
     pub learners: BTreeSet<LearnerKey>,
     pub quizzes: BTreeSet<QuizKey>,
+    /// Learners given their first enrollment, per course (a learner's
+    /// enrollment is never taken away, so this only grows).
+    pub enrolled: EnrolledCounts,
 }
 
 /// The keys of the rows some events and enrollment changes touch.
@@ -251,6 +258,15 @@ impl Learning {
         }
         deltas.retain(|_, n| *n != 0);
         deltas
+    }
+
+    /// Learners with an enrollment per course, counted whole (`rebuild`).
+    pub fn enrolled_counts(&self) -> EnrolledCounts {
+        let mut counts = EnrolledCounts::new();
+        for l in self.learners.values().filter(|l| l.enrollment_id.is_some()) {
+            *counts.entry((l.source.clone(), l.course_id)).or_default() += 1;
+        }
+        counts
     }
 
     /// Every bucket of these learners, counted whole (`rebuild`).
@@ -429,10 +445,18 @@ impl Learning {
         };
         let learner = self.learner(&source, course_id, user_id);
         if learner.enrollment_id.is_none_or(|id| e.enrollment_id >= id) {
+            let first = learner.enrollment_id.is_none();
             learner.enrollment_id = Some(e.enrollment_id);
             learner.completed = e.completed;
             learner.expiry_date = e.expiry_date;
             learner.enrollment_activity = enrollment_activity(e);
+            if first {
+                *self
+                    .changed
+                    .enrolled
+                    .entry((source, course_id))
+                    .or_default() += 1;
+            }
         }
     }
 
@@ -664,6 +688,10 @@ mod tests {
             (learner.enrollment_id, learner.completed),
             (Some(205), false)
         );
+        // One student enrolled, however many enrollments and in which order.
+        let one = EnrolledCounts::from([(("s".to_owned(), 3), 1)]);
+        assert_eq!((&a.changed.enrolled, &b.changed.enrolled), (&one, &one));
+        assert_eq!(a.enrolled_counts(), one);
     }
 
     #[test]
@@ -798,9 +826,15 @@ mod tests {
             events: &[LearningEvent],
             enrollments: &[Enrollment],
             size: usize,
-        ) -> (Learning, StallDeltas) {
+        ) -> (Learning, StallDeltas, EnrolledCounts) {
             let mut db = Learning::default();
             let mut buckets = StallDeltas::new();
+            let mut enrolled = EnrolledCounts::new();
+            let mut count = |changed: &Changed| {
+                for (k, n) in &changed.enrolled {
+                    *enrolled.entry(k.clone()).or_default() += n;
+                }
+            };
             let mut add = |deltas: StallDeltas| {
                 for (k, n) in deltas {
                     *buckets.entry(k).or_default() += n;
@@ -845,6 +879,7 @@ mod tests {
                     state.enrollment(e);
                 }
                 add(state.stall_deltas(&loaded));
+                count(&state.changed);
                 for k in &state.changed.completions {
                     db.completions
                         .insert(k.clone(), state.completions[k].clone());
@@ -864,8 +899,9 @@ mod tests {
                 db.enrollment(e);
             }
             add(db.stall_deltas(&loaded));
+            count(&db.changed);
             buckets.retain(|_, n| *n != 0);
-            (db, buckets)
+            (db, buckets, enrolled)
         }
 
         proptest! {
@@ -895,10 +931,11 @@ mod tests {
                 let folded =
                     Learning::fold(enrollments.iter().rev(), shuffled.iter().map(|e| ("s", e)));
                 prop_assert_eq!(&folded, &expected);
-                let (mut batched, buckets) = in_batches(&shuffled, &enrollments, size);
+                let (mut batched, buckets, enrolled) = in_batches(&shuffled, &enrollments, size);
                 batched.changed = Changed::default();
                 prop_assert_eq!(&batched, &expected);
                 prop_assert_eq!(buckets, expected.stall_buckets());
+                prop_assert_eq!(enrolled, expected.enrolled_counts());
             }
         }
     }

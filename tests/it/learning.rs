@@ -694,7 +694,7 @@ async fn postgres_migration_9_derives_the_events_already_received() {
         "DROP INDEX outbox_due_by_subscription;
          CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending';
          DROP TABLE lesson_completions, course_lessons, learners, quiz_results, event_users,
-             stall_buckets;
+             stall_buckets, course_learners;
          ALTER TABLE subscriptions DROP COLUMN subject, DROP COLUMN exchange,
              DROP COLUMN routing_key, DROP COLUMN stream, DROP COLUMN maxlen, DROP COLUMN filter,
              DROP COLUMN template;

@@ -10,7 +10,9 @@ use sqlx::postgres::PgConnection;
 use super::codec::*;
 use super::learning;
 use super::outbox;
-use crate::projection::learning::{Learner, Learning, LearningEvent, Needs, StallDeltas};
+use crate::projection::learning::{
+    EnrolledCounts, Learner, Learning, LearningEvent, Needs, StallDeltas,
+};
 use crate::projection::milestones::{self, LastLesson, MilestoneRules};
 use crate::projection::{self, Enrollment, EnrollmentEvent};
 use crate::store::bodies::Encoder;
@@ -295,7 +297,12 @@ pub(super) async fn append_on(
     // concurrent batch updates (one statement, each table in key order).
     let changes: Vec<(Option<&Enrollment>, &Enrollment)> =
         before.iter().map(Option::as_ref).zip(&next).collect();
-    super::courses::write_deltas(&mut tx, &courses::deltas(&changes), &stall_deltas).await?;
+    let no_learners = EnrolledCounts::new();
+    let enrolled = learned
+        .as_ref()
+        .map_or(&no_learners, |l| &l.changed.enrolled);
+    super::courses::write_deltas(&mut tx, &courses::deltas(&changes), &stall_deltas, enrolled)
+        .await?;
     tx.commit().await?;
     Ok(outcomes)
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use crate::projection::learning::StallDeltas;
+use crate::projection::learning::{EnrolledCounts, StallDeltas};
 use crate::store::shared::courses::{
     CourseDeltas, CourseKey, Median, Medians, TotalsDelta, differing_rows, median_mismatch,
     rederive,
@@ -21,7 +21,8 @@ use crate::store::shared::courses::{
 use crate::store::*;
 
 /// Adds a batch's deltas to the counters every batch of a course shares (the
-/// course totals, expiries and activity days, and the stall buckets), in one
+/// course totals, expiries and activity days, the stall buckets and the
+/// enrolled learners), in one
 /// statement: each table's upsert is a data-modifying `WITH`, rows in key
 /// order, so concurrent batches wait on them in one order, after every other
 /// lock of the batch. One statement, not four: a batch's time is mostly round
@@ -30,8 +31,14 @@ pub(super) async fn write_deltas(
     tx: &mut PgConnection,
     d: &CourseDeltas<'_>,
     stalls: &StallDeltas,
+    enrolled: &EnrolledCounts,
 ) -> Result<()> {
-    if d.totals.is_empty() && d.expiries.is_empty() && d.days.is_empty() && stalls.is_empty() {
+    if d.totals.is_empty()
+        && d.expiries.is_empty()
+        && d.days.is_empty()
+        && stalls.is_empty()
+        && enrolled.is_empty()
+    {
         return Ok(());
     }
     let mut totals: Vec<_> = d.totals.iter().collect();
@@ -73,7 +80,14 @@ pub(super) async fn write_deltas(
              ORDER BY day COLLATE \"C\", source COLLATE \"C\", course_id
              ON CONFLICT (day, source, course_id) DO UPDATE SET
                  enrolled = t.enrolled + excluded.enrolled,
-                 completed = t.completed + excluded.completed)
+                 completed = t.completed + excluded.completed),
+         learners AS (
+             INSERT INTO course_learners AS t (source, course_id, enrolled)
+             SELECT * FROM unnest($24::text[], $25::bigint[], $26::bigint[])
+                 AS d(source, course_id, enrolled)
+             ORDER BY source COLLATE \"C\", course_id
+             ON CONFLICT (source, course_id) DO UPDATE SET
+                 enrolled = t.enrolled + excluded.enrolled)
          INSERT INTO stall_buckets AS t (source, course_id, last_lesson_id, activity_day,
              learners)
          SELECT * FROM unnest($19::text[], $20::bigint[], $21::bigint[], $22::text[],
@@ -139,6 +153,14 @@ pub(super) async fn write_deltas(
             .collect::<Vec<&str>>(),
     )
     .bind(stalls.values().copied().collect::<Vec<i64>>())
+    .bind(
+        enrolled
+            .keys()
+            .map(|(s, _)| s.as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(enrolled.keys().map(|(_, c)| *c).collect::<Vec<i64>>())
+    .bind(enrolled.values().copied().collect::<Vec<i64>>())
     .execute(&mut *tx)
     .await?;
     Ok(())

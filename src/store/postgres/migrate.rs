@@ -95,6 +95,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "fair claims",
         include_str!("migrations/0021_fair_claims.sql"),
     ),
+    (
+        22,
+        "enrolled learners per course",
+        include_str!("migrations/0022_course_learners.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.

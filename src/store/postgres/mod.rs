@@ -418,8 +418,8 @@ impl Store for PostgresStore {
             // their `SELECT … FOR UPDATE` conflicts with this lock; readers do not.
             sqlx::query(
                 "LOCK TABLE enrollments, lesson_completions, course_lessons, learners,
-                 stall_buckets, quiz_results, event_users, course_totals, course_expiries,
-                 activity_days IN EXCLUSIVE MODE",
+                 stall_buckets, course_learners, quiz_results, event_users, course_totals,
+                 course_expiries, activity_days IN EXCLUSIVE MODE",
             )
             .execute(&mut *tx)
             .await?;
@@ -468,8 +468,8 @@ impl Store for PostgresStore {
         let mut conn = self.writer.acquire().await?;
         sqlx::raw_sql(
             "VACUUM (ANALYZE) enrollments, lesson_completions, course_lessons, learners,
-                 stall_buckets, quiz_results, event_users, course_totals, course_expiries,
-                 activity_days",
+                 stall_buckets, course_learners, quiz_results, event_users, course_totals,
+                 course_expiries, activity_days",
         )
         .execute(&mut *conn)
         .await?;

@@ -12,8 +12,8 @@ use sqlx::QueryBuilder;
 
 use crate::projection::Enrollment;
 use crate::projection::learning::{
-    CourseLesson, Learner, Learning, LearningEvent, LessonCompletion, LessonInfo, QuizResult,
-    StallDeltas, StallKey,
+    CourseLesson, EnrolledCounts, Learner, Learning, LearningEvent, LessonCompletion, LessonInfo,
+    QuizResult, StallDeltas, StallKey,
 };
 use crate::store::dialect::{Binds, Cols, Dialect};
 use crate::store::rows::{ENROLLMENT_COLUMNS, enrollment_from_row};
@@ -376,6 +376,36 @@ where
     Ok(())
 }
 
+/// Adds learners given their first enrollment to `course_learners` (see
+/// [`Changed::enrolled`](crate::projection::learning::Changed)).
+pub(crate) async fn write_enrolled<DB: Dialect>(
+    conn: &mut DB::Connection,
+    counts: &EnrolledCounts,
+) -> Result<()>
+where
+    Option<i64>: Binds<DB>,
+    Option<String>: Binds<DB>,
+    Option<f64>: Binds<DB>,
+    bool: Binds<DB>,
+{
+    let rows: Vec<_> = counts.iter().collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q =
+            QueryBuilder::<DB>::new("INSERT INTO course_learners (source, course_id, enrolled) ");
+        q.push_values(chunk, |mut b, ((source, course_id), n)| {
+            for v in [text(source), int(*course_id), int(**n)] {
+                push_val::<DB>(&mut b, v);
+            }
+        });
+        q.push(
+            " ON CONFLICT (source, course_id)
+              DO UPDATE SET enrolled = course_learners.enrolled + excluded.enrolled",
+        );
+        q.build().execute(DB::on(conn)).await?;
+    }
+    Ok(())
+}
+
 /// Log events read per round of `rebuild`'s walk.
 const EVENTS_PER_PAGE: i64 = 5_000;
 
@@ -504,6 +534,25 @@ where
         derived_buckets.iter().map(|(k, n)| bucket_values(k, *n)),
     );
     report.rows += bucket_rows;
+    let stored_enrolled: EnrolledCounts = QueryBuilder::<DB>::new(
+        "SELECT source, course_id, enrolled FROM course_learners WHERE enrolled <> 0",
+    )
+    .build()
+    .fetch_all(DB::on(conn))
+    .await?
+    .iter()
+    .map(|r| Ok(((r.text("source")?, r.int("course_id")?), r.int("enrolled")?)))
+    .collect::<Result<_>>()?;
+    let derived_enrolled = derived.enrolled_counts();
+    let enrolled_rows = diff(
+        stored_enrolled
+            .iter()
+            .map(|((s, c), n)| vec![text(s), int(*c), int(*n)]),
+        derived_enrolled
+            .iter()
+            .map(|((s, c), n)| vec![text(s), int(*c), int(*n)]),
+    );
+    report.rows += enrolled_rows;
 
     let mut q = QueryBuilder::<DB>::new(
         "SELECT u.source, u.user_id, u.seq FROM event_users AS u
@@ -561,6 +610,13 @@ where
             .execute(DB::on(conn))
             .await?;
         write_stall_deltas::<DB>(conn, &derived_buckets).await?;
+    }
+    if enrolled_rows > 0 {
+        QueryBuilder::<DB>::new("DELETE FROM course_learners")
+            .build()
+            .execute(DB::on(conn))
+            .await?;
+        write_enrolled::<DB>(conn, &derived_enrolled).await?;
     }
     if report.index_rows > 0 {
         for (source, user, seq) in stored_users.difference(&users) {

@@ -157,15 +157,11 @@ where
             .into_iter()
             .map(|((_, _, lesson), n)| ((lesson != NO_LESSON).then_some(lesson), n))
             .collect();
+    // Kept by the projection: counting the course's learners cost an index
+    // scan of one entry per student (8-19 ms a funnel at 10 M events).
     let enrolled = fetch_mapped(
         pool,
-        by_course(
-            &format!(
-                "SELECT COUNT(*) AS n FROM learners AS l{}",
-                DB::indexed_by("learners_enrolled")
-            ),
-            " AND l.enrollment_id IS NOT NULL",
-        ),
+        by_course("SELECT l.enrolled AS n FROM course_learners AS l", ""),
         |r| r.int("n"),
     )
     .await?

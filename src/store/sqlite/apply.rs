@@ -370,6 +370,7 @@ fn project(
         }
         learning::write(conn, &state)?;
         learning::write_stall_deltas(conn, &state.stall_deltas(&loaded_stalls))?;
+        learning::write_enrolled(conn, &state.changed.enrolled)?;
         learning_state = Some(state);
     }
     if let Some(rules) = rules.filter(|r| !r.is_empty()) {

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::de::DeserializeOwned;
 
 use super::codec::{fmt_ts, parse_ts, write_error};
-use crate::projection::learning::{Learning, Needs, StallDeltas};
+use crate::projection::learning::{EnrolledCounts, Learning, Needs, StallDeltas};
 use crate::store::dialect::Cols;
 use crate::store::shared::learning::{
     COMPLETIONS, COURSE_LESSONS, LEARNERS, QUIZZES, Table, Val, changed_rows, completion_from_row,
@@ -196,6 +196,21 @@ pub(super) fn write_stall_deltas(conn: &Connection, deltas: &StallDeltas) -> Res
         .map_err(write_error)?;
     for ((source, course_id, lesson_id, day), n) in deltas {
         add.execute(rusqlite::params![source, course_id, lesson_id, day, n])
+            .map_err(write_error)?;
+    }
+    Ok(())
+}
+
+/// Adds the learners given their first enrollment to `course_learners`.
+pub(super) fn write_enrolled(conn: &Connection, enrolled: &EnrolledCounts) -> Result<()> {
+    let mut add = conn
+        .prepare_cached(
+            "INSERT INTO course_learners (source, course_id, enrolled) VALUES (?1, ?2, ?3)
+             ON CONFLICT (source, course_id) DO UPDATE SET enrolled = enrolled + excluded.enrolled",
+        )
+        .map_err(write_error)?;
+    for ((source, course_id), n) in enrolled {
+        add.execute(rusqlite::params![source, course_id, n])
             .map_err(write_error)?;
     }
     Ok(())

@@ -52,7 +52,7 @@ const CHECKPOINT_PAGES: u32 = 4_000;
 
 /// The projection file's schema; a file with another version is re-derived.
 const SCHEMA: &str = include_str!("migrations/projection.sql");
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// Where the projection of the log at `database` is kept.
 pub fn projection_path(database: &Path) -> PathBuf {
@@ -251,7 +251,7 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<(Connection, 
         tx.execute_batch(
             "DELETE FROM enrollments; DELETE FROM course_totals; DELETE FROM course_expiries;
              DELETE FROM event_topics; DELETE FROM activity_days;
-             DELETE FROM lesson_completions; DELETE FROM course_lessons; DELETE FROM learners; DELETE FROM stall_buckets;
+             DELETE FROM lesson_completions; DELETE FROM course_lessons; DELETE FROM learners; DELETE FROM stall_buckets; DELETE FROM course_learners;
              DELETE FROM quiz_results; DELETE FROM event_users; DELETE FROM milestones_pending;",
         )?;
         tx.execute(

@@ -187,6 +187,16 @@ CREATE TABLE stall_buckets (
     PRIMARY KEY (source, course_id, last_lesson_id, activity_day)
 ) WITHOUT ROWID;
 
+-- Learners with an enrollment per course: the funnel's "enrolled", kept by
+-- the projector (+1 when a learner gets its first enrollment) so that a
+-- funnel does not count a course's learners; `rebuild` re-derives it.
+CREATE TABLE course_learners (
+    source    TEXT    NOT NULL,
+    course_id INTEGER NOT NULL,
+    enrolled  INTEGER NOT NULL,
+    PRIMARY KEY (source, course_id)
+) WITHOUT ROWID;
+
 CREATE TABLE quiz_results (
     source          TEXT    NOT NULL,
     quiz_id         INTEGER NOT NULL,
