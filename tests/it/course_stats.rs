@@ -499,7 +499,7 @@ async fn postgres_migration_18_derives_the_totals_of_existing_enrollments() {
         "DROP INDEX outbox_due_by_subscription;
          CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending';
          ALTER TABLE course_lessons DROP COLUMN completions;
-         DROP INDEX learners_enrolled, learners_expiring_by_course;
+         DROP INDEX learners_expiring_by_course;
          DROP TABLE course_learners;
          DROP TABLE course_totals, course_expiries, activity_days;
          DROP FUNCTION course_totals_version();

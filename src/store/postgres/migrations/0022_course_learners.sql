@@ -12,3 +12,5 @@ INSERT INTO course_learners (source, course_id, enrolled)
 SELECT source, course_id, COUNT(*) FROM learners
 WHERE enrollment_id IS NOT NULL
 GROUP BY source, course_id;
+-- What the funnel counted them with until now.
+DROP INDEX learners_enrolled;

@@ -151,11 +151,6 @@ CREATE TABLE learners (
     PRIMARY KEY (source, course_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX learners_by_user ON learners (user_id);
--- A course's enrolled learners, counted by the funnel from this small index
--- alone (enrollment_id in it: without, each entry cost a row lookup, 41 ms a
--- course of 50,000 students against 4).
-CREATE INDEX learners_enrolled ON learners (source, course_id, enrollment_id)
-    WHERE enrollment_id IS NOT NULL;
 CREATE INDEX learners_open ON learners (last_activity, source, course_id, user_id,
     expiry_date, last_lesson_id)
     WHERE enrollment_id IS NOT NULL AND NOT completed;
