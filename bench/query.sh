@@ -20,7 +20,8 @@
 #
 # Usage: bench/query.sh            (defaults below; about 3–6 minutes here)
 #   EVENTS=1000000 STUDENTS=700000 COURSES=200 DURATION=15s bench/query.sh
-# Keep WORK=DIR to reuse the generated file and database between runs (KEEP=1).
+# Keep WORK=DIR to reuse the generated file and database between runs (KEEP=1);
+# ENROLLHOOK_BIN=path measures a given binary instead of building (A/B).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,9 +47,15 @@ need() {
 need wrk wrk
 need curl curl
 
-echo "building release…" >&2
-cargo build --release --quiet
-BIN=$(realpath "${CARGO_TARGET_DIR:-$PWD/target}")/release/enrollhook
+# ENROLLHOOK_BIN=path measures that binary instead of building this checkout
+# (A/B two builds on one kept database: WORK=… KEEP=1).
+if [ -n "${ENROLLHOOK_BIN:-}" ]; then
+    BIN=$(realpath "$ENROLLHOOK_BIN")
+else
+    echo "building release…" >&2
+    cargo build --release --quiet
+    BIN=$(realpath "${CARGO_TARGET_DIR:-$PWD/target}")/release/enrollhook
+fi
 mkdir -p "$WORK"
 DB=${DATABASE:-sqlite://$WORK/query.db}
 case "$DB" in
@@ -90,6 +97,8 @@ if [ ! -s "$WORK/import.txt" ]; then
     "$BIN" --database "$DB" import "$WORK/traffic.jsonl" | tee "$WORK/import.txt" >&2
 fi
 IMPORT_LINE=$(head -n 1 "$WORK/import.txt" 2>/dev/null || echo "import: reused an existing database")
+# A kept database may come from another build: bring its schema to this one's.
+"$BIN" --database "$DB" migrate >&2
 ENROLLMENTS=$("$BIN" --database "$DB" courses --format csv \
     | awk -F, 'NR > 1 { n += $4; c += $7 } END { printf "%d enrollments (%d completed)", n, c }')
 echo "$ENROLLMENTS" >&2
