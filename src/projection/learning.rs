@@ -445,12 +445,12 @@ impl Learning {
         };
         let learner = self.learner(&source, course_id, user_id);
         if learner.enrollment_id.is_none_or(|id| e.enrollment_id >= id) {
-            let first = learner.enrollment_id.is_none();
+            let first_enrollment = learner.enrollment_id.is_none();
             learner.enrollment_id = Some(e.enrollment_id);
             learner.completed = e.completed;
             learner.expiry_date = e.expiry_date;
             learner.enrollment_activity = enrollment_activity(e);
-            if first {
+            if first_enrollment {
                 *self
                     .changed
                     .enrolled
