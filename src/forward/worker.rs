@@ -74,6 +74,20 @@ impl Default for ForwardConfig {
     }
 }
 
+/// After a claim that took everything due, the next one waits for new rows
+/// (a commit's wake) and comes no sooner than this after it: under load one
+/// claim then takes the rows of several commits instead of one each (a claim
+/// per commit, and an empty one after it, were most of the log writer's
+/// forwarding work). At light load commits are further apart than this, so a
+/// forward leaves as soon as its event is stored.
+const CLAIM_SPACING: Duration = Duration::from_millis(10);
+/// Finished attempts wait this long for others to be recorded with them, in
+/// one job of the log writer instead of one per handful (a delivery has
+/// already reached its destination; only its record waits).
+const RECORD_GATHERING: Duration = Duration::from_millis(25);
+/// The most attempts recorded in one job.
+const RECORD_AT_MOST: usize = 256;
+
 pub struct Forwarder {
     stop: watch::Sender<bool>,
     running: Running,
@@ -167,7 +181,21 @@ async fn run(
     });
 
     let in_flight = Arc::new(InFlight::default());
+    // Set after a claim that took everything due: wait for new rows, and
+    // claim no sooner than CLAIM_SPACING after it.
+    let mut caught_up_at: Option<tokio::time::Instant> = None;
     while !*stopped.borrow() {
+        if let Some(at) = caught_up_at.take() {
+            tokio::select! {
+                _ = wake.raised() => {}
+                _ = tokio::time::sleep(config.poll_interval) => {}
+                _ = stopped.changed() => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(at + CLAIM_SPACING) => {}
+                _ = stopped.changed() => break,
+            }
+        }
         // Wait for room before claiming, so claimed rows never sit leased in a queue.
         let first = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
@@ -181,6 +209,7 @@ async fn run(
             + chrono::Duration::from_std(config.timeout + Duration::from_secs(5))
                 .expect("small duration");
         let room = in_flight.room(room.min(256) as u32, &config);
+        let claimed_at = tokio::time::Instant::now();
         let claimed = match store.claim_deliveries(now, lease, &room).await {
             Ok(c) => c,
             Err(e) => {
@@ -190,15 +219,15 @@ async fn run(
                 continue;
             }
         };
+        // Everything due was taken: neither the claim's room nor any
+        // subscription's was filled. (A wake raised while the claim ran is
+        // kept, so a commit between the claim and the wait is not missed: it
+        // ends the wait at once.)
+        if claimed.len() < room.total as usize && !fills_a_room(&claimed, &room) {
+            caught_up_at = Some(claimed_at);
+        }
         if claimed.is_empty() {
             drop(first);
-            // A wake raised while the claim ran is kept, so a commit between
-            // the claim and this wait is not missed: it ends the wait at once.
-            tokio::select! {
-                _ = wake.raised() => {}
-                _ = tokio::time::sleep(config.poll_interval) => {}
-                _ = stopped.changed() => {}
-            }
             continue;
         }
         // Templated deliveries render with their enrollment: read those in
@@ -249,6 +278,16 @@ async fn run(
     let _ = permits.acquire_many(config.concurrency as u32).await;
     drop(results);
     let _ = recorder.await;
+}
+
+/// Whether a claim took as many deliveries of some subscription as it had
+/// room for (more of them may be due).
+fn fills_a_room(claimed: &[ClaimedDelivery], room: &ClaimRoom) -> bool {
+    let mut taken: HashMap<&str, u32> = HashMap::new();
+    for d in claimed {
+        *taken.entry(d.subscription.id.as_str()).or_default() += 1;
+    }
+    taken.iter().any(|(id, n)| *n >= room.of(id))
 }
 
 /// Deliveries in flight per subscription: what room each has left in a claim.
@@ -320,8 +359,16 @@ async fn record(
     config: Arc<ForwardConfig>,
     mut finished: mpsc::Receiver<FinishedAttempt>,
 ) {
-    let mut batch = Vec::with_capacity(256);
-    while finished.recv_many(&mut batch, 256).await > 0 {
+    let mut batch = Vec::with_capacity(RECORD_AT_MOST);
+    while finished.recv_many(&mut batch, RECORD_AT_MOST).await > 0 {
+        let until = tokio::time::Instant::now() + RECORD_GATHERING;
+        while batch.len() < RECORD_AT_MOST {
+            let room = RECORD_AT_MOST - batch.len();
+            match tokio::time::timeout_at(until, finished.recv_many(&mut batch, room)).await {
+                Ok(n) if n > 0 => {}
+                _ => break, // the time is up, or the workers are gone
+            }
+        }
         let cutoff = Utc::now()
             - chrono::Duration::from_std(config.disable_after).unwrap_or(chrono::Duration::days(5));
         loop {
