@@ -859,7 +859,42 @@ fn body<'a>(d: &'a ClaimedDelivery, shape: Option<&'a Rendered>) -> &'a [u8] {
 
 #[cfg(test)]
 mod tests {
-    use super::message_id;
+    use super::*;
+    use crate::forward::subscription::SubscriptionInput;
+
+    #[test]
+    fn a_claim_that_fills_a_subscriptions_room_is_not_taken_for_caught_up() {
+        let now = Utc::now();
+        let subscription = |id: &str| {
+            let input = SubscriptionInput {
+                url: Some("http://127.0.0.1:9/hook".into()),
+                topics: Some(vec!["*".into()]),
+                ..Default::default()
+            };
+            input.create(id.into(), now, true).unwrap()
+        };
+        let of = |s: &Subscription| ClaimedDelivery {
+            outbox_id: 1,
+            attempts: 0,
+            subscription: s.clone(),
+            event: test_event("default", "1", "enrollment.created", "{}".into(), now),
+            traceparent: None,
+        };
+        let (a, b) = (subscription("a"), subscription("b"));
+        // `a` may take 3, `b` (one slot left under its cap) 1.
+        let room = ClaimRoom {
+            total: 10,
+            per_subscription: 3,
+            busy: vec![("b".into(), 1)],
+        };
+        assert!(!fills_a_room(&[], &room));
+        assert!(!fills_a_room(&[of(&a), of(&a)], &room));
+        assert!(fills_a_room(&[of(&a), of(&a), of(&a)], &room));
+        assert!(
+            fills_a_room(&[of(&a), of(&b)], &room),
+            "b's one slot is taken"
+        );
+    }
 
     #[test]
     fn message_ids_never_collide_across_sources() {
