@@ -3,7 +3,8 @@
 # traffic (bench/gen_events.py --jsonl, EVENTS events) imported with two
 # builds into fresh SQLite files and fresh PostgreSQL databases, then measured:
 #   SQLite:     dbstat per table and index (log file and projection file)
-#   PostgreSQL: pg_total_relation_size of `events` (log + indexes + TOAST)
+#   PostgreSQL: pg_total_relation_size of `events`, its partitions and
+#               `event_ids` (log + indexes + TOAST)
 #               and of every other table (projection, outbox, …)
 #
 # Usage: bench/bytes.sh BEFORE_BIN AFTER_BIN
@@ -40,10 +41,15 @@ PY
 
 pg_bytes() { # URL: prints "log other"
     psql -qtA "$1" -c "VACUUM" >/dev/null
-    psql -qtA "$1" -F ' ' -c "SELECT pg_total_relation_size('events'),
+    # The log is `events` with its partitions (migration 23) and `event_ids`.
+    psql -qtA "$1" -F ' ' -c "WITH log AS (
+            SELECT relid FROM pg_partition_tree('events')
+            UNION ALL SELECT to_regclass('event_ids') WHERE to_regclass('event_ids') IS NOT NULL)
+        SELECT (SELECT SUM(pg_total_relation_size(relid)) FROM log),
         (SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'm') AND c.relname <> 'events')"
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'm')
+           AND c.oid NOT IN (SELECT relid FROM log))"
 }
 
 declare -A RESULT

@@ -5,7 +5,9 @@
 //! target dedupes them by (source, event id, topic) and derives its projection with
 //! the same fold as live deliveries: nothing of the source's projection is
 //! trusted, and running the copy twice adds nothing. Events that retention
-//! pruned are copied as pruned ([`Store::append_pruned`]). Quarantined deliveries are
+//! pruned are copied as pruned ([`Store::append_pruned`]), and so are those
+//! whose rows a PostgreSQL retention dropped with their month
+//! ([`Store::dropped_events`]). Quarantined deliveries are
 //! recognised by (source, arrival time, reason code, body).
 
 use serde::Serialize;
@@ -62,6 +64,28 @@ pub async fn copy(from: &dyn Store, to: &dyn Store) -> anyhow::Result<CopyReport
                 to.append_batch(&batch).await?
             };
             report.events += run.len() as u64;
+            report.events_added += store::AppendOutcome::tally(&outcomes).0;
+        }
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+
+    // Events whose rows the source's retention dropped with their month
+    // (PostgreSQL) are not in its log but their identities are: copied as
+    // pruned, so that a redelivery stays a duplicate in the target too.
+    let mut cursor = None;
+    loop {
+        let page = from
+            .dropped_events(&PageRequest {
+                limit: store::MAX_PAGE,
+                cursor,
+            })
+            .await?;
+        if !page.items.is_empty() {
+            let outcomes = to.append_pruned(&page.items).await?;
+            report.events += page.items.len() as u64;
             report.events_added += store::AppendOutcome::tally(&outcomes).0;
         }
         cursor = page.next_cursor;

@@ -35,6 +35,15 @@ pub(crate) trait Dialect: Database<Arguments: IntoArguments<Self>, Row: Cols> {
     /// writer is changing are skipped rather than waited for (PostgreSQL's
     /// instances prune at once; SQLite has one writer).
     const SKIP_LOCKED: &'static str;
+    /// The table that holds every stored event's identity (source, event
+    /// id, topic, seq) under a unique key: SQLite's `events` itself;
+    /// PostgreSQL's `event_ids`, because its partitioned log cannot carry a
+    /// unique key without the partition key (migration 23).
+    const EVENT_IDS: &'static str;
+    /// The events retention may prune (see `shared::retention::prune`):
+    /// SQLite's whole log, found through a partial index; PostgreSQL's
+    /// `events_prunable` partitions, which hold nothing else.
+    const PRUNABLE_EVENTS: &'static str;
     /// Names the index a table is read through, after `FROM table AS alias`
     /// (SQLite: `INDEXED BY`, where its planner, without statistics, would
     /// take the primary key; PostgreSQL plans from its statistics: nothing).

@@ -360,6 +360,9 @@ pub struct PruneReport {
     pub delivery_attempts: u64,
     /// Finished (delivered or dead) outbox deliveries.
     pub deliveries: u64,
+    /// Whole months of prunable events dropped (PostgreSQL's partitioned log;
+    /// SQLite prunes row by row and reports 0).
+    pub partitions_dropped: u64,
 }
 
 /// Events pruned per transaction: short, so deliveries barely wait for it.
@@ -507,6 +510,18 @@ pub trait Store: ForwardStore + AlertStore + Send + Sync + 'static {
     /// events are never pruned) and nothing to forward. Outcomes are in input
     /// order, each event once per (source, event id, topic) as in [`Store::append_batch`].
     async fn append_pruned(&self, events: &[StoredEvent]) -> Result<Vec<AppendOutcome>>;
+
+    /// Events whose rows retention dropped with their whole month
+    /// (PostgreSQL's partitioned log keeps only their identities), a page at
+    /// a time: as pruned events with no body and `pruned_at` now, for `copy`
+    /// to carry their identities. SQLite keeps every pruned row in its log:
+    /// none.
+    async fn dropped_events(&self, _page: &PageRequest) -> Result<Page<StoredEvent>> {
+        Ok(Page {
+            items: Vec::new(),
+            next_cursor: None,
+        })
+    }
 
     async fn quarantine(&self, record: NewQuarantine) -> Result<i64>;
     /// Deletes the oldest quarantined deliveries beyond both bounds: beyond

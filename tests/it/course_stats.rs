@@ -495,6 +495,10 @@ async fn postgres_migration_18_derives_the_totals_of_existing_enrollments() {
 
     // Back to schema 17, enrollments kept.
     let mut conn = db.connect().await;
+    sqlx::raw_sql(crate::common::pg::UNPARTITION_LOG)
+        .execute(&mut conn)
+        .await
+        .unwrap();
     sqlx::raw_sql(
         "DROP INDEX outbox_due_by_subscription;
          CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending';

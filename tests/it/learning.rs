@@ -690,6 +690,10 @@ async fn postgres_migration_9_derives_the_events_already_received() {
         .await
         .unwrap();
     }
+    sqlx::raw_sql(crate::common::pg::UNPARTITION_LOG)
+        .execute(&mut conn)
+        .await
+        .unwrap();
     sqlx::raw_sql(
         "DROP INDEX outbox_due_by_subscription;
          CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending';

@@ -347,16 +347,22 @@ async fn insert_events(
                   AS u(source, event_id, topic, created_at, received_at, enrollment_id, body_zstd,
                        pos, taken, user_id)
              ORDER BY pos),
+         -- Exactly once by the identity table (migration 23): only events
+         -- whose identity is new here reach the log.
+         ids AS (
+             INSERT INTO event_ids (source, event_id, topic, seq, received_at)
+             SELECT source, event_id, topic, seq, received_at FROM input
+             ORDER BY source, event_id, topic
+             ON CONFLICT (source, event_id, topic) DO NOTHING
+             RETURNING seq),
          stored AS (
              INSERT INTO events (seq, source, event_id, topic, created_at, received_at,
                                  enrollment_id, body, body_zstd, body_dict, id_taken)
-             OVERRIDING SYSTEM VALUE
              SELECT seq, source, event_id, topic, created_at, received_at, enrollment_id, '',
                     body_zstd, $10,
-                    taken OR EXISTS (SELECT 1 FROM events AS e
+                    taken OR EXISTS (SELECT 1 FROM event_ids AS e
                                      WHERE e.source = input.source AND e.event_id = input.event_id)
-             FROM input ORDER BY source, event_id, topic
-             ON CONFLICT (source, event_id, topic) DO NOTHING
+             FROM input JOIN ids USING (seq)
              RETURNING source, event_id, topic, seq),
          users AS (
              INSERT INTO event_users (source, user_id, seq)
@@ -618,4 +624,45 @@ pub(super) async fn upsert_enrollments(tx: &mut PgConnection, rows: &[Enrollment
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// Inserts events whose bodies retention emptied elsewhere (see
+/// [`Store::append_pruned`]): each identity into `event_ids` and, when it
+/// is new, its row into the log; `tx` is a transaction the caller commits
+/// (after making the months' partitions).
+pub(super) async fn insert_pruned(
+    tx: &mut PgConnection,
+    events: &[StoredEvent],
+) -> Result<Vec<AppendOutcome>> {
+    let mut outcomes = Vec::with_capacity(events.len());
+    for e in events {
+        // As in the batch: an id an earlier event already has is taken.
+        let seq: Option<i64> = sqlx::query_scalar(
+            "WITH id AS (
+                 INSERT INTO event_ids (source, event_id, topic, seq, received_at)
+                 VALUES ($1, $2, $3, nextval('events_seq_seq'), $5)
+                 ON CONFLICT (source, event_id, topic) DO NOTHING
+                 RETURNING seq)
+             INSERT INTO events (seq, source, event_id, topic, created_at, received_at,
+                                 enrollment_id, body, pruned_at, id_taken)
+             SELECT seq, $1, $2, $3, $4, $5, $6, '', $7,
+                    EXISTS (SELECT 1 FROM event_ids WHERE source = $1 AND event_id = $2)
+             FROM id
+             RETURNING seq",
+        )
+        .bind(&e.source)
+        .bind(&e.event_id)
+        .bind(&e.topic)
+        .bind(us_opt(e.created_at))
+        .bind(us(e.received_at))
+        .bind(e.enrollment_id)
+        .bind(e.pruned_at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        outcomes.push(match seq {
+            Some(seq) => AppendOutcome::Stored { seq },
+            None => AppendOutcome::Duplicate,
+        });
+    }
+    Ok(outcomes)
 }

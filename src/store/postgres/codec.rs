@@ -43,6 +43,8 @@ impl Dialect for Postgres {
         v.map(Self::json)
     }
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const EVENT_IDS: &'static str = "event_ids";
+    const PRUNABLE_EVENTS: &'static str = "events_prunable";
     fn indexed_by(_index: &str) -> String {
         String::new()
     }

@@ -100,6 +100,11 @@ const MIGRATIONS: &[migrate::Migration] = &[
         "enrolled learners per course",
         include_str!("migrations/0022_course_learners.sql"),
     ),
+    (
+        23,
+        "event log partitioned by month",
+        include_str!("migrations/0023_partitioned_event_log.sql"),
+    ),
 ];
 
 /// The migration that adds the learning projection.

@@ -2,7 +2,9 @@
 //! instances.
 //!
 //! The guarantees of the embedded store hold across instances:
-//! - exactly once: `INSERT … ON CONFLICT (source, event_id, topic) DO NOTHING`;
+//! - exactly once: `INSERT INTO event_ids … ON CONFLICT (source, event_id, topic)
+//!   DO NOTHING`, the identity table beside the log, which is partitioned by
+//!   month (migration 23, [`partitions`]) and so cannot hold the unique key;
 //!   a batch first takes a transaction-scoped advisory lock per (source, event
 //!   id), in sorted order, so that batches storing one id take turns: the later
 //!   one sees the earlier's row (a duplicate, or an id already taken by another
@@ -26,6 +28,7 @@ mod forward;
 mod learning;
 mod migrate;
 mod outbox;
+mod partitions;
 mod wake;
 
 use std::str::FromStr;
@@ -70,6 +73,8 @@ pub struct PostgresStore {
     encoder: std::sync::Arc<crate::store::bodies::Encoder>,
     /// The course medians this instance has walked (see `courses::Medians`).
     medians: crate::store::shared::courses::Medians,
+    /// The log's monthly partitions this instance knows exist.
+    months: partitions::Months,
 }
 
 impl PostgresStore {
@@ -117,6 +122,16 @@ impl PostgresStore {
         let encoder =
             crate::store::shared::dictionaries::open::<Postgres>(&mut *writer.acquire().await?)
                 .await?;
+        let months = partitions::Months::default();
+        if migrate {
+            // This month's and next month's partitions, so that the first
+            // batch of a month rarely waits for one to be made.
+            let now = Utc::now();
+            let next = now
+                .checked_add_months(chrono::Months::new(1))
+                .unwrap_or(now);
+            months.ensure(&writer, [now, next]).await?;
+        }
         Ok(PostgresStore {
             writer,
             reader,
@@ -125,6 +140,7 @@ impl PostgresStore {
             milestones: Default::default(),
             encoder,
             medians: Default::default(),
+            months,
         })
     }
 
@@ -140,6 +156,9 @@ impl PostgresStore {
     }
 
     async fn try_append(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
+        // Milestones and alerts the batch derives are received now.
+        let times = events.iter().map(|e| e.received_at).chain([Utc::now()]);
+        self.months.ensure(&self.writer, times).await?;
         let mut conn: PoolConnection<Postgres> = self.writer.acquire().await?;
         let rules = self.milestones.rules();
         let result = append_on(&mut conn, events, &rules, &self.encoder).await;
@@ -172,6 +191,12 @@ impl Store for PostgresStore {
                     tracing::warn!(error = %e, attempt, "batch conflicted with another instance; retrying");
                     tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
                 }
+                Err(e) if partitions::is_missing_partition(&e) && attempt < MAX_RETRIES => {
+                    // Another instance's retention dropped a month this one
+                    // remembered: make it again.
+                    attempt += 1;
+                    self.months.forget();
+                }
                 result => return result,
             }
         }
@@ -181,17 +206,74 @@ impl Store for PostgresStore {
         // Each round on its own connection of the pool, so instances pruning
         // at once skip each other's rows (see [`Dialect::SKIP_LOCKED`]).
         let pool = &self.writer;
-        retention::prune::<Postgres, _, _>(cutoff, move |mut q| async move {
+        // Whole months first (no row is rewritten), then what is left row by row.
+        let dropped = partitions::drop_prunable_months(pool, &self.months, cutoff).await?;
+        let mut report = retention::prune::<Postgres, _, _>(cutoff, move |mut q| async move {
             Ok(q.build().execute(pool).await?.rows_affected())
         })
-        .await
+        .await?;
+        report.events += dropped.events;
+        report.partitions_dropped = dropped.partitions;
+        Ok(report)
     }
 
     async fn append_pruned(&self, events: &[StoredEvent]) -> Result<Vec<AppendOutcome>> {
+        self.months
+            .ensure(&self.writer, events.iter().map(|e| e.received_at))
+            .await?;
         let mut tx = self.writer.begin().await?;
-        let outcomes = retention::insert_pruned::<Postgres>(&mut tx, events).await?;
+        let outcomes = batch::insert_pruned(&mut tx, events).await?;
         tx.commit().await?;
         Ok(outcomes)
+    }
+
+    async fn dropped_events(&self, page: &PageRequest) -> Result<Page<StoredEvent>> {
+        // In key order, through `event_ids`' primary key: a scan of every
+        // identity, each looked up in the log by seq (a one-off, for `copy`).
+        let after = match &page.cursor {
+            Some(c) => decode_cursor(c, 3)?,
+            None => Vec::new(),
+        };
+        let mut q = QueryBuilder::<Postgres>::new(
+            "SELECT i.seq, i.source::text, i.event_id::text, i.topic::text, i.received_at
+             FROM event_ids AS i
+             WHERE NOT EXISTS (SELECT 1 FROM events AS e WHERE e.seq = i.seq)",
+        );
+        if let [source, event_id, topic] = after.as_slice() {
+            q.push(" AND (i.source, i.event_id, i.topic) > (")
+                .push_bind(source.clone())
+                .push(", ")
+                .push_bind(event_id.clone())
+                .push(", ")
+                .push_bind(topic.clone())
+                .push(")");
+        }
+        q.push(" ORDER BY i.source, i.event_id, i.topic LIMIT ")
+            .push_bind(i64::from(page.limit));
+        let rows: Vec<(i64, String, String, String, DateTime<Utc>)> =
+            q.build_query_as().fetch_all(&self.reader).await?;
+        let next_cursor = (rows.len() as u32 == page.limit && page.limit > 0)
+            .then(|| rows.last())
+            .flatten()
+            .map(|(_, source, event_id, topic, _)| encode_cursor(&[source, event_id, topic]));
+        let now = Utc::now();
+        let items = rows
+            .into_iter()
+            .map(|(seq, source, event_id, topic, received_at)| StoredEvent {
+                seq,
+                source,
+                event_id,
+                topic,
+                created_at: None,
+                received_at,
+                enrollment_id: None,
+                body: String::new(),
+                pruned_at: Some(now),
+                id_taken: false,
+                position: String::new(),
+            })
+            .collect();
+        Ok(Page { items, next_cursor })
     }
 
     async fn quarantine(&self, r: NewQuarantine) -> Result<i64> {

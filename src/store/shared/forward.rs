@@ -354,12 +354,14 @@ where
             subscription_id,
         } => {
             let mut q = QueryBuilder::<DB>::new(format!(
-                "SELECT {event_columns} FROM events WHERE source = "
+                "SELECT {event_columns} FROM events WHERE seq IN (
+                     SELECT seq FROM {} WHERE source = ",
+                DB::EVENT_IDS
             ));
             q.push_bind(source.clone())
                 .push(" AND event_id = ")
                 .push_bind(event_id.clone())
-                .push(" ORDER BY seq");
+                .push(") ORDER BY seq");
             let rows = q.build().fetch_all(DB::on(conn)).await?;
             let found = rows
                 .iter()

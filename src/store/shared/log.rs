@@ -259,13 +259,15 @@ pub(crate) async fn get_event<DB: Dialect>(
 where
     String: Binds<DB>,
 {
+    // Through the identity table's unique key (see [`Dialect::EVENT_IDS`]).
     let mut q = QueryBuilder::<DB>::new(format!(
-        "SELECT {event_columns} FROM events WHERE source = "
+        "SELECT {event_columns} FROM events WHERE seq IN (SELECT seq FROM {} WHERE source = ",
+        DB::EVENT_IDS
     ));
     q.push_bind(source.to_owned())
         .push(" AND event_id = ")
         .push_bind(event_id.to_owned())
-        .push(" ORDER BY seq");
+        .push(") ORDER BY seq");
     let found = fetch_mapped(pool, q, event_from_row).await?;
     one_event(found, source, event_id, topic)
 }

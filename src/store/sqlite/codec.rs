@@ -66,6 +66,8 @@ impl Dialect for Sqlite {
         v.map(to_json)
     }
     const SKIP_LOCKED: &'static str = "";
+    const EVENT_IDS: &'static str = "events";
+    const PRUNABLE_EVENTS: &'static str = "events";
     fn indexed_by(index: &str) -> String {
         format!(" INDEXED BY {index}")
     }

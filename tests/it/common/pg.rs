@@ -85,3 +85,34 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// Migration 23 undone, rows kept: the log as one unpartitioned table again
+/// (with the indexes and keys it had), for tests that take a database back
+/// to an older schema to see later migrations run on it.
+pub const UNPARTITION_LOG: &str = r#"
+    CREATE TABLE events_unpartitioned (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        source text COLLATE "C" NOT NULL, event_id text COLLATE "C" NOT NULL,
+        topic text COLLATE "C" NOT NULL, created_at timestamptz,
+        received_at timestamptz NOT NULL, enrollment_id bigint, body text NOT NULL,
+        pruned_at timestamptz, txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        id_taken boolean NOT NULL DEFAULT false, body_dict bigint, body_zstd bytea);
+    INSERT INTO events_unpartitioned OVERRIDING SYSTEM VALUE SELECT seq, source, event_id,
+        topic, created_at, received_at, enrollment_id, body, pruned_at, txid, id_taken,
+        body_dict, body_zstd FROM events;
+    SELECT setval('events_unpartitioned_seq_seq', (SELECT last_value FROM events_seq_seq));
+    DROP TABLE events;
+    DROP TABLE event_ids;
+    DROP FUNCTION enrollhook_event_month;
+    ALTER TABLE events_unpartitioned RENAME TO events;
+    ALTER SEQUENCE events_unpartitioned_seq_seq RENAME TO events_seq_seq;
+    ALTER TABLE events ADD CONSTRAINT events_source_event_id_topic_key
+        UNIQUE (source, event_id, topic);
+    CREATE INDEX events_by_enrollment ON events (source, enrollment_id)
+        WHERE enrollment_id IS NOT NULL;
+    CREATE INDEX events_by_topic ON events (topic, seq);
+    CREATE INDEX events_by_commit ON events (txid, seq);
+    CREATE INDEX events_prunable ON events (received_at)
+        WHERE enrollment_id IS NULL AND pruned_at IS NULL
+          AND topic NOT IN ('lesson.completed', 'quiz.attempted');
+"#;

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 mod copy;
+mod partitions;
 
 async fn spawn_on(url: &str) -> TestApp {
     spawn_with(
