@@ -135,6 +135,13 @@ pub async fn prune(settings: &Settings, older_than: Duration) -> anyhow::Result<
         "pruned {} event bodies, {} delivery attempts, {} finished deliveries",
         r.events, r.delivery_attempts, r.deliveries
     );
+    if r.partitions_dropped > 0 {
+        // PostgreSQL: months of prunable events dropped whole (their ids stay).
+        println!(
+            "of those events, the ones of {} whole month(s) were dropped with their partitions",
+            r.partitions_dropped
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -41,6 +41,7 @@ pub fn spawn(
                     events = r.events,
                     delivery_attempts = r.delivery_attempts,
                     deliveries = r.deliveries,
+                    months_dropped = r.partitions_dropped,
                     retain_days = retain.as_secs_f64() / 86400.0,
                     "retention: pruned what was received before the retention period"
                 ),

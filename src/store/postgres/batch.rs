@@ -359,10 +359,15 @@ async fn insert_events(
              INSERT INTO events (seq, source, event_id, topic, created_at, received_at,
                                  enrollment_id, body, body_zstd, body_dict, id_taken)
              SELECT seq, source, event_id, topic, created_at, received_at, enrollment_id, '',
-                    body_zstd, $10,
-                    taken OR EXISTS (SELECT 1 FROM event_ids AS e
-                                     WHERE e.source = input.source AND e.event_id = input.event_id)
+                    body_zstd, $10, taken OR earlier.found IS NOT NULL
              FROM input JOIN ids USING (seq)
+             -- One index probe per event: as an `EXISTS` beside `OR`, the planner
+             -- hashed a scan of the whole identity table instead (auto_explain:
+             -- every batch read all of event_ids).
+             LEFT JOIN LATERAL (
+                 SELECT true AS found FROM event_ids AS e
+                 WHERE e.source = input.source AND e.event_id = input.event_id LIMIT 1
+             ) AS earlier ON true
              RETURNING source, event_id, topic, seq),
          users AS (
              INSERT INTO event_users (source, user_id, seq)
