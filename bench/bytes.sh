@@ -43,8 +43,9 @@ pg_bytes() { # URL: prints "log other"
     psql -qtA "$1" -c "VACUUM" >/dev/null
     # The log is `events` with its partitions (migration 23) and `event_ids`.
     psql -qtA "$1" -F ' ' -c "WITH log AS (
-            SELECT relid FROM pg_partition_tree('events')
-            UNION ALL SELECT to_regclass('event_ids') WHERE to_regclass('event_ids') IS NOT NULL)
+            SELECT 'events'::regclass AS relid
+            UNION SELECT relid FROM pg_partition_tree('events')
+            UNION SELECT to_regclass('event_ids') WHERE to_regclass('event_ids') IS NOT NULL)
         SELECT (SELECT SUM(pg_total_relation_size(relid)) FROM log),
         (SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
