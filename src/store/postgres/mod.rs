@@ -124,13 +124,8 @@ impl PostgresStore {
                 .await?;
         let months = partitions::Months::default();
         if migrate {
-            // This month's and next month's partitions, so that the first
-            // batch of a month rarely waits for one to be made.
-            let now = Utc::now();
-            let next = now
-                .checked_add_months(chrono::Months::new(1))
-                .unwrap_or(now);
-            months.ensure(&writer, [now, next]).await?;
+            // This month's partitions, so that the first batch need not make them.
+            months.ensure(&writer, [Utc::now()]).await?;
         }
         Ok(PostgresStore {
             writer,
@@ -157,7 +152,9 @@ impl PostgresStore {
 
     async fn try_append(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>> {
         // Milestones and alerts the batch derives are received now.
-        let times = events.iter().map(|e| e.received_at).chain([Utc::now()]);
+        let now = Utc::now();
+        self.months.prepare_next(&self.writer, now).await;
+        let times = events.iter().map(|e| e.received_at).chain([now]);
         self.months.ensure(&self.writer, times).await?;
         let mut conn: PoolConnection<Postgres> = self.writer.acquire().await?;
         let rules = self.milestones.rules();

@@ -24,6 +24,19 @@ const MONTHS_LOCK: i64 = 0x6576_6d6f_6e74_6873;
 /// pruned row by row this time and dropped at a later run.
 const DROP_LOCK_TIMEOUT: &str = "2s";
 
+/// How long a batch waits for the lock that making a month's partitions
+/// takes on the parent tables (every insert holds a lighter one, and so does
+/// a long reader such as an export): a batch that cannot have it fails and is
+/// redelivered, instead of every delivery queueing behind the wait.
+const MAKE_LOCK_TIMEOUT: &str = "2s";
+
+/// Next month's partitions are made this long before it begins, by the
+/// first batch that finds them missing, without failing it if they cannot be
+/// made then (tried again a minute later): so the month's first batch finds
+/// them made.
+const AHEAD: chrono::Duration = chrono::Duration::days(7);
+const AHEAD_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A month, as (year, month 1-12), UTC.
 type Month = (i32, u32);
 
@@ -40,6 +53,8 @@ fn first_instant(m: Month) -> Option<DateTime<Utc>> {
 #[derive(Default)]
 pub(super) struct Months {
     known: Mutex<HashSet<Month>>,
+    /// When making next month ahead last failed.
+    ahead_failed: Mutex<Option<std::time::Instant>>,
 }
 
 impl Months {
@@ -66,6 +81,11 @@ impl Months {
             return Ok(());
         }
         let mut tx = pool.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL lock_timeout = '{MAKE_LOCK_TIMEOUT}'"
+        )))
+        .execute(&mut *tx)
+        .await?;
         for &m in &missing {
             let Some(at) = first_instant(m) else { continue };
             sqlx::query("SELECT enrollhook_event_month($1)")
@@ -78,6 +98,28 @@ impl Months {
         Ok(())
     }
 
+    /// Makes next month's partitions when it begins within [`AHEAD`], best
+    /// effort: a failure is logged and tried again after [`AHEAD_RETRY`].
+    pub(super) async fn prepare_next(&self, pool: &PgPool, now: DateTime<Utc>) {
+        let Some((month, next)) = month_ahead(now) else {
+            return;
+        };
+        if self.known.lock().expect("months lock").contains(&month) {
+            return;
+        }
+        {
+            let mut failed = self.ahead_failed.lock().expect("months lock");
+            if failed.is_some_and(|at| at.elapsed() < AHEAD_RETRY) {
+                return;
+            }
+            *failed = None;
+        }
+        if let Err(e) = self.ensure(pool, [next]).await {
+            tracing::warn!(error = %e, "could not make next month's partitions of the event log yet; trying again in a minute");
+            *self.ahead_failed.lock().expect("months lock") = Some(std::time::Instant::now());
+        }
+    }
+
     /// Forgets what this process knew: another instance's retention may have
     /// dropped a month it remembers (see [`is_missing_partition`]).
     pub(super) fn forget(&self) {
@@ -87,6 +129,12 @@ impl Months {
     fn forget_month(&self, m: Month) {
         self.known.lock().expect("months lock").remove(&m);
     }
+}
+
+/// Next month (and an instant in it) once it begins within [`AHEAD`].
+fn month_ahead(now: DateTime<Utc>) -> Option<(Month, DateTime<Utc>)> {
+    let next = now.checked_add_signed(AHEAD)?;
+    (month_of(next) != month_of(now)).then(|| (month_of(next), next))
 }
 
 /// An insert found no partition for its row: this process's [`Months`] was
@@ -210,6 +258,15 @@ mod tests {
         assert_eq!(parse_partition_month("events_prunable_archive"), None);
         assert_eq!(parse_partition_month("events_prunable_y2026m1"), None);
         assert_eq!(parse_partition_month("events_prunable_y+202m01"), None);
+    }
+
+    #[test]
+    fn next_month_is_made_in_the_last_week_of_this_one() {
+        let day = |m, d| Utc.with_ymd_and_hms(2026, m, d, 12, 0, 0).unwrap();
+        assert_eq!(month_ahead(day(12, 7)), None);
+        assert_eq!(month_ahead(day(12, 24)), None);
+        assert_eq!(month_ahead(day(12, 25)).map(|m| m.0), Some((2027, 1)));
+        assert_eq!(month_ahead(day(2, 22)).map(|m| m.0), Some((2026, 3)));
     }
 
     #[test]
