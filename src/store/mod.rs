@@ -127,12 +127,18 @@ impl StoreError {
     /// (program limit, e.g. an index row too large). Anything else (the
     /// database being away, out of disk, a deadlock) is "unavailable".
     pub fn is_data_refusal(&self) -> bool {
+        matches!(self, StoreError::Rejected(_))
+            || self
+                .sqlstate()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
+    }
+
+    /// The code of an error the database answered with (PostgreSQL's
+    /// SQLSTATE; SQLite's extended result code).
+    pub(crate) fn sqlstate(&self) -> Option<std::borrow::Cow<'_, str>> {
         match self {
-            StoreError::Rejected(_) => true,
-            StoreError::Unavailable(sqlx::Error::Database(db)) => db
-                .code()
-                .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
-            _ => false,
+            StoreError::Unavailable(sqlx::Error::Database(db)) => db.code(),
+            _ => None,
         }
     }
 }

@@ -36,12 +36,7 @@ fn enrollment_lock(source: &str, enrollment_id: i64) -> (i32, i32) {
 
 /// Deadlocks and serialization failures: the batch did nothing and can be retried.
 pub(super) fn is_retryable(e: &StoreError) -> bool {
-    match e {
-        StoreError::Unavailable(sqlx::Error::Database(db)) => {
-            matches!(db.code().as_deref(), Some("40P01" | "40001"))
-        }
-        _ => false,
-    }
+    matches!(e.sqlstate().as_deref(), Some("40P01" | "40001"))
 }
 
 /// The advisory lock of one envelope id of a source (the one-bigint key

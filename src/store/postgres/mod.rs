@@ -246,13 +246,9 @@ impl Store for PostgresStore {
                 .push(")");
         }
         q.push(" ORDER BY i.source, i.event_id, i.topic LIMIT ")
-            .push_bind(i64::from(page.limit));
+            .push_bind(sql::fetch_limit(page));
         let rows: Vec<(i64, String, String, String, DateTime<Utc>)> =
             q.build_query_as().fetch_all(&self.reader).await?;
-        let next_cursor = (rows.len() as u32 == page.limit && page.limit > 0)
-            .then(|| rows.last())
-            .flatten()
-            .map(|(_, source, event_id, topic, _)| encode_cursor(&[source, event_id, topic]));
         let now = Utc::now();
         let items = rows
             .into_iter()
@@ -270,7 +266,9 @@ impl Store for PostgresStore {
                 position: String::new(),
             })
             .collect();
-        Ok(Page { items, next_cursor })
+        Ok(sql::page_by(items, page.limit, |e| {
+            encode_cursor(&[&e.source, &e.event_id, &e.topic])
+        }))
     }
 
     async fn quarantine(&self, r: NewQuarantine) -> Result<i64> {

@@ -185,9 +185,7 @@ pub(super) async fn drop_prunable_months(
                 dropped.events += events;
                 dropped.partitions += 1;
             }
-            Err(StoreError::Unavailable(sqlx::Error::Database(db)))
-                if db.code().as_deref() == Some("55P03") =>
-            {
+            Err(e) if e.sqlstate().as_deref() == Some("55P03") => {
                 tracing::info!(
                     partition = %name,
                     "retention: the log is busy; this month is pruned row by row and dropped later"
