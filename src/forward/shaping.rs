@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 
 use super::subscription::{Subscription, validate_url};
-use super::template::{RenderInput, Rendered, Shaper};
+use super::template::{Prepared, RenderInput, Rendered, Shaper};
 use crate::projection::Enrollment;
 use crate::store::{Store, StoredEvent};
 
@@ -50,10 +50,12 @@ pub enum Enrollments<'a> {
 }
 
 /// The enrollments of a batch of templated deliveries, as projected through
-/// the newest of their events, by (source, enrollment id).
+/// the newest of their events, by (source, enrollment id), and what each
+/// event's templates see, by log position (see [`BatchEnrollments::prepare`]).
 #[derive(Default)]
 pub struct BatchEnrollments {
     found: HashMap<String, HashMap<i64, Enrollment>>,
+    prepared: HashMap<i64, Arc<Prepared>>,
 }
 
 impl BatchEnrollments {
@@ -82,8 +84,57 @@ impl BatchEnrollments {
                     .collect(),
             );
         }
-        Ok(BatchEnrollments { found })
+        Ok(BatchEnrollments {
+            found,
+            prepared: HashMap::new(),
+        })
     }
+
+    /// Makes what the templates see for each of `events` once, for all the
+    /// subscriptions that render it. An event that cannot be prepared (its
+    /// body is not JSON) is left out: its deliveries report why.
+    pub fn prepare<'e>(
+        &mut self,
+        events: impl IntoIterator<Item = &'e StoredEvent>,
+        now: DateTime<Utc>,
+    ) {
+        for event in events {
+            if self.prepared.contains_key(&event.seq) {
+                continue;
+            }
+            if let Ok(prepared) = prepare(self.enrollment_of(event), event, now) {
+                self.prepared.insert(event.seq, Arc::new(prepared));
+            }
+        }
+    }
+
+    fn enrollment_of(&self, event: &StoredEvent) -> Option<&Enrollment> {
+        let id = event.enrollment_id?;
+        self.found.get(&event.source)?.get(&id)
+    }
+}
+
+/// What the templates see for `event`, with its enrollment if it has one.
+fn prepare(
+    enrollment: Option<&Enrollment>,
+    event: &StoredEvent,
+    now: DateTime<Utc>,
+) -> Result<Prepared, ShapeError> {
+    let body: serde_json::Value = serde_json::from_str(&event.body).map_err(|_| {
+        ShapeError::Unsendable(
+            "the event's body is not JSON (pruned by retention?): nothing to render the template with".to_owned(),
+        )
+    })?;
+    let enrollment = enrollment
+        .map(|e| serde_json::to_value(crate::views::EnrollmentView::new(e, now)))
+        .transpose()
+        .map_err(|e| ShapeError::Unsendable(e.to_string()))?;
+    Ok(Prepared::new(&RenderInput {
+        source: &event.source,
+        topic: &event.topic,
+        event: &body,
+        enrollment: enrollment.as_ref(),
+    }))
 }
 
 /// Compiled templates by subscription id, recompiled when the subscription
@@ -130,40 +181,34 @@ impl Shapers {
         let Some(shaper) = self.shaper(s)? else {
             return Ok(None);
         };
-        let body: serde_json::Value = serde_json::from_str(&event.body).map_err(|_| {
-            ShapeError::Unsendable(
-                "the event's body is not JSON (pruned by retention?): nothing to render the template with".to_owned(),
-            )
-        })?;
-        let read;
-        let enrollment = match (enrollments, event.enrollment_id) {
-            (Enrollments::Store(store), Some(id)) => {
-                read = store
-                    .enrollment_through(&event.source, id, event.seq)
-                    .await
-                    .map_err(|e| {
-                        ShapeError::Transient(format!(
-                            "cannot read enrollment {id} to render the template: {e}"
-                        ))
-                    })?;
-                read.as_ref()
-            }
-            (Enrollments::Batch(batch), Some(id)) => {
-                batch.found.get(&event.source).and_then(|e| e.get(&id))
-            }
-            _ => None,
+        let prepared = match enrollments {
+            Enrollments::Batch(batch) => batch.prepared.get(&event.seq).cloned(),
+            Enrollments::Store(_) => None,
         };
-        let enrollment = enrollment
-            .map(|e| serde_json::to_value(crate::views::EnrollmentView::new(e, now)))
-            .transpose()
-            .map_err(|e| ShapeError::Unsendable(e.to_string()))?;
+        let prepared = match prepared {
+            Some(prepared) => prepared,
+            None => {
+                let read;
+                let enrollment = match (enrollments, event.enrollment_id) {
+                    (Enrollments::Store(store), Some(id)) => {
+                        read = store
+                            .enrollment_through(&event.source, id, event.seq)
+                            .await
+                            .map_err(|e| {
+                                ShapeError::Transient(format!(
+                                    "cannot read enrollment {id} to render the template: {e}"
+                                ))
+                            })?;
+                        read.as_ref()
+                    }
+                    (Enrollments::Batch(batch), _) => batch.enrollment_of(event),
+                    _ => None,
+                };
+                Arc::new(prepare(enrollment, event, now)?)
+            }
+        };
         let rendered = shaper
-            .render(&RenderInput {
-                source: &event.source,
-                topic: &event.topic,
-                event: &body,
-                enrollment: enrollment.as_ref(),
-            })
+            .render_prepared(&prepared)
             .map_err(|e| ShapeError::Unsendable(e.to_string()))?;
         if let Some(url) = &rendered.url {
             // A rendered URL obeys the rules of a subscription's URL, and

@@ -235,12 +235,8 @@ async fn run(
         let (templated, plain): (Vec<_>, Vec<_>) = claimed
             .into_iter()
             .partition(|d| d.subscription.template.is_some());
-        let wanted: Vec<(String, i64, i64)> = templated
-            .iter()
-            .filter_map(|d| {
-                (d.event.enrollment_id).map(|id| (d.event.source.clone(), id, d.event.seq))
-            })
-            .collect();
+        let templated_events: Vec<Arc<crate::store::StoredEvent>> =
+            templated.iter().map(|d| d.event.clone()).collect();
         for delivery in plain.iter().chain(&templated) {
             in_flight.start(&delivery.subscription, &config);
         }
@@ -248,7 +244,7 @@ async fn run(
         let mut enrollments = None;
         for delivery in plain.into_iter().chain(templated) {
             if enrollments.is_none() && delivery.subscription.template.is_some() {
-                enrollments = Some(read_enrollments(&*store, &wanted).await);
+                enrollments = Some(read_enrollments(&*store, &templated_events, now).await);
             }
             let permit = match first.take() {
                 Some(p) => p,
@@ -328,17 +324,22 @@ impl InFlight {
     }
 }
 
-/// The enrollments of a batch's templated deliveries, read together; None
-/// when that fails (each delivery then reads its own, and retries if it must).
+/// The enrollments of a batch's templated deliveries, read together, and
+/// what each event's templates see; None when the read fails (each delivery
+/// then reads its own, and retries if it must).
 async fn read_enrollments(
     store: &dyn Store,
-    wanted: &[(String, i64, i64)],
+    events: &[Arc<crate::store::StoredEvent>],
+    now: chrono::DateTime<Utc>,
 ) -> Option<Arc<BatchEnrollments>> {
-    let events = wanted
+    let wanted = events
         .iter()
-        .map(|(source, id, seq)| (source.as_str(), *id, *seq));
-    match BatchEnrollments::read(store, events).await {
-        Ok(batch) => Some(Arc::new(batch)),
+        .filter_map(|e| e.enrollment_id.map(|id| (e.source.as_str(), id, e.seq)));
+    match BatchEnrollments::read(store, wanted).await {
+        Ok(mut batch) => {
+            batch.prepare(events.iter().map(|e| &**e), now);
+            Some(Arc::new(batch))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "forwarding: cannot read the enrollments of a batch of templated deliveries; reading them one by one");
             None
@@ -553,8 +554,8 @@ pub async fn test_delivery(
     let delivery = ClaimedDelivery {
         outbox_id: 0,
         attempts: 0,
-        subscription: subscription.clone(),
-        event,
+        subscription: Arc::new(subscription.clone()),
+        event: Arc::new(event),
         traceparent: None,
     };
     let mut report = TestDelivery {
@@ -876,8 +877,14 @@ mod tests {
         let of = |s: &Subscription| ClaimedDelivery {
             outbox_id: 1,
             attempts: 0,
-            subscription: s.clone(),
-            event: test_event("default", "1", "enrollment.created", "{}".into(), now),
+            subscription: Arc::new(s.clone()),
+            event: Arc::new(test_event(
+                "default",
+                "1",
+                "enrollment.created",
+                "{}".into(),
+                now,
+            )),
             traceparent: None,
         };
         let (a, b) = (subscription("a"), subscription("b"));

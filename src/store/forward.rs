@@ -3,6 +3,8 @@
 //! Outbox rows are written by `append_batch` in the same transaction as their
 //! event, so a crash can never lose a forward nor leave an event without one.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -17,8 +19,10 @@ pub struct ClaimedDelivery {
     pub outbox_id: i64,
     /// Attempts made before this one.
     pub attempts: u32,
-    pub subscription: Subscription,
-    pub event: StoredEvent,
+    /// Shared by the claim's deliveries of one subscription.
+    pub subscription: Arc<Subscription>,
+    /// Shared by the claim's deliveries of one event (one per subscription).
+    pub event: Arc<StoredEvent>,
     /// The delivery's W3C `traceparent`, when it was traced and sampled.
     pub traceparent: Option<String>,
 }

@@ -138,7 +138,7 @@ impl ForwardStore for PostgresStore {
                 (id, subscription, seq, i64::from(attempts), traceparent)
             })
             .collect();
-        let (out, gone) = forward::claimed_deliveries(claimed, &subscriptions, &events);
+        let (out, gone) = forward::claimed_deliveries(claimed, subscriptions, events);
         for outbox_id in gone {
             forward::outbox_event_gone::<Postgres>(&mut tx, outbox_id, now).await?;
         }

@@ -1,6 +1,7 @@
 //! Forwarding's storage written once for both backends (see [`super`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Pool, QueryBuilder};
@@ -172,9 +173,19 @@ pub(crate) async fn subscriptions_by_id<DB: Dialect>(
 /// log): nothing is left to send for these.
 pub(crate) fn claimed_deliveries(
     claimed: Vec<(i64, String, i64, i64, Option<String>)>,
-    subscriptions: &HashMap<String, Subscription>,
-    events: &HashMap<i64, StoredEvent>,
+    subscriptions: HashMap<String, Subscription>,
+    events: HashMap<i64, StoredEvent>,
 ) -> (Vec<ClaimedDelivery>, Vec<i64>) {
+    // Each subscription and event once, shared by its deliveries: a claim
+    // holds an event once per subscription that takes it.
+    let subscriptions: HashMap<String, Arc<Subscription>> = subscriptions
+        .into_iter()
+        .map(|(id, s)| (id, Arc::new(s)))
+        .collect();
+    let events: HashMap<i64, Arc<StoredEvent>> = events
+        .into_iter()
+        .map(|(seq, e)| (seq, Arc::new(e)))
+        .collect();
     let mut out = Vec::with_capacity(claimed.len());
     let mut gone = Vec::new();
     for (outbox_id, subscription_id, seq, attempts, traceparent) in claimed {

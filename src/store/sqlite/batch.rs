@@ -362,6 +362,7 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", super::WRITER_CACHE_SIZE)?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_BACKSTOP)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
@@ -403,11 +404,17 @@ fn append(
         for (ev, seq) in stored() {
             let event = EventToMatch::new(&ev.source, &ev.topic, ev.course_id, &ev.body);
             for s in subs.enabled.iter().filter(|s| s.matches(&event)) {
+                // The order key only where a claim reads it: every key is an
+                // entry at a random place of `outbox_ordered`, a page written
+                // when the row goes in and again when it leaves. A
+                // subscription made ordered gets its waiting rows' keys then
+                // (`update_subscription`).
+                let order_key = if s.ordered { ev.order_key() } else { None };
                 enqueued += enqueue
                     .execute(params![
                         s.id,
                         seq,
-                        ev.order_key(),
+                        order_key,
                         fmt_ts(&ev.received_at),
                         ev.traceparent
                     ])

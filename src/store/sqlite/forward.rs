@@ -24,11 +24,31 @@ impl ForwardStore for SqliteStore {
     }
 
     async fn update_subscription(&self, s: &Subscription) -> Result<bool> {
+        let mut writer = self.writer.lock().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let done = forward::update_subscription::<Sqlite>(s)
             .build()
-            .execute(&mut *self.writer.lock().await?)
+            .execute(&mut *tx)
             .await?;
         let updated = done.rows_affected() == 1;
+        // On SQLite only an ordered subscription's deliveries carry their
+        // enrollment's order key (see `batch::append`). Made ordered, its
+        // waiting deliveries get theirs, in the transaction that changes it:
+        // every batch after it sees the change (its fingerprint), so none is
+        // left without one.
+        if updated && s.ordered {
+            sqlx::query(
+                "UPDATE outbox SET order_key = (
+                    SELECT e.source || '/' || e.enrollment_id FROM events AS e
+                    WHERE e.seq = outbox.event_seq AND e.enrollment_id IS NOT NULL)
+                 WHERE subscription_id = ? AND state = 'pending' AND order_key IS NULL",
+            )
+            .bind(&s.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        drop(writer);
         // Re-enabled, its pending deliveries are due again.
         if updated && s.enabled {
             self.wake.raise();
@@ -102,7 +122,7 @@ impl ForwardStore for SqliteStore {
             .map(|r| event_from_row(r).map(|e| (e.seq, e)))
             .collect::<Result<_>>()?;
         drop(conn);
-        let (out, gone) = forward::claimed_deliveries(claimed, &subscriptions, &events);
+        let (out, gone) = forward::claimed_deliveries(claimed, subscriptions, events);
         if !gone.is_empty() {
             self.appender.batch.event_gone(gone, now).await?;
         }

@@ -228,6 +228,8 @@ fn prepare(database: &Path, projection: &Path) -> rusqlite::Result<(Connection, 
     // Derived data: a crash may roll it back, never corrupt it (WAL).
     conn.pragma_update(Some("projection"), "synchronous", "NORMAL")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", super::WRITER_CACHE_SIZE)?;
+    conn.pragma_update(Some("projection"), "cache_size", super::WRITER_CACHE_SIZE)?;
     conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
     conn.set_prepared_statement_cache_capacity(32);
 

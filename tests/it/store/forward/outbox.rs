@@ -16,6 +16,7 @@ on_both_backends!(
     finished_attempts_deliver_retry_or_bury_their_deliveries,
     dead_letters_and_past_events_can_be_replayed,
     ordered_subscriptions_release_an_enrollment_one_delivery_at_a_time,
+    a_subscription_made_ordered_orders_the_deliveries_already_waiting,
 );
 
 async fn a_claim_leases_due_deliveries_until_the_lease_ends(f: Fixture) {
@@ -54,7 +55,7 @@ async fn a_claim_leases_due_deliveries_until_the_lease_ends(f: Fixture) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(d.event, stored, "the event to send, as stored");
+    assert_eq!(*d.event, stored, "the event to send, as stored");
     assert!(
         s.claim_deliveries(now, lease, &enrollhook::store::ClaimRoom::up_to(10))
             .await
@@ -329,4 +330,25 @@ async fn ordered_subscriptions_release_an_enrollment_one_delivery_at_a_time(f: F
     .await
     .unwrap();
     assert_eq!(event_ids(&claim(s, 10).await), ["a2"]);
+}
+
+async fn a_subscription_made_ordered_orders_the_deliveries_already_waiting(f: Fixture) {
+    let s = &f.store;
+    let mut sub = subscribe(
+        s,
+        "sub_later_ordered",
+        serde_json::json!({"url": "https://a.example.com/x"}),
+    )
+    .await;
+    store_events(s, 1, &["a1", "a2"]).await;
+    store_events(s, 2, &["b1"]).await;
+    sub.ordered = true;
+    sub.updated_at = Utc::now();
+    assert!(s.update_subscription(&sub).await.unwrap());
+    store_events(s, 1, &["a3"]).await;
+    assert_eq!(
+        event_ids(&claim(s, 10).await),
+        ["a1", "b1"],
+        "the oldest of each enrollment, queued before the change or after it"
+    );
 }
