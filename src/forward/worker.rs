@@ -120,6 +120,7 @@ impl Forwarder {
             // As many workers as the server's (brokers' clients do their I/O
             // on them too), every one at the lower priority.
             let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(crate::background::runtime_workers())
                 .enable_all()
                 .thread_name("forwarder")
                 .on_thread_start(|| crate::background::lower_this_thread("forwarder"))
