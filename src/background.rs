@@ -20,9 +20,10 @@ pub fn lower_this_thread(what: &str) {
 /// one. The log writer, the projector and the checkpointer are threads of
 /// their own that take about a core under load; a runtime worker per core
 /// beside them mostly parked and woke (tokio wakes an idle worker to steal
-/// whenever a task becomes runnable). On 2 cores, one worker cost 7–12 %
-/// less CPU per event at 3,000–5,000 deliveries/s, with the same rate at
-/// full load (BENCHMARKS.md).
+/// whenever a task becomes runnable). On 2 cores one worker cost 11–15 %
+/// less CPU per event at 3,000 deliveries/s, 3–9 % less at 5,000 with two
+/// templated subscriptions, and kept the same rate at full load
+/// (BENCHMARKS.md).
 pub fn runtime_workers() -> usize {
     if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
         .ok()
