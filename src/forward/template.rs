@@ -146,7 +146,7 @@ pub struct RenderInput<'a> {
 
 /// What a template sees for one event, converted to template values once:
 /// every subscription rendering the event shares it (converting the event
-/// and the enrollment was a third of a render).
+/// and the enrollment was nearly half of a render).
 #[derive(Debug, Clone)]
 pub struct Prepared(BTreeMap<JinjaValue, JinjaValue>);
 
