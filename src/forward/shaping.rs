@@ -182,29 +182,23 @@ impl Shapers {
             return Ok(None);
         };
         let prepared = match enrollments {
-            Enrollments::Batch(batch) => batch.prepared.get(&event.seq).cloned(),
-            Enrollments::Store(_) => None,
-        };
-        let prepared = match prepared {
-            Some(prepared) => prepared,
-            None => {
-                let read;
-                let enrollment = match (enrollments, event.enrollment_id) {
-                    (Enrollments::Store(store), Some(id)) => {
-                        read = store
-                            .enrollment_through(&event.source, id, event.seq)
-                            .await
-                            .map_err(|e| {
-                                ShapeError::Transient(format!(
-                                    "cannot read enrollment {id} to render the template: {e}"
-                                ))
-                            })?;
-                        read.as_ref()
-                    }
-                    (Enrollments::Batch(batch), _) => batch.enrollment_of(event),
-                    _ => None,
+            Enrollments::Batch(batch) => match batch.prepared.get(&event.seq) {
+                Some(prepared) => prepared.clone(),
+                None => Arc::new(prepare(batch.enrollment_of(event), event, now)?),
+            },
+            Enrollments::Store(store) => {
+                let read = match event.enrollment_id {
+                    Some(id) => store
+                        .enrollment_through(&event.source, id, event.seq)
+                        .await
+                        .map_err(|e| {
+                            ShapeError::Transient(format!(
+                                "cannot read enrollment {id} to render the template: {e}"
+                            ))
+                        })?,
+                    None => None,
                 };
-                Arc::new(prepare(enrollment, event, now)?)
+                Arc::new(prepare(read.as_ref(), event, now)?)
             }
         };
         let rendered = shaper

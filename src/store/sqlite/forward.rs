@@ -35,7 +35,8 @@ impl ForwardStore for SqliteStore {
         // enrollment's order key (see `batch::append`). Made ordered, its
         // waiting deliveries get theirs, in the transaction that changes it:
         // every batch after it sees the change (its fingerprint), so none is
-        // left without one.
+        // left without one. The key is `store::order_key`'s, written in SQL
+        // (the test of this change fails if the two differ).
         if updated && s.ordered {
             sqlx::query(
                 "UPDATE outbox SET order_key = (
