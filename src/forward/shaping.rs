@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 
 use super::subscription::{Subscription, validate_url};
-use super::template::{Prepared, RenderInput, Rendered, Shaper};
+use super::template::{Prepared, Rendered, Shaper};
 use crate::projection::Enrollment;
 use crate::store::{Store, StoredEvent};
 
@@ -129,12 +129,12 @@ fn prepare(
         .map(|e| serde_json::to_value(crate::views::EnrollmentView::new(e, now)))
         .transpose()
         .map_err(|e| ShapeError::Unsendable(e.to_string()))?;
-    Ok(Prepared::new(&RenderInput {
-        source: &event.source,
-        topic: &event.topic,
-        event: &body,
-        enrollment: enrollment.as_ref(),
-    }))
+    Ok(Prepared::owned(
+        &event.source,
+        &event.topic,
+        body,
+        enrollment,
+    ))
 }
 
 /// Compiled templates by subscription id, recompiled when the subscription

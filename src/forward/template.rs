@@ -19,8 +19,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
-use minijinja::value::{Serde, Value as JinjaValue};
+use minijinja::value::{Enumerator, Object, ObjectRepr, Serde, Value as JinjaValue};
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -152,7 +153,121 @@ pub struct Prepared(BTreeMap<JinjaValue, JinjaValue>);
 
 impl Prepared {
     pub fn new(input: &RenderInput<'_>) -> Prepared {
-        Prepared(context(input))
+        Prepared::owned(
+            input.source,
+            input.topic,
+            input.event.clone(),
+            input.enrollment.cloned(),
+        )
+    }
+
+    /// [`Prepared::new`] from values the caller no longer needs (no copy).
+    pub fn owned(source: &str, topic: &str, event: Value, enrollment: Option<Value>) -> Prepared {
+        Prepared(context(
+            source,
+            topic,
+            Arc::new(event),
+            Arc::new(enrollment.unwrap_or(Value::Null)),
+        ))
+    }
+}
+
+/// A JSON object or array as templates see it: a field is converted to a
+/// template value when a template reads it, not the whole document up front
+/// (a preset reads a dozen of a delivery's hundred-odd values; converting
+/// them all was most of preparing an event). Holds the document and the way
+/// from its root to this node.
+#[derive(Debug)]
+struct Json {
+    root: Arc<Value>,
+    path: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+impl Json {
+    /// `value` (found at `path` in `root`) as a template value.
+    fn value(root: &Arc<Value>, path: Vec<Step>, value: &Value) -> JinjaValue {
+        match value {
+            Value::Object(_) | Value::Array(_) => JinjaValue::from_object(Json {
+                root: root.clone(),
+                path,
+            }),
+            // As `Serde` converts them: u64, then i64, then f64.
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => JinjaValue::from(u),
+                (None, Some(i)) => JinjaValue::from(i),
+                _ => JinjaValue::from(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(text) => JinjaValue::from(text.as_str()),
+            Value::Bool(b) => JinjaValue::from(*b),
+            Value::Null => JinjaValue::from(()),
+        }
+    }
+
+    fn root(root: Arc<Value>) -> JinjaValue {
+        let value = Arc::clone(&root);
+        Json::value(&root, Vec::new(), &value)
+    }
+
+    fn node(&self) -> &Value {
+        self.path.iter().fold(&*self.root, |node, step| match step {
+            Step::Key(k) => &node[k.as_str()],
+            Step::Index(i) => &node[*i],
+        })
+    }
+
+    fn child(&self, step: Step, value: &Value) -> JinjaValue {
+        let mut path = Vec::with_capacity(self.path.len() + 1);
+        path.extend_from_slice(&self.path);
+        path.push(step);
+        Json::value(&self.root, path, value)
+    }
+}
+
+impl Object for Json {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        match self.node() {
+            Value::Array(_) => ObjectRepr::Seq,
+            _ => ObjectRepr::Map,
+        }
+    }
+
+    fn get_value(self: &Arc<Self>, key: &JinjaValue) -> Option<JinjaValue> {
+        match self.node() {
+            Value::Object(map) => {
+                let key = key.as_str()?;
+                let value = map.get(key)?;
+                Some(self.child(Step::Key(key.to_owned()), value))
+            }
+            Value::Array(items) => {
+                let i = key.as_usize()?;
+                Some(self.child(Step::Index(i), items.get(i)?))
+            }
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        match self.node() {
+            Value::Object(map) => {
+                Enumerator::Values(map.keys().map(|k| JinjaValue::from(k.as_str())).collect())
+            }
+            Value::Array(items) => Enumerator::Seq(items.len()),
+            _ => Enumerator::Empty,
+        }
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        match self.node() {
+            Value::Object(map) => Some(map.len()),
+            Value::Array(items) => Some(items.len()),
+            _ => Some(0),
+        }
     }
 }
 
@@ -456,13 +571,15 @@ fn slack_escape(text: &str) -> String {
 
 /// The variables a template sees. `student` and `course` are taken from the
 /// enrollment when there is one, else from the payload, so every topic has them.
-/// The event and the enrollment are converted to template values once and
-/// shared (a value is reference-counted), not copied into a JSON document and
-/// converted again per part: at thousands of deliveries a second the
-/// conversions were most of a render.
-fn context(input: &RenderInput<'_>) -> BTreeMap<JinjaValue, JinjaValue> {
-    let payload = input.event.get("payload").unwrap_or(&Value::Null);
-    let enrollment = input.enrollment.unwrap_or(&Value::Null);
+/// Made once per event and shared by every subscription rendering it; the
+/// event and the enrollment are read by the templates as they are ([`Json`]).
+fn context(
+    source: &str,
+    topic: &str,
+    event: Arc<Value>,
+    enrollment: Arc<Value>,
+) -> BTreeMap<JinjaValue, JinjaValue> {
+    let payload = event.get("payload").unwrap_or(&Value::Null);
     let user = payload
         .get("user")
         .filter(|u| u.is_object())
@@ -488,48 +605,43 @@ fn context(input: &RenderInput<'_>) -> BTreeMap<JinjaValue, JinjaValue> {
         .get("progress")
         .and_then(Value::as_f64)
         .or_else(|| payload_progress(payload.get("percentage_completed")));
-    let event = JinjaValue::from(Serde(input.event));
-    let payload = match input.event.get("payload") {
-        Some(_) => event.get_attr("payload").unwrap_or_default(),
-        None => JinjaValue::from(()),
+    let student = json!({
+        "id": pick("user_id", user.get("id")),
+        "email": pick("email", user.get("email")),
+        "first_name": first,
+        "last_name": last,
+        "name": if name.is_empty() { Value::Null } else { Value::String(name) },
+    });
+    let course = json!({
+        "id": pick("course_id", course.and_then(|c| c.get("id"))),
+        "name": pick("course_name", course.and_then(|c| c.get("name"))),
+    });
+    let days_to_complete = json!(
+        enrollment
+            .get("days_to_complete")
+            .and_then(Value::as_f64)
+            .map(|d| d.round() as i64)
+    );
+    let has_payload = event.get("payload").is_some();
+    let event = Json::root(event);
+    let payload = match has_payload {
+        true => event.get_attr("payload").unwrap_or_default(),
+        false => JinjaValue::from(()),
     };
     let small = |v: Value| JinjaValue::from(Serde(v));
     let mut ctx = BTreeMap::new();
     let mut put = |key: &str, value: JinjaValue| {
         ctx.insert(JinjaValue::from(key), value);
     };
-    put("source", input.source.into());
-    put("topic", input.topic.into());
+    put("source", source.into());
+    put("topic", topic.into());
     put("event", event);
     put("payload", payload);
-    put("enrollment", JinjaValue::from(Serde(enrollment)));
-    put(
-        "student",
-        small(json!({
-            "id": pick("user_id", user.get("id")),
-            "email": pick("email", user.get("email")),
-            "first_name": first,
-            "last_name": last,
-            "name": if name.is_empty() { Value::Null } else { Value::String(name) },
-        })),
-    );
-    put(
-        "course",
-        small(json!({
-            "id": pick("course_id", course.and_then(|c| c.get("id"))),
-            "name": pick("course_name", course.and_then(|c| c.get("name"))),
-        })),
-    );
+    put("enrollment", Json::root(enrollment));
+    put("student", small(student));
+    put("course", small(course));
     put("progress", small(json!(progress.map(percent))));
-    put(
-        "days_to_complete",
-        small(json!(
-            enrollment
-                .get("days_to_complete")
-                .and_then(Value::as_f64)
-                .map(|d| d.round() as i64)
-        )),
-    );
+    put("days_to_complete", small(days_to_complete));
     ctx
 }
 
@@ -638,6 +750,44 @@ mod tests {
                "user_id": 123456, "email": "john@doe.com", "first_name": "John",
                "last_name": "Doe", "completed_at": "2019-10-29T18:56:29Z",
                "days_to_complete": 12.4})
+    }
+
+    /// [`Json`] reads a document lazily; a template must not tell it from the
+    /// document converted whole (what `Serde` makes).
+    #[test]
+    fn a_template_reads_a_document_as_it_would_its_converted_copy() {
+        let doc = json!({"id": "7", "payload": {
+            "user": {"email": "ann@example.com", "first_name": "Ann"},
+            "n": 24, "neg": -3, "big": u64::MAX, "f": 24.5, "s": "24.0",
+            "list": [1, {"x": "y"}, null, [2, 3]], "empty": {}, "none": null, "t": true}});
+        let lazy = Json::root(Arc::new(doc.clone()));
+        let eager = JinjaValue::from(Serde(&doc));
+        let env = Environment::new();
+        for t in [
+            "{{ v }}",
+            "{{ v | tojson }}",
+            "{{ v.payload | tojson(indent=2) }}",
+            "{{ v.payload.list[1].x }}{{ v.payload.list[3][1] }}{{ v.payload.list[9] is undefined }}",
+            "{{ v.payload | length }}{{ v.payload.list | length }}{{ v.payload.list | last }}",
+            "{% for k, x in v.payload | items %}{{ k }}={{ x }};{% endfor %}",
+            "{% for x in v.payload.list %}{{ loop.index }}:{{ x }};{% endfor %}",
+            "{{ 'user' in v.payload }}{{ 'nobody' in v.payload }}{{ 1 in v.payload.list }}",
+            "{{ v.payload.empty is mapping }}{{ v.payload.empty | tojson }}{{ not v.payload.empty }}",
+            "{{ v.payload.list is sequence }}{{ v.payload.user is mapping }}{{ v.payload.none is none }}",
+            "{{ v.payload.missing is undefined }}{{ v.payload.missing.deeper is undefined }}",
+            "{{ v.payload.f + v.payload.n }}{{ v.payload.neg * 2 }}{{ v.payload.big }}{{ v.payload.t }}",
+            "{{ v.payload.user.email | upper }}{{ v.payload.s | float }}",
+            "{{ v.payload | dictsort | first }}{{ v.payload.user | list }}",
+            "{{ v.payload.user == v.payload.user }}{{ v.payload.list[0] == 1 }}",
+        ] {
+            let lazily = env.render_str(t, minijinja::context! { v => lazy.clone() });
+            let converted = env.render_str(t, minijinja::context! { v => eager.clone() });
+            assert_eq!(
+                lazily.map_err(|e| e.to_string()),
+                converted.map_err(|e| e.to_string()),
+                "{t}"
+            );
+        }
     }
 
     fn render(spec: TemplateSpec, body: &str, enrollment: Option<&Value>) -> Rendered {

@@ -129,7 +129,13 @@ impl Forwarder {
                 .name("forwarder".into())
                 .spawn(move || {
                     crate::background::lower_this_thread("forwarder");
-                    runtime.block_on(run(store, config, destinations, stopped));
+                    // The claim loop is a task of the runtime, not the thread
+                    // blocking on it: the deliveries it spawns then go on its
+                    // worker's own queue, instead of waking the worker from
+                    // outside for each one (two threads taking turns).
+                    runtime.block_on(async {
+                        let _ = tokio::spawn(run(store, config, destinations, stopped)).await;
+                    });
                     let _ = done.send(());
                 })?;
             Running::Apart(finished)
