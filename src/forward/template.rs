@@ -145,9 +145,9 @@ pub struct RenderInput<'a> {
     pub enrollment: Option<&'a Value>,
 }
 
-/// What a template sees for one event, converted to template values once:
-/// every subscription rendering the event shares it (converting the event
-/// and the enrollment was nearly half of a render).
+/// What a template sees for one event, made once and shared by every
+/// subscription rendering it (making it was nearly half of a render); the
+/// envelope and the enrollment in it are read as templates ask ([`Json`]).
 #[derive(Debug, Clone)]
 pub struct Prepared(BTreeMap<JinjaValue, JinjaValue>);
 
@@ -210,8 +210,7 @@ impl Json {
     }
 
     fn root(root: Arc<Value>) -> JinjaValue {
-        let value = Arc::clone(&root);
-        Json::value(&root, Vec::new(), &value)
+        Json::value(&root, Vec::new(), &root)
     }
 
     fn node(&self) -> &Value {
