@@ -1,9 +1,9 @@
-//! Background threads yield the cores to the ones that answer deliveries.
+//! The SQLite projector yields the cores to the threads that answer deliveries.
 //!
-//! The SQLite projector and, on SQLite, the forwarder do work that may lag
-//! (the projection is derived; a forward may leave a few milliseconds later)
-//! while a delivery's answer may not: when both cores are busy, Thinkific's
-//! deliveries go first. Raising one's own nice value needs no privilege.
+//! The projection is derived and may lag while a delivery's answer may not:
+//! when both cores are busy, Thinkific's deliveries go first. Raising one's
+//! own nice value needs no privilege. (The forwarder used to be lowered too;
+//! it then fell behind for good under load, see `forward::worker`.)
 
 /// Nice 10 for the calling thread only (`what` names it in the debug log if
 /// the system refuses).

@@ -99,18 +99,19 @@ pub struct Forwarder {
 enum Running {
     /// A task of the server's runtime.
     Here(tokio::task::JoinHandle<()>),
-    /// Threads of its own at a lower priority, with their own runtime; says
-    /// when it is done.
+    /// Threads of its own, with their own runtime; says when it is done.
     Apart(tokio::sync::oneshot::Receiver<()>),
 }
 
 impl Forwarder {
     /// Starts the worker. Where the store allows it (SQLite), it runs on
-    /// threads of its own at a lower priority, so that when the cores are
-    /// busy, answering Thinkific's deliveries goes first and forwarding takes
-    /// what is left (a delivery's answer waits for nothing but its commit; a
-    /// forward may leave a little later). On the server's runtime, its tasks
-    /// and the deliveries' would share one queue.
+    /// threads of its own: on the server's runtime, its tasks and the
+    /// deliveries' would share one queue. At the same priority as the
+    /// deliveries: at nice 10 it waited for a core as long as it ran once the
+    /// cores were busy, and two templated subscriptions at 5,000 events/s
+    /// fell into a backlog they did not leave during the load; at nice 0 they
+    /// kept up, and ingest latency beside one subscription at 3,000 events/s
+    /// stayed within 1.5 × of none (BENCHMARKS.md).
     pub fn start(store: Arc<dyn Store>, config: ForwardConfig) -> anyhow::Result<Forwarder> {
         let destinations = Arc::new(Destinations::new(&config)?);
         let (stop, stopped) = watch::channel(false);
@@ -118,17 +119,15 @@ impl Forwarder {
         let running = if store.usable_from_any_runtime() {
             let (done, finished) = tokio::sync::oneshot::channel();
             // As many workers as the server's (brokers' clients do their I/O
-            // on them too), every one at the lower priority.
+            // on them too).
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(crate::background::runtime_workers())
                 .enable_all()
                 .thread_name("forwarder")
-                .on_thread_start(|| crate::background::lower_this_thread("forwarder"))
                 .build()?;
             std::thread::Builder::new()
                 .name("forwarder".into())
                 .spawn(move || {
-                    crate::background::lower_this_thread("forwarder");
                     // The claim loop is a task of the runtime, not the thread
                     // blocking on it: the deliveries it spawns then go on its
                     // worker's own queue, instead of waking the worker from

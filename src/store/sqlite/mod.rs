@@ -35,12 +35,14 @@ mod learning;
 mod migrate;
 mod outbox;
 pub mod projector;
+mod read_ahead;
 mod rebuild;
 mod retention;
 
 use self::batch::{Batch, BatchWriter, WAL_AUTOCHECKPOINT_BACKSTOP};
 use self::codec::*;
 use self::projector::{Projector, attach_projection};
+use self::read_ahead::enrollments_folded_through;
 use crate::projection::Enrollment;
 use crate::store::shared::learning_reads;
 use crate::store::shared::log;
@@ -447,11 +449,10 @@ impl Store for SqliteStore {
         enrollment_id: i64,
         seq: i64,
     ) -> Result<Option<Enrollment>> {
-        if !self.projector.has_projected(seq) {
-            self.projection_current().await;
-        }
-        let mut conn = self.reader.acquire().await?;
-        log::load_enrollment::<Sqlite>(&mut conn, source, enrollment_id).await
+        Ok(self
+            .enrollments_through(source, &[enrollment_id], seq)
+            .await?
+            .pop())
     }
 
     async fn enrollments_through(
@@ -460,10 +461,11 @@ impl Store for SqliteStore {
         enrollment_ids: &[i64],
         seq: i64,
     ) -> Result<Vec<Enrollment>> {
-        if !self.projector.has_projected(seq) {
-            self.projection_current().await;
+        if self.projector.has_projected(seq) {
+            return log::load_enrollments(&self.reader, source, enrollment_ids).await;
         }
-        log::load_enrollments(&self.reader, source, enrollment_ids).await
+        let mut conn = self.reader.acquire().await?;
+        enrollments_folded_through(&mut conn, source, enrollment_ids, seq).await
     }
 
     async fn enrollment_events(

@@ -53,6 +53,71 @@ async fn the_projection_catches_up_with_large_batches_from_two_writers() {
     drop((a, b, dir));
 }
 
+/// A templated forward reads its enrollment as projected through its event,
+/// usually before the projector has got there: the store folds what the
+/// projection lacks from the log (late events re-folded, as the projector
+/// does) and must answer exactly what the caught-up projection holds.
+#[tokio::test]
+async fn a_read_ahead_of_the_projector_folds_what_it_lacks() {
+    let (dir, url) = fresh_db();
+    let reader = SqliteStore::open(&url, true).await.unwrap();
+    // Another process writes, so the reader's projector is not handed these.
+    let writer = SqliteStore::open(&url, false).await.unwrap();
+    let at = |day: u32| format!("2024-02-{day:02}T00:00:00Z");
+    let first = writer
+        .append_batch(
+            &(0..6)
+                .map(|n| event("s", &format!("created-{n}"), "created", n, "0", &at(1)))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    // Enrollments 0-2 move on; 1 completes; then a late, older progress of 0
+    // and 1 arrives (they must be re-folded), and 3 only gets its late one.
+    let mut rest = Vec::new();
+    for n in 0..3 {
+        rest.push(event("s", &format!("p50-{n}"), "progress", n, "50", &at(3)));
+    }
+    rest.push(event("s", "done-1", "completed", 1, "100", &at(4)));
+    for n in [0, 1, 3] {
+        rest.push(event("s", &format!("p10-{n}"), "progress", n, "10", &at(2)));
+    }
+    let outcomes = writer.append_batch(&rest).await.unwrap();
+    let last = outcomes
+        .iter()
+        .chain(&first)
+        .filter_map(|o| match o {
+            AppendOutcome::Stored { seq } => Some(*seq),
+            AppendOutcome::Duplicate => None,
+        })
+        .max()
+        .unwrap();
+    let ids: Vec<i64> = (0..7).collect();
+    let mut ahead = reader.enrollments_through("s", &ids, last).await.unwrap();
+    ahead.sort_by_key(|e| e.enrollment_id);
+    // Through an earlier position the answer holds at least that much.
+    let early = reader
+        .enrollments_through("s", &[2], last - 3)
+        .await
+        .unwrap();
+    assert_eq!(early.len(), 1);
+    assert!(early[0].progress >= 50.0, "{early:?}");
+
+    let caught_up = all_enrollments(&reader).await;
+    assert_eq!(ahead.len(), 6, "enrollment 6 has no event: absent");
+    assert_eq!(ahead, caught_up);
+    assert!(
+        ahead[1].completed && ahead[1].event_count == 4,
+        "{:?}",
+        ahead[1]
+    );
+    assert_eq!((ahead[0].progress, ahead[0].event_count), (50.0, 3));
+    assert_eq!((ahead[3].progress, ahead[3].event_count), (10.0, 2));
+    let one = reader.enrollment_through("s", 3, last).await.unwrap();
+    assert_eq!(one.as_ref(), Some(&caught_up[3]));
+    drop((reader, writer, dir));
+}
+
 async fn all_enrollments(store: &SqliteStore) -> Vec<enrollhook::projection::Enrollment> {
     let request = enrollhook::store::PageRequest {
         limit: 1000,
