@@ -109,9 +109,10 @@ impl Forwarder {
     /// deliveries' would share one queue. At the same priority as the
     /// deliveries: at nice 10 it waited for a core as long as it ran once the
     /// cores were busy, and two templated subscriptions at 5,000 events/s
-    /// fell into a backlog they did not leave during the load; at nice 0 they
-    /// kept up, and ingest latency beside one subscription at 3,000 events/s
-    /// stayed within 1.5 × of none (BENCHMARKS.md).
+    /// fell into a backlog they did not leave during the load. At nice 0 they
+    /// keep up over 20 s and build half the backlog over 60 s; ingest beside
+    /// one subscription at 3,000 events/s stays within 1.5 × of none, though
+    /// under a backlog deliveries now share the cores with it (BENCHMARKS.md).
     pub fn start(store: Arc<dyn Store>, config: ForwardConfig) -> anyhow::Result<Forwarder> {
         let destinations = Arc::new(Destinations::new(&config)?);
         let (stop, stopped) = watch::channel(false);
