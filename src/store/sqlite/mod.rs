@@ -461,9 +461,6 @@ impl Store for SqliteStore {
         enrollment_ids: &[i64],
         seq: i64,
     ) -> Result<Vec<Enrollment>> {
-        if self.projector.has_projected(seq) {
-            return log::load_enrollments(&self.reader, source, enrollment_ids).await;
-        }
         let mut conn = self.reader.acquire().await?;
         enrollments_folded_through(&mut conn, source, enrollment_ids, seq).await
     }

@@ -21,7 +21,7 @@
 //! backup of the main file, say) is re-derived from the log when opened.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -100,9 +100,6 @@ pub(super) struct Projector {
     inbox: Inbox,
     /// Events handed over and not projected yet.
     waiting: Arc<AtomicUsize>,
-    /// The log position this process's projector has projected through (0
-    /// until its first projection commit).
-    through: Arc<AtomicI64>,
 }
 
 impl Projector {
@@ -113,12 +110,10 @@ impl Projector {
             prepare(database, &projection_path(database)).map_err(write_error)?;
         let (queue, messages) = mpsc::channel::<Msg>();
         let waiting = Arc::new(AtomicUsize::new(0));
-        let through = Arc::new(AtomicI64::new(0));
         let inbox = Inbox::default();
         let pending = Pending {
             inbox: inbox.clone(),
             waiting: waiting.clone(),
-            through: through.clone(),
             milestones,
             quiet_through,
             ..Pending::default()
@@ -136,7 +131,6 @@ impl Projector {
             queue,
             inbox,
             waiting,
-            through,
         })
     }
 
@@ -167,11 +161,6 @@ impl Projector {
             .send(Msg::Emitted(keys, reply))
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
-    }
-
-    /// Whether the projection holds every event up to log position `seq`.
-    pub(super) fn has_projected(&self, seq: i64) -> bool {
-        self.through.load(Ordering::Acquire) >= seq
     }
 
     /// Events this process stored that the projection lacks.
@@ -353,8 +342,6 @@ struct Pending {
     not_before: Option<Instant>,
     /// Shared with [`Projector::waiting`].
     waiting: Arc<AtomicUsize>,
-    /// Shared with [`Projector::has_projected`].
-    through: Arc<AtomicI64>,
     /// The milestones to derive, and who to tell when some are pending.
     milestones: Arc<RulesCell>,
     /// See [`prepare`].
@@ -407,7 +394,6 @@ impl Pending {
 
     /// Forgets the events up to `seq`, which are projected.
     fn projected_through(&mut self, seq: i64) {
-        self.through.fetch_max(seq, Ordering::AcqRel);
         let done = self.events.partition_point(|e| e.seq <= seq);
         self.events.drain(..done);
         self.waiting.fetch_sub(done, Ordering::AcqRel);
@@ -548,7 +534,6 @@ mod tests {
             queue,
             inbox: Inbox::default(),
             waiting: Arc::default(),
-            through: Arc::default(),
         };
         let mut pending = Pending {
             inbox: projector.inbox.clone(),

@@ -20,7 +20,8 @@ use crate::store::rows::{ENROLLMENT_COLUMNS, enrollment_from_row, event_from_row
 use crate::store::{Result, enrollment_event_from_log};
 
 /// The enrollments `ids` of `source` as projected through at least log
-/// position `seq`; ids with no event up to there are absent.
+/// position `seq`; ids with no event up to there are absent. When the
+/// projection has reached `seq` (the cursor says so) this is one statement.
 pub(super) async fn enrollments_folded_through(
     conn: &mut SqliteConnection,
     source: &str,
@@ -36,12 +37,7 @@ pub(super) async fn enrollments_folded_through(
         "SELECT projected_through_seq, {ENROLLMENT_COLUMNS} FROM projection_cursor
          LEFT JOIN enrollments ON source = "
     ));
-    q.push_bind(source).push(" AND enrollment_id IN (");
-    let mut list = q.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    q.push(")");
+    push_source_and_ids(&mut q, source, ids);
     let rows = q.build().fetch_all(&mut *conn).await?;
     let mut cursor = i64::MAX;
     let mut projected = Vec::with_capacity(rows.len());
@@ -99,12 +95,8 @@ async fn logged_events(
     let mut q = QueryBuilder::<Sqlite>::new(format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE source = "
     ));
-    q.push_bind(source).push(" AND enrollment_id IN (");
-    let mut list = q.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    q.push(") AND seq > ")
+    push_source_and_ids(&mut q, source, ids);
+    q.push(" AND seq > ")
         .push_bind(after)
         .push(" AND seq <= ")
         .push_bind(through)
@@ -123,4 +115,14 @@ async fn logged_events(
         }
     }
     Ok(events)
+}
+
+/// `?source AND enrollment_id IN (?ids)`, after a query ending in `source = `.
+fn push_source_and_ids(q: &mut QueryBuilder<Sqlite>, source: &str, ids: &[i64]) {
+    q.push_bind(source).push(" AND enrollment_id IN (");
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    q.push(")");
 }
